@@ -1,0 +1,219 @@
+"""`gpufleet <verb> <site|stack>`: exit 0 ok, 1 a failed check, 2 bad input (nothing changed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpufleet.inventory.load import load_inventory
+from gpufleet.inventory.render import ansible_inventory, pyinfra_inventory_source
+from gpufleet.inventory.stacks import load_stack, stack_names
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.site import Inventory
+from gpufleet.plan.node import plan_node
+from gpufleet.plan.site import plan_site
+
+app = typer.Typer(
+    help="Infrastructure as code for hybrid GPU sites serving DeepSeek.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+@contextmanager
+def bad_input() -> Iterator[None]:
+    """Bad input: one plain line per problem on stderr, exit 2, no traceback."""
+    try:
+        yield
+    except InputError as exc:
+        for line in exc.lines():
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _load(site: str) -> Inventory:
+    with bad_input():
+        return load_inventory(site)
+
+
+@app.command()
+def validate(site: SiteArg = "lab", as_json: JsonOpt = False) -> None:
+    """Load and check a site inventory."""
+    inv = _load(site)
+    roles = Counter(r.value for n in inv.nodes for r in n.roles)
+    gpus: Counter[str] = Counter()
+    for n in inv.nodes:
+        if n.gpu is not None:
+            gpus[n.gpu.model.value] += n.gpu.count
+    summary = {
+        "site": inv.site.name,
+        "nodes": len(inv.nodes),
+        "roles": dict(roles),
+        "gpus": dict(gpus),
+        "ok": True,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    gpu_text = ", ".join(f"{c}x {m}" for m, c in gpus.items()) or "no GPUs"
+    role_text = ", ".join(f"{c} {r}" for r, c in roles.items())
+    out.print(f"[green]ok[/] {inv.site.name}: {len(inv.nodes)} nodes ({role_text}); {gpu_text}")
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--out", help="write here instead of stdout")] = None,
+) -> None:
+    """JSON Schema of inventories/<site>/nodes.yaml, for editors."""
+    text = json.dumps(Inventory.model_json_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+
+
+class InventoryFormat(StrEnum):
+    ANSIBLE = "ansible"
+    PYINFRA = "pyinfra"
+    JSON = "json"
+
+
+@app.command()
+def inventory(
+    site: SiteArg = "lab",
+    fmt: Annotated[InventoryFormat, typer.Option("--format", help="what to render")] = InventoryFormat.JSON,
+) -> None:
+    """Render the site as an Ansible inventory, a pyinfra inventory module, or the validated model."""
+    inv = _load(site)
+    if fmt is InventoryFormat.ANSIBLE:
+        emit_json(ansible_inventory(inv))
+    elif fmt is InventoryFormat.PYINFRA:
+        sys.stdout.write(pyinfra_inventory_source(inv))
+    else:
+        emit_json(inv.model_dump(mode="json"))
+
+
+@app.command("plan-node")
+def plan_node_cmd(
+    site: SiteArg, host: Annotated[str, typer.Argument(help="hostname")], as_json: JsonOpt = False
+) -> None:
+    """What one node must become: packages, kernel, sysctl, NCCL, RAID, mounts, labels, taints."""
+    inv = _load(site)
+    try:
+        node = inv.node(host)
+    except KeyError:
+        known = ", ".join(n.hostname for n in inv.nodes)
+        with bad_input():
+            raise InputError(
+                f"argument HOST ({site})", [Problem((), f"no node {host!r}; nodes: {known}")]
+            ) from None
+        raise
+    plan = plan_node(inv, node)
+    if as_json:
+        emit_json({**plan.model_dump(mode="json"), "digest": plan.digest})
+        return
+    table = Table(title=f"{inv.site.name}/{plan.hostname}  digest {plan.digest}", show_header=False)
+    table.add_row("roles", ", ".join(plan.roles))
+    table.add_row(
+        "packages",
+        "\n".join(f"{p.name} {p.version or ''}{' (held)' if p.hold else ''}" for p in plan.packages),
+    )
+    table.add_row("kernel", " ".join(plan.kernel_cmdline) or "-")
+    table.add_row("sysctl", "\n".join(f"{k} = {v}" for k, v in plan.sysctl.items()) or "-")
+    table.add_row("services", ", ".join(plan.services))
+    table.add_row("nccl.conf", (plan.nccl_conf or "-").strip())
+    table.add_row(
+        "raid", "\n".join(f"{a.device} RAID{a.level} {' '.join(a.members)}" for a in plan.raid) or "-"
+    )
+    table.add_row("mounts", "\n".join(f"{m.device} {m.path} {m.fstype}" for m in plan.mounts) or "-")
+    table.add_row("labels", "\n".join(f"{k}={v}" for k, v in plan.labels.items()))
+    table.add_row("taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
+    out.print(table)
+
+
+@app.command("plan-site")
+def plan_site_cmd(site: SiteArg = "lab", as_json: JsonOpt = False) -> None:
+    """What the site must become: Ceph pools and CRUSH rules, Kubernetes, serving, burst bounds."""
+    inv = _load(site)
+    plan = plan_site(inv)
+    if as_json:
+        emit_json(plan.model_dump(mode="json"))
+        return
+    table = Table(title=f"site {plan.site} ({plan.environment})")
+    table.add_column("node")
+    table.add_column("roles")
+    table.add_column("plan digest")
+    for node in inv.nodes:
+        table.add_row(node.hostname, ", ".join(r.value for r in node.roles), plan.node_digests[node.hostname])
+    out.print(table)
+    k8s = plan.kubernetes
+    out.print(
+        f"kubernetes {k8s.version}: {len(k8s.control_planes)} control plane, {len(k8s.workers)} workers, "
+        f"endpoint {k8s.control_plane_endpoint}"
+    )
+    if plan.ceph:
+        pools = ", ".join(
+            f"{p.name} (size {p.size}/{p.min_size}, {p.pg_num} PGs, {p.crush_rule})" for p in plan.ceph.pools
+        )
+        out.print(f"ceph {plan.ceph.release}: mons {', '.join(plan.ceph.mons)}; pools {pools}")
+    if plan.serving:
+        s = plan.serving
+        shape = (
+            f"TP {s.shape.tensor_parallel} on {s.shape.gpu} over {s.shape.nodes} node(s)"
+            if s.shape
+            else "no GPUs"
+        )
+        out.print(f"serving {s.model}: {s.replicas} replicas, {shape}")
+    if plan.burst:
+        b = plan.burst
+        out.print(
+            f"burst {b.region}: 0..{b.max_nodes} Spot nodes, cap ${b.max_hourly_usd:g}/h, "
+            f"types {', '.join(b.instance_types) or '-'}"
+        )
+
+
+@app.command()
+def stacks(as_json: JsonOpt = False) -> None:
+    """Check every stacks/Pulumi.<stack>.yaml and the inventory it names."""
+    with bad_input():
+        loaded = [load_stack(name) for name in stack_names()]
+    rows = [
+        {"stack": s.name, "site": s.config.site, "layer": s.config.layer, "burst_nodes": s.config.burst_nodes}
+        for s in loaded
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("stack", "site", "layer", "burstNodes")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

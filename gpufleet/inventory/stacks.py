@@ -1,0 +1,62 @@
+"""Load `stacks/Pulumi.<stack>.yaml` and the site inventory it names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, read_yaml, site_file, validate
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.errors import Path as KeyPath
+from gpufleet.model.site import Inventory
+from gpufleet.model.stack import GpufleetConfig, StackFile
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    config: GpufleetConfig
+    inventory: Inventory
+
+
+def stacks_dir() -> Path:
+    local = Path("stacks")
+    return local if local.is_dir() else REPO_ROOT / "stacks"
+
+
+def stack_names() -> list[str]:
+    return sorted(
+        p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir().glob("Pulumi.*.yaml")
+    )
+
+
+def load_stack(name: str) -> Stack:
+    path = stacks_dir() / f"Pulumi.{name}.yaml"
+    source = display(path)
+    stack_file = validate(StackFile, read_yaml(path), source)
+    config = validate(GpufleetConfig, stack_file.gpufleet(), source, prefix=("config",))
+    problems = []
+    site_key: KeyPath = ("config", "gpufleet:site")
+    if not site_file(config.site).is_file():
+        problems.append(Problem(site_key, f"no inventory {display(site_file(config.site))}"))
+    if config.layer == "burst" and config.onprem_stack is None:
+        problems.append(
+            Problem(("config", "gpufleet:onpremStack"), "a burst stack must name its on-prem stack")
+        )
+    if problems:
+        raise InputError(source, problems)
+    inventory = load_inventory(config.site)
+    burst = inventory.site.burst
+    if config.layer == "burst" and burst is None:
+        raise InputError(source, [Problem(site_key, f"site {config.site} has no burst section")])
+    if burst is not None and config.burst_nodes > burst.max_nodes:
+        raise InputError(
+            source,
+            [
+                Problem(
+                    ("config", "gpufleet:burstNodes"),
+                    f"{config.burst_nodes} is above the site's burst.max_nodes {burst.max_nodes}",
+                )
+            ],
+        )
+    return Stack(name=name, config=config, inventory=inventory)

@@ -1,0 +1,40 @@
+"""Problems with input, each tied to the file and the key path it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+    def render(self, source: str) -> str:
+        where = format_path(self.path)
+        return f"{source}: {where}: {self.message}" if where else f"{source}: {self.message}"
+
+
+class InputError(Exception):
+    """Bad input: the CLI prints one line per problem and exits 2, having changed nothing."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [p.render(self.source) for p in self.problems]

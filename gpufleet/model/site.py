@@ -1,0 +1,269 @@
+"""The site document: `inventories/<site>/nodes.yaml`, the only hand-written facts about machines.
+
+Every model forbids unknown keys so a typo is an error, not a silently ignored setting.
+Checks that relate several fields live in `gpufleet.model.checks`, which reports the key
+path of each problem.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from gpufleet.model.catalog import GPUModel
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Hostname = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+DevicePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]+$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~:-]*$")]
+LabelKey = Annotated[
+    str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+]
+Url = Annotated[str, StringConstraints(pattern=r"^(https?|file)://\S+$")]
+
+
+class Role(StrEnum):
+    CONTROL_PLANE = "control-plane"
+    WORKER = "worker"
+    GPU = "gpu"
+    STORAGE = "storage"
+
+
+class LinkLayer(StrEnum):
+    INFINIBAND = "infiniband"
+    ROCE = "roce"
+
+
+class FailureDomain(StrEnum):
+    OSD = "osd"
+    HOST = "host"
+    RACK = "rack"
+
+
+# --- site-level settings ----------------------------------------------------------------
+
+
+class OperatingSystem(Strict):
+    distro: Literal["ubuntu", "debian"]
+    release: str = Field(pattern=r"^[0-9]+(\.[0-9]+)?$", description="VERSION_ID, e.g. 24.04 or 12")
+    codename: str = Field(pattern=r"^[a-z]+$", description="VERSION_CODENAME, e.g. noble or bookworm")
+
+
+class Network(Strict):
+    cidr: IPv4Network
+    mtu: int = Field(1500, ge=576, le=9216)
+    gateway: IPv4Address | None = None
+
+
+class Networks(Strict):
+    management: Network
+    storage: Network | None = Field(None, description="RDMA / Ceph cluster network")
+    bmc: Network | None = None
+    dns: list[IPv4Address] = Field(default_factory=list)
+    ntp: list[str] = Field(default_factory=list)
+
+
+class PackageSources(Strict):
+    """Vendor repositories by default; one air-gapped mirror replaces them all."""
+
+    nvidia_cuda: Url | None = Field(None, description="NVIDIA CUDA apt repository; default: NVIDIA's")
+    kubernetes: Url | None = Field(None, description="Kubernetes apt repository; default: pkgs.k8s.io")
+    mirror: Url | None = Field(None, description="Air-gapped mirror serving every package; replaces all")
+    mirror_suite: str | None = Field(None, description="Suite of the mirror; default: the OS codename")
+
+
+class Kubernetes(Strict):
+    pod_cidr: IPv4Network = IPv4Network("10.244.0.0/16")
+    service_cidr: IPv4Network = IPv4Network("10.96.0.0/12")
+    control_plane_endpoint: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+
+
+class CephPool(Strict):
+    name: Hostname
+    size: int = Field(3, ge=1, le=10)
+    min_size: int = Field(2, ge=1, le=10)
+    failure_domain: FailureDomain = FailureDomain.HOST
+    pg_num: int | None = Field(None, ge=1, description="default: from the OSD count")
+    application: Literal["rbd", "cephfs", "rgw"] = "rbd"
+
+    @model_validator(mode="after")
+    def _min_size_within_size(self) -> CephPool:
+        if self.min_size > self.size:
+            raise ValueError(f"min_size {self.min_size} is larger than size {self.size}")
+        return self
+
+
+class Ceph(Strict):
+    pools: list[CephPool] = Field(min_length=1)
+
+
+class Slo(Strict):
+    queue_wait_p99_s: float = Field(2.0, gt=0)
+    ttft_p99_s: float = Field(5.0, gt=0)
+
+
+class Serving(Strict):
+    model: str = Field(pattern=r"^[a-z0-9.-]+$", description="key in the serving model catalog")
+    replicas: int = Field(ge=0)
+    slo: Slo = Slo()
+
+
+class Burst(Strict):
+    region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")
+    instance_types: list[str] | None = Field(None, description="default: derived from the model's GPU needs")
+    max_nodes: int = Field(ge=0)
+    max_hourly_usd: float = Field(ge=0)
+    boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
+
+
+class Site(Strict):
+    name: Hostname
+    environment: Literal["lab", "dev", "staging", "prod", "dr"]
+    os: OperatingSystem
+    networks: Networks
+    package_sources: PackageSources = PackageSources()
+    kubernetes: Kubernetes
+    ceph: Ceph | None = None
+    serving: Serving | None = None
+    burst: Burst | None = None
+
+
+# --- software bill of materials ---------------------------------------------------------
+
+
+class NvidiaDriver(Strict):
+    branch: int = Field(ge=400, le=999)
+    version: Version
+    open_kernel_module: bool = True
+
+    @model_validator(mode="after")
+    def _version_on_branch(self) -> NvidiaDriver:
+        if not self.version.startswith(f"{self.branch}."):
+            raise ValueError(f"version {self.version} is not on branch {self.branch}")
+        return self
+
+
+class Nccl(Strict):
+    version: Version
+    cuda: str = Field(pattern=r"^[0-9]+\.[0-9]+$", description="CUDA version this NCCL build targets")
+
+
+class Bom(Strict):
+    kernel: Version | None = None
+    nvidia_driver: NvidiaDriver | None = None
+    cuda: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]+$")
+    nccl: Nccl | None = None
+    doca_ofed: Version | None = None
+    nvidia_container_toolkit: Version | None = None
+    containerd: Version
+    kubernetes: str = Field(pattern=r"^1\.[0-9]+\.[0-9]+$")
+    ceph: Literal["reef", "squid"] = "reef"
+    triton_image: str | None = Field(
+        None, pattern=r"^[a-z0-9./-]+(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$", description="pinned by digest"
+    )
+    model_revision: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+
+class Gpu(Strict):
+    model: GPUModel
+    count: int = Field(ge=1, le=16)
+
+
+class ManagementNic(Strict):
+    device: str = Field(pattern=r"^[a-z][a-z0-9._-]{0,14}$")
+    mtu: int | None = Field(None, ge=576, le=9216, description="default: the management network's MTU")
+
+
+IB_MTUS = (256, 512, 1024, 2048, 4096)
+
+
+class RdmaNic(Strict):
+    device: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="RDMA device, e.g. mlx5_0")
+    netdev: str | None = Field(None, pattern=r"^[a-z][a-z0-9._-]{0,14}$")
+    link_layer: LinkLayer
+    mtu: int = 4096
+    gid_index: int = Field(0, ge=0, le=255)
+    ip: IPv4Address | None = None
+
+    @field_validator("mtu")
+    @classmethod
+    def _ib_mtu(cls, mtu: int) -> int:
+        if mtu not in IB_MTUS:
+            raise ValueError(f"RDMA path MTU must be one of {', '.join(map(str, IB_MTUS))}")
+        return mtu
+
+
+class Nics(Strict):
+    management: ManagementNic
+    rdma: list[RdmaNic] = Field(default_factory=list)
+
+
+class Raid6(Strict):
+    members: list[DevicePath]
+    mountpoint: DevicePath = "/srv/data"
+    chunk_kib: int = Field(512, ge=4, le=4096)
+
+
+class Disks(Strict):
+    raid6: Raid6 | None = None
+    ceph_osd: list[DevicePath] = Field(default_factory=list)
+    nvme_scratch: list[DevicePath] = Field(default_factory=list)
+
+
+class Taint(Strict):
+    key: LabelKey
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+class Node(Strict):
+    hostname: Hostname
+    management_ip: IPv4Address
+    bmc: IPv4Address | None = None
+    rack: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
+    roles: list[Role] = Field(min_length=1)
+    gpu: Gpu | None = None
+    nics: Nics
+    disks: Disks = Disks()
+    labels: dict[LabelKey, str] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
+
+    @field_validator("roles")
+    @classmethod
+    def _unique_roles(cls, roles: list[Role]) -> list[Role]:
+        if len(set(roles)) != len(roles):
+            raise ValueError("roles are listed twice")
+        return roles
+
+    @field_validator("labels")
+    @classmethod
+    def _label_values(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?", value):
+                raise ValueError(f"label {key}: {value!r} is not a valid Kubernetes label value")
+        return labels
+
+
+class Inventory(Strict):
+    """One site: its settings, its software bill of materials and its nodes."""
+
+    site: Site
+    bom: Bom
+    nodes: list[Node] = Field(min_length=1)
+
+    def node(self, hostname: str) -> Node:
+        for node in self.nodes:
+            if node.hostname == hostname:
+                return node
+        raise KeyError(hostname)

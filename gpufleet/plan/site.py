@@ -1,0 +1,182 @@
+"""What the site as a whole must become: Ceph, Kubernetes, serving and burst bounds. Pure."""
+
+from __future__ import annotations
+
+import math
+
+from gpufleet.model.catalog import AWS_GPU_INSTANCES, SERVING_MODELS, ReplicaShape, replica_shape
+from gpufleet.model.checks import dominant_gpu
+from gpufleet.model.site import Inventory, Role
+from gpufleet.plan.node import Frozen, plan_node
+
+PGS_PER_OSD = 100
+MAX_MONS = 5
+
+
+class CrushRule(Frozen):
+    name: str
+    failure_domain: str
+
+
+class PoolPlan(Frozen):
+    name: str
+    size: int
+    min_size: int
+    pg_num: int
+    crush_rule: str
+    application: str
+
+
+class CephPlan(Frozen):
+    release: str
+    mons: list[str]
+    mgrs: list[str]
+    osds: dict[str, list[str]]
+    crush_rules: list[CrushRule]
+    pools: list[PoolPlan]
+
+
+class KubernetesPlan(Frozen):
+    version: str
+    control_plane_endpoint: str
+    pod_cidr: str
+    service_cidr: str
+    control_planes: list[str]
+    workers: list[str]
+
+
+class ServingPlan(Frozen):
+    model: str
+    hf_repo: str
+    revision: str | None
+    replicas: int
+    shape: ReplicaShape | None
+    slo_queue_wait_p99_s: float
+    slo_ttft_p99_s: float
+
+
+class BurstPlan(Frozen):
+    region: str
+    instance_types: list[str]
+    min_nodes: int
+    max_nodes: int
+    max_hourly_usd: float
+    boot_to_serve_s: int
+
+
+class SitePlan(Frozen):
+    site: str
+    environment: str
+    node_digests: dict[str, str]
+    ceph: CephPlan | None
+    kubernetes: KubernetesPlan
+    serving: ServingPlan | None
+    burst: BurstPlan | None
+
+
+def plan_site(inv: Inventory) -> SitePlan:
+    return SitePlan(
+        site=inv.site.name,
+        environment=inv.site.environment,
+        node_digests={n.hostname: plan_node(inv, n).digest for n in inv.nodes},
+        ceph=_ceph(inv),
+        kubernetes=_kubernetes(inv),
+        serving=_serving(inv),
+        burst=_burst(inv),
+    )
+
+
+def _ceph(inv: Inventory) -> CephPlan | None:
+    ceph = inv.site.ceph
+    if ceph is None:
+        return None
+    storage = [n for n in inv.nodes if Role.STORAGE in n.roles]
+    # An odd monitor count keeps a quorum through the loss of a minority.
+    mon_count = min(MAX_MONS, len(storage) if len(storage) % 2 else len(storage) - 1)
+    mons = [n.hostname for n in storage[:mon_count]]
+    osds = {n.hostname: list(n.disks.ceph_osd) for n in storage}
+    osd_count = sum(len(d) for d in osds.values())
+    rules = sorted({p.failure_domain.value for p in ceph.pools})
+    pools = [
+        PoolPlan(
+            name=p.name,
+            size=p.size,
+            min_size=p.min_size,
+            pg_num=p.pg_num or _pg_num(osd_count, p.size, len(ceph.pools)),
+            crush_rule=f"replicated-{p.failure_domain.value}",
+            application=p.application,
+        )
+        for p in ceph.pools
+    ]
+    return CephPlan(
+        release=inv.bom.ceph,
+        mons=mons,
+        mgrs=mons[:2],
+        osds=osds,
+        crush_rules=[CrushRule(name=f"replicated-{d}", failure_domain=d) for d in rules],
+        pools=pools,
+    )
+
+
+def _pg_num(osds: int, size: int, pools: int) -> int:
+    """Ceph's rule of thumb: ~100 PGs per OSD over all pools, rounded to a power of two."""
+    target = max(1, osds * PGS_PER_OSD // (size * pools))
+    return 1 << max(3, round(math.log2(target)))
+
+
+def _kubernetes(inv: Inventory) -> KubernetesPlan:
+    k8s = inv.site.kubernetes
+    return KubernetesPlan(
+        version=inv.bom.kubernetes,
+        control_plane_endpoint=k8s.control_plane_endpoint,
+        pod_cidr=str(k8s.pod_cidr),
+        service_cidr=str(k8s.service_cidr),
+        control_planes=[n.hostname for n in inv.nodes if Role.CONTROL_PLANE in n.roles],
+        workers=[
+            n.hostname
+            for n in inv.nodes
+            if Role.CONTROL_PLANE not in n.roles and ({Role.WORKER, Role.GPU} & set(n.roles))
+        ],
+    )
+
+
+def _serving(inv: Inventory) -> ServingPlan | None:
+    serving = inv.site.serving
+    if serving is None:
+        return None
+    gpu = dominant_gpu(inv)
+    shape = replica_shape(serving.model, gpu) if gpu else None
+    return ServingPlan(
+        model=serving.model,
+        hf_repo=SERVING_MODELS[serving.model].hf_repo,
+        revision=inv.bom.model_revision,
+        replicas=serving.replicas,
+        shape=shape,
+        slo_queue_wait_p99_s=serving.slo.queue_wait_p99_s,
+        slo_ttft_p99_s=serving.slo.ttft_p99_s,
+    )
+
+
+def burst_instance_types(model: str) -> list[str]:
+    """Every catalogued instance on which one replica of the model fits, cheapest per replica first."""
+    fits = [
+        it
+        for it in AWS_GPU_INSTANCES.values()
+        if replica_shape(model, it.gpu).nodes == 1 and replica_shape(model, it.gpu).tensor_parallel <= it.gpus
+    ]
+    return [it.name for it in sorted(fits, key=lambda it: (it.on_demand_usd_hour, it.name))]
+
+
+def _burst(inv: Inventory) -> BurstPlan | None:
+    burst, serving = inv.site.burst, inv.site.serving
+    if burst is None:
+        return None
+    types = burst.instance_types or (burst_instance_types(serving.model) if serving else [])
+    return BurstPlan(
+        region=burst.region,
+        instance_types=types,
+        min_nodes=0,
+        max_nodes=burst.max_nodes,
+        max_hourly_usd=burst.max_hourly_usd,
+        boot_to_serve_s=burst.boot_to_serve_s,
+    )
