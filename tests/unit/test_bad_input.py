@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -12,13 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from gpufleet.cli import app
-from gpufleet.inventory.load import inventory_from_data
-from gpufleet.model.errors import InputError, format_path
 from tests.conftest import REPO, site_data
 
 Doc = dict[str, Any]

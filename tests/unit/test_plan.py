@@ -1,0 +1,167 @@
+"""The pure plan, table-driven from the shipped sites and small edits of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpufleet.inventory.load import inventory_from_data, load_inventory
+from gpufleet.model.catalog import GPUModel, replica_shape
+from gpufleet.model.site import Inventory
+from gpufleet.plan import plan_node, plan_site
+from gpufleet.plan.node import GPU_TAINT, READINESS_TAINT, NodePlan
+from gpufleet.plan.site import burst_instance_types
+
+
+def node_plan(site: str | Inventory, host: str) -> NodePlan:
+    inv = load_inventory(site) if isinstance(site, str) else site
+    return plan_node(inv, inv.node(host))
+
+
+def versions(plan: NodePlan) -> dict[str, str | None]:
+    return {p.name: p.version for p in plan.packages}
+
+
+def test_gpu_node_pins_and_holds_the_bom() -> None:
+    plan = node_plan("dc1", "gpu01")
+    pins = versions(plan)
+    assert pins["nvidia-driver-580-open"] == "580.159.04-*"
+    assert pins["nvidia-fabricmanager-580"] == "580.159.04-*"
+    assert pins["cuda-toolkit-13-0"] == "13.0.*"
+    assert pins["libnccl2"] == pins["libnccl-dev"] == "2.28.3-*+cuda13.0"
+    assert pins["kubelet"] == "1.31.4-*"
+    held = set(plan.held_packages)
+    assert {
+        "nvidia-driver-580-open",
+        "nvidia-fabricmanager-580",
+        "cuda-toolkit-13-0",
+        "libnccl2",
+        "kubelet",
+    } <= held
+    assert "rdma-core" in pins and "rdma-core" not in held
+
+
+@pytest.mark.parametrize(
+    ("site", "host", "expected"),
+    [
+        ("dc1", "gpu01", ["NCCL_IB_HCA=" + ",".join(f"mlx5_{i}" for i in range(8)), "NCCL_IB_GID_INDEX=0"]),
+        ("dc1-dr", "gpu01", ["NCCL_IB_GID_INDEX=3", "NCCL_IB_TC=106"]),
+    ],
+)
+def test_nccl_conf_lists_the_hosts_hcas_and_gid_index(site: str, host: str, expected: list[str]) -> None:
+    conf = node_plan(site, host).nccl_conf
+    assert conf is not None
+    lines = conf.splitlines()
+    assert "NCCL_SOCKET_IFNAME=eno1" in lines
+    for line in expected:
+        assert line in lines
+
+
+def test_nodes_without_gpus_get_no_nvidia_software() -> None:
+    for host in ("lab-cp1", "lab-st1"):
+        plan = node_plan("lab", host)
+        assert plan.nccl_conf is None
+        assert plan.kernel_cmdline == []
+        assert not [p for p in plan.packages if p.name.startswith(("nvidia", "cuda", "libnccl"))]
+    plan = node_plan("dc1", "st01")
+    assert not [p for p in plan.packages if p.name.startswith(("nvidia", "cuda", "libnccl"))]
+
+
+def test_gpu_kernel_and_sysctl() -> None:
+    plan = node_plan("dc1", "gpu01")
+    assert "iommu=pt" in plan.kernel_cmdline
+    assert "hugepages=16384" in plan.kernel_cmdline  # 2048 x 2 MiB pages per GPU, 8 GPUs
+    assert plan.blacklist_modules == ["nouveau"]
+    assert plan.sysctl["net.ipv4.ip_forward"] == "1"
+    assert plan.sysctl["net.core.rmem_max"] == "268435456"
+    assert {"nvidia-persistenced", "nvidia-fabricmanager", "kubelet"} <= set(plan.services)
+
+
+def test_h100_pcie_needs_no_fabric_manager(dc1: dict[str, Any]) -> None:
+    for node in dc1["nodes"]:
+        if "gpu" in node:
+            node["gpu"]["model"] = "H100-PCIe-80GB"
+    plan = node_plan(inventory_from_data(dc1, "x"), "gpu01")
+    assert "nvidia-fabricmanager" not in plan.services
+    assert not [p for p in plan.packages if p.name.startswith("nvidia-fabricmanager")]
+
+
+def test_storage_node_raid6_and_mounts() -> None:
+    plan = node_plan("dc1", "st01")
+    (array,) = plan.raid
+    assert array.level == 6 and array.device == "/dev/md0"
+    assert array.members == [f"/dev/sd{c}" for c in "abcdef"]
+    assert [(m.device, m.path) for m in plan.mounts] == [("/dev/md0", "/srv/backup")]
+    assert plan.ceph_osd_devices == [f"/dev/nvme{i}n1" for i in range(4)]
+    assert "mdadm" in versions(plan) and "mdmonitor" in plan.services
+    assert "ceph-osd" in versions(plan)
+
+
+def test_every_node_joins_tainted_until_verified() -> None:
+    for site in ("lab", "dc1", "dc1-dr"):
+        inv = load_inventory(site)
+        for node in inv.nodes:
+            plan = plan_node(inv, node)
+            assert READINESS_TAINT in plan.taints
+            assert (GPU_TAINT in plan.taints) == (node.gpu is not None)
+            assert plan.labels["gpufleet.io/site"] == site
+
+
+def test_digest_is_stable_and_moves_only_with_the_plan(dc1: dict[str, Any]) -> None:
+    before = plan_site(load_inventory("dc1")).node_digests
+    assert before == plan_site(load_inventory("dc1")).node_digests
+    assert len(set(before.values())) == len(before), "every node's plan differs (hostnames, labels)"
+    dc1["bom"]["nvidia_driver"]["version"] = "580.95.05"
+    after = plan_site(inventory_from_data(dc1, "x")).node_digests
+    changed = {h for h in before if before[h] != after[h]}
+    assert changed == {f"gpu{i:02d}" for i in range(1, 9)}
+
+
+def test_site_plan_ceph() -> None:
+    ceph = plan_site(load_inventory("dc1")).ceph
+    assert ceph is not None
+    assert ceph.mons == ["st01", "st02", "st03"]  # odd count keeps quorum
+    assert [r.name for r in ceph.crush_rules] == ["replicated-host"]
+    for pool in ceph.pools:
+        assert (pool.size, pool.min_size, pool.crush_rule) == (3, 2, "replicated-host")
+        assert pool.pg_num == 256  # 16 OSDs x 100 PGs / (size 3 x 2 pools) = 266, nearest power of two
+    lab = plan_site(load_inventory("lab")).ceph
+    assert lab is not None and [p.pg_num for p in lab.pools] == [32]
+
+
+def test_site_plan_kubernetes_and_serving() -> None:
+    plan = plan_site(load_inventory("dc1"))
+    assert plan.kubernetes.control_planes == ["cp01", "cp02", "cp03"]
+    assert plan.kubernetes.workers == [f"gpu{i:02d}" for i in range(1, 9)]
+    assert plan.serving is not None and plan.serving.shape is not None
+    assert (plan.serving.shape.tensor_parallel, plan.serving.shape.nodes) == (16, 2)
+    assert plan.burst is not None
+    assert plan.burst.max_nodes == 8 and plan.burst.max_hourly_usd == 400
+    assert plan.burst.instance_types == ["p5e.48xlarge", "p5en.48xlarge"]
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tp", "nodes"),
+    [
+        ("deepseek-r1", GPUModel.H200, 8, 1),
+        ("deepseek-r1", GPUModel.H100_SXM, 16, 2),
+        ("deepseek-v3", GPUModel.A100_80GB, 16, 2),
+        ("deepseek-r1-distill-llama-70b", GPUModel.H100_SXM, 4, 1),
+        ("deepseek-r1-distill-llama-70b", GPUModel.H200, 2, 1),
+        ("deepseek-r1-distill-qwen-32b", GPUModel.L40S, 2, 1),
+        ("deepseek-r1-distill-qwen-14b", GPUModel.L4, 2, 1),
+        ("deepseek-r1-distill-qwen-7b", GPUModel.L4, 1, 1),
+        ("deepseek-r1-distill-qwen-7b", GPUModel.T4, 2, 1),
+    ],
+)
+def test_replica_shape(model: str, gpu: GPUModel, tp: int, nodes: int) -> None:
+    shape = replica_shape(model, gpu)
+    assert (shape.tensor_parallel, shape.nodes) == (tp, nodes)
+
+
+def test_burst_types_for_a_distilled_model_are_many_and_cheapest_first() -> None:
+    types = burst_instance_types("deepseek-r1-distill-qwen-7b")
+    assert len(types) >= 6
+    assert types[0] == "g6.xlarge"
+    assert "g4dn.xlarge" not in types  # one T4 is too small for 7B in BF16
