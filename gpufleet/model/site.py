@@ -165,7 +165,7 @@ class Bom(Strict):
     nvidia_container_toolkit: Version | None = None
     containerd: Version
     kubernetes: str = Field(pattern=r"^1\.[0-9]+\.[0-9]+$")
-    ceph: Literal["reef", "squid"] = "reef"
+    ceph: Literal["pacific", "quincy", "reef", "squid"] = "reef"
     triton_image: str | None = Field(
         None, pattern=r"^[a-z0-9./-]+(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$", description="pinned by digest"
     )
