@@ -1,0 +1,1 @@
+"""Triton serving: generated model configuration, a model repository, and a local server runner."""
