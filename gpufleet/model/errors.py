@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_:/.-]+")
 
 Path = tuple[str | int, ...]
 
@@ -13,6 +16,9 @@ def format_path(path: Path) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(part):
+            # A key with spaces, quotes or newlines is shown quoted so the line stays one line.
+            out += f"[{part!r}]"
         else:
             out += f".{part}" if out else part
     return out
@@ -25,7 +31,8 @@ class Problem:
 
     def render(self, source: str) -> str:
         where = format_path(self.path)
-        return f"{source}: {where}: {self.message}" if where else f"{source}: {self.message}"
+        message = " ".join(self.message.splitlines())
+        return f"{source}: {where}: {message}" if where else f"{source}: {message}"
 
 
 class InputError(Exception):

@@ -89,3 +89,15 @@ def test_one_corruption_fails_at_its_path() -> None:
         assert [p.path for p in exc.problems] == [("nodes", 8, "nics", "rdma", 2, "gid_index")]
     else:
         raise AssertionError("a negative GID index was accepted")
+
+
+def test_a_key_with_a_newline_stays_on_one_line() -> None:
+    """Found by hypothesis: an unknown key holding a newline split the error line in two."""
+    doc = copy.deepcopy(SMALL)
+    doc["site"]["serving"]["bad\nkey"] = 0
+    try:
+        inventory_from_data(doc, "g.yaml")
+    except InputError as exc:
+        assert exc.lines() == ["g.yaml: site.serving['bad\\nkey']: unknown key"]
+    else:
+        raise AssertionError("an unknown key was accepted")
