@@ -122,6 +122,10 @@ class Burst(Strict):
     max_nodes: int = Field(ge=0)
     max_hourly_usd: float = Field(ge=0)
     boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
+    vpn_gateway: IPv4Address | None = Field(
+        None, description="public address of the on-prem VPN endpoint the burst VPC connects to"
+    )
+    vpn_asn: int = Field(65000, ge=1, le=4294967295, description="BGP ASN of the on-prem VPN endpoint")
 
 
 class Site(Strict):
@@ -170,6 +174,14 @@ class Bom(Strict):
         None, pattern=r"^[a-z0-9./-]+(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$", description="pinned by digest"
     )
     model_revision: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
+    burst_ami: str | None = Field(
+        None,
+        pattern=r"^/aws/service/[A-Za-z0-9._/-]+:[0-9]+$",
+        description="AWS public SSM parameter of the burst nodes' GPU AMI, pinned to a version (name:version)",
+    )
+    burst_model_revision: str | None = Field(
+        None, pattern=r"^[0-9a-f]{7,40}$", description="revision of the smaller model burst nodes serve"
+    )
 
 
 # --- nodes ------------------------------------------------------------------------------
