@@ -21,6 +21,13 @@ GPU_TAINT = Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")
 HUGEPAGES_2M_PER_GPU = 2048  # 4 GiB of 2 MiB pages per GPU for GPUDirect and NCCL buffers
 
 
+def is_lab(inv: Inventory) -> bool:
+    """Lab hosts are containers fed by a mirror built from Debian alone: Debian ships no kubeadm or
+    kubelet (the Kubernetes role runs in check mode there), and a container may set only the
+    network sysctls of its own namespace."""
+    return inv.site.environment == "lab"
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,8 +97,8 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         packages=packages(inv, node),
         kernel_cmdline=kernel_cmdline(node),
         blacklist_modules=["nouveau"] if node.gpu else [],
-        sysctl=sysctl(node),
-        services=services(node),
+        sysctl=sysctl(inv, node),
+        services=services(inv, node),
         nccl_conf=nccl_conf(node),
         raid=raid(node),
         mounts=mounts(node),
@@ -138,7 +145,7 @@ def apt_sources(inv: Inventory) -> list[AptSource]:
 def packages(inv: Inventory, node: Node) -> list[Package]:
     bom = inv.bom
     pkgs = [Package(name="chrony"), Package(name="containerd", version=f"{bom.containerd}*", hold=True)]
-    if Role.CONTROL_PLANE in node.roles or Role.WORKER in node.roles or Role.GPU in node.roles:
+    if _kubelet(inv, node):
         k8s = f"{bom.kubernetes}-*"
         pkgs += [Package(name=n, version=k8s, hold=True) for n in ("kubeadm", "kubelet", "kubectl")]
     if node.gpu is not None and bom.nvidia_driver and bom.cuda and bom.nccl:
@@ -186,7 +193,11 @@ def kernel_cmdline(node: Node) -> list[str]:
     ]
 
 
-def sysctl(node: Node) -> dict[str, str]:
+def _kubelet(inv: Inventory, node: Node) -> bool:
+    return not is_lab(inv) and bool({Role.CONTROL_PLANE, Role.WORKER, Role.GPU} & set(node.roles))
+
+
+def sysctl(inv: Inventory, node: Node) -> dict[str, str]:
     values: dict[str, str] = {}
     if Role.CONTROL_PLANE in node.roles or Role.WORKER in node.roles or Role.GPU in node.roles:
         values |= {
@@ -204,12 +215,14 @@ def sysctl(node: Node) -> dict[str, str]:
             "net.ipv4.tcp_rmem": "4096 87380 134217728",
             "net.ipv4.tcp_wmem": "4096 65536 134217728",
         }
+    if is_lab(inv):
+        values = {k: v for k, v in values.items() if k.startswith("net.")}
     return dict(sorted(values.items()))
 
 
-def services(node: Node) -> list[str]:
+def services(inv: Inventory, node: Node) -> list[str]:
     names = ["chrony", "containerd"]
-    if Role.CONTROL_PLANE in node.roles or Role.WORKER in node.roles or Role.GPU in node.roles:
+    if _kubelet(inv, node):
         names.append("kubelet")
     if node.gpu is not None:
         names.append("nvidia-persistenced")

@@ -1,0 +1,81 @@
+"""`gpufleet lab up|down|status`: the local hosts that stand in for the lab site's bare metal."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gpufleet.inventory.load import load_inventory
+from gpufleet.lab import hosts
+from gpufleet.lab.image import LabError
+from gpufleet.lab.paths import LabPaths
+from gpufleet.model.site import Inventory
+
+lab_app = typer.Typer(help="Local lab hosts (systemd-nspawn, a netns each, a signed local apt mirror).")
+SiteOpt = Annotated[str, typer.Option("--site", help="the site whose nodes the lab builds")]
+
+
+def _inventory(site: str) -> Inventory:
+    from gpufleet.cli import bad_input
+
+    with bad_input():
+        return load_inventory(site)
+
+
+def _table(rows: list[hosts.HostStatus]) -> Table:
+    table = Table("host", "address", "supervisor", "ssh", "systemd")
+    for r in rows:
+        table.add_row(
+            r.hostname, r.address, str(r.supervisor_pid or "-"), "yes" if r.ssh else "no", r.systemd
+        )
+    return table
+
+
+def lab_up(site: str = "lab") -> list[hosts.HostStatus]:
+    """Bring the lab up, printing progress; raises LabError if this machine can't."""
+    from gpufleet.cli import out
+
+    inv, paths = _inventory(site), LabPaths.default()
+    start = time.monotonic()
+    rows = hosts.up(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
+    out.print(_table(rows))
+    out.print(f"lab up in {time.monotonic() - start:.1f}s; ssh config: {paths.ssh / 'config'}")
+    return rows
+
+
+@lab_app.command("up")
+def up_cmd(site: SiteOpt = "lab") -> None:
+    """Build the mirror and boot every host of the site; fails if the lab is already up."""
+    from gpufleet.cli import err
+
+    try:
+        lab_up(site)
+    except LabError as exc:
+        err.print(f"[red]lab up failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@lab_app.command("down")
+def down_cmd(site: SiteOpt = "lab") -> None:
+    """Stop every host and remove what `lab up` created (caches of downloads stay)."""
+    from gpufleet.cli import err, out
+
+    try:
+        hosts.down(_inventory(site), LabPaths.default(), lambda msg: out.print(f"[dim]lab[/] {msg}"))
+    except LabError as exc:
+        err.print(f"[red]lab down failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@lab_app.command("status")
+def status_cmd(site: SiteOpt = "lab") -> None:
+    """Each host's supervisor, SSH and systemd state; exit 1 unless every host is running."""
+    from gpufleet.cli import out
+
+    rows = hosts.status(_inventory(site), LabPaths.default())
+    out.print(_table(rows))
+    if not all(r.systemd == "running" for r in rows):
+        raise typer.Exit(1)

@@ -1,0 +1,359 @@
+"""Bring the lab's hosts up and down: bridge, a netns each, an overlay root each, nspawn under a supervisor.
+
+Everything `up` creates is recorded under the lab's state folder or named after the host
+(`gf-<host>` namespaces, the `gfbr0` bridge), and `down` removes exactly that, processes by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpufleet.lab import image
+from gpufleet.lab.image import LabError, run
+from gpufleet.lab.paths import LabPaths
+from gpufleet.lab.supervise import cgroup_dirs
+from gpufleet.model.site import Inventory
+from gpufleet.plan.node import plan_node
+
+BRIDGE = "gfbr0"
+MIRROR_MOUNT = "/srv/gpufleet-mirror"
+OSD_FILE_BYTES = 8 << 30  # sparse: BlueStore needs room to allocate, the disk only what is written
+BOOT_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+REQUIRED_TOOLS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "ip": "iproute2",
+    "apt-ftparchive": "apt-utils",
+    "gpg": "gnupg",
+    "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
+}
+# Quirks of a host that is a container, set once in the base image, as firmware settings would be:
+# no CAP_SYS_TIME (chronyd runs with -x and never sets the clock) and no modprobe for NVMe-oF.
+CHRONY_DROPIN = """[Unit]
+ConditionCapability=
+
+[Service]
+ExecStart=
+ExecStart=!/usr/sbin/chronyd -F 1 -x
+"""
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    hostname: str
+    address: str
+    supervisor_pid: int | None
+    ssh: bool
+    systemd: str
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root: it creates network namespaces, a bridge, overlay mounts and "
+            "systemd-nspawn hosts (run `sudo gpufleet lab up`)"
+        )
+
+
+def require_tools() -> None:
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise LabError(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
+
+
+def netns(hostname: str) -> str:
+    return f"gf-{hostname}"[:15]
+
+
+def _veth(hostname: str) -> str:
+    # Interface names are limited to 15 characters; the index keeps them unique.
+    return f"gfv-{hostname}"[-15:]
+
+
+def lab_packages(inv: Inventory) -> list[str]:
+    names = {p.name for n in inv.nodes for p in plan_node(inv, n).packages}
+    return sorted(names | set(image.TOOL_PACKAGES))
+
+
+def ssh_argv(paths: LabPaths, address: str, *command: str, timeout_s: int = 5) -> list[str]:
+    return [
+        "ssh",
+        "-F",
+        str(paths.ssh / "config"),
+        "-o",
+        f"ConnectTimeout={timeout_s}",
+        f"root@{address}",
+        *command,
+    ]
+
+
+def _supervisor_pid(paths: LabPaths, hostname: str) -> int | None:
+    pidfile = paths.host(hostname) / "supervisor.pid"
+    if not pidfile.exists():
+        return None
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _port_open(address: str, port: int = 22) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
+    require_root()
+    require_tools()
+    if any(_supervisor_pid(paths, n.hostname) for n in inv.nodes):
+        raise LabError(f"the lab is already up (state in {paths.state}); `gpufleet lab down` first")
+    paths.state.mkdir(parents=True, exist_ok=True)
+    report("base root filesystem")
+    base = image.unpack_base(paths)
+    _prepare_base(base)
+    report("mirror: resolving and downloading the node plans' packages")
+    debs = image.download(paths, base, lab_packages(inv))
+    image.signing_key(paths)
+    image.build_mirror(paths, debs)
+    report(f"mirror: {len(debs)} packages, signed")
+    shutil.copy(paths.mirror_key, base / "etc/apt/keyrings/gpufleet-mirror.gpg")
+    _ssh_client(paths)
+    _network_up(inv)
+    for node in inv.nodes:
+        _host_up(inv, paths, node.hostname, str(node.management_ip))
+        report(f"{node.hostname}: started")
+    _wait_ready(inv, paths, report)
+    return status(inv, paths)
+
+
+def _prepare_base(base: Path) -> None:
+    # Air-gapped: the only package source a host has is the mirror its plan names.
+    (base / "etc/apt/sources.list").unlink(missing_ok=True)
+    (base / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
+    dropin = base / "etc/systemd/system/chrony.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "lab-container.conf").write_text(CHRONY_DROPIN)
+    (base / "etc/systemd/system/nvmf-autoconnect.service").symlink_to("/dev/null")
+
+
+def _ssh_client(paths: LabPaths) -> None:
+    paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpufleet-lab", "-f", str(paths.ssh_key)])
+    paths.known_hosts.write_text("")
+    # Connection reuse makes repeated short commands (testinfra, Ansible) ten times faster.
+    (paths.ssh / "config").write_text(
+        "Host *\n"
+        "  User root\n"
+        f"  IdentityFile {paths.ssh_key}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {paths.known_hosts}\n"
+        "  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n"
+        "  ControlMaster auto\n"
+        f"  ControlPath {paths.ssh}/cm-%C\n"
+        "  ControlPersist 120s\n"
+    )
+
+
+def _network_up(inv: Inventory) -> None:
+    mgmt = inv.site.networks.management
+    net = ipaddress.ip_network(str(mgmt.cidr))
+    gateway = str(mgmt.gateway) if mgmt.gateway else str(next(net.hosts()))
+    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    run(["ip", "addr", "add", f"{gateway}/{net.prefixlen}", "dev", BRIDGE])
+    run(["ip", "link", "set", BRIDGE, "up"])
+    for node in inv.nodes:
+        ns, veth = netns(node.hostname), _veth(node.hostname)
+        run(["ip", "netns", "add", ns])
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{node.management_ip}/{net.prefixlen}", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(mgmt.mtu), "up"])
+        # A route to the bridge only: there is no forwarding or NAT, nothing leaves the machine.
+        run(["ip", "-n", ns, "route", "add", "default", "via", gateway])
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _host_up(inv: Inventory, paths: LabPaths, hostname: str, address: str) -> None:
+    hdir = paths.host(hostname)
+    upper, work, root = hdir / "upper", hdir / "work", hdir / "root"
+    for d in (upper, work, root):
+        d.mkdir(parents=True, exist_ok=True)
+    _write(upper / "etc/hostname", f"{hostname}\n")
+    hosts = "".join(f"{n.management_ip} {n.hostname}\n" for n in inv.nodes)
+    _write(upper / "etc/hosts", f"127.0.0.1 localhost\n{hosts}")
+    _write(upper / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    (upper / "root").mkdir(mode=0o700, exist_ok=True)
+    _write(upper / "root/.ssh/authorized_keys", paths.ssh_key.with_suffix(".pub").read_text(), 0o600)
+    (upper / "root/.ssh").chmod(0o700)
+    (upper / "etc/ssh").mkdir(parents=True, exist_ok=True)
+    run(["ssh-keygen", "-q", "-A", "-f", str(upper)])
+    host_key = (upper / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    with paths.known_hosts.open("a") as kh:
+        kh.write(f"{address},{hostname} {host_key[0]} {host_key[1]}\n")
+    # The lab's "hardware": each disk the inventory names for an OSD is a sparse file.
+    node = next(n for n in inv.nodes if n.hostname == hostname)
+    for disk in node.disks.ceph_osd:
+        f = upper / disk.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with f.open("wb") as fh:
+            fh.truncate(OSD_FILE_BYTES)
+    run(["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={paths.base},upperdir={upper},workdir={work}", str(root)])  # fmt: skip
+    argv = [
+        "systemd-nspawn",
+        "--boot",
+        f"--directory={root}",
+        f"--machine={hostname}",
+        f"--hostname={hostname}",
+        "--keep-unit",
+        "--register=no",
+        f"--network-namespace-path=/run/netns/{netns(hostname)}",
+        "--capability=CAP_NET_ADMIN",
+        f"--bind-ro={paths.mirror}:{MIRROR_MOUNT}",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--link-journal=no",
+        "--console=read-only",
+    ]
+    spec = {"hostname": hostname, "argv": argv, "log": str(hdir / "console.log")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpufleet.lab.supervise", json.dumps(spec)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(hdir / "supervisor.log").open("ab"),
+        start_new_session=True,
+    )
+    (hdir / "supervisor.pid").write_text(f"{proc.pid}\n")
+
+
+def _wait_ready(inv: Inventory, paths: LabPaths, report: Report) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    pending = {n.hostname: str(n.management_ip) for n in inv.nodes}
+    while pending:
+        for hostname, address in list(pending.items()):
+            state = _systemd_state(paths, address) if _port_open(address) else "booting"
+            if state in ("running", "degraded"):
+                report(f"{hostname}: {state} at {address}")
+                del pending[hostname]
+        if pending and time.monotonic() > deadline:
+            raise LabError(
+                f"hosts not up after {BOOT_TIMEOUT_S:.0f}s: {', '.join(sorted(pending))} "
+                f"(console logs under {paths.state / 'hosts'})"
+            )
+        time.sleep(0.5)
+
+
+def _systemd_state(paths: LabPaths, address: str) -> str:
+    proc = subprocess.run(
+        ssh_argv(paths, address, "systemctl", "is-system-running"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=15,
+    )
+    return proc.stdout.strip() or "unreachable"
+
+
+def status(inv: Inventory, paths: LabPaths) -> list[HostStatus]:
+    out = []
+    for node in inv.nodes:
+        address = str(node.management_ip)
+        pid = _supervisor_pid(paths, node.hostname)
+        ssh = pid is not None and _port_open(address)
+        out.append(
+            HostStatus(
+                hostname=node.hostname,
+                address=address,
+                supervisor_pid=pid,
+                ssh=ssh,
+                systemd=_systemd_state(paths, address) if ssh else "down",
+            )
+        )
+    return out
+
+
+def _cgroup_pids(hostname: str) -> set[int]:
+    pids: set[int] = set()
+    for top in cgroup_dirs(hostname):
+        for procs in top.rglob("cgroup.procs"):
+            pids |= {int(p) for p in procs.read_text().split()}
+    return pids
+
+
+def _stop_host(paths: LabPaths, hostname: str) -> None:
+    pid = _supervisor_pid(paths, hostname)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and _supervisor_pid(paths, hostname) is not None:
+            time.sleep(0.2)
+    # Whatever is left in the host's own cgroups (a hung boot, a stray daemon) is killed by PID.
+    for _ in range(50):
+        pids = _cgroup_pids(hostname)
+        if not pids:
+            break
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        time.sleep(0.1)
+    for top in cgroup_dirs(hostname):
+        if top.exists():
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                d.rmdir()
+            top.rmdir()
+    root = paths.host(hostname) / "root"
+    if os.path.ismount(root):
+        run(["umount", str(root)])
+
+
+def down(inv: Inventory, paths: LabPaths, report: Report) -> None:
+    require_root()
+    for node in inv.nodes:
+        _stop_host(paths, node.hostname)
+        ns, veth = netns(node.hostname), _veth(node.hostname)
+        # Deleting our end removes the pair even if another mount namespace still pins the netns.
+        if Path(f"/sys/class/net/{veth}").exists():
+            run(["ip", "link", "del", veth])
+        if Path(f"/run/netns/{ns}").exists():
+            run(["ip", "netns", "del", ns])
+        report(f"{node.hostname}: removed")
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        run(["ip", "link", "del", BRIDGE])
+    for cm in paths.ssh.glob("cm-*") if paths.ssh.exists() else []:
+        # Control masters of the lab's ssh config end with the hosts; their sockets are state.
+        cm.unlink()
+    if paths.state.exists():
+        shutil.rmtree(paths.state)
+    for root in cgroup_dirs(""):
+        if root.exists() and not any(root.iterdir()):
+            root.rmdir()
+    report("lab removed")

@@ -1,0 +1,59 @@
+"""Where the lab keeps its state (removed by `lab down`) and its caches (kept, they only save time)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    state: Path
+    cache: Path
+
+    @classmethod
+    def default(cls) -> LabPaths:
+        return cls(
+            state=Path(os.environ.get("GPUFLEET_LAB_STATE", "/var/lib/gpufleet/lab")),
+            cache=Path(os.environ.get("GPUFLEET_LAB_CACHE", "/var/cache/gpufleet/lab")),
+        )
+
+    @property
+    def base_tarball(self) -> Path:
+        return self.cache / "base-bookworm.tar"
+
+    @property
+    def debs(self) -> Path:
+        return self.cache / "debs"
+
+    @property
+    def mirror(self) -> Path:
+        return self.state / "mirror"
+
+    @property
+    def base(self) -> Path:
+        return self.state / "base"
+
+    @property
+    def ssh(self) -> Path:
+        return self.state / "ssh"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.ssh / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh / "known_hosts"
+
+    @property
+    def gnupg(self) -> Path:
+        return self.state / "gnupg"
+
+    @property
+    def mirror_key(self) -> Path:
+        return self.state / "gpufleet-mirror.gpg"
+
+    def host(self, hostname: str) -> Path:
+        return self.state / "hosts" / hostname
