@@ -211,6 +211,11 @@ def stacks(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+from gpufleet.lab.cli import lab_app  # noqa: E402  (its commands use the helpers above at call time)
+
+app.add_typer(lab_app, name="lab")
+
+
 def main() -> None:
     app()
 
