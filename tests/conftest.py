@@ -12,6 +12,13 @@ INVENTORIES = REPO / "inventories"
 SITES = sorted(p.name for p in INVENTORIES.iterdir() if (p / "nodes.yaml").is_file())
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/host checks real machines: collected only when aimed at some (testinfra's --hosts)."""
+    if collection_path == REPO / "tests" / "host":
+        return not config.getoption("hosts", default=None)
+    return None
+
+
 def site_data(site: str) -> dict[str, Any]:
     return yaml.safe_load((INVENTORIES / site / "nodes.yaml").read_text())
 

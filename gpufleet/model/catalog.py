@@ -42,18 +42,24 @@ class GPUSpec:
     smi_name: str
     # Oldest driver branch that supports the part.
     min_driver_branch: int
+    # Board power (TDP): host checks flag a power limit set far below it.
+    tdp_w: int
 
 
 GPU_CATALOG: dict[GPUModel, GPUSpec] = {
-    GPUModel.A100_40GB: GPUSpec(40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450),
-    GPUModel.A100_80GB: GPUSpec(80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450),
-    GPUModel.H100_PCIE: GPUSpec(80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525),
-    GPUModel.H100_SXM: GPUSpec(80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525),
-    GPUModel.H200: GPUSpec(141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550),
-    GPUModel.L40S: GPUSpec(48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525),
-    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525),
-    GPUModel.T4: GPUSpec(16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418),
-    GPUModel.A10G: GPUSpec(24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460),
+    GPUModel.A100_40GB: GPUSpec(
+        40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450, 400
+    ),
+    GPUModel.A100_80GB: GPUSpec(
+        80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450, 400
+    ),
+    GPUModel.H100_PCIE: GPUSpec(80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525, 350),
+    GPUModel.H100_SXM: GPUSpec(80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525, 700),
+    GPUModel.H200: GPUSpec(141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550, 700),
+    GPUModel.L40S: GPUSpec(48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525, 350),
+    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525, 72),
+    GPUModel.T4: GPUSpec(16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418, 70),
+    GPUModel.A10G: GPUSpec(24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460, 300),
 }
 
 # Minimum driver branch for each CUDA major version (NVIDIA's CUDA compatibility table).

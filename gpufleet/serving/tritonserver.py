@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -132,6 +133,10 @@ def tritonserver(
     env = {
         **os.environ,
         "PATH": os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), os.environ.get("PATH", "")]),
+        # Its libpython must be this interpreter's too (pyenv builds differ from the distribution's).
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")])
+        ),
     }
     log_path = workdir / "tritonserver.log"
     with log_path.open("wb") as log:

@@ -1,0 +1,107 @@
+"""What a host check expects of one node, derived from its inventory entry, BOM and node plan. Pure.
+
+The host suite (tests/host) compares the machine with these values and nothing else: what
+the plan requires is demanded, what it leaves out is not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from gpufleet.model.catalog import GPU_CATALOG, Architecture
+from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
+from gpufleet.plan.node import Frozen, Mount, RaidArray, plan_node
+
+# A power limit below this share of the board's TDP means someone capped the GPU.
+MIN_POWER_LIMIT_SHARE = 0.8
+
+
+class GpuExpect(Frozen):
+    count: int
+    smi_name: str
+    driver_version: str
+    open_kernel_module: bool
+    cuda: str
+    nccl_package: str
+    nccl_version: str  # apt pattern, e.g. 2.28.3-*+cuda13.0
+    min_power_limit_w: float
+    # Ampere and newer remap rows instead of retiring pages.
+    remaps_rows: bool
+    container_toolkit: str | None
+
+
+class RdmaExpect(Frozen):
+    device: str
+    link_layer: Literal["InfiniBand", "Ethernet"]
+    mtu: int
+    gid_index: int
+
+
+class NetworkExpect(Frozen):
+    management_device: str
+    management_mtu: int
+    rdma: list[RdmaExpect]
+
+
+class StorageExpect(Frozen):
+    raid: list[RaidArray]
+    mounts: list[Mount]
+    ceph_health: bool
+
+
+class KubernetesExpect(Frozen):
+    node_name: str
+    labels: dict[str, str]
+    taints: list[Taint]
+
+
+class HostExpect(Frozen):
+    hostname: str
+    gpu: GpuExpect | None
+    network: NetworkExpect
+    storage: StorageExpect
+    kubernetes: KubernetesExpect | None
+
+
+def host_expectations(inv: Inventory, node: Node) -> HostExpect:
+    plan = plan_node(inv, node)
+    bom = inv.bom
+    gpu = None
+    if node.gpu is not None and bom.nvidia_driver and bom.cuda and bom.nccl:
+        spec = GPU_CATALOG[node.gpu.model]
+        nccl = next(p for p in plan.packages if p.name == "libnccl2")
+        gpu = GpuExpect(
+            count=node.gpu.count,
+            smi_name=spec.smi_name,
+            driver_version=bom.nvidia_driver.version,
+            open_kernel_module=bom.nvidia_driver.open_kernel_module,
+            cuda=bom.cuda,
+            nccl_package=nccl.name,
+            nccl_version=nccl.version or "*",
+            min_power_limit_w=spec.tdp_w * MIN_POWER_LIMIT_SHARE,
+            remaps_rows=spec.architecture is not Architecture.TURING,
+            container_toolkit=bom.nvidia_container_toolkit,
+        )
+    network = NetworkExpect(
+        management_device=node.nics.management.device,
+        management_mtu=node.nics.management.mtu or inv.site.networks.management.mtu,
+        rdma=[
+            RdmaExpect(
+                device=nic.device,
+                link_layer="InfiniBand" if nic.link_layer is LinkLayer.INFINIBAND else "Ethernet",
+                mtu=nic.mtu,
+                gid_index=nic.gid_index,
+            )
+            for nic in node.nics.rdma
+        ],
+    )
+    in_cluster = bool({Role.CONTROL_PLANE, Role.WORKER, Role.GPU} & set(node.roles))
+    return HostExpect(
+        hostname=node.hostname,
+        gpu=gpu,
+        network=network,
+        storage=StorageExpect(raid=plan.raid, mounts=plan.mounts, ceph_health=Role.STORAGE in node.roles),
+        kubernetes=KubernetesExpect(node_name=node.hostname, labels=plan.labels, taints=plan.taints)
+        if in_cluster
+        else None,
+    )
