@@ -211,9 +211,44 @@ def stacks(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@app.command()
+def verify(
+    site: SiteArg = "lab",
+    limit: Annotated[list[str] | None, typer.Option("--limit", help="only these hosts (repeat)")] = None,
+    part: Annotated[
+        list[str] | None, typer.Option("--part", help="only these parts: gpu, network, storage, kubernetes")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="check this machine as the one --limit host")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The admission gate: run the host suite against the site's hosts; exit 1 on any failed check."""
+    from gpufleet.verify import verify_site
+
+    with bad_input():
+        report = verify_site(site, limit, part, local=local)
+    if as_json:
+        emit_json({**report.model_dump(), "ok": report.ok})
+    else:
+        table = Table("host", "part", "check", "result", "detail", title=f"verify {report.site}")
+        style = {"passed": "green", "failed": "red", "skipped": "dim"}
+        for r in report.results:
+            table.add_row(r.host, r.part, r.check, f"[{style.get(r.outcome, '')}]{r.outcome}[/]", r.message)
+        out.print(table)
+        counts = Counter(r.outcome for r in report.results)
+        out.print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 from gpufleet.lab.cli import lab_app  # noqa: E402  (its commands use the helpers above at call time)
 
 app.add_typer(lab_app, name="lab")
+
+from gpufleet.provision.cli import register as register_provision  # noqa: E402
+
+register_provision(app)
 
 
 def main() -> None:

@@ -95,15 +95,16 @@ def parse_smi_q(text: str) -> dict[str, Any]:
         if not raw.strip() or raw.startswith(("=", "$", "#")):
             continue
         indent = len(raw) - len(raw.lstrip())
-        key, sep, value = raw.strip().partition(":")
+        # Values follow padded ` : `; a bare `GPU 00000000:00:06.0` or `ECC Mode` opens a section.
+        pair = re.match(r"^(.*?)\s+:\s*(.*)$", raw.strip())
         while stack[-1][0] >= indent:
             stack.pop()
         parent = stack[-1][1]
-        if sep and value.strip():
-            parent[key.strip()] = value.strip()
+        if pair and pair.group(2):
+            parent[pair.group(1)] = pair.group(2).strip()
         else:
             child: dict[str, Any] = {}
-            parent[key.strip()] = child
+            parent[(pair.group(1) if pair else raw).strip()] = child
             stack.append((indent, child))
     return root
 
@@ -133,7 +134,9 @@ def _flatten(tree: dict[str, Any]) -> dict[str, str]:
 
 def parse_driver_version(text: str) -> tuple[str, bool]:
     """`/proc/driver/nvidia/version` → (version, open kernel module?)."""
-    match = re.search(r"NVRM version: NVIDIA UNIX (Open )?Kernel Module for \S+\s+([0-9][0-9.]+)", text)
+    match = re.search(
+        r"NVRM version: NVIDIA UNIX (Open )?.*?Kernel Module(?: for \S+)?\s+([0-9]+\.[0-9.]+)", text
+    )
     if match is None:
         raise ValueError("no NVRM version line")
     return match.group(2), match.group(1) is not None

@@ -1,0 +1,117 @@
+"""Run tests/host against a site's hosts and collect one result per check and host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
+from gpufleet.model.errors import InputError, Problem
+
+PARTS = ("gpu", "network", "storage", "kubernetes")
+
+
+class CheckResult(BaseModel):
+    host: str
+    check: str
+    part: str
+    outcome: str
+    message: str
+
+
+class VerifyReport(BaseModel):
+    site: str
+    hosts: list[str]
+    results: list[CheckResult]
+    returncode: int
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        # pytest's own failure (exit 2-4: usage, internal error, interrupted) is no pass either.
+        return not self.failed and self.returncode in (0, 5) and bool(self.results)
+
+
+def verify_site(
+    site: str,
+    limit: list[str] | None = None,
+    parts: list[str] | None = None,
+    *,
+    local: bool = False,
+    timeout_s: float = 900,
+) -> VerifyReport:
+    """Check `limit` (default: every node) of `site`; `local` checks this machine as the one host named."""
+    inv = load_inventory(site)
+    names = [n.hostname for n in inv.nodes]
+    hosts = limit or names
+    unknown = [h for h in hosts if h not in names]
+    if unknown:
+        raise InputError(
+            "--limit", [Problem((), f"{', '.join(unknown)} not in site {inv.site.name} ({', '.join(names)})")]
+        )
+    bad_parts = [p for p in parts or [] if p not in PARTS]
+    if bad_parts:
+        raise InputError(
+            "--part", [Problem((), f"unknown part {', '.join(bad_parts)}; parts: {', '.join(PARTS)}")]
+        )
+    if local and len(hosts) != 1:
+        raise InputError("--local", [Problem((), "checking this machine needs exactly one --limit HOST")])
+    env = {
+        **os.environ,
+        "GPUFLEET_SITE": str(site_file(site).parent.name),
+        "GPUFLEET_INVENTORIES": str(site_file(site).parent.parent.resolve()),
+    }
+    if local:
+        env["GPUFLEET_HOST"] = hosts[0]
+        target = "--hosts=local://"
+    else:
+        target = "--hosts=" + ",".join(f"ansible://{h}" for h in hosts)
+    with tempfile.TemporaryDirectory() as tmp:
+        report_file = Path(tmp) / "report.json"
+        args = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO_ROOT / "tests" / "host"),
+            target,
+            f"--ansible-inventory={inventories_dir().resolve() / 'ansible_inventory.py'}",
+            "-p",
+            "gpufleet.verify.report",
+            f"--gpufleet-report={report_file}",
+            "-q",
+            "--no-header",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(REPO_ROOT),
+        ]
+        if parts:
+            args += ["-m", " or ".join(parts)]
+        proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        results = json.loads(report_file.read_text()) if report_file.exists() else []
+    if not results:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        results = [
+            {
+                "host": ",".join(hosts),
+                "check": "host suite",
+                "part": "",
+                "outcome": "failed",
+                "message": " / ".join(tail) or f"pytest exited {proc.returncode}",
+            }
+        ]
+    return VerifyReport(
+        site=inv.site.name,
+        hosts=hosts,
+        results=[CheckResult(**r) for r in results],
+        returncode=proc.returncode,
+    )

@@ -1,0 +1,89 @@
+"""`gpufleet verify` on this machine (testinfra's local backend): the gate passes and fails for real.
+
+This machine has no GPU: the GPU part must fail, naming what it ran; its management interface
+is real: the network part passes when the site says what is there and fails when it doesn't.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, site_data
+
+pytestmark = pytest.mark.integration
+
+
+def _default_interface() -> tuple[str, int]:
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            return fields[0], int(Path(f"/sys/class/net/{fields[0]}/mtu").read_text())
+    raise AssertionError("this machine has no default route")
+
+
+def _site(tmp_path: Path, device: str, mtu: int) -> Path:
+    doc: dict[str, Any] = site_data("h100")
+    doc["site"]["name"] = "here"
+    doc["site"]["networks"]["management"]["mtu"] = mtu
+    doc["nodes"][0]["nics"]["management"]["device"] = device
+    folder = tmp_path / "inventories" / "here"
+    folder.mkdir(parents=True)
+    (folder / "nodes.yaml").write_text(yaml.safe_dump(doc))
+    return folder
+
+
+def _verify(site: Path, *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpufleet.cli", "verify", str(site), "--local", "--json", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    data = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else None
+    return proc.returncode, data, proc.stderr
+
+
+def test_network_part_passes_when_the_site_says_what_is_there(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    code, report, _ = _verify(_site(tmp_path, device, mtu), "--limit", "h100-1", "--part", "network")
+    assert report is not None and code == 0, report
+    outcomes = {r["check"]: r["outcome"] for r in report["results"]}
+    assert outcomes == {
+        "test_management_interface_up_with_planned_mtu": "passed",
+        "test_rdma_ports_active_as_planned": "skipped",  # the site plans no RDMA on this host
+    }
+
+
+def test_network_part_fails_on_a_wrong_mtu(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    code, report, _ = _verify(
+        _site(tmp_path, device, 9000 if mtu != 9000 else 1500), "--limit", "h100-1", "--part", "network"
+    )
+    assert code == 1 and report is not None
+    (failed,) = [r for r in report["results"] if r["outcome"] == "failed"]
+    assert f"{device} MTU: expected {9000 if mtu != 9000 else 1500}, found {mtu}" in failed["message"]
+
+
+def test_gpu_part_fails_without_a_gpu(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    code, report, _ = _verify(_site(tmp_path, device, mtu), "--limit", "h100-1", "--part", "gpu")
+    assert code == 1 and report is not None and report["ok"] is False
+    failed = {r["check"]: r["message"] for r in report["results"] if r["outcome"] == "failed"}
+    assert "/proc/driver/nvidia/version" in failed["test_driver_loaded_at_the_bom_version"]
+    assert "nvidia-smi" in failed["test_gpu_count_and_model"]
+    assert all(r["host"] == "h100-1" for r in report["results"])
+
+
+def test_unknown_host_is_bad_input(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    code, report, stderr = _verify(_site(tmp_path, device, mtu), "--limit", "nope")
+    assert code == 2 and report is None
+    assert "nope not in site here" in stderr
