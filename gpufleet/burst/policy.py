@@ -1,0 +1,515 @@
+"""Burst decisions, pure: from a window of signals and a capacity model to desired Spot nodes.
+
+Nothing here reads a clock, a file or the network. The simulator and the controller feed the
+same functions, so what the benchmark measures is what runs in production.
+
+Units: load and capacity are counted in *replicas* of the served model: offered load is the
+arrival rate of work divided by one replica's throughput (1.0 = one replica fully busy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpufleet.model.catalog import AWS_GPU_INSTANCES, SERVING_MODELS, replica_shape
+
+# AWS gives two minutes between the interruption warning and the reclaim.
+SPOT_NOTICE_S = 120.0
+
+
+@dataclass(frozen=True, order=True)
+class Pool:
+    """A Spot capacity pool: one instance type in one availability zone."""
+
+    instance_type: str
+    az: str
+
+    def __str__(self) -> str:
+        return f"{self.instance_type}/{self.az}"
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    pool: Pool
+    ready: bool
+    draining: bool
+    launched_at: float
+    inflight: int
+    # The Spot max price it was launched with ($/h): AWS reclaims the node rather than bill above it,
+    # which is what makes the $/hour cap hold between two decisions when prices move.
+    max_price: float
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One sample of what the metrics say, aggregated over the sample interval."""
+
+    t: float
+    load_replicas: float
+    queue_wait_s: float
+    pending: int
+    gpu_util: float
+    ready_replicas: int
+
+
+@dataclass(frozen=True)
+class KnownPeak:
+    """A peak announced ahead (a promotion): load times `factor` during [start_s, end_s)."""
+
+    start_s: float
+    end_s: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class CapacityModel:
+    onprem_replicas: int
+    replicas_per_node: int
+    max_nodes: int
+    max_hourly_usd: float
+    boot_to_serve_s: float
+    slo_queue_wait_s: float
+    # Continuous batching keeps queue wait near zero until a replica saturates, then it explodes:
+    # plan for this much of each replica's throughput.
+    target_utilisation: float = 0.85
+
+    def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
+        """Burst nodes needed so that on-prem plus burst replicas carry the load at the utilisation."""
+        u = utilisation or self.target_utilisation
+        missing = load_replicas / u - self.onprem_replicas
+        if missing <= 1e-9:
+            return 0
+        return min(self.max_nodes, math.ceil(missing / self.replicas_per_node - 1e-9))
+
+
+@dataclass(frozen=True)
+class Launch:
+    pool: Pool
+    max_price: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    reason: str
+    launch: tuple[Launch, ...] = ()
+    drain: tuple[str, ...] = ()
+
+    @property
+    def acts(self) -> bool:
+        return bool(self.launch or self.drain)
+
+
+# --- placement: where new nodes go, and within which budget -------------------------------
+
+# Pools priced within this factor of the cheapest count as equally good; nodes spread over them
+# so that one pool's reclaim takes only part of the burst capacity.
+DIVERSIFY_BAND = 1.25
+# A node's max price is its launch price plus this headroom (never above on-demand): enough to
+# ride ordinary price moves, and what the cap budget reserves for it.
+MAX_PRICE_HEADROOM = 0.3
+
+
+def committed_usd(nodes: Sequence[Node]) -> float:
+    """The most the live fleet can cost per hour: AWS never bills a node above its max price."""
+    return sum(n.max_price for n in nodes)
+
+
+def place(
+    count: int,
+    nodes: Sequence[Node],
+    prices: Mapping[Pool, float],
+    cap_usd: float | None,
+    avoid: frozenset[Pool] = frozenset(),
+) -> tuple[tuple[Launch, ...], str]:
+    """Pools for `count` new nodes: cheapest first, spread over pools within DIVERSIFY_BAND.
+
+    With a cap, each launch reserves its max price and stops when the next would cross the cap,
+    so the fleet's bill stays under it whatever prices do later. Without (the baselines), every
+    node goes to the cheapest pool at the default max price, on-demand.
+    """
+    offered = {p: price for p, price in prices.items() if p not in avoid} or dict(prices)
+    if count <= 0 or not offered:
+        return (), ""
+    if cap_usd is None:
+        cheapest = min(offered, key=lambda p: (offered[p], p))
+        od = AWS_GPU_INSTANCES[cheapest.instance_type].on_demand_usd_hour
+        return tuple(Launch(cheapest, od) for _ in range(count)), ""
+    spread = Counter(n.pool for n in nodes if not n.draining)
+    budget = cap_usd - committed_usd(nodes)
+    launches: list[Launch] = []
+    floor = min(offered.values())
+    band = [p for p in offered if offered[p] <= floor * DIVERSIFY_BAND]
+    for _ in range(count):
+        fitting = [p for p in band if _max_price(p, offered[p]) <= budget + 1e-9]
+        if not fitting:
+            fitting = [p for p in offered if _max_price(p, offered[p]) <= budget + 1e-9]
+        if not fitting:
+            return tuple(launches), f"the ${cap_usd:g}/h cap leaves ${max(budget, 0):.2f}/h"
+        pool = min(fitting, key=lambda p: (spread[p], offered[p], p))
+        launch = Launch(pool, _max_price(pool, offered[pool]))
+        launches.append(launch)
+        spread[pool] += 1
+        budget -= launch.max_price
+    return tuple(launches), ""
+
+
+def _max_price(pool: Pool, price: float) -> float:
+    od = AWS_GPU_INSTANCES[pool.instance_type].on_demand_usd_hour
+    return round(max(price, min(od, price * (1 + MAX_PRICE_HEADROOM))), 4)
+
+
+def fewest_inflight(nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+    """Scale-in victims: nodes not serving yet first, then those with the fewest requests in flight."""
+    live = [n for n in nodes if not n.draining]
+    order = sorted(live, key=lambda n: (n.ready, n.inflight, -n.max_price, n.id))
+    return tuple(n.id for n in order[: max(0, count)])
+
+
+def newest_first(nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+    """What a Kubernetes ReplicaSet does on scale-down: not-ready pods first, then the newest."""
+    live = [n for n in nodes if not n.draining]
+    order = sorted(live, key=lambda n: (n.ready, -n.launched_at, n.id))
+    return tuple(n.id for n in order[: max(0, count)])
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+class Policy(Protocol):
+    name: str
+    tick_s: float
+    # Whether launches respect the $/hour cap (gpufleet and the oracle) or not (the baselines).
+    cap_aware: bool
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision: ...
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision: ...
+
+    def initial_nodes(self) -> int: ...
+
+
+def _live(nodes: Sequence[Node]) -> int:
+    return sum(1 for n in nodes if not n.draining)
+
+
+def _recent(window: Sequence[Signals], t: float, seconds: float) -> list[Signals]:
+    return [s for s in window if s.t > t - seconds] or list(window[-1:])
+
+
+@dataclass
+class _Base:
+    model: CapacityModel
+
+    name = "base"
+    tick_s = 15.0
+    cap_aware = False
+
+    def initial_nodes(self) -> int:
+        return 0
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        # The usual autoscalers do not read Spot warnings: the node simply disappears two minutes later.
+        return Decision(_live(nodes), "interruption warning ignored")
+
+    def _to(self, desired: int, reason: str, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
+        desired = max(0, min(self.model.max_nodes, desired))
+        live = _live(nodes)
+        if desired > live:
+            cap = self.model.max_hourly_usd if self.cap_aware else None
+            launch, capped = place(desired - live, nodes, prices, cap)
+            return Decision(desired, f"{reason}; {capped}" if capped else reason, launch=launch)
+        if desired < live:
+            return Decision(desired, reason, drain=self._victims(nodes, live - desired))
+        return Decision(desired, reason)
+
+    def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+        return newest_first(nodes, count)
+
+
+@dataclass
+class StaticPeak(_Base):
+    """Provision for the known peak, all the time."""
+
+    peak_nodes: int = 0
+    name = "static-peak"
+    tick_s = 60.0
+
+    def initial_nodes(self) -> int:
+        return self.peak_nodes
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        return self._to(self.peak_nodes, f"static: {self.peak_nodes} nodes sized for the peak", nodes, prices)
+
+
+@dataclass
+class _Stabilized(_Base):
+    """Kubernetes HPA behaviour: scale up at once, scale down to the highest recommendation of the window."""
+
+    stabilization_s: float = 300.0
+    _history: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def _stabilize(self, t: float, recommended: int, current: int) -> int:
+        self._history.append((t, recommended))
+        while self._history and self._history[0][0] < t - self.stabilization_s:
+            self._history.popleft()
+        if recommended >= current:
+            return recommended
+        return max(r for _, r in self._history)
+
+    def _nodes_for_replicas(self, total_replicas: int) -> int:
+        return math.ceil(max(0, total_replicas - self.model.onprem_replicas) / self.model.replicas_per_node)
+
+
+@dataclass
+class HpaGpu(_Stabilized):
+    """HPA on GPU utilisation: desired replicas = ceil(sum of utilisation / target), 10% tolerance."""
+
+    target: float = 0.7
+    name = "hpa-gpu70"
+    tick_s = 15.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        recent = _recent(window, t, 60.0)
+        util = sum(s.gpu_util for s in recent) / len(recent)
+        busy = util * recent[-1].ready_replicas
+        current = m.onprem_replicas + _live(nodes) * m.replicas_per_node
+        # Replicas still booting count as idle, as HPA does for pods that are not ready.
+        ratio = busy / (current * self.target)
+        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
+        total = self._stabilize(t, max(m.onprem_replicas, recommended), current)
+        return self._to(
+            self._nodes_for_replicas(total),
+            f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas} ready replicas -> {total} replicas",
+            nodes,
+            prices,
+        )
+
+
+@dataclass
+class KedaQueue(_Stabilized):
+    """KEDA Prometheus scaler on pending requests: desired = ceil(pending / threshold), 30 s polling."""
+
+    threshold: float = 10.0
+    name = "keda-queue"
+    tick_s = 30.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        pending = window[-1].pending
+        current = m.onprem_replicas + _live(nodes) * m.replicas_per_node
+        recommended = max(m.onprem_replicas, math.ceil(pending / self.threshold))
+        total = self._stabilize(t, recommended, current)
+        return self._to(
+            self._nodes_for_replicas(total), f"{pending} pending requests -> {total} replicas", nodes, prices
+        )
+
+
+@dataclass
+class ReactivePending(_Base):
+    """Karpenter-like: launch nodes for what is pending now; consolidate when the rest can carry the load."""
+
+    slots_per_replica: int = 32
+    consolidate_below: float = 0.5
+    name = "reactive-pending"
+    tick_s = 10.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        live = _live(nodes)
+        booting = sum(1 for n in nodes if not n.draining and not n.ready)
+        pending = window[-1].pending
+        if pending > 0:
+            per_node = self.slots_per_replica * m.replicas_per_node
+            extra = max(0, math.ceil(pending / per_node) - booting)
+            return self._to(
+                live + extra, f"{pending} pending requests, {booting} nodes booting", nodes, prices
+            )
+        recent = _recent(window, t, 300.0)
+        busy = sum(s.gpu_util * s.ready_replicas for s in recent) / len(recent)
+        without_one = m.onprem_replicas + (live - 1) * m.replicas_per_node
+        if live > 0 and booting == 0 and busy < self.consolidate_below * without_one:
+            return self._to(
+                live - 1, f"consolidate: {busy:.1f} busy replicas fit on {without_one}", nodes, prices
+            )
+        return Decision(live, "nothing pending")
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        # Karpenter reads the same SQS interruption queue: it cordons the node and launches a replacement.
+        launch, _ = place(1, nodes, prices, None, avoid=frozenset({node.pool}))
+        return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
+
+
+@dataclass
+class Gpufleet(_Base):
+    """Offered load against the capacity model, held at its peak over the quiet period; a rise
+    term for load still climbing; announced peaks; quiet-period scale-in with hysteresis; the
+    $/hour cap; replacement on interruption warnings."""
+
+    peaks: tuple[KnownPeak, ...] = ()
+    quiet_s: float = 600.0
+    cooldown_s: float = 120.0
+    # Scale-in plans for a lower utilisation than scale-up: the gap is the hysteresis band.
+    hysteresis: float = 0.1
+    # The last five minutes' mean load over the five before: from `rise_from` on, load is taken to
+    # be still climbing and the held peak is raised by the ratio, at most `rise_max` times.
+    rise_s: float = 300.0
+    rise_from: float = 1.3
+    rise_max: float = 1.5
+    name = "gpufleet"
+    tick_s = 15.0
+    cap_aware = True
+    _loads: deque[tuple[float, float]] = field(default_factory=deque)
+    _last_scale_in: float = -math.inf
+    _peak_level: dict[KnownPeak, float] = field(default_factory=dict)
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        recent = _recent(window, t, 60.0)
+        load = sum(s.load_replicas for s in recent) / len(recent)
+        self._loads.append((t, load))
+        while self._loads[0][0] < t - self.quiet_s:
+            self._loads.popleft()
+        # LLM traffic comes in bursts of a minute or two: capacity sized for the mean flaps.
+        held = max(v for _, v in self._loads)
+        rise = self._rise(window, t)
+        projected = held * min(rise, self.rise_max) if rise >= self.rise_from else held
+        floor, peak_note = self._peak_floor(t, held)
+        live = _live(nodes)
+        up = m.nodes_for(max(projected, floor))
+        why = f"load {load:.2f} replicas, peak {held:.2f}, rise x{rise:.2f}{peak_note}"
+        if up > live:
+            return self._to(up, f"{why} -> {up} nodes", nodes, prices)
+        down = m.nodes_for(max(held, floor), m.target_utilisation - self.hysteresis)
+        quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
+        saturated = window[-1].queue_wait_s > m.slo_queue_wait_s / 2
+        if down < live and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
+            self._last_scale_in = t
+            return self._to(down, f"{why}; quiet {self.quiet_s:.0f}s -> {down} nodes", nodes, prices)
+        return Decision(live, f"{why}; hold {live}")
+
+    def _rise(self, window: Sequence[Signals], t: float) -> float:
+        last = [s.load_replicas for s in window if s.t > t - self.rise_s]
+        before = [s.load_replicas for s in window if t - 2 * self.rise_s < s.t <= t - self.rise_s]
+        if not last or not before or sum(before) <= 0:
+            return 1.0
+        return (sum(last) / len(last)) / (sum(before) / len(before))
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        # Launch the replacement before the node goes, in another pool: its pool is being reclaimed.
+        launch, capped = place(1, nodes, prices, self.model.max_hourly_usd, avoid=frozenset({node.pool}))
+        reason = (
+            f"interruption warning for {node.id}: drain, replace in {launch[0].pool}"
+            if launch
+            else (f"interruption warning for {node.id}: drain; no replacement, {capped}")
+        )
+        return Decision(_live(nodes), reason, launch, (node.id,))
+
+    def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+        return fewest_inflight(nodes, count)
+
+    def _peak_floor(self, t: float, load: float) -> tuple[float, str]:
+        """Before and during an announced peak, plan for the load seen before it times its factor."""
+        lead = self.model.boot_to_serve_s + 2 * self.tick_s
+        for peak in self.peaks:
+            if peak.start_s - lead <= t < peak.end_s:
+                level = self._peak_level.setdefault(peak, load * peak.factor)
+                return level, f", announced peak x{peak.factor:g} -> {level:.2f}"
+        return 0.0, ""
+
+
+@dataclass
+class Oracle(_Base):
+    """Clairvoyant: knows each minute's load ahead, launches exactly one boot time early and
+    releases a node as soon as no minute within the next boot time needs it."""
+
+    future_load: tuple[float, ...] = ()
+    name = "oracle"
+    tick_s = 15.0
+    cap_aware = True
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        first = int(t // 60)
+        last = int((t + self.model.boot_to_serve_s + self.tick_s) // 60)
+        ahead = self.future_load[first : last + 1] or (0.0,)
+        need = self.model.nodes_for(max(ahead))
+        return self._to(
+            need, f"needs {need} nodes within the next {self.model.boot_to_serve_s:.0f}s", nodes, prices
+        )
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        launch, _ = place(1, nodes, prices, self.model.max_hourly_usd, avoid=frozenset({node.pool}))
+        return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
+
+    def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+        return fewest_inflight(nodes, count)
+
+
+POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "gpufleet", "oracle")
+
+
+# --- what runs on burst nodes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BurstServing:
+    """The model burst nodes serve and how many replicas each offered instance type holds."""
+
+    model: str
+    fallback: bool
+    replicas_per_node: dict[str, int]
+
+
+def burst_serving(model: str, instance_types: Sequence[str]) -> BurstServing:
+    """The site's model where it fits one node of the offered types; otherwise the largest
+    distilled model of the same family that does (fewer GPUs, lower quality, but capacity)."""
+    family = model.split("-distill")[0]
+    candidates = [
+        model,
+        *sorted(
+            (m for m in SERVING_MODELS if m.startswith(f"{family}-distill") and m != model),
+            key=lambda m: -SERVING_MODELS[m].params_b,
+        ),
+    ]
+    for candidate in candidates:
+        fits: dict[str, int] = {}
+        for name in instance_types:
+            it = AWS_GPU_INSTANCES[name]
+            shape = replica_shape(candidate, it.gpu)
+            if shape.nodes == 1 and shape.tensor_parallel <= it.gpus:
+                fits[name] = it.gpus // shape.tensor_parallel
+        if fits:
+            return BurstServing(model=candidate, fallback=candidate != model, replicas_per_node=fits)
+    raise ValueError(
+        f"no replica of {model} or a distilled fallback fits one node of {', '.join(instance_types)}"
+    )

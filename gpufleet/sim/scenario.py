@@ -1,0 +1,163 @@
+"""A simulation scenario from a site, a trace and surges: the capacity model every policy shares."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from gpufleet.burst.policy import (
+    POLICY_NAMES,
+    BurstServing,
+    CapacityModel,
+    Gpufleet,
+    HpaGpu,
+    KedaQueue,
+    KnownPeak,
+    Oracle,
+    Policy,
+    ReactivePending,
+    StaticPeak,
+    burst_serving,
+)
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.site import Inventory
+from gpufleet.plan.site import plan_site
+from gpufleet.sim.engine import Result, ServiceModel, Simulation
+from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
+from gpufleet.sim.trace import Surge, Trace, apply_surges
+
+# On-prem is sized for the ordinary trace: the slowest replica with which the on-prem fleet alone
+# keeps every minute of the trace without surges inside the SLO, plus this much headroom. That is
+# what fixes a replica's tokens/s from the trace's own token counts.
+ONPREM_HEADROOM = 1.1
+_CALIBRATION_STEPS = 12
+
+
+@dataclass(frozen=True)
+class Scenario:
+    trace: Trace
+    capacity: CapacityModel
+    service: ServiceModel
+    burst: BurstServing
+    prices: PriceSeries
+    peaks: tuple[KnownPeak, ...]
+    horizon_s: float
+    minute_load: tuple[float, ...]
+    interruptions_per_node_hour: float
+    seed: int
+
+    def policy(self, name: str) -> Policy:
+        m = self.capacity
+        if name == "static-peak":
+            return StaticPeak(m, peak_nodes=m.nodes_for(max(self.minute_load)))
+        if name == "hpa-gpu70":
+            return HpaGpu(m)
+        if name == "keda-queue":
+            return KedaQueue(m)
+        if name == "reactive-pending":
+            return ReactivePending(m, slots_per_replica=self.service.slots)
+        if name == "gpufleet":
+            return Gpufleet(m, peaks=self.peaks)
+        if name == "oracle":
+            return Oracle(m, future_load=self.minute_load)
+        raise ValueError(f"unknown policy {name!r}; one of {', '.join(POLICY_NAMES)}")
+
+    def run(self, name: str) -> Result:
+        return Simulation(
+            requests=self.trace.requests,
+            policy=self.policy(name),
+            capacity=self.capacity,
+            service=self.service,
+            prices=self.prices,
+            replicas_per_node=self.burst.replicas_per_node,
+            horizon_s=self.horizon_s,
+            interruptions_per_node_hour=self.interruptions_per_node_hour,
+            seed=self.seed,
+        ).run()
+
+
+def calibrate(
+    trace: Trace, capacity: CapacityModel, prices: PriceSeries, burst: BurstServing
+) -> ServiceModel:
+    """Bisect a replica's tokens/s on an on-prem-only replay of the trace without surges."""
+
+    def meets_slo(tokens_per_s: float) -> bool:
+        result = Simulation(
+            requests=trace.requests,
+            policy=StaticPeak(capacity, peak_nodes=0),
+            capacity=capacity,
+            service=ServiceModel(tokens_per_s=tokens_per_s),
+            prices=prices,
+            replicas_per_node=burst.replicas_per_node,
+            horizon_s=60.0 * math.ceil(max(trace.duration_s, 1.0) / 60),
+        ).run()
+        return result.slo_violation_minutes == 0
+
+    probe = ServiceModel(tokens_per_s=1.0)
+    total = sum(probe.work_s(r) for r in trace.requests)
+    # From "all the work in one second" (always enough) down to "spread evenly" (never enough).
+    hi = total
+    lo = total / max(trace.duration_s, 1.0) / max(capacity.onprem_replicas, 1)
+    for _ in range(_CALIBRATION_STEPS):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if meets_slo(mid) else (mid, hi)
+    return ServiceModel(tokens_per_s=hi * ONPREM_HEADROOM)
+
+
+def minute_loads(trace: Trace, service: ServiceModel, horizon_s: float) -> list[float]:
+    """Offered load per minute, in replicas."""
+    loads = [0.0] * max(1, int(horizon_s // 60))
+    for request in trace.requests:
+        loads[min(len(loads) - 1, int(request.arrival_s // 60))] += service.work_s(request) / 60
+    return loads
+
+
+def build_scenario(
+    inv: Inventory,
+    source: str,
+    trace: Trace,
+    surges: Sequence[Surge],
+    *,
+    announce: bool = True,
+    interruptions_per_node_hour: float = 0.0,
+    seed: int = 0,
+) -> Scenario:
+    """`source` names the site file, for errors about what the site lacks."""
+    plan = plan_site(inv)
+    if plan.burst is None or plan.serving is None:
+        missing = "burst" if plan.burst is None else "serving"
+        raise InputError(source, [Problem(("site", missing), "the site has no such section to simulate")])
+    try:
+        burst = burst_serving(plan.serving.model, plan.burst.instance_types)
+    except ValueError as exc:
+        raise InputError(source, [Problem(("site", "burst", "instance_types"), str(exc))]) from None
+    surged = apply_surges(trace, list(surges), seed=seed)
+    horizon = 60.0 * math.ceil(max(trace.duration_s, surged.duration_s, 1.0) / 60)
+    pools = pools_for(plan.burst.region, sorted(burst.replicas_per_node))
+    prices = random_walk(pools, horizon, seed=seed)
+    capacity = CapacityModel(
+        onprem_replicas=plan.serving.replicas,
+        replicas_per_node=min(burst.replicas_per_node.values()),
+        max_nodes=plan.burst.max_nodes,
+        max_hourly_usd=plan.burst.max_hourly_usd,
+        boot_to_serve_s=plan.burst.boot_to_serve_s,
+        slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
+    )
+    service = calibrate(trace, capacity, prices, burst)
+    # Plan each minute's load at the utilisation at which on-prem alone met the SLO on the
+    # ordinary trace's busiest minute: that is what the capacity model has shown to be safe.
+    proven = max(minute_loads(trace, service, horizon)) / max(capacity.onprem_replicas, 1)
+    capacity = replace(capacity, target_utilisation=min(0.9, max(0.3, proven)))
+    return Scenario(
+        trace=surged,
+        capacity=capacity,
+        service=service,
+        burst=burst,
+        prices=prices,
+        peaks=tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges) if announce else (),
+        horizon_s=horizon,
+        minute_load=tuple(minute_loads(surged, service, horizon)),
+        interruptions_per_node_hour=interruptions_per_node_hour,
+        seed=seed,
+    )
