@@ -250,6 +250,10 @@ from gpufleet.provision.cli import register as register_provision  # noqa: E402
 
 register_provision(app)
 
+from gpufleet.burst.cli import burst_app  # noqa: E402  (its commands use the helpers above at call time)
+
+app.add_typer(burst_app, name="burst")
+
 
 def main() -> None:
     app()
