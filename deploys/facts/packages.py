@@ -1,0 +1,39 @@
+"""Installed Debian packages with versions, and the ones held against upgrades."""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase
+
+
+class InstalledVersions(FactBase[dict[str, str]]):
+    """`dpkg-query` for installed packages: name -> version (held or not)."""
+
+    def command(self) -> str:
+        return "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n'"
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in output:
+            fields = line.split()
+            # `ii ` installed, `hi ` installed and held; anything else is not installed.
+            if len(fields) == 3 and fields[0] in ("ii", "hi"):
+                out[fields[1]] = fields[2]
+        return out
+
+
+class HeldPackages(FactBase[set[str]]):
+    """`apt-mark showhold`."""
+
+    def command(self) -> str:
+        return "apt-mark showhold"
+
+    @staticmethod
+    def default() -> set[str]:
+        return set()
+
+    def process(self, output: list[str]) -> set[str]:
+        return {line.strip() for line in output if line.strip()}

@@ -1,0 +1,148 @@
+"""The node deploy: every concern of one node, each a @deploy driven by the host's NodePlan.
+
+The plan travels in host data (`gpufleet_plan`); nothing here decides a value, it only carries
+the plan out. Order matters where one concern feeds another: sources before packages, packages
+before their configuration, configuration before services.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from deploys.operations import packages as pkg_ops
+from deploys.operations import raid6 as raid_ops
+from gpufleet.plan.node import NodePlan
+
+SOURCES_DIR = "/etc/apt/sources.list.d"
+KEYRINGS_DIR = "/etc/apt/keyrings"
+PINS_FILE = "/etc/apt/preferences.d/gpufleet-pins"
+SYSCTL_FILE = "/etc/sysctl.d/90-gpufleet.conf"
+GRUB_FILE = "/etc/default/grub.d/90-gpufleet.cfg"
+BLACKLIST_FILE = "/etc/modprobe.d/gpufleet-blacklist.conf"
+NCCL_CONF = "/etc/nccl.conf"
+CONTAINERD_CONF = "/etc/containerd/config.toml"
+APT_CACHE_S = 24 * 3600
+MANAGED = "# Managed by gpufleet (deploys/); edits are replaced on the next provision.\n"
+
+
+def _put(text: str, dest: str, name: str, mode: str = "644") -> object:
+    return files.put(name=name, src=StringIO(MANAGED + text), dest=dest, mode=mode)
+
+
+def node_plan() -> NodePlan:
+    plan = host.data.get("gpufleet_plan")
+    if not isinstance(plan, NodePlan):
+        raise TypeError(f"{host.name}: host data gpufleet_plan must be a NodePlan, got {type(plan).__name__}")
+    return plan
+
+
+def sources_text(plan: NodePlan) -> dict[str, str]:
+    """deb822 files per source, each signed by the keyring of its own name."""
+    out = {}
+    for src in plan.apt_sources:
+        lines = [f"Types: deb\nURIs: {src.uri}\nSuites: {src.suite}\n"]
+        if src.components:
+            lines.append(f"Components: {' '.join(src.components)}\n")
+        lines.append(f"Signed-By: {KEYRINGS_DIR}/{src.name}.gpg\n")
+        out[f"{SOURCES_DIR}/{src.name}.sources"] = "".join(lines)
+    return out
+
+
+@deploy("apt sources and pinned packages")
+def packages(plan: NodePlan) -> None:
+    changed = [
+        _put(text, dest, f"apt source {dest.rsplit('/', 1)[-1]}") for dest, text in sources_text(plan).items()
+    ]
+    changed.append(_put(pkg_ops.pin_preferences(plan.packages), PINS_FILE, "apt pins"))
+    apt.update(name="apt update (sources or pins changed)", _if=any_changed(*changed))
+    apt.update(name="apt update (daily)", cache_time=APT_CACHE_S)
+    pkg_ops.pinned(name="pinned and held packages", packages=plan.packages)
+
+
+@deploy("kernel: sysctl, command line, module blacklist")
+def kernel(plan: NodePlan) -> None:
+    if plan.sysctl:
+        _put("".join(f"{k} = {v}\n" for k, v in plan.sysctl.items()), SYSCTL_FILE, "sysctl file")
+        for key, value in plan.sysctl.items():
+            server.sysctl(name=f"sysctl {key}", key=key, value=value)
+    if plan.kernel_cmdline:
+        grub = _put(
+            f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {" ".join(plan.kernel_cmdline)}"\n',
+            GRUB_FILE,
+            "kernel command line",
+        )
+        # The new command line takes effect at the next reboot, which rolling maintenance schedules.
+        server.shell(name="update-grub", commands=["update-grub"], _if=grub.did_change)
+    if plan.blacklist_modules:
+        text = "".join(f"blacklist {m}\noptions {m} modeset=0\n" for m in plan.blacklist_modules)
+        blacklist = _put(text, BLACKLIST_FILE, "module blacklist")
+        server.shell(name="update-initramfs", commands=["update-initramfs -u"], _if=blacklist.did_change)
+
+
+@deploy("GPU: NCCL configuration")
+def gpu(plan: NodePlan) -> None:
+    if plan.nccl_conf is not None:
+        _put(plan.nccl_conf, NCCL_CONF, "/etc/nccl.conf")
+
+
+def containerd_config(plan: NodePlan) -> str:
+    """systemd cgroups (kubelet's driver); the NVIDIA runtime where the toolkit is planned."""
+    text = (
+        "version = 2\n"
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+        '  runtime_type = "io.containerd.runc.v2"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+        "  SystemdCgroup = true\n"
+    )
+    if any(p.name == "nvidia-container-toolkit" for p in plan.packages):
+        text += (
+            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+            '  runtime_type = "io.containerd.runc.v2"\n'
+            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+            '  BinaryName = "/usr/bin/nvidia-container-runtime"\n'
+            "  SystemdCgroup = true\n"
+        )
+    return text
+
+
+@deploy("storage: RAID6, filesystems, mounts")
+def storage(plan: NodePlan) -> None:
+    for array in plan.raid:
+        raid_ops.raid6(name=f"RAID6 {array.device}", array=array)
+        # Debian's mdadm ships the monthly check as timers; they only need to be on.
+        systemd.service(name="RAID check timer", service="mdcheck_start.timer", running=True, enabled=True)
+    for m in plan.mounts:
+        files.line(
+            name=f"fstab {m.path}",
+            path="/etc/fstab",
+            line=f"^{m.device} {m.path} ",
+            replace=f"{m.device} {m.path} {m.fstype} {m.options} 0 2",
+        )
+        server.mount(name=f"mount {m.path}", path=m.path, device=m.device, fs_type=m.fstype)
+
+
+@deploy("services")
+def services(plan: NodePlan) -> None:
+    if "containerd" in plan.services:
+        conf = _put(containerd_config(plan), CONTAINERD_CONF, "containerd config")
+        systemd.service(
+            name="containerd restarted", service="containerd", restarted=True, _if=conf.did_change
+        )
+    for name in plan.services:
+        systemd.service(name=f"service {name}", service=name, running=True, enabled=True)
+
+
+@deploy("gpufleet node")
+def node() -> None:
+    """Everything one node must be, from its plan in host data."""
+    plan = node_plan()
+    packages(plan)
+    kernel(plan)
+    gpu(plan)
+    storage(plan)
+    services(plan)

@@ -1,0 +1,1 @@
+"""Operations: generators of shell commands, decided by pure functions over facts."""

@@ -1,0 +1,59 @@
+"""Pinned and held packages: install what the plan pins, hold what it holds, upgrade through holds.
+
+A driver upgrade is a BOM change: the pin moves, the held package is released, installed at the
+new pinned version, and held again, so unattended upgrades can never move it in between runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator
+from fnmatch import fnmatchcase
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from deploys.facts.packages import HeldPackages, InstalledVersions
+from gpufleet.plan.node import Package
+
+PIN_PRIORITY = 1001  # above 1000: apt may downgrade to the pinned version, as a rollback needs
+APT_INSTALL = (
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+    "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+)
+
+
+def pin_preferences(packages: list[Package]) -> str:
+    """apt preferences for every pinned package; the file the apt `pins` step writes."""
+    blocks = [
+        f"Package: {p.name}\nPin: version {p.version}\nPin-Priority: {PIN_PRIORITY}\n"
+        for p in packages
+        if p.version
+    ]
+    return "\n".join(blocks)
+
+
+def package_commands(packages: list[Package], installed: dict[str, str], held: set[str]) -> list[str]:
+    """What brings installed versions and holds to the plan; nothing when they already match."""
+    outdated = [
+        p.name
+        for p in packages
+        if p.name not in installed or (p.version and not fnmatchcase(installed[p.name], p.version))
+    ]
+    release = sorted(held & set(outdated))
+    release += sorted(p.name for p in packages if not p.hold and p.name in held and p.name not in outdated)
+    hold = sorted(p.name for p in packages if p.hold and (p.name not in held or p.name in outdated))
+    commands = []
+    if release:
+        commands.append(f"apt-mark unhold {shlex.join(release)}")
+    if outdated:
+        commands.append(f"{APT_INSTALL} {shlex.join(outdated)}")
+    if hold:
+        commands.append(f"apt-mark hold {shlex.join(hold)}")
+    return commands
+
+
+@operation()
+def pinned(packages: list[Package]) -> Generator[str, None, None]:
+    """Install the plan's packages at their pinned versions and hold the held ones."""
+    yield from package_commands(packages, host.get_fact(InstalledVersions), host.get_fact(HeldPackages))

@@ -1,0 +1,61 @@
+"""`gpufleet provision`: the node deploys on a site's hosts, a summary table, exit 1 if any host failed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from gpufleet.inventory.load import load_inventory
+from gpufleet.provision.nodes import HostResult, provision, select_hosts
+
+MAX_DETAIL = 160
+SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
+LimitOpt = Annotated[list[str] | None, typer.Option("--limit", help="only this host (repeatable)")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show what would change per host; change nothing")]
+
+
+def summary_table(results: list[HostResult], dry_run: bool) -> Table:
+    verb = "would change" if dry_run else "changed"
+    table = Table("host", "result", "operations", verb, "seconds", "detail")
+    for r in results:
+        result = "[red]failed[/]" if not r.ok else ("[yellow]changed[/]" if r.changed else "[green]ok[/]")
+        detail = r.error or "; ".join(r.changed)
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 1] + "…"
+        table.add_row(r.hostname, result, str(r.ops), str(len(r.changed)), f"{r.seconds:.1f}", detail)
+    return table
+
+
+def run_provision(site: str, limit: list[str] | None, dry_run: bool) -> list[HostResult]:
+    """Provision with per-host progress and the summary table; bad input exits 2."""
+    from gpufleet.cli import bad_input, out
+
+    with bad_input():
+        inv = load_inventory(site)
+        hosts = select_hosts(inv, limit)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} ops"), console=out
+    ) as progress:
+        tasks = {h: progress.add_task(h, total=None) for h in hosts}
+
+        def on_event(hostname: str, what: str) -> None:
+            if what == "ok":
+                progress.advance(tasks[hostname])
+            else:
+                progress.update(tasks[hostname], description=f"{hostname} [red]{what}[/]")
+
+        results = provision(inv, hosts, dry_run, on_event)
+    out.print(summary_table(results, dry_run))
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("provision")
+    def provision_cmd(site: SiteArg = "lab", limit: LimitOpt = None, dry_run: DryRunOpt = False) -> None:
+        """Converge each node to its plan with the pyinfra deploys; a failing host does not stop the others."""
+        results = run_provision(site, limit, dry_run)
+        if not all(r.ok for r in results):
+            raise typer.Exit(1)

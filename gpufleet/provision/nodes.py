@@ -1,0 +1,135 @@
+"""Run the node deploy (deploys/node.py) on a site's hosts through the pyinfra API.
+
+Every host runs the same deploy with its own plan in host data. A host that fails (an
+unreachable sshd, a failing command) drops out; the others go on to the end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api.config import Config
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.host import Host
+from pyinfra.api.inventory import Inventory as PyinfraInventory
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import BaseStateCallback, State
+
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.site import Inventory
+from gpufleet.plan.node import plan_node
+from gpufleet.provision.connection import pyinfra_ssh_data
+
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass
+class HostResult:
+    hostname: str
+    ok: bool = True
+    ops: int = 0
+    changed: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+Event = Callable[[str, str], None]  # (hostname, what happened)
+
+
+def select_hosts(inv: Inventory, limit: list[str] | None) -> list[str]:
+    names = [n.hostname for n in inv.nodes]
+    unknown = [h for h in limit or [] if h not in names]
+    if unknown:
+        raise InputError(
+            "--limit",
+            [Problem((), f"unknown host {h!r}; the site has {', '.join(names)}") for h in unknown],
+        )
+    return [h for h in names if not limit or h in limit]
+
+
+def _op_name(state: State, op_hash: Any) -> str:
+    # pyinfra prefixes the deploys an operation runs in ("gpufleet node | services | ..."): keep the op.
+    return ", ".join(sorted(n.rsplit(" | ", 1)[-1] for n in state.get_op_meta(op_hash).names))
+
+
+def _progress(results: dict[str, HostResult], on_event: Event, started: float) -> BaseStateCallback:
+    class Progress(BaseStateCallback):
+        @staticmethod
+        def host_connect_error(state: State, host: Host, error: Any) -> None:
+            r = results[host.name]
+            r.ok, r.error = False, f"connect: {error}"
+            on_event(host.name, r.error)
+
+        @staticmethod
+        def operation_host_success(state: State, host: Host, op_hash: Any, retry_count: int = 0) -> None:
+            results[host.name].seconds = time.monotonic() - started
+            on_event(host.name, "ok")
+
+        @staticmethod
+        def operation_host_error(
+            state: State, host: Host, op_hash: Any, retry_count: int = 0, max_retries: int = 0
+        ) -> None:
+            r = results[host.name]
+            name = _op_name(state, op_hash)
+            meta = state.ops[host][op_hash].operation_meta
+            detail = " ".join(meta.stderr_lines[-3:]) if meta.is_complete() and meta._combined_output else ""
+            r.ok, r.error, r.seconds = False, f"{name}: {detail}".strip(), time.monotonic() - started
+            on_event(host.name, f"failed: {r.error}")
+
+    return Progress()
+
+
+def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: Event) -> list[HostResult]:
+    """Converge (or, with dry_run, only diff) the node deploy on the selected hosts."""
+    selected = select_hosts(inv, limit)
+    node_deploy = importlib.import_module("deploys.node").node
+    ssh = pyinfra_ssh_data(inv.site.name)
+    by_name = {n.hostname: n for n in inv.nodes}
+    hosts = [
+        (h, {"ssh_hostname": str(by_name[h].management_ip), "ssh_user": "root", **ssh,
+             "gpufleet_plan": plan_node(inv, by_name[h])})
+        for h in selected
+    ]  # fmt: skip
+    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)  # results go to the summary, not the log
+    state = State(
+        PyinfraInventory((hosts, {})),  # type: ignore[no-untyped-call]
+        Config(  # type: ignore[no-untyped-call]
+            CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, FAIL_PERCENT=None, PARALLEL=len(hosts)
+        ),
+    )
+    started = time.monotonic()
+    results = {h: HostResult(h) for h in selected}
+    state.add_callback_handler(_progress(results, on_event, started))  # type: ignore[no-untyped-call]
+    try:
+        connect_all(state)
+        add_deploy(state, node_deploy)
+        if not dry_run:
+            run_ops(state)
+    except PyinfraError as exc:
+        # pyinfra stops when no host is left; every host has its own reason recorded already.
+        for r in results.values():
+            if r.ok:
+                r.ok, r.error = False, str(exc)
+    finally:
+        disconnect_all(state)
+    for host in state.inventory:
+        r = results[host.name]
+        if not r.seconds:
+            r.seconds = time.monotonic() - started
+        for op_hash in state.get_op_order():  # type: ignore[no-untyped-call]
+            op = state.ops[host].get(op_hash)
+            if op is None:
+                continue
+            r.ops += 1
+            meta = op.operation_meta
+            changed = meta.did_change() if meta.is_complete() else (dry_run and meta._maybe_is_change)
+            if changed:
+                r.changed.append(_op_name(state, op_hash))
+    return [results[h] for h in selected]
