@@ -6,6 +6,7 @@ The process is started in its own session and stopped by PID, never by name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -27,9 +28,12 @@ class TritonNotReady(RuntimeError):
 
 
 def _pytriton_root() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+    # Located, not imported: the package's __init__ pulls in its client stack, which the
+    # binary does not need (on the GPU machine only the wheel's files travel).
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the nvidia-pytriton wheel (which ships tritonserver) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ Requests in one dynamic batch are left-padded to a common length and decoded tog
 """
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         on_gpu = args["model_instance_kind"] == "GPU"
+        if not on_gpu:
+            # Instances share the cores: without this each one spawns a thread per core.
+            instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // instances))
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
         dtype = torch.bfloat16 if on_gpu else torch.float32
         arch: dict[str, Any] = {k: int(params[k]) for k in ARCH_KEYS if k in params}
