@@ -1,0 +1,222 @@
+"""The pure burst decisions: placement under the cap, scale-in choice, fallback, and each policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet.burst.policy import (
+    CapacityModel,
+    Gpufleet,
+    HpaGpu,
+    KedaQueue,
+    KnownPeak,
+    Node,
+    Oracle,
+    Pool,
+    Signals,
+    burst_serving,
+    committed_usd,
+    fewest_inflight,
+    place,
+)
+from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.plan.site import burst_instance_types
+
+MODEL = CapacityModel(
+    onprem_replicas=4,
+    replicas_per_node=1,
+    max_nodes=8,
+    max_hourly_usd=400.0,
+    boot_to_serve_s=900,
+    slo_queue_wait_s=2.0,
+    target_utilisation=0.8,
+)
+POOLS = [Pool(t, f"us-east-1{z}") for t in ("p5e.48xlarge", "p5en.48xlarge") for z in "abc"]
+PRICES = {p: 30.0 + i for i, p in enumerate(POOLS)}
+
+
+def node(
+    i: int, pool: Pool = POOLS[0], *, ready: bool = True, inflight: int = 0, max_price: float = 40.0
+) -> Node:
+    return Node(
+        f"n{i}",
+        pool,
+        ready=ready,
+        draining=False,
+        launched_at=float(i),
+        inflight=inflight,
+        max_price=max_price,
+    )
+
+
+def sig(
+    t: float, load: float, *, wait: float = 0.0, pending: int = 0, util: float = 0.5, ready: int = 4
+) -> Signals:
+    return Signals(
+        t=t, load_replicas=load, queue_wait_s=wait, pending=pending, gpu_util=util, ready_replicas=ready
+    )
+
+
+def test_nodes_for_counts_missing_replicas_at_the_target_utilisation() -> None:
+    assert MODEL.nodes_for(3.2) == 0  # 4 on-prem replicas at 80% carry 3.2
+    assert MODEL.nodes_for(3.3) == 1
+    assert MODEL.nodes_for(8.0) == 6
+    assert MODEL.nodes_for(100.0) == MODEL.max_nodes
+
+
+def test_place_spreads_over_pools_priced_alike() -> None:
+    launches, capped = place(4, [], PRICES, cap_usd=1000.0)
+    assert capped == ""
+    pools = Counter(launch.pool for launch in launches)
+    # Pools within 25% of the cheapest (30..36) all take nodes before any takes a second.
+    assert len(pools) == 4
+    assert launches[0].pool == POOLS[0]
+
+
+def test_place_stops_at_the_cap_and_says_so() -> None:
+    launches, capped = place(8, [node(1, max_price=100.0)], PRICES, cap_usd=200.0)
+    assert committed_usd([node(1, max_price=100.0)]) + sum(launch.max_price for launch in launches) <= 200.0
+    assert len(launches) == 2  # 39 each with headroom: 100 + 2 x 39 = 178; a third would cross 200
+    assert "cap" in capped
+
+
+def test_baselines_ignore_the_cap_and_take_the_cheapest_pool() -> None:
+    launches, _ = place(3, [], PRICES, cap_usd=None)
+    assert {launch.pool for launch in launches} == {POOLS[0]}
+    assert launches[0].max_price == AWS_GPU_INSTANCES["p5e.48xlarge"].on_demand_usd_hour
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prices=st.lists(st.floats(5.0, 84.0), min_size=len(POOLS), max_size=len(POOLS)),
+    existing=st.lists(st.tuples(st.integers(0, len(POOLS) - 1), st.floats(5.0, 84.8)), max_size=8),
+    cap=st.floats(0.0, 800.0),
+    count=st.integers(0, 12),
+)
+def test_place_never_commits_beyond_the_cap(
+    prices: list[float], existing: list[tuple[int, float]], cap: float, count: int
+) -> None:
+    offered = dict(zip(POOLS, prices, strict=True))
+    nodes = [node(i, POOLS[p], max_price=m) for i, (p, m) in enumerate(existing)]
+    launches, _ = place(count, nodes, offered, cap_usd=cap)
+    before = committed_usd(nodes)
+    after = before + sum(launch.max_price for launch in launches)
+    # Never crosses the cap by launching; an over-committed fleet launches nothing.
+    assert after <= max(cap, before) + 1e-6
+    for launch in launches:
+        assert launch.max_price >= offered[launch.pool]
+        assert launch.max_price <= max(
+            offered[launch.pool], AWS_GPU_INSTANCES[launch.pool.instance_type].on_demand_usd_hour
+        )
+
+
+def test_scale_in_takes_booting_nodes_then_fewest_in_flight() -> None:
+    nodes = [node(1, inflight=9), node(2, inflight=2), node(3, ready=False), node(4, inflight=5)]
+    assert fewest_inflight(nodes, 2) == ("n3", "n2")
+
+
+def test_full_model_on_h200_types_and_distilled_fallback_on_l40s() -> None:
+    full = burst_serving("deepseek-r1", burst_instance_types("deepseek-r1"))
+    assert full.model == "deepseek-r1" and not full.fallback
+    assert set(full.replicas_per_node) == {"p5e.48xlarge", "p5en.48xlarge"}
+    small = burst_serving("deepseek-r1", ["g6e.12xlarge", "g6e.48xlarge"])
+    assert small.fallback
+    assert small.model == "deepseek-r1-distill-llama-70b"  # the largest distilled model that fits
+    assert small.replicas_per_node == {"g6e.12xlarge": 1, "g6e.48xlarge": 2}
+    with pytest.raises(ValueError, match="no replica"):
+        burst_serving("deepseek-r1", ["g4dn.xlarge"])
+
+
+def test_gpufleet_scales_up_at_once_for_the_held_peak() -> None:
+    policy = Gpufleet(MODEL)
+    window = [sig(float(t), 6.0) for t in range(5, 65, 5)]
+    decision = policy.decide(60.0, window, [], PRICES)
+    assert decision.desired == MODEL.nodes_for(6.0) == 4
+    assert len(decision.launch) == 4
+    assert "load 6.00" in decision.reason
+
+
+def test_gpufleet_scale_in_waits_for_the_quiet_period_and_keeps_hysteresis() -> None:
+    policy = Gpufleet(MODEL, quiet_s=300.0, cooldown_s=60.0)
+    nodes = [node(i, POOLS[i % 3], inflight=i) for i in range(4)]
+    high = [sig(float(t), 6.0) for t in range(5, 305, 5)]
+    assert policy.decide(300.0, high, nodes, PRICES).desired == 4
+    # Load drops: nothing goes before the peak has left the quiet window.
+    window = high + [sig(float(t), 1.0) for t in range(305, 600, 5)]
+    for t in range(315, 600, 15):
+        assert policy.decide(float(t), [s for s in window if s.t <= t], nodes, PRICES).desired == 4
+    late = window + [sig(float(t), 1.0) for t in range(600, 725, 5)]
+    # The held peak is the highest one-minute mean of the quiet window: by now all of them are low.
+    decision = policy.decide(720.0, late, nodes, PRICES)
+    assert decision.desired == 0
+    assert decision.drain == ("n0", "n1", "n2", "n3")  # fewest in flight first
+
+
+def test_gpufleet_does_not_flap_on_a_load_at_the_threshold() -> None:
+    policy = Gpufleet(MODEL, quiet_s=120.0, cooldown_s=30.0)
+    nodes: list[Node] = []
+    window: list[Signals] = []
+    actions = 0
+    for step in range(1, 400):
+        t = step * 5.0
+        # Load wobbling around what on-prem alone carries at the target utilisation (4 x 0.8).
+        window.append(sig(t, 3.2 + (0.1 if step % 2 else -0.1)))
+        if step % 3 == 0:
+            decision = policy.decide(t, window[-240:], nodes, PRICES)
+            if decision.launch:
+                nodes += [node(100 + len(nodes), launch.pool) for launch in decision.launch]
+            nodes = [n for n in nodes if n.id not in decision.drain]
+            actions += decision.acts
+    assert actions == 1
+    assert len(nodes) == 1
+
+
+def test_gpufleet_prewarms_before_an_announced_peak() -> None:
+    peak = KnownPeak(start_s=2000.0, end_s=3200.0, factor=3.0)
+    policy = Gpufleet(MODEL, peaks=(peak,))
+    window = [sig(float(t), 2.0) for t in range(900, 1000, 5)]
+    assert policy.decide(995.0, window, [], PRICES).desired == 0  # 2000 - 900 boot - lead: not yet
+    decision = policy.decide(1075.0, [*window, sig(1075.0, 2.0)], [], PRICES)
+    assert decision.desired == MODEL.nodes_for(6.0)
+    assert "announced peak x3" in decision.reason
+
+
+def test_gpufleet_replaces_an_interrupted_node_in_another_pool_first() -> None:
+    policy = Gpufleet(MODEL)
+    warned = node(1, POOLS[0])
+    decision = policy.on_notice(10.0, warned, [warned, node(2, POOLS[1])], PRICES)
+    assert decision.drain == ("n1",)
+    assert len(decision.launch) == 1 and decision.launch[0].pool != POOLS[0]
+
+
+def test_hpa_scales_on_utilisation_with_tolerance_and_stabilisation() -> None:
+    policy = HpaGpu(MODEL)
+    busy = [sig(float(t), 0.0, util=1.0, ready=4) for t in range(5, 65, 5)]
+    # 4 replicas at 100% -> ceil(4 / 0.7) = 6 replicas -> 2 burst nodes.
+    assert policy.decide(60.0, busy, [], PRICES).desired == 2
+    nodes = [node(1), node(2)]
+    idle = [sig(float(t), 0.0, util=0.1, ready=6) for t in range(65, 125, 5)]
+    # Scale-down waits for the 300 s stabilisation window.
+    assert policy.decide(120.0, busy + idle, nodes, PRICES).desired == 2
+    later = [sig(float(t), 0.0, util=0.1, ready=6) for t in range(125, 425, 5)]
+    assert policy.decide(425.0, later, nodes, PRICES).desired == 0
+
+
+def test_keda_desires_pending_over_threshold() -> None:
+    policy = KedaQueue(MODEL, threshold=10.0)
+    assert (
+        policy.decide(30.0, [sig(30.0, 0.0, pending=75)], [], PRICES).desired == 4
+    )  # 8 replicas - 4 on-prem
+
+
+def test_oracle_launches_one_boot_time_ahead_and_no_earlier() -> None:
+    loads = [0.0] * 60
+    loads[30:40] = [6.0] * 10  # minutes 30..39 need 4 nodes
+    oracle = Oracle(MODEL, future_load=tuple(loads))
+    assert oracle.decide(1800.0 - 900 - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
+    assert oracle.decide(1800.0 - 900, [sig(0.0, 0.0)], [], PRICES).desired == 4
+    assert oracle.decide(2400.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
