@@ -34,7 +34,12 @@ def load_stack(name: str) -> Stack:
     path = stacks_dir() / f"Pulumi.{name}.yaml"
     source = display(path)
     stack_file = validate(StackFile, read_yaml(path), source)
-    config = validate(GpufleetConfig, stack_file.gpufleet(), source, prefix=("config",))
+    return stack_from_config(name, stack_file.gpufleet(), source)
+
+
+def stack_from_config(name: str, gpufleet_config: dict[str, object], source: str) -> Stack:
+    """`gpufleet:*` config as the stack file or the Pulumi engine gives it; `source` names it in errors."""
+    config = validate(GpufleetConfig, gpufleet_config, source, prefix=("config",))
     problems = []
     site_key: KeyPath = ("config", "gpufleet:site")
     if not site_file(config.site).is_file():

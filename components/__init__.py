@@ -1,0 +1,1 @@
+"""Pulumi components: one concern each; the numbers come from gpufleet.plan."""

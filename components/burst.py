@@ -1,0 +1,347 @@
+"""SpotBurst: the AWS side of burst capacity — network, VPN, node identity, launch template, Spot ASG."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from gpufleet.plan.aws import ADMIN_PORTS, TRITON_PORTS, AwsBurstPlan
+
+INTERRUPTION_EVENTS = {
+    "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
+    "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
+    "asg-terminate": {
+        "source": ["aws.autoscaling"],
+        "detail-type": ["EC2 Instance-terminate Lifecycle Action"],
+    },
+}
+
+
+@dataclass(frozen=True)
+class SpotBurstArgs:
+    plan: AwsBurstPlan
+    join_token: pulumi.Input[str]  # a Pulumi secret, stored as an SSM SecureString
+    ca_cert_hash: pulumi.Input[str]
+
+
+class SpotBurst(pulumi.ComponentResource):
+    queue_url: pulumi.Output[str]
+    asg_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: SpotBurstArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gpufleet:burst:SpotBurst", name, None, opts)
+        p = args.plan
+        tags = p.tags
+        # The region comes from the site's burst plan, not from `aws:region` stack config.
+        provider = aws.Provider(f"{name}-aws", region=p.region, opts=pulumi.ResourceOptions(parent=self))
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        def tagged(suffix: str) -> dict[str, str]:
+            return {**tags, "Name": f"{name}-{suffix}"}
+
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=p.network.vpc_cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags=tagged("vpc"),
+            opts=child,
+        )
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tagged("igw"), opts=child)
+        public = aws.ec2.Subnet(
+            f"{name}-public",
+            vpc_id=vpc.id,
+            cidr_block=p.network.public.cidr,
+            availability_zone=p.network.public.az,
+            map_public_ip_on_launch=False,
+            tags=tagged("public"),
+            opts=child,
+        )
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public-rt",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            tags=tagged("public-rt"),
+            opts=child,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-public-rta", subnet_id=public.id, route_table_id=public_rt.id, opts=child
+        )
+        eip = aws.ec2.Eip(f"{name}-nat-eip", domain="vpc", tags=tagged("nat-eip"), opts=child)
+        nat = aws.ec2.NatGateway(
+            f"{name}-nat", allocation_id=eip.id, subnet_id=public.id, tags=tagged("nat"), opts=child
+        )
+
+        # Site-to-site VPN: burst nodes reach the API server and Ceph, on-prem reaches the kubelets.
+        vgw = aws.ec2.VpnGateway(f"{name}-vgw", vpc_id=vpc.id, tags=tagged("vgw"), opts=child)
+        cgw = aws.ec2.CustomerGateway(
+            f"{name}-cgw",
+            bgp_asn=str(p.vpn_asn),
+            ip_address=p.vpn_gateway,
+            type="ipsec.1",
+            tags=tagged("cgw"),
+            opts=child,
+        )
+        vpn = aws.ec2.VpnConnection(
+            f"{name}-vpn",
+            vpn_gateway_id=vgw.id,
+            customer_gateway_id=cgw.id,
+            type="ipsec.1",
+            static_routes_only=True,
+            tags=tagged("vpn"),
+            opts=child,
+        )
+        for i, cidr in enumerate(p.network.onprem_cidrs):
+            aws.ec2.VpnConnectionRoute(
+                f"{name}-vpn-route-{i}", vpn_connection_id=vpn.id, destination_cidr_block=cidr, opts=child
+            )
+        private_rt = aws.ec2.RouteTable(
+            f"{name}-private-rt",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+            tags=tagged("private-rt"),
+            opts=child,
+        )
+        aws.ec2.VpnGatewayRoutePropagation(
+            f"{name}-vgw-propagation", vpn_gateway_id=vgw.id, route_table_id=private_rt.id, opts=child
+        )
+        private = []
+        for subnet in p.network.private:
+            s = aws.ec2.Subnet(
+                f"{name}-private-{subnet.az}",
+                vpc_id=vpc.id,
+                cidr_block=subnet.cidr,
+                availability_zone=subnet.az,
+                tags=tagged(f"private-{subnet.az}"),
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-rta-{subnet.az}", subnet_id=s.id, route_table_id=private_rt.id, opts=child
+            )
+            private.append(s)
+
+        # Least privilege: admin ports and Triton only from the on-prem networks over the VPN.
+        onprem = p.network.onprem_cidrs
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-nodes",
+            vpc_id=vpc.id,
+            description="Spot GPU burst nodes",
+            ingress=[
+                *(
+                    aws.ec2.SecurityGroupIngressArgs(
+                        protocol="tcp",
+                        from_port=port,
+                        to_port=port,
+                        cidr_blocks=[p.network.admin_cidr],
+                        description=f"admin {port} from on-prem management",
+                    )
+                    for port in ADMIN_PORTS
+                ),
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=TRITON_PORTS[0],
+                    to_port=TRITON_PORTS[1],
+                    cidr_blocks=onprem,
+                    description="Triton from on-prem and pods",
+                ),
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="-1", from_port=0, to_port=0, self=True, description="node to node"
+                ),
+            ],
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"], description="egress"
+                )
+            ],
+            tags=tagged("nodes"),
+            opts=child,
+        )
+
+        # The join token: a Pulumi secret in state, an SSM SecureString in AWS, never in user data.
+        token = aws.ssm.Parameter(
+            f"{name}-join-token",
+            name=p.join_token_parameter,
+            type="SecureString",
+            value=pulumi.Output.secret(args.join_token),
+            tags=tags,
+            opts=child,
+        )
+        ca_hash = aws.ssm.Parameter(
+            f"{name}-ca-cert-hash",
+            name=p.ca_hash_parameter,
+            type="String",
+            value=args.ca_cert_hash,
+            tags=tags,
+            opts=child,
+        )
+
+        queue = aws.sqs.Queue(
+            f"{name}-interruptions",
+            message_retention_seconds=300,
+            sqs_managed_sse_enabled=True,
+            tags=tags,
+            opts=child,
+        )
+        aws.sqs.QueuePolicy(
+            f"{name}-interruptions-policy",
+            queue_url=queue.url,
+            policy=queue.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]},
+                                "Action": "sqs:SendMessage",
+                                "Resource": arn,
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+
+        role = aws.iam.Role(
+            f"{name}-node-role",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-node-ssm-core",
+            role=role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-node-policy",
+            role=role.id,
+            policy=pulumi.Output.all(token.arn, ca_hash.arn, queue.arn).apply(
+                lambda arns: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": ["ssm:GetParameter"],
+                                "Resource": [arns[0], arns[1]],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "sqs:ReceiveMessage",
+                                    "sqs:DeleteMessage",
+                                    "sqs:GetQueueAttributes",
+                                ],
+                                "Resource": [arns[2]],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "autoscaling:CompleteLifecycleAction",
+                                    "autoscaling:DescribeAutoScalingInstances",
+                                    "autoscaling:DescribeTags",
+                                    "ec2:DescribeInstances",
+                                ],
+                                "Resource": "*",
+                            },
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
+
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-nodes",
+            # EC2 resolves the AMI from the public SSM parameter at the version the BOM pins.
+            image_id=f"resolve:ssm:{p.ami_parameter}",
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            vpc_security_group_ids=[sg.id],
+            # IMDSv2 only; hop limit 2 so the termination handler's pod reaches it through the CNI.
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/sda1",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=p.root_volume_gib,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            user_data=base64.b64encode(p.user_data.encode()).decode(),
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tagged("node"))
+                for kind in ("instance", "volume")
+            ],
+            update_default_version=True,
+            tags=tags,
+            opts=child,
+        )
+        asg = aws.autoscaling.Group(
+            f"{name}-asg",
+            min_size=0,
+            max_size=p.max_nodes,
+            desired_capacity=p.desired_nodes,
+            capacity_rebalance=True,
+            vpc_zone_identifiers=[s.id for s in private],
+            mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
+                instances_distribution=aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
+                    on_demand_base_capacity=0,
+                    on_demand_percentage_above_base_capacity=0,
+                    spot_allocation_strategy="price-capacity-optimized",
+                ),
+                launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
+                    launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
+                        launch_template_id=template.id, version="$Latest"
+                    ),
+                    overrides=[
+                        aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(instance_type=t)
+                        for t in p.fleet.instance_types
+                    ],
+                ),
+            ),
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                for k, v in sorted(tags.items())
+            ],
+            opts=child,
+        )
+        aws.autoscaling.LifecycleHook(
+            f"{name}-drain",
+            autoscaling_group_name=asg.name,
+            lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+            heartbeat_timeout=p.drain_heartbeat_s,
+            default_result="CONTINUE",
+            opts=child,
+        )
+        for event, pattern in INTERRUPTION_EVENTS.items():
+            rule = aws.cloudwatch.EventRule(
+                f"{name}-{event}", event_pattern=json.dumps(pattern), tags=tags, opts=child
+            )
+            aws.cloudwatch.EventTarget(f"{name}-{event}-target", rule=rule.name, arn=queue.arn, opts=child)
+        self.queue_url = queue.url
+        self.asg_name = asg.name
+        self.register_outputs({"queueUrl": queue.url, "asgName": asg.name, "vpcId": vpc.id})

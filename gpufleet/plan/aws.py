@@ -1,0 +1,290 @@
+"""What the AWS Spot burst layer must become: network, fleet, AMI, join, tags. Pure.
+
+The burst nodes join the on-prem Kubernetes cluster over a site-to-site VPN and serve the
+site's model, or, where that model does not fit enough Spot instance types, the largest smaller
+model that does: a Spot fleet drawn from few pools is reclaimed all at once.
+"""
+
+from __future__ import annotations
+
+import math
+from ipaddress import IPv4Network
+
+from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPU_CATALOG, SERVING_MODELS, GPUModel
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.site import Inventory, Taint
+from gpufleet.model.stack import GpufleetConfig
+from gpufleet.plan.node import GPU_TAINT, Frozen
+
+# Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves
+# price-capacity-optimized allocation too little room when a pool is reclaimed.
+MIN_SPOT_TYPES = 6
+AZ_SUFFIXES = ("a", "b", "c")
+# Ports only the on-prem network may reach: SSH, the kubelet API.
+ADMIN_PORTS = (22, 10250)
+TRITON_PORTS = (8000, 8002)
+VPC_CANDIDATES = [IPv4Network(f"172.{n}.0.0/16") for n in range(16, 32)]
+SPOT_TAINT = Taint(key="gpufleet.io/capacity", value="spot", effect="NoSchedule")
+JOIN_TOKEN_PARAMETER = "/gpufleet/{site}/kubeadm/join-token"
+CA_HASH_PARAMETER = "/gpufleet/{site}/kubeadm/ca-cert-hash"
+ROOT_VOLUME_GIB = 500
+# Time the termination lifecycle hook holds an instance while its node drains.
+DRAIN_HEARTBEAT_S = 300
+
+
+class InstanceChoice(Frozen):
+    name: str
+    gpu: GPUModel
+    gpus: int
+    gpu_memory_gib: int
+    replicas: int  # serving replicas one instance holds
+
+
+class BurstFleet(Frozen):
+    model: str
+    hf_repo: str
+    revision: str
+    fallback: bool  # True when burst nodes serve a smaller model than the site
+    tensor_parallel: int
+    min_gpu_memory_gib: int  # per GPU: a pod is placed on any burst node with at least this
+    instances: list[InstanceChoice]
+
+    @property
+    def instance_types(self) -> list[str]:
+        return [i.name for i in self.instances]
+
+    @property
+    def min_replicas_per_node(self) -> int:
+        return min(i.replicas for i in self.instances)
+
+
+class Subnet(Frozen):
+    az: str
+    cidr: str
+
+
+class BurstNetwork(Frozen):
+    vpc_cidr: str
+    public: Subnet
+    private: list[Subnet]
+    onprem_cidrs: list[str]  # routed through the VPN
+    admin_cidr: str  # the only source of SSH and kubelet traffic
+
+
+class AwsBurstPlan(Frozen):
+    site: str
+    region: str
+    tags: dict[str, str]
+    network: BurstNetwork
+    vpn_gateway: str
+    vpn_asn: int
+    fleet: BurstFleet
+    ami_parameter: str  # name:version
+    desired_nodes: int
+    max_nodes: int
+    join_token_parameter: str
+    ca_hash_parameter: str
+    api_endpoint: str
+    kubernetes_version: str
+    node_labels: dict[str, str]
+    node_taints: list[Taint]
+    root_volume_gib: int
+    drain_heartbeat_s: int
+    user_data: str
+
+
+def cloud_tags(inv: Inventory, config: GpufleetConfig) -> dict[str, str]:
+    """The tags every cloud resource carries (the policy pack requires them)."""
+    return {
+        "site": inv.site.name,
+        "env": inv.site.environment,
+        "owner": config.owner,
+        "cost-center": config.cost_center,
+        "managed-by": "gpufleet",
+    }
+
+
+def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
+    """The site's model on ≥ MIN_SPOT_TYPES instance types, else the largest smaller model that is."""
+    burst, serving = inv.site.burst, inv.site.serving
+    if burst is None or serving is None:
+        raise InputError(source, [Problem(("site", "burst"), "burst needs both site.burst and site.serving")])
+    candidates = burst.instance_types or list(AWS_GPU_INSTANCES)
+    unknown = [t for t in candidates if t not in AWS_GPU_INSTANCES]
+    if unknown:
+        raise InputError(
+            source, [Problem(("site", "burst", "instance_types"), f"unknown instance types {unknown}")]
+        )
+    ladder = sorted(SERVING_MODELS, key=lambda m: -SERVING_MODELS[m].memory_gib)
+    for model in ladder[ladder.index(serving.model) :]:
+        need = SERVING_MODELS[model].memory_gib
+        tp = 1
+        while tp <= max(AWS_GPU_INSTANCES[t].gpus for t in candidates):
+            per_gpu = math.ceil(need / tp)
+            fits = [
+                InstanceChoice(
+                    name=t,
+                    gpu=AWS_GPU_INSTANCES[t].gpu,
+                    gpus=AWS_GPU_INSTANCES[t].gpus,
+                    gpu_memory_gib=GPU_CATALOG[AWS_GPU_INSTANCES[t].gpu].memory_gib,
+                    replicas=AWS_GPU_INSTANCES[t].gpus // tp,
+                )
+                for t in candidates
+                if AWS_GPU_INSTANCES[t].gpus >= tp
+                and GPU_CATALOG[AWS_GPU_INSTANCES[t].gpu].memory_gib >= per_gpu
+            ]
+            if len(fits) >= MIN_SPOT_TYPES:
+                return _fleet(inv, source, model, tp, per_gpu, fits)
+            tp *= 2
+    raise InputError(
+        source,
+        [
+            Problem(
+                ("site", "burst", "instance_types"),
+                f"no catalogued model fits {MIN_SPOT_TYPES} or more of these instance types",
+            )
+        ],
+    )
+
+
+def _fleet(
+    inv: Inventory, source: str, model: str, tp: int, per_gpu: int, fits: list[InstanceChoice]
+) -> BurstFleet:
+    fallback = model != (inv.site.serving.model if inv.site.serving else model)
+    revision = inv.bom.burst_model_revision if fallback else inv.bom.model_revision
+    if revision is None:
+        key = "burst_model_revision" if fallback else "model_revision"
+        raise InputError(source, [Problem(("bom", key), f"burst nodes serve {model}: pin its revision")])
+    # Cheapest per replica first: the order only documents preference, Spot allocation decides.
+    fits = sorted(fits, key=lambda i: (AWS_GPU_INSTANCES[i.name].on_demand_usd_hour / i.replicas, i.name))
+    return BurstFleet(
+        model=model,
+        hf_repo=SERVING_MODELS[model].hf_repo,
+        revision=revision,
+        fallback=fallback,
+        tensor_parallel=tp,
+        min_gpu_memory_gib=per_gpu,
+        instances=fits,
+    )
+
+
+def plan_network(inv: Inventory) -> BurstNetwork:
+    site = inv.site
+    onprem = [site.networks.management.cidr, site.kubernetes.pod_cidr, site.kubernetes.service_cidr]
+    if site.networks.storage is not None:
+        onprem.append(site.networks.storage.cidr)
+    vpc = next(c for c in VPC_CANDIDATES if not any(c.overlaps(o) for o in onprem))
+    subnets = list(vpc.subnets(new_prefix=20))
+    region = site.burst.region if site.burst else ""
+    return BurstNetwork(
+        vpc_cidr=str(vpc),
+        public=Subnet(az=f"{region}{AZ_SUFFIXES[0]}", cidr=str(subnets[0])),
+        private=[Subnet(az=f"{region}{s}", cidr=str(subnets[i + 1])) for i, s in enumerate(AZ_SUFFIXES)],
+        onprem_cidrs=[str(c) for c in onprem],
+        admin_cidr=str(site.networks.management.cidr),
+    )
+
+
+def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstPlan:
+    """`source` is the stack file: bad input names it and the key path."""
+    burst = inv.site.burst
+    if burst is None:
+        raise InputError(source, [Problem(("config", "gpufleet:site"), f"site {inv.site.name} has no burst")])
+    problems = []
+    if burst.vpn_gateway is None:
+        problems.append(
+            Problem(("site", "burst", "vpn_gateway"), "a burst stack needs the on-prem VPN endpoint")
+        )
+    if inv.bom.burst_ami is None:
+        problems.append(Problem(("bom", "burst_ami"), "a burst stack needs the pinned GPU AMI parameter"))
+    if problems:
+        raise InputError(source, problems)
+    fleet = plan_fleet(inv, source)
+    site = inv.site.name
+    labels = {
+        "gpufleet.io/site": site,
+        "gpufleet.io/environment": inv.site.environment,
+        "gpufleet.io/capacity": "spot",
+    }
+    plan = AwsBurstPlan(
+        site=site,
+        region=burst.region,
+        tags=cloud_tags(inv, config),
+        network=plan_network(inv),
+        vpn_gateway=str(burst.vpn_gateway),
+        vpn_asn=burst.vpn_asn,
+        fleet=fleet,
+        ami_parameter=str(inv.bom.burst_ami),
+        desired_nodes=config.burst_nodes,
+        max_nodes=burst.max_nodes,
+        join_token_parameter=JOIN_TOKEN_PARAMETER.format(site=site),
+        ca_hash_parameter=CA_HASH_PARAMETER.format(site=site),
+        api_endpoint=inv.site.kubernetes.control_plane_endpoint,
+        kubernetes_version=inv.bom.kubernetes,
+        node_labels=labels,
+        node_taints=[SPOT_TAINT, GPU_TAINT],
+        root_volume_gib=ROOT_VOLUME_GIB,
+        drain_heartbeat_s=DRAIN_HEARTBEAT_S,
+        user_data="",
+    )
+    return plan.model_copy(update={"user_data": user_data(plan)})
+
+
+def user_data(plan: AwsBurstPlan) -> str:
+    """Boot script: read the join token from SSM (SecureString) and join with burst labels and taints.
+
+    The token never appears in user data, launch template or logs; the instance role may read
+    only these two parameters.
+    """
+    gpu_cases = "\n".join(
+        f"  {i.name}) GPU_MODEL={i.gpu.value}; GPU_MEM={i.gpu_memory_gib}; GPUS={i.gpus} ;;"
+        for i in plan.fleet.instances
+    )
+    labels = ",".join(f"{k}={v}" for k, v in sorted(plan.node_labels.items()))
+    taints = "\n".join(
+        f'    - {{key: {t.key}, value: "{t.value}", effect: {t.effect}}}' for t in plan.node_taints
+    )
+    version = plan.kubernetes_version
+    minor = ".".join(version.split(".")[:2])
+    return f"""#!/bin/bash
+set -euo pipefail
+IMDS=http://169.254.169.254/latest
+TOKEN=$(curl -sX PUT "$IMDS/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
+TYPE=$(curl -sH "X-aws-ec2-metadata-token: $TOKEN" "$IMDS/meta-data/instance-type")
+case "$TYPE" in
+{gpu_cases}
+  *) echo "instance type $TYPE is not in the burst fleet" >&2; exit 1 ;;
+esac
+# The AMI brings the NVIDIA driver and container toolkit; kubeadm and kubelet follow the BOM.
+K8S=https://pkgs.k8s.io/core:/stable:/v{minor}/deb/
+install -d -m 0755 /etc/apt/keyrings /etc/kubernetes
+curl -fsSL "$K8S/Release.key" | gpg --dearmor -o /etc/apt/keyrings/kubernetes.gpg
+echo "deb [signed-by=/etc/apt/keyrings/kubernetes.gpg] $K8S /" > /etc/apt/sources.list.d/kubernetes.list
+apt-get update -q
+apt-get install -qy containerd kubeadm={version}-\\* kubelet={version}-\\*
+apt-mark hold kubeadm kubelet
+nvidia-ctk runtime configure --runtime=containerd --set-as-default
+systemctl restart containerd
+JOIN_TOKEN=$(aws ssm get-parameter --region {plan.region} --with-decryption \\
+  --name {plan.join_token_parameter} --query Parameter.Value --output text)
+CA_HASH=$(aws ssm get-parameter --region {plan.region} \\
+  --name {plan.ca_hash_parameter} --query Parameter.Value --output text)
+umask 077
+cat > /etc/kubernetes/kubeadm-join.yaml <<EOF
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: {plan.api_endpoint}
+    token: $JOIN_TOKEN
+    caCertHashes: [$CA_HASH]
+nodeRegistration:
+  kubeletExtraArgs:
+    - name: node-labels
+      value: {labels},gpufleet.io/gpu-model=$GPU_MODEL,gpufleet.io/gpu-memory-gib=$GPU_MEM,gpufleet.io/gpu-count=$GPUS
+  taints:
+{taints}
+EOF
+kubeadm join --config /etc/kubernetes/kubeadm-join.yaml
+rm -f /etc/kubernetes/kubeadm-join.yaml
+"""

@@ -1,0 +1,517 @@
+"""Each stack's real program under mocks: the whole recorded graph against what the plan says.
+
+Every expected number comes from gpufleet.plan for that stack, never from a literal. Every test
+also checks how many resources it looked at, so a graph that silently lost resources (built
+before the mocks, or inside an `apply` that never ran) cannot pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections import Counter
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from gpufleet.inventory.stacks import Stack, stack_names
+from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst
+from gpufleet.plan.k8s import (
+    QUEUE_METRIC,
+    burst_workload,
+    onprem_workload,
+    platform_charts,
+    rbd_pool,
+)
+from gpufleet.plan.node import plan_node
+from gpufleet.plan.site import plan_site
+from gpufleet.plan.triton import model_config
+from gpufleet.preview.program import UNKNOWN, Graph, Registration, Secret, reveal
+
+STACKS = stack_names()
+ONPREM = [s for s in STACKS if s != "burst-prod"]
+NOT_K8S_OBJECTS = ("kubernetes:helm.sh/v3:Release",)
+# Custom resources: no official schema. Their metadata and embedded pod templates are validated
+# against the official ones; the rest against the CRD's own structure below.
+CUSTOM_KINDS = {"LeaderWorkerSet", "PrometheusRule"}
+
+
+def source(stack: Stack) -> str:
+    return f"stacks/Pulumi.{stack.name}.yaml"
+
+
+def expected_onprem(stack: Stack) -> Counter[str]:
+    inv = stack.inventory
+    plan = plan_site(inv)
+    charts = platform_charts(inv, plan)
+    storage = plan.ceph is not None and rbd_pool(plan.ceph) is not None
+    expected: Counter[str] = Counter(
+        {
+            "gpufleet:onprem:OnPremNodes": 1,
+            "pulumi-python:dynamic/gpufleet:Node": len(inv.nodes),
+            "gpufleet:cluster:ClusterRoles": 1,
+            "pulumi-python:dynamic/gpufleet:CephCluster": int(plan.ceph is not None),
+            "pulumi-python:dynamic/gpufleet:KubernetesCluster": 1,
+            "gpufleet:platform:KubernetesPlatform": 1,
+            "pulumi:providers:kubernetes": 1,
+            "kubernetes:core/v1:Namespace": len(
+                {c.namespace for c in charts if c.namespace != "kube-system"} | {"serving"}
+            ),
+            "kubernetes:helm.sh/v3:Release": len(charts),
+            "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
+            "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1,
+            "kubernetes:core/v1:ConfigMap": 1,
+            "kubernetes:core/v1:Secret": int(storage),
+            "kubernetes:storage.k8s.io/v1:StorageClass": int(storage),
+        }
+    )
+    workload = onprem_workload(inv, plan)
+    if workload is not None:
+        kind = (
+            "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet"
+            if workload.multi_node
+            else "kubernetes:apps/v1:Deployment"
+        )
+        expected += Counter(
+            {
+                "gpufleet:serving:DeepSeekServing": 1,
+                "kubernetes:core/v1:ConfigMap": 1,
+                kind: 1,
+                "kubernetes:core/v1:Service": 1,
+                "kubernetes:policy/v1:PodDisruptionBudget": 1,
+                "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": int(workload.autoscale_max is not None),
+            }
+        )
+    return +expected
+
+
+def expected_burst(stack: Stack) -> Counter[str]:
+    p = plan_burst(stack.inventory, stack.config, source(stack))
+    private = len(p.network.private)
+    return Counter(
+        {
+            "pulumi:pulumi:StackReference": 1,
+            "gpufleet:burst:SpotBurst": 1,
+            "pulumi:providers:aws": 1,
+            "aws:ec2/vpc:Vpc": 1,
+            "aws:ec2/internetGateway:InternetGateway": 1,
+            "aws:ec2/subnet:Subnet": 1 + private,
+            "aws:ec2/routeTable:RouteTable": 2,
+            "aws:ec2/routeTableAssociation:RouteTableAssociation": 1 + private,
+            "aws:ec2/eip:Eip": 1,
+            "aws:ec2/natGateway:NatGateway": 1,
+            "aws:ec2/vpnGateway:VpnGateway": 1,
+            "aws:ec2/customerGateway:CustomerGateway": 1,
+            "aws:ec2/vpnConnection:VpnConnection": 1,
+            "aws:ec2/vpnConnectionRoute:VpnConnectionRoute": len(p.network.onprem_cidrs),
+            "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation": 1,
+            "aws:ec2/securityGroup:SecurityGroup": 1,
+            "aws:ssm/parameter:Parameter": 2,
+            "aws:sqs/queue:Queue": 1,
+            "aws:sqs/queuePolicy:QueuePolicy": 1,
+            "aws:iam/role:Role": 1,
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 1,
+            "aws:iam/rolePolicy:RolePolicy": 1,
+            "aws:iam/instanceProfile:InstanceProfile": 1,
+            "aws:ec2/launchTemplate:LaunchTemplate": 1,
+            "aws:autoscaling/group:Group": 1,
+            "aws:autoscaling/lifecycleHook:LifecycleHook": 1,
+            "aws:cloudwatch/eventRule:EventRule": 3,
+            "aws:cloudwatch/eventTarget:EventTarget": 3,
+            "pulumi:providers:kubernetes": 1,
+            "gpufleet:platform:TerminationHandler": 1,
+            "kubernetes:helm.sh/v3:Release": 1,
+            "gpufleet:serving:DeepSeekServing": 1,
+            "kubernetes:core/v1:ConfigMap": 1,
+            "kubernetes:apps/v1:Deployment": 1,
+            "kubernetes:core/v1:Service": 1,
+            "kubernetes:policy/v1:PodDisruptionBudget": 1,
+        }
+    )
+
+
+def expected(stack: Stack) -> Counter[str]:
+    return expected_burst(stack) if stack.config.layer == "burst" else expected_onprem(stack)
+
+
+def one(graph: Graph, type_: str) -> Registration:
+    found = graph.by_type(type_)
+    assert len(found) == 1, f"{type_}: {len(found)} registered"
+    return found[0]
+
+
+def k8s_objects(graph: Graph) -> list[Registration]:
+    return [
+        r
+        for r in graph.resources
+        if r.type.startswith("kubernetes:") and r.custom and r.type not in NOT_K8S_OBJECTS
+    ]
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_resource_counts_by_type(name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]) -> None:
+    graph, want = graphs[name], expected(stacks[name])
+    assert Counter(r.type for r in graph.resources) == want
+    assert len(graph.resources) == sum(want.values())
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_resource_belongs_to_this_stack_and_is_resolved(name: str, graphs: dict[str, Graph]) -> None:
+    graph = graphs[name]
+    assert graph.resources
+    for r in graph.resources:
+        assert r.urn.startswith(f"urn:pulumi:{name}::gpufleet::"), r.urn
+        assert UNKNOWN not in json.dumps(r.inputs, default=repr), f"{r.urn} has inputs never resolved"
+    assert len({r.urn for r in graph.resources}) == len(graph.resources)
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_components_parent_their_children(name: str, graphs: dict[str, Graph]) -> None:
+    graph = graphs[name]
+    components = {r.urn: r for r in graph.resources if not r.custom}
+    assert components
+    for c in components.values():
+        assert re.fullmatch(r"gpufleet:[a-z]+:[A-Z][A-Za-z]+", c.type), c.type
+        assert c.parent.endswith(f"::gpufleet-{name}"), "components sit at the top of the stack"
+    top_level = sorted(
+        (r.type, r.name) for r in graph.resources if r.custom and r.parent.endswith(f"::gpufleet-{name}")
+    )
+    if name == "burst-prod":
+        # The program's own wiring: the on-prem stack's outputs and the cluster they open.
+        assert top_level == [
+            ("pulumi:providers:kubernetes", "onprem-cluster"),
+            ("pulumi:pulumi:StackReference", "organization/gpufleet/dc1-prod"),
+        ]
+    else:
+        assert top_level == []
+    children = [r for r in graph.resources if r.parent in components]
+    assert len(children) == len(graph.resources) - len(components) - len(top_level)
+    for r in children:
+        assert r.name.startswith(components[r.parent].name + "-"), (r.name, components[r.parent].name)
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_one_node_resource_per_node_with_its_plan_and_digest(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    inv = stacks[name].inventory
+    nodes = {r.inputs["hostname"]: r for r in graphs[name].by_type("pulumi-python:dynamic/gpufleet:Node")}
+    assert sorted(nodes) == sorted(n.hostname for n in inv.nodes)
+    for node in inv.nodes:
+        plan = plan_node(inv, node)
+        r = nodes[node.hostname]
+        assert r.inputs["digest"] == plan.digest
+        assert r.inputs["plan"] == plan.model_dump(mode="json")
+        assert r.inputs["address"] == str(node.management_ip)
+        # The pickled provider travels as a secret in the state.
+        assert isinstance(r.inputs["__provider"], Secret)
+    assert graphs[name].outputs["nodeDigests"] == plan_site(inv).node_digests
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_secrets_stay_secret(name: str, graphs: dict[str, Graph]) -> None:
+    onprem = graphs["dc1-prod"].outputs if name == "burst-prod" else graphs[name].outputs
+    secrets = [reveal(onprem["kubeconfig"]), reveal(onprem["joinToken"])]
+    assert all(isinstance(onprem[k], Secret) for k in ("kubeconfig", "joinToken"))
+    assert all(isinstance(s, str) and len(s) > 10 for s in secrets)
+    graph = graphs[name]
+    # Rendered without opening secrets, nothing of the graph or the exports holds one in clear.
+    text = json.dumps([r.inputs for r in graph.resources] + [graph.outputs], default=repr)
+    for secret in secrets:
+        assert secret not in text
+        assert secret.split(".")[-1] not in text
+    if name == "burst-prod":
+        token = next(
+            r for r in graph.by_type("aws:ssm/parameter:Parameter") if r.inputs["type"] == "SecureString"
+        )
+        assert isinstance(token.inputs["value"], Secret) and reveal(token.inputs["value"]) == secrets[1]
+    else:
+        cluster = one(graph, "pulumi-python:dynamic/gpufleet:KubernetesCluster")
+        assert sorted(cluster.additional_secret_outputs) == ["join_token", "kubeconfig"]
+        secret = one(graph, "kubernetes:core/v1:Secret")
+        assert isinstance(secret.inputs["stringData"], Secret)
+        ceph = one(graph, "pulumi-python:dynamic/gpufleet:CephCluster")
+        assert ceph.additional_secret_outputs == ["client_key"]
+        provider = one(graph, "pulumi:providers:kubernetes")
+        assert isinstance(provider.inputs["kubeconfig"], Secret)
+
+
+def validate_official(obj: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+PROMETHEUS_RULE_SPEC = {
+    "type": "object",
+    "required": ["groups"],
+    "additionalProperties": False,
+    "properties": {
+        "groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "rules"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "rules": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["alert", "expr"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
+                                "expr": {"type": "string", "minLength": 1},
+                                "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def validate_custom(obj: dict[str, Any], version: str) -> None:
+    import jsonschema
+
+    # Metadata against the official ObjectMeta schema.
+    validate_official({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, version)
+    if obj["kind"] == "PrometheusRule":
+        jsonschema.validate(obj["spec"], PROMETHEUS_RULE_SPEC)
+        return
+    spec = obj["spec"]
+    assert set(spec) == {"replicas", "startupPolicy", "rolloutStrategy", "leaderWorkerTemplate"}
+    lwt = spec["leaderWorkerTemplate"]
+    assert set(lwt) == {"size", "restartPolicy", "leaderTemplate", "workerTemplate"}
+    assert lwt["size"] >= 2 and spec["replicas"] >= 0
+    for template in (lwt["leaderTemplate"], lwt["workerTemplate"]):
+        validate_official(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template},
+            version,
+        )
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_kubernetes_object_validates_for_the_boms_version(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    version = stacks[name].inventory.bom.kubernetes
+    objects = k8s_objects(graphs[name])
+    want = expected(stacks[name])
+    assert len(objects) == sum(
+        n for t, n in want.items() if t.startswith("kubernetes:") and t not in NOT_K8S_OBJECTS
+    )
+    custom = 0
+    for r in objects:
+        obj = reveal(r.inputs)
+        if obj["kind"] in CUSTOM_KINDS:
+            validate_custom(obj, version)
+            custom += 1
+        else:
+            validate_official(obj, version)
+    assert custom == sum(n for t, n in want.items() if t.split(":")[-1] in CUSTOM_KINDS)
+
+
+def test_the_validator_rejects_what_the_api_server_would() -> None:
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {}, "template": {"spec": {"containerz": []}}},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_official(bad, "1.31.4")
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_platform_releases_are_pinned_and_leave_the_host_driver_to_pyinfra(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    inv = stacks[name].inventory
+    charts = {c.name: c for c in platform_charts(inv, plan_site(inv))}
+    releases = {r.inputs["name"]: r for r in graphs[name].by_type("kubernetes:helm.sh/v3:Release")}
+    assert sorted(releases) == sorted(charts)
+    for chart_name, chart in charts.items():
+        assert releases[chart_name].inputs["version"] == chart.version
+        assert re.fullmatch(r"v?[0-9]+\.[0-9]+\.[0-9]+", chart.version)
+    if any(n.gpu for n in inv.nodes):
+        values = releases["gpu-operator"].inputs["values"]
+        assert values["driver"]["enabled"] is False
+        assert values["toolkit"]["enabled"] is (inv.bom.nvidia_container_toolkit is None)
+    else:
+        assert "gpu-operator" not in releases
+    if "ceph-csi-rbd" in releases:
+        csi = releases["ceph-csi-rbd"].inputs["values"]["csiConfig"][0]
+        assert csi["clusterID"] == graphs[name].outputs["cephFsid"]
+        storage = one(graphs[name], "kubernetes:storage.k8s.io/v1:StorageClass")
+        assert storage.inputs["parameters"]["clusterID"] == graphs[name].outputs["cephFsid"]
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_serving_runs_the_generated_triton_config(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    inv = stacks[name].inventory
+    plan = plan_site(inv)
+    workload = onprem_workload(inv, plan)
+    graph = graphs[name]
+    if workload is None:
+        assert not graph.by_type("gpufleet:serving:DeepSeekServing")
+        return
+    assert plan.serving is not None and plan.serving.shape is not None
+    config = next(
+        r for r in graph.by_type("kubernetes:core/v1:ConfigMap") if "config.pbtxt" in r.inputs["data"]
+    )
+    assert config.inputs["data"]["config.pbtxt"] == model_config(plan.serving).pbtxt()
+    if plan.serving.shape.nodes > 1:
+        lws = one(graph, "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+        assert lws.inputs["spec"]["leaderWorkerTemplate"]["size"] == plan.serving.shape.nodes
+        pod = lws.inputs["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+        target_kind = "LeaderWorkerSet"
+    else:
+        deployment = one(graph, "kubernetes:apps/v1:Deployment")
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        target_kind = "Deployment"
+    triton = pod["containers"][0]
+    assert triton["image"] == inv.bom.triton_image
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == str(plan.serving.shape.gpus_per_node)
+    assert inv.bom.model_revision in pod["initContainers"][0]["command"]
+    hpa = one(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa.inputs["spec"]["scaleTargetRef"]["kind"] == target_kind
+    assert [m["pods"]["metric"]["name"] for m in hpa.inputs["spec"]["metrics"]] == [QUEUE_METRIC]
+    assert hpa.inputs["spec"]["minReplicas"] == plan.serving.replicas
+
+
+def test_burst_fleet_is_spot_only_over_enough_types_and_bounded(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    stack = stacks["burst-prod"]
+    p = plan_burst(stack.inventory, stack.config, source(stack))
+    graph = graphs["burst-prod"]
+    asg = one(graph, "aws:autoscaling/group:Group").inputs
+    assert asg["desiredCapacity"] == stack.config.burst_nodes
+    assert asg["maxSize"] == stack.inventory.site.burst.max_nodes  # type: ignore[union-attr]
+    assert asg["minSize"] == 0 and asg["capacityRebalance"] is True
+    dist = asg["mixedInstancesPolicy"]["instancesDistribution"]
+    assert dist["onDemandBaseCapacity"] == 0 and dist["onDemandPercentageAboveBaseCapacity"] == 0
+    assert dist["spotAllocationStrategy"] == "price-capacity-optimized"
+    types = [o["instanceType"] for o in asg["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
+    assert types == p.fleet.instance_types and len(types) >= MIN_SPOT_TYPES
+    subnets = {r.name: r.inputs for r in graph.by_type("aws:ec2/subnet:Subnet")}
+    private = [s for n, s in subnets.items() if "private" in n]
+    assert len(asg["vpcZoneIdentifiers"]) == len(private)
+    assert len({s["availabilityZone"] for s in private}) >= 2
+    assert one(graph, "pulumi:providers:aws").inputs["region"] == stack.inventory.site.burst.region  # type: ignore[union-attr]
+
+
+def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    stack = stacks["burst-prod"]
+    p = plan_burst(stack.inventory, stack.config, source(stack))
+    graph = graphs["burst-prod"]
+    lt = one(graph, "aws:ec2/launchTemplate:LaunchTemplate").inputs
+    assert lt["metadataOptions"]["httpTokens"] == "required"
+    assert all(b["ebs"]["encrypted"] == "true" for b in lt["blockDeviceMappings"])
+    assert lt["imageId"] == f"resolve:ssm:{stack.inventory.bom.burst_ami}"
+    script = base64.b64decode(lt["userData"]).decode()
+    assert script == p.user_data
+    assert p.join_token_parameter in script and "--with-decryption" in script
+    assert reveal(graphs["dc1-prod"].outputs["joinToken"]) not in script
+    sg = one(graph, "aws:ec2/securityGroup:SecurityGroup").inputs
+    admin = [i for i in sg["ingress"] if i["fromPort"] in ADMIN_PORTS]
+    assert len(admin) == len(ADMIN_PORTS)
+    for rule in sg["ingress"]:
+        assert "0.0.0.0/0" not in rule.get("cidrBlocks", [])
+    hook = one(graph, "aws:autoscaling/lifecycleHook:LifecycleHook").inputs
+    assert hook["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    patterns = [
+        json.loads(r.inputs["eventPattern"])["detail-type"][0]
+        for r in graph.by_type("aws:cloudwatch/eventRule:EventRule")
+    ]
+    assert "EC2 Spot Instance Interruption Warning" in patterns
+    assert "EC2 Instance Rebalance Recommendation" in patterns
+    handler = one(graph, "kubernetes:helm.sh/v3:Release").inputs
+    assert handler["values"]["enableSqsTerminationDraining"] is True
+    assert handler["values"]["queueURL"] == graph.outputs["queueUrl"]
+
+
+def test_burst_serves_the_fallback_model_on_spot_nodes(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    stack = stacks["burst-prod"]
+    inv = stack.inventory
+    p = plan_burst(inv, stack.config, source(stack))
+    workload = burst_workload(inv, plan_site(inv), p.fleet, stack.config.burst_nodes)
+    graph = graphs["burst-prod"]
+    assert graph.outputs["burstModel"] == p.fleet.model
+    config = one(graph, "kubernetes:core/v1:ConfigMap").inputs["data"]["config.pbtxt"]
+    assert config == workload.triton_config
+    assert f'name: "{p.fleet.model}"' in config
+    deployment = one(graph, "kubernetes:apps/v1:Deployment").inputs
+    assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.min_replicas_per_node
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
+    assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
+    assert p.fleet.revision in pod["initContainers"][0]["command"]
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_required_tags_on_every_taggable_cloud_resource(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    tagged = [r for r in graphs[name].resources if r.type.startswith("aws:") and "tags" in r.inputs]
+    if name != "burst-prod":
+        assert not [r for r in graphs[name].resources if r.type.startswith("aws:")]
+        return
+    assert len(tagged) >= 15
+    for r in tagged:
+        tags = r.inputs["tags"]
+        tags = {t["key"]: t["value"] for t in tags} if isinstance(tags, list) else tags
+        for key in ("site", "env", "owner", "cost-center"):
+            assert tags.get(key), f"{r.urn} lacks tag {key}"
+
+
+def test_evaluation_is_repeatable() -> None:
+    from gpufleet.preview.program import evaluate_stack
+
+    first, second = evaluate_stack("lab"), evaluate_stack("lab")
+    assert len(first.resources) == len(second.resources) > 0
+
+    def rendered(graph: Graph) -> list[tuple[str, str]]:
+        # Registration order follows the engine's asynchrony; the graph itself must not change.
+        return sorted((r.urn, json.dumps(r.inputs, default=repr, sort_keys=True)) for r in graph.resources)
+
+    assert rendered(first) == rendered(second)
+
+
+@pytest.mark.parametrize(
+    ("change", "line"),
+    [
+        (
+            {"gpufleet:burstNodes": "99"},
+            "stacks/Pulumi.burst-prod.yaml: config.gpufleet:burstNodes: 99 is above the site's burst.max_nodes 8",
+        ),
+        ({"gpufleet:layer": "edge"}, "stacks/Pulumi.burst-prod.yaml: config.gpufleet:layer: Input should be"),
+    ],
+)
+def test_bad_stack_config_stops_the_program_with_one_line(change: dict[str, str], line: str) -> None:
+    import pulumi
+
+    from gpufleet.preview.program import PROGRAM, evaluate, stack_config
+
+    config = {**stack_config("burst-prod", PROGRAM.parent), **change}
+    with pytest.raises(pulumi.RunError) as failure:
+        evaluate("burst-prod", config=config)
+    message = str(failure.value)
+    assert message.startswith(line) and "\n" not in message
