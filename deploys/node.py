@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from deploys.operations import nvidia as nvidia_ops
 from deploys.operations import packages as pkg_ops
 from deploys.operations import raid6 as raid_ops
 from gpufleet.plan.node import NodePlan
@@ -27,11 +28,12 @@ BLACKLIST_FILE = "/etc/modprobe.d/gpufleet-blacklist.conf"
 NCCL_CONF = "/etc/nccl.conf"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
 APT_CACHE_S = 24 * 3600
+AFTER_CHANGE = {
+    GRUB_FILE: "update-grub",
+    BLACKLIST_FILE: "update-initramfs -u",
+    CONTAINERD_CONF: "systemctl restart containerd",
+}
 MANAGED = "# Managed by gpufleet (deploys/); edits are replaced on the next provision.\n"
-
-
-def _put(text: str, dest: str, name: str, mode: str = "644") -> object:
-    return files.put(name=name, src=StringIO(MANAGED + text), dest=dest, mode=mode)
 
 
 def node_plan() -> NodePlan:
@@ -53,41 +55,52 @@ def sources_text(plan: NodePlan) -> dict[str, str]:
     return out
 
 
+def managed_files(plan: NodePlan) -> dict[str, str]:
+    """Every file the node deploy owns, path -> full content; what each says comes from the plan."""
+    files_: dict[str, str] = dict(sources_text(plan))
+    files_[PINS_FILE] = pkg_ops.pin_preferences(plan.packages)
+    if plan.sysctl:
+        files_[SYSCTL_FILE] = "".join(f"{k} = {v}\n" for k, v in plan.sysctl.items())
+    if plan.kernel_cmdline:
+        files_[GRUB_FILE] = (
+            f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {" ".join(plan.kernel_cmdline)}"\n'
+        )
+    if plan.blacklist_modules:
+        files_[BLACKLIST_FILE] = "".join(
+            f"blacklist {m}\noptions {m} modeset=0\n" for m in plan.blacklist_modules
+        )
+    if plan.nccl_conf is not None:
+        files_[NCCL_CONF] = plan.nccl_conf
+    if "containerd" in plan.services:
+        files_[CONTAINERD_CONF] = containerd_config(plan)
+    return {path: MANAGED + text for path, text in files_.items()}
+
+
 @deploy("apt sources and pinned packages")
-def packages(plan: NodePlan) -> None:
+def packages(plan: NodePlan, managed: dict[str, str]) -> None:
     changed = [
-        _put(text, dest, f"apt source {dest.rsplit('/', 1)[-1]}") for dest, text in sources_text(plan).items()
+        files.put(name=f"file {path}", src=StringIO(managed[path]), dest=path, mode="644")
+        for path in managed
+        if path.startswith(SOURCES_DIR) or path == PINS_FILE
     ]
-    changed.append(_put(pkg_ops.pin_preferences(plan.packages), PINS_FILE, "apt pins"))
     apt.update(name="apt update (sources or pins changed)", _if=any_changed(*changed))
     apt.update(name="apt update (daily)", cache_time=APT_CACHE_S)
     pkg_ops.pinned(name="pinned and held packages", packages=plan.packages)
+    if nvidia_ops.driver_pin(plan.packages):
+        nvidia_ops.reboot_marker(name="reboot marker for a driver upgrade", packages=plan.packages)
 
 
-@deploy("kernel: sysctl, command line, module blacklist")
-def kernel(plan: NodePlan) -> None:
-    if plan.sysctl:
-        _put("".join(f"{k} = {v}\n" for k, v in plan.sysctl.items()), SYSCTL_FILE, "sysctl file")
-        for key, value in plan.sysctl.items():
-            server.sysctl(name=f"sysctl {key}", key=key, value=value)
-    if plan.kernel_cmdline:
-        grub = _put(
-            f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {" ".join(plan.kernel_cmdline)}"\n',
-            GRUB_FILE,
-            "kernel command line",
-        )
-        # The new command line takes effect at the next reboot, which rolling maintenance schedules.
-        server.shell(name="update-grub", commands=["update-grub"], _if=grub.did_change)
-    if plan.blacklist_modules:
-        text = "".join(f"blacklist {m}\noptions {m} modeset=0\n" for m in plan.blacklist_modules)
-        blacklist = _put(text, BLACKLIST_FILE, "module blacklist")
-        server.shell(name="update-initramfs", commands=["update-initramfs -u"], _if=blacklist.did_change)
-
-
-@deploy("GPU: NCCL configuration")
-def gpu(plan: NodePlan) -> None:
-    if plan.nccl_conf is not None:
-        _put(plan.nccl_conf, NCCL_CONF, "/etc/nccl.conf")
+@deploy("configuration files")
+def configuration(plan: NodePlan, managed: dict[str, str]) -> None:
+    for path, text in managed.items():
+        if path.startswith(SOURCES_DIR) or path == PINS_FILE:
+            continue
+        put = files.put(name=f"file {path}", src=StringIO(text), dest=path, mode="644")
+        # What makes a changed file take effect; a new kernel command line waits for the next reboot.
+        if path in AFTER_CHANGE:
+            server.shell(name=AFTER_CHANGE[path], commands=[AFTER_CHANGE[path]], _if=put.did_change)
+    for key, value in plan.sysctl.items():
+        server.sysctl(name=f"sysctl {key}", key=key, value=value)
 
 
 def containerd_config(plan: NodePlan) -> str:
@@ -128,11 +141,6 @@ def storage(plan: NodePlan) -> None:
 
 @deploy("services")
 def services(plan: NodePlan) -> None:
-    if "containerd" in plan.services:
-        conf = _put(containerd_config(plan), CONTAINERD_CONF, "containerd config")
-        systemd.service(
-            name="containerd restarted", service="containerd", restarted=True, _if=conf.did_change
-        )
     for name in plan.services:
         systemd.service(name=f"service {name}", service=name, running=True, enabled=True)
 
@@ -141,8 +149,8 @@ def services(plan: NodePlan) -> None:
 def node() -> None:
     """Everything one node must be, from its plan in host data."""
     plan = node_plan()
-    packages(plan)
-    kernel(plan)
-    gpu(plan)
+    managed = managed_files(plan)
+    packages(plan, managed)
+    configuration(plan, managed)
     storage(plan)
     services(plan)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from pyinfra.api import FactBase
 
-QUERY = ["index", "uuid", "name", "driver_version", "memory.total", "persistence_mode"]
+# The fields of the recorded H100 query (tests/fixtures/h100/nvidia-smi-query-gpu.txt), in order.
+QUERY = [
+    "index", "uuid", "name", "pci.bus_id", "driver_version", "vbios_version", "memory.total",
+    "persistence_mode", "ecc.mode.current", "ecc.errors.uncorrected.volatile.total",
+    "ecc.errors.corrected.volatile.total", "retired_pages.pending", "remapped_rows.failure",
+    "remapped_rows.pending", "power.limit", "clocks.max.sm", "clocks.max.mem", "temperature.gpu",
+    "pcie.link.gen.current", "pcie.link.width.current", "mig.mode.current", "compute_cap",
+]  # fmt: skip
 
 
-class Gpu(TypedDict):
-    index: int
-    uuid: str
-    name: str
-    driver_version: str
-    memory_mib: int
-    persistence: bool
-
-
-class NvidiaGpus(FactBase[list[Gpu]]):
-    """`nvidia-smi --query-gpu=... --format=csv,noheader,nounits`; empty without a driver."""
+class NvidiaGpus(FactBase[list[dict[str, str]]]):
+    """`nvidia-smi --query-gpu=... --format=csv,noheader,nounits`: one dict per GPU, by field name."""
 
     def command(self) -> str:
         return f"nvidia-smi --query-gpu={','.join(QUERY)} --format=csv,noheader,nounits"
@@ -28,23 +24,9 @@ class NvidiaGpus(FactBase[list[Gpu]]):
         return "nvidia-smi"
 
     @staticmethod
-    def default() -> list[Gpu]:
+    def default() -> list[dict[str, str]]:
         return []
 
-    def process(self, output: list[str]) -> list[Gpu]:
-        gpus: list[Gpu] = []
-        for line in output:
-            fields = [f.strip() for f in line.split(",")]
-            if len(fields) != len(QUERY):
-                continue
-            gpus.append(
-                Gpu(
-                    index=int(fields[0]),
-                    uuid=fields[1],
-                    name=fields[2],
-                    driver_version=fields[3],
-                    memory_mib=int(fields[4]),
-                    persistence=fields[5] == "Enabled",
-                )
-            )
-        return gpus
+    def process(self, output: list[str]) -> list[dict[str, str]]:
+        rows = [[f.strip() for f in line.split(",")] for line in output]
+        return [dict(zip(QUERY, row, strict=True)) for row in rows if len(row) == len(QUERY)]

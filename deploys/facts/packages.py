@@ -6,10 +6,10 @@ from pyinfra.api import FactBase
 
 
 class InstalledVersions(FactBase[dict[str, str]]):
-    """`dpkg-query` for installed packages: name -> version (held or not)."""
+    """`dpkg -l`: installed package -> version, held (`hi`) or not (`ii`)."""
 
     def command(self) -> str:
-        return "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n'"
+        return "dpkg -l"
 
     @staticmethod
     def default() -> dict[str, str]:
@@ -19,9 +19,9 @@ class InstalledVersions(FactBase[dict[str, str]]):
         out: dict[str, str] = {}
         for line in output:
             fields = line.split()
-            # `ii ` installed, `hi ` installed and held; anything else is not installed.
-            if len(fields) == 3 and fields[0] in ("ii", "hi"):
-                out[fields[1]] = fields[2]
+            # Other states (rc: removed with its configuration left, un: unknown) are not installed.
+            if len(fields) >= 3 and fields[0] in ("ii", "hi"):
+                out[fields[1].split(":", 1)[0]] = fields[2]
         return out
 
 

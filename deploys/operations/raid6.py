@@ -14,7 +14,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import FileContents
 
-from deploys.facts.raid import BlockDevices, BlockUse, MdArray, MdDetail, MdStat
+from deploys.facts.raid import BlockDevices, BlockUse, MdArray, MdDetail, MdStat, MdSuperblocks
 from gpufleet.plan.node import RaidArray
 
 RAID_MEMBER = "linux_raid_member"
@@ -39,6 +39,7 @@ def raid6_commands(
     mdstat: dict[str, MdArray],
     blocks: dict[str, BlockUse],
     detail: dict[str, str],
+    superblocks: dict[str, str],
     mdadm_conf: str,
 ) -> list[str]:
     name = array.device.removeprefix("/dev/")
@@ -62,7 +63,11 @@ def raid6_commands(
         raise OperationError(f"RAID6 members not present: {', '.join(missing)}")
     uses = {m: _use(m, blocks[m]) for m in array.members}
     if all(u == "raid" for u in uses.values()):
-        # The superblocks name their array; mdadm refuses members of different arrays.
+        if len(superblocks) != 1:
+            raise RefuseToCreate(
+                f"{array.device}: members carry superblocks of {len(superblocks)} arrays "
+                f"({', '.join(sorted(superblocks)) or 'none readable'}); assemble by hand"
+            )
         return [f"mdadm --assemble {array.device} {members}"]
     if any(u != "blank" for u in uses.values()):
         found = ", ".join(f"{m}: {u}" for m, u in uses.items() if u != "blank")
@@ -85,5 +90,6 @@ def raid6(array: RaidArray) -> Generator[str, None, None]:
         host.get_fact(MdStat),
         host.get_fact(BlockDevices),
         host.get_fact(MdDetail, device=array.device),
+        host.get_fact(MdSuperblocks),
         "\n".join(conf),
     )

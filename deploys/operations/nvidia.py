@@ -1,0 +1,49 @@
+"""A driver upgrade lands in two steps: the package now, the kernel module at the next reboot.
+
+Until that reboot the loaded module and the installed package disagree; the node says so in
+/run/reboot-required (Debian's convention), which rolling maintenance reads to reboot it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import File
+
+from deploys.facts.nvidia import NvidiaGpus
+from gpufleet.plan.node import Package
+
+REBOOT_REQUIRED = "/run/reboot-required"
+
+
+def driver_pin(packages: list[Package]) -> str | None:
+    """The driver version the plan pins (`580.159.04` from `580.159.04-*`), if it pins one."""
+    for p in packages:
+        if p.name.startswith("nvidia-driver-") and p.version:
+            return p.version.split("-", 1)[0]
+    return None
+
+
+def stale_driver(gpus: list[dict[str, str]], packages: list[Package]) -> str | None:
+    """Why the node needs a reboot for its driver, or None when the loaded module is the planned one."""
+    pinned = driver_pin(packages)
+    loaded = sorted({g["driver_version"] for g in gpus})
+    if pinned is None or not loaded or loaded == [pinned]:
+        return None
+    return f"NVIDIA driver {', '.join(loaded)} loaded, {pinned} planned"
+
+
+def reboot_marker_commands(reason: str | None, marker_exists: bool) -> list[str]:
+    if reason is None or marker_exists:
+        return []
+    return [f"echo {shlex.quote(reason)} > {REBOOT_REQUIRED}"]
+
+
+@operation()
+def reboot_marker(packages: list[Package]) -> Generator[str, None, None]:
+    """Mark the node for a reboot when its loaded driver is not the planned one."""
+    reason = stale_driver(host.get_fact(NvidiaGpus), packages)
+    yield from reboot_marker_commands(reason, bool(host.get_fact(File, path=REBOOT_REQUIRED)))

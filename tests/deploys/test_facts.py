@@ -1,0 +1,86 @@
+"""Facts parse what the commands print: recorded H100 outputs and hand-written md/lsblk states."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploys.facts.nvidia import NvidiaGpus
+from deploys.facts.packages import HeldPackages, InstalledVersions
+from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
+from tests.deploys.conftest import fact_from, load
+
+
+def test_nvidia_fact_runs_the_recorded_query_and_parses_it() -> None:
+    recorded = load("h100/nvidia-smi-query-gpu.txt")
+    assert NvidiaGpus().command() == recorded.command
+    gpus = fact_from(NvidiaGpus, "h100/nvidia-smi-query-gpu.txt")
+    assert len(gpus) == 1
+    assert gpus[0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert gpus[0]["driver_version"] == "580.159.04"
+    assert gpus[0]["memory.total"] == "81559"
+    assert gpus[0]["persistence_mode"] == "Enabled"
+
+
+def test_installed_versions_from_recorded_dpkg_keep_held_and_installed() -> None:
+    versions = fact_from(InstalledVersions, "h100/dpkg-nvidia.txt")
+    assert versions["libnccl2"] == "2.28.3-1+cuda13.0"  # `hi`: held and installed
+    assert versions["cuda-nvcc-13-0"] == "13.0.88-1"
+
+
+def test_removed_packages_are_not_installed() -> None:
+    versions = fact_from(InstalledVersions, "handwritten/dpkg-l-driver-580.95.txt")
+    assert "nvidia-driver-570-open" not in versions  # `rc`: only its configuration is left
+    assert versions["nvidia-driver-580-open"] == "580.95.05-0ubuntu1"
+
+
+def test_held_packages_from_recorded_apt_mark() -> None:
+    assert fact_from(HeldPackages, "h100/apt-holds.txt") == {
+        "libcublas-13-0",
+        "libcublas-dev-13-0",
+        "libcudnn9-cuda-13",
+        "libnccl-dev",
+        "libnccl2",
+    }
+
+
+def test_mdstat_without_md_support_has_no_arrays() -> None:
+    # Recorded on the H100 node, which has no md arrays and no /proc/mdstat.
+    assert fact_from(MdStat, "h100/mdstat.txt") == {}
+    assert fact_from(MdStat, "handwritten/mdstat-none.txt") == {}
+
+
+def test_mdstat_active_raid6() -> None:
+    md0 = fact_from(MdStat, "handwritten/mdstat-raid6-active.txt")["md0"]
+    assert md0["state"] == "active" and md0["level"] == "raid6"
+    assert md0["members"] == ["/dev/sdf", "/dev/sde", "/dev/sdd", "/dev/sdc", "/dev/sdb", "/dev/sda"]
+    assert (md0["raid_disks"], md0["active_disks"], md0["failed"], md0["resync"]) == (6, 6, [], None)
+
+
+def test_mdstat_degraded_raid6_in_recovery() -> None:
+    md0 = fact_from(MdStat, "handwritten/mdstat-raid6-degraded.txt")["md0"]
+    assert md0["failed"] == ["/dev/sdc"]
+    assert (md0["raid_disks"], md0["active_disks"], md0["resync"]) == (6, 5, "recovery")
+
+
+def test_mdadm_detail_and_examine() -> None:
+    detail = fact_from(MdDetail, "handwritten/mdadm-detail-export.txt")
+    assert detail["MD_LEVEL"] == "raid6" and detail["MD_DEVICES"] == "6"
+    assert fact_from(MdSuperblocks, "handwritten/mdadm-examine-scan.txt") == {
+        "3f1c9e2a:7b4d5e6f:8a9b0c1d:2e3f4a5b": "/dev/md/0"
+    }
+
+
+@pytest.mark.parametrize(
+    ("fixture", "device", "fstype", "pttype", "children"),
+    [
+        ("handwritten/lsblk-blank.txt", "/dev/sdc", None, None, 0),
+        ("handwritten/lsblk-data.txt", "/dev/sdc", "xfs", None, 0),
+        ("handwritten/lsblk-data.txt", "/dev/sdd", None, "gpt", 1),
+        ("handwritten/lsblk-raid-assembled.txt", "/dev/md0", "xfs", None, 0),
+    ],
+)
+def test_block_devices(
+    fixture: str, device: str, fstype: str | None, pttype: str | None, children: int
+) -> None:
+    use = fact_from(BlockDevices, fixture)[device]
+    assert (use["fstype"], use["pttype"], use["children"]) == (fstype, pttype, children)

@@ -1,0 +1,209 @@
+"""Operations, pyinfra's test style: recorded output -> fact -> the commands the operation yields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pyinfra.api import OperationError
+from pyinfra.facts.files import File, FileContents
+
+from deploys.facts.nvidia import NvidiaGpus
+from deploys.facts.packages import HeldPackages, InstalledVersions
+from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
+from deploys.node import GRUB_FILE, NCCL_CONF, PINS_FILE, managed_files
+from deploys.operations import nvidia, packages, raid6
+from gpufleet.inventory.load import load_inventory
+from gpufleet.plan.node import NodePlan, Package, RaidArray, plan_node
+from tests.deploys.conftest import fact_from
+
+RunOp = Callable[..., list[str]]
+
+
+def plan(site: str, host: str) -> NodePlan:
+    inv = load_inventory(site)
+    return plan_node(inv, next(n for n in inv.nodes if n.hostname == host))
+
+
+GPU = plan("dc1", "gpu01")
+STORAGE = plan("dc1", "st01")
+ARRAY: RaidArray = STORAGE.raid[0]
+
+
+def raid_facts(
+    mdstat: str, lsblk: str, detail: str | None = None, examine: str | None = None
+) -> dict[type, object]:
+    return {
+        MdStat: fact_from(MdStat, mdstat),
+        BlockDevices: fact_from(BlockDevices, lsblk),
+        MdDetail: fact_from(MdDetail, detail) if detail else {},
+        MdSuperblocks: fact_from(MdSuperblocks, examine) if examine else {},
+        FileContents: None,
+    }
+
+
+# --- RAID6 -------------------------------------------------------------------------------------
+
+
+def test_raid6_created_on_blank_disks(run_op: RunOp) -> None:
+    cmds = run_op(
+        raid_facts("handwritten/mdstat-none.txt", "handwritten/lsblk-blank.txt"), raid6.raid6, ARRAY
+    )
+    assert cmds[0] == (
+        "mdadm --create /dev/md0 --run --level=6 --raid-devices=6 --chunk=512 --metadata=1.2 "
+        "/dev/sda /dev/sdb /dev/sdc /dev/sdd /dev/sde /dev/sdf"
+    )
+    assert "mdadm --detail --scan /dev/md0 >> /etc/mdadm/mdadm.conf" in cmds
+    assert cmds[-1] == "mkfs.xfs /dev/md0"
+
+
+def test_raid6_assembled_from_existing_members_never_recreated(run_op: RunOp) -> None:
+    facts = raid_facts(
+        "handwritten/mdstat-none.txt",
+        "handwritten/lsblk-raid-members.txt",
+        examine="handwritten/mdadm-examine-scan.txt",
+    )
+    cmds = run_op(facts, raid6.raid6, ARRAY)
+    assert cmds == ["mdadm --assemble /dev/md0 /dev/sda /dev/sdb /dev/sdc /dev/sdd /dev/sde /dev/sdf"]
+
+
+def test_raid6_refuses_to_create_over_data(run_op: RunOp) -> None:
+    facts = raid_facts("handwritten/mdstat-none.txt", "handwritten/lsblk-data.txt")
+    with pytest.raises(raid6.RefuseToCreate) as exc:
+        run_op(facts, raid6.raid6, ARRAY)
+    assert "/dev/sdc: data (xfs)" in str(exc.value)
+    assert "/dev/sdd: data (gpt partition table)" in str(exc.value)
+
+
+def test_raid6_refuses_members_half_from_an_array(run_op: RunOp) -> None:
+    facts = raid_facts(
+        "handwritten/mdstat-none.txt",
+        "handwritten/lsblk-mixed.txt",
+        examine="handwritten/mdadm-examine-scan.txt",
+    )
+    with pytest.raises(raid6.RefuseToCreate):
+        run_op(facts, raid6.raid6, ARRAY)
+
+
+def test_raid6_refuses_to_assemble_without_one_readable_array(run_op: RunOp) -> None:
+    facts = raid_facts("handwritten/mdstat-none.txt", "handwritten/lsblk-raid-members.txt")
+    with pytest.raises(raid6.RefuseToCreate, match="superblocks of 0 arrays"):
+        run_op(facts, raid6.raid6, ARRAY)
+
+
+def test_running_array_is_left_alone(run_op: RunOp) -> None:
+    facts = raid_facts(
+        "handwritten/mdstat-raid6-active.txt",
+        "handwritten/lsblk-raid-assembled.txt",
+        detail="handwritten/mdadm-detail-export.txt",
+    )
+    facts[FileContents] = ["ARRAY /dev/md0 metadata=1.2 UUID=3f1c9e2a:7b4d5e6f:8a9b0c1d:2e3f4a5b"]
+    assert run_op(facts, raid6.raid6, ARRAY) == []
+
+
+def test_running_array_missing_from_mdadm_conf_is_recorded(run_op: RunOp) -> None:
+    facts = raid_facts(
+        "handwritten/mdstat-raid6-active.txt",
+        "handwritten/lsblk-raid-assembled.txt",
+        detail="handwritten/mdadm-detail-export.txt",
+    )
+    assert run_op(facts, raid6.raid6, ARRAY) == ["mdadm --detail --scan /dev/md0 >> /etc/mdadm/mdadm.conf"]
+
+
+def test_running_array_on_other_members_is_an_error(run_op: RunOp) -> None:
+    other = ARRAY.model_copy(update={"members": ["/dev/sdg", *ARRAY.members[1:]]})
+    facts = raid_facts("handwritten/mdstat-raid6-active.txt", "handwritten/lsblk-raid-assembled.txt")
+    with pytest.raises(OperationError, match="mdadm --manage"):
+        run_op(facts, raid6.raid6, other)
+
+
+# --- packages: pins, holds, a driver upgrade ----------------------------------------------------
+
+
+def package_facts(dpkg: str, holds: str) -> dict[type, object]:
+    return {
+        InstalledVersions: fact_from(InstalledVersions, dpkg),
+        HeldPackages: fact_from(HeldPackages, holds),
+    }
+
+
+def test_new_gpu_node_installs_pinned_packages_and_holds_them(run_op: RunOp) -> None:
+    # The recorded H100 node already runs the BOM's NCCL (2.28.3+cuda13.0), held.
+    cmds = run_op(package_facts("h100/dpkg-nvidia.txt", "h100/apt-holds.txt"), packages.pinned, GPU.packages)
+    install = next(c for c in cmds if "apt-get install" in c).split()
+    assert "nvidia-driver-580-open" in install and "cuda-toolkit-13-0" in install
+    assert "libnccl2" not in install and "libnccl-dev" not in install
+    assert not any(c.startswith("apt-mark unhold") for c in cmds)  # nothing held needs to move
+    hold = cmds[-1].split()
+    assert hold[:2] == ["apt-mark", "hold"] and "nvidia-driver-580-open" in hold and "libnccl2" not in hold
+    # Holds the node has for its own reasons (cuDNN, cuBLAS) are not the plan's to release.
+    assert not any("libcudnn" in c or "libcublas" in c for c in cmds)
+
+
+def test_driver_upgrade_releases_installs_and_holds_again(run_op: RunOp) -> None:
+    facts = package_facts("handwritten/dpkg-l-driver-580.95.txt", "handwritten/apt-holds-driver-580.95.txt")
+    cmds = run_op(facts, packages.pinned, GPU.packages)
+    assert cmds == [
+        "apt-mark unhold nvidia-driver-580-open nvidia-fabricmanager-580",
+        f"{packages.APT_INSTALL} nvidia-driver-580-open nvidia-fabricmanager-580",
+        "apt-mark hold nvidia-driver-580-open nvidia-fabricmanager-580",
+    ]
+
+
+def test_converged_packages_yield_nothing(run_op: RunOp) -> None:
+    installed = {p.name: (p.version or "1").replace("*", "1") for p in GPU.packages}
+    facts = {InstalledVersions: installed, HeldPackages: set(GPU.held_packages)}
+    assert run_op(facts, packages.pinned, GPU.packages) == []
+
+
+def test_released_hold_when_the_plan_no_longer_holds() -> None:
+    pkgs = [Package(name="chrony"), Package(name="containerd", version="1.7*", hold=True)]
+    cmds = packages.package_commands(
+        pkgs, {"chrony": "4.5", "containerd": "1.7.27"}, {"chrony", "containerd"}
+    )
+    assert cmds == ["apt-mark unhold chrony"]
+
+
+def test_pins_allow_a_rollback() -> None:
+    prefs = packages.pin_preferences(GPU.packages)
+    assert "Package: nvidia-driver-580-open\nPin: version 580.159.04-*\nPin-Priority: 1001\n" in prefs
+    assert "Package: chrony" not in prefs  # unpinned packages follow their source
+
+
+# --- NVIDIA: the loaded driver against the plan ----------------------------------------------------
+
+
+def test_loaded_driver_as_planned_needs_no_reboot(run_op: RunOp) -> None:
+    facts = {NvidiaGpus: fact_from(NvidiaGpus, "h100/nvidia-smi-query-gpu.txt"), File: None}
+    assert run_op(facts, nvidia.reboot_marker, GPU.packages) == []
+
+
+def test_loaded_old_driver_marks_the_node_for_reboot_once(run_op: RunOp) -> None:
+    facts = {NvidiaGpus: fact_from(NvidiaGpus, "handwritten/nvidia-smi-query-gpu-580.95.txt"), File: None}
+    cmds = run_op(facts, nvidia.reboot_marker, GPU.packages)
+    assert cmds == ["echo 'NVIDIA driver 580.95.05 loaded, 580.159.04 planned' > /run/reboot-required"]
+    facts[File] = {"size": 52}
+    assert run_op(facts, nvidia.reboot_marker, GPU.packages) == []
+
+
+# --- files the deploy owns, from the plan ---------------------------------------------------------
+
+
+def test_nccl_conf_is_the_plans() -> None:
+    files = managed_files(GPU)
+    assert GPU.nccl_conf is not None and files[NCCL_CONF].endswith(GPU.nccl_conf)
+    assert "NCCL_IB_HCA=" in files[NCCL_CONF] and "NCCL_IB_GID_INDEX=" in files[NCCL_CONF]
+    roce = plan("dc1-dr", next(n.hostname for n in load_inventory("dc1-dr").nodes if n.gpu))
+    assert "NCCL_IB_TC=106" in managed_files(roce)[NCCL_CONF]
+
+
+def test_gpu_node_files_and_lab_node_files() -> None:
+    gpu = managed_files(GPU)
+    assert (
+        "iommu=pt" in gpu[GRUB_FILE] and "blacklist nouveau" in gpu["/etc/modprobe.d/gpufleet-blacklist.conf"]
+    )
+    assert 'BinaryName = "/usr/bin/nvidia-container-runtime"' in gpu["/etc/containerd/config.toml"]
+    lab = managed_files(plan("lab", "lab-st1"))
+    assert NCCL_CONF not in lab and GRUB_FILE not in lab
+    assert "URIs: file:///srv/gpufleet-mirror" in lab["/etc/apt/sources.list.d/gpufleet-mirror.sources"]
+    assert "Package: containerd\nPin: version 1.6*" in lab[PINS_FILE]
