@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,19 @@ def measure(
     name: str, config: Any, arch: ToyDeepseek, args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     write_repository(work / name / "repo", config, arch)
+    try:
+        return _measure(name, config, arch, args, work)
+    finally:
+        # The server's own log explains a failed level; keep it beside the results.
+        log = work / name / "server" / "tritonserver.log"
+        if log.exists():
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, args.out / f"{args.name}-{name}-tritonserver.log")
+
+
+def _measure(
+    name: str, config: Any, arch: ToyDeepseek, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     rows = []
     with tritonserver(work / name / "repo", work / name / "server", ready_timeout=600) as server:
         for _ in range(3):  # warm up kernels and the allocator

@@ -10,7 +10,6 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
@@ -43,17 +42,20 @@ class TritonPythonModel:
         self.model = model.to(self.device, dtype).eval()  # type: ignore[arg-type]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        prompts = []
+        # Tensors cross the backend boundary by DLPack, not numpy: the stub's numpy bridge is
+        # built for numpy 1 and mis-sizes outputs under numpy 2 (seen on the GPU machine).
+        batches = []
         for request in requests:
-            ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
-            new = pb_utils.get_input_tensor_by_name(request, "max_tokens").as_numpy()
-            prompts += [(row, int(n[0])) for row, n in zip(ids, new, strict=True)]
+            ids = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "input_ids").to_dlpack())
+            new = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "max_tokens").to_dlpack())
+            batches.append((ids.cpu().long(), new.cpu()[:, 0].tolist()))
+        prompts = [(row, n) for ids, counts in batches for row, n in zip(ids, counts, strict=True)]
         width = max(len(p) for p, _ in prompts)
         max_new = max(n for _, n in prompts)
         ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, (prompt, _) in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
+            ids[i, width - len(prompt) :] = prompt
             mask[i, width - len(prompt) :] = 1
         with torch.inference_mode():
             out = self.model.generate(
@@ -65,13 +67,11 @@ class TritonPythonModel:
                 pad_token_id=PAD,
                 eos_token_id=None,
             )
-        generated = out[:, width:].cpu().numpy().astype(np.int32)
+        generated = out[:, width:].to("cpu", torch.int32)
         responses: list[Any] = []
         row = 0
-        for request in requests:
-            batch = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().shape[0]
-            counts = pb_utils.get_input_tensor_by_name(request, "max_tokens").as_numpy()[:, 0]
-            tokens = np.stack([generated[row + i, : counts[i]] for i in range(batch)])
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("output_ids", tokens)]))
-            row += batch
+        for _, counts in batches:
+            tokens = torch.stack([generated[row + i, :n] for i, n in enumerate(counts)]).contiguous()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack("output_ids", tokens)]))
+            row += len(counts)
         return responses
