@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.status import Status
 from rich.table import Table
 
 from gpufleet.inventory.load import load_inventory
+from gpufleet.provision.cluster import PlayResult, run_playbook
 from gpufleet.provision.nodes import HostResult, provision, select_hosts
 
 MAX_DETAIL = 160
@@ -52,10 +55,70 @@ def run_provision(site: str, limit: list[str] | None, dry_run: bool) -> list[Hos
     return results
 
 
+class Component(StrEnum):
+    ceph = "ceph"
+    kubernetes = "kubernetes"
+    all = "all"
+
+
+# The lab has no kubeadm (Debian ships none, and the mirror is built from Debian): its
+# Kubernetes play runs in check mode, which proves the role's logic without changing hosts.
+def plays(component: Component, lab: bool) -> list[tuple[str, bool]]:
+    """(playbook, check mode) in the order a site is built: storage before the cluster that uses it."""
+    wanted = [Component.ceph, Component.kubernetes] if component is Component.all else [component]
+    return [(f"{c.value}.yml", lab and c is Component.kubernetes) for c in wanted]
+
+
+def play_table(results: list[PlayResult]) -> Table:
+    table = Table("play", "host", "ok", "changed", "failed", "unreachable", "skipped")
+    for r in results:
+        for host, stats in sorted(r.hosts.items()):
+            table.add_row(
+                r.playbook,
+                host,
+                *(str(stats.get(k, 0)) for k in ("ok", "changed", "failures", "dark", "skipped")),
+            )
+    return table
+
+
+def run_cluster(site: str, component: Component) -> list[PlayResult]:
+    from gpufleet.cli import bad_input, err, out
+
+    with bad_input():
+        inv = load_inventory(site)
+    results = []
+    for playbook, check in plays(component, inv.site.environment == "lab"):
+        label = f"{playbook}{' (check mode)' if check else ''}"
+        with out.status(f"{label} ...") as status:
+
+            def progress(host: str, task: str, label: str = label, status: Status = status) -> None:
+                status.update(f"{label}: {host}: {task}")
+
+            result = run_playbook(inv, playbook, progress, check=check)
+        results.append(result)
+        out.print(f"{'[green]ok[/]' if result.ok else '[red]failed[/]'} {label} in {result.seconds:.1f}s")
+        for line in result.failures:
+            err.print(f"  {line}", markup=False, highlight=False)
+        if not result.ok:
+            break  # what comes later builds on this play
+    out.print(play_table(results))
+    return results
+
+
 def register(app: typer.Typer) -> None:
     @app.command("provision")
     def provision_cmd(site: SiteArg = "lab", limit: LimitOpt = None, dry_run: DryRunOpt = False) -> None:
         """Converge each node to its plan with the pyinfra deploys; a failing host does not stop the others."""
         results = run_provision(site, limit, dry_run)
+        if not all(r.ok for r in results):
+            raise typer.Exit(1)
+
+    @app.command("cluster")
+    def cluster_cmd(
+        site: SiteArg = "lab",
+        component: Annotated[Component, typer.Argument(help="which roles")] = Component.all,
+    ) -> None:
+        """What spans nodes, with Ansible: Ceph (mons, mgrs, OSDs, pools), then Kubernetes."""
+        results = run_cluster(site, component)
         if not all(r.ok for r in results):
             raise typer.Exit(1)

@@ -1,0 +1,133 @@
+"""Run the cross-node roles (playbooks/) through ansible-runner, with the site plan as variables.
+
+Ansible owns what needs order across hosts (Ceph mons -> mgrs -> OSDs -> pools, kubeadm init ->
+joins); the numbers come from gpufleet.plan, passed as extra variables, never restated in YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+import yaml
+
+from gpufleet.inventory.load import REPO_ROOT, inventories_dir
+from gpufleet.model.site import Inventory
+from gpufleet.plan.node import plan_node
+from gpufleet.plan.site import plan_site
+from gpufleet.provision.connection import ansible_ssh_env
+
+PLAYBOOKS = REPO_ROOT / "playbooks"
+COMPONENTS = ("ceph", "kubernetes")
+Event = Callable[[str, str], None]
+
+
+@dataclass
+class PlayResult:
+    playbook: str
+    ok: bool
+    seconds: float
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> ok/changed/failed/...
+    failures: list[str] = field(default_factory=list)
+
+
+def ceph_fsid(site: str) -> str:
+    """Stable per site: a re-run finds the cluster it built, a rebuild of the site gets the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpufleet:{site}:ceph"))
+
+
+def out_dir(site: str) -> Path:
+    d = REPO_ROOT / "out" / site
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def site_knobs(site: str) -> dict[str, Any]:
+    """inventories/<site>/group_vars/all.yml: Ansible-only knobs, never plan values."""
+    path = inventories_dir() / site / "group_vars" / "all.yml"
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    return dict(data)
+
+
+def extravars(inv: Inventory) -> dict[str, Any]:
+    plan = plan_site(inv)
+    out: dict[str, Any] = {
+        "gpufleet_site": inv.site.name,
+        "kubernetes_plan": plan.kubernetes.model_dump(mode="json"),
+        "kubernetes_nodes": {
+            n.hostname: {
+                "labels": (p := plan_node(inv, n)).labels,
+                "taints": [t.model_dump(mode="json") for t in p.taints],
+            }
+            for n in inv.nodes
+        },
+    }
+    if plan.ceph is not None:
+        out |= {
+            "ceph_plan": plan.ceph.model_dump(mode="json"),
+            "ceph_fsid": ceph_fsid(inv.site.name),
+            "ceph_public_network": str(inv.site.networks.management.cidr),
+            "ceph_client_keyring_dir": str(out_dir(inv.site.name)),
+        }
+    return out | site_knobs(inv.site.name)
+
+
+def run_playbook(
+    inv: Inventory, playbook: str, on_event: Event, check: bool = False, extra: dict[str, Any] | None = None
+) -> PlayResult:
+    site = inv.site.name
+    env = {
+        "GPUFLEET_SITE": site,
+        "GPUFLEET_INVENTORIES": str(inventories_dir().resolve()),
+        "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
+        # ansible-runner starts ansible-playbook by name: the one next to this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **ansible_ssh_env(site),
+    }
+    failures: list[str] = []
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        host, task = data.get("host"), data.get("task", "")
+        kind = event.get("event", "")
+        if host and kind in ("runner_on_ok", "runner_on_skipped"):
+            on_event(host, task)
+        elif host and kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            msg = data.get("res", {}).get("msg", "") if isinstance(data.get("res"), dict) else ""
+            failures.append(f"{host}: {task}: {msg}".strip())
+            on_event(host, f"failed: {task}")
+        return True
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gpufleet-ansible-") as tmp:
+        runner = ansible_runner.run(
+            private_data_dir=tmp,
+            playbook=str(PLAYBOOKS / playbook),
+            inventory=str(REPO_ROOT / "inventories" / "ansible_inventory.py"),
+            envvars=env,
+            extravars=extravars(inv) | (extra or {}),
+            cmdline="--check" if check else None,
+            event_handler=handle,
+            quiet=True,
+        )
+        stats: dict[str, dict[str, int]] = runner.stats or {}
+    hosts: dict[str, dict[str, int]] = {}
+    for key, per_host in stats.items():
+        if isinstance(per_host, dict):
+            for host, count in per_host.items():
+                hosts.setdefault(host, {})[key] = int(count)
+    ok = runner.rc == 0 and runner.status == "successful"
+    if not ok and not failures:
+        failures.append(f"ansible-playbook {playbook}: {runner.status} (rc {runner.rc})")
+    return PlayResult(playbook, ok, time.monotonic() - started, hosts, failures)
