@@ -255,6 +255,11 @@ from gpufleet.burst.cli import burst_app  # noqa: E402  (its commands use the he
 app.add_typer(burst_app, name="burst")
 
 
+from gpufleet.preview.cli import register as register_plan  # noqa: E402
+
+register_plan(app)
+
+
 def main() -> None:
     app()
 

@@ -27,6 +27,9 @@ from gpufleet.inventory.load import REPO_ROOT, display, read_yaml, validate
 from gpufleet.model.stack import StackFile
 
 PROGRAM = REPO_ROOT / "stacks" / "__main__.py"
+SECRET = "[secret]"
+# Inputs that change with the serialized provider code, not with what is declared.
+VOLATILE = {"__provider"}
 PROJECT = "gpufleet"
 ACCOUNT = "123456789012"
 # Pulumi's wire signatures (sdk/go/common/resource/sig): how a secret, a resource reference
@@ -280,3 +283,36 @@ def evaluate_stack(stack: str, program: Path = PROGRAM) -> Graph:
     if onprem:
         references[onprem] = evaluate_stack(onprem.rsplit("/", 1)[-1], program).outputs
     return evaluate(stack, config=cfg, references=references, program=program)
+
+
+def masked(value: Any) -> Any:
+    """JSON-ready, with every secret replaced by `[secret]`."""
+    if isinstance(value, Secret):
+        return SECRET
+    if isinstance(value, ResourceRef):
+        return value.urn
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def graph_json(graph: Graph) -> dict[str, Any]:
+    return {
+        "stack": graph.stack,
+        "resources": [
+            {
+                "urn": r.urn,
+                "type": r.type,
+                "name": r.name,
+                "custom": r.custom,
+                "parent": r.parent,
+                "provider": r.provider,
+                "dependencies": sorted(r.dependencies),
+                "inputs": masked({k: v for k, v in r.inputs.items() if k not in VOLATILE}),
+            }
+            for r in sorted(graph.resources, key=lambda r: r.urn)
+        ],
+        "outputs": masked(graph.outputs),
+    }

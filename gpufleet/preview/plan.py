@@ -1,0 +1,237 @@
+"""`gpufleet plan <stack>`: a structural plan for review, with no cloud access.
+
+The stack's program runs under mocks; its graph is compared with the same stack's graph at a
+base git ref (evaluated from that ref's own tree, in a subprocess) and written as:
+
+- `preview.json`: steps shaped like `pulumi preview --json` (create/update/delete/same);
+- `summary.md`: a readable summary fit for a pull-request comment;
+- `manifests/`: every Kubernetes object (and Helm release) as YAML;
+- `nodes/`: every node's plan and digest.
+
+It is a structural plan — what the program declares — not a provider diff: defaults a provider
+computes, and live drift, only `pulumi preview` shows. Secret values appear as `[secret]` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpufleet.inventory.load import REPO_ROOT
+from gpufleet.inventory.stacks import stack_names
+from gpufleet.model.errors import InputError, Problem
+from gpufleet.preview.program import evaluate_stack, graph_json
+
+HARNESS = Path(__file__).with_name("program.py")
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    urn: str
+    type: str
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    diff: list[str]
+
+
+def diff_graphs(base: dict[str, Any] | None, head: dict[str, Any]) -> list[Step]:
+    old = {r["urn"]: r for r in (base or {"resources": []})["resources"]}
+    new = {r["urn"]: r for r in head["resources"]}
+    steps = []
+    for urn in sorted(old.keys() | new.keys()):
+        o, n = old.get(urn), new.get(urn)
+        if o is None and n is not None:
+            steps.append(Step("create", urn, n["type"], None, n, []))
+        elif n is None and o is not None:
+            steps.append(Step("delete", urn, o["type"], o, None, []))
+        elif o is not None and n is not None:
+            keys = sorted(
+                k for k in o["inputs"].keys() | n["inputs"].keys() if o["inputs"].get(k) != n["inputs"].get(k)
+            )
+            steps.append(Step("update" if keys else "same", urn, n["type"], o, n, keys))
+    return steps
+
+
+def preview_json(stack: str, base_ref: str | None, steps: list[Step], head: dict[str, Any]) -> dict[str, Any]:
+    summary = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
+    return {
+        "kind": "structural-plan",
+        "note": "structural plan from the program under mocks, not a provider diff; secrets shown as [secret]",
+        "stack": stack,
+        "base": base_ref,
+        "steps": [
+            {
+                "op": s.op,
+                "urn": s.urn,
+                "type": s.type,
+                **({"oldState": {"type": s.type, "urn": s.urn, "inputs": s.old["inputs"]}} if s.old else {}),
+                **(
+                    {
+                        "newState": {
+                            "type": s.type,
+                            "urn": s.urn,
+                            "custom": s.new["custom"],
+                            "parent": s.new["parent"],
+                            "inputs": s.new["inputs"],
+                        }
+                    }
+                    if s.new
+                    else {}
+                ),
+                **({"diffReasons": s.diff} if s.diff else {}),
+            }
+            for s in steps
+        ],
+        "changeSummary": summary,
+        "outputs": head["outputs"],
+    }
+
+
+def summary_md(stack: str, base_ref: str | None, steps: list[Step], limit: int = 150) -> str:
+    counts = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
+    against = f"`{base_ref}`" if base_ref else "an empty stack"
+    lines = [
+        f"### gpufleet structural plan: `{stack}` vs {against}",
+        "",
+        "| create | update | delete | unchanged |",
+        "|---:|---:|---:|---:|",
+        f"| {counts['create']} | {counts['update']} | {counts['delete']} | {counts['same']} |",
+        "",
+    ]
+    changed = [s for s in steps if s.op != "same"]
+    symbol = {"create": "+", "update": "~", "delete": "-"}
+    if changed:
+        lines += ["```diff"]
+        for s in changed[:limit]:
+            name = s.urn.rsplit("::", 1)[-1]
+            why = f"  ({', '.join(s.diff)})" if s.diff else ""
+            lines.append(f"{symbol[s.op]} {s.type} {name}{why}")
+        if len(changed) > limit:
+            lines.append(f"  … and {len(changed) - limit} more (see preview.json)")
+        lines += ["```", ""]
+    else:
+        lines += ["No structural changes.", ""]
+    nodes = [s for s in changed if s.type.endswith("dynamic/gpufleet:Node")]
+    if nodes:
+        lines += ["Nodes whose plan changed (digest old → new):", ""]
+        for s in nodes:
+            old = s.old["inputs"].get("digest") if s.old else None
+            new = s.new["inputs"].get("digest") if s.new else None
+            host = (s.new or s.old or {}).get("inputs", {}).get("hostname")
+            lines.append(f"- `{host}`: {old or '—'} → {new or '—'}")
+        lines.append("")
+    lines.append(
+        "_Structural plan: what the program declares, evaluated offline under mocks. Provider-computed "
+        "values and live drift appear only in `pulumi preview`. Secret values are never shown or compared._"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_manifests(graph: dict[str, Any], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for r in graph["resources"]:
+        if not r["custom"] or not r["type"].startswith("kubernetes:") or r["type"].startswith("pulumi:"):
+            continue
+        inputs = r["inputs"]
+        if r["type"] == "kubernetes:helm.sh/v3:Release":
+            name = f"helmrelease-{inputs.get('namespace', 'default')}-{inputs.get('name')}"
+        else:
+            meta = inputs.get("metadata") or {}
+            name = f"{inputs.get('kind', 'object')}-{meta.get('namespace', 'cluster')}-{meta.get('name')}".lower()
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(inputs, sort_keys=False))
+        count += 1
+    return count
+
+
+def write_nodes(graph: dict[str, Any], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for r in graph["resources"]:
+        if r["type"].endswith("dynamic/gpufleet:Node"):
+            inputs = r["inputs"]
+            body = {"hostname": inputs["hostname"], "digest": inputs["digest"], "plan": inputs["plan"]}
+            (out / f"{inputs['hostname']}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+            count += 1
+    return count
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, check=False, timeout=120)
+
+
+def base_graph(stack: str, ref: str) -> dict[str, Any] | None:
+    """The stack's graph at `ref`, from that ref's own tree; None where the ref has no such stack."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if commit.returncode != 0:
+        raise InputError("--base", [Problem((), f"{ref!r} is not a commit in {REPO_ROOT}")])
+    archive = _git("archive", "--format=tar", commit.stdout.decode().strip())
+    if archive.returncode != 0:
+        raise InputError("--base", [Problem((), f"cannot read {ref}: {archive.stderr.decode().strip()}")])
+    with tempfile.TemporaryDirectory(prefix="gpufleet-base-") as tmp:
+        root = Path(tmp)
+        with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+        if (
+            not (root / "stacks" / "__main__.py").is_file()
+            or not (root / "stacks" / f"Pulumi.{stack}.yaml").is_file()
+        ):
+            return None
+        # The base's own gpufleet, components and inventories; this module's harness drives them.
+        env = {**os.environ, "PYTHONPATH": str(root), "GPUFLEET_INVENTORIES": str(root / "inventories")}
+        run = subprocess.run(
+            [sys.executable, "-c", _BASE_RUNNER, str(HARNESS), str(root), stack],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if run.returncode != 0:
+            tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"the program at {ref} did not evaluate: {tail}")
+        result: dict[str, Any] = json.loads(run.stdout)
+        return result
+
+
+# Runs in the base tree: loads this checkout's harness by path, which drives the base's own code.
+_BASE_RUNNER = """
+import importlib.util, json, sys
+from pathlib import Path
+harness, root, stack = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+spec = importlib.util.spec_from_file_location("gpufleet_harness", harness)
+mod = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = mod
+spec.loader.exec_module(mod)
+print(json.dumps(mod.graph_json(mod.evaluate_stack(stack, program=root / "stacks" / "__main__.py"))))
+"""
+
+
+def structural_plan(stack: str, base_ref: str | None, out: Path) -> dict[str, Any]:
+    """Write the plan under `out`; returns preview.json's content."""
+    if stack not in stack_names():
+        raise InputError(
+            "argument STACK", [Problem((), f"no stack {stack!r}; stacks: {', '.join(stack_names())}")]
+        )
+    base = base_graph(stack, base_ref) if base_ref else None
+    head = graph_json(evaluate_stack(stack))
+    steps = diff_graphs(base, head)
+    out.mkdir(parents=True, exist_ok=True)
+    preview = preview_json(stack, base_ref, steps, head)
+    (out / "preview.json").write_text(json.dumps(preview, indent=2, sort_keys=True) + "\n")
+    (out / "summary.md").write_text(summary_md(stack, base_ref, steps))
+    write_manifests(head, out / "manifests")
+    write_nodes(head, out / "nodes")
+    return preview

@@ -1,0 +1,122 @@
+"""`gpufleet plan`: the structural plan against a base ref, the files reviewers and scripts read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from gpufleet.cli import app
+from gpufleet.inventory.load import REPO_ROOT
+from gpufleet.inventory.stacks import load_stack
+from gpufleet.preview.plan import diff_graphs
+from gpufleet.preview.program import Graph, reveal
+
+runner = CliRunner()
+
+
+def git(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+    ).stdout.strip()
+
+
+def plan(tmp_path: Path, *args: str) -> tuple[int, str, Path]:
+    out = tmp_path / "plan"
+    result = runner.invoke(app, ["plan", *args, "--out", str(out)])
+    return result.exit_code, result.output, out
+
+
+def test_against_a_ref_without_the_program_everything_is_created(
+    tmp_path: Path, graphs: dict[str, Graph]
+) -> None:
+    root = git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    code, output, out = plan(tmp_path, "dc1-prod", "--base", root)
+    assert code == 0, output
+    graph = graphs["dc1-prod"]
+    preview = json.loads((out / "preview.json").read_text())
+    assert preview["kind"] == "structural-plan" and preview["base"] == root
+    assert preview["changeSummary"] == {"create": len(graph.resources), "update": 0, "delete": 0, "same": 0}
+    assert sorted(s["urn"] for s in preview["steps"]) == sorted(r.urn for r in graph.resources)
+    assert all(s["op"] == "create" and "newState" in s and "oldState" not in s for s in preview["steps"])
+    k8s = [r for r in graph.resources if r.type.startswith("kubernetes:") and r.custom]
+    assert len(list((out / "manifests").glob("*.yaml"))) == len(k8s)
+    inv = load_stack("dc1-prod").inventory
+    nodes = sorted(p.stem for p in (out / "nodes").glob("*.json"))
+    assert nodes == sorted(n.hostname for n in inv.nodes)
+    gpu01 = json.loads((out / "nodes" / "gpu01.json").read_text())
+    assert gpu01["digest"] == graph.outputs["nodeDigests"]["gpu01"]
+    summary = (out / "summary.md").read_text()
+    assert f"| {len(graph.resources)} | 0 | 0 | 0 |" in summary and "structural plan" in summary.lower()
+    # Secrets: neither the kubeconfig nor the join token anywhere in what was written.
+    written = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    for secret in (reveal(graph.outputs["kubeconfig"]), reveal(graph.outputs["joinToken"])):
+        assert secret not in written
+    assert "[secret]" in (out / "manifests" / "secret-ceph-csi-rbd-csi-rbd-secret.yaml").read_text()
+
+
+def base_with(path: str, replace: tuple[str, str]) -> str:
+    """A commit object (no ref, no checkout touched): HEAD with one file changed."""
+    text = git("show", f"HEAD:{path}")
+    assert replace[0] in text
+    blob = git("hash-object", "-w", "--stdin", stdin=text.replace(*replace) + "\n")
+    index = {
+        "GIT_INDEX_FILE": str(Path(git("rev-parse", "--git-dir")).resolve() / f"gpufleet-test-{os.getpid()}")
+    }
+    try:
+        git("read-tree", "HEAD", env=index)
+        git("update-index", "--cacheinfo", f"100644,{blob},{path}", env=index)
+        tree = git("write-tree", env=index)
+    finally:
+        Path(index["GIT_INDEX_FILE"]).unlink(missing_ok=True)
+    return git("commit-tree", tree, "-p", "HEAD", "-m", "test base", env={
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    })  # fmt: skip
+
+
+def test_a_changed_stack_config_is_an_update_of_what_it_drives(tmp_path: Path) -> None:
+    base = base_with("stacks/Pulumi.burst-prod.yaml", ("gpufleet:burstNodes: 0", "gpufleet:burstNodes: 2"))
+    code, output, out = plan(tmp_path, "burst-prod", "--base", base)
+    assert code == 0, output
+    steps = {s["urn"].rsplit("::", 1)[-1]: s for s in json.loads((out / "preview.json").read_text())["steps"]}
+    asg = steps["burst-asg"]
+    assert asg["op"] == "update" and "desiredCapacity" in asg["diffReasons"]
+    assert (
+        asg["oldState"]["inputs"]["desiredCapacity"] == 2
+        and asg["newState"]["inputs"]["desiredCapacity"] == 0
+    )
+    assert steps["burst-serving-deployment"]["op"] == "update"
+    assert steps["burst-vpc"]["op"] == "same"
+    assert "~ aws:autoscaling/group:Group burst-asg  (desiredCapacity)" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["nope"], "argument STACK: no stack 'nope'; stacks: burst-prod, dc1-dr, dc1-prod, lab"),
+        (["lab", "--base", "no-such-ref"], f"--base: 'no-such-ref' is not a commit in {REPO_ROOT}"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    code, output, out = plan(tmp_path, *args)
+    assert code == 2
+    assert output.strip() == line
+    assert not out.exists()
+
+
+def test_a_resource_gone_from_the_program_is_a_delete() -> None:
+    r: dict[str, Any] = {"urn": "u1", "type": "t", "inputs": {"a": 1}}
+    steps = diff_graphs({"resources": [r]}, {"resources": []})
+    assert [(s.op, s.urn) for s in steps] == [("delete", "u1")]
