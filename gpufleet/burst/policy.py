@@ -369,7 +369,7 @@ class Gpufleet(_Base):
     $/hour cap; replacement on interruption warnings."""
 
     peaks: tuple[KnownPeak, ...] = ()
-    quiet_s: float = 600.0
+    quiet_s: float = 300.0
     cooldown_s: float = 120.0
     # Scale-in plans for a lower utilisation than scale-up: the gap is the hysteresis band.
     hysteresis: float = 0.1
@@ -434,12 +434,15 @@ class Gpufleet(_Base):
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
         return fewest_inflight(nodes, count)
 
-    def _peak_floor(self, t: float, load: float) -> tuple[float, str]:
-        """Before and during an announced peak, plan for the load seen before it times its factor."""
+    def _peak_floor(self, t: float, held: float) -> tuple[float, str]:
+        """Before and during an announced peak, plan for the held load times its factor; the level
+        follows the load until the peak starts, then stays: by then the load includes the peak."""
         lead = self.model.boot_to_serve_s + 2 * self.tick_s
         for peak in self.peaks:
             if peak.start_s - lead <= t < peak.end_s:
-                level = self._peak_level.setdefault(peak, load * peak.factor)
+                if t < peak.start_s:
+                    self._peak_level[peak] = max(self._peak_level.get(peak, 0.0), held * peak.factor)
+                level = self._peak_level.get(peak, held * peak.factor)
                 return level, f", announced peak x{peak.factor:g} -> {level:.2f}"
         return 0.0, ""
 

@@ -1,8 +1,10 @@
 """Discrete-event simulation of a serving fleet under a burst policy.
 
-Serving model: each replica runs continuous batching, modelled as processor sharing of one
-replica's throughput among at most `slots` requests in flight; beyond that, requests wait in one
-queue (Triton's queue) and go to the least-loaded replica that frees a slot. A request's work is
+Serving model: each replica runs continuous batching. Up to `saturation` requests in flight each
+progress at their own pace (a small batch leaves throughput unused, yet the GPU is busy: that is
+why GPU utilisation reads near 100% long before the replica is full); beyond it they share the
+replica's full throughput, up to `slots` requests; the rest wait in one queue (Triton's queue) and
+go to the least-loaded replica that frees a slot. A request's work is
 its prefill plus its decode in prefill-equivalent tokens over the replica's tokens/s, so long
 prompts and long answers both cost what they should. Queue wait is what the SLO is about.
 
@@ -40,6 +42,7 @@ class ServiceModel:
     # One generated token costs about this many prompt tokens of throughput: decode is memory-bound.
     decode_weight: float = 8.0
     slots: int = 32
+    saturation: int = 8
 
     def work_s(self, request: Request) -> float:
         return (request.input_tokens + self.decode_weight * request.output_tokens) / self.tokens_per_s
@@ -83,11 +86,12 @@ class Result:
 
 
 class _Replica:
-    __slots__ = ("busy_since", "draining", "heap", "last", "n", "node", "v", "version")
+    __slots__ = ("draining", "heap", "last", "n", "node", "saturation", "v", "version")
 
-    def __init__(self, node: _SimNode | None, now: float) -> None:
+    def __init__(self, node: _SimNode | None, now: float, saturation: int) -> None:
         self.node = node
-        self.v = 0.0  # virtual time: each in-flight request gets 1/n of the replica
+        self.saturation = saturation
+        self.v = 0.0  # virtual time: each in-flight request gets 1/max(n, saturation) of the replica
         self.last = now
         self.heap: list[tuple[float, int]] = []
         self.n = 0
@@ -100,7 +104,7 @@ class _Replica:
         self.last = now
         if self.n == 0 or dt <= 0:
             return 0.0
-        self.v += dt / self.n
+        self.v += dt / max(self.n, self.saturation)
         return dt
 
 
@@ -145,7 +149,9 @@ class Simulation:
         self._seq = 0
         self._now = 0.0
         self._queue: deque[int] = deque()
-        self._onprem = [_Replica(None, 0.0) for _ in range(self.capacity.onprem_replicas)]
+        self._onprem = [
+            _Replica(None, 0.0, self.service.saturation) for _ in range(self.capacity.onprem_replicas)
+        ]
         self._nodes: dict[str, _SimNode] = {}
         self._serial = 0
         n = len(self.requests)
@@ -279,7 +285,7 @@ class Simulation:
     def _schedule(self, replica: _Replica) -> None:
         replica.version += 1
         if replica.heap:
-            at = self._now + max(0.0, replica.heap[0][0] - replica.v) * replica.n
+            at = self._now + max(0.0, replica.heap[0][0] - replica.v) * max(replica.n, replica.saturation)
             self._push(at, _DONE, (replica, replica.version))
 
     def _complete(self, replica: _Replica) -> None:
@@ -313,10 +319,11 @@ class Simulation:
             self._ready(node)
         else:
             self._push(self._now + self.capacity.boot_to_serve_s, _READY, node)
-        if self.interruptions_per_node_hour > 0:
+        per_second = self.interruptions_per_node_hour / 3600
+        if per_second > 0:
             # Seeded per node serial, so every policy meets the same interruption draws.
             rng = random.Random(f"{self.seed}-{self._serial}")
-            at = self._now + rng.expovariate(self.interruptions_per_node_hour / 3600)
+            at = self._now + rng.expovariate(per_second)
             if at < self.horizon_s:
                 self._push(at, _NOTICE, node)
                 self._push(at + SPOT_NOTICE_S, _RECLAIM, node)
@@ -324,7 +331,8 @@ class Simulation:
     def _ready(self, node: _SimNode) -> None:
         node.ready = True
         node.replicas = [
-            _Replica(node, self._now) for _ in range(self.replicas_per_node[node.pool.instance_type])
+            _Replica(node, self._now, self.service.saturation)
+            for _ in range(self.replicas_per_node[node.pool.instance_type])
         ]
         if node.draining:
             self._terminate(node)

@@ -35,7 +35,7 @@ def sim(requests: list[Request], policy: object, capacity: CapacityModel, **kw: 
         "requests": requests,
         "policy": policy,
         "capacity": capacity,
-        "service": ServiceModel(tokens_per_s=100.0, slots=1),
+        "service": ServiceModel(tokens_per_s=100.0, slots=1, saturation=1),
         "prices": flat(30.0),
         "replicas_per_node": RPN,
         "horizon_s": 600.0,
@@ -57,11 +57,20 @@ def test_one_slot_replica_is_a_fifo_queue() -> None:
 def test_batch_slots_share_the_replica_and_the_rest_queue() -> None:
     capacity = model()
     requests = [Request(0.0, 100, 0), Request(0.0, 100, 0), Request(0.0, 100, 0)]
-    result = sim(
-        requests, StaticPeak(capacity, peak_nodes=0), capacity, service=ServiceModel(100.0, slots=2)
-    ).run()
+    service = ServiceModel(100.0, slots=2, saturation=1)
+    result = sim(requests, StaticPeak(capacity, peak_nodes=0), capacity, service=service).run()
     # Two share the replica and both finish at 2 s; the third starts then.
     assert result.timeline[0].p99_queue_wait_s == pytest.approx(2.0)
+
+
+def test_a_small_batch_leaves_throughput_unused_but_the_gpu_busy() -> None:
+    capacity = model()
+    requests = [Request(0.0, 100, 0), Request(0.0, 100, 0), Request(0.5, 100, 0)]
+    service = ServiceModel(100.0, slots=2, saturation=4)
+    result = sim(requests, StaticPeak(capacity, peak_nodes=0), capacity, service=service).run()
+    # Below saturation each request runs at a quarter of the replica: both finish at 4 s, so the
+    # third (arriving at 0.5 s) waits 3.5 s although the replica is only half used.
+    assert result.timeline[0].p99_queue_wait_s == pytest.approx(3.5)
 
 
 def test_decode_tokens_cost_more_than_prompt_tokens() -> None:
@@ -91,7 +100,7 @@ def test_interrupted_nodes_lose_no_request_and_gpufleet_replaces_them() -> None:
         requests,
         Gpufleet(capacity, quiet_s=120.0),
         capacity,
-        service=ServiceModel(tokens_per_s=100.0, slots=4),
+        service=ServiceModel(tokens_per_s=100.0, slots=4, saturation=1),
         interruptions_per_node_hour=20.0,
         seed=3,
     ).run()
