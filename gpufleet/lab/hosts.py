@@ -139,7 +139,7 @@ def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
     image.build_mirror(paths, debs)
     report(f"mirror: {len(debs)} packages, signed")
     shutil.copy(paths.mirror_key, base / "etc/apt/keyrings/gpufleet-mirror.gpg")
-    _ssh_client(paths)
+    _ssh_client(inv, paths)
     _network_up(inv)
     for node in inv.nodes:
         _host_up(inv, paths, node.hostname, str(node.management_ip))
@@ -158,13 +158,12 @@ def _prepare_base(base: Path) -> None:
     (base / "etc/systemd/system/nvmf-autoconnect.service").symlink_to("/dev/null")
 
 
-def _ssh_client(paths: LabPaths) -> None:
+def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
     paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpufleet-lab", "-f", str(paths.ssh_key)])
     paths.known_hosts.write_text("")
     # Connection reuse makes repeated short commands (testinfra, Ansible) ten times faster.
-    (paths.ssh / "config").write_text(
-        "Host *\n"
+    settings = (
         "  User root\n"
         f"  IdentityFile {paths.ssh_key}\n"
         "  IdentitiesOnly yes\n"
@@ -174,6 +173,12 @@ def _ssh_client(paths: LabPaths) -> None:
         "  ControlMaster auto\n"
         f"  ControlPath {paths.ssh}/cm-%C\n"
         "  ControlPersist 120s\n"
+    )
+    (paths.ssh / "config").write_text("Host *\n" + settings)
+    names = " ".join(f"{n.hostname} {n.management_ip}" for n in inv.nodes)
+    paths.system_ssh_config.parent.mkdir(parents=True, exist_ok=True)
+    paths.system_ssh_config.write_text(
+        f"# gpufleet lab (removed by `gpufleet lab down`)\nHost {names}\n{settings}"
     )
 
 
@@ -351,6 +356,7 @@ def down(inv: Inventory, paths: LabPaths, report: Report) -> None:
     for cm in paths.ssh.glob("cm-*") if paths.ssh.exists() else []:
         # Control masters of the lab's ssh config end with the hosts; their sockets are state.
         cm.unlink()
+    paths.system_ssh_config.unlink(missing_ok=True)
     if paths.state.exists():
         shutil.rmtree(paths.state)
     for root in cgroup_dirs(""):

@@ -11,12 +11,18 @@ from pathlib import Path
 class LabPaths:
     state: Path
     cache: Path
+    # Debian's ssh_config includes ssh_config.d/*.conf: every OpenSSH user (Ansible, testinfra, a
+    # person) reaches the lab hosts with their key and known hosts, with nothing to configure.
+    system_ssh_config: Path
 
     @classmethod
     def default(cls) -> LabPaths:
         return cls(
             state=Path(os.environ.get("GPUFLEET_LAB_STATE", "/var/lib/gpufleet/lab")),
             cache=Path(os.environ.get("GPUFLEET_LAB_CACHE", "/var/cache/gpufleet/lab")),
+            system_ssh_config=Path(
+                os.environ.get("GPUFLEET_LAB_SSH_CONFIG", "/etc/ssh/ssh_config.d/gpufleet-lab.conf")
+            ),
         )
 
     @property

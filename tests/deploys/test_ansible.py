@@ -1,0 +1,87 @@
+"""Ansible: syntax of every playbook, ansible-lint (production profile), and the variables from the plan."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpufleet.inventory.load import load_inventory
+from gpufleet.plan.site import plan_site
+from gpufleet.provision.cli import Component, plays
+from gpufleet.provision.cluster import ceph_fsid, extravars
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yml"))
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
+def test_playbook_syntax(playbook: Path) -> None:
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", str(playbook)],
+        cwd=ROOT,
+        env={**os.environ, "GPUFLEET_SITE": "dc1", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ansible_lint_production_profile() -> None:
+    proc = subprocess.run(
+        [str(BIN / "ansible-lint"), "--offline", "roles", "playbooks"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_role_declares_the_variables_it_defaults(role: Path) -> None:
+    specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"]["main"][
+        "options"
+    ]
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
+    assert set(defaults) <= set(specs), set(defaults) - set(specs)
+    assert all(name.startswith(f"{role.name}_") for name in specs)
+
+
+def test_ceph_variables_are_the_site_plan() -> None:
+    inv = load_inventory("dc1")
+    ceph = plan_site(inv).ceph
+    assert ceph is not None
+    xv = extravars(inv)
+    assert xv["ceph_plan"]["pools"] == [p.model_dump(mode="json") for p in ceph.pools]
+    assert xv["ceph_plan"]["mons"] == ceph.mons
+    assert xv["ceph_fsid"] == ceph_fsid("dc1") != ceph_fsid("dc1-dr")
+    assert xv["kubernetes_nodes"]["gpu01"]["taints"][0]["effect"] == "NoSchedule"
+
+
+def test_lab_knobs_reach_the_roles_but_plan_values_stay_the_plans() -> None:
+    xv = extravars(load_inventory("lab"))
+    assert xv["ceph_osd_on_files"] is True
+    assert xv["ceph_plan"]["pools"][0] == {
+        "name": "rbd",
+        "size": 3,
+        "min_size": 2,
+        "pg_num": 32,
+        "crush_rule": "replicated-host",
+        "application": "rbd",
+    }
+
+
+def test_plays_order_and_check_mode() -> None:
+    assert plays(Component.all, lab=False) == [("ceph.yml", False), ("kubernetes.yml", False)]
+    assert plays(Component.all, lab=True) == [("ceph.yml", False), ("kubernetes.yml", True)]
+    assert plays(Component.ceph, lab=True) == [("ceph.yml", False)]
