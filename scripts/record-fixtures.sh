@@ -8,7 +8,10 @@ dev=${2:-eth0}
 mkdir -p "$out"
 rec() {
   local name=$1 cmd=$2
-  { printf '$ %s\n' "$cmd"; sh -c "$cmd" 2>&1; printf '# exit=%s\n' "$?"; } > "$out/$name.txt"
+  local output rc
+  output=$(sh -c "$cmd" 2>&1); rc=$?
+  # $(...) drops trailing newlines; put back exactly one so `# exit=` stays on its own line.
+  { printf '$ %s\n' "$cmd"; [ -n "$output" ] && printf '%s\n' "$output"; printf '# exit=%s\n' "$rc"; } > "$out/$name.txt"
 }
 smi_fields=$(python3 -c 'from gpufleet.verify.parse import SMI_FIELDS; print(",".join(SMI_FIELDS))')
 rec nvidia-smi-query-gpu "nvidia-smi --query-gpu=$smi_fields --format=csv,noheader,nounits"

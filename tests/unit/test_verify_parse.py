@@ -134,3 +134,23 @@ def test_ibv_devinfo_and_findmnt() -> None:
         '{"filesystems": [{"target": "/srv/data", "source": "/dev/md0", "fstype": "xfs"}]}'
     )
     assert mounts == {"/srv/data": {"source": "/dev/md0", "fstype": "xfs"}}
+
+
+RECORDED = H100.parent / "h100-recorded"
+
+
+def test_outputs_recorded_with_the_suites_own_commands() -> None:
+    """scripts/record-fixtures.sh ran the host suite's commands on the H100: parse them."""
+
+    def out(name: str) -> str:
+        lines = (RECORDED / name).read_text().splitlines()
+        assert lines[-1] == "# exit=0", name
+        return "\n".join(lines[1:-1])
+
+    (gpu,) = parse_smi_query(out("nvidia-smi-query-gpu.txt"))
+    assert gpu.name == "NVIDIA H100 80GB HBM3" and gpu.persistence
+    assert active_slowdowns(parse_smi_q(out("nvidia-smi-q-performance.txt"))) == {"GPU 00000000:00:06.0": []}
+    assert version_matches("2.28.3-*+cuda13.0", out("dpkg-query-libnccl2.txt"))
+    assert out("sys-class-net.txt").split() == ["up", "1400"]
+    assert out("sys-class-infiniband.txt") == ""  # ib_core loaded, no RDMA device
+    assert parse_xids(out("dmesg-xid.txt")) == []
