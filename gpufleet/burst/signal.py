@@ -1,0 +1,217 @@
+"""Load signals for the burst policy: Triton's /metrics text, or a Prometheus server's query API.
+
+The signal that matters for an LLM server is queue wait per request,
+rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success), and the pending
+request count; TensorRT-LLM's waiting/active requests and KV-cache use sharpen it when present.
+GPU utilisation is read only as a secondary signal: it sits near 100% while batching.
+
+Parsing and rates are pure; the two readers below only fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpufleet.burst.policy import Signals
+
+
+class SignalError(RuntimeError):
+    """The metrics source could not be read or made no sense; the controller holds its fleet."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Triton's counters and gauges for one model at one instant (monotonic seconds)."""
+
+    t: float
+    success: float
+    queue_us: float
+    pending: float
+    gpu_util: float | None = None
+    trt_waiting: float | None = None
+    trt_active: float | None = None
+    kv_cache_used: float | None = None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What happened between two snapshots (or over a Prometheus rate window)."""
+
+    interval_s: float
+    request_rps: float
+    queue_wait_s: float
+    pending: float
+    gpu_util: float | None = None
+    trt_waiting: float | None = None
+    trt_active: float | None = None
+    kv_cache_used: float | None = None
+
+    def signals(self, t: float, replica_rps: float, ready_replicas: int) -> Signals:
+        """Offered load in replicas: what was served plus what the queue grew by, over one
+        replica's throughput (from the capacity model: requests per second at full batch)."""
+        waiting = self.trt_waiting if self.trt_waiting is not None else self.pending
+        return Signals(
+            t=t,
+            load_replicas=self.request_rps / replica_rps,
+            queue_wait_s=self.queue_wait_s,
+            pending=round(waiting),
+            gpu_util=self.gpu_util if self.gpu_util is not None else 0.0,
+            ready_replicas=ready_replicas,
+        )
+
+
+def parse_triton(text: str, model: str, t: float) -> Snapshot:
+    """Sum one model's series over versions (and GPUs for the GPU gauges) from /metrics text."""
+    sums: dict[str, float] = {}
+    seen: set[str] = set()
+    gpu: list[float] = []
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise SignalError(f"not Prometheus text: {exc}") from None
+    for family in families:
+        if family.type not in {"counter", "gauge", "untyped", "unknown"}:
+            continue
+        for sample in family.samples:
+            # The parser names counter samples `<family>_total`; Triton's series are the family's name.
+            name, labels, value = family.name, sample.labels, float(sample.value)
+            if name == "nv_gpu_utilization":
+                gpu.append(value)
+                continue
+            if labels.get("model") != model:
+                continue
+            key = name
+            if name == "nv_trt_llm_request_metrics":
+                key = f"trt:{labels.get('request_type')}"
+            elif name == "nv_trt_llm_kv_cache_block_metrics":
+                key = f"kv:{labels.get('kv_cache_block_type')}"
+            sums[key] = sums.get(key, 0.0) + value
+            seen.add(key)
+    if "nv_inference_request_success" not in seen:
+        raise SignalError(f"no nv_inference_request_success series for model {model!r}")
+    return Snapshot(
+        t=t,
+        success=sums["nv_inference_request_success"],
+        queue_us=sums.get("nv_inference_queue_duration_us", 0.0),
+        pending=sums.get("nv_inference_pending_request_count", 0.0),
+        gpu_util=sum(gpu) / len(gpu) if gpu else None,
+        trt_waiting=sums.get("trt:waiting"),
+        trt_active=sums.get("trt:active"),
+        kv_cache_used=sums.get("kv:fraction"),
+    )
+
+
+def between(before: Snapshot, after: Snapshot) -> Reading:
+    """Rates between two scrapes; a counter that went down means Triton restarted, and the
+    later value is then all that happened since."""
+    interval = after.t - before.t
+    if interval <= 0:
+        raise SignalError("snapshots are not in time order")
+    served = after.success - before.success if after.success >= before.success else after.success
+    queued = after.queue_us - before.queue_us if after.queue_us >= before.queue_us else after.queue_us
+    return Reading(
+        interval_s=interval,
+        request_rps=served / interval,
+        queue_wait_s=queued / served / 1e6 if served > 0 else 0.0,
+        pending=after.pending,
+        gpu_util=after.gpu_util,
+        trt_waiting=after.trt_waiting,
+        trt_active=after.trt_active,
+        kv_cache_used=after.kv_cache_used,
+    )
+
+
+def _get(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        # Prometheus explains a bad query in the body of its 400/422 answer.
+        body = exc.read()
+        if body:
+            return bytes(body)
+        raise SignalError(f"cannot read {url}: {exc}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SignalError(f"cannot read {url}: {exc}") from None
+
+
+@dataclass
+class TritonMetrics:
+    """Scrapes Triton's /metrics endpoint directly (one server, or a load balancer's view)."""
+
+    url: str
+    model: str
+    timeout_s: float = 5.0
+
+    def snapshot(self, t: float) -> Snapshot:
+        return parse_triton(_get(self.url, self.timeout_s).decode(), self.model, t)
+
+
+@dataclass
+class PrometheusQuery:
+    """Asks a Prometheus server (its /api/v1/query) for the same signals over all replicas."""
+
+    base_url: str
+    model: str
+    window: str = "1m"
+    timeout_s: float = 5.0
+
+    def queries(self) -> dict[str, str]:
+        sel = f'model="{self.model}"'
+        w = self.window
+        return {
+            "rps": f"sum(rate(nv_inference_request_success{{{sel}}}[{w}]))",
+            "queue_wait_s": (
+                f"sum(rate(nv_inference_queue_duration_us{{{sel}}}[{w}])) / "
+                f"sum(rate(nv_inference_request_success{{{sel}}}[{w}])) / 1e6"
+            ),
+            "pending": f"sum(nv_inference_pending_request_count{{{sel}}})",
+            "gpu_util": "avg(nv_gpu_utilization)",
+            "trt_waiting": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="waiting"}})',
+            "trt_active": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="active"}})',
+            "kv_cache_used": f'avg(nv_trt_llm_kv_cache_block_metrics{{{sel},kv_cache_block_type="fraction"}})',
+        }
+
+    def reading(self) -> Reading:
+        values = {name: self._scalar(q) for name, q in self.queries().items()}
+        if values["rps"] is None:
+            raise SignalError(f"Prometheus has no nv_inference_request_success for model {self.model!r}")
+        seconds = float(self.window[:-1]) * {"s": 1, "m": 60, "h": 3600}[self.window[-1]]
+        return Reading(
+            interval_s=seconds,
+            request_rps=values["rps"],
+            # No requests in the window: no wait to speak of (0/0 in PromQL is NaN, so no sample).
+            queue_wait_s=values["queue_wait_s"] or 0.0,
+            pending=values["pending"] or 0.0,
+            gpu_util=values["gpu_util"],
+            trt_waiting=values["trt_waiting"],
+            trt_active=values["trt_active"],
+            kv_cache_used=values["kv_cache_used"],
+        )
+
+    def _scalar(self, query: str) -> float | None:
+        url = f"{self.base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        return parse_query_response(_get(url, self.timeout_s))
+
+
+def parse_query_response(body: bytes) -> float | None:
+    """The single value of an instant-vector answer; None when the vector is empty or NaN."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise SignalError(f"Prometheus answered something that is not JSON: {exc}") from None
+    if data.get("status") != "success":
+        raise SignalError(f"Prometheus query failed: {data.get('errorType')}: {data.get('error')}")
+    result = data["data"]["result"]
+    if data["data"]["resultType"] == "scalar":
+        result = [{"value": result}]
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return None if value != value else value

@@ -1,0 +1,199 @@
+"""Signal parsing and rates from Triton /metrics text; the Prometheus query API reader.
+
+There is no Prometheus server here: the reader is tested against a local HTTP server that answers
+/api/v1/query in Prometheus' documented response format (instant vectors, empty results, errors).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from gpufleet.burst.signal import (
+    PrometheusQuery,
+    SignalError,
+    Snapshot,
+    between,
+    parse_query_response,
+    parse_triton,
+)
+
+# Triton 2.51's exposition for a TensorRT-LLM model on two GPUs (the series the controller reads).
+TRITON_TEXT = """\
+# HELP nv_inference_request_success Number of successful inference requests, all batch sizes
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="deepseek",version="1"} 1200
+nv_inference_request_success{model="deepseek",version="2"} 300
+nv_inference_request_success{model="other",version="1"} 99999
+# HELP nv_inference_queue_duration_us Cumulative inference queuing duration in microseconds (includes cached requests)
+# TYPE nv_inference_queue_duration_us counter
+nv_inference_queue_duration_us{model="deepseek",version="1"} 600000000
+nv_inference_queue_duration_us{model="deepseek",version="2"} 150000000
+nv_inference_queue_duration_us{model="other",version="1"} 1
+# HELP nv_inference_pending_request_count Instantaneous number of pending requests awaiting execution per-model.
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="deepseek",version="1"} 7
+nv_inference_pending_request_count{model="deepseek",version="2"} 1
+# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)
+# TYPE nv_gpu_utilization gauge
+nv_gpu_utilization{gpu_uuid="GPU-0"} 0.98
+nv_gpu_utilization{gpu_uuid="GPU-1"} 0.96
+# HELP nv_trt_llm_request_metrics TRT LLM request metrics
+# TYPE nv_trt_llm_request_metrics gauge
+nv_trt_llm_request_metrics{model="deepseek",request_type="waiting",version="1"} 12
+nv_trt_llm_request_metrics{model="deepseek",request_type="active",version="1"} 64
+nv_trt_llm_request_metrics{model="deepseek",request_type="max",version="1"} 64
+# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics
+# TYPE nv_trt_llm_kv_cache_block_metrics gauge
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction",model="deepseek",version="1"} 0.91
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="deepseek",version="1"} 910
+"""
+
+
+def test_parse_sums_a_models_versions_and_reads_trt_llm_series() -> None:
+    snap = parse_triton(TRITON_TEXT, "deepseek", t=10.0)
+    assert snap.success == 1500
+    assert snap.queue_us == 750_000_000
+    assert snap.pending == 8
+    assert snap.gpu_util == pytest.approx(0.97)
+    assert (snap.trt_waiting, snap.trt_active, snap.kv_cache_used) == (12, 64, 0.91)
+
+
+def test_queue_wait_is_queue_time_rate_over_success_rate() -> None:
+    before = Snapshot(t=0.0, success=1000, queue_us=100_000_000, pending=0)
+    after = Snapshot(t=60.0, success=1600, queue_us=400_000_000, pending=5)
+    reading = between(before, after)
+    assert reading.request_rps == 10.0
+    assert reading.queue_wait_s == pytest.approx(0.5)  # 300 s of queueing over 600 requests
+    assert reading.pending == 5
+
+
+def test_a_restarted_triton_counts_from_zero() -> None:
+    before = Snapshot(t=0.0, success=5000, queue_us=9e9, pending=0)
+    after = Snapshot(t=30.0, success=60, queue_us=60_000_000, pending=0)
+    reading = between(before, after)
+    assert reading.request_rps == 2.0
+    assert reading.queue_wait_s == pytest.approx(1.0)
+
+
+def test_no_requests_means_no_wait_not_a_division_by_zero() -> None:
+    snap = Snapshot(t=0.0, success=10, queue_us=5, pending=0)
+    assert between(snap, Snapshot(t=15.0, success=10, queue_us=5, pending=0)).queue_wait_s == 0.0
+
+
+def test_signals_prefer_trt_llm_waiting_over_triton_pending() -> None:
+    snap = parse_triton(TRITON_TEXT, "deepseek", t=10.0)
+    reading = between(Snapshot(t=0.0, success=1000, queue_us=0, pending=0), snap)
+    signals = reading.signals(t=10.0, replica_rps=25.0, ready_replicas=4)
+    assert signals.pending == 12
+    assert signals.load_replicas == pytest.approx(50.0 / 25.0)
+    assert signals.gpu_util == pytest.approx(0.97)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("garbage{", "not Prometheus text"), ("# TYPE x counter\nx 1\n", "no nv_inference_request_success")],
+)
+def test_unusable_metrics_raise_signal_error(text: str, message: str) -> None:
+    with pytest.raises(SignalError, match=message):
+        parse_triton(text, "deepseek", t=0.0)
+
+
+def _vector(value: str | None) -> dict[str, object]:
+    result = [] if value is None else [{"metric": {}, "value": [1732400000.123, value]}]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+class _FakePrometheus(BaseHTTPRequestHandler):
+    answers: ClassVar[dict[str, dict[str, object]]] = {}
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlparse(self.path)
+        query = urllib.parse.parse_qs(url.query)["query"][0]
+        type(self).seen.append(query)
+        body: dict[str, object] = next(
+            (answer for prefix, answer in self.answers.items() if query.startswith(prefix)), _vector(None)
+        )
+        status = 400 if body.get("status") == "error" else 200
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def prometheus() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakePrometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _FakePrometheus.seen = []
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_prometheus_reader_asks_promql_and_reads_instant_vectors(prometheus: str) -> None:
+    _FakePrometheus.answers = {
+        "sum(rate(nv_inference_request_success": _vector("42.5"),
+        "sum(rate(nv_inference_queue_duration_us": _vector("1.75"),
+        "sum(nv_inference_pending_request_count": _vector("9"),
+        "avg(nv_gpu_utilization": _vector("0.99"),
+    }
+    reading = PrometheusQuery(prometheus, "deepseek", window="2m").reading()
+    assert reading.request_rps == 42.5
+    assert reading.queue_wait_s == 1.75
+    assert reading.pending == 9
+    assert reading.gpu_util == 0.99
+    assert reading.trt_waiting is None and reading.kv_cache_used is None
+    assert reading.interval_s == 120
+    assert (
+        'sum(rate(nv_inference_queue_duration_us{model="deepseek"}[2m])) / '
+        'sum(rate(nv_inference_request_success{model="deepseek"}[2m])) / 1e6'
+    ) in _FakePrometheus.seen
+
+
+def test_prometheus_without_the_series_is_an_error(prometheus: str) -> None:
+    _FakePrometheus.answers = {}
+    with pytest.raises(SignalError, match="no nv_inference_request_success"):
+        PrometheusQuery(prometheus, "deepseek").reading()
+
+
+def test_a_rejected_query_reports_prometheus_own_error(prometheus: str) -> None:
+    _FakePrometheus.answers = {
+        "sum(rate(nv_inference_request_success": {
+            "status": "error",
+            "errorType": "bad_data",
+            "error": 'invalid parameter "query"',
+        }
+    }
+    with pytest.raises(SignalError, match="Prometheus query failed: bad_data"):
+        PrometheusQuery(prometheus, "deepseek").reading()
+
+
+def test_prometheus_errors_and_nan_are_read_as_such() -> None:
+    error = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
+    with pytest.raises(SignalError, match="bad_data: parse error"):
+        parse_query_response(json.dumps(error).encode())
+    assert parse_query_response(json.dumps(_vector("NaN")).encode()) is None
+    scalar = {"status": "success", "data": {"resultType": "scalar", "result": [1732400000.1, "3"]}}
+    assert parse_query_response(json.dumps(scalar).encode()) == 3.0
+
+
+def test_unreachable_prometheus_is_a_signal_error() -> None:
+    with pytest.raises(SignalError, match="cannot read"):
+        PrometheusQuery("http://127.0.0.1:9", "deepseek", timeout_s=2).reading()
