@@ -1,0 +1,175 @@
+"""Carry out a burst decision: Pulumi Automation API on the burst stack, or the ASG directly.
+
+The default path sets `gpufleet:burstNodes` in the burst stack's config and runs `pulumi up`,
+so capacity stays declared, reviewable and reproducible. One operation at a time per stack: a
+process lock (and an advisory file lock across processes) keeps this controller from ever running
+two ups; a lock held by someone else (another `pulumi up`) is retried with backoff, and a lock that
+outlives the retries is reported with the command that clears it.
+
+The direct Auto Scaling path is for emergencies: it sets the group's desired capacity within the
+group's and the site's bounds, and the next Pulumi up makes the stack agree again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+BURST_NODES_KEY = "gpufleet:burstNodes"
+
+
+class ActuationError(RuntimeError):
+    pass
+
+
+class StackBusy(ActuationError):
+    """Another gpufleet operation on this stack is running: never start a second up."""
+
+
+class StaleLock(ActuationError):
+    """The stack stayed locked through every retry: a crashed update left its lock behind."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    stack: str
+    burst_nodes: int
+    summary: str
+
+
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+@contextmanager
+def one_operation(stack: str, lock_dir: Path) -> Iterator[None]:
+    """Exclusive for this stack within the process and across processes on this host."""
+    with _process_locks_guard:
+        lock = _process_locks.setdefault(stack, threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise StackBusy(f"stack {stack}: another burst operation is running in this controller")
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        path = lock_dir / f"{stack}.lock"
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise StackBusy(f"stack {stack}: another gpufleet process holds {path} ({holder})") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
+
+
+@dataclass
+class PulumiActuator:
+    stack: str
+    work_dir: Path
+    # Where the `pulumi` CLI lives (<root>/bin/pulumi); None: the one on PATH.
+    pulumi_root: Path | None = None
+    lock_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / "gpufleet"
+    )
+    # How long to wait out someone else's update before calling its lock stale.
+    lock_timeout_s: float = 600.0
+    backoff_max_s: float = 30.0
+    on_output: Callable[[str], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def _stack(self) -> auto.Stack:
+        command = auto.PulumiCommand(root=str(self.pulumi_root)) if self.pulumi_root else auto.PulumiCommand()
+        options = auto.LocalWorkspaceOptions(
+            work_dir=str(self.work_dir), pulumi_command=command, env_vars=self.env
+        )
+        return auto.select_stack(stack_name=self.stack, work_dir=str(self.work_dir), opts=options)
+
+    def set_burst_nodes(self, count: int) -> Applied:
+        if count < 0:
+            raise ValueError(f"burst nodes must be >= 0 (got {count})")
+        with one_operation(self.stack, self.lock_dir):
+            stack = self._stack()
+            stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=str(count)))
+            result = self._up(stack)
+        changes = result.summary.resource_changes or {}
+        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(changes.items())) or "no changes"
+        return Applied(stack=self.stack, burst_nodes=count, summary=summary)
+
+    def _up(self, stack: auto.Stack) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(auto.ConcurrentUpdateError),
+            wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max_s),
+            stop=stop_after_delay(self.lock_timeout_s),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return stack.up(on_output=self.on_output)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            holder = _lock_holder(str(last))
+            raise StaleLock(
+                f"stack {self.stack} stayed locked for {self.lock_timeout_s:.0f}s{holder}; if no update is "
+                f"running there, clear the lock with: pulumi cancel --yes --stack {self.stack}"
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _lock_holder(message: str) -> str:
+    """The line Pulumi prints about who holds the lock (file, user@host, pid, time), if any."""
+    for line in message.splitlines():
+        if "created by" in line:
+            return f" ({line.strip()})"
+    return ""
+
+
+@dataclass
+class AsgActuator:
+    """Emergency path: the burst Auto Scaling group's desired capacity, within its bounds."""
+
+    group: str
+    max_nodes: int
+    client: Any
+
+    def current(self) -> tuple[int, int, int, int]:
+        """(desired, in service, min, max) of the group."""
+        groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])[
+            "AutoScalingGroups"
+        ]
+        if not groups:
+            raise ActuationError(f"no Auto Scaling group {self.group!r}")
+        g = groups[0]
+        in_service = sum(1 for i in g.get("Instances", []) if i.get("LifecycleState") == "InService")
+        return int(g["DesiredCapacity"]), in_service, int(g["MinSize"]), int(g["MaxSize"])
+
+    def set_desired(self, count: int) -> int:
+        """Set the desired capacity; returns the previous one. Refuses what the bounds forbid."""
+        desired, _, low, high = self.current()
+        top = min(high, self.max_nodes)
+        if not low <= count <= top:
+            raise ActuationError(
+                f"{count} nodes is outside {self.group}'s bounds {low}..{top} (group max {high}, site max {self.max_nodes})"
+            )
+        self.client.set_desired_capacity(
+            AutoScalingGroupName=self.group, DesiredCapacity=count, HonorCooldown=False
+        )
+        return desired
