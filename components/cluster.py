@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from components.providers import ClusterProvider
+from components.providers import ClusterProvider, undo_pickler_wrapping
 from gpufleet.plan.site import CephPlan, KubernetesPlan
 
 CEPH_OUTPUTS = ("fsid", "client_key")
@@ -29,6 +29,7 @@ class CephCluster(Resource, module="gpufleet", name="CephCluster"):
         super().__init__(
             ClusterProvider("ceph", CEPH_OUTPUTS), name, {**props, **dict.fromkeys(CEPH_OUTPUTS)}, opts
         )
+        undo_pickler_wrapping()
 
 
 class KubernetesCluster(Resource, module="gpufleet", name="KubernetesCluster"):
@@ -43,6 +44,7 @@ class KubernetesCluster(Resource, module="gpufleet", name="KubernetesCluster"):
             {**props, **dict.fromkeys(KUBERNETES_OUTPUTS)},
             opts,
         )
+        undo_pickler_wrapping()
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import Resource
 
-from components.providers import NodeProvider
+from components.providers import NodeProvider, undo_pickler_wrapping
 from gpufleet.plan.node import NodePlan
 
 
@@ -20,6 +21,7 @@ class Node(Resource, module="gpufleet", name="Node"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         super().__init__(NodeProvider(), name, {**props, "changed": None, "drift": None}, opts)
+        undo_pickler_wrapping()
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,21 @@ class NodeSpec:
     hostname: str
     address: str
     plan: NodePlan
+
+
+def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
+    """The plan travels as one canonical JSON document (a thousand nodes' plans as nested
+    properties would dominate the program's run time); the pinned packages stay structured so
+    `pulumi preview --diff` reads a driver change as `nvidia-driver-580-open: 535.* => 580.*`."""
+    plan = spec.plan
+    return {
+        "site": site,
+        "hostname": spec.hostname,
+        "address": spec.address,
+        "pinned": {p.name: p.version for p in plan.packages if p.hold and p.version},
+        "plan": json.dumps(plan.model_dump(mode="json"), sort_keys=True, indent=1),
+        "digest": plan.digest,
+    }
 
 
 @dataclass(frozen=True)
@@ -43,13 +60,7 @@ class OnPremNodes(pulumi.ComponentResource):
         self.nodes = {
             spec.hostname: Node(
                 f"{name}-{spec.hostname}",
-                {
-                    "site": args.site,
-                    "hostname": spec.hostname,
-                    "address": spec.address,
-                    "plan": spec.plan.model_dump(mode="json"),
-                    "digest": spec.plan.digest,
-                },
+                node_inputs(args.site, spec),
                 pulumi.ResourceOptions(parent=self),
             )
             for spec in args.nodes

@@ -7,6 +7,7 @@ to this importable module. The work itself goes through `components.provisioning
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from pulumi.dynamic import (
@@ -21,6 +22,17 @@ from pulumi.dynamic import (
 
 from components import provisioning
 from gpufleet.plan.node import NodePlan
+
+# pulumi.dynamic wraps pickle._Pickler._batch_setitems each time it serializes a provider (to sort
+# dict items) and never unwraps it: the wrappers nest, and past ~900 dynamic resources in one
+# program the nesting overflows the stack. Kept here, from before any serialization, to undo that.
+_BATCH_SETITEMS = pickle._Pickler._batch_setitems  # type: ignore[attr-defined]
+
+
+def undo_pickler_wrapping() -> None:
+    """Call after constructing a dynamic resource: its provider is serialized by then."""
+    pickle._Pickler._batch_setitems = _BATCH_SETITEMS  # type: ignore[attr-defined]
+
 
 # Inputs whose change makes a different machine or cluster: replace, never update in place.
 NODE_IDENTITY = ("site", "hostname")
@@ -37,7 +49,7 @@ class NodeProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         try:
-            plan = NodePlan.model_validate(news.get("plan"))
+            plan = NodePlan.model_validate_json(str(news.get("plan")))
         except ValueError as exc:
             failures.append(CheckFailure("plan", f"not a node plan: {exc}".splitlines()[0]))
         else:
@@ -47,11 +59,14 @@ class NodeProvider(ResourceProvider):
                 )
             if plan.hostname != news.get("hostname"):
                 failures.append(CheckFailure("hostname", f"the plan is for {plan.hostname}"))
+            pinned = {p.name: p.version for p in plan.packages if p.hold and p.version}
+            if pinned != news.get("pinned"):
+                failures.append(CheckFailure("pinned", "not the plan's held packages"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = _changed(olds, news, list(NODE_IDENTITY))
-        changed = _changed(olds, news, ["address", "digest"])
+        changed = _changed(olds, news, ["address", "digest", "pinned"])
         # After `pulumi refresh`, `drift` lists what the deploy would change on the host now.
         if olds.get("drift"):
             changed.append("drift")

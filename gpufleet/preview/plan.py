@@ -161,7 +161,11 @@ def write_nodes(graph: dict[str, Any], out: Path) -> int:
     for r in graph["resources"]:
         if r["type"].endswith("dynamic/gpufleet:Node"):
             inputs = r["inputs"]
-            body = {"hostname": inputs["hostname"], "digest": inputs["digest"], "plan": inputs["plan"]}
+            body = {
+                "hostname": inputs["hostname"],
+                "digest": inputs["digest"],
+                "plan": json.loads(inputs["plan"]),
+            }
             (out / f"{inputs['hostname']}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
             count += 1
     return count

@@ -11,6 +11,7 @@ from pathlib import Path
 import dill
 import pytest
 
+from components.onprem import NodeSpec, node_inputs
 from components.providers import ClusterProvider, NodeProvider
 from components.provisioning import run_cluster_playbook
 from gpufleet.inventory.load import load_inventory
@@ -20,13 +21,7 @@ from gpufleet.preview.program import Graph, reveal
 INV = load_inventory("dc1")
 NODE = INV.nodes[3]
 PLAN = plan_node(INV, NODE)
-PROPS = {
-    "site": "dc1",
-    "hostname": NODE.hostname,
-    "address": str(NODE.management_ip),
-    "plan": PLAN.model_dump(mode="json"),
-    "digest": PLAN.digest,
-}
+PROPS = node_inputs("dc1", NodeSpec(NODE.hostname, str(NODE.management_ip), PLAN))
 
 
 def test_check_accepts_a_plan_with_its_own_digest() -> None:
@@ -39,7 +34,8 @@ def test_check_accepts_a_plan_with_its_own_digest() -> None:
     [
         ({"digest": "0" * 16}, "digest"),
         ({"hostname": "gpu99"}, "hostname"),
-        ({"plan": {"hostname": NODE.hostname}}, "plan"),
+        ({"plan": '{"hostname": "gpu01"}'}, "plan"),
+        ({"pinned": {"nvidia-driver-580-open": "535.183.01-*"}}, "pinned"),
     ],
 )
 def test_check_rejects_inputs_that_are_not_the_plan(change: dict[str, object], property_: str) -> None:
@@ -48,8 +44,11 @@ def test_check_rejects_inputs_that_are_not_the_plan(change: dict[str, object], p
 
 
 def test_a_new_plan_updates_in_place() -> None:
-    other = plan_node(INV, INV.nodes[4]).model_dump(mode="json")
-    news = {**PROPS, "plan": {**other, "hostname": NODE.hostname}, "digest": "feedfeedfeedfeed"}
+    news = {
+        **PROPS,
+        "pinned": {**PROPS["pinned"], "libnccl2": "2.29.1-*+cuda13.0"},
+        "digest": "feedfeedfeedfeed",
+    }
     diff = NodeProvider().diff("id", {**PROPS, "drift": []}, news)
     assert diff.changes is True and diff.replaces == []
 

@@ -203,7 +203,8 @@ def test_one_node_resource_per_node_with_its_plan_and_digest(
         plan = plan_node(inv, node)
         r = nodes[node.hostname]
         assert r.inputs["digest"] == plan.digest
-        assert r.inputs["plan"] == plan.model_dump(mode="json")
+        assert json.loads(r.inputs["plan"]) == plan.model_dump(mode="json")
+        assert r.inputs["pinned"] == {p.name: p.version for p in plan.packages if p.hold}
         assert r.inputs["address"] == str(node.management_ip)
         # The pickled provider travels as a secret in the state.
         assert isinstance(r.inputs["__provider"], Secret)
