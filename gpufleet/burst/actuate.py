@@ -173,3 +173,15 @@ class AsgActuator:
             AutoScalingGroupName=self.group, DesiredCapacity=count, HonorCooldown=False
         )
         return desired
+
+    def replace(self) -> int:
+        """Launch replacement capacity now (desired + 1), ahead of a node that is going away."""
+        desired, _, _, _ = self.current()
+        self.set_desired(desired + 1)
+        return desired + 1
+
+    def retire(self, instance_id: str) -> None:
+        """Take one chosen instance out (after its drain), lowering desired capacity with it."""
+        self.client.terminate_instance_in_auto_scaling_group(
+            InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
+        )

@@ -1,0 +1,164 @@
+"""Spot interruption warnings and rebalance recommendations: EventBridge -> SQS -> drain.
+
+AWS gives two minutes between the warning and the reclaim. In that time: ask for replacement
+capacity first (it takes longest), then cordon the node and evict its pods through the Kubernetes
+API with a deadline inside the notice, so in-flight requests finish or move before the node goes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gpufleet.burst.actuate import ActuationError, AsgActuator
+from gpufleet.burst.policy import SPOT_NOTICE_S
+
+INTERRUPTION = "EC2 Spot Instance Interruption Warning"
+REBALANCE = "EC2 Instance Rebalance Recommendation"
+# Leave this much of the notice for the node to actually go: kubelet, the load balancer, the reclaim.
+DRAIN_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Warning:
+    kind: str  # "interruption" or "rebalance"
+    instance_id: str
+    at: float  # epoch seconds of the event
+    receipt: str
+
+    @property
+    def drain_deadline(self) -> float:
+        """When the drain must be done: inside the notice, with a margin."""
+        return self.at + SPOT_NOTICE_S - DRAIN_MARGIN_S
+
+
+def parse_event(body: str, receipt: str) -> Warning | None:
+    """An EventBridge event as SQS delivers it; None for events this controller does not act on."""
+    try:
+        event = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or event.get("source") != "aws.ec2":
+        return None
+    kind = {INTERRUPTION: "interruption", REBALANCE: "rebalance"}.get(str(event.get("detail-type")))
+    detail = event.get("detail") or {}
+    instance = detail.get("instance-id") if isinstance(detail, dict) else None
+    if kind is None or not isinstance(instance, str):
+        return None
+    when = datetime.fromisoformat(str(event.get("time", "")).replace("Z", "+00:00")).timestamp()
+    return Warning(kind=kind, instance_id=instance, at=when, receipt=receipt)
+
+
+@dataclass
+class WarningQueue:
+    """Long-polls the SQS queue the EventBridge rule targets; deletes what was handled."""
+
+    sqs: Any
+    queue_url: str
+    wait_s: int = 10
+
+    def receive(self) -> list[Warning]:
+        answer = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self.wait_s
+        )
+        warnings = []
+        for message in answer.get("Messages", []):
+            warning = parse_event(message["Body"], message["ReceiptHandle"])
+            if warning is None:
+                # Not ours to act on (another event type): drop it so it does not come back forever.
+                self.done(message["ReceiptHandle"])
+            else:
+                warnings.append(warning)
+        return warnings
+
+    def done(self, receipt: str) -> None:
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    node: str
+    evicted: tuple[str, ...]
+    left: tuple[str, ...]
+    finished_in_time: bool
+
+
+@dataclass
+class Drainer:
+    """Cordon and drain through the Kubernetes API (the `kubernetes` client's CoreV1Api)."""
+
+    core: Any
+    clock: Callable[[], float] = time.time
+    poll_s: float = 1.0
+
+    def node_for_instance(self, instance_id: str) -> str | None:
+        # EKS and kubeadm-on-EC2 nodes carry providerID aws:///<az>/<instance-id>.
+        for node in self.core.list_node().items:
+            if (node.spec.provider_id or "").rsplit("/", 1)[-1] == instance_id:
+                return str(node.metadata.name)
+        return None
+
+    def cordon(self, node: str) -> None:
+        self.core.patch_node(node, {"spec": {"unschedulable": True}})
+
+    def drain(self, node: str, deadline: float) -> DrainReport:
+        """Evict every pod but DaemonSet and mirror pods; wait for them to go until the deadline."""
+        self.cordon(node)
+        evicted: list[str] = []
+        for pod in self._evictable(node):
+            ns, name = pod.metadata.namespace, pod.metadata.name
+            body = {
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": name, "namespace": ns},
+                # The pod's own grace period, but never past the deadline.
+                "deleteOptions": {"gracePeriodSeconds": max(0, int(deadline - self.clock()))},
+            }
+            self.core.create_namespaced_pod_eviction(name, ns, body)
+            evicted.append(f"{ns}/{name}")
+        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in self._evictable(node)]
+        while left and self.clock() < deadline:
+            time.sleep(min(self.poll_s, max(0.0, deadline - self.clock())))
+            left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in self._evictable(node)]
+        return DrainReport(node=node, evicted=tuple(evicted), left=tuple(left), finished_in_time=not left)
+
+    def _evictable(self, node: str) -> list[Any]:
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        return [
+            p
+            for p in pods
+            if not any(o.kind == "DaemonSet" for o in (p.metadata.owner_references or []))
+            and "kubernetes.io/config.mirror" not in (p.metadata.annotations or {})
+            and p.status.phase not in {"Succeeded", "Failed"}
+        ]
+
+
+@dataclass(frozen=True)
+class Handled:
+    warning: Warning
+    node: str | None
+    replacement: str
+    drain: DrainReport | None
+
+
+def handle(warning: Warning, drainer: Drainer, asg: AsgActuator) -> Handled:
+    """Replacement first (a Spot node takes minutes to serve, a drain seconds), then the node:
+    an interruption is drained within the notice and its instance retired from the group; a
+    rebalance recommendation only cordons, so the node finishes its work but takes no more."""
+    try:
+        replacement = f"desired capacity raised to {asg.replace()}"
+    except ActuationError as exc:
+        replacement = f"no replacement: {exc}"
+    node = drainer.node_for_instance(warning.instance_id)
+    report = None
+    if node is not None and warning.kind == "interruption":
+        report = drainer.drain(node, warning.drain_deadline)
+    elif node is not None:
+        drainer.cordon(node)
+    if warning.kind == "interruption":
+        asg.retire(warning.instance_id)
+    return Handled(warning=warning, node=node, replacement=replacement, drain=report)

@@ -1,0 +1,327 @@
+"""The AWS side of the burst controller against moto's server on 127.0.0.1, and the drain
+against a local fake of the Kubernetes API.
+
+moto_server runs as a subprocess on a free port and is stopped by PID. There is no Kubernetes API
+server here: the few endpoints the drain uses (list nodes, patch node, list pods by node, create
+eviction) are served by a small HTTP fake that answers with the objects' real JSON shapes and
+records every call, so the `kubernetes` client's own requests and deserialisation run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+from kubernetes import client as k8s
+
+from gpufleet.burst.actuate import ActuationError, AsgActuator
+from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, WarningQueue, handle, parse_event
+from gpufleet.serving.tritonserver import free_port
+
+pytestmark = pytest.mark.integration
+
+REGION = "us-east-1"
+GROUP = "burst-prod-spot"
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None, "moto_server exited"
+                assert time.monotonic() < deadline, "moto_server did not come up in 60 s"
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+
+
+def _aws(service: str, url: str) -> Any:
+    return boto3.client(
+        service,
+        region_name=REGION,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def asg(moto_url: str) -> Iterator[Any]:
+    ec2, autoscaling = _aws("ec2", moto_url), _aws("autoscaling", moto_url)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    name = f"burst-{time.monotonic_ns()}"
+    ec2.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"ImageId": image, "InstanceType": "p5e.48xlarge"}
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP,
+        LaunchTemplate={"LaunchTemplateName": name, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=6,
+        DesiredCapacity=2,
+        AvailabilityZones=[f"{REGION}a", f"{REGION}b"],
+    )
+    try:
+        yield autoscaling
+    finally:
+        autoscaling.delete_auto_scaling_group(AutoScalingGroupName=GROUP, ForceDelete=True)
+        ec2.delete_launch_template(LaunchTemplateName=name)
+
+
+def test_asg_desired_capacity_inside_group_and_site_bounds(asg: Any) -> None:
+    actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
+    assert actuator.set_desired(4) == 2
+    desired, in_service, low, high = actuator.current()
+    assert (desired, in_service, low, high) == (4, 4, 0, 6)
+    with pytest.raises(ActuationError, match="outside burst-prod-spot's bounds 0..6"):
+        actuator.set_desired(7)
+    with pytest.raises(ActuationError, match=r"bounds 0\.\.3 \(group max 6, site max 3\)"):
+        AsgActuator(GROUP, max_nodes=3, client=asg).set_desired(4)
+    assert actuator.current()[0] == 4, "a refused request changes nothing"
+
+
+# --- interruptions ----------------------------------------------------------------------------
+
+
+class _FakeKubernetes(BaseHTTPRequestHandler):
+    nodes: ClassVar[list[dict[str, Any]]] = []
+    pods: ClassVar[list[dict[str, Any]]] = []
+    calls: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def _send(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length)) if length else None
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlparse(self.path)
+        self.calls.append(("GET", url.path, urllib.parse.parse_qs(url.query)))
+        if url.path == "/api/v1/nodes":
+            self._send(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes})
+        elif url.path == "/api/v1/pods":
+            selector = urllib.parse.parse_qs(url.query).get("fieldSelector", [""])[0]
+            node = selector.removeprefix("spec.nodeName=")
+            items = [p for p in self.pods if p["spec"]["nodeName"] == node]
+            self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+        else:
+            self._send(
+                404,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                },
+            )
+
+    def do_PATCH(self) -> None:
+        body = self._body()
+        self.calls.append(("PATCH", self.path, body))
+        name = self.path.rsplit("/", 1)[-1]
+        node = next(n for n in self.nodes if n["metadata"]["name"] == name)
+        node["spec"].update(body["spec"])
+        self._send(200, node)
+
+    def do_POST(self) -> None:
+        body = self._body()
+        self.calls.append(("POST", self.path, body))
+        # /api/v1/namespaces/<ns>/pods/<name>/eviction: the pod goes once evicted.
+        parts = self.path.strip("/").split("/")
+        ns, name = parts[3], parts[5]
+        type(self).pods = [
+            p for p in self.pods if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)
+        ]
+        self._send(201, body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _pod(ns: str, name: str, node: str, owner: str = "ReplicaSet") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u"}],
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running"},
+    }
+
+
+@pytest.fixture
+def kube() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubernetes)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield k8s.CoreV1Api(k8s.ApiClient(configuration))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _event(kind: str, instance: str, when: datetime) -> str:
+    detail: dict[str, str] = {"instance-id": instance}
+    if kind == INTERRUPTION:
+        detail["instance-action"] = "terminate"
+    return json.dumps(
+        {
+            "version": "0",
+            "id": "1e5527d7-bb36-4607-3370-4164db56a40e",
+            "detail-type": kind,
+            "source": "aws.ec2",
+            "account": "123456789012",
+            "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [f"arn:aws:ec2:{REGION}a:instance/{instance}"],
+            "detail": detail,
+        }
+    )
+
+
+def test_interruption_warning_replaces_first_then_drains_within_the_notice(
+    asg: Any, kube: Any, moto_url: str
+) -> None:
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"spot-warnings-{time.monotonic_ns()}")["QueueUrl"]
+    actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
+    instances = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+        "Instances"
+    ]
+    doomed, other = instances[0]["InstanceId"], instances[1]["InstanceId"]
+    _FakeKubernetes.nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": f"ip-10-0-0-{i}"},
+            "spec": {"providerID": f"aws:///{REGION}a/{iid}"},
+        }
+        for i, iid in enumerate((doomed, other))
+    ]
+    _FakeKubernetes.pods = [
+        _pod("serving", "triton-0", "ip-10-0-0-0"),
+        _pod("kube-system", "dcgm-exporter-abc", "ip-10-0-0-0", owner="DaemonSet"),
+        _pod("serving", "triton-1", "ip-10-0-0-1"),
+    ]
+    _FakeKubernetes.calls = []
+    now = datetime.now(UTC)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, doomed, now))
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": "aws.health", "detail-type": "x"}))
+
+    queue = WarningQueue(sqs, queue_url, wait_s=1)
+    warnings = queue.receive() + queue.receive()
+    assert [(w.kind, w.instance_id) for w in warnings] == [("interruption", doomed)]
+    warning = warnings[0]
+    assert warning.drain_deadline == pytest.approx(now.replace(microsecond=0).timestamp() + 90)
+
+    handled = handle(warning, Drainer(kube, poll_s=0.1), actuator)
+    queue.done(warning.receipt)
+
+    assert handled.replacement == "desired capacity raised to 3"
+    assert handled.node == "ip-10-0-0-0"
+    assert handled.drain is not None and handled.drain.finished_in_time
+    assert handled.drain.evicted == ("serving/triton-0",)  # the DaemonSet pod stays
+    cordon = next(c for c in _FakeKubernetes.calls if c[0] == "PATCH")
+    assert cordon == ("PATCH", "/api/v1/nodes/ip-10-0-0-0", {"spec": {"unschedulable": True}})
+    eviction = next(c for c in _FakeKubernetes.calls if c[0] == "POST")
+    assert eviction[1] == "/api/v1/namespaces/serving/pods/triton-0/eviction"
+    assert 0 < eviction[2]["deleteOptions"]["gracePeriodSeconds"] <= 90
+    # The replacement came first and stays; the interrupted instance left with its desired slot.
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    remaining = {i["InstanceId"] for i in group["Instances"]}
+    assert group["DesiredCapacity"] == 2
+    assert doomed not in remaining and other in remaining and len(remaining) == 2
+    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+
+
+def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any) -> None:
+    actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
+    instance = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+        "Instances"
+    ][0]["InstanceId"]
+    _FakeKubernetes.nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "spec": {"providerID": f"aws:///{REGION}b/{instance}"},
+        }
+    ]
+    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+    _FakeKubernetes.calls = []
+    warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
+    assert warning is not None and warning.kind == "rebalance"
+    handled = handle(warning, Drainer(kube), actuator)
+    assert handled.drain is None and handled.node == "n1"
+    assert [c[0] for c in _FakeKubernetes.calls if c[0] != "GET"] == ["PATCH"]
+    assert _FakeKubernetes.pods, "a rebalance recommendation evicts nothing"
+    assert actuator.current()[0] == 3
+
+
+def test_a_drain_that_cannot_finish_stops_at_the_deadline(kube: Any) -> None:
+    _FakeKubernetes.nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {}}]
+    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+    clock = [1000.0]
+
+    def tick() -> float:
+        clock[0] += 0.5
+        return clock[0]
+
+    drainer = Drainer(kube, clock=tick, poll_s=0.01)
+    # A pod the eviction API keeps (a PodDisruptionBudget): re-add it after every eviction.
+    original = drainer.core.create_namespaced_pod_eviction
+
+    def refuse(name: str, namespace: str, body: Any) -> Any:
+        result = original(name, namespace, body)
+        _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+        return result
+
+    drainer.core.create_namespaced_pod_eviction = refuse
+    report = drainer.drain("n1", deadline=1003.0)
+    assert not report.finished_in_time
+    assert report.left == ("serving/triton-0",)
+    assert clock[0] >= 1003.0
