@@ -115,3 +115,13 @@ def test_a_failing_playbook_raises(tmp_path: Path) -> None:
     )
     with pytest.raises(RuntimeError, match="playbook broken on lab: failed"):
         run_cluster_playbook("lab", "broken", playbooks=tmp_path)
+
+
+def test_serializing_providers_leaves_the_pickler_unwrapped(graphs: dict[str, Graph]) -> None:
+    """pulumi.dynamic wraps the pickler per provider it serializes; unwrapped, 1,000 nodes overflow."""
+    import pickle
+
+    from components import providers
+
+    assert graphs["dc1-prod"].by_type("pulumi-python:dynamic/gpufleet:Node")
+    assert pickle._Pickler._batch_setitems is providers._BATCH_SETITEMS  # type: ignore[attr-defined]
