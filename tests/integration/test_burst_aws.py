@@ -104,7 +104,7 @@ def test_asg_desired_capacity_inside_group_and_site_bounds(asg: Any) -> None:
     assert actuator.set_desired(4) == 2
     desired, in_service, low, high = actuator.current()
     assert (desired, in_service, low, high) == (4, 4, 0, 6)
-    with pytest.raises(ActuationError, match="outside burst-prod-spot's bounds 0..6"):
+    with pytest.raises(ActuationError, match=r"outside burst-prod-spot's bounds 0\.\.6"):
         actuator.set_desired(7)
     with pytest.raises(ActuationError, match=r"bounds 0\.\.3 \(group max 6, site max 3\)"):
         AsgActuator(GROUP, max_nodes=3, client=asg).set_desired(4)
