@@ -37,3 +37,17 @@ class HeldPackages(FactBase[set[str]]):
 
     def process(self, output: list[str]) -> set[str]:
         return {line.strip() for line in output if line.strip()}
+
+
+class DpkgInterrupted(FactBase[bool]):
+    """Whether dpkg was cut off mid-install (pending files in its updates directory)."""
+
+    def command(self) -> str:
+        return "ls -A /var/lib/dpkg/updates"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() for line in output)

@@ -13,9 +13,10 @@ from fnmatch import fnmatchcase
 from pyinfra import host
 from pyinfra.api import operation
 
-from deploys.facts.packages import HeldPackages, InstalledVersions
+from deploys.facts.packages import DpkgInterrupted, HeldPackages, InstalledVersions
 from gpufleet.plan.node import Package
 
+DPKG_RESUME = "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"
 PIN_PRIORITY = 1001  # above 1000: apt may downgrade to the pinned version, as a rollback needs
 APT_INSTALL = (
     "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
@@ -33,8 +34,14 @@ def pin_preferences(packages: list[Package]) -> str:
     return "\n".join(blocks)
 
 
-def package_commands(packages: list[Package], installed: dict[str, str], held: set[str]) -> list[str]:
-    """What brings installed versions and holds to the plan; nothing when they already match."""
+def package_commands(
+    packages: list[Package], installed: dict[str, str], held: set[str], interrupted: bool = False
+) -> list[str]:
+    """What brings installed versions and holds to the plan; nothing when they already match.
+
+    A host that lost its connection (or power) mid-install has dpkg cut off: finish that first,
+    or every later apt-get on it fails.
+    """
     outdated = [
         p.name
         for p in packages
@@ -43,7 +50,7 @@ def package_commands(packages: list[Package], installed: dict[str, str], held: s
     release = sorted(held & set(outdated))
     release += sorted(p.name for p in packages if not p.hold and p.name in held and p.name not in outdated)
     hold = sorted(p.name for p in packages if p.hold and (p.name not in held or p.name in outdated))
-    commands = []
+    commands = [DPKG_RESUME] if interrupted else []
     if release:
         commands.append(f"apt-mark unhold {shlex.join(release)}")
     if outdated:
@@ -56,4 +63,9 @@ def package_commands(packages: list[Package], installed: dict[str, str], held: s
 @operation()
 def pinned(packages: list[Package]) -> Generator[str, None, None]:
     """Install the plan's packages at their pinned versions and hold the held ones."""
-    yield from package_commands(packages, host.get_fact(InstalledVersions), host.get_fact(HeldPackages))
+    yield from package_commands(
+        packages,
+        host.get_fact(InstalledVersions),
+        host.get_fact(HeldPackages),
+        host.get_fact(DpkgInterrupted),
+    )

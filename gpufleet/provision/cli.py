@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -36,9 +37,12 @@ def summary_table(results: list[HostResult], dry_run: bool) -> Table:
     return table
 
 
-def run_provision(site: str, limit: list[str] | None, dry_run: bool) -> list[HostResult]:
-    """Provision with per-host progress and the summary table; bad input exits 2."""
-    from gpufleet.cli import bad_input, out
+def run_provision(site: str, limit: list[str] | None, dry_run: bool, quiet: bool = False) -> list[HostResult]:
+    """Provision with per-host progress and the summary table (on stderr when `quiet`); bad input exits 2."""
+    from gpufleet.cli import bad_input, err
+    from gpufleet.cli import out as stdout
+
+    out = err if quiet else stdout
 
     with bad_input():
         inv = load_inventory(site)
@@ -178,9 +182,18 @@ def rehearse(site: str) -> list[Phase]:
 
 def register(app: typer.Typer) -> None:
     @app.command("provision")
-    def provision_cmd(site: SiteArg = "lab", limit: LimitOpt = None, dry_run: DryRunOpt = False) -> None:
+    def provision_cmd(
+        site: SiteArg = "lab",
+        limit: LimitOpt = None,
+        dry_run: DryRunOpt = False,
+        as_json: Annotated[bool, typer.Option("--json", help="machine-readable results")] = False,
+    ) -> None:
         """Converge each node to its plan with the pyinfra deploys; a failing host does not stop the others."""
-        results = run_provision(site, limit, dry_run)
+        from gpufleet.cli import emit_json
+
+        results = run_provision(site, limit, dry_run, quiet=as_json)
+        if as_json:
+            emit_json([asdict(r) for r in results])
         if not all(r.ok for r in results):
             raise typer.Exit(1)
 

@@ -1,0 +1,235 @@
+"""The lab site built for real: nspawn hosts, pyinfra, Ansible, Ceph; then torn down to nothing.
+
+One lab for the module, tests in build order (each builds on the one before, as a rebuild does).
+Everything stays on the lab's 198.18.0.0/24 and this machine; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpufleet.inventory.load import load_inventory
+from gpufleet.lab.hosts import BRIDGE, netns
+from gpufleet.lab.paths import LabPaths
+from gpufleet.lab.supervise import cgroup_dirs
+from gpufleet.plan.site import plan_site
+from gpufleet.verify import verify_site
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
+INV = load_inventory("lab")
+PATHS = LabPaths.default()
+HOSTS = {n.hostname: str(n.management_ip) for n in INV.nodes}
+FAULT_HOST = "lab-st3"
+
+
+def gpufleet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [GPUFLEET, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def ssh(host: str, command: str, timeout: int = 60) -> str:
+    proc = subprocess.run(
+        ["ssh", "-F", str(PATHS.ssh / "config"), f"root@{HOSTS[host]}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
+    return proc.stdout
+
+
+def provision_json(*args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    proc = gpufleet("provision", "lab", "--json", *args)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    return proc.returncode, {r["hostname"]: r for r in json.loads(proc.stdout)}
+
+
+def wait_port(address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, 22), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{address}:22 not reachable after {timeout_s}s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lab() -> Iterator[None]:
+    assert os.geteuid() == 0, "the lab integration tests need root (CI runs as root)"
+    gpufleet("lab", "down")  # a lab left over from an interrupted run
+    up = gpufleet("lab", "up")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    try:
+        yield
+    finally:
+        gpufleet("lab", "down")
+
+
+def test_lab_up_hosts_are_separate_machines_fed_by_the_mirror_only() -> None:
+    status = gpufleet("lab", "status")
+    assert status.returncode == 0, status.stdout
+    for host in HOSTS:
+        assert ssh(host, "hostname").strip() == host
+        assert ssh(host, "systemctl is-system-running").strip() == "running"
+        assert ssh(host, "ip -4 -o addr show eth0").split()[3] == f"{HOSTS[host]}/24"
+        assert ssh(host, "ls /etc/apt/sources.list.d /etc/apt/sources.list 2>/dev/null || true").split() == []
+    machine_ids = {ssh(h, "cat /etc/machine-id").strip() for h in HOSTS}
+    host_keys = {ssh(h, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1] for h in HOSTS}
+    assert len(machine_ids) == len(host_keys) == len(HOSTS)
+
+
+def test_fault_one_host_loses_sshd_mid_provision_the_others_finish() -> None:
+    # The first provision installs packages for a minute or more; 15 s in, lab-st3's sshd and every
+    # session it holds are killed. A transient unit does it (and brings sshd back 40 s later), so
+    # it outlives the session that asked for it.
+    proc = subprocess.Popen(
+        [GPUFLEET, "provision", "lab", "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(15)
+        ssh(
+            FAULT_HOST,
+            "systemd-run --unit=gpufleet-fault --on-active=1 sh -c "
+            "'systemctl kill -s KILL ssh.service; systemctl stop ssh.service; sleep 40; systemctl start ssh.service'",
+        )
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr[-2000:]
+    results = {r["hostname"]: r for r in json.loads(stdout)}
+    assert not results[FAULT_HOST]["ok"] and results[FAULT_HOST]["error"]
+    assert all(results[h]["ok"] for h in HOSTS if h != FAULT_HOST), results
+    wait_port(HOSTS[FAULT_HOST], timeout_s=120)
+    rc, rerun = provision_json()
+    assert rc == 0 and all(r["ok"] for r in rerun.values()), rerun
+    assert rerun[FAULT_HOST]["changed"], "the failed host had work left to converge"
+
+
+def test_second_provision_reports_zero_changes() -> None:
+    rc, results = provision_json()
+    assert rc == 0
+    assert {h: r["changed"] for h, r in results.items()} == {h: [] for h in HOSTS}
+
+
+def test_dry_run_shows_drift_and_changes_nothing() -> None:
+    ssh("lab-st1", "sed -i 's/= 1/= 0/' /etc/sysctl.d/90-gpufleet.conf")
+    rc, dry = provision_json("--dry-run")
+    assert rc == 0
+    assert dry["lab-st1"]["changed"] == ["file /etc/sysctl.d/90-gpufleet.conf"]
+    assert all(not r["changed"] for h, r in dry.items() if h != "lab-st1")
+    assert "= 0" in ssh("lab-st1", "cat /etc/sysctl.d/90-gpufleet.conf")
+    rc, fixed = provision_json("--limit", "lab-st1")
+    assert rc == 0 and list(fixed) == ["lab-st1"] and fixed["lab-st1"]["changed"]
+    assert "= 0" not in ssh("lab-st1", "cat /etc/sysctl.d/90-gpufleet.conf")
+
+
+def test_packages_pinned_and_held_as_planned() -> None:
+    holds = set(ssh("lab-st1", "apt-mark showhold").split())
+    assert holds == {"containerd"}
+    assert ssh("lab-st1", "dpkg-query -W -f '${Version}' containerd").startswith("1.6")
+    assert ssh("lab-st1", "systemctl is-active chrony containerd").split() == ["active", "active"]
+
+
+def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
+    run = gpufleet("cluster", "lab", "ceph", timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ceph = plan_site(INV).ceph
+    assert ceph is not None
+    mon = ceph.mons[0]
+    status = json.loads(ssh(mon, "ceph status --format json"))
+    assert status["health"]["status"] != "HEALTH_ERR", status["health"]
+    assert sorted(status["quorum_names"]) == sorted(ceph.mons)
+    pgs = status["pgmap"]
+    assert pgs["num_pgs"] > 0
+    assert [s["state_name"] for s in pgs["pgs_by_state"]] == ["active+clean"], pgs["pgs_by_state"]
+    osds = json.loads(ssh(mon, "ceph osd stat --format json"))
+    assert (
+        osds["num_osds"]
+        == osds["num_up_osds"]
+        == osds["num_in_osds"]
+        == sum(len(d) for d in ceph.osds.values())
+    )
+    rules = {
+        r["rule_id"]: r["rule_name"] for r in json.loads(ssh(mon, "ceph osd crush rule dump --format json"))
+    }
+    pools = {p["pool_name"]: p for p in json.loads(ssh(mon, "ceph osd pool ls detail --format json"))}
+    for want in ceph.pools:
+        have = pools[want.name]
+        assert (have["size"], have["min_size"], have["pg_num"]) == (want.size, want.min_size, want.pg_num)
+        assert rules[have["crush_rule"]] == want.crush_rule
+        assert want.application in have["application_metadata"]
+    keyring = ROOT / "out" / "lab" / "ceph.client.kubernetes.keyring"
+    assert keyring.stat().st_mode & 0o777 == 0o600 and "[client.kubernetes]" in keyring.read_text()
+
+
+def test_cluster_ceph_again_changes_nothing_and_kubernetes_runs_in_check_mode() -> None:
+    run = gpufleet("cluster", "lab", "all", timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "ceph.yml" in run.stdout and "kubernetes.yml (check mode)" in run.stdout
+    for line in run.stdout.splitlines():
+        if "│ ceph.yml" in line:
+            assert line.split("│")[4].strip() == "0", line  # the changed column
+    assert ssh("lab-cp1", "test -e /etc/kubernetes && echo present || echo absent").strip() == "absent"
+
+
+def test_host_suite_passes_on_the_lab() -> None:
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    report = verify_site("lab", parts=["gpu", "network", "storage"])
+    failed = [f"{r.host}: {r.check}: {r.message}" for r in report.results if r.outcome == "failed"]
+    assert report.ok and not failed, failed
+    assert any(r.outcome == "passed" and r.part == "storage" for r in report.results)
+
+
+def test_zz_lab_down_leaves_nothing_behind() -> None:
+    pids = [int((PATHS.host(h) / "supervisor.pid").read_text()) for h in HOSTS]
+    down = gpufleet("lab", "down")
+    assert down.returncode == 0, down.stderr
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"supervisor {pid} still running"
+    for host in HOSTS:
+        assert not Path(f"/run/netns/{netns(host)}").exists()
+        assert not any(d.exists() for d in cgroup_dirs(host))
+    assert not Path(f"/sys/class/net/{BRIDGE}").exists()
+    assert not [i for i in os.listdir("/sys/class/net") if i.startswith("gfv-")]
+    assert not PATHS.state.exists() and not PATHS.system_ssh_config.exists()
+    assert str(PATHS.state) not in Path("/proc/self/mountinfo").read_text()
+    for address in HOSTS.values():
+        with pytest.raises(OSError):
+            socket.create_connection((address, 22), timeout=1).close()
+
+
+def test_lab_needs_root() -> None:
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", GPUFLEET, "lab", "up"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "the lab needs root" in proc.stderr
