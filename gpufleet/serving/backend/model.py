@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 ARCH_KEYS = (
@@ -46,8 +47,8 @@ class TritonPythonModel:
         # built for numpy 1 and mis-sizes outputs under numpy 2 (seen on the GPU machine).
         batches = []
         for request in requests:
-            ids = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "input_ids").to_dlpack())
-            new = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "max_tokens").to_dlpack())
+            ids = from_dlpack(pb_utils.get_input_tensor_by_name(request, "input_ids").to_dlpack())
+            new = from_dlpack(pb_utils.get_input_tensor_by_name(request, "max_tokens").to_dlpack())
             batches.append((ids.cpu().long(), new.cpu()[:, 0].tolist()))
         prompts = [(row, n) for ids, counts in batches for row, n in zip(ids, counts, strict=True)]
         width = max(len(p) for p, _ in prompts)
