@@ -65,17 +65,22 @@ def test_against_a_ref_without_the_program_everything_is_created(
     assert "[secret]" in (out / "manifests" / "secret-ceph-csi-rbd-csi-rbd-secret.yaml").read_text()
 
 
-def base_with(path: str, replace: tuple[str, str]) -> str:
-    """A commit object (no ref, no checkout touched): HEAD with one file changed."""
-    text = git("show", f"HEAD:{path}")
-    assert replace[0] in text
-    blob = git("hash-object", "-w", "--stdin", stdin=text.replace(*replace) + "\n")
+def base_commit(changes: dict[str, str | None]) -> str:
+    """A commit object (no ref, no checkout or index touched): HEAD with files replaced or removed.
+
+    Built from HEAD alone, so it works in a shallow clone as in a full one.
+    """
     index = {
         "GIT_INDEX_FILE": str(Path(git("rev-parse", "--git-dir")).resolve() / f"gpufleet-test-{os.getpid()}")
     }
     try:
         git("read-tree", "HEAD", env=index)
-        git("update-index", "--cacheinfo", f"100644,{blob},{path}", env=index)
+        for path, text in changes.items():
+            if text is None:
+                git("update-index", "--force-remove", path, env=index)
+            else:
+                blob = git("hash-object", "-w", "--stdin", stdin=text)
+                git("update-index", "--cacheinfo", f"100644,{blob},{path}", env=index)
         tree = git("write-tree", env=index)
     finally:
         Path(index["GIT_INDEX_FILE"]).unlink(missing_ok=True)
@@ -85,7 +90,10 @@ def base_with(path: str, replace: tuple[str, str]) -> str:
 
 
 def test_a_changed_stack_config_is_an_update_of_what_it_drives(tmp_path: Path) -> None:
-    base = base_with("stacks/Pulumi.burst-prod.yaml", ("gpufleet:burstNodes: 0", "gpufleet:burstNodes: 2"))
+    path = "stacks/Pulumi.burst-prod.yaml"
+    text = git("show", f"HEAD:{path}") + "\n"
+    assert "gpufleet:burstNodes: 0\n" in text
+    base = base_commit({path: text.replace("gpufleet:burstNodes: 0\n", "gpufleet:burstNodes: 2\n")})
     code, output, out = plan(tmp_path, "burst-prod", "--base", base)
     assert code == 0, output
     steps = {s["urn"].rsplit("::", 1)[-1]: s for s in json.loads((out / "preview.json").read_text())["steps"]}
