@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from gpufleet.burst.policy import POLICY_NAMES
+from gpufleet.burst.policy import POLICY_NAMES, burst_serving
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.sim.engine import Result
@@ -131,3 +133,126 @@ def _table(results: list[Result], slo_s: float) -> Table:
             str(r.scale_actions),
         )
     return table
+
+
+@burst_app.command()
+def run(
+    stack: Annotated[str, typer.Argument(help="burst stack (stacks/Pulumi.<stack>.yaml, layer burst)")],
+    triton_metrics: Annotated[
+        str | None, typer.Option("--triton-metrics", help="read Triton's /metrics URL directly")
+    ] = None,
+    prometheus: Annotated[
+        str, typer.Option("--prometheus", help="Prometheus server to query (unless --triton-metrics)")
+    ] = "http://127.0.0.1:9090",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Triton model name (default: the site's serving model)")
+    ] = None,
+    replica_rps: Annotated[
+        float, typer.Option("--replica-rps", min=0.001, help="requests/s one replica serves at full batch")
+    ] = 2.0,
+    group: Annotated[
+        str | None, typer.Option("--asg", help="burst Auto Scaling group (default <stack>-spot)")
+    ] = None,
+    aws_endpoint: Annotated[
+        str | None, typer.Option("--aws-endpoint", help="AWS endpoint URL override")
+    ] = None,
+    queue_url: Annotated[
+        str | None, typer.Option("--interruption-queue", help="SQS queue of EventBridge Spot warnings")
+    ] = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="serve the controller's metrics here")
+    ] = 9108,
+    metrics_address: Annotated[str, typer.Option("--metrics-address")] = "127.0.0.1",
+    interval: Annotated[float, typer.Option("--interval", min=1.0, help="seconds between decisions")] = 15.0,
+    iterations: Annotated[
+        int, typer.Option("--iterations", min=0, help="stop after this many steps (0: run)")
+    ] = 0,
+    pulumi_root: Annotated[
+        Path | None, typer.Option("--pulumi-root", help="directory holding bin/pulumi (default: PATH)")
+    ] = None,
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="the Pulumi project (Pulumi.yaml)")
+    ] = REPO_ROOT,
+) -> None:
+    """The burst controller: reads the load signal, decides, and declares burstNodes on the stack."""
+    # Imported here: gpufleet.cli imports this module to register the sub-app.
+    import boto3  # type: ignore[import-untyped]
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from prometheus_client import start_http_server
+    from rich.logging import RichHandler
+
+    from gpufleet.burst.actuate import AsgActuator, PulumiActuator
+    from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices, TritonSource
+    from gpufleet.burst.interrupt import Drainer, WarningQueue
+    from gpufleet.burst.policy import CapacityModel, Gpufleet
+    from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
+    from gpufleet.cli import bad_input
+    from gpufleet.inventory.stacks import load_stack, stacks_dir
+    from gpufleet.plan.site import plan_site
+
+    with bad_input():
+        loaded = load_stack(stack)
+        source_file = display(stacks_dir() / f"Pulumi.{stack}.yaml")
+        if loaded.config.layer != "burst":
+            raise InputError(
+                source_file, [Problem(("config", "gpufleet:layer"), "not a burst stack (got 'onprem')")]
+            )
+        plan = plan_site(loaded.inventory)
+        if plan.burst is None or plan.serving is None:
+            raise InputError(
+                source_file,
+                [Problem(("config", "gpufleet:site"), "the site has no serving or burst section")],
+            )
+        try:
+            serving = burst_serving(plan.serving.model, plan.burst.instance_types)
+        except ValueError as exc:
+            raise InputError(source_file, [Problem(("config", "gpufleet:site"), str(exc))]) from None
+    logging.basicConfig(level=logging.INFO, handlers=[RichHandler(show_path=False)], format="%(message)s")
+    capacity = CapacityModel(
+        onprem_replicas=plan.serving.replicas,
+        replicas_per_node=min(serving.replicas_per_node.values()),
+        max_nodes=plan.burst.max_nodes,
+        max_hourly_usd=plan.burst.max_hourly_usd,
+        boot_to_serve_s=plan.burst.boot_to_serve_s,
+        slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
+    )
+    aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
+    source: TritonSource | PrometheusSource = (
+        TritonSource(TritonMetrics(triton_metrics, model or plan.serving.model))
+        if triton_metrics
+        else PrometheusSource(PrometheusQuery(prometheus, model or plan.serving.model))
+    )
+    drainer = warnings = None
+    if queue_url:
+        try:
+            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+        drainer = Drainer(k8s.CoreV1Api())
+        warnings = WarningQueue(boto3.client("sqs", **aws), queue_url, wait_s=1)
+    controller = Controller(
+        policy=Gpufleet(capacity),
+        source=source,
+        prices=SpotPrices(boto3.client("ec2", **aws), sorted(serving.replicas_per_node)),
+        asg=AsgActuator(group or f"{stack}-spot", plan.burst.max_nodes, boto3.client("autoscaling", **aws)),
+        pulumi=PulumiActuator(stack=stack, work_dir=work_dir, pulumi_root=pulumi_root),
+        replica_rps=replica_rps,
+        drainer=drainer,
+        warnings=warnings,
+    )
+    start_http_server(metrics_port, addr=metrics_address, registry=controller.registry)
+    logging.getLogger("gpufleet.burst").info(
+        "controller for %s: metrics on http://%s:%d/metrics, deciding every %.0fs",
+        stack,
+        metrics_address,
+        metrics_port,
+        interval,
+    )
+    step = 0
+    while iterations == 0 or step < iterations:
+        started = time.monotonic()
+        controller.step(started)
+        step += 1
+        if iterations == 0 or step < iterations:
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))

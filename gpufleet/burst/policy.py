@@ -146,20 +146,20 @@ def place(
     floor = min(offered.values())
     band = [p for p in offered if offered[p] <= floor * DIVERSIFY_BAND]
     for _ in range(count):
-        fitting = [p for p in band if _max_price(p, offered[p]) <= budget + 1e-9]
+        fitting = [p for p in band if max_price_for(p, offered[p]) <= budget + 1e-9]
         if not fitting:
-            fitting = [p for p in offered if _max_price(p, offered[p]) <= budget + 1e-9]
+            fitting = [p for p in offered if max_price_for(p, offered[p]) <= budget + 1e-9]
         if not fitting:
             return tuple(launches), f"the ${cap_usd:g}/h cap leaves ${max(budget, 0):.2f}/h"
         pool = min(fitting, key=lambda p: (spread[p], offered[p], p))
-        launch = Launch(pool, _max_price(pool, offered[pool]))
+        launch = Launch(pool, max_price_for(pool, offered[pool]))
         launches.append(launch)
         spread[pool] += 1
         budget -= launch.max_price
     return tuple(launches), ""
 
 
-def _max_price(pool: Pool, price: float) -> float:
+def max_price_for(pool: Pool, price: float) -> float:
     od = AWS_GPU_INSTANCES[pool.instance_type].on_demand_usd_hour
     return round(max(price, min(od, price * (1 + MAX_PRICE_HEADROOM))), 4)
 
@@ -183,6 +183,7 @@ def newest_first(nodes: Sequence[Node], count: int) -> tuple[str, ...]:
 
 class Policy(Protocol):
     name: str
+    model: CapacityModel
     tick_s: float
     # Whether launches respect the $/hour cap (gpufleet and the oracle) or not (the baselines).
     cap_aware: bool
@@ -369,6 +370,8 @@ class Gpufleet(_Base):
     $/hour cap; replacement on interruption warnings."""
 
     peaks: tuple[KnownPeak, ...] = ()
+    # Load is the mean over this window: one scrape of a bursty LLM load is noise.
+    average_s: float = 60.0
     quiet_s: float = 300.0
     cooldown_s: float = 120.0
     # Scale-in plans for a lower utilisation than scale-up: the gap is the hysteresis band.
@@ -389,7 +392,7 @@ class Gpufleet(_Base):
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         m = self.model
-        recent = _recent(window, t, 60.0)
+        recent = _recent(window, t, self.average_s)
         load = sum(s.load_replicas for s in recent) / len(recent)
         self._loads.append((t, load))
         while self._loads[0][0] < t - self.quiet_s:

@@ -1,0 +1,225 @@
+"""The burst controller loop: signal -> decision -> actuation, with its own Prometheus metrics.
+
+Each step reads the load signal, the Spot prices of the offered pools and the burst group's
+instances, asks the policy (the same one the benchmark measures), logs the decision with its
+reason, and carries it out: scale-out by declaring the new node count on the burst stack
+(Pulumi Automation API); scale-in by draining and retiring the chosen instances (fewest requests
+in flight first) and then declaring the lower count, so the stack and the group agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
+from gpufleet.burst.interrupt import Drainer, WarningQueue, handle
+from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals, max_price_for
+from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
+
+log = logging.getLogger("gpufleet.burst")
+
+
+class Source(Protocol):
+    def read(self, t: float) -> Reading | None: ...
+
+
+@dataclass
+class TritonSource:
+    """Rates between consecutive scrapes of one Triton /metrics endpoint."""
+
+    metrics: TritonMetrics
+    _last: Snapshot | None = None
+
+    def read(self, t: float) -> Reading | None:
+        snapshot = self.metrics.snapshot(t)
+        last, self._last = self._last, snapshot
+        return between(last, snapshot) if last is not None else None
+
+
+@dataclass
+class PrometheusSource:
+    query: PrometheusQuery
+
+    def read(self, t: float) -> Reading | None:
+        return self.query.reading()
+
+
+@dataclass
+class SpotPrices:
+    """Current Spot price per pool of the offered instance types (EC2 price history)."""
+
+    ec2: Any
+    instance_types: list[str]
+
+    def current(self) -> dict[Pool, float]:
+        answer = self.ec2.describe_spot_price_history(
+            InstanceTypes=self.instance_types,
+            ProductDescriptions=["Linux/UNIX (Amazon VPC)"],
+            StartTime=datetime.now(UTC),
+        )
+        latest: dict[Pool, tuple[str, float]] = {}
+        for row in answer.get("SpotPriceHistory", []):
+            pool = Pool(row["InstanceType"], row["AvailabilityZone"])
+            stamp = str(row.get("Timestamp", ""))
+            if pool not in latest or stamp > latest[pool][0]:
+                latest[pool] = (stamp, float(row["SpotPrice"]))
+        return {pool: price for pool, (_, price) in latest.items()}
+
+
+def fleet_view(group: dict[str, Any], prices: dict[Pool, float], inflight: dict[str, int]) -> list[Node]:
+    """The burst group's instances as the policy sees them. Their max price is what the policy
+    would have reserved for them at today's price: the cap budget counts it."""
+    nodes = []
+    for instance in group.get("Instances", []):
+        state = instance.get("LifecycleState", "")
+        if state == "Terminated":
+            continue
+        pool = Pool(instance.get("InstanceType", ""), instance["AvailabilityZone"])
+        price = prices.get(pool, 0.0)
+        nodes.append(
+            Node(
+                id=instance["InstanceId"],
+                pool=pool,
+                ready=state == "InService",
+                draining=state.startswith("Terminating") or state == "Standby",
+                launched_at=0.0,
+                inflight=inflight.get(instance["InstanceId"], 0),
+                max_price=max_price_for(pool, price) if pool.instance_type and price else price,
+            )
+        )
+    return nodes
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            "gpufleet_burst_decisions", "Burst decisions by action", ["action"], registry=registry
+        )
+        self.errors = Counter(
+            "gpufleet_burst_actuation_errors", "Failed actuations (Pulumi or ASG)", registry=registry
+        )
+        self.desired = Gauge(
+            "gpufleet_burst_desired_nodes", "Burst nodes the policy wants", registry=registry
+        )
+        self.actual = Gauge("gpufleet_burst_actual_nodes", "Burst nodes in service", registry=registry)
+        self.spend = Gauge(
+            "gpufleet_burst_spend_usd_per_hour", "Spot spend rate of the burst fleet", registry=registry
+        )
+        self.cap = Gauge("gpufleet_burst_cap_usd_per_hour", "The $/hour cap", registry=registry)
+        self.signal = Gauge(
+            "gpufleet_burst_signal", "Signal values the policy saw", ["name"], registry=registry
+        )
+        self.signal_errors = Counter(
+            "gpufleet_burst_signal_errors", "Signal reads that failed (fleet held)", registry=registry
+        )
+        self.interruptions = Counter(
+            "gpufleet_burst_interruptions", "Spot warnings handled", ["kind"], registry=registry
+        )
+
+
+@dataclass
+class Controller:
+    policy: Policy
+    source: Source
+    prices: SpotPrices
+    asg: AsgActuator
+    pulumi: PulumiActuator
+    replica_rps: float
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    drainer: Drainer | None = None
+    warnings: WarningQueue | None = None
+    inflight: Callable[[], dict[str, int]] = dict
+    window: deque[Signals] = field(default_factory=lambda: deque(maxlen=240))
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.registry)
+        self.metrics.cap.set(self.policy.model.max_hourly_usd)
+
+    def step(self, t: float) -> Decision | None:
+        self._interruptions()
+        try:
+            reading = self.source.read(t)
+        except SignalError as exc:
+            # Without a signal there is nothing to decide on: hold the fleet as it is.
+            self.metrics.signal_errors.inc()
+            log.error("no signal, holding the fleet: %s", exc)
+            return None
+        if reading is None:
+            log.info("first scrape taken; deciding from the next one")
+            return None
+        model = self.policy.model
+        prices = self.prices.current()
+        group = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
+            "AutoScalingGroups"
+        ][0]
+        nodes = fleet_view(group, prices, self.inflight())
+        ready = (
+            model.onprem_replicas
+            + sum(1 for n in nodes if n.ready and not n.draining) * model.replicas_per_node
+        )
+        signals = reading.signals(t, self.replica_rps, ready)
+        self.window.append(signals)
+        decision = self.policy.decide(t, list(self.window), nodes, prices)
+        self._observe(signals, nodes, prices, decision)
+        live = [n for n in nodes if not n.draining]
+        target = len(live) + len(decision.launch) - len(decision.drain)
+        action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"
+        self.metrics.decisions.labels(action=action).inc()
+        log.info(
+            "decision %s: %d -> %d burst nodes (policy wants %d): %s",
+            action,
+            len(live),
+            target,
+            decision.desired,
+            decision.reason,
+        )
+        try:
+            self._carry_out(decision, target)
+        except ActuationError as exc:
+            self.metrics.errors.inc()
+            log.error("actuation failed, fleet unchanged: %s", exc)
+        return decision
+
+    def _carry_out(self, decision: Decision, target: int) -> None:
+        for instance_id in decision.drain:
+            if self.drainer is not None:
+                node = self.drainer.node_for_instance(instance_id)
+                if node is not None:
+                    report = self.drainer.drain(node, deadline=self.drainer.clock() + 120)
+                    log.info("drained %s (%s): %d pods evicted", node, instance_id, len(report.evicted))
+            self.asg.retire(instance_id)
+        if decision.acts:
+            applied = self.pulumi.set_burst_nodes(target)
+            log.info("stack %s: burstNodes=%d (%s)", applied.stack, applied.burst_nodes, applied.summary)
+
+    def _interruptions(self) -> None:
+        if self.warnings is None or self.drainer is None:
+            return
+        for warning in self.warnings.receive():
+            handled = handle(warning, self.drainer, self.asg)
+            self.metrics.interruptions.labels(kind=warning.kind).inc()
+            log.warning(
+                "spot %s for %s (node %s): %s; drain %s",
+                warning.kind,
+                warning.instance_id,
+                handled.node or "unknown",
+                handled.replacement,
+                "done in time" if handled.drain and handled.drain.finished_in_time else "not needed or late",
+            )
+            self.warnings.done(warning.receipt)
+
+    def _observe(
+        self, signals: Signals, nodes: list[Node], prices: dict[Pool, float], decision: Decision
+    ) -> None:
+        self.metrics.desired.set(decision.desired)
+        self.metrics.actual.set(sum(1 for n in nodes if n.ready))
+        self.metrics.spend.set(sum(prices.get(n.pool, 0.0) for n in nodes))
+        for name in ("load_replicas", "queue_wait_s", "pending", "gpu_util"):
+            self.metrics.signal.labels(name=name).set(float(getattr(signals, name)))

@@ -1,0 +1,201 @@
+"""The controller end to end: a real Triton's metrics under load, moto's AWS (ASG, Spot prices),
+and the Automation API on a fake `pulumi` (see test_burst_pulumi for what the fake answers).
+
+The fake CLI records the declared burstNodes; it does not resize the group (that is the SpotBurst
+component's job in a real up), so the group here keeps what moto started it with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from typer.testing import CliRunner
+
+from gpufleet.burst.actuate import AsgActuator, PulumiActuator
+from gpufleet.burst.controller import Controller, SpotPrices, TritonSource
+from gpufleet.burst.policy import CapacityModel, Gpufleet
+from gpufleet.burst.signal import TritonMetrics
+from gpufleet.cli import app
+from gpufleet.serving.tritonserver import free_port, tritonserver
+from tests.integration.test_burst_aws import GROUP, _aws, asg, moto_url  # noqa: F401  (fixtures)
+from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
+from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("triton")
+    with tritonserver(_repository(root / "repo"), root / "work") as server:
+        _infer(server.url)
+        yield server
+
+
+def _ups(pulumi_root: Path) -> list[str]:  # noqa: F811
+    path = pulumi_root.parent / "state" / "ups.jsonl"
+    return [json.loads(line)["nodes"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_controller_scales_out_under_load_and_in_when_quiet(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    capacity = CapacityModel(
+        onprem_replicas=0,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+        target_utilisation=0.25,
+    )
+    controller = Controller(
+        policy=Gpufleet(capacity, average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
+        source=TritonSource(TritonMetrics(triton.metrics_url, "sleepy")),
+        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge", "p5e.48xlarge"]),
+        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+        ),
+        replica_rps=1 / SERVICE_S,
+    )
+    assert controller.step(time.monotonic()) is None  # the first scrape only sets the baseline
+
+    stop = threading.Event()
+
+    def load() -> None:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            while not stop.is_set():
+                list(pool.map(lambda _: _infer(triton.url), range(16)))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(2.0)
+        busy = controller.step(time.monotonic())
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert busy is not None
+    # Eight clients keep the one instance busy (about one replica of load); at 25% per replica
+    # that needs four nodes, and the group has two: two launches, declared on the stack.
+    assert len(busy.launch) == 2, busy.reason
+    assert _ups(pulumi_root) == ["4"]
+    text = generate_latest(controller.registry).decode()
+    assert 'gpufleet_burst_decisions_total{action="scale_up"} 1.0' in text
+    assert "gpufleet_burst_desired_nodes 4.0" in text
+    load_line = next(
+        line for line in text.splitlines() if line.startswith('gpufleet_burst_signal{name="load_replicas"}')
+    )
+    assert 0.5 < float(load_line.split()[-1]) < 1.2
+
+    time.sleep(1.5)
+    controller.step(time.monotonic())  # an idle interval enters the quiet window
+    time.sleep(1.5)
+    quiet = controller.step(time.monotonic())
+    assert quiet is not None and len(quiet.drain) == 2, quiet.reason
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 0, "the chosen instances were retired from the group"
+    assert _ups(pulumi_root)[-1] == "0"
+    text = generate_latest(controller.registry).decode()
+    assert 'gpufleet_burst_decisions_total{action="scale_in"} 1.0' in text
+
+
+def test_burst_run_command_serves_metrics_and_logs_each_decision(
+    caplog: pytest.LogCaptureFixture,
+    triton: Any,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    caplog.set_level(logging.INFO, logger="gpufleet.burst")
+    port = free_port()
+    scraped: list[str] = []
+
+    def scrape() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not scraped:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    scraped.append(resp.read().decode())
+            except OSError:
+                time.sleep(0.1)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    result = CliRunner().invoke(
+        app,
+        [
+            "burst",
+            "run",
+            STACK,
+            "--triton-metrics",
+            triton.metrics_url,
+            "--model",
+            "sleepy",
+            "--aws-endpoint",
+            moto_url,
+            "--asg",
+            GROUP,
+            "--metrics-port",
+            str(port),
+            "--iterations",
+            "2",
+            "--interval",
+            "1",
+            "--pulumi-root",
+            str(pulumi_root),
+            "--work-dir",
+            str(project),
+        ],
+        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "COLUMNS": "200"},
+    )
+    scraper.join(timeout=40)
+    assert result.exit_code == 0, result.output
+    # The site model is dc1: the trace-free idle Triton is far below its 4 on-prem replicas.
+    assert "decision hold: 2 -> 2 burst nodes" in caplog.text
+    assert scraped and "gpufleet_burst_cap_usd_per_hour 400.0" in scraped[0]
+
+
+def test_a_failing_signal_holds_the_fleet(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    capacity = CapacityModel(
+        onprem_replicas=1,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+    )
+    controller = Controller(
+        policy=Gpufleet(capacity),
+        source=TritonSource(TritonMetrics(triton.metrics_url, "not-served")),
+        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
+        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+        ),
+        replica_rps=50.0,
+    )
+    assert controller.step(time.monotonic()) is None
+    assert "gpufleet_burst_signal_errors_total 1.0" in generate_latest(controller.registry).decode()
+    assert _ups(pulumi_root) == []
