@@ -183,7 +183,13 @@ def run(
     from rich.logging import RichHandler
 
     from gpufleet.burst.actuate import AsgActuator, PulumiActuator
-    from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices, TritonSource
+    from gpufleet.burst.controller import (
+        Controller,
+        PrometheusSource,
+        SpotPrices,
+        TritonSource,
+        group_max_price,
+    )
     from gpufleet.burst.interrupt import Drainer, WarningQueue
     from gpufleet.burst.policy import CapacityModel, Gpufleet
     from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
@@ -209,6 +215,19 @@ def run(
         except ValueError as exc:
             raise InputError(source_file, [Problem(("config", "gpufleet:site"), str(exc))]) from None
     logging.basicConfig(level=logging.INFO, handlers=[RichHandler(show_path=False)], format="%(message)s")
+    aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
+    autoscaling = boto3.client("autoscaling", **aws)
+    asg = AsgActuator(group or f"{stack}-spot", plan.burst.max_nodes, autoscaling)
+    types = sorted(serving.replicas_per_node)
+    # Every node reserves the most AWS may bill it against the cap: the group's Spot max price.
+    described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg.group])[
+        "AutoScalingGroups"
+    ]
+    if not described:
+        with bad_input():
+            raise InputError(
+                "--asg", [Problem((), f"no Auto Scaling group {asg.group!r} in {plan.burst.region}")]
+            )
     capacity = CapacityModel(
         onprem_replicas=plan.serving.replicas,
         replicas_per_node=min(serving.replicas_per_node.values()),
@@ -216,8 +235,8 @@ def run(
         max_hourly_usd=plan.burst.max_hourly_usd,
         boot_to_serve_s=plan.burst.boot_to_serve_s,
         slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
+        fleet_max_price=group_max_price(described[0], types),
     )
-    aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
     source: TritonSource | PrometheusSource = (
         TritonSource(TritonMetrics(triton_metrics, model or plan.serving.model))
         if triton_metrics
@@ -234,8 +253,8 @@ def run(
     controller = Controller(
         policy=Gpufleet(capacity),
         source=source,
-        prices=SpotPrices(boto3.client("ec2", **aws), sorted(serving.replicas_per_node)),
-        asg=AsgActuator(group or f"{stack}-spot", plan.burst.max_nodes, boto3.client("autoscaling", **aws)),
+        prices=SpotPrices(boto3.client("ec2", **aws), types),
+        asg=asg,
         pulumi=PulumiActuator(stack=stack, work_dir=work_dir, pulumi_root=pulumi_root),
         replica_rps=replica_rps,
         drainer=drainer,

@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
 from gpufleet.burst.interrupt import Drainer, WarningQueue, handle
-from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals, max_price_for
+from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals
 from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
+from gpufleet.model.catalog import AWS_GPU_INSTANCES
 
 log = logging.getLogger("gpufleet.burst")
 
@@ -73,16 +74,25 @@ class SpotPrices:
         return {pool: price for pool, (_, price) in latest.items()}
 
 
-def fleet_view(group: dict[str, Any], prices: dict[Pool, float], inflight: dict[str, int]) -> list[Node]:
-    """The burst group's instances as the policy sees them. Their max price is what the policy
-    would have reserved for them at today's price: the cap budget counts it."""
+def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
+    """The most AWS will bill one of the group's Spot nodes per hour: the group's SpotMaxPrice,
+    or, when it sets none, AWS's default, the on-demand price (of the dearest offered type)."""
+    distribution = group.get("MixedInstancesPolicy", {}).get("InstancesDistribution", {})
+    if distribution.get("SpotMaxPrice"):
+        return float(distribution["SpotMaxPrice"])
+    return max(AWS_GPU_INSTANCES[t].on_demand_usd_hour for t in instance_types)
+
+
+def fleet_view(
+    group: dict[str, Any], prices: dict[Pool, float], inflight: dict[str, int], max_price: float
+) -> list[Node]:
+    """The burst group's instances as the policy sees them; each reserves `max_price` of the cap."""
     nodes = []
     for instance in group.get("Instances", []):
         state = instance.get("LifecycleState", "")
         if state == "Terminated":
             continue
         pool = Pool(instance.get("InstanceType", ""), instance["AvailabilityZone"])
-        price = prices.get(pool, 0.0)
         nodes.append(
             Node(
                 id=instance["InstanceId"],
@@ -91,7 +101,7 @@ def fleet_view(group: dict[str, Any], prices: dict[Pool, float], inflight: dict[
                 draining=state.startswith("Terminating") or state == "Standby",
                 launched_at=0.0,
                 inflight=inflight.get(instance["InstanceId"], 0),
-                max_price=max_price_for(pool, price) if pool.instance_type and price else price,
+                max_price=max_price,
             )
         )
     return nodes
@@ -159,7 +169,10 @@ class Controller:
         group = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
             "AutoScalingGroups"
         ][0]
-        nodes = fleet_view(group, prices, self.inflight())
+        reserve = model.fleet_max_price
+        if reserve is None:
+            reserve = group_max_price(group, self.prices.instance_types)
+        nodes = fleet_view(group, prices, self.inflight(), reserve)
         ready = (
             model.onprem_replicas
             + sum(1 for n in nodes if n.ready and not n.draining) * model.replicas_per_node

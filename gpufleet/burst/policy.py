@@ -74,6 +74,9 @@ class CapacityModel:
     max_hourly_usd: float
     boot_to_serve_s: float
     slo_queue_wait_s: float
+    # One Spot max price for all burst nodes when the group sets it (SpotMaxPrice); None: each
+    # node's own, its launch price plus headroom.
+    fleet_max_price: float | None = None
     # Continuous batching keeps queue wait near zero until a replica saturates, then it explodes:
     # plan for this much of each replica's throughput.
     target_utilisation: float = 0.85
@@ -126,14 +129,24 @@ def place(
     prices: Mapping[Pool, float],
     cap_usd: float | None,
     avoid: frozenset[Pool] = frozenset(),
+    fleet_max_price: float | None = None,
 ) -> tuple[tuple[Launch, ...], str]:
     """Pools for `count` new nodes: cheapest first, spread over pools within DIVERSIFY_BAND.
 
     With a cap, each launch reserves its max price and stops when the next would cross the cap,
     so the fleet's bill stays under it whatever prices do later. Without (the baselines), every
     node goes to the cheapest pool at the default max price, on-demand.
+
+    `fleet_max_price`: one Spot max price for every node (an Auto Scaling group's SpotMaxPrice);
+    each node then reserves it, and pools priced above it are not offered.
     """
     offered = {p: price for p, price in prices.items() if p not in avoid} or dict(prices)
+    if fleet_max_price is not None:
+        offered = {p: price for p, price in offered.items() if price <= fleet_max_price}
+
+    def reserve(pool: Pool) -> float:
+        return fleet_max_price if fleet_max_price is not None else max_price_for(pool, offered[pool])
+
     if count <= 0 or not offered:
         return (), ""
     if cap_usd is None:
@@ -146,13 +159,13 @@ def place(
     floor = min(offered.values())
     band = [p for p in offered if offered[p] <= floor * DIVERSIFY_BAND]
     for _ in range(count):
-        fitting = [p for p in band if max_price_for(p, offered[p]) <= budget + 1e-9]
+        fitting = [p for p in band if reserve(p) <= budget + 1e-9]
         if not fitting:
-            fitting = [p for p in offered if max_price_for(p, offered[p]) <= budget + 1e-9]
+            fitting = [p for p in offered if reserve(p) <= budget + 1e-9]
         if not fitting:
             return tuple(launches), f"the ${cap_usd:g}/h cap leaves ${max(budget, 0):.2f}/h"
         pool = min(fitting, key=lambda p: (spread[p], offered[p], p))
-        launch = Launch(pool, max_price_for(pool, offered[pool]))
+        launch = Launch(pool, reserve(pool))
         launches.append(launch)
         spread[pool] += 1
         budget -= launch.max_price
@@ -229,7 +242,9 @@ class _Base:
         live = _live(nodes)
         if desired > live:
             cap = self.model.max_hourly_usd if self.cap_aware else None
-            launch, capped = place(desired - live, nodes, prices, cap)
+            launch, capped = place(
+                desired - live, nodes, prices, cap, fleet_max_price=self.model.fleet_max_price
+            )
             return Decision(desired, f"{reason}; {capped}" if capped else reason, launch=launch)
         if desired < live:
             return Decision(desired, reason, drain=self._victims(nodes, live - desired))
@@ -426,7 +441,14 @@ class Gpufleet(_Base):
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         # Launch the replacement before the node goes, in another pool: its pool is being reclaimed.
-        launch, capped = place(1, nodes, prices, self.model.max_hourly_usd, avoid=frozenset({node.pool}))
+        launch, capped = place(
+            1,
+            nodes,
+            prices,
+            self.model.max_hourly_usd,
+            avoid=frozenset({node.pool}),
+            fleet_max_price=self.model.fleet_max_price,
+        )
         reason = (
             f"interruption warning for {node.id}: drain, replace in {launch[0].pool}"
             if launch
@@ -474,7 +496,14 @@ class Oracle(_Base):
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        launch, _ = place(1, nodes, prices, self.model.max_hourly_usd, avoid=frozenset({node.pool}))
+        launch, _ = place(
+            1,
+            nodes,
+            prices,
+            self.model.max_hourly_usd,
+            avoid=frozenset({node.pool}),
+            fleet_max_price=self.model.fleet_max_price,
+        )
         return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:

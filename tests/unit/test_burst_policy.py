@@ -84,6 +84,17 @@ def test_place_stops_at_the_cap_and_says_so() -> None:
     assert "cap" in capped
 
 
+def test_a_fleet_wide_max_price_is_what_each_node_reserves() -> None:
+    # dc1's shape: a $400/h cap over 8 nodes allows $50/h each; pools above that are not offered.
+    prices = {**PRICES, POOLS[0]: 55.0}
+    launches, capped = place(8, [], prices, cap_usd=400.0, fleet_max_price=50.0)
+    assert len(launches) == 8 and capped == ""
+    assert all(launch.max_price == 50.0 for launch in launches)
+    assert POOLS[0] not in {launch.pool for launch in launches}
+    launches, capped = place(9, [node(1, max_price=50.0)], prices, cap_usd=400.0, fleet_max_price=50.0)
+    assert len(launches) == 7 and "cap" in capped
+
+
 def test_baselines_ignore_the_cap_and_take_the_cheapest_pool() -> None:
     launches, _ = place(3, [], PRICES, cap_usd=None)
     assert {launch.pool for launch in launches} == {POOLS[0]}
@@ -220,3 +231,16 @@ def test_oracle_launches_one_boot_time_ahead_and_no_earlier() -> None:
     assert oracle.decide(1800.0 - 900 - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
     assert oracle.decide(1800.0 - 900, [sig(0.0, 0.0)], [], PRICES).desired == 4
     assert oracle.decide(2400.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
+
+
+def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:
+    from gpufleet.burst.controller import group_max_price
+
+    with_max = {"MixedInstancesPolicy": {"InstancesDistribution": {"SpotMaxPrice": "50"}}}
+    assert group_max_price(with_max, ["p5e.48xlarge"]) == 50.0
+    without = {
+        "MixedInstancesPolicy": {
+            "InstancesDistribution": {"SpotAllocationStrategy": "price-capacity-optimized"}
+        }
+    }
+    assert group_max_price(without, ["p5e.48xlarge", "p5en.48xlarge"]) == 84.80
