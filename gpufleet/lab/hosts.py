@@ -7,6 +7,7 @@ Everything `up` creates is recorded under the lab's state folder or named after 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -17,7 +18,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ MIRROR_MOUNT = "/srv/gpufleet-mirror"
 OSD_FILE_BYTES = 8 << 30  # sparse: BlueStore needs room to allocate, the disk only what is written
 BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+LOCK_TIMEOUT_S = 300.0
 REQUIRED_TOOLS = {
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
@@ -124,9 +127,31 @@ def _port_open(address: str, port: int = 22) -> bool:
         return False
 
 
+@contextmanager
+def exclusive(lock: Path, what: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold `lock` (flock) while building or removing the one lab of this machine; wait, bounded."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"another lab {what} holds {lock} for over {timeout_s:.0f}s") from None
+                time.sleep(0.5)
+        yield
+
+
 def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
     require_root()
     require_tools()
+    with exclusive(paths.lock, "up or down"):
+        return _up(inv, paths, report)
+
+
+def _up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
     if any(_supervisor_pid(paths, n.hostname) for n in inv.nodes):
         raise LabError(f"the lab is already up (state in {paths.state}); `gpufleet lab down` first")
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -342,6 +367,11 @@ def _stop_host(paths: LabPaths, hostname: str) -> None:
 
 def down(inv: Inventory, paths: LabPaths, report: Report) -> None:
     require_root()
+    with exclusive(paths.lock, "up or down"):
+        _down(inv, paths, report)
+
+
+def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
     for node in inv.nodes:
         _stop_host(paths, node.hostname)
         ns, veth = netns(node.hostname), _veth(node.hostname)

@@ -14,12 +14,15 @@ class LabPaths:
     # Debian's ssh_config includes ssh_config.d/*.conf: every OpenSSH user (Ansible, testinfra, a
     # person) reaches the lab hosts with their key and known hosts, with nothing to configure.
     system_ssh_config: Path
+    # One lab per machine: `up` and `down` hold this lock, so two of them never interleave.
+    lock: Path
 
     @classmethod
     def default(cls) -> LabPaths:
         return cls(
             state=Path(os.environ.get("GPUFLEET_LAB_STATE", "/var/lib/gpufleet/lab")),
             cache=Path(os.environ.get("GPUFLEET_LAB_CACHE", "/var/cache/gpufleet/lab")),
+            lock=Path(os.environ.get("GPUFLEET_LAB_LOCK", "/run/gpufleet-lab.lock")),
             system_ssh_config=Path(
                 os.environ.get("GPUFLEET_LAB_SSH_CONFIG", "/etc/ssh/ssh_config.d/gpufleet-lab.conf")
             ),

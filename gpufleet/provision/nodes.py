@@ -129,7 +129,13 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
                 continue
             r.ops += 1
             meta = op.operation_meta
-            changed = meta.did_change() if meta.is_complete() else (dry_run and meta._maybe_is_change)
+            # A dry run counts what would change by itself; operations conditional on another's change
+            # (apt update after a new source, a restart after a new config) follow from those.
+            changed = (
+                meta.did_change()
+                if meta.is_complete()
+                else (dry_run and bool(meta._maybe_is_change) and not op.global_arguments.get("_if"))
+            )
             if changed:
                 r.changed.append(_op_name(state, op_hash))
     return [results[h] for h in selected]
