@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Any
 
-from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+from pulumi_policy import (
+    EnforcementLevel,
+    Policy,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
 
 from gpufleet.plan.aws import ADMIN_PORTS
 
@@ -356,7 +362,7 @@ def _validate(rule: Rule) -> Callable[[ResourceValidationArgs, ReportViolation],
     return validate
 
 
-def resource_policies() -> list[ResourceValidationPolicy]:
+def resource_policies() -> list[Policy]:
     return [
         ResourceValidationPolicy(
             name=r.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def load_stack(name: str) -> Stack:
     return stack_from_config(name, stack_file.gpufleet(), source)
 
 
-def stack_from_config(name: str, gpufleet_config: dict[str, object], source: str) -> Stack:
+def stack_from_config(name: str, gpufleet_config: Mapping[str, object], source: str) -> Stack:
     """`gpufleet:*` config as the stack file or the Pulumi engine gives it; `source` names it in errors."""
     config = validate(GpufleetConfig, gpufleet_config, source, prefix=("config",))
     problems = []

@@ -227,8 +227,11 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
     return charts
 
 
-def termination_handler_chart(region: str, queue_url: str) -> Chart:
-    """aws-node-termination-handler in queue mode, on the burst nodes only."""
+def termination_handler_chart(region: str, queue_url: Any) -> Chart:
+    """aws-node-termination-handler in queue mode, on the burst nodes only.
+
+    `queue_url` is known once the queue exists: in the program, the queue's URL output.
+    """
     return Chart(
         name="aws-node-termination-handler",
         namespace="kube-system",
