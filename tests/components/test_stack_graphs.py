@@ -516,3 +516,14 @@ def test_bad_stack_config_stops_the_program_with_one_line(change: dict[str, str]
         evaluate("burst-prod", config=config)
     message = str(failure.value)
     assert message.startswith(line) and "\n" not in message
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_cloud_and_cluster_resources_use_the_explicit_providers(name: str, graphs: dict[str, Graph]) -> None:
+    """A default provider would act on whatever kubeconfig or AWS region the operator's shell has."""
+    graph = graphs[name]
+    explicit = {r.urn for r in graph.resources if r.type.startswith("pulumi:providers:")}
+    managed = [r for r in graph.resources if r.custom and r.type.split(":")[0] in ("aws", "kubernetes")]
+    assert managed and explicit
+    for r in managed:
+        assert r.provider.rsplit("::", 1)[0] in explicit, (r.urn, r.provider)
