@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.provisioning import CEPH_CLIENT
 from gpufleet.plan.k8s import (
     CEPH_CSI_NAMESPACE,
     MONITORING_NAMESPACE,
@@ -17,7 +18,6 @@ from gpufleet.plan.k8s import (
     Chart,
 )
 
-CEPH_CLIENT = "kubernetes"
 CSI_SECRET = "csi-rbd-secret"
 
 

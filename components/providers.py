@@ -120,7 +120,7 @@ class ClusterProvider(ResourceProvider):
         )
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
-        facts = provisioning.run_cluster_playbook(props["site"], self.playbook)
+        facts = provisioning.converge_cluster(props["site"], self.playbook)
         missing = [k for k in self.outputs if k not in facts]
         if missing:
             raise RuntimeError(f"playbook {self.playbook} exported no {', '.join(missing)}")

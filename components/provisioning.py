@@ -48,10 +48,39 @@ def pending_changes(site: str, hostname: str) -> list[str]:
     return result.changed
 
 
-def run_cluster_playbook(
-    site: str, playbook: str, playbooks: Path = REPO_ROOT / "playbooks"
-) -> dict[str, Any]:
-    """Run `playbooks/<playbook>.yml` through ansible-runner; returns what it exported with `set_stats`."""
+OUTPUT_PLAYBOOKS = Path(__file__).with_name("playbooks")
+CEPH_CLIENT = "kubernetes"  # the ceph role's ceph_client_name: the key the CSI driver uses
+
+
+def converge_cluster(site: str, component: str) -> dict[str, Any]:
+    """Run `playbooks/<component>.yml` (gpufleet.provision.cluster, plan as extra vars); return its outputs."""
+    from gpufleet.inventory.load import load_inventory
+    from gpufleet.provision.cluster import ceph_fsid, out_dir, run_playbook
+
+    inv = load_inventory(site)
+    result = run_playbook(inv, f"{component}.yml", _quiet)
+    if not result.ok:
+        raise RuntimeError(f"playbook {component}.yml on {site}: {'; '.join(result.failures[:5])}")
+    if component == "ceph":
+        # The role writes the client keyring on this controller; the fsid is derived from the site.
+        return {
+            "fsid": ceph_fsid(site),
+            "client_key": keyring_key(out_dir(site) / f"ceph.client.{CEPH_CLIENT}.keyring"),
+        }
+    return run_cluster_playbook(site, f"{component}_outputs", OUTPUT_PLAYBOOKS)
+
+
+def keyring_key(path: Path) -> str:
+    """The `key = ...` of a Ceph keyring file."""
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "key":
+            return value.strip()
+    raise RuntimeError(f"{path}: no key")
+
+
+def run_cluster_playbook(site: str, playbook: str, playbooks: Path) -> dict[str, Any]:
+    """Run `<playbooks>/<playbook>.yml` through ansible-runner; returns what it exported with `set_stats`."""
     import ansible_runner
 
     from gpufleet.provision.connection import ansible_ssh_env

@@ -13,7 +13,7 @@ import pytest
 
 from components.onprem import NodeSpec, node_inputs
 from components.providers import ClusterProvider, NodeProvider
-from components.provisioning import run_cluster_playbook
+from components.provisioning import OUTPUT_PLAYBOOKS, keyring_key, run_cluster_playbook
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan.node import plan_node
 from gpufleet.preview.program import Graph, reveal
@@ -125,3 +125,24 @@ def test_serializing_providers_leaves_the_pickler_unwrapped(graphs: dict[str, Gr
 
     assert graphs["dc1-prod"].by_type("pulumi-python:dynamic/gpufleet:Node")
     assert pickle._Pickler._batch_setitems is providers._BATCH_SETITEMS  # type: ignore[attr-defined]
+
+
+def test_the_client_key_is_read_from_the_keyring_the_role_writes(tmp_path: Path) -> None:
+    keyring = tmp_path / "ceph.client.kubernetes.keyring"
+    keyring.write_text("[client.kubernetes]\n\tkey = AQBsb2NhbGtleWZvcnRlc3Rpbmc9PQ==\n")
+    assert keyring_key(keyring) == "AQBsb2NhbGtleWZvcnRlc3Rpbmc9PQ=="
+    keyring.write_text("[client.kubernetes]\n")
+    with pytest.raises(RuntimeError, match="no key"):
+        keyring_key(keyring)
+
+
+def test_the_outputs_playbook_passes_ansible_lint_production() -> None:
+    import subprocess
+    import sys
+
+    playbook = OUTPUT_PLAYBOOKS / "kubernetes_outputs.yml"
+    check = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-lint"), "--profile", "production", str(playbook)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
