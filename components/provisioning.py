@@ -23,7 +23,7 @@ def converge_node(site: str, hostname: str) -> list[str]:
     """Run the node's pyinfra deploy, then the admission gate; returns the operations that changed."""
     from gpufleet.inventory.load import load_inventory
     from gpufleet.provision.nodes import provision
-    from gpufleet.verify.runner import verify_site
+    from gpufleet.verify import verify_site
 
     result = provision(load_inventory(site), [hostname], dry_run=False, on_event=_quiet)[0]
     if not result.ok:
