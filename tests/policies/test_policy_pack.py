@@ -1,7 +1,7 @@
 """Every policy over the recorded graph of every stack (must pass) and over broken resources (must fail).
 
-Resources reach the policies as the analyzer hands them: secrets opened, wrapped in
-pulumi_policy's unknown-checking proxy, through each ResourceValidationPolicy's own validate.
+Resources reach the policies through the pack's own gRPC analyzer (`Analyze`), in the engine's
+wire form (secrets and references signed), exactly as `pulumi preview --policy-pack` sends them.
 """
 
 from __future__ import annotations
@@ -11,35 +11,59 @@ import copy
 from typing import Any
 
 import pytest
-from pulumi_policy import (
-    PolicyCustomTimeouts,
-    PolicyResourceOptions,
-    ResourceValidationArgs,
-    ResourceValidationPolicy,
-)
-from pulumi_policy.proxy import unknown_checking_proxy
+from google.protobuf import json_format, struct_pb2
+from pulumi.runtime import proto
+from pulumi_policy import EnforcementLevel
+from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 from gpufleet.inventory.stacks import stack_names
-from gpufleet.preview.program import Graph, Registration, reveal
+from gpufleet.preview.program import (
+    RESOURCE_SIG,
+    SECRET_SIG,
+    SIG_KEY,
+    Graph,
+    Registration,
+    ResourceRef,
+    Secret,
+    reveal,
+)
 from policies.rules import RULES, resource_policies
 
 POLICIES = {p.name: p for p in resource_policies()}
 
 
-def run_policy(
-    policy: ResourceValidationPolicy, type_: str, props: dict[str, Any], urn: str = "urn:x"
-) -> list[str]:
-    reported: list[str] = []
-    opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
-    args = ResourceValidationArgs(type_, unknown_checking_proxy(props), urn, "x", opts, None)
-    policy.validate(args, lambda message, _urn=None: reported.append(message))
-    return reported
+def wire(value: Any) -> Any:
+    """Back to the engine's wire form: secrets and references carry their signatures again."""
+    if isinstance(value, Secret):
+        return {SIG_KEY: SECRET_SIG, "value": wire(value.value)}
+    if isinstance(value, ResourceRef):
+        return {SIG_KEY: RESOURCE_SIG, "urn": value.urn}
+    if isinstance(value, dict):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [wire(v) for v in value]
+    return value
+
+
+ANALYZER = _PolicyAnalyzerServicer("gpufleet", "0.1.0", resource_policies(), EnforcementLevel.MANDATORY)
+
+
+def analyze(
+    type_: str, props: dict[str, Any], urn: str = "urn:pulumi:s::gpufleet::t::x"
+) -> dict[str, list[str]]:
+    """The pack's gRPC Analyze, as the engine calls it for one resource: {policy: [messages]}."""
+    request = proto.AnalyzeRequest(
+        type=type_, properties=json_format.ParseDict(wire(props), struct_pb2.Struct()), urn=urn, name="x"
+    )
+    response = ANALYZER.Analyze(request, None)
+    found: dict[str, list[str]] = {}
+    for d in response.diagnostics:
+        found.setdefault(d.policyName, []).append(d.message)
+    return found
 
 
 def all_violations(r: Registration) -> dict[str, list[str]]:
-    props = reveal(r.inputs)
-    found = {name: run_policy(p, r.type, props, r.urn) for name, p in POLICIES.items()}
-    return {k: v for k, v in found.items() if v}
+    return analyze(r.type, r.inputs, r.urn)
 
 
 def test_the_pack_has_every_rule_the_issue_names() -> None:
@@ -194,12 +218,9 @@ def test_a_broken_resource_fails_its_policy_and_only_that_one(
                 next(r for r in recorded[stack].by_type(type_) if r.inputs["type"] == "SecureString").inputs
             )
         )
-    assert all(not run_policy(p, type_, props) for p in POLICIES.values()), (
-        "the recorded resource passes first"
-    )
+    assert analyze(type_, props) == {}, "the recorded resource passes first"
     broken = _set(props, path, value)
-    failed = {name for name, p in POLICIES.items() if run_policy(p, type_, broken)}
-    assert failed == {policy}
+    assert set(analyze(type_, broken)) == {policy}
 
 
 def test_every_policy_has_a_broken_case() -> None:
