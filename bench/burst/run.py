@@ -105,6 +105,11 @@ def main() -> None:
         f"900 s boot-to-serve; interruptions {INTERRUPTIONS_PER_NODE_HOUR}/node-hour with the 2-minute notice).",
         "Cost and GPU-hours are the Spot burst's; on-prem is the same for all. SLO: p99 queue wait <= 2 s per minute.",
         "",
+        "How to read it: *announced* scenarios give gpufleet's policy the surge's window and factor ahead (a",
+        "promotion on the calendar), never its minute-by-minute load; the oracle knows every minute's load.",
+        "In *unannounced* ones, capacity ordered at the first sign of the surge serves 900 s later, most of a",
+        "20-minute surge: the reactive policies can only shorten the tail, and the table shows by how much.",
+        "",
     ]
     targets = [
         "## Targets, per seed",

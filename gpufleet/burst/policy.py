@@ -389,8 +389,9 @@ class Gpufleet(_Base):
     average_s: float = 60.0
     quiet_s: float = 300.0
     cooldown_s: float = 120.0
-    # Scale-in plans for a lower utilisation than scale-up: the gap is the hysteresis band.
-    hysteresis: float = 0.1
+    # Scale-in plans for a utilisation this much lower (relative) than scale-up: the hysteresis
+    # band that keeps a load near a threshold from flapping a node in and out.
+    hysteresis: float = 0.2
     # The last five minutes' mean load over the five before: from `rise_from` on, load is taken to
     # be still climbing and the held peak is raised by the ratio, at most `rise_max` times.
     rise_s: float = 300.0
@@ -422,7 +423,7 @@ class Gpufleet(_Base):
         why = f"load {load:.2f} replicas, peak {held:.2f}, rise x{rise:.2f}{peak_note}"
         if up > live:
             return self._to(up, f"{why} -> {up} nodes", nodes, prices)
-        down = m.nodes_for(max(held, floor), m.target_utilisation - self.hysteresis)
+        down = m.nodes_for(max(held, floor), m.target_utilisation * (1 - self.hysteresis))
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = window[-1].queue_wait_s > m.slo_queue_wait_s / 2
         if down < live and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
@@ -464,7 +465,7 @@ class Gpufleet(_Base):
         follows the load until the peak starts, then stays: by then the load includes the peak."""
         lead = self.model.boot_to_serve_s + 2 * self.tick_s
         for peak in self.peaks:
-            if peak.start_s - lead <= t < peak.end_s:
+            if peak.start_s - lead <= t < min(peak.end_s, peak.start_s + self.quiet_s):
                 if t < peak.start_s:
                     self._peak_level[peak] = max(self._peak_level.get(peak, 0.0), held * peak.factor)
                 level = self._peak_level.get(peak, held * peak.factor)
