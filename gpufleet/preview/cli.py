@@ -17,7 +17,10 @@ OutOpt = Annotated[
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(stack: StackArg, base: BaseOpt = None, out: OutOpt = Path("plan")) -> None:
-        """Structural plan of a stack under mocks (no cloud access), against the stack at --base."""
+        """Structural plan of a stack under mocks (no cloud access), against the stack at --base.
+
+        Exit 1 when the policy pack reports a violation.
+        """
         from gpufleet.cli import bad_input, err
         from gpufleet.preview.plan import structural_plan
 
@@ -31,3 +34,12 @@ def register(app: typer.Typer) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        for v in preview["policyViolations"]:
+            err.print(
+                f"policy {v['policy']}: {v['urn']}: {v['message']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        if preview["policyViolations"]:
+            raise typer.Exit(1)

@@ -30,7 +30,7 @@ import yaml
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import stack_names
 from gpufleet.model.errors import InputError, Problem
-from gpufleet.preview.program import evaluate_stack, graph_json
+from gpufleet.preview.program import Graph, evaluate_stack, graph_json, reveal
 
 HARNESS = Path(__file__).with_name("program.py")
 
@@ -63,7 +63,30 @@ def diff_graphs(base: dict[str, Any] | None, head: dict[str, Any]) -> list[Step]
     return steps
 
 
-def preview_json(stack: str, base_ref: str | None, steps: list[Step], head: dict[str, Any]) -> dict[str, Any]:
+def policy_violations(graph: Graph) -> list[dict[str, str]]:
+    """The policy pack's rules over the graph, as `pulumi preview --policy-pack policies` would run them.
+
+    Messages say where, never a value: they are safe in a pull-request comment.
+    """
+    from policies.rules import RULES, violations
+
+    out = []
+    for r in sorted(graph.resources, key=lambda r: r.urn):
+        props = reveal(r.inputs)
+        for rule in RULES:
+            out += [
+                {"policy": rule.name, "urn": r.urn, "message": m} for m in violations(rule, r.type, props)
+            ]
+    return out
+
+
+def preview_json(
+    stack: str,
+    base_ref: str | None,
+    steps: list[Step],
+    head: dict[str, Any],
+    violations: list[dict[str, str]],
+) -> dict[str, Any]:
     summary = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
     return {
         "kind": "structural-plan",
@@ -94,11 +117,14 @@ def preview_json(stack: str, base_ref: str | None, steps: list[Step], head: dict
             for s in steps
         ],
         "changeSummary": summary,
+        "policyViolations": violations,
         "outputs": head["outputs"],
     }
 
 
-def summary_md(stack: str, base_ref: str | None, steps: list[Step], limit: int = 150) -> str:
+def summary_md(
+    stack: str, base_ref: str | None, steps: list[Step], violations: list[dict[str, str]], limit: int = 150
+) -> str:
     counts = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
     against = f"`{base_ref}`" if base_ref else "an empty stack"
     lines = [
@@ -131,6 +157,14 @@ def summary_md(stack: str, base_ref: str | None, steps: list[Step], limit: int =
             host = (s.new or s.old or {}).get("inputs", {}).get("hostname")
             lines.append(f"- `{host}`: {old or '—'} → {new or '—'}")
         lines.append("")
+    if violations:
+        lines += [f"**Policy pack: {len(violations)} violation(s)**", ""]
+        lines += [
+            f"- `{v['policy']}` {v['urn'].rsplit('::', 1)[-1]}: {v['message']}" for v in violations[:limit]
+        ]
+        lines.append("")
+    else:
+        lines += ["Policy pack: every policy passes.", ""]
     lines.append(
         "_Structural plan: what the program declares, evaluated offline under mocks. Provider-computed "
         "values and live drift appear only in `pulumi preview`. Secret values are never shown or compared._"
@@ -230,12 +264,14 @@ def structural_plan(stack: str, base_ref: str | None, out: Path) -> dict[str, An
             "argument STACK", [Problem((), f"no stack {stack!r}; stacks: {', '.join(stack_names())}")]
         )
     base = base_graph(stack, base_ref) if base_ref else None
-    head = graph_json(evaluate_stack(stack))
+    graph = evaluate_stack(stack)
+    head = graph_json(graph)
+    violations = policy_violations(graph)
     steps = diff_graphs(base, head)
     out.mkdir(parents=True, exist_ok=True)
-    preview = preview_json(stack, base_ref, steps, head)
+    preview = preview_json(stack, base_ref, steps, head, violations)
     (out / "preview.json").write_text(json.dumps(preview, indent=2, sort_keys=True) + "\n")
-    (out / "summary.md").write_text(summary_md(stack, base_ref, steps))
+    (out / "summary.md").write_text(summary_md(stack, base_ref, steps, violations))
     write_manifests(head, out / "manifests")
     write_nodes(head, out / "nodes")
     return preview

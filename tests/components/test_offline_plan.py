@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from gpufleet.cli import app
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import load_stack
-from gpufleet.preview.plan import diff_graphs
+from gpufleet.preview.plan import diff_graphs, policy_violations
 from gpufleet.preview.program import Graph, reveal
 
 runner = CliRunner()
@@ -58,6 +59,7 @@ def test_against_a_ref_without_the_program_everything_is_created(
     assert gpu01["digest"] == graph.outputs["nodeDigests"]["gpu01"]
     summary = (out / "summary.md").read_text()
     assert f"| {len(graph.resources)} | 0 | 0 | 0 |" in summary and "structural plan" in summary.lower()
+    assert preview["policyViolations"] == [] and "Policy pack: every policy passes." in summary
     # Secrets: neither the kubeconfig nor the join token anywhere in what was written.
     written = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
     for secret in (reveal(graph.outputs["kubeconfig"]), reveal(graph.outputs["joinToken"])):
@@ -128,3 +130,17 @@ def test_a_resource_gone_from_the_program_is_a_delete() -> None:
     r: dict[str, Any] = {"urn": "u1", "type": "t", "inputs": {"a": 1}}
     steps = diff_graphs({"resources": [r]}, {"resources": []})
     assert [(s.op, s.urn) for s in steps] == [("delete", "u1")]
+
+
+def test_policy_violations_are_reported_by_resource_and_rule(graphs: dict[str, Graph]) -> None:
+    graph = copy.deepcopy(graphs["burst-prod"])
+    template = next(r for r in graph.resources if r.type == "aws:ec2/launchTemplate:LaunchTemplate")
+    template.inputs["metadataOptions"]["httpTokens"] = "optional"
+    assert policy_violations(graphs["burst-prod"]) == []
+    assert policy_violations(graph) == [
+        {
+            "policy": "imdsv2-required",
+            "urn": template.urn,
+            "message": "instance metadata must require IMDSv2 tokens (metadataOptions.httpTokens = required)",
+        }
+    ]
