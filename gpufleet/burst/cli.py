@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from gpufleet.burst.policy import POLICY_NAMES, burst_serving
+from gpufleet.burst.policy import POLICY_NAMES, KnownPeak, burst_serving
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.sim.engine import Result
 from gpufleet.sim.scenario import build_scenario
-from gpufleet.sim.trace import Surge, apply_surges, default_surge, load_trace, parse_surge, repeat
+from gpufleet.sim.trace import (
+    Surge,
+    apply_surges,
+    default_surge,
+    load_trace,
+    parse_duration,
+    parse_surge,
+    repeat,
+)
 
 burst_app = typer.Typer(
     help="AWS Spot burst capacity: simulate policies, run the controller.", no_args_is_help=True
@@ -36,6 +45,24 @@ def _surges(values: list[str], default: Surge) -> list[Surge]:
         except ValueError as exc:
             raise InputError("--surge", [Problem((), str(exc))]) from None
     return surges
+
+
+def parse_peak(text: str) -> KnownPeak:
+    """`FACTOR@START+DURATION`, START an ISO-8601 time (UTC unless it says otherwise)."""
+    factor_text, at, window = text.partition("@")
+    start_text, plus, duration_text = window.rpartition("+")
+    try:
+        if not at or not plus:
+            raise ValueError("expected FACTOR@START+DURATION like 3@2026-11-27T18:00+20m")
+        factor = float(factor_text)
+        if not 0 < factor <= 100:
+            raise ValueError(f"FACTOR must be in (0, 100] (got {factor_text!r})")
+        when = datetime.fromisoformat(start_text)
+        start = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        duration = parse_duration(duration_text)
+    except ValueError as exc:
+        raise InputError("--peak", [Problem((), f"{exc} (got {text!r})")]) from None
+    return KnownPeak(start_s=start, end_s=start + duration, factor=factor)
 
 
 def _policies(value: str) -> list[str]:
@@ -173,6 +200,13 @@ def run(
     work_dir: Annotated[
         Path, typer.Option("--work-dir", help="the Pulumi project (Pulumi.yaml)")
     ] = REPO_ROOT,
+    peak: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peak",
+            help="an announced peak, FACTOR@START+DURATION, START in UTC: 3@2026-11-27T18:00+20m; repeatable",
+        ),
+    ] = None,
 ) -> None:
     """The burst controller: reads the load signal, decides, and declares burstNodes on the stack."""
     # Imported here: gpufleet.cli imports this module to register the sub-app.
@@ -198,6 +232,7 @@ def run(
     from gpufleet.plan.site import plan_site
 
     with bad_input():
+        known_peaks = tuple(parse_peak(text) for text in peak or [])
         loaded = load_stack(stack)
         source_file = display(stacks_dir() / f"Pulumi.{stack}.yaml")
         if loaded.config.layer != "burst":
@@ -251,7 +286,7 @@ def run(
         drainer = Drainer(k8s.CoreV1Api())
         warnings = WarningQueue(boto3.client("sqs", **aws), queue_url, wait_s=1)
     controller = Controller(
-        policy=Gpufleet(capacity),
+        policy=Gpufleet(capacity, peaks=known_peaks),
         source=source,
         prices=SpotPrices(boto3.client("ec2", **aws), types),
         asg=asg,
@@ -271,7 +306,8 @@ def run(
     step = 0
     while iterations == 0 or step < iterations:
         started = time.monotonic()
-        controller.step(started)
+        # Decisions run on wall-clock seconds: announced peaks are given as calendar times.
+        controller.step(time.time())
         step += 1
         if iterations == 0 or step < iterations:
             time.sleep(max(0.0, interval - (time.monotonic() - started)))

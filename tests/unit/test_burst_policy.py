@@ -244,3 +244,30 @@ def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:
         }
     }
     assert group_max_price(without, ["p5e.48xlarge", "p5en.48xlarge"]) == 84.80
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3@2026-11-27T18:00+20m", (1795802400.0, 1795803600.0, 3.0)),
+        ("1.5@2026-11-27T18:00:00+01:00+1h", (1795798800.0, 1795802400.0, 1.5)),
+    ],
+)
+def test_announced_peaks_on_the_command_line(text: str, expected: tuple[float, float, float]) -> None:
+    from gpufleet.burst.cli import parse_peak
+
+    peak = parse_peak(text)
+    assert (peak.start_s, peak.end_s, peak.factor) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["3@tomorrow+20m", "3@2026-11-27T18:00", "x@2026-11-27T18:00+1h", "0@2026-11-27T18:00+1h"]
+)
+def test_bad_announced_peak_exits_2_naming_the_option(text: str) -> None:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    result = CliRunner().invoke(app, ["burst", "run", "burst-prod", "--peak", text])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("--peak: ") and len(result.stderr.strip().splitlines()) == 1
