@@ -223,6 +223,7 @@ def run(
         SpotPrices,
         TritonSource,
         group_max_price,
+        inflight_by_instance,
     )
     from gpufleet.burst.interrupt import Drainer, WarningQueue
     from gpufleet.burst.policy import CapacityModel, Gpufleet
@@ -294,6 +295,11 @@ def run(
         replica_rps=replica_rps,
         drainer=drainer,
         warnings=warnings,
+        inflight=(
+            inflight_by_instance(source.query, drainer)
+            if drainer is not None and isinstance(source, PrometheusSource)
+            else dict
+        ),
     )
     start_http_server(metrics_port, addr=metrics_address, registry=controller.registry)
     logging.getLogger("gpufleet.burst").info(

@@ -74,6 +74,22 @@ class SpotPrices:
         return {pool: price for pool, (_, price) in latest.items()}
 
 
+def inflight_by_instance(query: PrometheusQuery, drainer: Drainer) -> Callable[[], dict[str, int]]:
+    """Requests in flight per burst instance, for the scale-in choice (fewest first)."""
+
+    def read() -> dict[str, int]:
+        try:
+            by_node = query.inflight_by_node()
+        except SignalError as exc:
+            # Without it every node counts as idle: scale-in then prefers booting and dearer nodes.
+            log.warning("in-flight requests per node unavailable: %s", exc)
+            return {}
+        instances = drainer.instances_by_node()
+        return {instances[node]: count for node, count in by_node.items() if node in instances}
+
+    return read
+
+
 def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
     """The most AWS will bill one of the group's Spot nodes per hour: the group's SpotMaxPrice,
     or, when it sets none, AWS's default, the on-demand price (of the dearest offered type)."""

@@ -95,6 +95,15 @@ class Drainer:
     clock: Callable[[], float] = time.time
     poll_s: float = 1.0
 
+    def instances_by_node(self) -> dict[str, str]:
+        """Kubernetes node name -> EC2 instance id, from each node's providerID."""
+        out = {}
+        for node in self.core.list_node().items:
+            provider = node.spec.provider_id or ""
+            if provider.startswith("aws://"):
+                out[str(node.metadata.name)] = provider.rsplit("/", 1)[-1]
+        return out
+
     def node_for_instance(self, instance_id: str) -> str | None:
         # EKS and kubeadm-on-EC2 nodes carry providerID aws:///<az>/<instance-id>.
         for node in self.core.list_node().items:

@@ -195,13 +195,28 @@ class PrometheusQuery:
             kv_cache_used=values["kv_cache_used"],
         )
 
+    def inflight_by_node(self, label: str = "node") -> dict[str, int]:
+        """Requests in flight per Kubernetes node (the `node` label that pod scraping adds):
+        TensorRT-LLM's active requests where present, else Triton's pending ones."""
+        sel = f'model="{self.model}"'
+        query = (
+            f'sum by ({label}) (nv_trt_llm_request_metrics{{{sel},request_type="active"}}) '
+            f"or sum by ({label}) (nv_inference_pending_request_count{{{sel}}})"
+        )
+        url = f"{self.base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        return {
+            series[label]: round(value)
+            for series, value in parse_vector(_get(url, self.timeout_s))
+            if label in series
+        }
+
     def _scalar(self, query: str) -> float | None:
         url = f"{self.base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
         return parse_query_response(_get(url, self.timeout_s))
 
 
-def parse_query_response(body: bytes) -> float | None:
-    """The single value of an instant-vector answer; None when the vector is empty or NaN."""
+def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of each series of an instant-query answer, NaN values left out."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -210,8 +225,16 @@ def parse_query_response(body: bytes) -> float | None:
         raise SignalError(f"Prometheus query failed: {data.get('errorType')}: {data.get('error')}")
     result = data["data"]["result"]
     if data["data"]["resultType"] == "scalar":
-        result = [{"value": result}]
-    if not result:
-        return None
-    value = float(result[0]["value"][1])
-    return None if value != value else value
+        result = [{"metric": {}, "value": result}]
+    out = []
+    for series in result:
+        value = float(series["value"][1])
+        if value == value:
+            out.append((dict(series.get("metric", {})), value))
+    return out
+
+
+def parse_query_response(body: bytes) -> float | None:
+    """The single value of an instant-vector answer; None when the vector is empty or NaN."""
+    series = parse_vector(body)
+    return series[0][1] if series else None

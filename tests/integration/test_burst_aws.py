@@ -295,6 +295,7 @@ def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any)
     _FakeKubernetes.calls = []
     warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
     assert warning is not None and warning.kind == "rebalance"
+    assert Drainer(kube).instances_by_node() == {"n1": instance}
     handled = handle(warning, Drainer(kube), actuator)
     assert handled.drain is None and handled.node == "n1"
     assert [c[0] for c in _FakeKubernetes.calls if c[0] != "GET"] == ["PATCH"]

@@ -271,3 +271,52 @@ def test_bad_announced_peak_exits_2_naming_the_option(text: str) -> None:
     result = CliRunner().invoke(app, ["burst", "run", "burst-prod", "--peak", text])
     assert result.exit_code == 2
     assert result.stderr.startswith("--peak: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_groups_instances_as_the_policy_sees_them() -> None:
+    from gpufleet.burst.controller import fleet_view
+
+    group = {
+        "Instances": [
+            {
+                "InstanceId": "i-1",
+                "AvailabilityZone": "us-east-1a",
+                "InstanceType": "p5e.48xlarge",
+                "LifecycleState": "InService",
+            },
+            {
+                "InstanceId": "i-2",
+                "AvailabilityZone": "us-east-1b",
+                "InstanceType": "p5e.48xlarge",
+                "LifecycleState": "Pending",
+            },
+            {
+                "InstanceId": "i-3",
+                "AvailabilityZone": "us-east-1a",
+                "InstanceType": "p5e.48xlarge",
+                "LifecycleState": "Terminating:Wait",
+            },
+            {
+                "InstanceId": "i-4",
+                "AvailabilityZone": "us-east-1c",
+                "InstanceType": "p5en.48xlarge",
+                "LifecycleState": "InService",
+            },
+            {
+                "InstanceId": "i-5",
+                "AvailabilityZone": "us-east-1c",
+                "InstanceType": "p5en.48xlarge",
+                "LifecycleState": "Terminated",
+            },
+        ]
+    }
+    nodes = fleet_view(group, PRICES, {"i-1": 7, "i-4": 2}, max_price=50.0)
+    assert [(n.id, n.ready, n.draining, n.inflight) for n in nodes] == [
+        ("i-1", True, False, 7),
+        ("i-2", False, False, 0),
+        ("i-3", False, True, 0),
+        ("i-4", True, False, 2),
+    ]
+    # Terminating nodes still bill: they count against the cap until gone.
+    assert committed_usd(nodes) == 200.0
+    assert fewest_inflight(nodes, 2) == ("i-2", "i-4")

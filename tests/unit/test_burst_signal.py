@@ -197,3 +197,26 @@ def test_prometheus_errors_and_nan_are_read_as_such() -> None:
 def test_unreachable_prometheus_is_a_signal_error() -> None:
     with pytest.raises(SignalError, match="cannot read"):
         PrometheusQuery("http://127.0.0.1:9", "deepseek", timeout_s=2).reading()
+
+
+def test_inflight_per_node_for_the_scale_in_choice(prometheus: str) -> None:
+    by_node = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {"metric": {"node": "ip-10-0-3-17"}, "value": [1732400000.1, "12"]},
+                {"metric": {"node": "ip-10-0-3-18"}, "value": [1732400000.1, "0"]},
+                {"metric": {}, "value": [1732400000.1, "99"]},
+            ],
+        },
+    }
+    _FakePrometheus.answers = {"sum by (node)": by_node}
+    assert PrometheusQuery(prometheus, "deepseek").inflight_by_node() == {
+        "ip-10-0-3-17": 12,
+        "ip-10-0-3-18": 0,
+    }
+    assert _FakePrometheus.seen == [
+        'sum by (node) (nv_trt_llm_request_metrics{model="deepseek",request_type="active"}) '
+        'or sum by (node) (nv_inference_pending_request_count{model="deepseek"})'
+    ]
