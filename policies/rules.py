@@ -279,6 +279,21 @@ def secrets_not_in_plain_config(type_: str, props: Mapping[str, Any]) -> list[st
     return out
 
 
+def plain_config_secrets(config: Mapping[str, Any]) -> list[str]:
+    """Stack config keys holding a secret in clear; `pulumi config set --secret` stores `{secure: ...}`.
+
+    The analyzer never sees stack config, so `gpufleet plan` and the tests run this on the files.
+    """
+    out = []
+    for key, value in config.items():
+        if isinstance(value, Mapping) and set(value) == {"secure"}:
+            continue
+        text = value if isinstance(value, str) else ""
+        if SECRET_VALUE.search(text) or (SECRET_NAME.search(key.split(":")[-1]) and value not in (None, "")):
+            out.append(f"config {key} is a secret in clear: set it with `pulumi config set --secret`")
+    return out
+
+
 RULES = [
     Rule(
         "imdsv2-required",

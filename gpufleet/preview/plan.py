@@ -30,7 +30,7 @@ import yaml
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import stack_names
 from gpufleet.model.errors import InputError, Problem
-from gpufleet.preview.program import Graph, evaluate_stack, graph_json, reveal
+from gpufleet.preview.program import PROGRAM, Graph, evaluate_stack, graph_json, reveal, stack_file_config
 
 HARNESS = Path(__file__).with_name("program.py")
 
@@ -63,14 +63,18 @@ def diff_graphs(base: dict[str, Any] | None, head: dict[str, Any]) -> list[Step]
     return steps
 
 
-def policy_violations(graph: Graph) -> list[dict[str, str]]:
-    """The policy pack's rules over the graph, as `pulumi preview --policy-pack policies` would run them.
+def policy_violations(graph: Graph, config: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The policy pack's rules over the graph, as `pulumi preview --policy-pack policies` would run them,
+    and the stack config checked for secrets in clear.
 
     Messages say where, never a value: they are safe in a pull-request comment.
     """
-    from policies.rules import RULES, violations
+    from policies.rules import RULES, plain_config_secrets, violations
 
-    out = []
+    out = [
+        {"policy": "secrets-not-in-plain-config", "urn": f"config:{graph.stack}", "message": m}
+        for m in plain_config_secrets(config or {})
+    ]
     for r in sorted(graph.resources, key=lambda r: r.urn):
         props = reveal(r.inputs)
         for rule in RULES:
@@ -266,7 +270,7 @@ def structural_plan(stack: str, base_ref: str | None, out: Path) -> dict[str, An
     base = base_graph(stack, base_ref) if base_ref else None
     graph = evaluate_stack(stack)
     head = graph_json(graph)
-    violations = policy_violations(graph)
+    violations = policy_violations(graph, stack_file_config(stack, PROGRAM.parent))
     steps = diff_graphs(base, head)
     out.mkdir(parents=True, exist_ok=True)
     preview = preview_json(stack, base_ref, steps, head, violations)

@@ -222,13 +222,24 @@ def _playbook_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, 
 
 
 def stack_config(stack: str, stacks_dir: Path) -> dict[str, Any]:
-    """The stack file's config, as the engine hands it to the program (values as strings)."""
+    """The stack file's config, as the engine hands it to the program (values as strings).
+
+    An encrypted (`secure:`) value cannot be opened offline: the program gets `[secret]`.
+    """
+    return {k: _config_value(v) for k, v in stack_file_config(stack, stacks_dir).items()}
+
+
+def stack_file_config(stack: str, stacks_dir: Path) -> dict[str, Any]:
     path = stacks_dir / f"Pulumi.{stack}.yaml"
-    data = validate(StackFile, read_yaml(path), display(path))
-    return {
-        k: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
-        for k, v in data.config.items()
-    }
+    return validate(StackFile, read_yaml(path), display(path)).config
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return SECRET
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, str) else str(value)
 
 
 def evaluate(

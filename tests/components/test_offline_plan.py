@@ -144,3 +144,11 @@ def test_policy_violations_are_reported_by_resource_and_rule(graphs: dict[str, G
             "message": "instance metadata must require IMDSv2 tokens (metadataOptions.httpTokens = required)",
         }
     ]
+
+
+def test_a_secret_in_clear_in_stack_config_is_a_violation(graphs: dict[str, Graph]) -> None:
+    found = policy_violations(
+        graphs["lab"], {"gpufleet:site": "lab", "aws:secretKey": "wJalrXUtnFEMI/K7MDENG"}
+    )
+    assert [(v["policy"], v["urn"]) for v in found] == [("secrets-not-in-plain-config", "config:lab")]
+    assert "wJalrXUtnFEMI" not in found[0]["message"]

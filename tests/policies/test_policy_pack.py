@@ -225,3 +225,28 @@ def test_a_broken_resource_fails_its_policy_and_only_that_one(
 
 def test_every_policy_has_a_broken_case() -> None:
     assert {b[0] for b in BROKEN} == set(POLICIES)
+
+
+@pytest.mark.parametrize("name", stack_names())
+def test_stack_files_hold_no_secret_in_clear(name: str) -> None:
+    from gpufleet.preview.program import PROGRAM, stack_file_config
+    from policies.rules import plain_config_secrets
+
+    config = stack_file_config(name, PROGRAM.parent)
+    assert config and plain_config_secrets(config) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "flagged"),
+    [
+        ("gpufleet:owner", "platform", False),
+        ("aws:secretKey", "wJalrXUtnFEMI/K7MDENG", True),
+        ("aws:secretKey", {"secure": "v1:abc:def"}, False),
+        ("gpufleet:note", "join with abcdef.0123456789abcdef", True),
+        ("grafana:adminPassword", "", False),
+    ],
+)
+def test_secret_config_must_be_encrypted(key: str, value: object, flagged: bool) -> None:
+    from policies.rules import plain_config_secrets
+
+    assert bool(plain_config_secrets({key: value})) is flagged
