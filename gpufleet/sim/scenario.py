@@ -127,7 +127,9 @@ def build_scenario(
     plan = plan_site(inv)
     if plan.burst is None or plan.serving is None:
         missing = "burst" if plan.burst is None else "serving"
-        raise InputError(source, [Problem(("site", missing), "the site has no such section to simulate")])
+        raise InputError(
+            source, [Problem(("site", missing), f"the site has no {missing} section to simulate")]
+        )
     try:
         burst = burst_serving(plan.serving.model, plan.burst.instance_types)
     except ValueError as exc:

@@ -211,3 +211,12 @@ def test_unused_pool_prices_do_not_matter() -> None:
     prices = PriceSeries((0.0,), ({**{p: 30.0 for p in POOLS}, Pool("g6e.xlarge", "us-east-1a"): 0.01},))
     result = sim([Request(0.0, 100, 0)], StaticPeak(capacity, peak_nodes=1), capacity, prices=prices).run()
     assert result.cost_usd == pytest.approx(30.0 * 600 / 3600)
+
+
+def test_simulate_a_site_without_burst_exits_2_naming_the_key() -> None:
+    result = CliRunner().invoke(app, ["burst", "simulate", "--site", "lab", "--policy", "oracle"])
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        == "inventories/lab/nodes.yaml: site.burst: the site has no burst section to simulate"
+    )
