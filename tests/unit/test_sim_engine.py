@@ -133,6 +133,8 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Request], PriceSeries, CapacityMode
         max_hourly_usd=draw(st.floats(0.0, 500.0)),
         boot_to_serve_s=draw(st.floats(0.0, 900.0)),
         slo_queue_wait_s=2.0,
+        # The controller's case: one max price for the whole group (SpotMaxPrice).
+        fleet_max_price=draw(st.none() | st.floats(5.0, 90.0)),
         target_utilisation=draw(st.floats(0.3, 0.9)),
     )
     return requests, _random_prices(draw), capacity, draw(st.floats(0.0, 30.0))
