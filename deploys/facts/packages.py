@@ -39,11 +39,12 @@ class HeldPackages(FactBase[set[str]]):
         return {line.strip() for line in output if line.strip()}
 
 
-class DpkgInterrupted(FactBase[bool]):
-    """Whether dpkg was cut off mid-install (pending files in its updates directory)."""
+class DpkgBroken(FactBase[bool]):
+    """`dpkg --audit`: packages left half-installed or unconfigured, or dpkg itself cut off."""
 
     def command(self) -> str:
-        return "ls -A /var/lib/dpkg/updates"
+        # A cut-off dpkg refuses even to audit and says so on stderr: that counts as broken too.
+        return "dpkg --audit 2>&1 || true"
 
     @staticmethod
     def default() -> bool:

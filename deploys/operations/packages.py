@@ -13,10 +13,14 @@ from fnmatch import fnmatchcase
 from pyinfra import host
 from pyinfra.api import operation
 
-from deploys.facts.packages import DpkgInterrupted, HeldPackages, InstalledVersions
+from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
 from gpufleet.plan.node import Package
 
-DPKG_RESUME = "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"
+DPKG_REPAIR = [
+    "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold",
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -f "
+    "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold",
+]
 PIN_PRIORITY = 1001  # above 1000: apt may downgrade to the pinned version, as a rollback needs
 APT_INSTALL = (
     "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
@@ -35,12 +39,13 @@ def pin_preferences(packages: list[Package]) -> str:
 
 
 def package_commands(
-    packages: list[Package], installed: dict[str, str], held: set[str], interrupted: bool = False
+    packages: list[Package], installed: dict[str, str], held: set[str], broken: bool = False
 ) -> list[str]:
     """What brings installed versions and holds to the plan; nothing when they already match.
 
-    A host that lost its connection (or power) mid-install has dpkg cut off: finish that first,
-    or every later apt-get on it fails.
+    A host that lost its connection (or power) mid-install has packages half-installed or
+    unconfigured, perhaps ones the plan never names (a dependency): repair those first, or what
+    depends on them fails later, far from the cause.
     """
     outdated = [
         p.name
@@ -50,7 +55,7 @@ def package_commands(
     release = sorted(held & set(outdated))
     release += sorted(p.name for p in packages if not p.hold and p.name in held and p.name not in outdated)
     hold = sorted(p.name for p in packages if p.hold and (p.name not in held or p.name in outdated))
-    commands = [DPKG_RESUME] if interrupted else []
+    commands = list(DPKG_REPAIR) if broken else []
     if release:
         commands.append(f"apt-mark unhold {shlex.join(release)}")
     if outdated:
@@ -67,5 +72,5 @@ def pinned(packages: list[Package]) -> Generator[str, None, None]:
         packages,
         host.get_fact(InstalledVersions),
         host.get_fact(HeldPackages),
-        host.get_fact(DpkgInterrupted),
+        host.get_fact(DpkgBroken),
     )

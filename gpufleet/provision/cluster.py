@@ -104,8 +104,10 @@ def run_playbook(
         if host and kind in ("runner_on_ok", "runner_on_skipped"):
             on_event(host, task)
         elif host and kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            msg = data.get("res", {}).get("msg", "") if isinstance(data.get("res"), dict) else ""
-            failures.append(f"{host}: {task}: {msg}".strip())
+            # no_log tasks come back censored by Ansible itself, so no secret reaches this line.
+            res = data.get("res") if isinstance(data.get("res"), dict) else {}
+            detail = " ".join(str(res.get(k) or "") for k in ("msg", "stderr")).strip()
+            failures.append(f"{host}: {task}: {detail[-400:]}".strip())
             on_event(host, f"failed: {task}")
         return True
 

@@ -9,7 +9,7 @@ from pyinfra.api import OperationError
 from pyinfra.facts.files import File, FileContents
 
 from deploys.facts.nvidia import NvidiaGpus
-from deploys.facts.packages import DpkgInterrupted, HeldPackages, InstalledVersions
+from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.node import GRUB_FILE, NCCL_CONF, PINS_FILE, managed_files
 from deploys.operations import nvidia, packages, raid6
@@ -124,7 +124,7 @@ def package_facts(dpkg: str, holds: str) -> dict[type, object]:
     return {
         InstalledVersions: fact_from(InstalledVersions, dpkg),
         HeldPackages: fact_from(HeldPackages, holds),
-        DpkgInterrupted: False,
+        DpkgBroken: False,
     }
 
 
@@ -153,15 +153,20 @@ def test_driver_upgrade_releases_installs_and_holds_again(run_op: RunOp) -> None
 
 def test_converged_packages_yield_nothing(run_op: RunOp) -> None:
     installed = {p.name: (p.version or "1").replace("*", "1") for p in GPU.packages}
-    facts = {InstalledVersions: installed, HeldPackages: set(GPU.held_packages), DpkgInterrupted: False}
+    facts = {InstalledVersions: installed, HeldPackages: set(GPU.held_packages), DpkgBroken: False}
     assert run_op(facts, packages.pinned, GPU.packages) == []
 
 
-def test_install_cut_off_midway_is_finished_first(run_op: RunOp) -> None:
+@pytest.mark.parametrize("audit", ["dpkg-audit-half-installed.txt", "dpkg-audit-interrupted.txt"])
+def test_install_cut_off_midway_is_repaired_first(run_op: RunOp, audit: str) -> None:
     facts = package_facts("handwritten/dpkg-l-driver-580.95.txt", "handwritten/apt-holds-driver-580.95.txt")
-    facts[DpkgInterrupted] = fact_from(DpkgInterrupted, "handwritten/dpkg-updates-interrupted.txt")
+    facts[DpkgBroken] = fact_from(DpkgBroken, f"handwritten/{audit}")
     cmds = run_op(facts, packages.pinned, GPU.packages)
-    assert cmds[0] == packages.DPKG_RESUME and len(cmds) == 4
+    assert cmds[:2] == packages.DPKG_REPAIR and len(cmds) == 5
+
+
+def test_a_clean_dpkg_audit_is_not_broken() -> None:
+    assert fact_from(DpkgBroken, "handwritten/dpkg-audit-clean.txt") is False
 
 
 def test_released_hold_when_the_plan_no_longer_holds() -> None:
