@@ -28,7 +28,7 @@ from gpufleet.burst.policy import POLICY_NAMES  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.sim.engine import Result  # noqa: E402
 from gpufleet.sim.scenario import Scenario, build_scenario  # noqa: E402
-from gpufleet.sim.trace import default_surge, load_trace, repeat  # noqa: E402
+from gpufleet.sim.trace import Surge, default_surge, load_trace, repeat  # noqa: E402
 
 DATA = REPO / "bench" / "burst" / "data"
 RESULTS = REPO / "bench" / "results"
@@ -53,20 +53,21 @@ CASES = (
 )
 
 
-def scenario(case: Case, seed: int) -> Scenario:
+def scenario(case: Case, seed: int) -> tuple[Scenario, Surge]:
     trace = repeat(load_trace(DATA / case.trace), case.times)
+    surge = default_surge(trace)
     return build_scenario(
         load_inventory("dc1"),
         "inventories/dc1/nodes.yaml",
         trace,
-        [default_surge(trace)],
+        [surge],
         announce=case.announce,
         interruptions_per_node_hour=INTERRUPTIONS_PER_NODE_HOUR,
         seed=seed,
-    )
+    ), surge
 
 
-def plot(case: Case, sc: Scenario, results: list[Result], path: Path) -> None:
+def plot(case: Case, sc: Scenario, surge: Surge, results: list[Result], path: Path) -> None:
     fig, (load_ax, wait_ax, spend_ax) = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
     minutes = [m.minute for m in results[0].timeline]
     load_ax.plot(
@@ -86,10 +87,10 @@ def plot(case: Case, sc: Scenario, results: list[Result], path: Path) -> None:
     spend_ax.axhline(sc.capacity.max_hourly_usd, color="red", ls="--", lw=1, label="cap")
     spend_ax.set_ylabel("Spot spend ($/h)")
     spend_ax.set_xlabel("minute")
-    for peak in [p for p in sc.peaks] or []:
-        for ax in (load_ax, wait_ax, spend_ax):
-            ax.axvspan(peak.start_s / 60, peak.end_s / 60, color="orange", alpha=0.1)
-    fig.suptitle(f"{case.name} (seed 0): surge shaded where announced")
+    for ax in (load_ax, wait_ax, spend_ax):
+        ax.axvspan(surge.start_s / 60, surge.end_s / 60, color="orange", alpha=0.1)
+    told = "announced to gpufleet" if sc.peaks else "not announced"
+    fig.suptitle(f"{case.name} (seed 0): x{surge.factor:g} surge shaded, {told}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -119,7 +120,7 @@ def main() -> None:
     ]
     for case in CASES:
         for seed in SEEDS:
-            sc = scenario(case, seed)
+            sc, surge = scenario(case, seed)
             results = [sc.run(name) for name in POLICY_NAMES]
             by = {r.policy: r for r in results}
             g, o, h = by["gpufleet"], by["oracle"], by["hpa-gpu70"]
@@ -154,7 +155,7 @@ def main() -> None:
                     f"{r.gpu_hours:.1f} | {r.cost_usd:.2f} | {r.cap_violations} | {r.scale_actions} |"
                 )
             lines.append("")
-            plot(case, sc, results, RESULTS / f"burst_{case.name}.png")
+            plot(case, sc, surge, results, RESULTS / f"burst_{case.name}.png")
             print(f"{case.name}: done", file=sys.stderr)
     lines += [
         *targets,
