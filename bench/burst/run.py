@@ -98,13 +98,21 @@ def plot(case: Case, sc: Scenario, surge: Surge, results: list[Result], path: Pa
 
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
+    first, _ = scenario(CASES[0], 0)
+    cap, fleet = first.capacity, first.fleet
+    serving = load_inventory("dc1").site.serving
+    site_model = serving.model if serving else "-"
     lines = [
         "# Burst benchmark",
         "",
         "`.venv/bin/python bench/burst/run.py`: every policy replays the same trace, surge, Spot prices and",
-        "interruptions (dc1: 4 on-prem replicas of deepseek-r1; burst on p5e/p5en, at most 8 nodes, $400/h cap,",
-        f"900 s boot-to-serve; interruptions {INTERRUPTIONS_PER_NODE_HOUR}/node-hour with the 2-minute notice).",
-        "Cost and GPU-hours are the Spot burst's; on-prem is the same for all. SLO: p99 queue wait <= 2 s per minute.",
+        f"interruptions. Site dc1: {cap.onprem_replicas} on-prem replicas of {site_model}; burst nodes serve what the",
+        f"deployed fleet plan says ({fleet.model}{' (fallback)' if fleet.fallback else ''} on",
+        f"{', '.join(fleet.instance_types)}), at most {cap.max_nodes} nodes, ${cap.max_hourly_usd:g}/h cap,",
+        f"{cap.boot_to_serve_s:.0f} s boot-to-serve; interruptions {INTERRUPTIONS_PER_NODE_HOUR}/node-hour with the 2-minute",
+        "notice. A burst replica is taken to serve as fast as an on-prem one (a distilled model is faster: this",
+        "is conservative for burst capacity). Cost and GPU-hours are the Spot burst's; on-prem is the same for",
+        "all. SLO: p99 queue wait <= 2 s per minute.",
         "",
         "How to read it: *announced* scenarios give gpufleet's policy the surge's window and factor ahead (a",
         "promotion on the calendar), never its minute-by-minute load; the oracle knows every minute's load.",

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gpufleet.burst.policy import POLICY_NAMES, KnownPeak, burst_serving
+from gpufleet.burst.policy import POLICY_NAMES, KnownPeak
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.sim.engine import Result
@@ -135,8 +135,8 @@ def simulate(
         f"{trace.name}: {len(surged.requests)} requests over {scenario.horizon_s / 60:.0f} min; "
         f"surges {', '.join(f'x{s.factor:g} at {s.start_s / 60:.1f} min for {s.duration_s / 60:.1f} min' for s in surges) or 'none'}; "
         f"{scenario.capacity.onprem_replicas} on-prem replicas of {scenario.service.tokens_per_s:,.0f} tokens/s; "
-        f"burst {scenario.burst.model}{' (fallback)' if scenario.burst.fallback else ''} on "
-        f"{', '.join(scenario.burst.replicas_per_node)}, <= {scenario.capacity.max_nodes} nodes, "
+        f"burst {scenario.fleet.model}{' (fallback)' if scenario.fleet.fallback else ''} on "
+        f"{', '.join(scenario.fleet.instance_types)}, <= {scenario.capacity.max_nodes} nodes, "
         f"${scenario.capacity.max_hourly_usd:g}/h cap"
     )
     out.print(_table(results, scenario.capacity.slo_queue_wait_s))
@@ -230,6 +230,7 @@ def run(
     from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
     from gpufleet.cli import bad_input
     from gpufleet.inventory.stacks import load_stack, stacks_dir
+    from gpufleet.plan.aws import plan_fleet
     from gpufleet.plan.site import plan_site
 
     with bad_input():
@@ -246,15 +247,12 @@ def run(
                 source_file,
                 [Problem(("config", "gpufleet:site"), "the site has no serving or burst section")],
             )
-        try:
-            serving = burst_serving(plan.serving.model, plan.burst.instance_types)
-        except ValueError as exc:
-            raise InputError(source_file, [Problem(("config", "gpufleet:site"), str(exc))]) from None
+        fleet = plan_fleet(loaded.inventory, source_file)
     logging.basicConfig(level=logging.INFO, handlers=[RichHandler(show_path=False)], format="%(message)s")
     aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
     autoscaling = boto3.client("autoscaling", **aws)
     asg = AsgActuator(group or f"{stack}-spot", plan.burst.max_nodes, autoscaling)
-    types = sorted(serving.replicas_per_node)
+    types = sorted(fleet.instance_types)
     # Every node reserves the most AWS may bill it against the cap: the group's Spot max price.
     described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg.group])[
         "AutoScalingGroups"
@@ -266,7 +264,7 @@ def run(
             )
     capacity = CapacityModel(
         onprem_replicas=plan.serving.replicas,
-        replicas_per_node=min(serving.replicas_per_node.values()),
+        replicas_per_node=fleet.min_replicas_per_node,
         max_nodes=plan.burst.max_nodes,
         max_hourly_usd=plan.burst.max_hourly_usd,
         boot_to_serve_s=plan.burst.boot_to_serve_s,

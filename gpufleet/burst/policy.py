@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gpufleet.model.catalog import AWS_GPU_INSTANCES, SERVING_MODELS, replica_shape
+from gpufleet.model.catalog import AWS_GPU_INSTANCES
 
 # AWS gives two minutes between the interruption warning and the reclaim.
 SPOT_NOTICE_S = 120.0
@@ -512,40 +512,3 @@ class Oracle(_Base):
 
 
 POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "gpufleet", "oracle")
-
-
-# --- what runs on burst nodes ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BurstServing:
-    """The model burst nodes serve and how many replicas each offered instance type holds."""
-
-    model: str
-    fallback: bool
-    replicas_per_node: dict[str, int]
-
-
-def burst_serving(model: str, instance_types: Sequence[str]) -> BurstServing:
-    """The site's model where it fits one node of the offered types; otherwise the largest
-    distilled model of the same family that does (fewer GPUs, lower quality, but capacity)."""
-    family = model.split("-distill")[0]
-    candidates = [
-        model,
-        *sorted(
-            (m for m in SERVING_MODELS if m.startswith(f"{family}-distill") and m != model),
-            key=lambda m: -SERVING_MODELS[m].params_b,
-        ),
-    ]
-    for candidate in candidates:
-        fits: dict[str, int] = {}
-        for name in instance_types:
-            it = AWS_GPU_INSTANCES[name]
-            shape = replica_shape(candidate, it.gpu)
-            if shape.nodes == 1 and shape.tensor_parallel <= it.gpus:
-                fits[name] = it.gpus // shape.tensor_parallel
-        if fits:
-            return BurstServing(model=candidate, fallback=candidate != model, replicas_per_node=fits)
-    raise ValueError(
-        f"no replica of {model} or a distilled fallback fits one node of {', '.join(instance_types)}"
-    )

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 
 from gpufleet.burst.policy import (
     POLICY_NAMES,
-    BurstServing,
     CapacityModel,
     Gpufleet,
     HpaGpu,
@@ -18,10 +17,10 @@ from gpufleet.burst.policy import (
     Policy,
     ReactivePending,
     StaticPeak,
-    burst_serving,
 )
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
+from gpufleet.plan.aws import BurstFleet, plan_fleet
 from gpufleet.plan.site import plan_site
 from gpufleet.sim.engine import Result, ServiceModel, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
@@ -39,7 +38,8 @@ class Scenario:
     trace: Trace
     capacity: CapacityModel
     service: ServiceModel
-    burst: BurstServing
+    # What burst nodes serve and how many replicas each type holds: the deployed fleet plan's.
+    fleet: BurstFleet
     prices: PriceSeries
     peaks: tuple[KnownPeak, ...]
     horizon_s: float
@@ -70,16 +70,14 @@ class Scenario:
             capacity=self.capacity,
             service=self.service,
             prices=self.prices,
-            replicas_per_node=self.burst.replicas_per_node,
+            replicas_per_node=replicas_per_node(self.fleet),
             horizon_s=self.horizon_s,
             interruptions_per_node_hour=self.interruptions_per_node_hour,
             seed=self.seed,
         ).run()
 
 
-def calibrate(
-    trace: Trace, capacity: CapacityModel, prices: PriceSeries, burst: BurstServing
-) -> ServiceModel:
+def calibrate(trace: Trace, capacity: CapacityModel, prices: PriceSeries, fleet: BurstFleet) -> ServiceModel:
     """Bisect a replica's tokens/s on an on-prem-only replay of the trace without surges."""
 
     def meets_slo(tokens_per_s: float) -> bool:
@@ -89,7 +87,7 @@ def calibrate(
             capacity=capacity,
             service=ServiceModel(tokens_per_s=tokens_per_s),
             prices=prices,
-            replicas_per_node=burst.replicas_per_node,
+            replicas_per_node=replicas_per_node(fleet),
             horizon_s=60.0 * math.ceil(max(trace.duration_s, 1.0) / 60),
         ).run()
         return result.slo_violation_minutes == 0
@@ -103,6 +101,10 @@ def calibrate(
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if meets_slo(mid) else (mid, hi)
     return ServiceModel(tokens_per_s=hi * ONPREM_HEADROOM)
+
+
+def replicas_per_node(fleet: BurstFleet) -> dict[str, int]:
+    return {choice.name: choice.replicas for choice in fleet.instances}
 
 
 def minute_loads(trace: Trace, service: ServiceModel, horizon_s: float) -> list[float]:
@@ -130,23 +132,20 @@ def build_scenario(
         raise InputError(
             source, [Problem(("site", missing), f"the site has no {missing} section to simulate")]
         )
-    try:
-        burst = burst_serving(plan.serving.model, plan.burst.instance_types)
-    except ValueError as exc:
-        raise InputError(source, [Problem(("site", "burst", "instance_types"), str(exc))]) from None
+    fleet = plan_fleet(inv, source)
     surged = apply_surges(trace, list(surges), seed=seed)
     horizon = 60.0 * math.ceil(max(trace.duration_s, surged.duration_s, 1.0) / 60)
-    pools = pools_for(plan.burst.region, sorted(burst.replicas_per_node))
+    pools = pools_for(plan.burst.region, sorted(fleet.instance_types))
     prices = random_walk(pools, horizon, seed=seed)
     capacity = CapacityModel(
         onprem_replicas=plan.serving.replicas,
-        replicas_per_node=min(burst.replicas_per_node.values()),
+        replicas_per_node=fleet.min_replicas_per_node,
         max_nodes=plan.burst.max_nodes,
         max_hourly_usd=plan.burst.max_hourly_usd,
         boot_to_serve_s=plan.burst.boot_to_serve_s,
         slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
     )
-    service = calibrate(trace, capacity, prices, burst)
+    service = calibrate(trace, capacity, prices, fleet)
     # Plan each minute's load at the utilisation at which on-prem alone met the SLO on the
     # ordinary trace's busiest minute: that is what the capacity model has shown to be safe.
     proven = max(minute_loads(trace, service, horizon)) / max(capacity.onprem_replicas, 1)
@@ -155,7 +154,7 @@ def build_scenario(
         trace=surged,
         capacity=capacity,
         service=service,
-        burst=burst,
+        fleet=fleet,
         prices=prices,
         peaks=tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges) if announce else (),
         horizon_s=horizon,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.burst.signal import SignalError, TritonMetrics, between
+from gpufleet.burst.signal import SignalError, Snapshot, TritonMetrics, between
 from gpufleet.serving.tritonserver import tritonserver
 
 pytestmark = pytest.mark.integration
@@ -67,11 +67,21 @@ def _infer(url: str) -> float:
     return time.monotonic() - start
 
 
+def _settled(reader: TritonMetrics, success: int) -> Snapshot:
+    """Triton refreshes its metrics every --metrics-interval-ms (500 ms here): wait for the count."""
+    deadline = time.monotonic() + 10
+    while True:
+        snapshot = reader.snapshot(time.monotonic())
+        if snapshot.success >= success or time.monotonic() > deadline:
+            return snapshot
+        time.sleep(0.1)
+
+
 def test_queue_wait_and_rate_from_real_triton_metrics(tmp_path: Path) -> None:
     with tritonserver(_repository(tmp_path / "repo"), tmp_path / "work") as server:
         reader = TritonMetrics(server.metrics_url, "sleepy")
         _infer(server.url)  # the first request creates the series
-        before = reader.snapshot(time.monotonic())
+        before = _settled(reader, 1)
         pending_seen: list[float] = []
         stop = threading.Event()
 
@@ -87,7 +97,7 @@ def test_queue_wait_and_rate_from_real_triton_metrics(tmp_path: Path) -> None:
         finally:
             stop.set()
             watcher.join(timeout=10)
-        after = reader.snapshot(time.monotonic())
+        after = _settled(reader, 1 + REQUESTS)
         reading = between(before, after)
 
         assert after.success - before.success == REQUESTS

@@ -18,13 +18,11 @@ from gpufleet.burst.policy import (
     Oracle,
     Pool,
     Signals,
-    burst_serving,
     committed_usd,
     fewest_inflight,
     place,
 )
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
-from gpufleet.plan.site import burst_instance_types
 
 MODEL = CapacityModel(
     onprem_replicas=4,
@@ -128,18 +126,6 @@ def test_place_never_commits_beyond_the_cap(
 def test_scale_in_takes_booting_nodes_then_fewest_in_flight() -> None:
     nodes = [node(1, inflight=9), node(2, inflight=2), node(3, ready=False), node(4, inflight=5)]
     assert fewest_inflight(nodes, 2) == ("n3", "n2")
-
-
-def test_full_model_on_h200_types_and_distilled_fallback_on_l40s() -> None:
-    full = burst_serving("deepseek-r1", burst_instance_types("deepseek-r1"))
-    assert full.model == "deepseek-r1" and not full.fallback
-    assert set(full.replicas_per_node) == {"p5e.48xlarge", "p5en.48xlarge"}
-    small = burst_serving("deepseek-r1", ["g6e.12xlarge", "g6e.48xlarge"])
-    assert small.fallback
-    assert small.model == "deepseek-r1-distill-llama-70b"  # the largest distilled model that fits
-    assert small.replicas_per_node == {"g6e.12xlarge": 1, "g6e.48xlarge": 2}
-    with pytest.raises(ValueError, match="no replica"):
-        burst_serving("deepseek-r1", ["g4dn.xlarge"])
 
 
 def test_gpufleet_scales_up_at_once_for_the_held_peak() -> None:
