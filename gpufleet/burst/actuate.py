@@ -103,6 +103,13 @@ class PulumiActuator:
         )
         return auto.select_stack(stack_name=self.stack, work_dir=str(self.work_dir), opts=options)
 
+    def outputs(self) -> dict[str, object]:
+        """The burst stack's outputs (asgName, queueUrl, ...), as its last `up` left them."""
+        try:
+            return {key: out.value for key, out in self._stack().outputs().items()}
+        except auto.CommandError as exc:
+            raise ActuationError(f"cannot read the outputs of stack {self.stack}: {exc}") from None
+
     def set_burst_nodes(self, count: int) -> Applied:
         if count < 0:
             raise ValueError(f"burst nodes must be >= 0 (got {count})")

@@ -178,13 +178,18 @@ def run(
         float, typer.Option("--replica-rps", min=0.001, help="requests/s one replica serves at full batch")
     ] = 2.0,
     group: Annotated[
-        str | None, typer.Option("--asg", help="burst Auto Scaling group (default <stack>-spot)")
+        str | None,
+        typer.Option("--asg", help="burst Auto Scaling group (default: the stack's asgName output)"),
     ] = None,
     aws_endpoint: Annotated[
         str | None, typer.Option("--aws-endpoint", help="AWS endpoint URL override")
     ] = None,
     queue_url: Annotated[
-        str | None, typer.Option("--interruption-queue", help="SQS queue of EventBridge Spot warnings")
+        str | None,
+        typer.Option(
+            "--interruption-queue",
+            help="SQS queue of EventBridge Spot warnings (default: the stack's queueUrl output)",
+        ),
     ] = None,
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", help="serve the controller's metrics here")
@@ -216,7 +221,7 @@ def run(
     from prometheus_client import start_http_server
     from rich.logging import RichHandler
 
-    from gpufleet.burst.actuate import AsgActuator, PulumiActuator
+    from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
     from gpufleet.burst.controller import (
         Controller,
         PrometheusSource,
@@ -249,9 +254,21 @@ def run(
             )
         fleet = plan_fleet(loaded.inventory, source_file)
     logging.basicConfig(level=logging.INFO, handlers=[RichHandler(show_path=False)], format="%(message)s")
+    pulumi = PulumiActuator(stack=stack, work_dir=work_dir, pulumi_root=pulumi_root)
+    if group is None or queue_url is None:
+        # What the SpotBurst component created, as the burst stack's last up exported it.
+        with bad_input():
+            try:
+                outputs = pulumi.outputs()
+            except ActuationError as exc:
+                raise InputError("--asg", [Problem((), f"not given, and {exc}")]) from None
+            group = group or (str(outputs["asgName"]) if "asgName" in outputs else None)
+            if group is None:
+                raise InputError("--asg", [Problem((), f"not given, and stack {stack} exports no asgName")])
+            queue_url = queue_url or (str(outputs["queueUrl"]) if "queueUrl" in outputs else None)
     aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
     autoscaling = boto3.client("autoscaling", **aws)
-    asg = AsgActuator(group or f"{stack}-spot", plan.burst.max_nodes, autoscaling)
+    asg = AsgActuator(group, plan.burst.max_nodes, autoscaling)
     types = sorted(fleet.instance_types)
     # Every node reserves the most AWS may bill it against the cap: the group's Spot max price.
     described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg.group])[
@@ -289,7 +306,7 @@ def run(
         source=source,
         prices=SpotPrices(boto3.client("ec2", **aws), types),
         asg=asg,
-        pulumi=PulumiActuator(stack=stack, work_dir=work_dir, pulumi_root=pulumi_root),
+        pulumi=pulumi,
         replica_rps=replica_rps,
         drainer=drainer,
         warnings=warnings,

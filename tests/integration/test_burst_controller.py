@@ -123,6 +123,8 @@ def test_burst_run_command_serves_metrics_and_logs_each_decision(
     pulumi_root: Path,  # noqa: F811
 ) -> None:
     caplog.set_level(logging.INFO, logger="gpufleet.burst")
+    # The group comes from the stack's outputs, as the SpotBurst component exports it.
+    (pulumi_root.parent / "state" / "outputs.json").write_text(json.dumps({"asgName": GROUP}))
     port = free_port()
     scraped: list[str] = []
 
@@ -149,8 +151,6 @@ def test_burst_run_command_serves_metrics_and_logs_each_decision(
             "sleepy",
             "--aws-endpoint",
             moto_url,
-            "--asg",
-            GROUP,
             "--metrics-port",
             str(port),
             "--iterations",
@@ -199,3 +199,22 @@ def test_a_failing_signal_holds_the_fleet(
     assert controller.step(time.monotonic()) is None
     assert "gpufleet_burst_signal_errors_total 1.0" in generate_latest(controller.registry).decode()
     assert _ups(pulumi_root) == []
+
+
+def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: Path) -> None:  # noqa: F811
+    result = CliRunner().invoke(
+        app,
+        [
+            "burst",
+            "run",
+            STACK,
+            "--pulumi-root",
+            str(pulumi_root),
+            "--work-dir",
+            str(project),
+            "--iterations",
+            "1",
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"--asg: not given, and stack {STACK} exports no asgName"

@@ -95,7 +95,8 @@ elif argv[0] == "up":
                "config": {}, "result": "succeeded", "version": 7, "resourceChanges": {"same": 12, "update": 1}}
     open(os.path.join(state, "history.json"), "w").write(json.dumps([history]))
 elif argv[:3] == ["stack", "output", "--json"]:
-    print("{}")
+    path = os.path.join(state, "outputs.json")
+    print(open(path).read() if os.path.exists(path) else "{}")
 elif argv[:3] == ["stack", "history", "--json"]:
     path = os.path.join(state, "history.json")
     print(open(path).read() if os.path.exists(path) else "[]")
@@ -241,3 +242,10 @@ def test_an_unknown_stack_is_reported(project: Path, pulumi_root: Path) -> None:
 
     with pytest.raises(StackNotFoundError):
         actuator(project, pulumi_root, stack="nope").set_burst_nodes(1)
+
+
+def test_reads_the_outputs_the_last_up_exported(project: Path, pulumi_root: Path) -> None:
+    outputs = {"asgName": "burst-prod-asg-3f1c2e7", "queueUrl": "https://sqs.us-east-1.amazonaws.com/1/q"}
+    (pulumi_root.parent / "state" / "outputs.json").write_text(json.dumps(outputs))
+    assert actuator(project, pulumi_root).outputs() == outputs
+    assert [a[:3] for a in _argv(pulumi_root)][-2:] == [["stack", "output", "--json"]] * 2
