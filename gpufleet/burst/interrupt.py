@@ -19,16 +19,27 @@ from gpufleet.burst.policy import SPOT_NOTICE_S
 
 INTERRUPTION = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
+# The burst group's termination lifecycle hook (scale-in, capacity rebalancing) holds an instance
+# in Terminating:Wait until someone drains it and completes the action.
+TERMINATE_HOOK = "EC2 Instance-terminate Lifecycle Action"
 # Leave this much of the notice for the node to actually go: kubelet, the load balancer, the reclaim.
 DRAIN_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
+class LifecycleAction:
+    hook: str
+    group: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Warning:
-    kind: str  # "interruption" or "rebalance"
+    kind: str  # "interruption", "rebalance" or "terminate" (the group's lifecycle hook)
     instance_id: str
     at: float  # epoch seconds of the event
     receipt: str
+    action: LifecycleAction | None = None
 
     @property
     def drain_deadline(self) -> float:
@@ -42,15 +53,32 @@ def parse_event(body: str, receipt: str) -> Warning | None:
         event = json.loads(body)
     except json.JSONDecodeError:
         return None
-    if not isinstance(event, dict) or event.get("source") != "aws.ec2":
+    if not isinstance(event, dict) or not isinstance(event.get("detail"), dict):
         return None
-    kind = {INTERRUPTION: "interruption", REBALANCE: "rebalance"}.get(str(event.get("detail-type")))
-    detail = event.get("detail") or {}
-    instance = detail.get("instance-id") if isinstance(detail, dict) else None
-    if kind is None or not isinstance(instance, str):
+    detail, kind_text = event["detail"], str(event.get("detail-type"))
+    try:
+        when = datetime.fromisoformat(str(event.get("time", "")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
         return None
-    when = datetime.fromisoformat(str(event.get("time", "")).replace("Z", "+00:00")).timestamp()
-    return Warning(kind=kind, instance_id=instance, at=when, receipt=receipt)
+    if event.get("source") == "aws.ec2" and kind_text in (INTERRUPTION, REBALANCE):
+        instance = detail.get("instance-id")
+        if not isinstance(instance, str):
+            return None
+        kind = "interruption" if kind_text == INTERRUPTION else "rebalance"
+        return Warning(kind=kind, instance_id=instance, at=when, receipt=receipt)
+    if event.get("source") == "aws.autoscaling" and kind_text == TERMINATE_HOOK:
+        fields = ("EC2InstanceId", "LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")
+        if not all(isinstance(detail.get(f), str) for f in fields):
+            return None
+        action = LifecycleAction(
+            hook=detail["LifecycleHookName"],
+            group=detail["AutoScalingGroupName"],
+            token=detail["LifecycleActionToken"],
+        )
+        return Warning(
+            kind="terminate", instance_id=detail["EC2InstanceId"], at=when, receipt=receipt, action=action
+        )
+    return None
 
 
 @dataclass
@@ -157,7 +185,22 @@ class Handled:
 def handle(warning: Warning, drainer: Drainer, asg: AsgActuator) -> Handled:
     """Replacement first (a Spot node takes minutes to serve, a drain seconds), then the node:
     an interruption is drained within the notice and its instance retired from the group; a
-    rebalance recommendation only cordons, so the node finishes its work but takes no more."""
+    rebalance recommendation only cordons, so the node finishes its work but takes no more.
+    A termination the group itself decided (its lifecycle hook) needs no replacement: drain,
+    then let the termination go on."""
+    if warning.action is not None:
+        node = drainer.node_for_instance(warning.instance_id)
+        report = drainer.drain(node, warning.drain_deadline) if node is not None else None
+        asg.client.complete_lifecycle_action(
+            LifecycleHookName=warning.action.hook,
+            AutoScalingGroupName=warning.action.group,
+            LifecycleActionToken=warning.action.token,
+            LifecycleActionResult="CONTINUE",
+            InstanceId=warning.instance_id,
+        )
+        return Handled(
+            warning=warning, node=node, replacement="none needed: the group's own termination", drain=report
+        )
     try:
         replacement = f"desired capacity raised to {asg.replace()}"
     except ActuationError as exc:

@@ -326,3 +326,63 @@ def test_a_drain_that_cannot_finish_stops_at_the_deadline(kube: Any) -> None:
     assert not report.finished_in_time
     assert report.left == ("serving/triton-0",)
     assert clock[0] >= 1003.0
+
+
+def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
+    # moto has no CompleteLifecycleAction (its lifecycle hooks never fire): botocore's Stubber checks
+    # the call against the real API model instead.
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "autoscaling", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    _FakeKubernetes.nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n9"},
+            "spec": {"providerID": f"aws:///{REGION}a/i-0123456789abcdef0"},
+        }
+    ]
+    _FakeKubernetes.pods = [_pod("serving", "triton-9", "n9")]
+    _FakeKubernetes.calls = []
+    event = {
+        "version": "0",
+        "id": "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1",
+        "detail-type": "EC2 Instance-terminate Lifecycle Action",
+        "source": "aws.autoscaling",
+        "account": "123456789012",
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": [
+            f"arn:aws:autoscaling:{REGION}:123456789012:autoScalingGroup:x:autoScalingGroupName/{GROUP}"
+        ],
+        "detail": {
+            "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+            "AutoScalingGroupName": GROUP,
+            "LifecycleHookName": "burst-prod-drain",
+            "EC2InstanceId": "i-0123456789abcdef0",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "NotificationMetadata": "",
+            "Origin": "AutoScalingGroup",
+            "Destination": "EC2",
+        },
+    }
+    warning = parse_event(json.dumps(event), "r")
+    assert warning is not None and warning.kind == "terminate"
+    with Stubber(client) as stub:
+        stub.add_response(
+            "complete_lifecycle_action",
+            {},
+            {
+                "LifecycleHookName": "burst-prod-drain",
+                "AutoScalingGroupName": GROUP,
+                "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+                "LifecycleActionResult": "CONTINUE",
+                "InstanceId": "i-0123456789abcdef0",
+            },
+        )
+        handled = handle(warning, Drainer(kube, poll_s=0.1), AsgActuator(GROUP, max_nodes=8, client=client))
+        stub.assert_no_pending_responses()
+    assert handled.drain is not None and handled.drain.evicted == ("serving/triton-9",)
+    assert handled.replacement.startswith("none needed")
