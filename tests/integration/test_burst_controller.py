@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,21 @@ from typer.testing import CliRunner
 
 from gpufleet.burst.actuate import AsgActuator, PulumiActuator
 from gpufleet.burst.controller import Controller, SpotPrices, TritonSource
+from gpufleet.burst.interrupt import INTERRUPTION, Drainer, WarningQueue
 from gpufleet.burst.policy import CapacityModel, Gpufleet
 from gpufleet.burst.signal import TritonMetrics
 from gpufleet.cli import app
 from gpufleet.serving.tritonserver import free_port, tritonserver
-from tests.integration.test_burst_aws import GROUP, _aws, asg, moto_url  # noqa: F401  (fixtures)
+from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
+    GROUP,
+    _aws,
+    _event,
+    _FakeKubernetes,
+    _pod,
+    asg,
+    kube,
+    moto_url,
+)
 from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
@@ -218,3 +229,58 @@ def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: 
     )
     assert result.exit_code == 2
     assert result.stderr.strip() == f"--asg: not given, and stack {STACK} exports no asgName"
+
+
+def test_each_step_handles_spot_warnings_first(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
+    instance = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+        "Instances"
+    ][0]["InstanceId"]
+    _FakeKubernetes.nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "spec": {"providerID": f"aws:///us-east-1a/{instance}"},
+        }
+    ]
+    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, instance, datetime.now(UTC)))
+    capacity = CapacityModel(
+        onprem_replicas=4,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+    )
+    controller = Controller(
+        policy=Gpufleet(capacity),
+        source=TritonSource(TritonMetrics(triton.metrics_url, "sleepy")),
+        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
+        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+        ),
+        replica_rps=50.0,
+        drainer=Drainer(kube, poll_s=0.1),
+        warnings=WarningQueue(sqs, queue_url, wait_s=1),
+    )
+    controller.step(time.monotonic())
+    assert (
+        'gpufleet_burst_interruptions_total{kind="interruption"} 1.0'
+        in generate_latest(controller.registry).decode()
+    )
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    assert instance not in {i["InstanceId"] for i in group["Instances"]}
+    assert group["DesiredCapacity"] == 2  # replaced first, then retired
+    assert _FakeKubernetes.pods == []
+    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
