@@ -197,6 +197,10 @@ class Controller:
         self.window.append(signals)
         decision = self.policy.decide(t, list(self.window), nodes, prices)
         self._observe(signals, nodes, prices, decision)
+        # TensorRT-LLM's own view, when the model runs on it: shown, not decided on.
+        for name, value in (("trt_active", reading.trt_active), ("kv_cache_used", reading.kv_cache_used)):
+            if value is not None:
+                self.metrics.signal.labels(name=name).set(value)
         live = [n for n in nodes if not n.draining]
         target = len(live) + len(decision.launch) - len(decision.drain)
         action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"

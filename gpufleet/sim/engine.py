@@ -53,7 +53,6 @@ class Minute:
     minute: int
     load_replicas: float
     ready_replicas: float
-    burst_nodes: float
     p99_queue_wait_s: float
     spend_usd_hour: float
 
@@ -170,7 +169,6 @@ class Simulation:
         minutes = math.ceil(self.horizon_s / 60) or 1
         self._m_load = [0.0] * minutes
         self._m_ready = [0.0] * minutes
-        self._m_nodes = [0.0] * minutes
         self._m_spend = [0.0] * minutes
 
         for time in self.prices.times[1:]:
@@ -400,7 +398,6 @@ class Simulation:
             overlap = min(end, (minute + 1) * 60) - max(start, minute * 60)
             self._m_spend[minute] += spend * overlap / 60
             self._m_ready[minute] += ready * overlap / 60
-            self._m_nodes[minute] += len(live) * overlap / 60
             if spend > self.capacity.max_hourly_usd + 1e-6 and overlap > 0:
                 self._cap_minutes.add(minute)
 
@@ -437,8 +434,7 @@ class Simulation:
         slo = self.capacity.slo_queue_wait_s
         violations = sum(1 for p in counted if p > slo)
         timeline = tuple(
-            Minute(m, self._m_load[m], self._m_ready[m], self._m_nodes[m], p99s[m], self._m_spend[m])
-            for m in range(minutes)
+            Minute(m, self._m_load[m], self._m_ready[m], p99s[m], self._m_spend[m]) for m in range(minutes)
         )
         return Result(
             policy=self.policy.name,
