@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -81,13 +82,18 @@ def require_tools() -> None:
         raise LabError(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
 
 
+def _ifname(prefix: str, hostname: str) -> str:
+    # Kernel names stop at 15 characters; a long hostname gets a digest so names never collide.
+    name = f"{prefix}-{hostname}"
+    return name if len(name) <= 15 else f"{prefix}-{hashlib.sha1(hostname.encode()).hexdigest()[:10]}"
+
+
 def netns(hostname: str) -> str:
-    return f"gf-{hostname}"[:15]
+    return _ifname("gf", hostname)
 
 
 def _veth(hostname: str) -> str:
-    # Interface names are limited to 15 characters; the index keeps them unique.
-    return f"gfv-{hostname}"[-15:]
+    return _ifname("gfv", hostname)
 
 
 def lab_packages(inv: Inventory) -> list[str]:

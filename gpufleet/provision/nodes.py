@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import Empty
 from typing import Any
 
 from pyinfra.api.config import Config
@@ -28,6 +30,7 @@ from gpufleet.plan.node import plan_node
 from gpufleet.provision.connection import pyinfra_ssh_data
 
 CONNECT_TIMEOUT_S = 10
+HOST_TIMEOUT_S = 3600.0  # a whole driver and CUDA install over a slow mirror fits
 
 
 @dataclass
@@ -79,7 +82,9 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
             r = results[host.name]
             name = _op_name(state, op_hash)
             meta = state.ops[host][op_hash].operation_meta
-            detail = " ".join(meta.stderr_lines[-3:]) if meta.is_complete() and meta._combined_output else ""
+            output = meta._combined_output if meta.is_complete() else None
+            lines = (output.stderr_lines or output.stdout_lines) if output else []
+            detail = " ".join(lines[-3:])
             r.ok, r.error, r.seconds = False, f"{name}: {detail}".strip(), time.monotonic() - started
             on_event(host.name, f"failed: {r.error}")
 
@@ -87,25 +92,64 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
 
 
 def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: Event) -> list[HostResult]:
-    """Converge (or, with dry_run, only diff) the node deploy on the selected hosts."""
+    """Converge (or, with dry_run, only diff) the node deploy on the selected hosts.
+
+    One process per host: pyinfra gathers facts host after host within one state, so separate
+    states in parallel are several times faster, and a host that fails or hangs is alone in its
+    process, which cannot hold the others back.
+    """
     selected = select_hosts(inv, limit)
-    node_deploy = importlib.import_module("deploys.node").node
     ssh = pyinfra_ssh_data(inv.site.name)
     by_name = {n.hostname: n for n in inv.nodes}
-    hosts = [
-        (h, {"ssh_hostname": str(by_name[h].management_ip), "ssh_user": "root", **ssh,
-             "gpufleet_plan": plan_node(inv, by_name[h])})
-        for h in selected
-    ]  # fmt: skip
+    ctx = multiprocessing.get_context("fork")
+    queue: Any = ctx.Queue()
+    procs = {}
+    for h in selected:
+        data = {"ssh_hostname": str(by_name[h].management_ip), "ssh_user": "root", **ssh,
+                "gpufleet_plan": plan_node(inv, by_name[h])}  # fmt: skip
+        procs[h] = ctx.Process(target=_host_process, args=(h, data, dry_run, queue), daemon=True)
+        procs[h].start()
+    results: dict[str, HostResult] = {}
+    deadline = time.monotonic() + HOST_TIMEOUT_S
+    while len(results) < len(selected) and time.monotonic() < deadline:
+        try:
+            kind, host, payload = queue.get(timeout=1)
+        except Empty:
+            for h, proc in procs.items():
+                if h not in results and not proc.is_alive() and queue.empty():
+                    results[h] = HostResult(h, ok=False, error=f"deploy process exited {proc.exitcode}")
+            continue
+        if kind == "event":
+            on_event(host, payload)
+        else:
+            results[host] = payload
+    for h, proc in procs.items():
+        if h not in results:
+            results[h] = HostResult(h, ok=False, error=f"no result after {HOST_TIMEOUT_S:.0f}s")
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return [results[h] for h in selected]
+
+
+def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any) -> None:
+    try:
+        result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)))
+    except Exception as exc:  # anything unexpected still ends as this host's failed result
+        result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
+    queue.put(("result", hostname, result))
+
+
+def _converge(hostname: str, data: dict[str, Any], dry_run: bool, on_event: Event) -> HostResult:
+    node_deploy = importlib.import_module("deploys.node").node
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)  # results go to the summary, not the log
     state = State(
-        PyinfraInventory((hosts, {})),  # type: ignore[no-untyped-call]
-        Config(  # type: ignore[no-untyped-call]
-            CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, FAIL_PERCENT=None, PARALLEL=len(hosts)
-        ),
+        PyinfraInventory(([(hostname, data)], {})),  # type: ignore[no-untyped-call]
+        Config(CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, FAIL_PERCENT=None),  # type: ignore[no-untyped-call]
     )
     started = time.monotonic()
-    results = {h: HostResult(h) for h in selected}
+    results = {hostname: HostResult(hostname)}
     state.add_callback_handler(_progress(results, on_event, started))  # type: ignore[no-untyped-call]
     try:
         connect_all(state)
@@ -113,10 +157,10 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
         if not dry_run:
             run_ops(state)
     except PyinfraError as exc:
-        # pyinfra stops when no host is left; every host has its own reason recorded already.
-        for r in results.values():
-            if r.ok:
-                r.ok, r.error = False, str(exc)
+        # pyinfra stops when its host is gone; the callbacks have recorded why, if they could.
+        r = results[hostname]
+        if r.ok:
+            r.ok, r.error = False, str(exc)
     finally:
         disconnect_all(state)
     for host in state.inventory:
@@ -138,4 +182,4 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
             )
             if changed:
                 r.changed.append(_op_name(state, op_hash))
-    return [results[h] for h in selected]
+    return results[hostname]
