@@ -312,6 +312,7 @@ class SpotBurst(pulumi.ComponentResource):
                     on_demand_base_capacity=0,
                     on_demand_percentage_above_base_capacity=0,
                     spot_allocation_strategy="price-capacity-optimized",
+                    spot_max_price=None if p.spot_max_price_usd is None else f"{p.spot_max_price_usd:.4f}",
                 ),
                 launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
                     launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpufleet.inventory.load import load_inventory
+from gpufleet.inventory.load import load_inventory, site_file
 from gpufleet.inventory.render import ansible_inventory, pyinfra_inventory_source
 from gpufleet.inventory.stacks import load_stack, stack_names
 from gpufleet.model.errors import InputError, Problem
@@ -186,10 +186,17 @@ def plan_site_cmd(site: SiteArg = "lab", as_json: JsonOpt = False) -> None:
         )
         out.print(f"serving {s.model}: {s.replicas} replicas, {shape}")
     if plan.burst:
+        from gpufleet.plan.aws import plan_fleet
+
         b = plan.burst
+        with bad_input():
+            fleet = plan_fleet(inv, str(site_file(site)))
+        served = f"{fleet.model} (TP {fleet.tensor_parallel})" + (
+            ", a smaller model" if fleet.fallback else ""
+        )
         out.print(
-            f"burst {b.region}: 0..{b.max_nodes} Spot nodes, cap ${b.max_hourly_usd:g}/h, "
-            f"types {', '.join(b.instance_types) or '-'}"
+            f"burst {b.region}: 0..{b.max_nodes} Spot nodes at most ${b.spot_max_price_usd or 0:g}/h each, "
+            f"cap ${b.max_hourly_usd:g}/h; serves {served} on {', '.join(fleet.instance_types)}"
         )
 
 

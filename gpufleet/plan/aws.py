@@ -15,6 +15,7 @@ from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.node import GPU_TAINT, Frozen
+from gpufleet.plan.site import spot_max_price
 
 # Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves
 # price-capacity-optimized allocation too little room when a pool is reclaimed.
@@ -82,6 +83,8 @@ class AwsBurstPlan(Frozen):
     ami_parameter: str  # name:version
     desired_nodes: int
     max_nodes: int
+    # The group's SpotMaxPrice: with it max_nodes nodes can never cost more than the cap.
+    spot_max_price_usd: float | None
     join_token_parameter: str
     ca_hash_parameter: str
     api_endpoint: str
@@ -217,6 +220,7 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
         ami_parameter=str(inv.bom.burst_ami),
         desired_nodes=config.burst_nodes,
         max_nodes=burst.max_nodes,
+        spot_max_price_usd=spot_max_price(burst),
         join_token_parameter=JOIN_TOKEN_PARAMETER.format(site=site),
         ca_hash_parameter=CA_HASH_PARAMETER.format(site=site),
         api_endpoint=inv.site.kubernetes.control_plane_endpoint,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from gpufleet.model.catalog import AWS_GPU_INSTANCES, SERVING_MODELS, ReplicaShape, replica_shape
+from gpufleet.model.catalog import SERVING_MODELS, ReplicaShape, replica_shape
 from gpufleet.model.checks import dominant_gpu
-from gpufleet.model.site import Inventory, Role
+from gpufleet.model.site import Burst, Inventory, Role
 from gpufleet.plan.node import Frozen, plan_node
 
 PGS_PER_OSD = 100
@@ -57,10 +57,10 @@ class ServingPlan(Frozen):
 
 class BurstPlan(Frozen):
     region: str
-    instance_types: list[str]
     min_nodes: int
     max_nodes: int
     max_hourly_usd: float
+    spot_max_price_usd: float | None
     boot_to_serve_s: int
 
 
@@ -157,26 +157,24 @@ def _serving(inv: Inventory) -> ServingPlan | None:
     )
 
 
-def burst_instance_types(model: str) -> list[str]:
-    """Every catalogued instance on which one replica of the model fits, cheapest per replica first."""
-    fits = [
-        it
-        for it in AWS_GPU_INSTANCES.values()
-        if replica_shape(model, it.gpu).nodes == 1 and replica_shape(model, it.gpu).tensor_parallel <= it.gpus
-    ]
-    return [it.name for it in sorted(fits, key=lambda it: (it.on_demand_usd_hour, it.name))]
+def spot_max_price(burst: Burst) -> float | None:
+    """Per-node Spot max price that keeps a full fleet under the cap whatever Spot prices do.
+
+    Without one AWS may bill up to on-demand, and a fleet sized under today's prices could
+    cross the cap tomorrow; with one, `max_nodes` nodes never cost more than `max_hourly_usd`.
+    """
+    return burst.max_hourly_usd / burst.max_nodes if burst.max_nodes else None
 
 
 def _burst(inv: Inventory) -> BurstPlan | None:
-    burst, serving = inv.site.burst, inv.site.serving
+    burst = inv.site.burst
     if burst is None:
         return None
-    types = burst.instance_types or (burst_instance_types(serving.model) if serving else [])
     return BurstPlan(
         region=burst.region,
-        instance_types=types,
         min_nodes=0,
         max_nodes=burst.max_nodes,
         max_hourly_usd=burst.max_hourly_usd,
+        spot_max_price_usd=spot_max_price(burst),
         boot_to_serve_s=burst.boot_to_serve_s,
     )

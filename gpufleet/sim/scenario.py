@@ -144,6 +144,8 @@ def build_scenario(
         max_hourly_usd=plan.burst.max_hourly_usd,
         boot_to_serve_s=plan.burst.boot_to_serve_s,
         slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
+        # As deployed: SpotBurst sets the group's SpotMaxPrice from the same plan.
+        fleet_max_price=plan.burst.spot_max_price_usd,
     )
     service = calibrate(trace, capacity, prices, fleet)
     # Plan each minute's load at the utilisation at which on-prem alone met the SLO on the

@@ -406,6 +406,8 @@ def test_burst_fleet_is_spot_only_over_enough_types_and_bounded(
     dist = asg["mixedInstancesPolicy"]["instancesDistribution"]
     assert dist["onDemandBaseCapacity"] == 0 and dist["onDemandPercentageAboveBaseCapacity"] == 0
     assert dist["spotAllocationStrategy"] == "price-capacity-optimized"
+    # $400/h cap over 8 nodes: no Spot price movement can take the full group over the cap.
+    assert dist["spotMaxPrice"] == "50.0000"
     types = [o["instanceType"] for o in asg["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
     assert types == p.fleet.instance_types and len(types) >= MIN_SPOT_TYPES
     subnets = {r.name: r.inputs for r in graph.by_type("aws:ec2/subnet:Subnet")}
