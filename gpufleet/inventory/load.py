@@ -49,15 +49,18 @@ def display(path: Path) -> str:
         return str(path)
 
 
-def read_yaml(path: Path) -> Any:
-    source = display(path)
+def read_text(path: Path) -> str:
+    """An input file's text; a missing or unreadable one is an InputError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(source, [Problem((), "file not found")]) from None
+        raise InputError(display(path), [Problem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(source, [Problem((), f"cannot read: {exc}")]) from None
-    return parse_yaml(text, source)
+        raise InputError(display(path), [Problem((), f"cannot read: {exc}")]) from None
+
+
+def read_yaml(path: Path) -> Any:
+    return parse_yaml(read_text(path), display(path))
 
 
 def parse_yaml(text: str, source: str) -> Any:

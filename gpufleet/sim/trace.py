@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpufleet.inventory.load import display
+from gpufleet.inventory.load import display, read_text
 from gpufleet.model.errors import InputError, Problem
 
 
@@ -54,12 +54,7 @@ class _JsonlRow(BaseModel):
 
 def load_trace(path: Path) -> Trace:
     source = display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(source, [Problem((), "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(source, [Problem((), f"cannot read: {exc}")]) from None
+    text = read_text(path)
     first = next((line for line in text.splitlines() if line.strip()), "")
     if not first:
         raise InputError(source, [Problem((), "trace is empty")])
