@@ -279,15 +279,7 @@ def run(
             raise InputError(
                 "--asg", [Problem((), f"no Auto Scaling group {asg.group!r} in {plan.burst.region}")]
             )
-    capacity = CapacityModel(
-        onprem_replicas=plan.serving.replicas,
-        replicas_per_node=fleet.min_replicas_per_node,
-        max_nodes=plan.burst.max_nodes,
-        max_hourly_usd=plan.burst.max_hourly_usd,
-        boot_to_serve_s=plan.burst.boot_to_serve_s,
-        slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
-        fleet_max_price=group_max_price(described[0], types),
-    )
+    capacity = CapacityModel.from_plan(plan, fleet, group_max_price(described[0], types))
     source: TritonSource | PrometheusSource = (
         TritonSource(TritonMetrics(triton_metrics, model or plan.serving.model))
         if triton_metrics

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.plan.aws import BurstFleet
+from gpufleet.plan.site import SitePlan
 
 # AWS gives two minutes between the interruption warning and the reclaim.
 SPOT_NOTICE_S = 120.0
@@ -80,6 +82,21 @@ class CapacityModel:
     # Continuous batching keeps queue wait near zero until a replica saturates, then it explodes:
     # plan for this much of each replica's throughput.
     target_utilisation: float = 0.85
+
+    @classmethod
+    def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
+        """The site's serving and burst plans; `fleet_max_price` as deployed (or as planned)."""
+        if site.burst is None or site.serving is None:
+            raise ValueError(f"site {site.site} plans no burst or no serving")
+        return cls(
+            onprem_replicas=site.serving.replicas,
+            replicas_per_node=fleet.min_replicas_per_node,
+            max_nodes=site.burst.max_nodes,
+            max_hourly_usd=site.burst.max_hourly_usd,
+            boot_to_serve_s=site.burst.boot_to_serve_s,
+            slo_queue_wait_s=site.serving.slo_queue_wait_p99_s,
+            fleet_max_price=fleet_max_price,
+        )
 
     def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
         """Burst nodes needed so that on-prem plus burst replicas carry the load at the utilisation."""

@@ -137,16 +137,8 @@ def build_scenario(
     horizon = 60.0 * math.ceil(max(trace.duration_s, surged.duration_s, 1.0) / 60)
     pools = pools_for(plan.burst.region, sorted(fleet.instance_types))
     prices = random_walk(pools, horizon, seed=seed)
-    capacity = CapacityModel(
-        onprem_replicas=plan.serving.replicas,
-        replicas_per_node=fleet.min_replicas_per_node,
-        max_nodes=plan.burst.max_nodes,
-        max_hourly_usd=plan.burst.max_hourly_usd,
-        boot_to_serve_s=plan.burst.boot_to_serve_s,
-        slo_queue_wait_s=plan.serving.slo_queue_wait_p99_s,
-        # As deployed: SpotBurst sets the group's SpotMaxPrice from the same plan.
-        fleet_max_price=plan.burst.spot_max_price_usd,
-    )
+    # As deployed: SpotBurst sets the group's SpotMaxPrice from the same plan.
+    capacity = CapacityModel.from_plan(plan, fleet, plan.burst.spot_max_price_usd)
     service = calibrate(trace, capacity, prices, fleet)
     # Plan each minute's load at the utilisation at which on-prem alone met the SLO on the
     # ordinary trace's busiest minute: that is what the capacity model has shown to be safe.
