@@ -345,13 +345,18 @@ def _cgroup_pids(hostname: str) -> set[int]:
     return pids
 
 
+def _power_off(paths: LabPaths, hostnames: list[str]) -> None:
+    """Ask every host to power off at once, then wait for all (bounded): shutdowns overlap."""
+    for hostname in hostnames:
+        pid = _supervisor_pid(paths, hostname)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_supervisor_pid(paths, h) for h in hostnames):
+        time.sleep(0.2)
+
+
 def _stop_host(paths: LabPaths, hostname: str) -> None:
-    pid = _supervisor_pid(paths, hostname)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and _supervisor_pid(paths, hostname) is not None:
-            time.sleep(0.2)
     # Whatever is left in the host's own cgroups (a hung boot, a stray daemon) is killed by PID.
     for _ in range(50):
         pids = _cgroup_pids(hostname)
@@ -378,6 +383,7 @@ def down(inv: Inventory, paths: LabPaths, report: Report) -> None:
 
 
 def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
+    _power_off(paths, [n.hostname for n in inv.nodes])
     for node in inv.nodes:
         _stop_host(paths, node.hostname)
         ns, veth = netns(node.hostname), _veth(node.hostname)

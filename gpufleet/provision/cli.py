@@ -135,11 +135,13 @@ def rehearse(site: str) -> list[Phase]:
         inv = load_inventory(site)
     lab = inv.site.environment == "lab"
 
+    paths = LabPaths.default()
+
+    def previous_lab_down() -> tuple[bool, str]:
+        hosts.down(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
+        return True, "the running lab, removed: the rebuild starts from nothing"
+
     def lab_phase() -> tuple[bool, str]:
-        paths = LabPaths.default()
-        if any(s.supervisor_pid for s in hosts.status(inv, paths)):
-            out.print("[dim]lab[/] rebuilding from nothing: taking the running lab down first")
-            hosts.down(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
         try:
             rows = lab_up(site)
         except LabError as exc:
@@ -171,7 +173,11 @@ def rehearse(site: str) -> list[Phase]:
         passed = sum(r.outcome == "passed" for r in report.results)
         return report.ok, ", ".join(failed[:5]) if failed else f"{passed} checks passed"
 
-    steps = [("lab up", lab_phase)] if lab else []
+    steps = []
+    if lab and any(s.supervisor_pid for s in hosts.status(inv, paths)):
+        steps.append(("previous lab down", previous_lab_down))
+    if lab:
+        steps.append(("lab up", lab_phase))
     steps += [("provision", provision_phase), ("cluster ceph", ceph_phase), ("verify", verify_phase)]
     phases = run_phases(steps)
     out.print(phase_table(phases))
