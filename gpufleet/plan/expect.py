@@ -95,7 +95,9 @@ def host_expectations(inv: Inventory, node: Node) -> HostExpect:
             for nic in node.nics.rdma
         ],
     )
-    in_cluster = bool({Role.CONTROL_PLANE, Role.WORKER, Role.GPU} & set(node.roles))
+    # A node is checked as a Kubernetes node when its plan runs a kubelet (not in the lab,
+    # whose distribution ships no kubeadm).
+    in_cluster = "kubelet" in plan.services
     return HostExpect(
         hostname=node.hostname,
         gpu=gpu,

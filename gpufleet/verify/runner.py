@@ -67,6 +67,8 @@ def verify_site(
         raise InputError("--local", [Problem((), "checking this machine needs exactly one --limit HOST")])
     env = {
         **os.environ,
+        # testinfra's Ansible backend runs `ansible-inventory` by name: this environment's first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "GPUFLEET_SITE": str(site_file(site).parent.name),
         "GPUFLEET_INVENTORIES": str(site_file(site).parent.parent.resolve()),
     }
