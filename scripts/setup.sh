@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# One install for everything: the CLI, Pulumi SDK and providers, pyinfra, Ansible, testinfra, test tools.
+# One install for everything: the system packages the lab needs (as root), then .venv/ with the
+# CLI, Pulumi SDK and providers, pyinfra, Ansible, testinfra and the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "gpufleet needs Python 3.11+" >&2; exit 2; }
+# The lab: nspawn hosts from debootstrap, a signed local apt mirror, ssh.
+LAB_PACKAGES="debootstrap systemd-container openssh-client dpkg-dev apt-utils gnupg iproute2 util-linux"
+if [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $LAB_PACKAGES >/dev/null
+else
+  echo "not root: skipping the lab's system packages ($LAB_PACKAGES); the lab and its tests need them" >&2
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
