@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import TypedDict
 
 from pyinfra.api import FactBase
 
-_ARRAY = re.compile(
-    r"^(?P<name>md\d+)\s*:\s*(?P<state>\S+)\s+(?:\((?P<ro>[^)]*)\)\s+)?(?P<level>raid\d+)\s+(?P<members>.*)$"
-)
-_MEMBER = re.compile(r"(?P<dev>[\w-]+)\[(?P<slot>\d+)\](?P<flags>(?:\([A-Z]\))*)")
-_STATUS = re.compile(r"\[(?P<total>\d+)/(?P<up>\d+)\]\s+\[(?P<map>[U_]+)\]")
-
-
-class MdArray(TypedDict):
-    state: str
-    level: str
-    members: list[str]
-    failed: list[str]
-    raid_disks: int
-    active_disks: int
-    resync: str | None
+from gpufleet.verify.parse import MdArray, parse_mdstat
 
 
 class MdStat(FactBase[dict[str, MdArray]]):
@@ -36,32 +21,7 @@ class MdStat(FactBase[dict[str, MdArray]]):
         return {}
 
     def process(self, output: list[str]) -> dict[str, MdArray]:
-        arrays: dict[str, MdArray] = {}
-        current: MdArray | None = None
-        for line in output:
-            m = _ARRAY.match(line.strip())
-            if m:
-                members = list(_MEMBER.finditer(m["members"]))
-                current = MdArray(
-                    state=m["state"],
-                    level=m["level"],
-                    members=[f"/dev/{x['dev']}" for x in members],
-                    failed=[f"/dev/{x['dev']}" for x in members if "(F)" in x["flags"]],
-                    raid_disks=len(members),
-                    active_disks=len(members),
-                    resync=None,
-                )
-                arrays[m["name"]] = current
-                continue
-            if current is None:
-                continue
-            s = _STATUS.search(line)
-            if s:
-                current["raid_disks"], current["active_disks"] = int(s["total"]), int(s["up"])
-            for word in ("resync", "recovery", "check", "reshape"):
-                if f"{word} =" in line or f"{word}=" in line:
-                    current["resync"] = word
-        return arrays
+        return parse_mdstat(output)
 
 
 class MdSuperblocks(FactBase[dict[str, str]]):

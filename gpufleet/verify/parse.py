@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict
 
@@ -162,36 +162,52 @@ def parse_xids(dmesg: str) -> list[tuple[str, int, str]]:
     ]
 
 
-class MdArray(BaseModel):
-    model_config = ConfigDict(frozen=True)
+_MD_ARRAY = re.compile(
+    r"^(?P<name>md\d+)\s*:\s*(?P<state>\S+)\s+(?:\((?P<ro>[^)]*)\)\s+)?(?P<level>raid\d+)\s+(?P<members>.*)$"
+)
+_MD_MEMBER = re.compile(r"(?P<dev>[\w-]+)\[(?P<slot>\d+)\](?P<flags>(?:\([A-Z]\))*)")
+_MD_STATUS = re.compile(r"\[(?P<total>\d+)/(?P<up>\d+)\]\s+\[(?P<map>[U_]+)\]")
 
-    device: str
-    active: bool
+
+class MdArray(TypedDict):
+    state: str
     level: str
     members: list[str]
-    # `[UUUU_U]`: one character per member, `_` for a missing one.
-    member_status: str
+    failed: list[str]
+    raid_disks: int
+    active_disks: int
+    resync: str | None
 
 
-def parse_mdstat(text: str) -> dict[str, MdArray]:
+def parse_mdstat(output: str | list[str]) -> dict[str, MdArray]:
+    """`/proc/mdstat`: array name (md0) -> state, level, members (as /dev paths), failed ones,
+    disks up of disks in the array, and a resync/recovery/check/reshape under way."""
+    lines = output.splitlines() if isinstance(output, str) else output
     arrays: dict[str, MdArray] = {}
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        match = re.match(r"^(md\w+) : (active|inactive)(?: \([^)]*\))? (raid\d+|linear)?\s*(.*)$", line)
-        if not match:
+    current: MdArray | None = None
+    for line in lines:
+        m = _MD_ARRAY.match(line.strip())
+        if m:
+            members = list(_MD_MEMBER.finditer(m["members"]))
+            current = MdArray(
+                state=m["state"],
+                level=m["level"],
+                members=[f"/dev/{x['dev']}" for x in members],
+                failed=[f"/dev/{x['dev']}" for x in members if "(F)" in x["flags"]],
+                raid_disks=len(members),
+                active_disks=len(members),
+                resync=None,
+            )
+            arrays[m["name"]] = current
             continue
-        name, state, level, rest = match.groups()
-        members = sorted(re.sub(r"\[\d+\](\([A-Z]\))?$", "", m) for m in rest.split())
-        status = ""
-        if i + 1 < len(lines) and (s := re.search(r"\[([U_]+)\]\s*$", lines[i + 1])):
-            status = s.group(1)
-        arrays[f"/dev/{name}"] = MdArray(
-            device=f"/dev/{name}",
-            active=state == "active",
-            level=level or "",
-            members=[f"/dev/{m}" for m in members],
-            member_status=status,
-        )
+        if current is None:
+            continue
+        s = _MD_STATUS.search(line)
+        if s:
+            current["raid_disks"], current["active_disks"] = int(s["total"]), int(s["up"])
+        for word in ("resync", "recovery", "check", "reshape"):
+            if f"{word} =" in line or f"{word}=" in line:
+                current["resync"] = word
     return arrays
 
 

@@ -18,13 +18,17 @@ def test_md_arrays_clean_with_planned_members(run: Run, expect: HostExpect) -> N
         not_planned("md arrays")
     arrays = parse_mdstat(run("cat /proc/mdstat"))
     for want in expect.storage.raid:
-        found = arrays.get(want.device)
+        found = arrays.get(want.device.removeprefix("/dev/"))
         assert found is not None, f"{want.device}: expected RAID{want.level}, found no such array"
-        assert found.active and found.level == f"raid{want.level}", f"{want.device}: found {found}"
-        assert found.members == sorted(want.members), (
-            f"{want.device} members: expected {want.members}, found {found.members}"
+        assert found["state"] == "active" and found["level"] == f"raid{want.level}", (
+            f"{want.device}: found {found}"
         )
-        assert "_" not in found.member_status, f"{want.device}: degraded [{found.member_status}]"
+        assert sorted(found["members"]) == sorted(want.members), (
+            f"{want.device} members: expected {want.members}, found {found['members']}"
+        )
+        assert not found["failed"] and found["active_disks"] == found["raid_disks"], (
+            f"{want.device}: degraded, {found['active_disks']}/{found['raid_disks']} up, failed {found['failed']}"
+        )
         state = parse_key_values(run(f"mdadm --detail {want.device}")).get("State", "")
         assert state.split(",")[0].strip() in {"clean", "active"}, f"{want.device}: state {state}"
 

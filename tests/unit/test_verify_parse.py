@@ -111,10 +111,12 @@ unused devices: <none>
 
 def test_mdstat() -> None:
     arrays = parse_mdstat(MDSTAT)
-    md0 = arrays["/dev/md0"]
-    assert md0.active and md0.level == "raid6" and md0.member_status == "UUUUUU"
-    assert md0.members == [f"/dev/sd{c}" for c in "abcdef"]
-    assert arrays["/dev/md1"].member_status == "UUU_U"
+    md0 = arrays["md0"]
+    assert md0["state"] == "active" and md0["level"] == "raid6"
+    assert sorted(md0["members"]) == [f"/dev/sd{c}" for c in "abcdef"]
+    assert (md0["active_disks"], md0["raid_disks"], md0["failed"]) == (6, 6, [])
+    md1 = arrays["md1"]
+    assert (md1["active_disks"], md1["raid_disks"], md1["failed"]) == (4, 5, ["/dev/sdj"])
     assert parse_mdstat(recorded("mdstat.txt")) == {}  # the H100 node has none
 
 
