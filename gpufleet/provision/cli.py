@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -12,9 +12,13 @@ from rich.status import Status
 from rich.table import Table
 
 from gpufleet.inventory.load import load_inventory
-from gpufleet.provision.cluster import PlayResult, run_playbook
-from gpufleet.provision.nodes import HostResult, provision, select_hosts
 from gpufleet.provision.rehearse import Phase, run_phases
+
+if TYPE_CHECKING:
+    # pyinfra and ansible-runner load only when a command uses them: every other command (and a
+    # host without them, such as the GPU machine the host suite runs on) starts without.
+    from gpufleet.provision.cluster import PlayResult
+    from gpufleet.provision.nodes import HostResult
 
 MAX_DETAIL = 160
 SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
@@ -38,6 +42,7 @@ def run_provision(site: str, limit: list[str] | None, dry_run: bool, quiet: bool
     """Provision with per-host progress and the summary table (on stderr when `quiet`); bad input exits 2."""
     from gpufleet.cli import bad_input, err
     from gpufleet.cli import out as stdout
+    from gpufleet.provision.nodes import provision, select_hosts
 
     out = err if quiet else stdout
 
@@ -88,6 +93,7 @@ def play_table(results: list[PlayResult]) -> Table:
 
 def run_cluster(site: str, component: Component) -> list[PlayResult]:
     from gpufleet.cli import bad_input, err, out
+    from gpufleet.provision.cluster import run_playbook
 
     with bad_input():
         inv = load_inventory(site)
