@@ -399,7 +399,14 @@ class ReactivePending(_Base):
 class Gpufleet(_Base):
     """Offered load against the capacity model, held at its peak over the quiet period; a rise
     term for load still climbing; announced peaks; quiet-period scale-in with hysteresis; the
-    $/hour cap; replacement on interruption warnings."""
+    $/hour cap; replacement on interruption warnings.
+
+    Announced peaks normalise the load: a sample taken while a peak of factor f runs counts as
+    load / f of *base* load, and capacity is planned for the held base load times the highest
+    factor due within one boot-to-serve time. So the announced rise is not counted twice (once
+    by the calendar, once by the rise term), capacity is there when a peak starts, and it goes
+    when the peak's end is due instead of a quiet period later. A wrong announcement corrects
+    itself: the plan follows the measured load, only divided by what the calendar explains."""
 
     peaks: tuple[KnownPeak, ...] = ()
     # Load is the mean over this window: one scrape of a bursty LLM load is noise.
@@ -409,17 +416,17 @@ class Gpufleet(_Base):
     # Scale-in plans for a utilisation this much lower (relative) than scale-up: the hysteresis
     # band that keeps a load near a threshold from flapping a node in and out.
     hysteresis: float = 0.2
-    # The last five minutes' mean load over the five before: from `rise_from` on, load is taken to
-    # be still climbing and the held peak is raised by the ratio, at most `rise_max` times.
+    # Trend: when the last five minutes' mean base load is `rise_from` times the five before's,
+    # load is taken to climb on by as much again, adding that increase to the held peak (at most
+    # `rise_max` times the peak). Additive: a ratio of two near-idle minutes means nothing.
     rise_s: float = 300.0
     rise_from: float = 1.3
     rise_max: float = 1.5
     name = "gpufleet"
     tick_s = 15.0
     cap_aware = True
-    _loads: deque[tuple[float, float]] = field(default_factory=deque)
+    _bases: deque[tuple[float, float]] = field(default_factory=deque)
     _last_scale_in: float = -math.inf
-    _peak_level: dict[KnownPeak, float] = field(default_factory=dict)
 
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
@@ -427,20 +434,26 @@ class Gpufleet(_Base):
         m = self.model
         recent = _recent(window, t, self.average_s)
         load = sum(s.load_replicas for s in recent) / len(recent)
-        self._loads.append((t, load))
-        while self._loads[0][0] < t - self.quiet_s:
-            self._loads.popleft()
+        base = sum(s.load_replicas / self.factor_at(s.t) for s in recent) / len(recent)
+        ahead = self._factor_ahead(t)
+        self._bases.append((t, base))
+        keep = max(self.quiet_s, self._lead())
+        while self._bases[0][0] < t - keep:
+            self._bases.popleft()
+        # Around a peak's start, its level comes from the base's worst minute over a whole boot
+        # time: capacity ordered then serves the peak's first minutes, whatever the base does.
+        look = keep if self._near_start(t) else self.quiet_s
         # LLM traffic comes in bursts of a minute or two: capacity sized for the mean flaps.
-        held = max(v for _, v in self._loads)
-        rise = self._rise(window, t)
-        projected = held * min(rise, self.rise_max) if rise >= self.rise_from else held
-        floor, peak_note = self._peak_floor(t, held)
+        held = max(v for s, v in self._bases if s > t - look) * ahead
+        rise, climb = self._rise(window, t)
+        projected = min(held + climb * ahead, held * self.rise_max) if rise >= self.rise_from else held
         live = _live(nodes)
-        up = m.nodes_for(max(projected, floor))
-        why = f"load {load:.2f} replicas, peak {held:.2f}, rise x{rise:.2f}{peak_note}"
+        up = m.nodes_for(projected)
+        peak_note = f", announced peak x{ahead:g}" if ahead != 1.0 else ""
+        why = f"load {load:.2f} replicas, planned peak {held:.2f}, rise x{rise:.2f}{peak_note}"
         if up > live:
             return self._to(up, f"{why} -> {up} nodes", nodes, prices)
-        down = m.nodes_for(max(held, floor), m.target_utilisation * (1 - self.hysteresis))
+        down = m.nodes_for(projected, m.target_utilisation * (1 - self.hysteresis))
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = window[-1].queue_wait_s > m.slo_queue_wait_s / 2
         if down < live and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
@@ -448,12 +461,34 @@ class Gpufleet(_Base):
             return self._to(down, f"{why}; quiet {self.quiet_s:.0f}s -> {down} nodes", nodes, prices)
         return Decision(live, f"{why}; hold {live}")
 
-    def _rise(self, window: Sequence[Signals], t: float) -> float:
-        last = [s.load_replicas for s in window if s.t > t - self.rise_s]
-        before = [s.load_replicas for s in window if t - 2 * self.rise_s < s.t <= t - self.rise_s]
+    def factor_at(self, t: float) -> float:
+        """What the calendar multiplies base load by at `t` (overlapping peaks multiply)."""
+        return math.prod(p.factor for p in self.peaks if p.start_s <= t < p.end_s)
+
+    def _lead(self) -> float:
+        return self.model.boot_to_serve_s + 2 * self.tick_s
+
+    def _near_start(self, t: float) -> bool:
+        return any(p.start_s - self._lead() <= t < p.start_s + self.quiet_s for p in self.peaks)
+
+    def _factor_ahead(self, t: float) -> float:
+        """The highest factor due from now until capacity ordered now would serve."""
+        starts = [t, *(p.start_s for p in self.peaks if t < p.start_s <= t + self._lead())]
+        return max(self.factor_at(s) for s in starts)
+
+    def _rise(self, window: Sequence[Signals], t: float) -> tuple[float, float]:
+        """Mean base load of the last `rise_s` against the `rise_s` before, as (ratio, increase):
+        the rise the calendar does not explain."""
+        last = [s.load_replicas / self.factor_at(s.t) for s in window if s.t > t - self.rise_s]
+        before = [
+            s.load_replicas / self.factor_at(s.t)
+            for s in window
+            if t - 2 * self.rise_s < s.t <= t - self.rise_s
+        ]
         if not last or not before or sum(before) <= 0:
-            return 1.0
-        return (sum(last) / len(last)) / (sum(before) / len(before))
+            return 1.0, 0.0
+        now, then = sum(last) / len(last), sum(before) / len(before)
+        return now / then, max(0.0, now - then)
 
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
@@ -476,18 +511,6 @@ class Gpufleet(_Base):
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
         return fewest_inflight(nodes, count)
-
-    def _peak_floor(self, t: float, held: float) -> tuple[float, str]:
-        """Before and during an announced peak, plan for the held load times its factor; the level
-        follows the load until the peak starts, then stays: by then the load includes the peak."""
-        lead = self.model.boot_to_serve_s + 2 * self.tick_s
-        for peak in self.peaks:
-            if peak.start_s - lead <= t < min(peak.end_s, peak.start_s + self.quiet_s):
-                if t < peak.start_s:
-                    self._peak_level[peak] = max(self._peak_level.get(peak, 0.0), held * peak.factor)
-                level = self._peak_level.get(peak, held * peak.factor)
-                return level, f", announced peak x{peak.factor:g} -> {level:.2f}"
-        return 0.0, ""
 
 
 @dataclass

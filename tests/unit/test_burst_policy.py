@@ -306,3 +306,31 @@ def test_the_groups_instances_as_the_policy_sees_them() -> None:
     # Terminating nodes still bill: they count against the cap until gone.
     assert committed_usd(nodes) == 200.0
     assert fewest_inflight(nodes, 2) == ("i-2", "i-4")
+
+
+def test_gpufleet_does_not_count_an_announced_rise_twice() -> None:
+    # Base load 2 replicas; a x3 peak from t=2000: inside it, 6 replicas are what the calendar said.
+    peak = KnownPeak(start_s=2000.0, end_s=3200.0, factor=3.0)
+    policy = Gpufleet(MODEL, peaks=(peak,))
+    window = [sig(float(t), 2.0 if t < 2000 else 6.0) for t in range(1400, 2295, 5)]
+    decision = policy.decide(2290.0, window, [], PRICES)
+    assert decision.desired == MODEL.nodes_for(6.0)
+    # The same measured rise, unannounced, is a trend: the held peak is raised for it.
+    assert Gpufleet(MODEL).decide(2290.0, window, [], PRICES).desired > MODEL.nodes_for(6.0)
+
+
+def test_gpufleet_releases_capacity_when_an_announced_peak_ends() -> None:
+    peak = KnownPeak(start_s=2000.0, end_s=3200.0, factor=3.0)
+    nodes = [node(i, POOLS[i % 3]) for i in range(MODEL.nodes_for(6.0))]
+    window = [sig(float(t), 6.0 if t < 3200 else 2.0) for t in range(2600, 3265, 5)]
+
+    def at_3260(policy: Gpufleet) -> int:
+        for t in range(2900, 3275, 15):
+            decision = policy.decide(float(t), [s for s in window if s.t <= t], nodes, PRICES)
+        return decision.desired
+
+    # One minute after the end: the surge's samples count as a third of their load, so the held
+    # base (2) needs no burst node, although the quiet window still holds loads of 6.
+    assert at_3260(Gpufleet(MODEL, peaks=(peak,), cooldown_s=0.0)) == 0
+    # Unannounced, the same drop waits for the quiet period.
+    assert at_3260(Gpufleet(MODEL, cooldown_s=0.0)) == len(nodes)
