@@ -197,8 +197,12 @@ class Controller:
         self.window.append(signals)
         decision = self.policy.decide(t, list(self.window), nodes, prices)
         self._observe(signals, nodes, prices, decision)
-        # TensorRT-LLM's own view, when the model runs on it: shown, not decided on.
-        for name, value in (("trt_active", reading.trt_active), ("kv_cache_used", reading.kv_cache_used)):
+        # What the serving stack reports beyond Triton's core counters, when it does.
+        for name, value in (
+            ("trt_active", reading.trt_active),
+            ("kv_cache_used", reading.kv_cache_used),
+            ("ttft_p99_s", reading.ttft_p99_s),
+        ):
             if value is not None:
                 self.metrics.signal.labels(name=name).set(value)
         live = [n for n in nodes if not n.draining]

@@ -21,6 +21,10 @@ from gpufleet.plan.site import SitePlan
 
 # AWS gives two minutes between the interruption warning and the reclaim.
 SPOT_NOTICE_S = 120.0
+# KV-cache use (TensorRT-LLM's block fraction) from which scale-in waits, and at which requests
+# that wait are waiting for cache blocks rather than for compute.
+KV_CACHE_HIGH = 0.9
+KV_CACHE_FULL = 0.95
 
 
 @dataclass(frozen=True, order=True)
@@ -57,6 +61,10 @@ class Signals:
     pending: int
     gpu_util: float
     ready_replicas: int
+    # p99 time to first response over the interval, and the KV cache's used fraction (TensorRT-LLM):
+    # None where the serving stack does not report them.
+    ttft_s: float | None = None
+    kv_cache_used: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class CapacityModel:
     # Continuous batching keeps queue wait near zero until a replica saturates, then it explodes:
     # plan for this much of each replica's throughput.
     target_utilisation: float = 0.85
+    # p99 time to first token; None: the site holds only the queue-wait SLO.
+    slo_ttft_s: float | None = None
 
     @classmethod
     def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
@@ -96,6 +106,7 @@ class CapacityModel:
             boot_to_serve_s=site.burst.boot_to_serve_s,
             slo_queue_wait_s=site.serving.slo_queue_wait_p99_s,
             fleet_max_price=fleet_max_price,
+            slo_ttft_s=site.serving.slo_ttft_p99_s,
         )
 
     def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
@@ -105,6 +116,33 @@ class CapacityModel:
         if missing <= 1e-9:
             return 0
         return min(self.max_nodes, math.ceil(missing / self.replicas_per_node - 1e-9))
+
+    def pressure(self, s: Signals) -> str:
+        """Why scale-in must wait: a latency at half its SLO or more, or a KV cache nearly full."""
+        if s.queue_wait_s > self.slo_queue_wait_s / 2:
+            return f"queue wait {s.queue_wait_s:.2f}s"
+        if s.ttft_s is not None and self.slo_ttft_s is not None and s.ttft_s > self.slo_ttft_s / 2:
+            return f"TTFT p99 {s.ttft_s:.2f}s"
+        if s.kv_cache_used is not None and s.kv_cache_used >= KV_CACHE_HIGH:
+            return f"KV cache {s.kv_cache_used:.0%} used"
+        return ""
+
+    def breach(self, recent: Sequence[Signals]) -> str:
+        """An SLO missed on every sample of `recent`, or requests waiting on a full KV cache: the
+        load model says capacity suffices and the servers say it does not (long prompts, long
+        answers, a KV cache too small for the batch)."""
+        if not recent:
+            return ""
+        if all(s.queue_wait_s > self.slo_queue_wait_s for s in recent):
+            return f"queue wait over its {self.slo_queue_wait_s:g}s SLO"
+        ttft = self.slo_ttft_s
+        if ttft is not None and all(s.ttft_s is not None and s.ttft_s > ttft for s in recent):
+            return f"TTFT p99 over its {ttft:g}s SLO"
+        if all(
+            s.kv_cache_used is not None and s.kv_cache_used >= KV_CACHE_FULL and s.pending for s in recent
+        ):
+            return "requests waiting on a full KV cache"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -451,15 +489,20 @@ class Gpufleet(_Base):
         up = m.nodes_for(projected)
         peak_note = f", announced peak x{ahead:g}" if ahead != 1.0 else ""
         why = f"load {load:.2f} replicas, planned peak {held:.2f}, rise x{rise:.2f}{peak_note}"
+        breach = m.breach(recent)
+        if breach and up <= live and not any(not n.ready and not n.draining for n in nodes):
+            # One node at a time, and only while none is booting: the next comes if this was not enough.
+            up, why = live + 1, f"{why}; {breach}"
         if up > live:
             return self._to(up, f"{why} -> {up} nodes", nodes, prices)
         down = m.nodes_for(projected, m.target_utilisation * (1 - self.hysteresis))
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
-        saturated = window[-1].queue_wait_s > m.slo_queue_wait_s / 2
+        saturated = m.pressure(window[-1])
         if down < live and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
             self._last_scale_in = t
             return self._to(down, f"{why}; quiet {self.quiet_s:.0f}s -> {down} nodes", nodes, prices)
-        return Decision(live, f"{why}; hold {live}")
+        held_by = f" ({saturated})" if saturated and down < live else ""
+        return Decision(live, f"{why}; hold {live}{held_by}")
 
     def factor_at(self, t: float) -> float:
         """What the calendar multiplies base load by at `t` (overlapping peaks multiply)."""

@@ -2,8 +2,11 @@
 
 The signal that matters for an LLM server is queue wait per request,
 rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success), and the pending
-request count; TensorRT-LLM's waiting/active requests and KV-cache use sharpen it when present.
-GPU utilisation is read only as a secondary signal: it sits near 100% while batching.
+request count; TensorRT-LLM's waiting/active requests and KV-cache use sharpen it when present,
+and so does time to first response, p99 from Triton's nv_inference_first_response_histogram_ms
+(Triton 24.05+ with --metrics-config histogram_latencies=true; for a streaming LLM backend the
+first response is the first token). GPU utilisation is read only as a secondary signal: it sits
+near 100% while batching.
 
 Parsing and rates are pure; the two readers below only fetch.
 """
@@ -11,9 +14,11 @@ Parsing and rates are pure; the two readers below only fetch.
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +42,8 @@ class Snapshot:
     trt_waiting: float | None = None
     trt_active: float | None = None
     kv_cache_used: float | None = None
+    # Time to first response: cumulative (upper bound ms, count) per histogram bucket, +Inf last.
+    ttft_buckets: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Reading:
     trt_waiting: float | None = None
     trt_active: float | None = None
     kv_cache_used: float | None = None
+    ttft_p99_s: float | None = None
 
     def signals(self, t: float, replica_rps: float, ready_replicas: int) -> Signals:
         """Offered load in replicas: what was served plus what the queue grew by, over one
@@ -63,6 +71,8 @@ class Reading:
             pending=round(waiting),
             gpu_util=self.gpu_util if self.gpu_util is not None else 0.0,
             ready_replicas=ready_replicas,
+            ttft_s=self.ttft_p99_s,
+            kv_cache_used=self.kv_cache_used,
         )
 
 
@@ -71,11 +81,18 @@ def parse_triton(text: str, model: str, t: float) -> Snapshot:
     sums: dict[str, float] = {}
     seen: set[str] = set()
     gpu: list[float] = []
+    buckets: dict[float, float] = {}
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:
         raise SignalError(f"not Prometheus text: {exc}") from None
     for family in families:
+        if family.name == TTFT_HISTOGRAM and family.type == "histogram":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+            continue
         if family.type not in {"counter", "gauge", "untyped", "unknown"}:
             continue
         for sample in family.samples:
@@ -104,7 +121,38 @@ def parse_triton(text: str, model: str, t: float) -> Snapshot:
         trt_waiting=sums.get("trt:waiting"),
         trt_active=sums.get("trt:active"),
         kv_cache_used=sums.get("kv:fraction"),
+        ttft_buckets=tuple(sorted(buckets.items())) if buckets else None,
     )
+
+
+TTFT_HISTOGRAM = "nv_inference_first_response_histogram_ms"
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative (upper bound, count) buckets, +Inf last:
+    linear within the bucket that holds the rank; the highest finite bound if it lies in +Inf."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == math.inf:
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def _ttft_p99_s(before: Snapshot, after: Snapshot) -> float | None:
+    if after.ttft_buckets is None:
+        return None
+    old = dict(before.ttft_buckets or ())
+    delta = [(le, n - old.get(le, 0.0)) for le, n in after.ttft_buckets]
+    if any(n < 0 for _, n in delta):  # a restart: what the later scrape holds is all there is
+        delta = list(after.ttft_buckets)
+    p99_ms = histogram_quantile(0.99, delta)
+    return None if p99_ms is None else p99_ms / 1000
 
 
 def between(before: Snapshot, after: Snapshot) -> Reading:
@@ -124,6 +172,7 @@ def between(before: Snapshot, after: Snapshot) -> Reading:
         trt_waiting=after.trt_waiting,
         trt_active=after.trt_active,
         kv_cache_used=after.kv_cache_used,
+        ttft_p99_s=_ttft_p99_s(before, after),
     )
 
 
@@ -176,6 +225,9 @@ class PrometheusQuery:
             "trt_waiting": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="waiting"}})',
             "trt_active": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="active"}})',
             "kv_cache_used": f'avg(nv_trt_llm_kv_cache_block_metrics{{{sel},kv_cache_block_type="fraction"}})',
+            "ttft_p99_s": (
+                f"histogram_quantile(0.99, sum by (le) (rate({TTFT_HISTOGRAM}_bucket{{{sel}}}[{w}]))) / 1000"
+            ),
         }
 
     def reading(self) -> Reading:
@@ -193,6 +245,7 @@ class PrometheusQuery:
             trt_waiting=values["trt_waiting"],
             trt_active=values["trt_active"],
             kv_cache_used=values["kv_cache_used"],
+            ttft_p99_s=values["ttft_p99_s"],
         )
 
     def inflight_by_node(self, label: str = "node") -> dict[str, int]:

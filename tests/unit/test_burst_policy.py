@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -334,3 +335,54 @@ def test_gpufleet_releases_capacity_when_an_announced_peak_ends() -> None:
     assert at_3260(Gpufleet(MODEL, peaks=(peak,), cooldown_s=0.0)) == 0
     # Unannounced, the same drop waits for the quiet period.
     assert at_3260(Gpufleet(MODEL, cooldown_s=0.0)) == len(nodes)
+
+
+TTFT_MODEL = replace(MODEL, slo_ttft_s=5.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"ttft_s": 3.0}, "TTFT p99 3.00s"),
+        ({"kv_cache_used": 0.93}, "KV cache 93% used"),
+    ],
+)
+def test_scale_in_waits_while_ttft_or_the_kv_cache_is_under_pressure(
+    extra: dict[str, float], why: str
+) -> None:
+    nodes = [node(i, POOLS[i % 3]) for i in range(3)]
+    window = [sig(float(t), 1.0) for t in range(5, 900, 5)]
+    calm = Gpufleet(TTFT_MODEL, cooldown_s=0.0)
+    for t in range(600, 900, 15):
+        calm.decide(float(t), [s for s in window if s.t <= t], nodes, PRICES)
+    assert calm.decide(900.0, window, nodes, PRICES).desired == 0
+    pressed = Gpufleet(TTFT_MODEL, cooldown_s=0.0)
+    window[-1] = replace(window[-1], **extra)
+    for t in range(600, 900, 15):
+        pressed.decide(float(t), [s for s in window if s.t < t], nodes, PRICES)
+    decision = pressed.decide(900.0, window, nodes, PRICES)
+    assert decision.desired == 3 and not decision.drain
+    assert why in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"ttft_s": 6.0}, "TTFT p99 over its 5s SLO"),
+        ({"queue_wait_s": 2.5}, "queue wait over its 2s SLO"),
+        ({"kv_cache_used": 0.97, "pending": 12}, "requests waiting on a full KV cache"),
+    ],
+)
+def test_a_missed_slo_adds_a_node_the_load_model_did_not_ask_for(extra: dict[str, float], why: str) -> None:
+    # 2 replicas of load: on-prem alone carries it by the load model; the servers disagree.
+    window = [replace(sig(float(t), 2.0), **extra) for t in range(5, 400, 5)]
+    nodes = [node(1)]
+    decision = Gpufleet(TTFT_MODEL).decide(395.0, window, nodes, PRICES)
+    assert decision.desired == 2 and len(decision.launch) == 1
+    assert why in decision.reason
+    # One at a time: while that node boots, no other.
+    booting = [node(1), node(2, POOLS[1], ready=False)]
+    assert Gpufleet(TTFT_MODEL).decide(395.0, window, booting, PRICES).launch == ()
+    # One sample under the SLO in the window: not a breach.
+    window[-3] = sig(window[-3].t, 2.0)
+    assert Gpufleet(TTFT_MODEL).decide(395.0, window, nodes, PRICES).launch == ()

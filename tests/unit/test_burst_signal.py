@@ -7,6 +7,7 @@ There is no Prometheus server here: the reader is tested against a local HTTP se
 from __future__ import annotations
 
 import json
+import math
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from gpufleet.burst.signal import (
     SignalError,
     Snapshot,
     between,
+    histogram_quantile,
     parse_query_response,
     parse_triton,
 )
@@ -160,7 +162,12 @@ def test_prometheus_reader_asks_promql_and_reads_instant_vectors(prometheus: str
     assert reading.pending == 9
     assert reading.gpu_util == 0.99
     assert reading.trt_waiting is None and reading.kv_cache_used is None
+    assert reading.ttft_p99_s is None
     assert reading.interval_s == 120
+    assert (
+        "histogram_quantile(0.99, sum by (le) "
+        '(rate(nv_inference_first_response_histogram_ms_bucket{model="deepseek"}[2m]))) / 1000'
+    ) in _FakePrometheus.seen
     assert (
         'sum(rate(nv_inference_queue_duration_us{model="deepseek"}[2m])) / '
         'sum(rate(nv_inference_request_success{model="deepseek"}[2m])) / 1e6'
@@ -220,3 +227,46 @@ def test_inflight_per_node_for_the_scale_in_choice(prometheus: str) -> None:
         'sum by (node) (nv_trt_llm_request_metrics{model="deepseek",request_type="active"}) '
         'or sum by (node) (nv_inference_pending_request_count{model="deepseek"})'
     ]
+
+
+# Triton 24.05+ with --metrics-config histogram_latencies=true (a decoupled, streaming model).
+def _ttft_text(counts: tuple[int, int, int, int, int]) -> str:
+    bounds = ("100", "500", "1000", "5000", "+Inf")
+    rows = "\n".join(
+        f'nv_inference_first_response_histogram_ms_bucket{{model="deepseek",version="1",le="{le}"}} {n}'
+        for le, n in zip(bounds, counts, strict=True)
+    )
+    return (
+        TRITON_TEXT
+        + "# HELP nv_inference_first_response_histogram_ms Duration from request to first response in milliseconds\n"
+        + "# TYPE nv_inference_first_response_histogram_ms histogram\n"
+        + rows
+        + f'\nnv_inference_first_response_histogram_ms_count{{model="deepseek",version="1"}} {counts[-1]}\n'
+        + 'nv_inference_first_response_histogram_ms_sum{model="deepseek",version="1"} 123456\n'
+    )
+
+
+def test_ttft_p99_from_the_first_response_histogram_between_scrapes() -> None:
+    before = parse_triton(_ttft_text((50, 90, 100, 100, 100)), "deepseek", t=0.0)
+    assert before.ttft_buckets == ((100.0, 50), (500.0, 90), (1000.0, 100), (5000.0, 100), (math.inf, 100))
+    # 100 more requests: none under 100 ms, 10 under 500, 10 more under 1 s, 90 more under 5 s.
+    after = parse_triton(_ttft_text((50, 100, 110, 200, 200)), "deepseek", t=60.0)
+    reading = between(before, after)
+    # Rank 99 of 100 lies in (1000, 5000], which holds ranks 11..100: 1000 + 4000 * 89/90 ms.
+    assert reading.ttft_p99_s == pytest.approx((1000 + 4000 * 89 / 90) / 1000)
+    # The whole history would say otherwise: the rate is over the interval only.
+    assert histogram_quantile(0.99, after.ttft_buckets or ()) != pytest.approx(reading.ttft_p99_s * 1000)
+    assert reading.signals(60.0, 1.0, 4).ttft_s == reading.ttft_p99_s
+    assert reading.signals(60.0, 1.0, 4).kv_cache_used == 0.91
+
+
+def test_histogram_quantile_follows_prometheus() -> None:
+    assert histogram_quantile(0.5, [(1.0, 0), (2.0, 10), (math.inf, 10)]) == 1.5
+    # Past the highest finite bound: that bound, as Prometheus answers.
+    assert histogram_quantile(0.99, [(1.0, 0), (2.0, 1), (math.inf, 10)]) == 2.0
+    assert histogram_quantile(0.99, [(1.0, 0), (math.inf, 0)]) is None
+
+
+def test_without_the_histogram_there_is_no_ttft() -> None:
+    a, b = parse_triton(TRITON_TEXT, "deepseek", 0.0), parse_triton(TRITON_TEXT, "deepseek", 10.0)
+    assert a.ttft_buckets is None and between(a, b).ttft_p99_s is None
