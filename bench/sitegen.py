@@ -31,6 +31,7 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
             node["nics"]["rdma"] = [
                 {
                     "device": "mlx5_0",
+                    "netdev": "enp65s0f0np0",
                     "link_layer": "roce",
                     "mtu": 4096,
                     "gid_index": 3,

@@ -114,6 +114,7 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
     else:
         weights = {"name": "weights", "emptyDir": {"sizeLimit": f"{w.weights_gib}Gi"}}
     spec: dict[str, Any] = {
+        "runtimeClassName": w.runtime_class,
         "priorityClassName": PRIORITY_CLASS,
         "terminationGracePeriodSeconds": GRACE_S,
         "nodeSelector": w.node_selector,

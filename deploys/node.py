@@ -17,7 +17,8 @@ from pyinfra.operations.util import any_changed
 from deploys.operations import nvidia as nvidia_ops
 from deploys.operations import packages as pkg_ops
 from deploys.operations import raid6 as raid_ops
-from gpufleet.plan.node import NodePlan
+from deploys.operations import rdma as rdma_ops
+from gpufleet.plan.node import NVIDIA_RUNTIME, NodePlan
 
 SOURCES_DIR = "/etc/apt/sources.list.d"
 KEYRINGS_DIR = "/etc/apt/keyrings"
@@ -27,11 +28,19 @@ GRUB_FILE = "/etc/default/grub.d/90-gpufleet.cfg"
 BLACKLIST_FILE = "/etc/modprobe.d/gpufleet-blacklist.conf"
 NCCL_CONF = "/etc/nccl.conf"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
+LIMITS_FILE = "/etc/security/limits.d/90-gpufleet.conf"
+# limits.conf binds PAM sessions only: services (and the containers they start) need a drop-in.
+CONTAINERD_LIMITS = "/etc/systemd/system/containerd.service.d/90-gpufleet-limits.conf"
+ROCE_UNIT = "gpufleet-rdma.service"
+ROCE_UNIT_FILE = f"/etc/systemd/system/{ROCE_UNIT}"
+SYSTEMD_LIMITS = {"memlock": "LimitMEMLOCK", "nofile": "LimitNOFILE"}
 APT_CACHE_S = 24 * 3600
 AFTER_CHANGE = {
     GRUB_FILE: "update-grub",
     BLACKLIST_FILE: "update-initramfs -u",
     CONTAINERD_CONF: "systemctl restart containerd",
+    CONTAINERD_LIMITS: "systemctl daemon-reload && systemctl restart containerd",
+    ROCE_UNIT_FILE: "systemctl daemon-reload",
 }
 MANAGED = "# Managed by gpufleet (deploys/); edits are replaced on the next provision.\n"
 
@@ -69,10 +78,16 @@ def managed_files(plan: NodePlan) -> dict[str, str]:
         files_[BLACKLIST_FILE] = "".join(
             f"blacklist {m}\noptions {m} modeset=0\n" for m in plan.blacklist_modules
         )
+    if plan.limits:
+        files_[LIMITS_FILE] = "".join(f"{x.domain} {x.type} {x.item} {x.value}\n" for x in plan.limits)
     if plan.nccl_conf is not None:
         files_[NCCL_CONF] = plan.nccl_conf
     if "containerd" in plan.services:
         files_[CONTAINERD_CONF] = containerd_config(plan)
+        if plan.limits:
+            files_[CONTAINERD_LIMITS] = containerd_limits(plan)
+    if any(p.roce for p in plan.rdma):
+        files_[ROCE_UNIT_FILE] = roce_unit(plan)
     return {path: MANAGED + text for path, text in files_.items()}
 
 
@@ -113,14 +128,41 @@ def containerd_config(plan: NodePlan) -> str:
         "  SystemdCgroup = true\n"
     )
     if any(p.name == "nvidia-container-toolkit" for p in plan.packages):
+        # The handler of the `nvidia` RuntimeClass that serving pods name.
+        runtime = f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{NVIDIA_RUNTIME}'
         text += (
-            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+            f"{runtime}]\n"
             '  runtime_type = "io.containerd.runc.v2"\n'
-            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+            f"{runtime}.options]\n"
             '  BinaryName = "/usr/bin/nvidia-container-runtime"\n'
             "  SystemdCgroup = true\n"
         )
     return text
+
+
+def containerd_limits(plan: NodePlan) -> str:
+    """The plan's limits for containerd and the containers it starts (systemd says `infinity`)."""
+    values = {x.item: "infinity" if x.value == "unlimited" else x.value for x in plan.limits}
+    return "[Service]\n" + "".join(f"{SYSTEMD_LIMITS[k]}={v}\n" for k, v in sorted(values.items()))
+
+
+def roce_unit(plan: NodePlan) -> str:
+    """A oneshot unit that applies the RoCE settings at every boot, before the network is online."""
+    ports = [p.roce for p in plan.rdma if p.roce is not None]
+    devices = " ".join(f"sys-subsystem-net-devices-{r.netdev}.device" for r in ports)
+    starts = "".join(f"ExecStart={c}\n" for r in ports for c in rdma_ops.roce_settings(r))
+    return (
+        "[Unit]\n"
+        "Description=gpufleet RoCE netdev MTU, DSCP trust and PFC (from the node plan)\n"
+        f"Requires={devices}\nAfter={devices}\n"
+        "Before=network-online.target\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        f"{starts}"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
 
 
 @deploy("storage: RAID6, filesystems, mounts")
@@ -145,6 +187,14 @@ def services(plan: NodePlan) -> None:
         systemd.service(name=f"service {name}", service=name, running=True, enabled=True)
 
 
+@deploy("RDMA ports")
+def rdma(plan: NodePlan) -> None:
+    for p in plan.rdma:
+        rdma_ops.rdma_port(name=f"RDMA {p.device}/{p.port}", planned=p)
+    if any(p.roce for p in plan.rdma):
+        systemd.service(name=f"service {ROCE_UNIT}", service=ROCE_UNIT, running=True, enabled=True)
+
+
 @deploy("gpufleet node")
 def node() -> None:
     """Everything one node must be, from its plan in host data."""
@@ -154,3 +204,5 @@ def node() -> None:
     configuration(plan, managed)
     storage(plan)
     services(plan)
+    if plan.rdma:
+        rdma(plan)

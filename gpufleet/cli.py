@@ -20,7 +20,7 @@ from gpufleet.inventory.render import ansible_inventory, pyinfra_inventory_sourc
 from gpufleet.inventory.stacks import load_stack, stack_names
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
-from gpufleet.plan.node import plan_node
+from gpufleet.plan.node import RdmaPort, plan_node
 from gpufleet.plan.site import plan_site
 
 app = typer.Typer(
@@ -118,7 +118,7 @@ def inventory(
 def plan_node_cmd(
     site: SiteArg, host: Annotated[str, typer.Argument(help="hostname")], as_json: JsonOpt = False
 ) -> None:
-    """What one node must become: packages, kernel, sysctl, NCCL, RAID, mounts, labels, taints."""
+    """What one node must become: packages, kernel, sysctl, limits, NCCL, RDMA, RAID, mounts, labels."""
     inv = _load(site)
     try:
         node = inv.node(host)
@@ -141,8 +141,10 @@ def plan_node_cmd(
     )
     table.add_row("kernel", " ".join(plan.kernel_cmdline) or "-")
     table.add_row("sysctl", "\n".join(f"{k} = {v}" for k, v in plan.sysctl.items()) or "-")
+    table.add_row("limits", "\n".join(f"{x.domain} {x.type} {x.item} {x.value}" for x in plan.limits) or "-")
     table.add_row("services", ", ".join(plan.services))
     table.add_row("nccl.conf", (plan.nccl_conf or "-").strip())
+    table.add_row("rdma", "\n".join(_rdma_port(p) for p in plan.rdma) or "-")
     table.add_row(
         "raid", "\n".join(f"{a.device} RAID{a.level} {' '.join(a.members)}" for a in plan.raid) or "-"
     )
@@ -150,6 +152,14 @@ def plan_node_cmd(
     table.add_row("labels", "\n".join(f"{k}={v}" for k, v in plan.labels.items()))
     table.add_row("taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
     out.print(table)
+
+
+def _rdma_port(p: RdmaPort) -> str:
+    line = f"{p.device}/{p.port} {p.link_layer} MTU {p.mtu} GID {p.gid_index}"
+    if p.roce is not None:
+        r = p.roce
+        line += f"; {r.netdev} MTU {r.netdev_mtu}, DSCP {r.dscp} -> prio {r.priority} (PFC)"
+    return line
 
 
 @app.command("plan-site")

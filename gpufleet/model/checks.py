@@ -14,7 +14,7 @@ from gpufleet.model.catalog import (
     replica_capacity,
 )
 from gpufleet.model.errors import Problem
-from gpufleet.model.site import FailureDomain, Inventory, Role
+from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, LinkLayer, Role
 
 MIN_RAID6_MEMBERS = 4
 MIN_CEPH_MONS = 3
@@ -25,6 +25,7 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         *_unique_names_and_addresses(inv),
         *_addresses_in_networks(inv),
         *_roles_and_hardware(inv),
+        *_roce(inv),
         *_disks(inv),
         *_control_plane(inv),
         *_ceph(inv),
@@ -101,6 +102,24 @@ def _roles_and_hardware(inv: Inventory) -> Iterator[Problem]:
             yield Problem(
                 ("nodes", i, "roles"), f"{node.hostname} has Ceph OSD devices but not the storage role"
             )
+
+
+def _roce(inv: Inventory) -> Iterator[Problem]:
+    """A RoCE port's MTU, PFC and DSCP trust are set on its netdev, sized for the storage network."""
+    storage = inv.site.networks.storage
+    for i, node in enumerate(inv.nodes):
+        for j, nic in enumerate(node.nics.rdma):
+            if nic.link_layer is not LinkLayer.ROCE:
+                continue
+            path = ("nodes", i, "nics", "rdma", j)
+            if nic.netdev is None:
+                yield Problem((*path, "netdev"), "a RoCE NIC needs its netdev: MTU and PFC are set there")
+            if storage is not None and nic.mtu + ROCE_HEADER_BYTES > storage.mtu:
+                yield Problem(
+                    (*path, "mtu"),
+                    f"RDMA MTU {nic.mtu} needs a netdev MTU of at least {nic.mtu + ROCE_HEADER_BYTES}; "
+                    f"the storage network's is {storage.mtu}",
+                )
 
 
 def _disks(inv: Inventory) -> Iterator[Problem]:

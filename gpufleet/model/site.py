@@ -198,6 +198,9 @@ class ManagementNic(Strict):
 
 
 IB_MTUS = (256, 512, 1024, 2048, 4096)
+# What RoCE v2 adds to an RDMA payload (the kernel's iboe_get_mtu): a netdev MTU below the RDMA
+# MTU plus this makes the port fall back to the next smaller RDMA MTU.
+ROCE_HEADER_BYTES = 88
 
 
 class RdmaNic(Strict):

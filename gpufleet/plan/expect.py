@@ -6,11 +6,9 @@ the plan requires is demanded, what it leaves out is not.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from gpufleet.model.catalog import GPU_CATALOG, Architecture
-from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
-from gpufleet.plan.node import Frozen, Mount, RaidArray, plan_node
+from gpufleet.model.site import Inventory, Node, Role, Taint
+from gpufleet.plan.node import Frozen, Mount, RaidArray, RdmaPort, plan_node
 
 # A power limit below this share of the board's TDP means someone capped the GPU.
 MIN_POWER_LIMIT_SHARE = 0.8
@@ -30,17 +28,10 @@ class GpuExpect(Frozen):
     container_toolkit: str | None
 
 
-class RdmaExpect(Frozen):
-    device: str
-    link_layer: Literal["InfiniBand", "Ethernet"]
-    mtu: int
-    gid_index: int
-
-
 class NetworkExpect(Frozen):
     management_device: str
     management_mtu: int
-    rdma: list[RdmaExpect]
+    rdma: list[RdmaPort]  # the plan's: what the deploy set is what the host must show
 
 
 class StorageExpect(Frozen):
@@ -85,15 +76,7 @@ def host_expectations(inv: Inventory, node: Node) -> HostExpect:
     network = NetworkExpect(
         management_device=node.nics.management.device,
         management_mtu=node.nics.management.mtu or inv.site.networks.management.mtu,
-        rdma=[
-            RdmaExpect(
-                device=nic.device,
-                link_layer="InfiniBand" if nic.link_layer is LinkLayer.INFINIBAND else "Ethernet",
-                mtu=nic.mtu,
-                gid_index=nic.gid_index,
-            )
-            for nic in node.nics.rdma
-        ],
+        rdma=plan.rdma,
     )
     # A node is checked as a Kubernetes node when its plan runs a kubelet (not in the lab,
     # whose distribution ships no kubeadm).

@@ -1,7 +1,9 @@
 """What the Kubernetes layer must hold: platform charts (pinned), storage, monitoring, serving. Pure.
 
 Host-level software (driver, container toolkit, RDMA stack) is pyinfra's: the operators'
-charts are told not to install it, so two owners never manage the same thing.
+charts are told not to install it, so two owners never manage the same thing. The `nvidia`
+RuntimeClass is the GPU operator's: it creates it whatever its toolkit setting (its
+pre-requisites state) and rewrites it on every reconcile, so nothing else declares it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 from gpufleet.model.catalog import SERVING_MODELS
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
-from gpufleet.plan.node import GPU_TAINT, Frozen
+from gpufleet.plan.node import GPU_TAINT, NVIDIA_RUNTIME, Frozen
 from gpufleet.plan.site import CephPlan, ServingPlan, SitePlan
 from gpufleet.plan.triton import model_config
 
@@ -59,6 +61,7 @@ class Workload(Frozen):
     node_selector: dict[str, str]
     min_gpu_memory_gib: int | None  # node affinity on the GPU-memory label (burst: mixed types)
     tolerations: list[Taint]
+    runtime_class: str  # the containerd handler that gives containers their GPUs
     rdma: bool
     weights_gib: int
     weights_storage_class: str | None  # None: node-local emptyDir (burst nodes' NVMe)
@@ -175,7 +178,8 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                     "toolkit": {"enabled": bom.nvidia_container_toolkit is None},
                     "nfd": {"enabled": False},
                     "dcgmExporter": {"enabled": False},
-                    "operator": {"defaultRuntime": "containerd"},
+                    # The RuntimeClass it creates: named after the handler pyinfra configures.
+                    "operator": {"defaultRuntime": "containerd", "runtimeClass": NVIDIA_RUNTIME},
                     "devicePlugin": {"enabled": True},
                     "daemonsets": {"tolerations": _tolerate_all()},
                 },
@@ -385,6 +389,7 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         node_selector={"gpufleet.io/gpu-model": shape.gpu.value, "gpufleet.io/capacity": "on-prem"},
         min_gpu_memory_gib=None,
         tolerations=[GPU_TAINT],
+        runtime_class=NVIDIA_RUNTIME,
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
         weights_gib=_weights_gib(serving.model),
         weights_storage_class=STORAGE_CLASS if plan.ceph is not None else None,
@@ -420,6 +425,8 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         node_selector={"gpufleet.io/capacity": "spot"},
         min_gpu_memory_gib=fleet.min_gpu_memory_gib,
         tolerations=[SPOT_TAINT, GPU_TAINT],
+        # `nvidia-ctk runtime configure` in the burst nodes' user data names its runtime so too.
+        runtime_class=NVIDIA_RUNTIME,
         rdma=False,
         weights_gib=_weights_gib(fleet.model),
         weights_storage_class=None,

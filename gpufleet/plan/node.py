@@ -1,4 +1,4 @@
-"""What one node must become: packages, holds, kernel, sysctl, NCCL, RAID6, mounts, labels.
+"""What one node must become: packages, holds, kernel, sysctl, limits, NCCL, RDMA, RAID6, mounts, labels.
 
 Pure: an Inventory and a hostname in, a NodePlan out. Every deploy, role, component and
 host check reads its numbers from here.
@@ -19,6 +19,16 @@ from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
 READINESS_TAINT = Taint(key="gpufleet.io/unverified", value="true", effect="NoSchedule")
 GPU_TAINT = Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")
 HUGEPAGES_2M_PER_GPU = 2048  # 4 GiB of 2 MiB pages per GPU for GPUDirect and NCCL buffers
+# The containerd runtime (and Kubernetes RuntimeClass) that runs containers through the toolkit.
+NVIDIA_RUNTIME = "nvidia"
+NOFILE = 1048576  # kubelet, containerd and NCCL's many sockets; the kernel's nr_open default
+# RoCE traffic: NCCL_IB_TC is the IP TOS byte, DSCP in its upper six bits (106 = DSCP 26 + ECT(0)).
+# DSCP 26 lands on priority 3 by the usual DSCP/8 mapping: PFC makes that priority lossless.
+ROCE_TRAFFIC_CLASS = 106
+ROCE_DSCP = ROCE_TRAFFIC_CLASS >> 2
+ROCE_PRIORITY = ROCE_DSCP >> 3
+# Jumbo frames where the site names no storage network: RDMA MTU 4096 + RoCE headers fit.
+ROCE_DEFAULT_NETDEV_MTU = 9000
 
 
 def is_lab(inv: Inventory) -> bool:
@@ -62,6 +72,31 @@ class Mount(Frozen):
     options: str
 
 
+class Limit(Frozen):
+    """One line of limits.conf(5): `-` sets the soft and the hard limit."""
+
+    domain: str
+    type: Literal["soft", "hard", "-"]
+    item: Literal["memlock", "nofile"]
+    value: str
+
+
+class Roce(Frozen):
+    netdev: str
+    netdev_mtu: int
+    dscp: int  # trusted for classification: packets carrying it go to `priority`
+    priority: int  # the only priority with PFC on
+
+
+class RdmaPort(Frozen):
+    device: str
+    port: int
+    link_layer: Literal["InfiniBand", "Ethernet"]  # as ibstat and ibv_devinfo name it
+    mtu: int  # the active RDMA MTU
+    gid_index: int
+    roce: Roce | None
+
+
 class NodePlan(Frozen):
     hostname: str
     roles: list[str]
@@ -70,8 +105,10 @@ class NodePlan(Frozen):
     kernel_cmdline: list[str]
     blacklist_modules: list[str]
     sysctl: dict[str, str]
+    limits: list[Limit]
     services: list[str]
     nccl_conf: str | None
+    rdma: list[RdmaPort]
     raid: list[RaidArray]
     mounts: list[Mount]
     ceph_osd_devices: list[str]
@@ -98,8 +135,10 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         kernel_cmdline=kernel_cmdline(node),
         blacklist_modules=["nouveau"] if node.gpu else [],
         sysctl=sysctl(inv, node),
+        limits=limits(node),
         services=services(inv, node),
         nccl_conf=nccl_conf(node),
+        rdma=rdma(inv, node),
         raid=raid(node),
         mounts=mounts(node),
         ceph_osd_devices=list(node.disks.ceph_osd),
@@ -220,6 +259,21 @@ def sysctl(inv: Inventory, node: Node) -> dict[str, str]:
     return dict(sorted(values.items()))
 
 
+def limits(node: Node) -> list[Limit]:
+    """Unlimited locked memory where verbs register memory (RDMA, GPUDirect); more open files
+    where Kubernetes runs. pam_limits' `*` leaves out root, so root gets its own lines."""
+    items: dict[Literal["memlock", "nofile"], str] = {}
+    if node.gpu is not None or node.nics.rdma:
+        items["memlock"] = "unlimited"
+    if node.gpu is not None or {Role.CONTROL_PLANE, Role.WORKER} & set(node.roles):
+        items["nofile"] = str(NOFILE)
+    return [
+        Limit(domain=domain, type="-", item=item, value=value)
+        for domain in ("*", "root")
+        for item, value in sorted(items.items())
+    ]
+
+
 def services(inv: Inventory, node: Node) -> list[str]:
     names = ["chrony", "containerd"]
     if _kubelet(inv, node):
@@ -247,10 +301,34 @@ def nccl_conf(node: Node) -> str | None:
             "NCCL_NET_GDR_LEVEL=PHB",
         ]
         if any(n.link_layer is LinkLayer.ROCE for n in rdma):
-            lines.append("NCCL_IB_TC=106")
+            lines.append(f"NCCL_IB_TC={ROCE_TRAFFIC_CLASS}")
     else:
         lines.append("NCCL_IB_DISABLE=1")
     return "\n".join(lines) + "\n"
+
+
+def rdma(inv: Inventory, node: Node) -> list[RdmaPort]:
+    """Every RDMA NIC's port 1. RoCE ports also get their netdev's MTU (the storage network's),
+    DSCP trust and PFC on the one priority NCCL's traffic class maps to."""
+    storage = inv.site.networks.storage
+    netdev_mtu = storage.mtu if storage is not None else ROCE_DEFAULT_NETDEV_MTU
+    ports = []
+    for nic in node.nics.rdma:
+        roce = None
+        if nic.link_layer is LinkLayer.ROCE:
+            assert nic.netdev is not None  # checks require it of every RoCE NIC
+            roce = Roce(netdev=nic.netdev, netdev_mtu=netdev_mtu, dscp=ROCE_DSCP, priority=ROCE_PRIORITY)
+        ports.append(
+            RdmaPort(
+                device=nic.device,
+                port=1,
+                link_layer="Ethernet" if roce else "InfiniBand",
+                mtu=nic.mtu,
+                gid_index=nic.gid_index,
+                roce=roce,
+            )
+        )
+    return ports
 
 
 def raid(node: Node) -> list[RaidArray]:

@@ -223,6 +223,67 @@ def parse_ibv_devinfo(text: str) -> dict[int, dict[str, str]]:
     return ports
 
 
+def _lines(output: str | list[str]) -> list[str]:
+    return output.splitlines() if isinstance(output, str) else output
+
+
+def parse_rdma_link(output: str | list[str]) -> dict[str, dict[str, str]]:
+    """`rdma link show`: `DEV/PORT` -> its attributes (state, physical_state, netdev, lid ...).
+
+    Lines read `link mlx5_0/1 state ACTIVE physical_state LINK_UP netdev ens1f0np0`; older
+    iproute2 prints `3/1: mlx5_0/1: state ...` instead.
+    """
+    links: dict[str, dict[str, str]] = {}
+    for line in _lines(output):
+        words = line.split()
+        at = next((i for i, w in enumerate(words) if re.fullmatch(r"[A-Za-z]\w*/\d+:?", w)), None)
+        if at is None:
+            continue
+        rest = words[at + 1 :]
+        links[words[at].rstrip(":")] = dict(zip(rest[::2], rest[1::2], strict=False))
+    return links
+
+
+def parse_ibstat(output: str | list[str]) -> dict[str, dict[int, dict[str, str]]]:
+    """`ibstat`: CA name -> port number -> its fields (State, Physical state, Rate, Link layer ...)."""
+    cas: dict[str, dict[int, dict[str, str]]] = {}
+    ports: dict[int, dict[str, str]] | None = None
+    port: dict[str, str] | None = None
+    for line in _lines(output):
+        if m := re.match(r"^CA '([^']+)'", line):
+            ports = cas.setdefault(m.group(1), {})
+            port = None
+        elif ports is not None and (m := re.match(r"^\s+Port (\d+):\s*$", line)):
+            port = ports.setdefault(int(m.group(1)), {})
+        elif port is not None and ":" in line:
+            key, _, value = line.partition(":")
+            port[key.strip()] = value.strip()
+    return cas
+
+
+# iproute2's dcb, asked for one parameter; -N prints DSCP values as numbers, not AF31.
+DCB_PFC = "dcb pfc show dev {netdev} prio-pfc"
+DCB_APP_DSCP = "dcb -N app show dev {netdev} dscp-prio"
+
+
+def parse_dcb_pfc(output: str | list[str]) -> dict[int, bool]:
+    """`dcb pfc show dev DEV prio-pfc`: priority -> PFC on."""
+    for line in _lines(output):
+        words = line.split()
+        if words and words[0] == "prio-pfc":
+            return {int(k): v == "on" for k, v in (w.split(":", 1) for w in words[1:])}
+    return {}
+
+
+def parse_dcb_app_dscp(output: str | list[str]) -> set[tuple[int, int]]:
+    """`dcb -N app show dev DEV dscp-prio`: the (DSCP, priority) rules."""
+    for line in _lines(output):
+        words = line.split()
+        if words and words[0] == "dscp-prio":
+            return {(int(d), int(p)) for d, p in (w.split(":", 1) for w in words[1:])}
+    return set()
+
+
 def parse_findmnt(text: str) -> dict[str, dict[str, str]]:
     """`findmnt -J -o TARGET,SOURCE,FSTYPE`: target → {source, fstype}."""
     data = json.loads(text)

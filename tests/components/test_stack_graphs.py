@@ -16,6 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from deploys.node import containerd_config
 from gpufleet.inventory.stacks import Stack, stack_names
 from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst
 from gpufleet.plan.k8s import (
@@ -25,7 +26,7 @@ from gpufleet.plan.k8s import (
     platform_charts,
     rbd_pool,
 )
-from gpufleet.plan.node import plan_node
+from gpufleet.plan.node import NVIDIA_RUNTIME, plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.plan.triton import model_config
 from gpufleet.preview.program import UNKNOWN, Graph, Registration, Secret, reveal
@@ -347,8 +348,15 @@ def test_platform_releases_are_pinned_and_leave_the_host_driver_to_pyinfra(
         values = releases["gpu-operator"].inputs["values"]
         assert values["driver"]["enabled"] is False
         assert values["toolkit"]["enabled"] is (inv.bom.nvidia_container_toolkit is None)
+        # The operator creates the RuntimeClass whatever its toolkit setting and rewrites it on
+        # reconcile: its name and handler are the containerd runtime pyinfra writes on GPU nodes.
+        runtime = values["operator"]["runtimeClass"]
+        assert runtime == NVIDIA_RUNTIME
+        for node in (n for n in inv.nodes if n.gpu):
+            assert f"containerd.runtimes.{runtime}]" in containerd_config(plan_node(inv, node))
     else:
         assert "gpu-operator" not in releases
+    assert not graphs[name].by_type("kubernetes:node.k8s.io/v1:RuntimeClass")  # one owner
     if "ceph-csi-rbd" in releases:
         csi = releases["ceph-csi-rbd"].inputs["values"]["csiConfig"][0]
         assert csi["clusterID"] == graphs[name].outputs["cephFsid"]
@@ -376,11 +384,14 @@ def test_serving_runs_the_generated_triton_config(
         lws = one(graph, "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
         assert lws.inputs["spec"]["leaderWorkerTemplate"]["size"] == plan.serving.shape.nodes
         pod = lws.inputs["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+        worker = lws.inputs["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+        assert worker["runtimeClassName"] == NVIDIA_RUNTIME
         target_kind = "LeaderWorkerSet"
     else:
         deployment = one(graph, "kubernetes:apps/v1:Deployment")
         pod = deployment.inputs["spec"]["template"]["spec"]
         target_kind = "Deployment"
+    assert pod["runtimeClassName"] == NVIDIA_RUNTIME  # the GPUs come through the NVIDIA runtime
     triton = pod["containers"][0]
     assert triton["image"] == inv.bom.triton_image
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -465,6 +476,9 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.min_replicas_per_node
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
+    # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
+    assert pod["runtimeClassName"] == NVIDIA_RUNTIME
+    assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in p.user_data
     assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
     assert p.fleet.revision in pod["initContainers"][0]["command"]
 

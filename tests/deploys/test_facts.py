@@ -1,4 +1,4 @@
-"""Facts parse what the commands print: recorded H100 outputs and hand-written md/lsblk states."""
+"""Facts parse what the commands print: recorded H100 outputs and hand-written md/lsblk/RDMA states."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from deploys.facts.nvidia import NvidiaGpus
 from deploys.facts.packages import HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
+from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
 from tests.deploys.conftest import fact_from, load
 
 
@@ -84,3 +85,54 @@ def test_block_devices(
 ) -> None:
     use = fact_from(BlockDevices, fixture)[device]
     assert (use["fstype"], use["pttype"], use["children"]) == (fstype, pttype, children)
+
+
+@pytest.mark.parametrize(
+    ("fact", "kwargs", "fixture"),
+    [
+        (RdmaLinks, {}, "rdma-link-roce.txt"),
+        (IbStat, {}, "ibstat-ib.txt"),
+        (IbvDevinfo, {"device": "mlx5_0"}, "ibv-devinfo-mlx5_0-ib.txt"),
+        (GidType, {"device": "mlx5_0", "port": 1, "index": 3}, "gid-type-3-roce-v2.txt"),
+        (NetdevMtu, {"netdev": "enp65s0f0np0"}, "netdev-mtu-9000.txt"),
+        (DcbPfc, {"netdev": "enp65s0f0np0"}, "dcb-pfc-prio3.txt"),
+        (DcbAppDscp, {"netdev": "enp65s0f0np0"}, "dcb-app-dscp-26-prio3.txt"),
+    ],
+)
+def test_rdma_facts_run_the_fixtures_commands(fact: type, kwargs: dict[str, object], fixture: str) -> None:
+    assert fact().command(**kwargs) == load(f"handwritten/{fixture}").command
+
+
+def test_rdma_link_roce_ports_with_their_netdevs() -> None:
+    links = fact_from(RdmaLinks, "handwritten/rdma-link-roce.txt")
+    assert links["mlx5_0/1"] == {"state": "ACTIVE", "physical_state": "LINK_UP", "netdev": "enp65s0f0np0"}
+    assert links["mlx5_1/1"]["state"] == "DOWN"
+
+
+def test_ibstat_ports_per_ca() -> None:
+    cas = fact_from(IbStat, "handwritten/ibstat-ib.txt")
+    assert sorted(cas) == ["mlx5_0", "mlx5_1"]
+    up, down = cas["mlx5_0"][1], cas["mlx5_1"][1]
+    assert (up["State"], up["Physical state"], up["Rate"], up["Link layer"]) == (
+        "Active",
+        "LinkUp",
+        "400",
+        "InfiniBand",
+    )
+    assert (down["State"], down["Physical state"]) == ("Down", "Polling")
+    assert "CA type" not in up  # CA fields stay out of the port's
+
+
+def test_gid_types_and_netdev_mtu() -> None:
+    assert fact_from(GidType, "handwritten/gid-type-3-roce-v2.txt") == "RoCE v2"
+    assert fact_from(GidType, "handwritten/gid-type-3-roce-v1.txt") == "IB/RoCE v1"
+    assert fact_from(GidType, "handwritten/gid-type-3-empty.txt") is None
+    assert fact_from(NetdevMtu, "handwritten/netdev-mtu-1500.txt") == 1500
+
+
+def test_dcb_pfc_and_dscp_rules() -> None:
+    pfc = fact_from(DcbPfc, "handwritten/dcb-pfc-prio3.txt")
+    assert [p for p, on in pfc.items() if on] == [3] and len(pfc) == 8
+    assert not any(fact_from(DcbPfc, "handwritten/dcb-pfc-off.txt").values())
+    assert fact_from(DcbAppDscp, "handwritten/dcb-app-dscp-26-prio3.txt") == {(26, 3)}
+    assert fact_from(DcbAppDscp, "handwritten/dcb-app-dscp-none.txt") == set()

@@ -11,8 +11,18 @@ from pyinfra.facts.files import File, FileContents
 from deploys.facts.nvidia import NvidiaGpus
 from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
-from deploys.node import GRUB_FILE, NCCL_CONF, PINS_FILE, managed_files
-from deploys.operations import nvidia, packages, raid6
+from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
+from deploys.node import (
+    AFTER_CHANGE,
+    CONTAINERD_LIMITS,
+    GRUB_FILE,
+    LIMITS_FILE,
+    NCCL_CONF,
+    PINS_FILE,
+    ROCE_UNIT_FILE,
+    managed_files,
+)
+from deploys.operations import nvidia, packages, raid6, rdma
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan.node import NodePlan, Package, RaidArray, plan_node
 from tests.deploys.conftest import fact_from
@@ -220,3 +230,125 @@ def test_gpu_node_files_and_lab_node_files() -> None:
     assert NCCL_CONF not in lab and GRUB_FILE not in lab
     assert "URIs: file:///srv/gpufleet-mirror" in lab["/etc/apt/sources.list.d/gpufleet-mirror.sources"]
     assert "Package: containerd\nPin: version 1.6*" in lab[PINS_FILE]
+
+
+# --- RDMA: RoCE netdev settings, InfiniBand ports, GID indexes ----------------------------------
+
+ROCE = plan("dc1-dr", "st01").rdma[0]
+IB = GPU.rdma[0]
+
+
+def roce_facts(
+    mtu: str = "netdev-mtu-9000.txt",
+    pfc: str = "dcb-pfc-prio3.txt",
+    app: str = "dcb-app-dscp-26-prio3.txt",
+    gid: str = "gid-type-3-roce-v2.txt",
+) -> dict[type, object]:
+    return {
+        RdmaLinks: fact_from(RdmaLinks, "handwritten/rdma-link-roce.txt"),
+        GidType: fact_from(GidType, f"handwritten/{gid}"),
+        NetdevMtu: fact_from(NetdevMtu, f"handwritten/{mtu}"),
+        DcbPfc: fact_from(DcbPfc, f"handwritten/{pfc}"),
+        DcbAppDscp: fact_from(DcbAppDscp, f"handwritten/{app}"),
+    }
+
+
+def test_roce_port_as_planned_yields_nothing(run_op: RunOp) -> None:
+    assert ROCE.roce is not None and ROCE.roce.netdev == "enp65s0f0np0"
+    assert run_op(roce_facts(), rdma.rdma_port, ROCE) == []
+
+
+def test_roce_netdev_mtu_below_plan_is_raised(run_op: RunOp) -> None:
+    cmds = run_op(roce_facts(mtu="netdev-mtu-1500.txt"), rdma.rdma_port, ROCE)
+    assert cmds == ["ip link set dev enp65s0f0np0 mtu 9000"]
+
+
+def test_roce_pfc_off_and_no_dscp_rule_are_set(run_op: RunOp) -> None:
+    cmds = run_op(roce_facts(pfc="dcb-pfc-off.txt", app="dcb-app-dscp-none.txt"), rdma.rdma_port, ROCE)
+    assert cmds == [
+        "dcb pfc set dev enp65s0f0np0 prio-pfc all:off 3:on",
+        "dcb app replace dev enp65s0f0np0 dscp-prio 26:3",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("gid", "why"),
+    [("gid-type-3-roce-v1.txt", "is IB/RoCE v1, not RoCE v2"), ("gid-type-3-empty.txt", "is empty")],
+)
+def test_gid_index_that_is_not_roce_v2_fails(run_op: RunOp, gid: str, why: str) -> None:
+    with pytest.raises(OperationError, match=f"mlx5_0 port 1: GID index 3 .*{why}"):
+        run_op(roce_facts(gid=gid), rdma.rdma_port, ROCE)
+
+
+def test_missing_rdma_device_fails(run_op: RunOp) -> None:
+    missing = ROCE.model_copy(update={"device": "mlx5_9"})
+    with pytest.raises(OperationError, match=r"mlx5_9 port 1: no such port \(rdma link show lists mlx5_0/1"):
+        run_op(roce_facts(), rdma.rdma_port, missing)
+
+
+def test_roce_port_on_another_netdev_fails(run_op: RunOp) -> None:
+    assert ROCE.roce is not None
+    moved = ROCE.model_copy(update={"roce": ROCE.roce.model_copy(update={"netdev": "ens1f0np0"})})
+    with pytest.raises(OperationError, match="on netdev enp65s0f0np0, planned ens1f0np0"):
+        run_op(roce_facts(), rdma.rdma_port, moved)
+
+
+def ib_facts() -> dict[type, object]:
+    return {
+        IbStat: fact_from(IbStat, "handwritten/ibstat-ib.txt"),
+        IbvDevinfo: fact_from(IbvDevinfo, "handwritten/ibv-devinfo-mlx5_0-ib.txt"),
+        GidType: fact_from(GidType, "handwritten/gid-type-0-ib.txt"),
+    }
+
+
+def test_active_infiniband_port_as_planned_passes(run_op: RunOp) -> None:
+    assert (IB.device, IB.link_layer, IB.mtu, IB.roce) == ("mlx5_0", "InfiniBand", 4096, None)
+    assert run_op(ib_facts(), rdma.rdma_port, IB) == []
+
+
+def test_infiniband_port_down_fails_naming_its_state(run_op: RunOp) -> None:
+    down = IB.model_copy(update={"device": "mlx5_1"})
+    with pytest.raises(OperationError, match=r"mlx5_1 port 1: state Down \(Polling\), expected Active"):
+        run_op(ib_facts(), rdma.rdma_port, down)
+
+
+def test_infiniband_port_at_another_mtu_fails(run_op: RunOp) -> None:
+    smaller = IB.model_copy(update={"mtu": 2048})
+    with pytest.raises(OperationError, match="active MTU 4096, planned 2048"):
+        run_op(ib_facts(), rdma.rdma_port, smaller)
+
+
+def test_roce_boot_unit_runs_the_same_settings() -> None:
+    assert ROCE.roce is not None
+    unit = managed_files(plan("dc1-dr", "st01"))[ROCE_UNIT_FILE]
+    for command in rdma.roce_settings(ROCE.roce):
+        assert f"ExecStart={command}\n" in unit
+    assert "After=sys-subsystem-net-devices-enp65s0f0np0.device" in unit
+    assert ROCE_UNIT_FILE not in managed_files(GPU)  # InfiniBand: the subnet manager's settings
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+def test_gpu_node_locks_unlimited_memory_for_sessions_and_containerd() -> None:
+    files = managed_files(GPU)
+    limits = files[LIMITS_FILE].splitlines()
+    assert {"* - memlock unlimited", "root - memlock unlimited", "* - nofile 1048576"} <= set(limits)
+    dropin = files[CONTAINERD_LIMITS]
+    assert "[Service]\nLimitMEMLOCK=infinity\nLimitNOFILE=1048576\n" in dropin
+    assert AFTER_CHANGE[CONTAINERD_LIMITS].startswith("systemctl daemon-reload")
+
+
+def test_lab_node_raises_open_files_but_locks_no_memory() -> None:
+    files = managed_files(plan("lab", "lab-st1"))
+    assert "memlock" not in files[LIMITS_FILE] and "* - nofile 1048576" in files[LIMITS_FILE]
+    assert files[CONTAINERD_LIMITS].endswith("[Service]\nLimitNOFILE=1048576\n")
+
+
+@pytest.mark.parametrize("rules", [{(26, 2)}, {(26, 3), (26, 2)}, {(24, 3)}])
+def test_dscp_rule_other_than_the_plans_is_replaced(rules: set[tuple[int, int]]) -> None:
+    assert ROCE.roce is not None
+    pfc = {p: p == 3 for p in range(8)}
+    assert rdma.roce_commands(ROCE.roce, 9000, pfc, rules) == [
+        "dcb app replace dev enp65s0f0np0 dscp-prio 26:3"
+    ]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gpufleet.plan.expect import HostExpect
-from gpufleet.verify.parse import parse_ibv_devinfo
+from gpufleet.verify.parse import (
+    DCB_APP_DSCP,
+    DCB_PFC,
+    parse_dcb_app_dscp,
+    parse_dcb_pfc,
+    parse_ibv_devinfo,
+)
 from tests.host.conftest import Run, not_planned
 
 pytestmark = pytest.mark.network
@@ -45,3 +51,22 @@ def test_rdma_ports_active_as_planned(run: Run, expect: HostExpect) -> None:
                 f"cat /sys/class/infiniband/{nic.device}/ports/1/gid_attrs/types/{nic.gid_index}"
             ).strip()
             assert kind == "RoCE v2", f"{nic.device} GID {nic.gid_index}: expected RoCE v2, found {kind}"
+
+
+def test_roce_netdevs_carry_mtu_trust_and_pfc_as_planned(run: Run, expect: HostExpect) -> None:
+    ports = [(p.device, p.roce) for p in expect.network.rdma if p.roce is not None]
+    if not ports:
+        not_planned("RoCE ports")
+    for device, roce in ports:
+        dev = roce.netdev
+        mtu = int(run(f"cat /sys/class/net/{dev}/mtu"))
+        assert mtu == roce.netdev_mtu, f"{device} netdev {dev} MTU: expected {roce.netdev_mtu}, found {mtu}"
+        pfc = parse_dcb_pfc(run(DCB_PFC.format(netdev=dev)))
+        on = sorted(prio for prio, enabled in pfc.items() if enabled)
+        assert on == [roce.priority], f"{dev} PFC: expected on priority {roce.priority} only, found {on}"
+        dscp = {
+            prio for d, prio in parse_dcb_app_dscp(run(DCB_APP_DSCP.format(netdev=dev))) if d == roce.dscp
+        }
+        assert dscp == {roce.priority}, (
+            f"{dev}: expected DSCP {roce.dscp} on priority {roce.priority}, found {dscp}"
+        )

@@ -8,9 +8,10 @@ import pytest
 
 from gpufleet.inventory.load import inventory_from_data, load_inventory
 from gpufleet.model.catalog import GPUModel, replica_shape
-from gpufleet.model.site import Inventory
+from gpufleet.model.errors import InputError
+from gpufleet.model.site import ROCE_HEADER_BYTES, Inventory
 from gpufleet.plan import plan_node, plan_site
-from gpufleet.plan.node import GPU_TAINT, READINESS_TAINT, NodePlan
+from gpufleet.plan.node import GPU_TAINT, NOFILE, READINESS_TAINT, NodePlan
 
 
 def node_plan(site: str | Inventory, host: str) -> NodePlan:
@@ -158,3 +159,55 @@ def test_site_plan_kubernetes_and_serving() -> None:
 def test_replica_shape(model: str, gpu: GPUModel, tp: int, nodes: int) -> None:
     shape = replica_shape(model, gpu)
     assert (shape.tensor_parallel, shape.nodes) == (tp, nodes)
+
+
+@pytest.mark.parametrize(
+    ("site", "host", "memlock", "nofile"),
+    [("dc1", "gpu01", True, True), ("dc1", "st01", True, False), ("dc1", "cp01", False, True)],
+)
+def test_limits_by_what_the_node_runs(site: str, host: str, memlock: bool, nofile: bool) -> None:
+    limits = {(x.domain, x.item): x.value for x in node_plan(site, host).limits}
+    for domain in ("*", "root"):  # pam_limits' wildcard leaves root out
+        assert limits.get((domain, "memlock")) == ("unlimited" if memlock else None)
+        assert limits.get((domain, "nofile")) == (str(NOFILE) if nofile else None)
+
+
+def test_roce_ports_get_jumbo_netdevs_and_pfc_on_nccls_priority() -> None:
+    inv = load_inventory("dc1-dr")
+    plan = node_plan(inv, "gpu01")
+    assert len(plan.rdma) == 8 and {p.link_layer for p in plan.rdma} == {"Ethernet"}
+    roce = plan.rdma[0].roce
+    assert roce is not None and roce.netdev == "enp26s0np0"
+    assert inv.site.networks.storage is not None
+    assert roce.netdev_mtu == inv.site.networks.storage.mtu == 9000
+    assert roce.netdev_mtu >= plan.rdma[0].mtu + ROCE_HEADER_BYTES
+    # NCCL marks its packets with NCCL_IB_TC: DSCP in the upper six bits, the priority DSCP/8.
+    assert plan.nccl_conf is not None and f"NCCL_IB_TC={roce.dscp << 2 | 2}" in plan.nccl_conf
+    assert (roce.dscp, roce.priority) == (26, 3)
+
+
+def test_infiniband_ports_have_no_host_side_settings() -> None:
+    plan = node_plan("dc1", "gpu01")
+    assert [(p.device, p.link_layer, p.mtu, p.roce) for p in plan.rdma][:1] == [
+        ("mlx5_0", "InfiniBand", 4096, None)
+    ]
+    assert node_plan("lab", "lab-st1").rdma == []
+
+
+def test_roce_needs_a_netdev_and_a_storage_mtu_that_carries_it(dc1: dict[str, Any]) -> None:
+    roce = [
+        (i, j)
+        for i, node in enumerate(dc1["nodes"])
+        for j, nic in enumerate(node["nics"].get("rdma", []))
+        if nic["link_layer"] == "roce"
+    ]
+    i, j = roce[0]
+    del dc1["nodes"][i]["nics"]["rdma"][j]["netdev"]
+    dc1["site"]["networks"]["storage"]["mtu"] = 4000
+    with pytest.raises(InputError) as exc:
+        inventory_from_data(dc1, "x")
+    paths = sorted(p.path for p in exc.value.problems)
+    assert paths == sorted(
+        [("nodes", i, "nics", "rdma", j, "netdev")]
+        + [("nodes", a, "nics", "rdma", b, "mtu") for a, b in roce]
+    )

@@ -9,11 +9,15 @@ import pytest
 from gpufleet.verify.parse import (
     SMI_FIELDS,
     active_slowdowns,
+    parse_dcb_app_dscp,
+    parse_dcb_pfc,
     parse_driver_version,
     parse_findmnt,
+    parse_ibstat,
     parse_ibv_devinfo,
     parse_key_values,
     parse_mdstat,
+    parse_rdma_link,
     parse_smi_q,
     parse_smi_query,
     parse_xids,
@@ -156,3 +160,34 @@ def test_outputs_recorded_with_the_suites_own_commands() -> None:
     assert out("sys-class-net.txt").split() == ["up", "1400"]
     assert out("sys-class-infiniband.txt") == ""  # ib_core loaded, no RDMA device
     assert parse_xids(out("dmesg-xid.txt")) == []
+
+
+def test_rdma_link_both_output_forms() -> None:
+    new = "link mlx5_0/1 subnet_prefix fe80:0000:0000:0000 lid 12 sm_lid 1 lmc 0 state ACTIVE physical_state LINK_UP"
+    # iproute2 before 5.x prefixed the device index: `IDX/PORT: DEV/PORT: ...`
+    old = "3/1: mlx5_1/1: state ACTIVE physical_state LINK_UP netdev ens803f1"
+    links = parse_rdma_link(f"{new}\n{old}\n")
+    assert links["mlx5_0/1"]["lid"] == "12" and links["mlx5_0/1"]["state"] == "ACTIVE"
+    assert links["mlx5_1/1"] == {"state": "ACTIVE", "physical_state": "LINK_UP", "netdev": "ens803f1"}
+    assert parse_rdma_link("") == {}
+
+
+def test_ibstat_two_ports_of_one_ca() -> None:
+    text = (
+        "CA 'mlx5_0'\n\tCA type: MT4123\n\tNumber of ports: 2\n"
+        "\tPort 1:\n\t\tState: Active\n\t\tLink layer: Ethernet\n"
+        "\tPort 2:\n\t\tState: Down\n\t\tPhysical state: Disabled\n\t\tLink layer: Ethernet\n"
+    )
+    ports = parse_ibstat(text)["mlx5_0"]
+    assert ports[1] == {"State": "Active", "Link layer": "Ethernet"}
+    assert ports[2]["Physical state"] == "Disabled"
+
+
+def test_dcb_outputs() -> None:
+    pfc = parse_dcb_pfc(
+        "pfc-cap 8 macsec-bypass off delay 4096\nprio-pfc 0:off 1:off 2:off 3:off 4:off 5:off 6:on 7:on\n"
+    )
+    assert sorted(p for p, on in pfc.items() if on) == [6, 7]
+    # dcb-app(8): two rules for DSCP 24 may coexist; both are reported.
+    assert parse_dcb_app_dscp("dscp-prio 0:0 24:2 24:3 48:6") == {(0, 0), (24, 2), (24, 3), (48, 6)}
+    assert parse_dcb_app_dscp("") == set()
