@@ -189,10 +189,7 @@ class Controller:
         if reserve is None:
             reserve = group_max_price(group, self.prices.instance_types)
         nodes = fleet_view(group, prices, self.inflight(), reserve)
-        ready = (
-            model.onprem_replicas
-            + sum(1 for n in nodes if n.ready and not n.draining) * model.replicas_per_node
-        )
+        ready = model.onprem_replicas + model.burst_capacity(nodes, ready_only=True)
         signals = reading.signals(t, self.replica_rps, ready)
         self.window.append(signals)
         decision = self.policy.decide(t, list(self.window), nodes, prices)

@@ -3,15 +3,17 @@
 Nothing here reads a clock, a file or the network. The simulator and the controller feed the
 same functions, so what the benchmark measures is what runs in production.
 
-Units: load and capacity are counted in *replicas* of the served model: offered load is the
-arrival rate of work divided by one replica's throughput (1.0 = one replica fully busy).
+Units: load and capacity are counted in *replicas* of the site's own (on-prem) model: offered
+load is the arrival rate of work divided by one on-prem replica's throughput (1.0 = one replica
+fully busy), and a burst node adds its instance type's capacity in the same unit (the fleet plan's
+roofline: a distilled model on L40S adds a third of a replica per node, on H200 three and more).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,7 +62,8 @@ class Signals:
     queue_wait_s: float
     pending: int
     gpu_util: float
-    ready_replicas: int
+    # What serves now, in on-prem replica equivalents (on-prem plus ready burst nodes).
+    ready_replicas: float
     # p99 time to first response over the interval, and the KV cache's used fraction (TensorRT-LLM):
     # None where the serving stack does not report them.
     ttft_s: float | None = None
@@ -79,7 +82,10 @@ class KnownPeak:
 @dataclass(frozen=True)
 class CapacityModel:
     onprem_replicas: int
-    replicas_per_node: int
+    # What a burst node adds, in on-prem replicas: per instance type where known (`node_capacity`),
+    # else `replicas_per_node`, which is also the least any type adds (what a node of a type the
+    # group picks itself is counted as before it is seen).
+    replicas_per_node: float
     max_nodes: int
     max_hourly_usd: float
     boot_to_serve_s: float
@@ -92,6 +98,7 @@ class CapacityModel:
     target_utilisation: float = 0.85
     # p99 time to first token; None: the site holds only the queue-wait SLO.
     slo_ttft_s: float | None = None
+    node_capacity: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
@@ -100,7 +107,8 @@ class CapacityModel:
             raise ValueError(f"site {site.site} plans no burst or no serving")
         return cls(
             onprem_replicas=site.serving.replicas,
-            replicas_per_node=fleet.min_replicas_per_node,
+            replicas_per_node=min(fleet.capacity.values()),
+            node_capacity=fleet.capacity,
             max_nodes=site.burst.max_nodes,
             max_hourly_usd=site.burst.max_hourly_usd,
             boot_to_serve_s=site.burst.boot_to_serve_s,
@@ -109,10 +117,26 @@ class CapacityModel:
             slo_ttft_s=site.serving.slo_ttft_p99_s,
         )
 
-    def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
-        """Burst nodes needed so that on-prem plus burst replicas carry the load at the utilisation."""
+    def capacity_of(self, instance_type: str) -> float:
+        return self.node_capacity.get(instance_type, self.replicas_per_node)
+
+    def burst_capacity(self, nodes: Sequence[Node], ready_only: bool = False) -> float:
+        """On-prem replica equivalents of the live (not draining) burst nodes."""
+        return sum(
+            self.capacity_of(n.pool.instance_type)
+            for n in nodes
+            if not n.draining and (n.ready or not ready_only)
+        )
+
+    def missing(self, load_replicas: float, utilisation: float | None = None) -> float:
+        """Burst capacity (on-prem replica equivalents) that on-prem lacks to carry the load at the
+        utilisation."""
         u = utilisation or self.target_utilisation
-        missing = load_replicas / u - self.onprem_replicas
+        return max(0.0, load_replicas / u - self.onprem_replicas)
+
+    def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
+        """Burst nodes, each counted at the least a node adds, for the load at the utilisation."""
+        missing = self.missing(load_replicas, utilisation)
         if missing <= 1e-9:
             return 0
         return min(self.max_nodes, math.ceil(missing / self.replicas_per_node - 1e-9))
@@ -179,14 +203,20 @@ def committed_usd(nodes: Sequence[Node]) -> float:
 
 
 def place(
-    count: int,
+    need: float,
     nodes: Sequence[Node],
     prices: Mapping[Pool, float],
     cap_usd: float | None,
     avoid: frozenset[Pool] = frozenset(),
     fleet_max_price: float | None = None,
+    capacity: Callable[[str], float] = lambda _type: 1.0,
+    room: int | None = None,
 ) -> tuple[tuple[Launch, ...], str]:
-    """Pools for `count` new nodes: cheapest first, spread over pools within DIVERSIFY_BAND.
+    """Pools for new nodes that add `need` on-prem replicas of capacity, each node its type's:
+    cheapest per replica of capacity first (as an Auto Scaling group weighs instance types by
+    capacity units), spread over pools within DIVERSIFY_BAND of that, at most `room` nodes and
+    none smaller than what each remaining slot must bring. Small nodes that are cheap for a small
+    need would fill a node bound that a later, larger need then cannot use.
 
     With a cap, each launch reserves its max price and stops when the next would cross the cap,
     so the fleet's bill stays under it whatever prices do later. Without (the baselines), every
@@ -202,28 +232,49 @@ def place(
     def reserve(pool: Pool) -> float:
         return fleet_max_price if fleet_max_price is not None else max_price_for(pool, offered[pool])
 
-    if count <= 0 or not offered:
+    def per_replica(pool: Pool) -> float:
+        return offered[pool] / capacity(pool.instance_type)
+
+    def big_enough(pools: list[Pool], missing: float) -> list[Pool]:
+        """Under a node bound, nodes at least as big as what each remaining slot must bring."""
+        if room is None or not pools:
+            return pools
+        each = missing / max(1, room - len(launches))
+        fit = [p for p in pools if capacity(p.instance_type) >= each - 1e-9]
+        return fit or [max(pools, key=lambda p: (capacity(p.instance_type), -offered[p]))]
+
+    launches: list[Launch] = []
+    added = 0.0
+
+    def more() -> bool:
+        return added < need - 1e-9 and (room is None or len(launches) < room)
+
+    if not offered:
         return (), ""
     if cap_usd is None:
-        cheapest = min(offered, key=lambda p: (offered[p], p))
-        od = AWS_GPU_INSTANCES[cheapest.instance_type].on_demand_usd_hour
-        return tuple(Launch(cheapest, od) for _ in range(count)), ""
+        while more():
+            pools = big_enough(list(offered), need - added)
+            pool = min(pools, key=lambda p: (per_replica(p), p))
+            launches.append(Launch(pool, AWS_GPU_INSTANCES[pool.instance_type].on_demand_usd_hour))
+            added += capacity(pool.instance_type)
+        return tuple(launches), ""
     spread = Counter(n.pool for n in nodes if not n.draining)
     budget = cap_usd - committed_usd(nodes)
-    launches: list[Launch] = []
-    floor = min(offered.values())
-    band = [p for p in offered if offered[p] <= floor * DIVERSIFY_BAND]
-    for _ in range(count):
-        fitting = [p for p in band if reserve(p) <= budget + 1e-9]
-        if not fitting:
-            fitting = [p for p in offered if reserve(p) <= budget + 1e-9]
-        if not fitting:
+    while more():
+        missing = need - added
+        affordable = big_enough([p for p in offered if reserve(p) <= budget + 1e-9], missing)
+        if not affordable:
             return tuple(launches), f"the ${cap_usd:g}/h cap leaves ${max(budget, 0):.2f}/h"
-        pool = min(fitting, key=lambda p: (spread[p], offered[p], p))
+        floor = min(per_replica(p) for p in affordable)
+        band = [p for p in affordable if per_replica(p) <= floor * DIVERSIFY_BAND]
+        pool = min(band, key=lambda p: (spread[p], per_replica(p), p))
         launch = Launch(pool, reserve(pool))
         launches.append(launch)
         spread[pool] += 1
         budget -= launch.max_price
+        added += capacity(pool.instance_type)
+    if added < need - 1e-9:
+        return tuple(launches), f"the {room}-node room left under the bound"
     return tuple(launches), ""
 
 
@@ -264,7 +315,7 @@ class Policy(Protocol):
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision: ...
 
-    def initial_nodes(self) -> int: ...
+    def initial_capacity(self) -> float: ...
 
 
 def _live(nodes: Sequence[Node]) -> int:
@@ -283,8 +334,8 @@ class _Base:
     tick_s = 15.0
     cap_aware = False
 
-    def initial_nodes(self) -> int:
-        return 0
+    def initial_capacity(self) -> float:
+        return 0.0
 
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
@@ -292,38 +343,76 @@ class _Base:
         # The usual autoscalers do not read Spot warnings: the node simply disappears two minutes later.
         return Decision(_live(nodes), "interruption warning ignored")
 
-    def _to(self, desired: int, reason: str, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
-        desired = max(0, min(self.model.max_nodes, desired))
-        live = _live(nodes)
-        if desired > live:
-            cap = self.model.max_hourly_usd if self.cap_aware else None
+    def _to(self, need: float, reason: str, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
+        """Launch until the burst fleet holds `need` on-prem replicas of capacity, or drain the
+        nodes (in this policy's order) that it can do without."""
+        m = self.model
+        live = [n for n in nodes if not n.draining]
+        have = m.burst_capacity(nodes)
+        if need > have + 1e-9:
             launch, capped = place(
-                desired - live, nodes, prices, cap, fleet_max_price=self.model.fleet_max_price
+                need - have,
+                nodes,
+                prices,
+                m.max_hourly_usd if self.cap_aware else None,
+                fleet_max_price=m.fleet_max_price,
+                capacity=m.capacity_of,
+                room=max(0, m.max_nodes - len(live)),
             )
-            return Decision(desired, f"{reason}; {capped}" if capped else reason, launch=launch)
-        if desired < live:
-            return Decision(desired, reason, drain=self._victims(nodes, live - desired))
-        return Decision(desired, reason)
+            reason = f"{reason}; {capped}" if capped else reason
+            return Decision(len(live) + len(launch), reason, launch=launch)
+        by_id = {n.id: n for n in live}
+        drain: list[str] = []
+        for node_id in self._victims(nodes, len(live)):
+            size = m.capacity_of(by_id[node_id].pool.instance_type)
+            if have - size >= need - 1e-9:
+                drain.append(node_id)
+                have -= size
+        return Decision(len(live) - len(drain), reason, drain=tuple(drain))
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
         return newest_first(nodes, count)
+
+    def _replace(self, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
+        """Drain a node under an interruption warning and launch its capacity again before it goes,
+        in other pools (its own is being reclaimed), within the cap."""
+        m = self.model
+        launch, capped = place(
+            m.capacity_of(node.pool.instance_type),
+            [n for n in nodes if n.id != node.id],
+            prices,
+            m.max_hourly_usd,
+            avoid=frozenset({node.pool}),
+            fleet_max_price=m.fleet_max_price,
+            capacity=m.capacity_of,
+            room=max(0, m.max_nodes - _live(nodes) + 1),
+        )
+        reason = (
+            f"interruption warning for {node.id}: drain, replace in {', '.join(str(x.pool) for x in launch)}"
+            if launch
+            else f"interruption warning for {node.id}: drain; no replacement, {capped}"
+        )
+        return Decision(_live(nodes), reason, launch, (node.id,))
 
 
 @dataclass
 class StaticPeak(_Base):
     """Provision for the known peak, all the time."""
 
-    peak_nodes: int = 0
+    # On-prem replica equivalents of burst capacity for the peak.
+    peak_need: float = 0.0
     name = "static-peak"
     tick_s = 60.0
 
-    def initial_nodes(self) -> int:
-        return self.peak_nodes
+    def initial_capacity(self) -> float:
+        return self.peak_need
 
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        return self._to(self.peak_nodes, f"static: {self.peak_nodes} nodes sized for the peak", nodes, prices)
+        return self._to(
+            self.peak_need, f"static: {self.peak_need:.2f} replicas sized for the peak", nodes, prices
+        )
 
 
 @dataclass
@@ -331,9 +420,9 @@ class _Stabilized(_Base):
     """Kubernetes HPA behaviour: scale up at once, scale down to the highest recommendation of the window."""
 
     stabilization_s: float = 300.0
-    _history: deque[tuple[float, int]] = field(default_factory=deque)
+    _history: deque[tuple[float, float]] = field(default_factory=deque)
 
-    def _stabilize(self, t: float, recommended: int, current: int) -> int:
+    def _stabilize(self, t: float, recommended: float, current: float) -> float:
         self._history.append((t, recommended))
         while self._history and self._history[0][0] < t - self.stabilization_s:
             self._history.popleft()
@@ -341,8 +430,8 @@ class _Stabilized(_Base):
             return recommended
         return max(r for _, r in self._history)
 
-    def _nodes_for_replicas(self, total_replicas: int) -> int:
-        return math.ceil(max(0, total_replicas - self.model.onprem_replicas) / self.model.replicas_per_node)
+    def _burst_need(self, total_replicas: float) -> float:
+        return max(0.0, total_replicas - self.model.onprem_replicas)
 
 
 @dataclass
@@ -360,14 +449,14 @@ class HpaGpu(_Stabilized):
         recent = _recent(window, t, 60.0)
         util = sum(s.gpu_util for s in recent) / len(recent)
         busy = util * recent[-1].ready_replicas
-        current = m.onprem_replicas + _live(nodes) * m.replicas_per_node
+        current = m.onprem_replicas + m.burst_capacity(nodes)
         # Replicas still booting count as idle, as HPA does for pods that are not ready.
         ratio = busy / (current * self.target)
         recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
         total = self._stabilize(t, max(m.onprem_replicas, recommended), current)
         return self._to(
-            self._nodes_for_replicas(total),
-            f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas} ready replicas -> {total} replicas",
+            self._burst_need(total),
+            f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas -> {total:.1f} replicas",
             nodes,
             prices,
         )
@@ -386,11 +475,11 @@ class KedaQueue(_Stabilized):
     ) -> Decision:
         m = self.model
         pending = window[-1].pending
-        current = m.onprem_replicas + _live(nodes) * m.replicas_per_node
+        current = m.onprem_replicas + m.burst_capacity(nodes)
         recommended = max(m.onprem_replicas, math.ceil(pending / self.threshold))
         total = self._stabilize(t, recommended, current)
         return self._to(
-            self._nodes_for_replicas(total), f"{pending} pending requests -> {total} replicas", nodes, prices
+            self._burst_need(total), f"{pending} pending requests -> {total} replicas", nodes, prices
         )
 
 
@@ -407,29 +496,35 @@ class ReactivePending(_Base):
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         m = self.model
-        live = _live(nodes)
-        booting = sum(1 for n in nodes if not n.draining and not n.ready)
+        live = [n for n in nodes if not n.draining]
+        have = m.burst_capacity(nodes)
+        booting = have - m.burst_capacity(nodes, ready_only=True)
         pending = window[-1].pending
         if pending > 0:
-            per_node = self.slots_per_replica * m.replicas_per_node
-            extra = max(0, math.ceil(pending / per_node) - booting)
+            extra = max(0.0, pending / self.slots_per_replica - booting)
             return self._to(
-                live + extra, f"{pending} pending requests, {booting} nodes booting", nodes, prices
+                have + extra, f"{pending} pending requests, {booting:.1f} replicas booting", nodes, prices
             )
         recent = _recent(window, t, 300.0)
         busy = sum(s.gpu_util * s.ready_replicas for s in recent) / len(recent)
-        without_one = m.onprem_replicas + (live - 1) * m.replicas_per_node
-        if live > 0 and booting == 0 and busy < self.consolidate_below * without_one:
+        smallest = min((m.capacity_of(n.pool.instance_type) for n in live), default=0.0)
+        without_one = m.onprem_replicas + have - smallest
+        if live and booting == 0 and busy < self.consolidate_below * without_one:
             return self._to(
-                live - 1, f"consolidate: {busy:.1f} busy replicas fit on {without_one}", nodes, prices
+                have - smallest,
+                f"consolidate: {busy:.1f} busy replicas fit on {without_one:.1f}",
+                nodes,
+                prices,
             )
-        return Decision(live, "nothing pending")
+        return Decision(len(live), "nothing pending")
 
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         # Karpenter reads the same SQS interruption queue: it cordons the node and launches a replacement.
-        launch, _ = place(1, nodes, prices, None, avoid=frozenset({node.pool}))
+        m = self.model
+        size = m.capacity_of(node.pool.instance_type)
+        launch, _ = place(size, nodes, prices, None, avoid=frozenset({node.pool}), capacity=m.capacity_of)
         return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
 
 
@@ -486,22 +581,27 @@ class Gpufleet(_Base):
         rise, climb = self._rise(window, t)
         projected = min(held + climb * ahead, held * self.rise_max) if rise >= self.rise_from else held
         live = _live(nodes)
-        up = m.nodes_for(projected)
+        have = m.burst_capacity(nodes)
+        need = m.missing(projected)
         peak_note = f", announced peak x{ahead:g}" if ahead != 1.0 else ""
         why = f"load {load:.2f} replicas, planned peak {held:.2f}, rise x{rise:.2f}{peak_note}"
         breach = m.breach(recent)
-        if breach and up <= live and not any(not n.ready and not n.draining for n in nodes):
-            # One node at a time, and only while none is booting: the next comes if this was not enough.
-            up, why = live + 1, f"{why}; {breach}"
-        if up > live:
-            return self._to(up, f"{why} -> {up} nodes", nodes, prices)
-        down = m.nodes_for(projected, m.target_utilisation * (1 - self.hysteresis))
+        if breach and need <= have + 1e-9 and have == m.burst_capacity(nodes, ready_only=True):
+            # One more of the smallest node's worth, and only while none is booting: the next
+            # comes if this was not enough.
+            need, why = have + m.replicas_per_node, f"{why}; {breach}"
+        if need > have + 1e-9:
+            return self._to(need, f"{why} -> {need:.2f} replicas on burst", nodes, prices)
+        down = m.missing(projected, m.target_utilisation * (1 - self.hysteresis))
+        scale_in = self._to(
+            down, f"{why}; quiet {self.quiet_s:.0f}s -> {down:.2f} replicas on burst", nodes, prices
+        )
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = m.pressure(window[-1])
-        if down < live and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
+        if scale_in.drain and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
             self._last_scale_in = t
-            return self._to(down, f"{why}; quiet {self.quiet_s:.0f}s -> {down} nodes", nodes, prices)
-        held_by = f" ({saturated})" if saturated and down < live else ""
+            return scale_in
+        held_by = f" ({saturated})" if saturated and scale_in.drain else ""
         return Decision(live, f"{why}; hold {live}{held_by}")
 
     def factor_at(self, t: float) -> float:
@@ -536,21 +636,7 @@ class Gpufleet(_Base):
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        # Launch the replacement before the node goes, in another pool: its pool is being reclaimed.
-        launch, capped = place(
-            1,
-            nodes,
-            prices,
-            self.model.max_hourly_usd,
-            avoid=frozenset({node.pool}),
-            fleet_max_price=self.model.fleet_max_price,
-        )
-        reason = (
-            f"interruption warning for {node.id}: drain, replace in {launch[0].pool}"
-            if launch
-            else (f"interruption warning for {node.id}: drain; no replacement, {capped}")
-        )
-        return Decision(_live(nodes), reason, launch, (node.id,))
+        return self._replace(node, nodes, prices)
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
         return fewest_inflight(nodes, count)
@@ -572,23 +658,18 @@ class Oracle(_Base):
         first = int(t // 60)
         last = int((t + self.model.boot_to_serve_s + self.tick_s) // 60)
         ahead = self.future_load[first : last + 1] or (0.0,)
-        need = self.model.nodes_for(max(ahead))
+        need = self.model.missing(max(ahead))
         return self._to(
-            need, f"needs {need} nodes within the next {self.model.boot_to_serve_s:.0f}s", nodes, prices
+            need,
+            f"needs {need:.2f} replicas on burst within the next {self.model.boot_to_serve_s:.0f}s",
+            nodes,
+            prices,
         )
 
     def on_notice(
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        launch, _ = place(
-            1,
-            nodes,
-            prices,
-            self.model.max_hourly_usd,
-            avoid=frozenset({node.pool}),
-            fleet_max_price=self.model.fleet_max_price,
-        )
-        return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
+        return self._replace(node, nodes, prices)
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
         return fewest_inflight(nodes, count)

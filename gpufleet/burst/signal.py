@@ -60,7 +60,7 @@ class Reading:
     kv_cache_used: float | None = None
     ttft_p99_s: float | None = None
 
-    def signals(self, t: float, replica_rps: float, ready_replicas: int) -> Signals:
+    def signals(self, t: float, replica_rps: float, ready_replicas: float) -> Signals:
         """Offered load in replicas: what was served plus what the queue grew by, over one
         replica's throughput (from the capacity model: requests per second at full batch)."""
         waiting = self.trt_waiting if self.trt_waiting is not None else self.pending

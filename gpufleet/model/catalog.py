@@ -44,22 +44,28 @@ class GPUSpec:
     min_driver_branch: int
     # Board power (TDP): host checks flag a power limit set far below it.
     tdp_w: int
+    # Memory bandwidth (datasheet, TB/s): what bounds decode, and so a serving replica's throughput.
+    hbm_tb_s: float
 
 
 GPU_CATALOG: dict[GPUModel, GPUSpec] = {
     GPUModel.A100_40GB: GPUSpec(
-        40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450, 400
+        40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450, 400, 1.555
     ),
     GPUModel.A100_80GB: GPUSpec(
-        80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450, 400
+        80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450, 400, 2.039
     ),
-    GPUModel.H100_PCIE: GPUSpec(80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525, 350),
-    GPUModel.H100_SXM: GPUSpec(80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525, 700),
-    GPUModel.H200: GPUSpec(141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550, 700),
-    GPUModel.L40S: GPUSpec(48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525, 350),
-    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525, 72),
-    GPUModel.T4: GPUSpec(16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418, 70),
-    GPUModel.A10G: GPUSpec(24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460, 300),
+    GPUModel.H100_PCIE: GPUSpec(
+        80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525, 350, 2.0
+    ),
+    GPUModel.H100_SXM: GPUSpec(
+        80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525, 700, 3.35
+    ),
+    GPUModel.H200: GPUSpec(141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550, 700, 4.8),
+    GPUModel.L40S: GPUSpec(48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525, 350, 0.864),
+    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525, 72, 0.3),
+    GPUModel.T4: GPUSpec(16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418, 70, 0.32),
+    GPUModel.A10G: GPUSpec(24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460, 300, 0.6),
 }
 
 # Minimum driver branch for each CUDA major version (NVIDIA's CUDA compatibility table).
@@ -155,6 +161,16 @@ def replica_shape(model: str, gpu: GPUModel) -> ReplicaShape:
     while tp * per_gpu < need:
         tp *= 2
     return ReplicaShape(gpu=gpu, tensor_parallel=tp, nodes=max(1, tp // GPUS_PER_NODE_MAX))
+
+
+def decode_rate(model: str, gpu: GPUModel, tensor_parallel: int) -> float:
+    """Decode steps per second of one replica at the memory roofline: each step reads all the
+    weights once, spread over the replica's GPUs (a MoE model at serving batch sizes touches
+    nearly every expert per step, so all its weights count). Used as a ratio between replicas,
+    never as an absolute rate: prefill, KV-cache reads and communication are left out alike."""
+    spec = SERVING_MODELS[model]
+    weight_bytes = spec.params_b * 1e9 * spec.bytes_per_param
+    return tensor_parallel * GPU_CATALOG[gpu].hbm_tb_s * 1e12 / weight_bytes
 
 
 def replica_capacity(model: str, gpu: GPUModel, gpu_counts: list[int]) -> int:

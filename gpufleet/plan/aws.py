@@ -10,12 +10,19 @@ from __future__ import annotations
 import math
 from ipaddress import IPv4Network
 
-from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPU_CATALOG, SERVING_MODELS, GPUModel
+from gpufleet.model.catalog import (
+    AWS_GPU_INSTANCES,
+    GPU_CATALOG,
+    SERVING_MODELS,
+    GPUModel,
+    decode_rate,
+    replica_shape,
+)
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.node import GPU_TAINT, Frozen
-from gpufleet.plan.site import spot_max_price
+from gpufleet.plan.site import plan_site, spot_max_price
 
 # Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves
 # price-capacity-optimized allocation too little room when a pool is reclaimed.
@@ -39,6 +46,9 @@ class InstanceChoice(Frozen):
     gpus: int
     gpu_memory_gib: int
     replicas: int  # serving replicas one instance holds
+    # What one instance serves, in replicas of the site's own (on-prem) model and shape, by the
+    # memory-bandwidth roofline (catalog.decode_rate): a distilled model on L40S is not an H100's.
+    capacity: float
 
 
 class BurstFleet(Frozen):
@@ -57,6 +67,11 @@ class BurstFleet(Frozen):
     @property
     def min_replicas_per_node(self) -> int:
         return min(i.replicas for i in self.instances)
+
+    @property
+    def capacity(self) -> dict[str, float]:
+        """On-prem replica equivalents per instance, by type."""
+        return {i.name: i.capacity for i in self.instances}
 
 
 class Subnet(Frozen):
@@ -119,6 +134,16 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
             source, [Problem(("site", "burst", "instance_types"), f"unknown instance types {unknown}")]
         )
     ladder = sorted(SERVING_MODELS, key=lambda m: -SERVING_MODELS[m].memory_gib)
+    onprem = plan_site(inv).serving
+    shape = onprem.shape if onprem is not None else None
+    # Without GPU nodes on-prem there is nothing to compare with: an H100 replica stands in.
+    unit = (
+        decode_rate(serving.model, shape.gpu, shape.tensor_parallel)
+        if shape is not None
+        else decode_rate(
+            serving.model, GPUModel.H100_SXM, replica_shape(serving.model, GPUModel.H100_SXM).tensor_parallel
+        )
+    )
     for model in ladder[ladder.index(serving.model) :]:
         need = SERVING_MODELS[model].memory_gib
         tp = 1
@@ -131,6 +156,13 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
                     gpus=AWS_GPU_INSTANCES[t].gpus,
                     gpu_memory_gib=GPU_CATALOG[AWS_GPU_INSTANCES[t].gpu].memory_gib,
                     replicas=AWS_GPU_INSTANCES[t].gpus // tp,
+                    capacity=round(
+                        AWS_GPU_INSTANCES[t].gpus
+                        // tp
+                        * decode_rate(model, AWS_GPU_INSTANCES[t].gpu, tp)
+                        / unit,
+                        3,
+                    ),
                 )
                 for t in candidates
                 if AWS_GPU_INSTANCES[t].gpus >= tp
@@ -158,8 +190,8 @@ def _fleet(
     if revision is None:
         key = "burst_model_revision" if fallback else "model_revision"
         raise InputError(source, [Problem(("bom", key), f"burst nodes serve {model}: pin its revision")])
-    # Cheapest per replica first: the order only documents preference, Spot allocation decides.
-    fits = sorted(fits, key=lambda i: (AWS_GPU_INSTANCES[i.name].on_demand_usd_hour / i.replicas, i.name))
+    # Cheapest per replica of capacity first: the order only documents preference, Spot allocation decides.
+    fits = sorted(fits, key=lambda i: (AWS_GPU_INSTANCES[i.name].on_demand_usd_hour / i.capacity, i.name))
     return BurstFleet(
         model=model,
         hf_repo=SERVING_MODELS[model].hf_repo,

@@ -22,7 +22,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpufleet.burst.policy import SPOT_NOTICE_S, CapacityModel, Decision, Node, Policy, Pool, Signals
+from gpufleet.burst.policy import (
+    SPOT_NOTICE_S,
+    CapacityModel,
+    Decision,
+    Node,
+    Policy,
+    Pool,
+    Signals,
+    place,
+)
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.sim.prices import PriceSeries
 from gpufleet.sim.trace import Request
@@ -85,11 +94,13 @@ class Result:
 
 
 class _Replica:
-    __slots__ = ("draining", "heap", "last", "n", "node", "saturation", "v", "version")
+    __slots__ = ("draining", "heap", "last", "n", "node", "saturation", "speed", "v", "version")
 
-    def __init__(self, node: _SimNode | None, now: float, saturation: int) -> None:
+    def __init__(self, node: _SimNode | None, now: float, saturation: int, speed: float = 1.0) -> None:
         self.node = node
         self.saturation = saturation
+        # Throughput relative to an on-prem replica (the fleet plan's roofline for burst types).
+        self.speed = speed
         self.v = 0.0  # virtual time: each in-flight request gets 1/max(n, saturation) of the replica
         self.last = now
         self.heap: list[tuple[float, int]] = []
@@ -103,7 +114,7 @@ class _Replica:
         self.last = now
         if self.n == 0 or dt <= 0:
             return 0.0
-        self.v += dt / max(self.n, self.saturation)
+        self.v += dt * self.speed / max(self.n, self.saturation)
         return dt
 
 
@@ -139,6 +150,8 @@ class Simulation:
     prices: PriceSeries
     replicas_per_node: dict[str, int]
     horizon_s: float
+    # Each burst replica's throughput relative to an on-prem one, by instance type (default 1).
+    replica_speed: dict[str, float] = field(default_factory=dict)
     interruptions_per_node_hour: float = 0.0
     sample_s: float = 5.0
     seed: int = 0
@@ -178,8 +191,16 @@ class Simulation:
         self._push(self.sample_s, _SAMPLE, None)
         self._push(self.policy.tick_s, _TICK, None)
         prices0 = self.prices.at(0.0)
-        for launch in self._place_initial(self.policy.initial_nodes(), prices0):
-            self._launch(launch[0], launch[1], ready_now=True)
+        initial, _ = place(
+            self.policy.initial_capacity(),
+            [],
+            {p: v for p, v in prices0.items() if p.instance_type in self.replicas_per_node},
+            None,
+            capacity=self.capacity.capacity_of,
+            room=self.capacity.max_nodes,
+        )
+        for launch in initial:
+            self._launch(launch.pool, launch.max_price, ready_now=True)
 
         limit = self.horizon_s + _DRAIN_LIMIT_S
         while self._events:
@@ -264,7 +285,8 @@ class Simulation:
             return
         replicas = [r for r in self._serving() if r.n < self.service.slots]
         while self._queue and replicas:
-            replica = min(replicas, key=lambda r: r.n)
+            # The replica with the most of its throughput to spare per request in flight.
+            replica = min(replicas, key=lambda r: r.n / r.speed)
             i = self._queue.popleft()
             self._start(replica, i)
             if replica.n >= self.service.slots:
@@ -283,7 +305,8 @@ class Simulation:
     def _schedule(self, replica: _Replica) -> None:
         replica.version += 1
         if replica.heap:
-            at = self._now + max(0.0, replica.heap[0][0] - replica.v) * max(replica.n, replica.saturation)
+            share = replica.speed / max(replica.n, replica.saturation)
+            at = self._now + max(0.0, replica.heap[0][0] - replica.v) / share
             self._push(at, _DONE, (replica, replica.version))
 
     def _complete(self, replica: _Replica) -> None:
@@ -301,13 +324,6 @@ class Simulation:
         self._fill()
 
     # --- fleet ---------------------------------------------------------------------------
-
-    def _place_initial(self, count: int, prices: dict[Pool, float]) -> list[tuple[Pool, float]]:
-        offered = {p: v for p, v in prices.items() if p.instance_type in self.replicas_per_node}
-        if count <= 0 or not offered:
-            return []
-        cheapest = min(offered, key=lambda p: (offered[p], p))
-        return [(cheapest, AWS_GPU_INSTANCES[cheapest.instance_type].on_demand_usd_hour)] * count
 
     def _launch(self, pool: Pool, max_price: float, ready_now: bool = False) -> None:
         self._serial += 1
@@ -328,9 +344,10 @@ class Simulation:
 
     def _ready(self, node: _SimNode) -> None:
         node.ready = True
+        kind = node.pool.instance_type
         node.replicas = [
-            _Replica(node, self._now, self.service.saturation)
-            for _ in range(self.replicas_per_node[node.pool.instance_type])
+            _Replica(node, self._now, self.service.saturation, self.replica_speed.get(kind, 1.0))
+            for _ in range(self.replicas_per_node[kind])
         ]
         if node.draining:
             self._terminate(node)
@@ -388,7 +405,7 @@ class Simulation:
         spend = sum(prices[n.pool] for n in live)
         gpus = sum(AWS_GPU_INSTANCES[n.pool.instance_type].gpus for n in live)
         ready = self.capacity.onprem_replicas + sum(
-            len(n.replicas) for n in live if n.ready and not n.draining
+            r.speed for n in live if n.ready and not n.draining for r in n.replicas
         )
         self._cost += spend * (end - start) / 3600
         self._gpu_s += gpus * (end - start)
@@ -417,7 +434,7 @@ class Simulation:
                 queue_wait_s=wait,
                 pending=len(self._queue),
                 gpu_util=min(1.0, self._acc_busy / (interval * len(serving))) if serving else 0.0,
-                ready_replicas=len(serving),
+                ready_replicas=sum(r.speed for r in serving),
             )
         )
         self._acc_work = self._acc_busy = self._acc_wait = 0.0

@@ -50,7 +50,7 @@ class Scenario:
     def policy(self, name: str) -> Policy:
         m = self.capacity
         if name == "static-peak":
-            return StaticPeak(m, peak_nodes=m.nodes_for(max(self.minute_load)))
+            return StaticPeak(m, peak_need=m.missing(max(self.minute_load)))
         if name == "hpa-gpu70":
             return HpaGpu(m)
         if name == "keda-queue":
@@ -71,6 +71,7 @@ class Scenario:
             service=self.service,
             prices=self.prices,
             replicas_per_node=replicas_per_node(self.fleet),
+            replica_speed=replica_speed(self.fleet),
             horizon_s=self.horizon_s,
             interruptions_per_node_hour=self.interruptions_per_node_hour,
             seed=self.seed,
@@ -83,7 +84,7 @@ def calibrate(trace: Trace, capacity: CapacityModel, prices: PriceSeries, fleet:
     def meets_slo(tokens_per_s: float) -> bool:
         result = Simulation(
             requests=trace.requests,
-            policy=StaticPeak(capacity, peak_nodes=0),
+            policy=StaticPeak(capacity),
             capacity=capacity,
             service=ServiceModel(tokens_per_s=tokens_per_s),
             prices=prices,
@@ -105,6 +106,11 @@ def calibrate(trace: Trace, capacity: CapacityModel, prices: PriceSeries, fleet:
 
 def replicas_per_node(fleet: BurstFleet) -> dict[str, int]:
     return {choice.name: choice.replicas for choice in fleet.instances}
+
+
+def replica_speed(fleet: BurstFleet) -> dict[str, float]:
+    """A burst replica's throughput in on-prem replicas, by instance type (the fleet plan's roofline)."""
+    return {choice.name: choice.capacity / choice.replicas for choice in fleet.instances}
 
 
 def minute_loads(trace: Trace, service: ServiceModel, horizon_s: float) -> list[float]:

@@ -23,7 +23,10 @@ from gpufleet.burst.policy import (
     fewest_inflight,
     place,
 )
+from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.plan.aws import plan_fleet
+from gpufleet.plan.site import plan_site
 
 MODEL = CapacityModel(
     onprem_replicas=4,
@@ -386,3 +389,47 @@ def test_a_missed_slo_adds_a_node_the_load_model_did_not_ask_for(extra: dict[str
     # One sample under the SLO in the window: not a breach.
     window[-3] = sig(window[-3].t, 2.0)
     assert Gpufleet(TTFT_MODEL).decide(395.0, window, nodes, PRICES).launch == ()
+
+
+# --- burst nodes of unequal capacity ------------------------------------------------------------
+
+BIG, SMALL = Pool("p5e.48xlarge", "us-east-1a"), Pool("g6e.12xlarge", "us-east-1a")
+MIXED = replace(MODEL, replicas_per_node=0.3, node_capacity={"p5e.48xlarge": 3.4, "g6e.12xlarge": 0.3})
+
+
+def test_dc1_burst_capacity_follows_the_roofline() -> None:
+    fleet = plan_fleet(load_inventory("dc1"), "inventories/dc1/nodes.yaml")
+    cap = fleet.capacity
+    # The distilled 70B at TP 4: an H200 replica is 4.8/3.35 of an H100 one, an L40S one 0.864/3.35.
+    assert cap["p5e.48xlarge"] / cap["p5.48xlarge"] == pytest.approx(4.8 / 3.35, rel=1e-2)
+    assert cap["g6e.12xlarge"] / (cap["p5.48xlarge"] / 2) == pytest.approx(0.864 / 3.35, rel=1e-2)
+    # Against dc1's own replica (DeepSeek-R1 on 2 x 8 H100): an L40S node adds a third of one.
+    assert cap["g6e.12xlarge"] == pytest.approx(4 * 0.864 / 141.2 / (16 * 3.35 / 671), rel=1e-2)
+    model = CapacityModel.from_plan(plan_site(load_inventory("dc1")), fleet, None)
+    assert (
+        model.replicas_per_node == min(cap.values())
+        and model.capacity_of("p5en.48xlarge") == cap["p5en.48xlarge"]
+    )
+
+
+def test_place_buys_capacity_cheapest_per_replica() -> None:
+    prices = {BIG: 34.0, SMALL: 5.0}  # 10 $/replica against 16.7
+    launches, _ = place(3.0, [], prices, cap_usd=400.0, capacity=MIXED.capacity_of)
+    assert [launch.pool for launch in launches] == [BIG]
+
+
+def test_under_a_node_bound_small_nodes_give_way_to_big_enough_ones() -> None:
+    prices = {BIG: 60.0, SMALL: 3.0}  # small nodes are cheaper per replica (10 against 17.6)
+    free, _ = place(1.2, [], prices, cap_usd=400.0, capacity=MIXED.capacity_of, room=8)
+    assert {launch.pool for launch in free} == {SMALL} and len(free) == 4
+    # Two slots left for 1.2 replicas: each must bring 0.6, which only the big type does.
+    tight, note = place(1.2, [], prices, cap_usd=400.0, capacity=MIXED.capacity_of, room=2)
+    assert [launch.pool for launch in tight] == [BIG] and note == ""
+
+
+def test_scale_in_drains_only_what_the_rest_can_spare() -> None:
+    policy = Oracle(MIXED, future_load=(0.8 * (4 + 3.5),) * 60)
+    nodes = [node(1, BIG), node(2, SMALL), node(3, SMALL)]
+    decision = policy.decide(0.0, [sig(0.0, 1.0)], nodes, {BIG: 34.0, SMALL: 5.0})
+    # 3.5 replicas needed of 4.0 held: one small node can go, the big one cannot.
+    assert decision.drain == ("n2",) and decision.desired == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -47,7 +48,7 @@ def sim(requests: list[Request], policy: object, capacity: CapacityModel, **kw: 
 def test_one_slot_replica_is_a_fifo_queue() -> None:
     capacity = model()
     requests = [Request(0.0, 100, 0), Request(0.0, 100, 0), Request(0.0, 100, 0), Request(10.0, 50, 0)]
-    result = sim(requests, StaticPeak(capacity, peak_nodes=0), capacity).run()
+    result = sim(requests, StaticPeak(capacity, peak_need=0), capacity).run()
     # One second of work each: they wait 0, 1 and 2 s; the late one finds the replica free.
     assert result.timeline[0].p99_queue_wait_s == pytest.approx(2.0)
     assert result.slo_violation_minutes == 0
@@ -58,7 +59,7 @@ def test_batch_slots_share_the_replica_and_the_rest_queue() -> None:
     capacity = model()
     requests = [Request(0.0, 100, 0), Request(0.0, 100, 0), Request(0.0, 100, 0)]
     service = ServiceModel(100.0, slots=2, saturation=1)
-    result = sim(requests, StaticPeak(capacity, peak_nodes=0), capacity, service=service).run()
+    result = sim(requests, StaticPeak(capacity, peak_need=0), capacity, service=service).run()
     # Two share the replica and both finish at 2 s; the third starts then.
     assert result.timeline[0].p99_queue_wait_s == pytest.approx(2.0)
 
@@ -67,7 +68,7 @@ def test_a_small_batch_leaves_throughput_unused_but_the_gpu_busy() -> None:
     capacity = model()
     requests = [Request(0.0, 100, 0), Request(0.0, 100, 0), Request(0.5, 100, 0)]
     service = ServiceModel(100.0, slots=2, saturation=4)
-    result = sim(requests, StaticPeak(capacity, peak_nodes=0), capacity, service=service).run()
+    result = sim(requests, StaticPeak(capacity, peak_need=0), capacity, service=service).run()
     # Below saturation each request runs at a quarter of the replica: both finish at 4 s, so the
     # third (arriving at 0.5 s) waits 3.5 s although the replica is only half used.
     assert result.timeline[0].p99_queue_wait_s == pytest.approx(3.5)
@@ -80,7 +81,7 @@ def test_decode_tokens_cost_more_than_prompt_tokens() -> None:
 
 def test_static_nodes_are_billed_per_second_at_the_pool_price() -> None:
     capacity = model()
-    result = sim([Request(1.0, 10, 1)], StaticPeak(capacity, peak_nodes=2), capacity, horizon_s=1800.0).run()
+    result = sim([Request(1.0, 10, 1)], StaticPeak(capacity, peak_need=2), capacity, horizon_s=1800.0).run()
     assert result.cost_usd == pytest.approx(2 * 30.0 * 0.5)
     assert result.gpu_hours == pytest.approx(2 * 8 * 0.5)
     assert result.cap_violations == 0
@@ -88,7 +89,7 @@ def test_static_nodes_are_billed_per_second_at_the_pool_price() -> None:
 
 def test_spend_above_the_cap_is_counted_per_minute() -> None:
     capacity = model(max_hourly_usd=50.0)
-    result = sim([Request(1.0, 10, 1)], StaticPeak(capacity, peak_nodes=2), capacity, horizon_s=600.0).run()
+    result = sim([Request(1.0, 10, 1)], StaticPeak(capacity, peak_need=2), capacity, horizon_s=600.0).run()
     assert result.cap_violations == 10
 
 
@@ -203,15 +204,16 @@ def test_simulate_json_has_one_object_per_policy_with_the_fields_scripts_compare
         assert 0 <= row["slo_ok_minutes_pct"] <= 100
         assert row["cap_violations"] == 0
     by = {r["policy"]: r for r in rows}
-    # Provisioning for the peak all along costs the most and misses nothing.
+    # Provisioning for the peak all along misses nothing, at more than the clairvoyant's cost (an
+    # autoscaler chasing a queue that capacity 15 minutes away cannot drain may cost more still).
     assert by["static-peak"]["slo_violation_minutes"] == 0
-    assert by["static-peak"]["cost_usd"] == max(r["cost_usd"] for r in rows)
+    assert by["static-peak"]["cost_usd"] > by["oracle"]["cost_usd"]
 
 
 def test_unused_pool_prices_do_not_matter() -> None:
     capacity = model()
     prices = PriceSeries((0.0,), ({**{p: 30.0 for p in POOLS}, Pool("g6e.xlarge", "us-east-1a"): 0.01},))
-    result = sim([Request(0.0, 100, 0)], StaticPeak(capacity, peak_nodes=1), capacity, prices=prices).run()
+    result = sim([Request(0.0, 100, 0)], StaticPeak(capacity, peak_need=1), capacity, prices=prices).run()
     assert result.cost_usd == pytest.approx(30.0 * 600 / 3600)
 
 
@@ -222,3 +224,16 @@ def test_simulate_a_site_without_burst_exits_2_naming_the_key() -> None:
         result.stderr.strip()
         == "inventories/lab/nodes.yaml: site.burst: the site has no burst section to simulate"
     )
+
+
+def test_a_slower_burst_replica_serves_at_its_speed() -> None:
+    # No on-prem replica; one burst node whose replica runs at half an on-prem replica's speed.
+    half = {"p5e.48xlarge": 0.5, "p5en.48xlarge": 0.5}
+    capacity = replace(model(onprem=0), node_capacity=half)
+    requests = [Request(0.0, 100, 0), Request(0.0, 100, 0)]
+    result = sim(requests, StaticPeak(capacity, peak_need=0.5), capacity, replica_speed=half).run()
+    # One second of on-prem work each takes two here: the second request waits two seconds.
+    assert result.timeline[0].p99_queue_wait_s == pytest.approx(2.0)
+    assert result.timeline[0].ready_replicas == pytest.approx(0.5)
+    full = sim(requests, StaticPeak(capacity, peak_need=0.5), capacity).run()
+    assert full.timeline[0].p99_queue_wait_s == pytest.approx(1.0)
