@@ -69,6 +69,10 @@ class BurstFleet(Frozen):
         return min(i.replicas for i in self.instances)
 
     @property
+    def max_replicas_per_node(self) -> int:
+        return max(i.replicas for i in self.instances)
+
+    @property
     def capacity(self) -> dict[str, float]:
         """On-prem replica equivalents per instance, by type."""
         return {i.name: i.capacity for i in self.instances}

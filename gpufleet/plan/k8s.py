@@ -418,7 +418,9 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         revision=fleet.revision,
         image=inv.bom.triton_image,
         capacity="spot",
-        replicas=burst_nodes * fleet.min_replicas_per_node,
+        # As many pods as the roomiest type holds: the group picks the types, and pods that a
+        # smaller node cannot place wait Pending at no cost rather than leave a big node half idle.
+        replicas=burst_nodes * fleet.max_replicas_per_node,
         tensor_parallel=fleet.tensor_parallel,
         nodes_per_replica=1,
         gpus_per_pod=fleet.tensor_parallel,

@@ -473,7 +473,11 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     assert config == workload.triton_config
     assert f'name: "{p.fleet.model}"' in config
     deployment = one(graph, "kubernetes:apps/v1:Deployment").inputs
-    assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.min_replicas_per_node
+    assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.max_replicas_per_node
+    # Three nodes of whatever types the group picks: a pod for each replica the roomiest could hold
+    # (dc1's fleet: two TP-4 replicas on an 8-GPU p5, one on a 4-GPU g6e.12xlarge).
+    assert {i.replicas for i in p.fleet.instances} == {1, 2}
+    assert burst_workload(inv, plan_site(inv), p.fleet, 3).replicas == 6
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
     # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
