@@ -18,6 +18,7 @@ from deploys.operations import nvidia as nvidia_ops
 from deploys.operations import packages as pkg_ops
 from deploys.operations import raid6 as raid_ops
 from deploys.operations import rdma as rdma_ops
+from deploys.operations import swap as swap_ops
 from gpufleet.plan.node import NVIDIA_RUNTIME, NodePlan
 
 SOURCES_DIR = "/etc/apt/sources.list.d"
@@ -26,6 +27,7 @@ PINS_FILE = "/etc/apt/preferences.d/gpufleet-pins"
 SYSCTL_FILE = "/etc/sysctl.d/90-gpufleet.conf"
 GRUB_FILE = "/etc/default/grub.d/90-gpufleet.cfg"
 BLACKLIST_FILE = "/etc/modprobe.d/gpufleet-blacklist.conf"
+MODULES_FILE = "/etc/modules-load.d/90-gpufleet.conf"
 NCCL_CONF = "/etc/nccl.conf"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
 LIMITS_FILE = "/etc/security/limits.d/90-gpufleet.conf"
@@ -80,6 +82,8 @@ def managed_files(plan: NodePlan) -> dict[str, str]:
         )
     if plan.limits:
         files_[LIMITS_FILE] = "".join(f"{x.domain} {x.type} {x.item} {x.value}\n" for x in plan.limits)
+    if plan.kernel_modules:
+        files_[MODULES_FILE] = "".join(f"{m}\n" for m in plan.kernel_modules)
     if plan.nccl_conf is not None:
         files_[NCCL_CONF] = plan.nccl_conf
     if "containerd" in plan.services:
@@ -114,8 +118,12 @@ def configuration(plan: NodePlan, managed: dict[str, str]) -> None:
         # What makes a changed file take effect; a new kernel command line waits for the next reboot.
         if path in AFTER_CHANGE:
             server.shell(name=AFTER_CHANGE[path], commands=[AFTER_CHANGE[path]], _if=put.did_change)
+    for module in plan.kernel_modules:
+        server.modprobe(name=f"module {module}", module=module)
     for key, value in plan.sysctl.items():
         server.sysctl(name=f"sysctl {key}", key=key, value=value)
+    if plan.swap_off:
+        swap_ops.swap_off(name="swap off (kubelet)")
 
 
 def containerd_config(plan: NodePlan) -> str:

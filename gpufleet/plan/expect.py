@@ -44,6 +44,8 @@ class KubernetesExpect(Frozen):
     node_name: str
     labels: dict[str, str]
     taints: list[Taint]
+    kernel_modules: list[str]
+    swap_off: bool
 
 
 class HostExpect(Frozen):
@@ -86,7 +88,13 @@ def host_expectations(inv: Inventory, node: Node) -> HostExpect:
         gpu=gpu,
         network=network,
         storage=StorageExpect(raid=plan.raid, mounts=plan.mounts, ceph_health=Role.STORAGE in node.roles),
-        kubernetes=KubernetesExpect(node_name=node.hostname, labels=plan.labels, taints=plan.taints)
+        kubernetes=KubernetesExpect(
+            node_name=node.hostname,
+            labels=plan.labels,
+            taints=plan.taints,
+            kernel_modules=plan.kernel_modules,
+            swap_off=plan.swap_off,
+        )
         if in_cluster
         else None,
     )

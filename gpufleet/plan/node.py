@@ -104,7 +104,11 @@ class NodePlan(Frozen):
     packages: list[Package]
     kernel_cmdline: list[str]
     blacklist_modules: list[str]
+    # Loaded now and at every boot (modules-load.d), before the sysctls that need them.
+    kernel_modules: list[str]
     sysctl: dict[str, str]
+    # kubelet will not start on a node with swap on.
+    swap_off: bool
     limits: list[Limit]
     services: list[str]
     nccl_conf: str | None
@@ -134,7 +138,9 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         packages=packages(inv, node),
         kernel_cmdline=kernel_cmdline(node),
         blacklist_modules=["nouveau"] if node.gpu else [],
+        kernel_modules=kernel_modules(inv, node),
         sysctl=sysctl(inv, node),
+        swap_off=_kubelet(inv, node),
         limits=limits(node),
         services=services(inv, node),
         nccl_conf=nccl_conf(node),
@@ -234,6 +240,18 @@ def kernel_cmdline(node: Node) -> list[str]:
 
 def _kubelet(inv: Inventory, node: Node) -> bool:
     return not is_lab(inv) and bool({Role.CONTROL_PLANE, Role.WORKER, Role.GPU} & set(node.roles))
+
+
+def kernel_modules(inv: Inventory, node: Node) -> list[str]:
+    """Kubernetes networking needs br_netfilter (the net.bridge sysctls exist only with it) and
+    containerd's snapshotter overlay; GPUDirect RDMA needs nvidia_peermem between the NVIDIA
+    driver and the HCA. A lab host can load none (a container), and runs no kubelet."""
+    names = []
+    if _kubelet(inv, node):
+        names += ["br_netfilter", "overlay"]
+    if node.gpu is not None and node.nics.rdma and not is_lab(inv):
+        names.append("nvidia_peermem")
+    return sorted(names)
 
 
 def sysctl(inv: Inventory, node: Node) -> dict[str, str]:

@@ -179,6 +179,12 @@ class MdArray(TypedDict):
     resync: str | None
 
 
+def parse_swaps(output: str | list[str]) -> list[str]:
+    """`/proc/swaps`: the active swap devices and files (after the header line)."""
+    lines = output.splitlines() if isinstance(output, str) else output
+    return [line.split()[0] for line in lines[1:] if line.strip()]
+
+
 def parse_mdstat(output: str | list[str]) -> dict[str, MdArray]:
     """`/proc/mdstat`: array name (md0) -> state, level, members (as /dev paths), failed ones,
     disks up of disks in the array, and a resync/recovery/check/reshape under way."""

@@ -12,17 +12,19 @@ from deploys.facts.nvidia import NvidiaGpus
 from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
+from deploys.facts.swap import SwapDevices
 from deploys.node import (
     AFTER_CHANGE,
     CONTAINERD_LIMITS,
     GRUB_FILE,
     LIMITS_FILE,
+    MODULES_FILE,
     NCCL_CONF,
     PINS_FILE,
     ROCE_UNIT_FILE,
     managed_files,
 )
-from deploys.operations import nvidia, packages, raid6, rdma
+from deploys.operations import nvidia, packages, raid6, rdma, swap
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan.node import NodePlan, Package, RaidArray, plan_node
 from tests.deploys.conftest import fact_from
@@ -352,3 +354,42 @@ def test_dscp_rule_other_than_the_plans_is_replaced(rules: set[tuple[int, int]])
     assert rdma.roce_commands(ROCE.roce, 9000, pfc, rules) == [
         "dcb app replace dev enp65s0f0np0 dscp-prio 26:3"
     ]
+
+
+# --- swap (kubelet's prerequisite) ---------------------------------------------------------------
+
+FSTAB_WITH_SWAP = [
+    "UUID=1 / ext4 defaults 0 1",
+    "/swap.img none swap sw 0 0",
+    "/dev/md0 /srv/data xfs defaults 0 2",
+]
+
+
+def test_swap_goes_off_now_and_at_boot(run_op: RunOp) -> None:
+    facts = {
+        SwapDevices: fact_from(SwapDevices, "handwritten/proc-swaps-on.txt"),
+        FileContents: FSTAB_WITH_SWAP,
+    }
+    assert facts[SwapDevices] == ["/swap.img", "/dev/nvme0n1p3"]
+    assert run_op(facts, swap.swap_off) == ["swapoff -a", swap.COMMENT_OUT]
+
+
+def test_no_swap_and_a_commented_fstab_need_nothing(run_op: RunOp) -> None:
+    fstab = [
+        "UUID=1 / ext4 defaults 0 1",
+        "# /swap.img none swap sw 0 0",
+        "/dev/md0 /srv/swapdata xfs defaults 0 2",
+    ]
+    facts = {SwapDevices: fact_from(SwapDevices, "handwritten/proc-swaps-off.txt"), FileContents: fstab}
+    assert run_op(facts, swap.swap_off) == []
+
+
+def test_kubelet_nodes_load_their_modules_and_turn_swap_off() -> None:
+    assert GPU.kernel_modules == ["br_netfilter", "nvidia_peermem", "overlay"] and GPU.swap_off
+    assert STORAGE.kernel_modules == [] and not STORAGE.swap_off
+    managed = managed_files(GPU)
+    assert managed[MODULES_FILE].splitlines()[1:] == ["br_netfilter", "nvidia_peermem", "overlay"]
+    assert MODULES_FILE not in managed_files(STORAGE)
+    lab = load_inventory("lab")
+    # Lab hosts are containers: they load no module and run no kubelet.
+    assert all(not plan_node(lab, n).kernel_modules and not plan_node(lab, n).swap_off for n in lab.nodes)

@@ -1,4 +1,4 @@
-"""Kubernetes part: kubelet, node Ready, labels and taints as planned."""
+"""Kubernetes part: kubelet, node Ready, labels and taints as planned; its host prerequisites."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gpufleet.plan.expect import HostExpect
+from gpufleet.verify.parse import parse_swaps
 from tests.host.conftest import Run, not_planned
 
 pytestmark = pytest.mark.kubernetes
@@ -29,3 +30,18 @@ def test_kubelet_running_and_node_as_planned(run: Run, expect: HostExpect) -> No
     taints = {(t["key"], t.get("value", ""), t["effect"]) for t in node["spec"].get("taints", [])}
     planned = {(t.key, t.value, t.effect) for t in want.taints}
     assert planned <= taints, f"taints: expected {sorted(planned)}, missing {sorted(planned - taints)}"
+
+
+def test_modules_loaded_and_swap_off(run: Run, expect: HostExpect) -> None:
+    want = expect.kubernetes
+    if want is None:
+        not_planned("Kubernetes")
+    assert want is not None
+    # A loaded module (or one built into the kernel with parameters) has its /sys/module entry.
+    missing = [
+        m for m in want.kernel_modules if run(f"test -d /sys/module/{m} && echo yes || true").strip() != "yes"
+    ]
+    assert not missing, f"kernel modules not loaded: {missing}"
+    if want.swap_off:
+        active = parse_swaps(run("cat /proc/swaps"))
+        assert not active, f"swap is on ({', '.join(active)}): kubelet will not start"
