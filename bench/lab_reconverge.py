@@ -18,6 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.report import met, write  # noqa: E402
 from deploys.node import managed_files  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.lab import hosts  # noqa: E402
@@ -28,7 +29,6 @@ from gpufleet.provision.cluster import run_playbook  # noqa: E402
 from gpufleet.provision.nodes import provision  # noqa: E402
 
 RUNS = 5
-OUT = HERE / "results" / "lab_reconverge.md"
 
 
 def quiet(host: str, what: str) -> None:
@@ -97,13 +97,12 @@ def main() -> None:
     ratio = med["ansible"] / med["pyinfra"]
     lines += [
         "",
-        f"Targets: <= 2 s per host for pyinfra: {'met' if med['pyinfra'] / n <= 2 else 'NOT met'} "
-        f"({med['pyinfra'] / n:.2f} s); >= 3x faster than Ansible: {'met' if ratio >= 3 else 'NOT met'} "
+        f"Targets: <= 2 s per host for pyinfra: {met(med['pyinfra'] / n <= 2)} "
+        f"({med['pyinfra'] / n:.2f} s); >= 3x faster than Ansible: {met(ratio >= 3)} "
         f"({ratio:.1f}x). Per host = a whole run's wall time / {n} hosts (the hosts converge in parallel).",
         "",
     ]
-    OUT.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write("lab_reconverge.md", lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.report import met, write  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.lab import hosts  # noqa: E402
 from gpufleet.lab.hosts import exclusive  # noqa: E402
@@ -23,7 +24,6 @@ from gpufleet.lab.paths import LabPaths  # noqa: E402
 from gpufleet.provision.cli import rehearse  # noqa: E402
 from gpufleet.provision.rehearse import Phase  # noqa: E402
 
-OUT = HERE / "results" / "lab_rehearse.md"
 TARGET_S = 300.0
 
 
@@ -59,13 +59,12 @@ def main() -> None:
     )
     lines += [
         "",
-        f"Target <= {TARGET_S:.0f} s: cold {'met' if totals['cold'] <= TARGET_S else 'NOT met'} "
-        f"({totals['cold'] / TARGET_S:.2f} of it), warm {'met' if totals['warm'] <= TARGET_S else 'NOT met'} "
+        f"Target <= {TARGET_S:.0f} s: cold {met(totals['cold'] <= TARGET_S)} "
+        f"({totals['cold'] / TARGET_S:.2f} of it), warm {met(totals['warm'] <= TARGET_S)} "
         f"({totals['warm'] / TARGET_S:.2f} of it).",
         "",
     ]
-    OUT.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write("lab_rehearse.md", lines)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.report import write  # noqa: E402
+
 SIZES = (10, 100, 1_000, 10_000)
 
 
@@ -81,10 +83,7 @@ def main() -> None:
         f"Growth 1,000 -> 10,000 nodes: time per node x{per_node[-1] / per_node[0]:.2f} (1.0 is linear).",
         "",
     ]
-    out = HERE / "results" / "model_scale.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write("model_scale.md", lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench import report  # noqa: E402
+
 GPU_NODES = (10, 100, 1_000)
 TARGET_S = 10.0
 RUNS = 3
@@ -142,7 +144,7 @@ def write(rows: list[tuple[int, int, dict[str, float], dict[str, float]]]) -> No
     lines += [
         "",
         f"Target: <= {TARGET_S:g} s at {largest[0]:,} GPU nodes: "
-        f"{'met' if largest[3]['seconds'] <= TARGET_S else 'NOT met'} ({largest[3]['seconds']:.2f} s).",
+        f"{report.met(largest[3]['seconds'] <= TARGET_S)} ({largest[3]['seconds']:.2f} s).",
         "Growth: marginal ms per added node "
         + ", ".join(
             f"{a[0]:,}->{b[0]:,}: {m:.2f}" for (a, b), m in zip(pairwise(rows), marginal, strict=True)
@@ -150,10 +152,7 @@ def write(rows: list[tuple[int, int, dict[str, float], dict[str, float]]]) -> No
         + " (flat means linear; the rest is the fixed cost of imports and the platform's fixed resources).",
         "",
     ]
-    out = HERE / "results" / "pulumi_scale.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    report.write("pulumi_scale.md", lines)
 
 
 if __name__ == "__main__":

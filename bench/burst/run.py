@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.report import RESULTS, write  # noqa: E402
 from gpufleet.burst.policy import POLICY_NAMES  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.sim.engine import Result  # noqa: E402
@@ -31,7 +32,6 @@ from gpufleet.sim.scenario import Scenario, build_scenario  # noqa: E402
 from gpufleet.sim.trace import Surge, default_surge, load_trace, repeat  # noqa: E402
 
 DATA = REPO / "bench" / "burst" / "data"
-RESULTS = REPO / "bench" / "results"
 SEEDS = (0, 1, 2, 3, 4)
 INTERRUPTIONS_PER_NODE_HOUR = 0.05
 
@@ -97,7 +97,6 @@ def plot(case: Case, sc: Scenario, surge: Surge, results: list[Result], path: Pa
 
 
 def main() -> None:
-    RESULTS.mkdir(exist_ok=True)
     first, _ = scenario(CASES[0], 0)
     cap, fleet = first.capacity, first.fleet
     serving = load_inventory("dc1").site.serving
@@ -179,7 +178,7 @@ def main() -> None:
         "no policy that meets the SLO can cost less than HPA there, since the oracle is the lower bound at it.",
         "",
     ]
-    (RESULTS / "burst.md").write_text("\n".join(lines))
+    write("burst.md", lines)
 
 
 if __name__ == "__main__":

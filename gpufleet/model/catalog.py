@@ -165,9 +165,13 @@ def replica_shape(model: str, gpu: GPUModel) -> ReplicaShape:
 
 def decode_rate(model: str, gpu: GPUModel, tensor_parallel: int) -> float:
     """Decode steps per second of one replica at the memory roofline: each step reads all the
-    weights once, spread over the replica's GPUs (a MoE model at serving batch sizes touches
-    nearly every expert per step, so all its weights count). Used as a ratio between replicas,
-    never as an absolute rate: prefill, KV-cache reads and communication are left out alike."""
+    weights once, spread over the replica's GPUs. Used as a ratio between replicas, never as an
+    absolute rate: prefill, KV-cache reads and communication are left out alike.
+
+    bench/results/decode_roofline_h100.md measured it on an H100: step time is weight bytes over
+    a fixed bandwidth up to batch 128, and compute takes over from about 256. A MoE model counts
+    all its weights: with 8 of 256 experts per token, a batch of 128 touches 98% of them (a batch
+    of 32, 64%, where this understates the MoE replica's rate)."""
     spec = SERVING_MODELS[model]
     weight_bytes = spec.params_b * 1e9 * spec.bytes_per_param
     return tensor_parallel * GPU_CATALOG[gpu].hbm_tb_s * 1e12 / weight_bytes

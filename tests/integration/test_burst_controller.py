@@ -52,6 +52,41 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield server
 
 
+def _capacity(onprem: int, **kw: float) -> CapacityModel:
+    return CapacityModel(
+        onprem_replicas=onprem,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+        **kw,
+    )
+
+
+def _controller(
+    policy: Gpufleet,
+    metrics: TritonMetrics,
+    types: list[str],
+    moto_url: str,  # noqa: F811
+    asg: Any,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    **extra: Any,
+) -> Controller:
+    """A controller on this Triton's metrics, moto's AWS and the fake pulumi."""
+    return Controller(
+        policy=policy,
+        source=TritonSource(metrics),
+        prices=SpotPrices(_aws("ec2", moto_url), types),
+        asg=AsgActuator(GROUP, policy.model.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+        ),
+        **extra,
+    )
+
+
 def _ups(pulumi_root: Path) -> list[str]:  # noqa: F811
     path = pulumi_root.parent / "state" / "ups.jsonl"
     return [json.loads(line)["nodes"] for line in path.read_text().splitlines()] if path.exists() else []
@@ -64,23 +99,14 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     project: Path,  # noqa: F811
     pulumi_root: Path,  # noqa: F811
 ) -> None:
-    capacity = CapacityModel(
-        onprem_replicas=0,
-        replicas_per_node=1,
-        max_nodes=6,
-        max_hourly_usd=1000.0,
-        boot_to_serve_s=60.0,
-        slo_queue_wait_s=2.0,
-        target_utilisation=0.25,
-    )
-    controller = Controller(
-        policy=Gpufleet(capacity, average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
-        source=TritonSource(TritonMetrics(triton.metrics_url, "sleepy")),
-        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge", "p5e.48xlarge"]),
-        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
-        pulumi=PulumiActuator(
-            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-        ),
+    controller = _controller(
+        Gpufleet(_capacity(0, target_utilisation=0.25), average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        ["p5en.48xlarge", "p5e.48xlarge"],
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
         replica_rps=1 / SERVICE_S,
     )
     assert controller.step(time.monotonic()) is None  # the first scrape only sets the baseline
@@ -189,22 +215,14 @@ def test_a_failing_signal_holds_the_fleet(
     project: Path,  # noqa: F811
     pulumi_root: Path,  # noqa: F811
 ) -> None:
-    capacity = CapacityModel(
-        onprem_replicas=1,
-        replicas_per_node=1,
-        max_nodes=6,
-        max_hourly_usd=1000.0,
-        boot_to_serve_s=60.0,
-        slo_queue_wait_s=2.0,
-    )
-    controller = Controller(
-        policy=Gpufleet(capacity),
-        source=TritonSource(TritonMetrics(triton.metrics_url, "not-served")),
-        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
-        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
-        pulumi=PulumiActuator(
-            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-        ),
+    controller = _controller(
+        Gpufleet(_capacity(1)),
+        TritonMetrics(triton.metrics_url, "not-served"),
+        ["p5en.48xlarge"],
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
         replica_rps=50.0,
     )
     assert controller.step(time.monotonic()) is None
@@ -254,22 +272,14 @@ def test_each_step_handles_spot_warnings_first(
     ]
     _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
     sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, instance, datetime.now(UTC)))
-    capacity = CapacityModel(
-        onprem_replicas=4,
-        replicas_per_node=1,
-        max_nodes=6,
-        max_hourly_usd=1000.0,
-        boot_to_serve_s=60.0,
-        slo_queue_wait_s=2.0,
-    )
-    controller = Controller(
-        policy=Gpufleet(capacity),
-        source=TritonSource(TritonMetrics(triton.metrics_url, "sleepy")),
-        prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
-        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
-        pulumi=PulumiActuator(
-            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-        ),
+    controller = _controller(
+        Gpufleet(_capacity(4)),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        ["p5en.48xlarge"],
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
         replica_rps=50.0,
         drainer=Drainer(kube, poll_s=0.1),
         warnings=WarningQueue(sqs, queue_url, wait_s=1),
