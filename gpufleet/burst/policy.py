@@ -578,8 +578,11 @@ class Gpufleet(_Base):
         look = keep if self._near_start(t) else self.quiet_s
         # LLM traffic comes in bursts of a minute or two: capacity sized for the mean flaps.
         held = max(v for s, v in self._bases if s > t - look) * ahead
+        latest = max(v for s, v in self._bases if s > t - self.quiet_s) * ahead
         rise, climb = self._rise(window, t)
-        projected = min(held + climb * ahead, held * self.rise_max) if rise >= self.rise_from else held
+        # The trend extends the recent peak; a peak held over a longer look-back is a floor to it.
+        trend = min(latest + climb * ahead, latest * self.rise_max) if rise >= self.rise_from else latest
+        projected = max(held, trend)
         live = _live(nodes)
         have = m.burst_capacity(nodes)
         need = m.missing(projected)

@@ -433,3 +433,22 @@ def test_scale_in_drains_only_what_the_rest_can_spare() -> None:
     decision = policy.decide(0.0, [sig(0.0, 1.0)], nodes, {BIG: 34.0, SMALL: 5.0})
     # 3.5 replicas needed of 4.0 held: one small node can go, the big one cannot.
     assert decision.drain == ("n2",) and decision.desired == 2
+
+
+def test_the_trend_extends_the_recent_peak_not_the_lead_long_one() -> None:
+    # Before a x3 peak at t=2000: a one-minute spike of 2 replicas at 1090-1150, then the base
+    # climbs from 1 to 1.8 from t=1200 on. At t=1500 the lead-long peak is the spike (2 x 3 = 6);
+    # the trend adds the last five minutes' rise (1.8 - 1.2) to the recent peak (1.8), times 3.
+    peak = KnownPeak(start_s=2000.0, end_s=3200.0, factor=3.0)
+    policy = Gpufleet(MODEL, peaks=(peak,))
+
+    def base(t: int) -> float:
+        return 1.8 if t >= 1200 else 2.0 if 1090 <= t < 1150 else 1.0
+
+    window = [sig(float(t), base(t)) for t in range(600, 1505, 5)]
+    for t in range(1005, 1500, 15):
+        policy.decide(float(t), [s for s in window if s.t <= t], [], PRICES)
+    decision = policy.decide(1500.0, window, [], PRICES)
+    assert decision.desired == MODEL.nodes_for(3 * (1.8 + (1.8 - 1.2))) == 5
+    # Adding the rise to the spike instead would have asked for 6.
+    assert MODEL.nodes_for(3 * (2.0 + (1.8 - 1.2))) == 6
