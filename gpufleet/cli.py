@@ -206,7 +206,9 @@ def plan_site_cmd(site: SiteArg = "lab", as_json: JsonOpt = False) -> None:
         )
         out.print(
             f"burst {b.region}: 0..{b.max_nodes} Spot nodes at most ${b.spot_max_price_usd or 0:g}/h each, "
-            f"cap ${b.max_hourly_usd:g}/h; serves {served} on {', '.join(fleet.instance_types)}"
+            f"cap ${b.max_hourly_usd:g}/h; serves {served} on "
+            + ", ".join(f"{i.name} ({i.capacity:.2f})" for i in fleet.instances)
+            + " (on-prem replicas per node)"
         )
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from gpufleet.cli import app
 from gpufleet.inventory.load import load_inventory
+from gpufleet.plan.aws import plan_fleet
 from tests.conftest import INVENTORIES, REPO, SITES, site_data
 
 ANSIBLE_INVENTORY = str(REPO / ".venv" / "bin" / "ansible-inventory")
@@ -123,3 +124,13 @@ def test_plan_node_json_has_the_digest() -> None:
     data = json.loads(result.stdout)
     site = CliRunner().invoke(app, ["plan-site", "dc1", "--json"])
     assert data["digest"] == json.loads(site.stdout)["node_digests"]["gpu01"]
+
+
+def test_plan_site_shows_what_each_burst_type_adds() -> None:
+    result = CliRunner().invoke(app, ["plan-site", "dc1"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    line = next(x for x in result.stdout.splitlines() if x.startswith("burst "))
+    fleet = plan_fleet(load_inventory("dc1"), "inventories/dc1/nodes.yaml")
+    for choice in fleet.instances:
+        assert f"{choice.name} ({choice.capacity:.2f})" in line
+    assert "p5e.48xlarge (3.40)" in line and "g6e.12xlarge (0.31)" in line
