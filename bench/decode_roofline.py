@@ -104,27 +104,20 @@ def report(
         "`python bench/decode_roofline.py`: a decode step's matrix work (a batch of token vectors times "
         f"every weight matrix, BF16), timed with CUDA events, median of {REPEATS}; the baseline is a "
         f"device-to-device copy in the same run: {copy / 1e12:.2f} TB/s.",
-        "",
-        "Step time (ms) by weight bytes and batch:",
-        "",
-        "| weights | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---:|" * len(batches),
     ]
-    for size in sizes:
-        lines.append(
-            f"| {size} GiB | " + " | ".join(f"{at[(size, b)]['step_ms']:.2f}" for b in batches) + " |"
-        )
-    lines += [
-        "",
-        "Bandwidth a step achieves (weights read once per step), as a share of the copy's:",
-        "",
-        "| weights | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---:|" * len(batches),
-    ]
-    for size in sizes:
-        lines.append(
-            f"| {size} GiB | " + " | ".join(f"{at[(size, b)]['vs_copy']:.2f}" for b in batches) + " |"
-        )
+
+    def table(title: str, key: str) -> list[str]:
+        head = ["", title, "", "| weights | " + " | ".join(f"batch {b}" for b in batches) + " |"]
+        head.append("|---|" + "---:|" * len(batches))
+        return head + [
+            f"| {size} GiB | " + " | ".join(f"{at[(size, b)][key]:.2f}" for b in batches) + " |"
+            for size in sizes
+        ]
+
+    lines += table("Step time (ms) by weight bytes and batch:", "step_ms")
+    lines += table(
+        "Bandwidth a step achieves (weights read once per step), as a share of the copy's:", "vs_copy"
+    )
     small, large = sizes[0], sizes[-1]
     lines += ["", "What it says for the capacity model:", ""]
     for b in batches:
