@@ -530,9 +530,9 @@ class ReactivePending(_Base):
 
 @dataclass
 class Gpufleet(_Base):
-    """Offered load against the capacity model, held at its peak over the quiet period; a rise
-    term for load still climbing; announced peaks; quiet-period scale-in with hysteresis; the
-    $/hour cap; replacement on interruption warnings.
+    """Offered load against the capacity model, held at its peak over the quiet period; a trend
+    term for load still climbing; announced peaks; a missed SLO or a full KV cache; quiet-period
+    scale-in with hysteresis; the $/hour cap; replacement on interruption warnings.
 
     Announced peaks normalise the load: a sample taken while a peak of factor f runs counts as
     load / f of *base* load, and capacity is planned for the held base load times the highest
@@ -550,8 +550,8 @@ class Gpufleet(_Base):
     # band that keeps a load near a threshold from flapping a node in and out.
     hysteresis: float = 0.2
     # Trend: when the last five minutes' mean base load is `rise_from` times the five before's,
-    # load is taken to climb on by as much again, adding that increase to the held peak (at most
-    # `rise_max` times the peak). Additive: a ratio of two near-idle minutes means nothing.
+    # load is taken to climb on by as much again, adding that increase to the last five minutes'
+    # peak (at most `rise_max` times it). Additive: a ratio of two near-idle minutes means nothing.
     rise_s: float = 300.0
     rise_from: float = 1.3
     rise_max: float = 1.5
@@ -587,7 +587,7 @@ class Gpufleet(_Base):
         have = m.burst_capacity(nodes)
         need = m.missing(projected)
         peak_note = f", announced peak x{ahead:g}" if ahead != 1.0 else ""
-        why = f"load {load:.2f} replicas, planned peak {held:.2f}, rise x{rise:.2f}{peak_note}"
+        why = f"load {load:.2f} replicas, planned peak {projected:.2f}, rise x{rise:.2f}{peak_note}"
         breach = m.breach(recent)
         if breach and need <= have + 1e-9 and have == m.burst_capacity(nodes, ready_only=True):
             # One more of the smallest node's worth, and only while none is booting: the next
