@@ -134,13 +134,6 @@ class CapacityModel:
         u = utilisation or self.target_utilisation
         return max(0.0, load_replicas / u - self.onprem_replicas)
 
-    def nodes_for(self, load_replicas: float, utilisation: float | None = None) -> int:
-        """Burst nodes, each counted at the least a node adds, for the load at the utilisation."""
-        missing = self.missing(load_replicas, utilisation)
-        if missing <= 1e-9:
-            return 0
-        return min(self.max_nodes, math.ceil(missing / self.replicas_per_node - 1e-9))
-
     def pressure(self, s: Signals) -> str:
         """Why scale-in must wait: a latency at half its SLO or more, or a KV cache nearly full."""
         if s.queue_wait_s > self.slo_queue_wait_s / 2:

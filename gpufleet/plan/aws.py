@@ -65,10 +65,6 @@ class BurstFleet(Frozen):
         return [i.name for i in self.instances]
 
     @property
-    def min_replicas_per_node(self) -> int:
-        return min(i.replicas for i in self.instances)
-
-    @property
     def max_replicas_per_node(self) -> int:
         return max(i.replicas for i in self.instances)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -63,11 +64,16 @@ def sig(
     )
 
 
-def test_nodes_for_counts_missing_replicas_at_the_target_utilisation() -> None:
-    assert MODEL.nodes_for(3.2) == 0  # 4 on-prem replicas at 80% carry 3.2
-    assert MODEL.nodes_for(3.3) == 1
-    assert MODEL.nodes_for(8.0) == 6
-    assert MODEL.nodes_for(100.0) == MODEL.max_nodes
+def nodes_for(load: float) -> int:
+    """Burst nodes of MODEL (each adds one on-prem replica) for the load, within its bound."""
+    return min(MODEL.max_nodes, math.ceil(MODEL.missing(load) - 1e-9))
+
+
+def test_missing_counts_what_on_prem_lacks_at_the_target_utilisation() -> None:
+    assert MODEL.missing(3.2) == 0  # 4 on-prem replicas at 80% carry 3.2
+    assert MODEL.missing(3.3) == pytest.approx(0.125)
+    assert MODEL.missing(8.0) == pytest.approx(6.0)
+    assert MODEL.missing(8.0, utilisation=0.5) == pytest.approx(12.0)
 
 
 def test_place_spreads_over_pools_priced_alike() -> None:
@@ -136,7 +142,7 @@ def test_gpufleet_scales_up_at_once_for_the_held_peak() -> None:
     policy = Gpufleet(MODEL)
     window = [sig(float(t), 6.0) for t in range(5, 65, 5)]
     decision = policy.decide(60.0, window, [], PRICES)
-    assert decision.desired == MODEL.nodes_for(6.0) == 4
+    assert decision.desired == nodes_for(6.0) == 4
     assert len(decision.launch) == 4
     assert "load 6.00" in decision.reason
 
@@ -182,7 +188,7 @@ def test_gpufleet_prewarms_before_an_announced_peak() -> None:
     window = [sig(float(t), 2.0) for t in range(900, 1000, 5)]
     assert policy.decide(995.0, window, [], PRICES).desired == 0  # 2000 - 900 boot - lead: not yet
     decision = policy.decide(1075.0, [*window, sig(1075.0, 2.0)], [], PRICES)
-    assert decision.desired == MODEL.nodes_for(6.0)
+    assert decision.desired == nodes_for(6.0)
     assert "announced peak x3" in decision.reason
 
 
@@ -318,14 +324,14 @@ def test_gpufleet_does_not_count_an_announced_rise_twice() -> None:
     policy = Gpufleet(MODEL, peaks=(peak,))
     window = [sig(float(t), 2.0 if t < 2000 else 6.0) for t in range(1400, 2295, 5)]
     decision = policy.decide(2290.0, window, [], PRICES)
-    assert decision.desired == MODEL.nodes_for(6.0)
+    assert decision.desired == nodes_for(6.0)
     # The same measured rise, unannounced, is a trend: the held peak is raised for it.
-    assert Gpufleet(MODEL).decide(2290.0, window, [], PRICES).desired > MODEL.nodes_for(6.0)
+    assert Gpufleet(MODEL).decide(2290.0, window, [], PRICES).desired > nodes_for(6.0)
 
 
 def test_gpufleet_releases_capacity_when_an_announced_peak_ends() -> None:
     peak = KnownPeak(start_s=2000.0, end_s=3200.0, factor=3.0)
-    nodes = [node(i, POOLS[i % 3]) for i in range(MODEL.nodes_for(6.0))]
+    nodes = [node(i, POOLS[i % 3]) for i in range(nodes_for(6.0))]
     window = [sig(float(t), 6.0 if t < 3200 else 2.0) for t in range(2600, 3265, 5)]
 
     def at_3260(policy: Gpufleet) -> int:
@@ -449,6 +455,6 @@ def test_the_trend_extends_the_recent_peak_not_the_lead_long_one() -> None:
     for t in range(1005, 1500, 15):
         policy.decide(float(t), [s for s in window if s.t <= t], [], PRICES)
     decision = policy.decide(1500.0, window, [], PRICES)
-    assert decision.desired == MODEL.nodes_for(3 * (1.8 + (1.8 - 1.2))) == 5
+    assert decision.desired == nodes_for(3 * (1.8 + (1.8 - 1.2))) == 5
     # Adding the rise to the spike instead would have asked for 6.
-    assert MODEL.nodes_for(3 * (2.0 + (1.8 - 1.2))) == 6
+    assert nodes_for(3 * (2.0 + (1.8 - 1.2))) == 6
