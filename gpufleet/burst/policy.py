@@ -423,8 +423,16 @@ class _Stabilized(_Base):
             return recommended
         return max(r for _, r in self._history)
 
-    def _burst_need(self, total_replicas: float) -> float:
-        return max(0.0, total_replicas - self.model.onprem_replicas)
+    def _current(self, nodes: Sequence[Node]) -> float:
+        """Replicas as an HPA counts them: on-prem and every live burst node, booting ones too."""
+        return self.model.onprem_replicas + self.model.burst_capacity(nodes)
+
+    def _recommend(
+        self, t: float, recommended: float, why: str, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        total = self._stabilize(t, max(self.model.onprem_replicas, recommended), self._current(nodes))
+        need = max(0.0, total - self.model.onprem_replicas)
+        return self._to(need, f"{why} -> {total:.1f} replicas", nodes, prices)
 
 
 @dataclass
@@ -438,21 +446,15 @@ class HpaGpu(_Stabilized):
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        m = self.model
         recent = _recent(window, t, 60.0)
         util = sum(s.gpu_util for s in recent) / len(recent)
         busy = util * recent[-1].ready_replicas
-        current = m.onprem_replicas + m.burst_capacity(nodes)
+        current = self._current(nodes)
         # Replicas still booting count as idle, as HPA does for pods that are not ready.
         ratio = busy / (current * self.target)
         recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
-        total = self._stabilize(t, max(m.onprem_replicas, recommended), current)
-        return self._to(
-            self._burst_need(total),
-            f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas -> {total:.1f} replicas",
-            nodes,
-            prices,
-        )
+        why = f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas"
+        return self._recommend(t, recommended, why, nodes, prices)
 
 
 @dataclass
@@ -466,13 +468,9 @@ class KedaQueue(_Stabilized):
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        m = self.model
         pending = window[-1].pending
-        current = m.onprem_replicas + m.burst_capacity(nodes)
-        recommended = max(m.onprem_replicas, math.ceil(pending / self.threshold))
-        total = self._stabilize(t, recommended, current)
-        return self._to(
-            self._burst_need(total), f"{pending} pending requests -> {total} replicas", nodes, prices
+        return self._recommend(
+            t, math.ceil(pending / self.threshold), f"{pending} pending requests", nodes, prices
         )
 
 

@@ -176,6 +176,21 @@ class _FakeKubernetes(BaseHTTPRequestHandler):
         return
 
 
+def _node(name: str, instance: str, az: str = "a") -> dict[str, Any]:
+    """A Kubernetes node backed by an EC2 instance, as the AWS cloud provider names it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"providerID": f"aws:///{REGION}{az}/{instance}"},
+    }
+
+
+def _instances(asg: Any) -> list[str]:
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    return [i["InstanceId"] for i in group["Instances"]]
+
+
 def _pod(ns: str, name: str, node: str, owner: str = "ReplicaSet") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -229,19 +244,8 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
     sqs = _aws("sqs", moto_url)
     queue_url = sqs.create_queue(QueueName=f"spot-warnings-{time.monotonic_ns()}")["QueueUrl"]
     actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
-    instances = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
-        "Instances"
-    ]
-    doomed, other = instances[0]["InstanceId"], instances[1]["InstanceId"]
-    _FakeKubernetes.nodes = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": f"ip-10-0-0-{i}"},
-            "spec": {"providerID": f"aws:///{REGION}a/{iid}"},
-        }
-        for i, iid in enumerate((doomed, other))
-    ]
+    doomed, other = _instances(asg)[:2]
+    _FakeKubernetes.nodes = [_node(f"ip-10-0-0-{i}", iid) for i, iid in enumerate((doomed, other))]
     _FakeKubernetes.pods = [
         _pod("serving", "triton-0", "ip-10-0-0-0"),
         _pod("kube-system", "dcgm-exporter-abc", "ip-10-0-0-0", owner="DaemonSet"),
@@ -280,17 +284,8 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
 
 def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any) -> None:
     actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
-    instance = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
-        "Instances"
-    ][0]["InstanceId"]
-    _FakeKubernetes.nodes = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "n1"},
-            "spec": {"providerID": f"aws:///{REGION}b/{instance}"},
-        }
-    ]
+    instance = _instances(asg)[0]
+    _FakeKubernetes.nodes = [_node("n1", instance, "b")]
     _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
     _FakeKubernetes.calls = []
     warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
@@ -336,14 +331,7 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
     client = boto3.client(
         "autoscaling", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
     )
-    _FakeKubernetes.nodes = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "n9"},
-            "spec": {"providerID": f"aws:///{REGION}a/i-0123456789abcdef0"},
-        }
-    ]
+    _FakeKubernetes.nodes = [_node("n9", "i-0123456789abcdef0")]
     _FakeKubernetes.pods = [_pod("serving", "triton-9", "n9")]
     _FakeKubernetes.calls = []
     event = {

@@ -33,6 +33,8 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     _aws,
     _event,
     _FakeKubernetes,
+    _instances,
+    _node,
     _pod,
     asg,
     kube,
@@ -259,17 +261,8 @@ def test_each_step_handles_spot_warnings_first(
 ) -> None:
     sqs = _aws("sqs", moto_url)
     queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
-    instance = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
-        "Instances"
-    ][0]["InstanceId"]
-    _FakeKubernetes.nodes = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "n1"},
-            "spec": {"providerID": f"aws:///us-east-1a/{instance}"},
-        }
-    ]
+    instance = _instances(asg)[0]
+    _FakeKubernetes.nodes = [_node("n1", instance)]
     _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
     sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, instance, datetime.now(UTC)))
     controller = _controller(
