@@ -669,4 +669,35 @@ class Oracle(_Base):
         return fewest_inflight(nodes, count)
 
 
+@dataclass
+class PeakHold(Oracle):
+    """A bound for policies that are told a surge is coming, not which of its minutes spike.
+
+    It knows each surge window and the worst minute's load inside it, but not when that minute
+    comes. Capacity ordered after the window opens serves a boot time later, so a policy that
+    must meet the SLO in every minute holds the worst minute's capacity from one boot time before
+    the window until it ends; outside the windows it is the oracle. Its cost over the oracle's is
+    the price of not knowing the minutes: what no policy with a calendar alone can save."""
+
+    windows: tuple[tuple[float, float], ...] = ()
+    name = "peak-hold"
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        lead = self.model.boot_to_serve_s + self.tick_s
+        held = [
+            max(self.future_load[int(start // 60) : int(end // 60) + 1] or (0.0,))
+            for start, end in self.windows
+            if start - lead <= t < end
+        ]
+        if not held:
+            return super().decide(t, window, nodes, prices)
+        ahead = self.future_load[int(t // 60) : int((t + lead) // 60) + 1] or (0.0,)
+        need = self.model.missing(max(*held, *ahead))
+        return self._to(
+            need, f"holds {need:.2f} replicas on burst for the surge's worst minute", nodes, prices
+        )
+
+
 POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "gpufleet", "oracle")

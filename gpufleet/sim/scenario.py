@@ -14,6 +14,7 @@ from gpufleet.burst.policy import (
     KedaQueue,
     KnownPeak,
     Oracle,
+    PeakHold,
     Policy,
     ReactivePending,
     StaticPeak,
@@ -41,11 +42,18 @@ class Scenario:
     # What burst nodes serve and how many replicas each type holds: the deployed fleet plan's.
     fleet: BurstFleet
     prices: PriceSeries
-    peaks: tuple[KnownPeak, ...]
+    # Every surge in the trace; `announced` says whether gpufleet's policy is told of them.
+    surges: tuple[KnownPeak, ...]
+    announced: bool
     horizon_s: float
     minute_load: tuple[float, ...]
     interruptions_per_node_hour: float
     seed: int
+
+    @property
+    def peaks(self) -> tuple[KnownPeak, ...]:
+        """What gpufleet's calendar holds."""
+        return self.surges if self.announced else ()
 
     def policy(self, name: str) -> Policy:
         m = self.capacity
@@ -61,7 +69,11 @@ class Scenario:
             return Gpufleet(m, peaks=self.peaks)
         if name == "oracle":
             return Oracle(m, future_load=self.minute_load)
-        raise ValueError(f"unknown policy {name!r}; one of {', '.join(POLICY_NAMES)}")
+        if name == PeakHold.name:
+            return PeakHold(
+                m, future_load=self.minute_load, windows=tuple((p.start_s, p.end_s) for p in self.surges)
+            )
+        raise ValueError(f"unknown policy {name!r}; one of {', '.join((*POLICY_NAMES, PeakHold.name))}")
 
     def run(self, name: str) -> Result:
         return Simulation(
@@ -156,7 +168,8 @@ def build_scenario(
         service=service,
         fleet=fleet,
         prices=prices,
-        peaks=tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges) if announce else (),
+        surges=tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges),
+        announced=announce,
         horizon_s=horizon,
         minute_load=tuple(minute_loads(surged, service, horizon)),
         interruptions_per_node_hour=interruptions_per_node_hour,

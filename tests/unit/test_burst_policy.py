@@ -18,6 +18,7 @@ from gpufleet.burst.policy import (
     KnownPeak,
     Node,
     Oracle,
+    PeakHold,
     Pool,
     Signals,
     committed_usd,
@@ -227,6 +228,22 @@ def test_oracle_launches_one_boot_time_ahead_and_no_earlier() -> None:
     assert oracle.decide(1800.0 - 900 - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
     assert oracle.decide(1800.0 - 900, [sig(0.0, 0.0)], [], PRICES).desired == 4
     assert oracle.decide(2400.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
+
+
+def test_peak_hold_holds_the_surges_worst_minute_through_its_window() -> None:
+    # A surge from minute 30 to 50 whose only heavy minute is 45 (4 nodes); the rest on-prem carries.
+    loads = [3.2] * 60
+    loads[45] = 6.0
+    hold = PeakHold(MODEL, future_load=tuple(loads), windows=((1800.0, 3000.0),))
+    oracle = Oracle(MODEL, future_load=tuple(loads))
+    opens = 1800.0 - 900 - hold.tick_s
+    assert hold.decide(opens - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
+    # One boot time before the window it orders the worst minute's capacity; the oracle waits
+    # until one boot time before minute 45.
+    assert hold.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 4
+    assert oracle.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 0
+    assert hold.decide(2940.0, [sig(0.0, 0.0)], [], PRICES).desired == 4
+    assert hold.decide(3000.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
 
 
 def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,10 +13,12 @@ from typer.testing import CliRunner
 
 from gpufleet.burst.policy import CapacityModel, Gpufleet, Oracle, Pool, StaticPeak
 from gpufleet.cli import app
+from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.sim.engine import ServiceModel, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for
-from gpufleet.sim.trace import Request
+from gpufleet.sim.scenario import build_scenario
+from gpufleet.sim.trace import Request, Surge, load_trace, repeat
 
 POOLS = pools_for("us-east-1", ["p5e.48xlarge", "p5en.48xlarge"])
 RPN = {"p5e.48xlarge": 1, "p5en.48xlarge": 1}
@@ -237,3 +240,15 @@ def test_a_slower_burst_replica_serves_at_its_speed() -> None:
     assert result.timeline[0].ready_replicas == pytest.approx(0.5)
     full = sim(requests, StaticPeak(capacity, peak_need=0.5), capacity).run()
     assert full.timeline[0].p99_queue_wait_s == pytest.approx(1.0)
+
+
+def test_the_calendar_bound_lies_between_the_oracle_and_static_peak() -> None:
+    # Three plays of the 17-minute trace; the surge starts after one boot time.
+    trace = repeat(load_trace(Path("bench/burst/data/mooncake_synthetic.jsonl")), 3)
+    surge = Surge(factor=3.0, start_s=1200.0, duration_s=600.0)
+    sc = build_scenario(load_inventory("dc1"), "inventories/dc1/nodes.yaml", trace, [surge], announce=False)
+    # Unannounced: gpufleet's calendar is empty, the bound still knows the surge.
+    assert sc.peaks == () and [(p.start_s, p.end_s) for p in sc.surges] == [(1200.0, 1800.0)]
+    by = {name: sc.run(name) for name in ("oracle", "peak-hold", "static-peak")}
+    assert by["peak-hold"].slo_violation_minutes == 0
+    assert by["oracle"].cost_usd < by["peak-hold"].cost_usd < by["static-peak"].cost_usd
