@@ -311,7 +311,9 @@ class SpotBurst(pulumi.ComponentResource):
                 instances_distribution=aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
                     on_demand_base_capacity=0,
                     on_demand_percentage_above_base_capacity=0,
-                    spot_allocation_strategy="price-capacity-optimized",
+                    # Without weights, price-capacity-optimized prices per instance and takes the
+                    # smallest GPUs first; the fleet plan's order is cheapest per replica.
+                    spot_allocation_strategy="capacity-optimized-prioritized",
                     spot_max_price=None if p.spot_max_price_usd is None else f"{p.spot_max_price_usd:.4f}",
                 ),
                 launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(

@@ -99,10 +99,19 @@ def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
     return max(AWS_GPU_INSTANCES[t].on_demand_usd_hour for t in instance_types)
 
 
+# A node the group owes (desired capacity it has not launched yet) goes by this id prefix.
+LAUNCHING = "launching-"
+
+
 def fleet_view(
     group: dict[str, Any], prices: dict[Pool, float], inflight: dict[str, int], max_price: float
 ) -> list[Node]:
-    """The burst group's instances as the policy sees them; each reserves `max_price` of the cap."""
+    """The burst group's instances as the policy sees them; each reserves `max_price` of the cap.
+
+    Desired capacity the group has not yet turned into instances (the seconds after an up, or a
+    while when no pool has Spot capacity) shows as booting nodes of the group's first-priority
+    type, the one capacity-optimized-prioritized launches when it can: counted as nothing, they
+    would be ordered again on the next step."""
     nodes = []
     for instance in group.get("Instances", []):
         state = instance.get("LifecycleState", "")
@@ -120,6 +129,10 @@ def fleet_view(
                 max_price=max_price,
             )
         )
+    owed = int(group.get("DesiredCapacity", 0)) - sum(1 for n in nodes if not n.draining)
+    overrides = group.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {}).get("Overrides", [])
+    first = overrides[0].get("InstanceType", "") if overrides else ""
+    nodes += [Node(f"{LAUNCHING}{i}", Pool(first, ""), False, False, 0.0, 0, max_price) for i in range(owed)]
     return nodes
 
 
@@ -223,6 +236,8 @@ class Controller:
 
     def _carry_out(self, decision: Decision, target: int) -> None:
         for instance_id in decision.drain:
+            if instance_id.startswith(LAUNCHING):
+                continue  # not launched yet: the lower count below cancels it
             if self.drainer is not None:
                 node = self.drainer.node_for_instance(instance_id)
                 if node is not None:

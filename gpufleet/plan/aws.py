@@ -24,8 +24,8 @@ from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.node import GPU_TAINT, Frozen
 from gpufleet.plan.site import plan_site, spot_max_price
 
-# Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves
-# price-capacity-optimized allocation too little room when a pool is reclaimed.
+# Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves the
+# group's allocation too little room when a pool is reclaimed.
 MIN_SPOT_TYPES = 6
 AZ_SUFFIXES = ("a", "b", "c")
 # Ports only the on-prem network may reach: SSH, the kubelet API.
@@ -190,7 +190,9 @@ def _fleet(
     if revision is None:
         key = "burst_model_revision" if fallback else "model_revision"
         raise InputError(source, [Problem(("bom", key), f"burst nodes serve {model}: pin its revision")])
-    # Cheapest per replica of capacity first: the order only documents preference, Spot allocation decides.
+    # Cheapest per replica of capacity first: the group's priority order. `burstNodes` counts nodes,
+    # so the group must prefer the types that bring the most per dollar (capacity-optimized-
+    # prioritized); priced per instance, Spot allocation would start with the smallest GPUs.
     fits = sorted(fits, key=lambda i: (AWS_GPU_INSTANCES[i.name].on_demand_usd_hour / i.capacity, i.name))
     return BurstFleet(
         model=model,

@@ -18,6 +18,7 @@ import pytest
 
 from deploys.node import containerd_config
 from gpufleet.inventory.stacks import Stack, stack_names
+from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst
 from gpufleet.plan.k8s import (
     QUEUE_METRIC,
@@ -416,11 +417,14 @@ def test_burst_fleet_is_spot_only_over_enough_types_and_bounded(
     assert asg["minSize"] == 0 and asg["capacityRebalance"] is True
     dist = asg["mixedInstancesPolicy"]["instancesDistribution"]
     assert dist["onDemandBaseCapacity"] == 0 and dist["onDemandPercentageAboveBaseCapacity"] == 0
-    assert dist["spotAllocationStrategy"] == "price-capacity-optimized"
+    # Capacity first, then the plan's order: the most replicas per dollar (by on-demand price).
+    assert dist["spotAllocationStrategy"] == "capacity-optimized-prioritized"
     # $400/h cap over 8 nodes: no Spot price movement can take the full group over the cap.
     assert dist["spotMaxPrice"] == "50.0000"
     types = [o["instanceType"] for o in asg["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
     assert types == p.fleet.instance_types and len(types) >= MIN_SPOT_TYPES
+    per_replica = [AWS_GPU_INSTANCES[t].on_demand_usd_hour / p.fleet.capacity[t] for t in types]
+    assert per_replica == sorted(per_replica) and types[0].startswith("p5")
     subnets = {r.name: r.inputs for r in graph.by_type("aws:ec2/subnet:Subnet")}
     private = [s for n, s in subnets.items() if "private" in n]
     assert len(asg["vpcZoneIdentifiers"]) == len(private)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from gpufleet.burst.policy import (
     CapacityModel,
+    Decision,
     Gpufleet,
     HpaGpu,
     KedaQueue,
@@ -289,7 +291,7 @@ def test_bad_announced_peak_exits_2_naming_the_option(text: str) -> None:
 def test_the_groups_instances_as_the_policy_sees_them() -> None:
     from gpufleet.burst.controller import fleet_view
 
-    group = {
+    group: dict[str, Any] = {
         "Instances": [
             {
                 "InstanceId": "i-1",
@@ -333,6 +335,45 @@ def test_the_groups_instances_as_the_policy_sees_them() -> None:
     # Terminating nodes still bill: they count against the cap until gone.
     assert committed_usd(nodes) == 200.0
     assert fewest_inflight(nodes, 2) == ("i-2", "i-4")
+
+    # Right after an up the group owes two more than it lists: they boot, as its first-priority
+    # type, and reserve their share of the cap.
+    group |= {
+        "DesiredCapacity": 5,
+        "MixedInstancesPolicy": {
+            "LaunchTemplate": {
+                "Overrides": [{"InstanceType": "p5en.48xlarge"}, {"InstanceType": "p5e.48xlarge"}]
+            }
+        },
+    }
+    owed = fleet_view(group, PRICES, {}, max_price=50.0)
+    assert [(n.id, n.pool.instance_type, n.ready, n.draining) for n in owed[4:]] == [
+        ("launching-0", "p5en.48xlarge", False, False),
+        ("launching-1", "p5en.48xlarge", False, False),
+    ]
+    assert committed_usd(owed) == 300.0
+
+
+def test_scale_in_of_a_node_not_launched_yet_only_lowers_the_count() -> None:
+    from gpufleet.burst.controller import Controller
+
+    retired: list[str] = []
+    declared: list[int] = []
+
+    class Asg:
+        def retire(self, instance_id: str) -> None:
+            retired.append(instance_id)
+
+    class Stack:
+        def set_burst_nodes(self, count: int) -> object:
+            declared.append(count)
+            return type("Applied", (), {"stack": "burst", "burst_nodes": count, "summary": "update"})()
+
+    # Only what scale-in touches: the group's retire and the stack's declared count.
+    fakes: dict[str, Any] = {"source": None, "prices": None, "asg": Asg(), "pulumi": Stack()}
+    controller = Controller(policy=Gpufleet(MODEL), replica_rps=1.0, **fakes)
+    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), target=1)
+    assert retired == ["i-1"] and declared == [1]
 
 
 def test_gpufleet_does_not_count_an_announced_rise_twice() -> None:
