@@ -1,8 +1,9 @@
 """The controller end to end: a real Triton's metrics under load, moto's AWS (ASG, Spot prices),
 and the Automation API on a fake `pulumi` (see test_burst_pulumi for what the fake answers).
 
-The fake CLI records the declared burstNodes; it does not resize the group (that is the SpotBurst
-component's job in a real up), so the group here keeps what moto started it with.
+The fake CLI records the declared burstNodes and, as the SpotBurst component does in a real up,
+sets the moto group's desired capacity to it: the next step sees the instances the last one
+declared.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def _controller(
         prices=SpotPrices(_aws("ec2", moto_url), types),
         asg=AsgActuator(GROUP, policy.model.max_nodes, asg),
         pulumi=PulumiActuator(
-            stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+            stack=STACK,
+            work_dir=project,
+            pulumi_root=pulumi_root,
+            lock_dir=project / ".locks",
+            env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP},
         ),
         **extra,
     )
@@ -125,6 +130,8 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     try:
         time.sleep(2.0)
         busy = controller.step(time.monotonic())
+        time.sleep(1.5)
+        still_busy = controller.step(time.monotonic())
     finally:
         stop.set()
         worker.join(timeout=60)
@@ -132,7 +139,12 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     # Eight clients keep the one instance busy (about one replica of load); at 25% per replica
     # that needs four nodes, and the group has two: two launches, declared on the stack.
     assert len(busy.launch) == 2, busy.reason
+    # The up resized the group; the next step sees four instances and orders nothing more.
+    assert still_busy is not None and not still_busy.acts, still_busy.reason
     assert _ups(pulumi_root) == ["4"]
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 4 and len(group["Instances"]) == 4
+    busy_group = group
     text = generate_latest(controller.registry).decode()
     assert 'gpufleet_burst_decisions_total{action="scale_up"} 1.0' in text
     assert "gpufleet_burst_desired_nodes 4.0" in text
@@ -141,16 +153,21 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     )
     assert 0.5 < float(load_line.split()[-1]) < 1.2
 
-    time.sleep(1.5)
-    controller.step(time.monotonic())  # an idle interval enters the quiet window
-    time.sleep(1.5)
-    quiet = controller.step(time.monotonic())
-    assert quiet is not None and len(quiet.drain) == 2, quiet.reason
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    # Idle: the quiet window passes and every burst node goes, the busiest last.
+    drained: list[str] = []
+    for _ in range(4):
+        time.sleep(1.5)
+        quiet = controller.step(time.monotonic())
+        assert quiet is not None and not quiet.launch, quiet.reason
+        drained += quiet.drain
+        group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+        if group["DesiredCapacity"] == 0:
+            break
+    assert sorted(drained) == sorted(i["InstanceId"] for i in busy_group["Instances"])
     assert group["DesiredCapacity"] == 0, "the chosen instances were retired from the group"
     assert _ups(pulumi_root)[-1] == "0"
     text = generate_latest(controller.registry).decode()
-    assert 'gpufleet_burst_decisions_total{action="scale_in"} 1.0' in text
+    assert 'gpufleet_burst_decisions_total{action="scale_in"}' in text
 
 
 def test_burst_run_command_serves_metrics_and_logs_each_decision(

@@ -5,7 +5,9 @@ Automation API drives: it records every argv and answers like the real CLI for t
 select + config set + up makes (version check, `stack select`, `config set` written into the
 stack's YAML as the CLI writes it, `up`, `stack output --json`, `stack history --json`), including
 the DIY backend's lock-conflict message. Anything else fails loudly, so a change in what the
-Automation API sends shows here.
+Automation API sends shows here. Given FAKE_PULUMI_ASG_URL and FAKE_PULUMI_ASG_GROUP (moto's
+server and a group in it), `up` also sets that group's desired capacity to burstNodes, as the
+SpotBurst component does, so the controller test runs the whole loop.
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ elif argv[0] == "up":
     start = time.time()
     nodes = yaml.safe_load(open(stack_file(stack)))["config"].get("gpufleet:burstNodes")
     time.sleep(float(os.environ.get("FAKE_PULUMI_UP_SECONDS", "0.2")))
+    if os.environ.get("FAKE_PULUMI_ASG_URL"):
+        # What the SpotBurst component does in a real up: the group's desired capacity follows.
+        import boto3
+        boto3.client(
+            "autoscaling", region_name="us-east-1", endpoint_url=os.environ["FAKE_PULUMI_ASG_URL"],
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        ).update_auto_scaling_group(
+            AutoScalingGroupName=os.environ["FAKE_PULUMI_ASG_GROUP"], DesiredCapacity=int(nodes)
+        )
     os.remove(lock)
     with open(os.path.join(state, "ups.jsonl"), "a") as ups:
         ups.write(json.dumps({"stack": stack, "nodes": nodes, "start": start, "end": time.time()}) + "\n")
