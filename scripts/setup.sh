@@ -15,4 +15,15 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+# Prometheus for the burst signal tests (PromQL against a real server scraping a real Triton):
+# Debian's binary, unpacked into .venv/bin, so no service is installed or started.
+if [ ! -x .venv/bin/prometheus ]; then
+  debs=$(mktemp -d)
+  if (cd "$debs" && apt-get download -qq prometheus 2>/dev/null) && dpkg-deb -x "$debs"/prometheus_*.deb "$debs/root"; then
+    cp "$debs/root/usr/bin/prometheus" .venv/bin/prometheus
+  else
+    echo "could not fetch Debian's prometheus package; the Prometheus signal test needs .venv/bin/prometheus" >&2
+  fi
+  rm -rf "$debs"
+fi
 echo "gpufleet installed in .venv ($(.venv/bin/gpufleet --help >/dev/null && echo ok))"

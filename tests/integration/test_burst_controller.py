@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     moto_url,
 )
 from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
+from tests.integration.test_burst_signal_prometheus import _scraped, prometheus
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
 pytestmark = pytest.mark.integration
@@ -170,9 +172,32 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     assert 'gpufleet_burst_decisions_total{action="scale_in"}' in text
 
 
+@pytest.mark.parametrize("signal", ["--triton-metrics", "--prometheus"])
 def test_burst_run_command_serves_metrics_and_logs_each_decision(
+    signal: str,
     caplog: pytest.LogCaptureFixture,
     triton: Any,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with ExitStack() as stack:
+        if signal == "--prometheus":
+            # A real Prometheus scraping the Triton: the controller's PromQL runs on it.
+            source = stack.enter_context(prometheus(f"127.0.0.1:{triton.metrics_port}", tmp_path / "prom"))
+            # Two scrapes make a rate.
+            _scraped(source, 'sum(rate(nv_inference_request_success{model="sleepy"}[1m]))', 0.0)
+        else:
+            source = triton.metrics_url
+        _run_command(signal, source, caplog, asg, moto_url, project, pulumi_root)
+
+
+def _run_command(
+    signal: str,
+    source: str,
+    caplog: pytest.LogCaptureFixture,
     asg: Any,  # noqa: F811
     moto_url: str,  # noqa: F811
     project: Path,  # noqa: F811
@@ -201,8 +226,8 @@ def test_burst_run_command_serves_metrics_and_logs_each_decision(
             "burst",
             "run",
             STACK,
-            "--triton-metrics",
-            triton.metrics_url,
+            signal,
+            source,
             "--model",
             "sleepy",
             "--aws-endpoint",
