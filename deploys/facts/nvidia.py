@@ -1,25 +1,27 @@
-"""What the NVIDIA driver reports about the GPUs it drives."""
+"""The NVIDIA kernel module a node runs now (which a driver upgrade changes only at the next boot)."""
 
 from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-from gpufleet.verify.parse import SMI_FIELDS, SMI_QUERY
+from gpufleet.verify.parse import parse_driver_version
+
+DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
 
 
-class NvidiaGpus(FactBase[list[dict[str, str]]]):
-    """`nvidia-smi --query-gpu=... --format=csv,noheader,nounits`: one dict per GPU, by field name."""
+class NvidiaLoadedDriver(FactBase[str | None]):
+    """The loaded kernel module's version, from the kernel itself; None when no module is loaded.
+
+    Not from nvidia-smi: once a driver upgrade has installed the new userspace, NVML refuses to
+    talk to the old module ("Driver/library version mismatch"), which is exactly when this is read."""
 
     def command(self) -> str:
-        return SMI_QUERY
-
-    def requires_command(self) -> str:
-        return "nvidia-smi"
+        return f"if [ -r {DRIVER_VERSION_FILE} ]; then cat {DRIVER_VERSION_FILE}; fi"
 
     @staticmethod
-    def default() -> list[dict[str, str]]:
-        return []
+    def default() -> str | None:
+        return None
 
-    def process(self, output: list[str]) -> list[dict[str, str]]:
-        rows = [[f.strip() for f in line.split(",")] for line in output]
-        return [dict(zip(SMI_FIELDS, row, strict=True)) for row in rows if len(row) == len(SMI_FIELDS)]
+    def process(self, output: list[str]) -> str | None:
+        text = "\n".join(output)
+        return parse_driver_version(text)[0] if text.strip() else None

@@ -13,7 +13,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import File
 
-from deploys.facts.nvidia import NvidiaGpus
+from deploys.facts.nvidia import NvidiaLoadedDriver
 from gpufleet.plan.node import Package
 
 REBOOT_REQUIRED = "/run/reboot-required"
@@ -27,13 +27,13 @@ def driver_pin(packages: list[Package]) -> str | None:
     return None
 
 
-def stale_driver(gpus: list[dict[str, str]], packages: list[Package]) -> str | None:
-    """Why the node needs a reboot for its driver, or None when the loaded module is the planned one."""
+def stale_driver(loaded: str | None, packages: list[Package]) -> str | None:
+    """Why the node needs a reboot for its driver, or None when the loaded module is the planned one
+    (or none is loaded: the first boot after the install loads the planned one)."""
     pinned = driver_pin(packages)
-    loaded = sorted({g["driver_version"] for g in gpus})
-    if pinned is None or not loaded or loaded == [pinned]:
+    if pinned is None or loaded is None or loaded == pinned:
         return None
-    return f"NVIDIA driver {', '.join(loaded)} loaded, {pinned} planned"
+    return f"NVIDIA driver {loaded} loaded, {pinned} planned"
 
 
 def reboot_marker_commands(reason: str | None, marker_exists: bool) -> list[str]:
@@ -45,5 +45,5 @@ def reboot_marker_commands(reason: str | None, marker_exists: bool) -> list[str]
 @operation()
 def reboot_marker(packages: list[Package]) -> Generator[str, None, None]:
     """Mark the node for a reboot when its loaded driver is not the planned one."""
-    reason = stale_driver(host.get_fact(NvidiaGpus), packages)
+    reason = stale_driver(host.get_fact(NvidiaLoadedDriver), packages)
     yield from reboot_marker_commands(reason, bool(host.get_fact(File, path=REBOOT_REQUIRED)))

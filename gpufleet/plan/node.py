@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from gpufleet.model.catalog import GPU_CATALOG
 from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
 
-# Nodes join tainted and stay so until the admission gate (host verification) passes.
+# Nodes register tainted and stay so until the admission gate (host verification) passes and an
+# operator admits them. Registration only: it is not part of a node's steady state, so re-running
+# the Kubernetes role never re-taints an admitted node and verification never expects it.
 READINESS_TAINT = Taint(key="gpufleet.io/unverified", value="true", effect="NoSchedule")
 GPU_TAINT = Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")
 HUGEPAGES_2M_PER_GPU = 2048  # 4 GiB of 2 MiB pages per GPU for GPUDirect and NCCL buffers
@@ -120,6 +122,11 @@ class NodePlan(Frozen):
     taints: list[Taint]
 
     @property
+    def registration_taints(self) -> list[Taint]:
+        """What the node registers with (kubeadm join): its taints, and unverified until admitted."""
+        return [*self.taints, READINESS_TAINT]
+
+    @property
     def digest(self) -> str:
         """Stable across runs and Python versions: a preview shows which nodes change."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -149,7 +156,7 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         mounts=mounts(node),
         ceph_osd_devices=list(node.disks.ceph_osd),
         labels=labels(inv, node),
-        taints=[*node.taints, *([GPU_TAINT] if node.gpu else []), READINESS_TAINT],
+        taints=[*node.taints, *([GPU_TAINT] if node.gpu else [])],
     )
 
 

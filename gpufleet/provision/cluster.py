@@ -68,6 +68,7 @@ def extravars(inv: Inventory) -> dict[str, Any]:
             n.hostname: {
                 "labels": (p := plan_node(inv, n)).labels,
                 "taints": [t.model_dump(mode="json") for t in p.taints],
+                "registration_taints": [t.model_dump(mode="json") for t in p.registration_taints],
             }
             for n in inv.nodes
         },

@@ -65,7 +65,11 @@ def test_ceph_variables_are_the_site_plan() -> None:
     assert xv["ceph_plan"]["pools"] == [p.model_dump(mode="json") for p in ceph.pools]
     assert xv["ceph_plan"]["mons"] == ceph.mons
     assert xv["ceph_fsid"] == ceph_fsid("dc1") != ceph_fsid("dc1-dr")
-    assert xv["kubernetes_nodes"]["gpu01"]["taints"][0]["effect"] == "NoSchedule"
+    gpu01 = xv["kubernetes_nodes"]["gpu01"]
+    assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in gpu01["taints"]
+    unverified = {"key": "gpufleet.io/unverified", "value": "true", "effect": "NoSchedule"}
+    # Registration carries the readiness taint; the taints every run re-applies do not.
+    assert gpu01["registration_taints"] == [*gpu01["taints"], unverified]
 
 
 def test_lab_knobs_reach_the_roles_but_plan_values_stay_the_plans() -> None:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from deploys.facts.nvidia import NvidiaGpus
+from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.facts.packages import HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
 from tests.deploys.conftest import fact_from, load
 
 
-def test_nvidia_fact_runs_the_recorded_query_and_parses_it() -> None:
-    recorded = load("h100/nvidia-smi-query-gpu.txt")
-    assert NvidiaGpus().command() == recorded.command
-    gpus = fact_from(NvidiaGpus, "h100/nvidia-smi-query-gpu.txt")
-    assert len(gpus) == 1
-    assert gpus[0]["name"] == "NVIDIA H100 80GB HBM3"
-    assert gpus[0]["driver_version"] == "580.159.04"
-    assert gpus[0]["memory.total"] == "81559"
-    assert gpus[0]["persistence_mode"] == "Enabled"
+def test_loaded_driver_fact_reads_the_kernels_version_file() -> None:
+    recorded = load("h100/proc-driver-version.txt")
+    # The recorded command, run only where the file exists (no module loaded: no output, None).
+    assert NvidiaLoadedDriver().command().endswith(f"then {recorded.command}; fi")
+    assert fact_from(NvidiaLoadedDriver, "h100/proc-driver-version.txt") == "580.159.04"
+    assert fact_from(NvidiaLoadedDriver, "handwritten/proc-driver-version-580.95.txt") == "580.95.05"
+    assert NvidiaLoadedDriver().process([]) is None
 
 
 def test_installed_versions_from_recorded_dpkg_keep_held_and_installed() -> None:

@@ -8,7 +8,7 @@ import pytest
 from pyinfra.api import OperationError
 from pyinfra.facts.files import File, FileContents
 
-from deploys.facts.nvidia import NvidiaGpus
+from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
@@ -199,12 +199,19 @@ def test_pins_allow_a_rollback() -> None:
 
 
 def test_loaded_driver_as_planned_needs_no_reboot(run_op: RunOp) -> None:
-    facts = {NvidiaGpus: fact_from(NvidiaGpus, "h100/nvidia-smi-query-gpu.txt"), File: None}
+    facts = {NvidiaLoadedDriver: fact_from(NvidiaLoadedDriver, "h100/proc-driver-version.txt"), File: None}
+    assert run_op(facts, nvidia.reboot_marker, GPU.packages) == []
+    # No module loaded yet (a new node before its first boot with the driver): that boot loads the
+    # planned one.
+    facts[NvidiaLoadedDriver] = None
     assert run_op(facts, nvidia.reboot_marker, GPU.packages) == []
 
 
 def test_loaded_old_driver_marks_the_node_for_reboot_once(run_op: RunOp) -> None:
-    facts = {NvidiaGpus: fact_from(NvidiaGpus, "handwritten/nvidia-smi-query-gpu-580.95.txt"), File: None}
+    # Read from the kernel: after the new packages are in, nvidia-smi would fail with a
+    # driver/library version mismatch, and the deploy with it.
+    old = fact_from(NvidiaLoadedDriver, "handwritten/proc-driver-version-580.95.txt")
+    facts = {NvidiaLoadedDriver: old, File: None}
     cmds = run_op(facts, nvidia.reboot_marker, GPU.packages)
     assert cmds == ["echo 'NVIDIA driver 580.95.05 loaded, 580.159.04 planned' > /run/reboot-required"]
     facts[File] = {"size": 52}

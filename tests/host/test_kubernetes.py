@@ -13,6 +13,7 @@ from tests.host.conftest import Run, not_planned
 pytestmark = pytest.mark.kubernetes
 
 
+@pytest.mark.cluster
 def test_kubelet_running_and_node_as_planned(run: Run, expect: HostExpect) -> None:
     want = expect.kubernetes
     if want is None:

@@ -44,6 +44,7 @@ def test_planned_mounts(run: Run, expect: HostExpect) -> None:
         )
 
 
+@pytest.mark.cluster
 def test_ceph_reports_no_error(run: Run, expect: HostExpect) -> None:
     if not expect.storage.ceph_health:
         not_planned("Ceph")

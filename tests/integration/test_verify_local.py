@@ -89,3 +89,22 @@ def test_unknown_host_is_bad_input(tmp_path: Path) -> None:
     code, report, stderr = _verify(_site(tmp_path, device, mtu), "--limit", "nope")
     assert code == 2 and report is None
     assert "nope not in site here" in stderr
+
+
+def test_the_node_only_gate_leaves_out_what_needs_the_clusters(tmp_path: Path) -> None:
+    from gpufleet.verify import verify_site
+
+    device, mtu = _default_interface()
+    site = str(_site(tmp_path, device, mtu))
+    cluster_checks = {"test_kubelet_running_and_node_as_planned", "test_ceph_reports_no_error"}
+
+    def checks(**kw: bool) -> set[str]:
+        report = verify_site(site, ["h100-1"], ["storage", "kubernetes"], local=True, **kw)
+        return {r.check for r in report.results}
+
+    # The full suite runs them (skipped here: the site plans neither Kubernetes nor Ceph on this
+    # host); the gate after a node's own deploy does not, and still runs the node's other checks.
+    full, node_only = checks(), checks(node_only=True)
+    assert cluster_checks <= full
+    assert not cluster_checks & node_only
+    assert node_only == full - cluster_checks and "test_modules_loaded_and_swap_off" in node_only

@@ -48,7 +48,7 @@ def test_generated_sites_validate_and_plan_deterministically(size: int) -> None:
     assert first == again
     assert set(first.node_digests) == {n["hostname"] for n in doc["nodes"]}
     for node in inv.nodes:
-        assert READINESS_TAINT in plan_node(inv, node).taints
+        assert READINESS_TAINT in plan_node(inv, node).registration_taints
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from gpufleet.model.catalog import GPUModel, replica_shape
 from gpufleet.model.errors import InputError
 from gpufleet.model.site import ROCE_HEADER_BYTES, Inventory
 from gpufleet.plan import plan_node, plan_site
+from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.node import GPU_TAINT, NOFILE, READINESS_TAINT, NodePlan
 
 
@@ -103,7 +104,10 @@ def test_every_node_joins_tainted_until_verified() -> None:
         inv = load_inventory(site)
         for node in inv.nodes:
             plan = plan_node(inv, node)
-            assert READINESS_TAINT in plan.taints
+            # At registration only: an admitted node is as planned without it.
+            assert READINESS_TAINT in plan.registration_taints and READINESS_TAINT not in plan.taints
+            kubernetes = host_expectations(inv, node).kubernetes
+            assert kubernetes is None or kubernetes.taints == plan.taints
             assert (GPU_TAINT in plan.taints) == (node.gpu is not None)
             assert plan.labels["gpufleet.io/site"] == site
 
