@@ -131,7 +131,10 @@ def plan_node_cmd(
         raise
     plan = plan_node(inv, node)
     if as_json:
-        emit_json({**plan.model_dump(mode="json"), "digest": plan.digest})
+        registration = [t.model_dump(mode="json") for t in plan.registration_taints]
+        emit_json(
+            {**plan.model_dump(mode="json"), "registration_taints": registration, "digest": plan.digest}
+        )
         return
     table = Table(title=f"{inv.site.name}/{plan.hostname}  digest {plan.digest}", show_header=False)
     table.add_row("roles", ", ".join(plan.roles))
@@ -151,6 +154,8 @@ def plan_node_cmd(
     table.add_row("mounts", "\n".join(f"{m.device} {m.path} {m.fstype}" for m in plan.mounts) or "-")
     table.add_row("labels", "\n".join(f"{k}={v}" for k, v in plan.labels.items()))
     table.add_row("taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
+    extra = [t for t in plan.registration_taints if t not in plan.taints]
+    table.add_row("at join", "\n".join(f"{t.key}={t.value}:{t.effect} (until admitted)" for t in extra))
     out.print(table)
 
 

@@ -124,6 +124,9 @@ def test_plan_node_json_has_the_digest() -> None:
     data = json.loads(result.stdout)
     site = CliRunner().invoke(app, ["plan-site", "dc1", "--json"])
     assert data["digest"] == json.loads(site.stdout)["node_digests"]["gpu01"]
+    # The node joins with one taint more than it keeps: the one its admission removes.
+    unverified = {"key": "gpufleet.io/unverified", "value": "true", "effect": "NoSchedule"}
+    assert data["registration_taints"] == [*data["taints"], unverified]
 
 
 def test_plan_site_shows_what_each_burst_type_adds() -> None:
