@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.operations import nvidia as nvidia_ops
 from deploys.operations import packages as pkg_ops
 from deploys.operations import raid6 as raid_ops
@@ -118,7 +119,7 @@ def configuration(plan: NodePlan, managed: dict[str, str]) -> None:
         # What makes a changed file take effect; a new kernel command line waits for the next reboot.
         if path in AFTER_CHANGE:
             server.shell(name=AFTER_CHANGE[path], commands=[AFTER_CHANGE[path]], _if=put.did_change)
-    for module in plan.kernel_modules:
+    for module in nvidia_ops.now(plan.kernel_modules, driver_loaded(plan)):
         server.modprobe(name=f"module {module}", module=module)
     for key, value in plan.sysctl.items():
         server.sysctl(name=f"sysctl {key}", key=key, value=value)
@@ -189,10 +190,16 @@ def storage(plan: NodePlan) -> None:
         server.mount(name=f"mount {m.path}", path=m.path, device=m.device, fs_type=m.fstype)
 
 
+def driver_loaded(plan: NodePlan) -> bool:
+    return bool(nvidia_ops.driver_pin(plan.packages)) and host.get_fact(NvidiaLoadedDriver) is not None
+
+
 @deploy("services")
 def services(plan: NodePlan) -> None:
+    running = set(nvidia_ops.now(plan.services, driver_loaded(plan)))
     for name in plan.services:
-        systemd.service(name=f"service {name}", service=name, running=True, enabled=True)
+        # Enabled either way: what needs the driver starts at the boot that loads it.
+        systemd.service(name=f"service {name}", service=name, running=name in running or None, enabled=True)
 
 
 @deploy("RDMA ports")

@@ -36,6 +36,19 @@ def stale_driver(loaded: str | None, packages: list[Package]) -> str | None:
     return f"NVIDIA driver {loaded} loaded, {pinned} planned"
 
 
+def needs_driver(name: str) -> bool:
+    """A module (nvidia_peermem) or service (nvidia-persistenced, nvidia-fabricmanager) that only
+    works on top of a loaded NVIDIA module."""
+    return name.startswith("nvidia")
+
+
+def now(names: list[str], driver_loaded: bool) -> list[str]:
+    """The planned modules or services to start now. Those that need the NVIDIA module wait for the
+    boot that first loads it (modules-load.d, enabled units): a node that has just got its driver,
+    with nouveau still bound until that boot, cannot run them yet."""
+    return [n for n in names if driver_loaded or not needs_driver(n)]
+
+
 def reboot_marker_commands(reason: str | None, marker_exists: bool) -> list[str]:
     if reason is None or marker_exists:
         return []

@@ -207,6 +207,14 @@ def test_loaded_driver_as_planned_needs_no_reboot(run_op: RunOp) -> None:
     assert run_op(facts, nvidia.reboot_marker, GPU.packages) == []
 
 
+def test_driver_modules_wait_for_the_boot_that_loads_the_driver() -> None:
+    # A new GPU node right after its first deploy: no NVIDIA module yet (nouveau until reboot).
+    assert nvidia.now(GPU.kernel_modules, driver_loaded=False) == ["br_netfilter", "overlay"]
+    assert nvidia.now(GPU.kernel_modules, driver_loaded=True) == GPU.kernel_modules
+    assert nvidia.now(GPU.services, driver_loaded=False) == ["chrony", "containerd", "kubelet"]
+    assert "nvidia-persistenced" in nvidia.now(GPU.services, driver_loaded=True)
+
+
 def test_loaded_old_driver_marks_the_node_for_reboot_once(run_op: RunOp) -> None:
     # Read from the kernel: after the new packages are in, nvidia-smi would fail with a
     # driver/library version mismatch, and the deploy with it.
