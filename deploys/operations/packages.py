@@ -6,6 +6,7 @@ new pinned version, and held again, so unattended upgrades can never move it in 
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Generator
 from fnmatch import fnmatchcase
@@ -38,6 +39,13 @@ def pin_preferences(packages: list[Package]) -> str:
     return "\n".join(blocks)
 
 
+def family(name: str) -> str:
+    """A package's name without its version numbers and flavour: `nvidia-driver-570-open`,
+    `nvidia-driver-580` and `nvidia-driver-580-open` are one family, so are `cuda-toolkit-12-8` and
+    `cuda-toolkit-13-0`."""
+    return re.sub(r"-open$|[0-9]+(?:[.-][0-9]+)*", "", name)
+
+
 def package_commands(
     packages: list[Package], installed: dict[str, str], held: set[str], broken: bool = False
 ) -> list[str]:
@@ -54,6 +62,11 @@ def package_commands(
     ]
     release = sorted(held & set(outdated))
     release += sorted(p.name for p in packages if not p.hold and p.name in held and p.name not in outdated)
+    # A branch change renames the package: the old branch's, held by an earlier plan, would make apt
+    # refuse to replace it. Holds outside the plan's families (cuDNN, cuBLAS) are the node's own.
+    planned = {p.name for p in packages}
+    families = {family(p.name) for p in packages if p.hold}
+    release += sorted(h for h in held - planned if family(h) in families)
     hold = sorted(p.name for p in packages if p.hold and (p.name not in held or p.name in outdated))
     commands = list(DPKG_REPAIR) if broken else []
     if release:

@@ -163,6 +163,17 @@ def test_driver_upgrade_releases_installs_and_holds_again(run_op: RunOp) -> None
     ]
 
 
+def test_branch_change_releases_the_old_branchs_holds() -> None:
+    # 570 to 580 (and proprietary to open): new names, so the old ones are held outside the plan.
+    planned = [p for p in GPU.packages if p.name.startswith(("nvidia-", "cuda-toolkit"))]
+    installed = {"nvidia-driver-570": "570.195.03-0ubuntu1", "nvidia-fabricmanager-570": "570.195.03-1"}
+    held = {*installed, "cuda-toolkit-12-8", "libcudnn9-cuda-12"}
+    cmds = packages.package_commands(planned, installed, held)
+    assert cmds[0] == "apt-mark unhold cuda-toolkit-12-8 nvidia-driver-570 nvidia-fabricmanager-570"
+    assert "nvidia-driver-580-open" in cmds[1] and cmds[2].startswith("apt-mark hold")
+    assert packages.family("nvidia-driver-570") == packages.family("nvidia-driver-580-open")
+
+
 def test_converged_packages_yield_nothing(run_op: RunOp) -> None:
     installed = {p.name: (p.version or "1").replace("*", "1") for p in GPU.packages}
     facts = {InstalledVersions: installed, HeldPackages: set(GPU.held_packages), DpkgBroken: False}
