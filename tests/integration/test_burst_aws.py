@@ -10,9 +10,6 @@ records every call, so the `kubernetes` client's own requests and deserialisatio
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +28,7 @@ from kubernetes import client as k8s
 from gpufleet.burst.actuate import ActuationError, AsgActuator
 from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, WarningQueue, handle, parse_event
 from gpufleet.serving.tritonserver import free_port
+from tests.integration.servers import serving
 
 pytestmark = pytest.mark.integration
 
@@ -41,29 +39,10 @@ GROUP = "burst-prod-spot"
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                assert process.poll() is None, "moto_server exited"
-                assert time.monotonic() < deadline, "moto_server did not come up in 60 s"
-                time.sleep(0.2)
+    moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with serving(moto, f"{url}/moto-api/", tmp_path_factory.mktemp("moto") / "moto.log"):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
 
 
 def _aws(service: str, url: str) -> Any:

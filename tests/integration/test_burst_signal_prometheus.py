@@ -4,9 +4,6 @@ real Triton under load: the controller's PromQL is parsed and evaluated by Prome
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +18,7 @@ import pytest
 
 from gpufleet.burst.signal import PrometheusQuery, SignalError
 from gpufleet.serving.tritonserver import free_port, tritonserver
+from tests.integration.servers import serving
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
 pytestmark = pytest.mark.integration
@@ -52,33 +50,15 @@ def prometheus(target: str, workdir: Path) -> Iterator[str]:
         )
     )
     port = free_port()
-    with (workdir / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
-                break
-            except OSError:
-                assert process.poll() is None, f"prometheus exited; log: {workdir / 'prometheus.log'}"
-                assert time.monotonic() < deadline, "prometheus not ready in 60 s"
-                time.sleep(0.2)
+    args = [
+        str(PROMETHEUS),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with serving(args, f"{url}/-/ready", workdir / "prometheus.log"):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def _instant(url: str, query: str) -> list[dict[str, object]]:
