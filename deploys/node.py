@@ -111,7 +111,7 @@ def packages(plan: NodePlan, managed: dict[str, str]) -> None:
 
 
 @deploy("configuration files")
-def configuration(plan: NodePlan, managed: dict[str, str]) -> None:
+def configuration(plan: NodePlan, managed: dict[str, str], driver_loaded: bool) -> None:
     for path, text in managed.items():
         if path.startswith(SOURCES_DIR) or path == PINS_FILE:
             continue
@@ -119,7 +119,7 @@ def configuration(plan: NodePlan, managed: dict[str, str]) -> None:
         # What makes a changed file take effect; a new kernel command line waits for the next reboot.
         if path in AFTER_CHANGE:
             server.shell(name=AFTER_CHANGE[path], commands=[AFTER_CHANGE[path]], _if=put.did_change)
-    for module in nvidia_ops.now(plan.kernel_modules, driver_loaded(plan)):
+    for module in nvidia_ops.now(plan.kernel_modules, driver_loaded):
         server.modprobe(name=f"module {module}", module=module)
     for key, value in plan.sysctl.items():
         server.sysctl(name=f"sysctl {key}", key=key, value=value)
@@ -190,13 +190,9 @@ def storage(plan: NodePlan) -> None:
         server.mount(name=f"mount {m.path}", path=m.path, device=m.device, fs_type=m.fstype)
 
 
-def driver_loaded(plan: NodePlan) -> bool:
-    return bool(nvidia_ops.driver_pin(plan.packages)) and host.get_fact(NvidiaLoadedDriver) is not None
-
-
 @deploy("services")
-def services(plan: NodePlan) -> None:
-    running = set(nvidia_ops.now(plan.services, driver_loaded(plan)))
+def services(plan: NodePlan, driver_loaded: bool) -> None:
+    running = set(nvidia_ops.now(plan.services, driver_loaded))
     for name in plan.services:
         # Enabled either way: what needs the driver starts at the boot that loads it.
         systemd.service(name=f"service {name}", service=name, running=name in running or None, enabled=True)
@@ -216,8 +212,12 @@ def node() -> None:
     plan = node_plan()
     managed = managed_files(plan)
     packages(plan, managed)
-    configuration(plan, managed)
+    # Read once for modules and services: whether an NVIDIA module runs now.
+    driver_loaded = (
+        bool(nvidia_ops.driver_pin(plan.packages)) and host.get_fact(NvidiaLoadedDriver) is not None
+    )
+    configuration(plan, managed, driver_loaded)
     storage(plan)
-    services(plan)
+    services(plan, driver_loaded)
     if plan.rdma:
         rdma(plan)

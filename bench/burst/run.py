@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -53,6 +54,7 @@ CASES = (
 )
 
 
+@cache  # calibrating a scenario replays its trace a dozen times: build each once
 def scenario(case: Case, seed: int) -> tuple[Scenario, Surge]:
     trace = repeat(load_trace(DATA / case.trace), case.times)
     surge = default_surge(trace)
