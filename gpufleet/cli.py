@@ -240,7 +240,8 @@ def verify(
     site: SiteArg = "lab",
     limit: Annotated[list[str] | None, typer.Option("--limit", help="only these hosts (repeat)")] = None,
     part: Annotated[
-        list[str] | None, typer.Option("--part", help="only these parts: gpu, network, storage, kubernetes")
+        list[str] | None,
+        typer.Option("--part", help="only these parts: gpu, network, storage, kubernetes, perf"),
     ] = None,
     local: Annotated[
         bool, typer.Option("--local", help="check this machine as the one --limit host")

@@ -46,27 +46,78 @@ class GPUSpec:
     tdp_w: int
     # Memory bandwidth (datasheet, TB/s): what bounds decode, and so a serving replica's throughput.
     hbm_tb_s: float
+    # NVLink generation and links per GPU (0: none); each link carries NVLINK_LINK_GB_S each way.
+    nvlink_gen: int
+    nvlink_links: int
+    # The host link: PCIe generation, x16.
+    pcie_gen: int
+    # Dense 16-bit tensor throughput (datasheet TFLOP/s, no sparsity): bf16, fp16 on Turing.
+    tensor_tflops: float
+
+
+class Interconnect(StrEnum):
+    """How a node's GPUs reach each other, as NCCL sees it."""
+
+    NVSWITCH = "nvswitch"  # every GPU reaches every other at its full NVLink width (HGX baseboards)
+    NVLINK = "nvlink"  # two GPUs joined directly by all their links (a bridged pair)
+    PCIE = "pcie"  # no NVLink: peer traffic crosses PCIe
+
+
+# Per link and direction (GB/s): NVLink 3 (A100: 12 links, 600 GB/s both ways) and NVLink 4
+# (H100/H200: 18 links, 900 GB/s both ways) both run 25 GB/s each way.
+NVLINK_LINK_GB_S: dict[int, float] = {3: 25.0, 4: 25.0}
+# x16, per direction, after line coding (GB/s): 8, 16, 32 GT/s x 16 lanes x 128/130.
+PCIE_X16_GB_S: dict[int, float] = {3: 15.75, 4: 31.5, 5: 63.0}
 
 
 GPU_CATALOG: dict[GPUModel, GPUSpec] = {
     GPUModel.A100_40GB: GPUSpec(
-        40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450, 400, 1.555
+        40, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-40GB", 450, 400, 1.555, 3, 12, 4, 312
     ),
     GPUModel.A100_80GB: GPUSpec(
-        80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450, 400, 2.039
+        80, Architecture.AMPERE, "8.0", True, True, "NVIDIA A100-SXM4-80GB", 450, 400, 2.039, 3, 12, 4, 312
     ),
     GPUModel.H100_PCIE: GPUSpec(
-        80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525, 350, 2.0
+        80, Architecture.HOPPER, "9.0", False, False, "NVIDIA H100 PCIe", 525, 350, 2.0, 0, 0, 5, 756
     ),
     GPUModel.H100_SXM: GPUSpec(
-        80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525, 700, 3.35
+        80, Architecture.HOPPER, "9.0", True, True, "NVIDIA H100 80GB HBM3", 525, 700, 3.35, 4, 18, 5, 989
     ),
-    GPUModel.H200: GPUSpec(141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550, 700, 4.8),
-    GPUModel.L40S: GPUSpec(48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525, 350, 0.864),
-    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525, 72, 0.3),
-    GPUModel.T4: GPUSpec(16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418, 70, 0.32),
-    GPUModel.A10G: GPUSpec(24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460, 300, 0.6),
+    GPUModel.H200: GPUSpec(
+        141, Architecture.HOPPER, "9.0", True, True, "NVIDIA H200", 550, 700, 4.8, 4, 18, 5, 989
+    ),
+    GPUModel.L40S: GPUSpec(
+        48, Architecture.ADA, "8.9", False, False, "NVIDIA L40S", 525, 350, 0.864, 0, 0, 4, 362
+    ),
+    GPUModel.L4: GPUSpec(24, Architecture.ADA, "8.9", False, False, "NVIDIA L4", 525, 72, 0.3, 0, 0, 4, 121),
+    GPUModel.T4: GPUSpec(
+        16, Architecture.TURING, "7.5", False, False, "Tesla T4", 418, 70, 0.32, 0, 0, 3, 65
+    ),
+    GPUModel.A10G: GPUSpec(
+        24, Architecture.AMPERE, "8.6", False, False, "NVIDIA A10G", 460, 300, 0.6, 0, 0, 4, 70
+    ),
 }
+
+
+def default_interconnect(model: GPUModel) -> Interconnect:
+    spec = GPU_CATALOG[model]
+    if spec.nvswitch:
+        return Interconnect.NVSWITCH
+    return Interconnect.NVLINK if spec.nvlink_links else Interconnect.PCIE
+
+
+def topology_problem(model: GPUModel, count: int, interconnect: Interconnect) -> str | None:
+    """Why the catalog cannot say how `count` GPUs of `model` joined by `interconnect` perform."""
+    spec = GPU_CATALOG[model]
+    if interconnect is Interconnect.NVSWITCH and not spec.nvswitch:
+        return f"{model.value} is not built on NVSwitch baseboards"
+    if interconnect is Interconnect.NVLINK:
+        if not spec.nvlink_links:
+            return f"{model.value} has no NVLink"
+        if count != 2:
+            return f"direct NVLink joins a pair of GPUs; {count} GPUs of {model.value} need nvswitch or pcie"
+    return None
+
 
 # Minimum driver branch for each CUDA major version (NVIDIA's CUDA compatibility table).
 CUDA_MIN_DRIVER: dict[int, int] = {11: 450, 12: 525, 13: 580}

@@ -11,7 +11,9 @@ from gpufleet.model.catalog import (
     GPU_CATALOG,
     SERVING_MODELS,
     GPUModel,
+    default_interconnect,
     replica_capacity,
+    topology_problem,
 )
 from gpufleet.model.errors import Problem
 from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, LinkLayer, Role
@@ -25,6 +27,7 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         *_unique_names_and_addresses(inv),
         *_addresses_in_networks(inv),
         *_roles_and_hardware(inv),
+        *_gpu_topology(inv),
         *_roce(inv),
         *_disks(inv),
         *_control_plane(inv),
@@ -101,6 +104,18 @@ def _roles_and_hardware(inv: Inventory) -> Iterator[Problem]:
         if node.disks.ceph_osd and Role.STORAGE not in node.roles:
             yield Problem(
                 ("nodes", i, "roles"), f"{node.hostname} has Ceph OSD devices but not the storage role"
+            )
+
+
+def _gpu_topology(inv: Inventory) -> Iterator[Problem]:
+    for i, node in enumerate(inv.nodes):
+        if node.gpu is None:
+            continue
+        interconnect = node.gpu.interconnect or default_interconnect(node.gpu.model)
+        problem = topology_problem(node.gpu.model, node.gpu.count, interconnect)
+        if problem:
+            yield Problem(
+                ("nodes", i, "gpu", "interconnect"), f"unknown topology {interconnect.value}: {problem}"
             )
 
 

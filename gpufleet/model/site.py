@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from gpufleet.model.catalog import GPUModel
+from gpufleet.model.catalog import GPUModel, Interconnect
 
 
 class Strict(BaseModel):
@@ -128,6 +128,24 @@ class Burst(Strict):
     vpn_asn: int = Field(65000, ge=1, le=4294967295, description="BGP ASN of the on-prem VPN endpoint")
 
 
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
+class Performance(Strict):
+    """What the admission gate's perf part demands: a share of the figures the plan expects."""
+
+    threshold: Share = Field(0.8, description="share of every expected figure a node must reach")
+    allreduce: Share | None = Field(None, description="NCCL all-reduce bus bandwidth; default: threshold")
+    memory_copy: Share | None = Field(None, description="GPU memory copy bandwidth; default: threshold")
+    host_device: Share | None = Field(None, description="host<->device copy bandwidth; default: threshold")
+    matmul: Share | None = Field(None, description="16-bit matmul throughput; default: threshold")
+    python: str = Field(
+        "python3",
+        pattern=r"^(python3|/[A-Za-z0-9._/-]+)$",
+        description="the interpreter on GPU nodes that imports torch (python3 or an absolute path)",
+    )
+
+
 class Site(Strict):
     name: Hostname
     environment: Literal["lab", "dev", "staging", "prod", "dr"]
@@ -138,6 +156,7 @@ class Site(Strict):
     ceph: Ceph | None = None
     serving: Serving | None = None
     burst: Burst | None = None
+    performance: Performance = Performance()
 
 
 # --- software bill of materials ---------------------------------------------------------
@@ -190,6 +209,9 @@ class Bom(Strict):
 class Gpu(Strict):
     model: GPUModel
     count: int = Field(ge=1, le=16)
+    interconnect: Interconnect | None = Field(
+        None, description="how the GPUs reach each other; default: the GPU model's usual board"
+    )
 
 
 class ManagementNic(Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gpufleet.model.catalog import GPU_CATALOG, Architecture
 from gpufleet.model.site import Inventory, Node, Role, Taint
 from gpufleet.plan.node import Frozen, Mount, RaidArray, RdmaPort, plan_node
+from gpufleet.plan.perf import PerfPlan
 
 # A power limit below this share of the board's TDP means someone capped the GPU.
 MIN_POWER_LIMIT_SHARE = 0.8
@@ -54,6 +55,7 @@ class HostExpect(Frozen):
     network: NetworkExpect
     storage: StorageExpect
     kubernetes: KubernetesExpect | None
+    perf: PerfPlan | None
 
 
 def host_expectations(inv: Inventory, node: Node) -> HostExpect:
@@ -97,4 +99,5 @@ def host_expectations(inv: Inventory, node: Node) -> HostExpect:
         )
         if in_cluster
         else None,
+        perf=plan.perf,
     )

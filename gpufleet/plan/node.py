@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gpufleet.model.catalog import GPU_CATALOG
 from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
+from gpufleet.plan.perf import PerfPlan, plan_perf
 
 # Nodes register tainted and stay so until the admission gate (host verification) passes and an
 # operator admits them. Registration only: it is not part of a node's steady state, so re-running
@@ -120,6 +121,8 @@ class NodePlan(Frozen):
     ceph_osd_devices: list[str]
     labels: dict[str, str]
     taints: list[Taint]
+    # What the node must measure (GPU nodes): expected figures and the gate's thresholds.
+    perf: PerfPlan | None
 
     @property
     def registration_taints(self) -> list[Taint]:
@@ -157,6 +160,7 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         ceph_osd_devices=list(node.disks.ceph_osd),
         labels=labels(inv, node),
         taints=[*node.taints, *([GPU_TAINT] if node.gpu else [])],
+        perf=plan_perf(inv, node),
     )
 
 

@@ -46,7 +46,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     (
                         m.name
                         for m in item.iter_markers()
-                        if m.name in {"gpu", "network", "storage", "kubernetes"}
+                        if m.name in {"gpu", "network", "storage", "kubernetes", "perf"}
                     ),
                     "",
                 ),

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 
-PARTS = ("gpu", "network", "storage", "kubernetes")
+PARTS = ("gpu", "network", "storage", "kubernetes", "perf")
 
 
 class CheckResult(BaseModel):

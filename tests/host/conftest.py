@@ -22,7 +22,7 @@ Run = Callable[[str], str]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for part in ("gpu", "network", "storage", "kubernetes"):
+    for part in ("gpu", "network", "storage", "kubernetes", "perf"):
         config.addinivalue_line("markers", f"{part}: host checks of the {part} part")
     config.addinivalue_line(
         "markers", "cluster: checks that need the node's clusters (Kubernetes membership, Ceph health)"

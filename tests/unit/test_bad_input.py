@@ -131,6 +131,36 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "site.burst.instance_types[0]",
         "unknown GPU instance type",
     ),
+    (
+        "perf threshold 0",
+        _set("site.performance", {"threshold": 0}),
+        "site.performance.threshold",
+        "greater than 0",
+    ),
+    (
+        "perf threshold above 1",
+        _set("site.performance", {"allreduce": 1.2}),
+        "site.performance.allreduce",
+        "less than or equal to 1",
+    ),
+    (
+        "probe interpreter with a shell word",
+        _set("site.performance", {"python": "python3; rm -rf /"}),
+        "site.performance.python",
+        "should match pattern",
+    ),
+    (
+        "8 GPUs on direct NVLink",
+        _set("nodes[3].gpu.interconnect", "nvlink"),
+        "nodes[3].gpu.interconnect",
+        "unknown topology nvlink: direct NVLink joins a pair of GPUs",
+    ),
+    (
+        "unknown interconnect",
+        _set("nodes[3].gpu.interconnect", "fabric"),
+        "nodes[3].gpu.interconnect",
+        "nvswitch",
+    ),
 ]
 
 
