@@ -21,6 +21,7 @@ from gpufleet.inventory.stacks import load_stack, stack_names
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import RdmaPort, plan_node
+from gpufleet.plan.perf import Figure, PerfPlan
 from gpufleet.plan.site import plan_site
 
 app = typer.Typer(
@@ -156,7 +157,25 @@ def plan_node_cmd(
     table.add_row("taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
     extra = [t for t in plan.registration_taints if t not in plan.taints]
     table.add_row("at join", "\n".join(f"{t.key}={t.value}:{t.effect} (until admitted)" for t in extra))
+    table.add_row("perf", _perf_rows(plan.perf) if plan.perf else "-")
     out.print(table)
+
+
+def _perf_rows(perf: PerfPlan) -> str:
+    """Expected figures and the gate's minimum (expected x the site's share) for each."""
+
+    def row(what: str, f: Figure, unit: str) -> str:
+        return f"{what}: >= {f.minimum:.4g} {unit} ({f.share:g} x {f.expected:.4g})"
+
+    lines = [f"{perf.gpus} GPUs, {perf.interconnect}"]
+    lines += [row(f"all-reduce {a.bytes >> 20} MiB busbw", a, "GB/s") for a in perf.allreduce_gb_s]
+    lines += [
+        row("memory copy per GPU", perf.memory_copy_tb_s, "TB/s"),
+        row("host<->device per GPU", perf.host_device_gb_s, "GB/s"),
+        row(f"{perf.matmul_dtype} matmul per GPU", perf.matmul_tflops, "TFLOP/s"),
+        f"SM clock under load >= {perf.min_load_clock_share:g} x max; probe bounded at {perf.deadline_s} s",
+    ]
+    return "\n".join(lines)
 
 
 def _rdma_port(p: RdmaPort) -> str:

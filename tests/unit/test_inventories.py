@@ -10,11 +10,11 @@ from gpufleet.model.site import Role
 from tests.conftest import SITES
 
 # Described to be verified (gpufleet verify), not deployed: the accelerator machine.
-VERIFY_ONLY = {"h100"}
+VERIFY_ONLY = {"h100", "h200x2"}
 
 
 def test_the_sites_ship() -> None:
-    assert SITES == ["dc1", "dc1-dr", "h100", "lab"]
+    assert SITES == ["dc1", "dc1-dr", "h100", "h200x2", "lab"]
 
 
 @pytest.mark.parametrize("site", SITES)

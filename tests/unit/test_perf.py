@@ -154,7 +154,7 @@ def test_a_slow_gpu_and_a_throttled_gpu_fail_with_their_figures(h200x2: PerfPlan
         "GPU 1 host-to-device copy: 13.8 GB/s, expected >= 43.8 (0.8 x 54.8)"
     ]
     assert judge_clocks(run, h200x2) == [
-        "GPU 1 under load: SM clock down to 705 MHz of 1980 (expected >= 1188), clock-event reasons 0x44 "
+        "GPU 1 under load: SM clock down to 705 MHz of 1980 (expected >= 990), clock-event reasons 0x44 "
         "(HW thermal slowdown) over 1 samples"
     ]
 
@@ -190,3 +190,34 @@ def test_probe_command_carries_the_probe_and_its_bounds(h200x2: PerfPlan) -> Non
         in command
     )
     assert "timeout 65 python3" in command and command.endswith('rm -f "$f"; exit $rc')
+
+
+def test_a_gpu_stuck_at_low_clocks_fails_without_any_slowdown_reason(h200x2: PerfPlan) -> None:
+    doc = json.loads(recorded("probe.json"))
+    start, end = doc["results"][0]["matmul"]["window"]
+    doc["clocks"] = [
+        {"t": start + 1, "line": "0, 1425, 1980, 0x0000000000000004, 690.0, 55"},
+        {"t": start + 1, "line": "1, 345, 1980, 0x0000000000000002, 120.0, 40"},
+        # Outside the load window: idle clocks there are no fault.
+        {"t": end + 5, "line": "0, 345, 1980, 0x0000000000000001, 78.0, 34"},
+    ]
+    assert judge_clocks(parse_probe(json.dumps(doc)), h200x2) == [
+        "GPU 1 under load: SM clock down to 345 MHz of 1980 (expected >= 990), clock-event reasons 0x2 over 1 samples"
+    ]
+
+
+def test_plan_node_shows_the_thresholds() -> None:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    result = CliRunner().invoke(app, ["plan-node", "h200x2", "h200x2-1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for line in (
+        "2 GPUs, nvswitch: 18x NVLink 4 (450 GB/s each way)",
+        "all-reduce 64 MiB busbw: >= 216.5 GB/s (0.8 x 270.7)",
+        "memory copy per GPU: >= 3.379 TB/s (0.8 x 4.224)",
+        "host<->device per GPU: >= 43.85 GB/s (0.8 x 54.81)",
+        "bfloat16 matmul per GPU: >= 538 TFLOP/s (0.8 x 672.5)",
+    ):
+        assert line in result.stdout

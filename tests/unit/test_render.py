@@ -115,7 +115,8 @@ def test_schema_accepts_every_site_and_rejects_typos(tmp_path: Path) -> None:
 def test_json_inventory_round_trips() -> None:
     result = CliRunner().invoke(app, ["inventory", "dc1", "--format", "json"])
     assert result.exit_code == 0
-    assert yaml.safe_load(result.stdout)["nodes"][3]["gpu"] == {"model": "H100-SXM-80GB", "count": 8}
+    gpu = {"model": "H100-SXM-80GB", "count": 8, "interconnect": None}
+    assert yaml.safe_load(result.stdout)["nodes"][3]["gpu"] == gpu
 
 
 def test_plan_node_json_has_the_digest() -> None:
