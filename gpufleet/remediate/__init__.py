@@ -1,0 +1,1 @@
+"""Remediation: a GPU fault seen in service takes the node out; the admission gate brings it back."""

@@ -1,0 +1,158 @@
+"""Take a faulted GPU node out of service through the Kubernetes API, and back only through the gate.
+
+Each round: cordon the node, taint it `gpufleet.io/unverified` (NoSchedule, the taint it registered
+with), and evict its pods through the eviction API, which refuses (429) what the serving
+PodDisruptionBudget does not allow: such a pod stays and is tried again next round, so the drain
+never takes more replicas than the budget. DaemonSet and mirror pods stay, as with kubectl drain.
+`admit` lifts the taint and the cordon only for a passing admission-gate report of that node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gpufleet.plan.node import READINESS_TAINT
+from gpufleet.remediate.faults import Fault, by_node
+from gpufleet.verify.runner import VerifyReport
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass
+class Round:
+    node: str
+    reasons: list[str]
+    cordoned: bool = False
+    tainted: bool = False
+    evicted: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # the disruption budget said not yet
+
+    @property
+    def drained(self) -> bool:
+        return not self.blocked
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.faults = Counter("gpufleet_remediation_faults", "GPU faults seen, by kind", ["kind"], registry=r)
+        self.cordons = Counter("gpufleet_remediation_cordons", "nodes cordoned for a GPU fault", registry=r)
+        self.evictions = Counter(
+            "gpufleet_remediation_evictions", "pod evictions, by result", ["result"], registry=r
+        )
+        self.quarantined = Gauge(
+            "gpufleet_remediation_quarantined_nodes", "nodes out of service until the gate passes", registry=r
+        )
+        self.pods_left = Gauge(
+            "gpufleet_remediation_pods_left", "pods the budget keeps on a faulted node", ["node"], registry=r
+        )
+        self.admissions = Counter(
+            "gpufleet_remediation_admissions",
+            "nodes returned to service, by gate result",
+            ["result"],
+            registry=r,
+        )
+
+
+class Remediator:
+    def __init__(self, core: Any, metrics: Metrics | None = None) -> None:
+        self.core = core  # kubernetes.client.CoreV1Api
+        self.metrics = metrics or Metrics()
+        self.quarantined: set[str] = set()
+
+    def reconcile(self, faults: list[Fault]) -> list[Round]:
+        rounds = []
+        for node, found in sorted(by_node(faults).items()):
+            for fault in found:
+                self.metrics.faults.labels(fault.kind).inc()
+            rounds.append(self.quarantine(node, [f.reason for f in found]))
+        # Nodes taken out earlier keep draining until the budget lets their last pod go.
+        for node in sorted(self.quarantined - {r.node for r in rounds}):
+            rounds.append(self.quarantine(node, []))
+        self.metrics.quarantined.set(len(self.quarantined))
+        return rounds
+
+    def quarantine(self, node: str, reasons: list[str]) -> Round:
+        done = Round(node, reasons)
+        cordoned = self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type=MERGE_PATCH)
+        if node not in self.quarantined:
+            self.metrics.cordons.inc()
+            done.cordoned = True
+        self.quarantined.add(node)
+        taints = list(cordoned.spec.taints or [])
+        if not any(t.key == READINESS_TAINT.key for t in taints):
+            ours = {
+                "key": READINESS_TAINT.key,
+                "value": READINESS_TAINT.value,
+                "effect": READINESS_TAINT.effect,
+            }
+            value = [self.core.api_client.sanitize_for_serialization(t) for t in taints] + [ours]
+            # The test on the version makes the whole-list write lose to a concurrent change
+            # (the node controller adds its own unschedulable taint) instead of undoing it.
+            version = cordoned.metadata.resource_version
+            patch = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                {"op": "add", "path": "/spec/taints", "value": value},
+            ]
+            self.core.patch_node(node, patch, _content_type=JSON_PATCH)
+            done.tainted = True
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        for pod in pods:
+            if not _evictable(pod):
+                continue
+            name, namespace = pod.metadata.name, pod.metadata.namespace
+            body = {
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": name, "namespace": namespace},
+            }
+            try:
+                self.core.create_namespaced_pod_eviction(name, namespace, body)
+            except ApiException as exc:
+                if exc.status == 429:
+                    done.blocked.append(f"{namespace}/{name}")
+                    self.metrics.evictions.labels("blocked").inc()
+                    continue
+                if exc.status == 404:
+                    continue
+                raise
+            done.evicted.append(f"{namespace}/{name}")
+            self.metrics.evictions.labels("evicted").inc()
+        self.metrics.pods_left.labels(node).set(len(done.blocked))
+        return done
+
+    def admit(self, node: str, report: VerifyReport) -> bool:
+        """Back into service only after the gate passed on this node: taint off, then uncordon."""
+        passed = report.ok and node in report.hosts and all(r.host == node for r in report.results)
+        self.metrics.admissions.labels("passed" if passed else "refused").inc()
+        if not passed:
+            return False
+        current = self.core.read_node(node)
+        for index, taint in enumerate(current.spec.taints or []):
+            if taint.key == READINESS_TAINT.key:
+                patch = [
+                    {"op": "test", "path": f"/spec/taints/{index}/key", "value": READINESS_TAINT.key},
+                    {"op": "remove", "path": f"/spec/taints/{index}"},
+                ]
+                self.core.patch_node(node, patch, _content_type=JSON_PATCH)
+                break
+        self.core.patch_node(node, {"spec": {"unschedulable": False}}, _content_type=MERGE_PATCH)
+        self.quarantined.discard(node)
+        self.metrics.pods_left.labels(node).set(0)
+        self.metrics.quarantined.set(len(self.quarantined))
+        return True
+
+
+def _evictable(pod: Any) -> bool:
+    owners = pod.metadata.owner_references or []
+    return (
+        not any(o.kind == "DaemonSet" for o in owners)
+        and "kubernetes.io/config.mirror" not in (pod.metadata.annotations or {})
+        and pod.status.phase not in {"Succeeded", "Failed"}
+    )
