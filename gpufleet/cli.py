@@ -299,6 +299,10 @@ from gpufleet.burst.cli import burst_app  # noqa: E402  (its commands use the he
 app.add_typer(burst_app, name="burst")
 
 
+from gpufleet.remediate.cli import remediate_app  # noqa: E402
+
+app.add_typer(remediate_app, name="remediate")
+
 from gpufleet.preview.cli import register as register_plan  # noqa: E402
 
 register_plan(app)

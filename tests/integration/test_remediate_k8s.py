@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from prometheus_client import generate_latest
 
@@ -182,3 +183,60 @@ def test_the_node_returns_only_after_a_passing_gate(api: tuple[StandIn, k8s.Core
     assert remediator.quarantined == set()
     assert _metric(metrics, 'gpufleet_remediation_admissions_total{result="refused"} 2.0')
     assert _metric(metrics, "gpufleet_remediation_quarantined_nodes 0.0")
+
+
+def test_the_controller_command_takes_a_node_out_from_its_kernel_log(
+    api: tuple[StandIn, k8s.CoreV1Api], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    stand_in, core = api
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": core.api_client.configuration.host}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    log = tmp_path / "gpu01.log"
+    real = (REPO / "tests" / "fixtures" / "h200x2" / "dmesg-nvrm.txt").read_text()
+    log.write_text(
+        real
+        + "[ 5120.418112] NVRM: Xid (PCI:0000:00:07): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
+    )
+    args = ["remediate", "run", "--kernel-log", f"gpu01={log}", "--rounds", "1", "--metrics-port", "0"]
+    result = CliRunner().invoke(app, [*args, "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "gpu01: GPU PCI:0000:00:07: Xid 79 (GPU has fallen off the bus); evicted 0, kept by the disruption budget 2"
+        in result.stdout
+    )
+    assert [r[:2] for r in stand_in.requests[:2]] == [("PATCH", "/api/v1/nodes/gpu01")] * 2
+
+
+def test_admit_keeps_a_node_out_when_the_gate_fails(
+    api: tuple[StandIn, k8s.CoreV1Api], tmp_path: Path
+) -> None:
+    """The real gate on this machine, which has no GPU: it fails, and the API is never asked."""
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    stand_in, _ = api
+    result = CliRunner().invoke(
+        app, ["remediate", "admit", "h200x2", "h200x2-1", "--local", "--kubeconfig", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 1
+    assert (
+        "h200x2-1 stays out of service: the gate failed (test_driver_loaded_at_the_bom_version: "
+        in result.stdout
+    )
+    assert stand_in.requests == []
