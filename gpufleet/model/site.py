@@ -232,6 +232,9 @@ class RdmaNic(Strict):
     mtu: int = 4096
     gid_index: int = Field(0, ge=0, le=255)
     ip: IPv4Address | None = None
+    rate_gbps: Literal[25, 50, 100, 200, 400, 800] = Field(
+        400, description="the link's planned rate (NDR and 400GbE: 400); the inter-node check expects it"
+    )
 
     @field_validator("mtu")
     @classmethod

@@ -55,6 +55,10 @@ MIN_LOAD_CLOCK_SHARE = 0.5
 # hardware slowdown, software thermal slowdown, hardware thermal slowdown, hardware power brake.
 FAILING_CLOCK_EVENTS = {0x8: "HW slowdown", 0x20: "SW thermal slowdown", 0x40: "HW thermal slowdown",
                         0x80: "HW power brake"}  # fmt: skip
+# ib_write_bw between two nodes, large messages, several QPs: NDR 394.4 of 400 Gb/s and 100 GbE
+# RoCE 98.0 of 100 (tests/fixtures/rdma) are 0.98; 0.95 leaves room for the fabric's own overhead.
+RDMA_WRITE_EFFICIENCY = 0.95
+RDMA_BASE_PORT = 18515  # perftest's default port
 # The probe's own bound: the perf part stays well under a minute per node.
 PROBE_DEADLINE_S = 45
 
@@ -67,6 +71,22 @@ class Figure(Frozen):
 
 class AllReduceFigure(Figure):
     bytes: int
+
+
+class RdmaLink(Figure):
+    """One HCA of this node against the same-numbered HCA of the peer (Gb/s)."""
+
+    device: str
+    peer_device: str
+    gid_index: int
+    peer_gid_index: int
+    port: int  # ib_write_bw's TCP port for the handshake: one per link, so links never collide
+
+
+class RdmaPeer(Frozen):
+    host: str
+    address: str  # the peer's management address: ib_write_bw's handshake
+    links: list[RdmaLink]
 
 
 class PerfPlan(Frozen):
@@ -82,6 +102,9 @@ class PerfPlan(Frozen):
     failing_clock_events: dict[int, str]
     python: str
     deadline_s: int
+    # Inter-node: RDMA writes to the next GPU node with RDMA (in hostname order, a ring, so every
+    # node is measured once each way); none where the node has no RDMA or no such peer.
+    rdma_peer: RdmaPeer | None
 
 
 def ring_busbw_gb_s(link_gb_s: float, interconnect: Interconnect, size: int) -> float:
@@ -134,4 +157,28 @@ def plan_perf(inv: Inventory, node: Node) -> PerfPlan | None:
         failing_clock_events=FAILING_CLOCK_EVENTS,
         python=perf.python,
         deadline_s=PROBE_DEADLINE_S,
+        rdma_peer=rdma_peer(inv, node, perf.threshold),
     )
+
+
+def rdma_peer(inv: Inventory, node: Node, share: float) -> RdmaPeer | None:
+    ring = sorted((n for n in inv.nodes if n.gpu is not None and n.nics.rdma), key=lambda n: n.hostname)
+    if node not in ring or len(ring) < 2:
+        return None
+    peer = ring[(ring.index(node) + 1) % len(ring)]
+    links = []
+    for i, (nic, peer_nic) in enumerate(zip(node.nics.rdma, peer.nics.rdma, strict=False)):
+        expected = min(nic.rate_gbps, peer_nic.rate_gbps) * RDMA_WRITE_EFFICIENCY
+        links.append(
+            RdmaLink(
+                device=nic.device,
+                peer_device=peer_nic.device,
+                gid_index=nic.gid_index,
+                peer_gid_index=peer_nic.gid_index,
+                port=RDMA_BASE_PORT + i,
+                expected=round(expected, 3),
+                share=share,
+                minimum=round(expected * share, 3),
+            )
+        )
+    return RdmaPeer(host=peer.hostname, address=str(peer.management_ip), links=links)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpufleet.plan.perf import Figure, PerfPlan
+from gpufleet.plan.perf import Figure, PerfPlan, RdmaLink, RdmaPeer
 
 PROBE = Path(__file__).with_name("probe.py")
 # The probe's own deadline stops its ranks; this outer one stops a probe that hangs before it.
@@ -252,3 +252,42 @@ def judge_topology(links: dict[tuple[int, int], str], plan: PerfPlan) -> list[st
             if found != want:
                 out.append(f"GPU {a} <-> GPU {b}: expected {want} ({plan.interconnect}), found {found}")
     return out
+
+
+# Large writes on several queue pairs for a few seconds: the link's rate, not one QP's.
+IB_WRITE_BW = "ib_write_bw -d {device} -x {gid} -p {port} -F --report_gbits -s 1048576 -q 4 -D 3"
+IB_WRITE_BW_DEADLINE_S = 20
+
+
+def ib_write_bw_commands(link: RdmaLink, peer: RdmaPeer) -> tuple[str, str]:
+    """(server, run on the peer in the background; client, run on the node under test)."""
+    server = IB_WRITE_BW.format(device=link.peer_device, gid=link.peer_gid_index, port=link.port)
+    client = IB_WRITE_BW.format(device=link.device, gid=link.gid_index, port=link.port)
+    return (
+        f"nohup timeout {IB_WRITE_BW_DEADLINE_S} {server} >/dev/null 2>&1 &",
+        f"sleep 1; timeout {IB_WRITE_BW_DEADLINE_S} {client} {shlex.quote(peer.address)}",
+    )
+
+
+def parse_ib_write_bw(text: str) -> float:
+    """BW average (Gb/s) of the last result row under perftest's `#bytes ... BW average[Gb/sec]` header."""
+    header: list[str] | None = None
+    average: float | None = None
+    for line in text.splitlines():
+        if "BW average[Gb/sec]" in line:
+            header = re.split(r"\s{2,}", line.strip().lstrip("#").strip())
+            header = ["bytes", *header[1:]]
+            continue
+        cells = line.split()
+        if header and cells and cells[0].isdigit() and len(cells) >= len(header):
+            average = float(cells[header.index("BW average[Gb/sec]")])
+    if average is None:
+        raise ValueError(f"no ib_write_bw result (with --report_gbits) in {text.strip()[-300:]!r}")
+    return average
+
+
+def judge_rdma(link: RdmaLink, peer: RdmaPeer, gb_s: float) -> list[str]:
+    if gb_s >= link.minimum:
+        return []
+    what = f"RDMA write {link.device} -> {peer.host}:{link.peer_device}"
+    return [_below(what, gb_s, link, "Gb/s")]

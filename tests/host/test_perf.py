@@ -10,17 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import testinfra
 
 from gpufleet.plan.expect import HostExpect
 from gpufleet.plan.perf import PerfPlan
 from gpufleet.verify.perf import (
     ProbeRun,
+    ib_write_bw_commands,
     judge_allreduce,
     judge_clocks,
     judge_host_device,
     judge_matmul,
     judge_memory_copy,
+    judge_rdma,
     judge_topology,
+    parse_ib_write_bw,
     parse_probe,
     parse_topo_links,
     probe_command,
@@ -82,3 +86,22 @@ def test_matmul_throughput(probe: ProbeRun, want: PerfPlan) -> None:
 
 def test_clocks_under_load(probe: ProbeRun, want: PerfPlan) -> None:
     _passes(judge_clocks(probe, want))
+
+
+def test_rdma_write_bandwidth_to_the_peer_node(
+    run: Run, want: PerfPlan, request: pytest.FixtureRequest
+) -> None:
+    """Inter-node: ib_write_bw from each HCA to the same-numbered HCA of the plan's peer node."""
+    peer = want.rdma_peer
+    if peer is None:
+        not_planned("RDMA to another GPU node")
+    assert peer is not None
+    other = testinfra.get_host(
+        f"ansible://{peer.host}", ansible_inventory=request.config.option.ansible_inventory
+    )
+    failures = []
+    for link in peer.links:
+        server, client = ib_write_bw_commands(link, peer)
+        other.run(server)
+        failures += judge_rdma(link, peer, parse_ib_write_bw(run(client)))
+    _passes(failures)

@@ -17,12 +17,15 @@ from gpufleet.plan.perf import MIB, PerfPlan, plan_perf, ring_busbw_gb_s
 from gpufleet.verify.perf import (
     allreduce_busbw,
     clocks_under_load,
+    ib_write_bw_commands,
     judge_allreduce,
     judge_clocks,
     judge_host_device,
     judge_matmul,
     judge_memory_copy,
+    judge_rdma,
     judge_topology,
+    parse_ib_write_bw,
     parse_probe,
     parse_topo_links,
     probe_command,
@@ -221,3 +224,60 @@ def test_plan_node_shows_the_thresholds() -> None:
         "bfloat16 matmul per GPU: >= 538 TFLOP/s (0.8 x 672.5)",
     ):
         assert line in result.stdout
+
+
+RDMA = Path(__file__).resolve().parents[1] / "fixtures" / "rdma"
+
+
+def test_rdma_peers_form_a_ring_over_the_gpu_nodes(dc1: dict[str, Any]) -> None:
+    inv = Inventory.model_validate(dc1)
+    gpu_nodes = sorted(n.hostname for n in inv.nodes if n.gpu is not None)
+    peers = {}
+    for name in gpu_nodes:
+        plan = plan_perf(inv, inv.node(name))
+        assert plan is not None and plan.rdma_peer is not None
+        peers[name] = plan.rdma_peer.host
+    # Every GPU node measures one link set and is measured by one: a single cycle.
+    assert sorted(peers.values()) == gpu_nodes and peers[gpu_nodes[-1]] == gpu_nodes[0]
+    link = plan_perf(inv, inv.node(gpu_nodes[0])).rdma_peer.links[0]  # type: ignore[union-attr]
+    # NDR 400 Gb/s (the default rate): 0.95 expected, 0.8 of that required.
+    assert (link.expected, link.minimum, link.port) == (380.0, 304.0, 18515)
+
+
+def test_no_rdma_peer_without_rdma_or_a_second_node(dc1: dict[str, Any]) -> None:
+    assert _plan(site_data("h200x2")).rdma_peer is None
+    inv = Inventory.model_validate(dc1)
+    storage = next(n for n in inv.nodes if n.gpu is None)
+    assert plan_perf(inv, storage) is None
+
+
+def test_rdma_rate_and_commands(dc1: dict[str, Any]) -> None:
+    for nic in dc1["nodes"][4]["nics"]["rdma"]:
+        nic["rate_gbps"] = 200
+    inv = Inventory.model_validate(dc1)
+    peer = plan_perf(inv, inv.nodes[3]).rdma_peer  # type: ignore[union-attr]
+    assert peer is not None and peer.host == dc1["nodes"][4]["hostname"]
+    # The slower end of the link sets the figure.
+    assert peer.links[0].expected == 190.0
+    server, client = ib_write_bw_commands(peer.links[0], peer)
+    assert server == (
+        "nohup timeout 20 ib_write_bw -d mlx5_0 -x 0 -p 18515 -F --report_gbits -s 1048576 -q 4 -D 3 >/dev/null 2>&1 &"
+    )
+    assert client == (
+        f"sleep 1; timeout 20 ib_write_bw -d mlx5_0 -x 0 -p 18515 -F --report_gbits -s 1048576 -q 4 -D 3 {peer.address}"
+    )
+
+
+def test_ib_write_bw_from_recorded_outputs(dc1: dict[str, Any]) -> None:
+    assert parse_ib_write_bw((RDMA / "ib_write_bw-ndr.txt").read_text()) == 394.40
+    assert parse_ib_write_bw((RDMA / "ib_write_bw-roce-100g.txt").read_text()) == 98.03
+    with pytest.raises(ValueError, match="no ib_write_bw result"):
+        parse_ib_write_bw(" Couldn't connect to 10.40.1.22:18515\nUnable to init the socket connection\n")
+    inv = Inventory.model_validate(dc1)
+    peer = plan_perf(inv, inv.nodes[3]).rdma_peer  # type: ignore[union-attr]
+    assert peer is not None
+    assert judge_rdma(peer.links[0], peer, 394.40) == []
+    # A 400 Gb/s link that trained at 100 (HDR cable, a bad port) writes at the 100 GbE figure.
+    assert judge_rdma(peer.links[0], peer, 98.03) == [
+        f"RDMA write mlx5_0 -> {peer.host}:mlx5_0: 98 Gb/s, expected >= 304 (0.8 x 380)"
+    ]
