@@ -19,7 +19,7 @@ from components.platform import (
     TerminationHandlerArgs,
 )
 from components.serving import DeepSeekServing, DeepSeekServingArgs
-from gpufleet.inventory.stacks import Stack
+from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.plan.aws import plan_burst
 from gpufleet.plan.k8s import (
     alert_rules,
@@ -90,7 +90,9 @@ def burst(stack: Stack, source: str) -> None:
     inv = stack.inventory
     assert stack.config.onprem_stack is not None  # load_stack requires it for a burst stack
     aws_plan = plan_burst(inv, stack.config, source)
-    onprem_outputs = pulumi.StackReference(stack.config.onprem_stack)
+    onprem_outputs = pulumi.StackReference(
+        qualified_stack(stack.config.onprem_stack, pulumi.get_organization(), pulumi.get_project())
+    )
     spot = SpotBurst(
         "burst",
         SpotBurstArgs(
