@@ -26,10 +26,12 @@ from gpufleet.plan.k8s import (
     burst_workload,
     ceph_monitors,
     grafana_dashboard,
+    nic_cluster_policy,
     onprem_workload,
     platform_charts,
     rbd_pool,
     termination_handler_chart,
+    triton_pod_monitor,
 )
 from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
@@ -63,6 +65,7 @@ def onprem(stack: Stack) -> None:
         KubernetesPlatformArgs(
             kubeconfig=cluster.kubeconfig,
             charts=platform_charts(inv, plan),
+            custom_resources=[cr for cr in (nic_cluster_policy(inv), triton_pod_monitor()) if cr is not None],
             ceph=ceph,
             alert_rules=alert_rules(plan),
             dashboard_json=grafana_dashboard(plan),

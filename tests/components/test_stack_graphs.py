@@ -31,13 +31,13 @@ from gpufleet.plan.node import NVIDIA_RUNTIME, plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.plan.triton import model_config
 from gpufleet.preview.program import UNKNOWN, Graph, Registration, Secret, reveal
+from tests.crds import known_kinds, validate_custom
 
 STACKS = stack_names()
 ONPREM = [s for s in STACKS if s != "burst-prod"]
 NOT_K8S_OBJECTS = ("kubernetes:helm.sh/v3:Release",)
-# Custom resources: no official schema. Their metadata and embedded pod templates are validated
-# against the official ones; the rest against the CRD's own structure below.
-CUSTOM_KINDS = {"LeaderWorkerSet", "PrometheusRule"}
+# Custom resources: validated against their upstream CRDs (tests/crds.py).
+CUSTOM_KINDS = {"LeaderWorkerSet", "PrometheusRule", "PodMonitor", "NicClusterPolicy"}
 
 
 def source(stack: Stack) -> str:
@@ -64,6 +64,10 @@ def expected_onprem(stack: Stack) -> Counter[str]:
             "kubernetes:helm.sh/v3:Release": len(charts),
             "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
             "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1,
+            "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
+            "kubernetes:mellanox.com/v1alpha1:NicClusterPolicy": int(
+                any(n.nics.rdma for n in inv.nodes if n.gpu)
+            ),
             "kubernetes:core/v1:ConfigMap": 1,
             "kubernetes:core/v1:Secret": int(storage),
             "kubernetes:storage.k8s.io/v1:StorageClass": int(storage),
@@ -245,67 +249,12 @@ def validate_official(obj: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(obj, version, strict=True)
 
 
-PROMETHEUS_RULE_SPEC = {
-    "type": "object",
-    "required": ["groups"],
-    "additionalProperties": False,
-    "properties": {
-        "groups": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "rules"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "rules": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["alert", "expr"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
-                                "expr": {"type": "string", "minLength": 1},
-                                "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
-                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
-
-
-def validate_custom(obj: dict[str, Any], version: str) -> None:
-    import jsonschema
-
-    # Metadata against the official ObjectMeta schema.
-    validate_official({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, version)
-    if obj["kind"] == "PrometheusRule":
-        jsonschema.validate(obj["spec"], PROMETHEUS_RULE_SPEC)
-        return
-    spec = obj["spec"]
-    assert set(spec) == {"replicas", "startupPolicy", "rolloutStrategy", "leaderWorkerTemplate"}
-    lwt = spec["leaderWorkerTemplate"]
-    assert set(lwt) == {"size", "restartPolicy", "leaderTemplate", "workerTemplate"}
-    assert lwt["size"] >= 2 and spec["replicas"] >= 0
-    for template in (lwt["leaderTemplate"], lwt["workerTemplate"]):
-        validate_official(
-            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template},
-            version,
-        )
-
-
 @pytest.mark.parametrize("name", STACKS)
 def test_every_kubernetes_object_validates_for_the_boms_version(
     name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
 ) -> None:
+    """Built-in kinds against the official schema of the BOM's version, custom resources against
+    their upstream CRDs; unknown fields, wrong types and missing required fields fail both."""
     version = stacks[name].inventory.bom.kubernetes
     objects = k8s_objects(graphs[name])
     want = expected(stacks[name])
@@ -315,7 +264,7 @@ def test_every_kubernetes_object_validates_for_the_boms_version(
     custom = 0
     for r in objects:
         obj = reveal(r.inputs)
-        if obj["kind"] in CUSTOM_KINDS:
+        if (obj["apiVersion"], obj["kind"]) in known_kinds():
             validate_custom(obj, version)
             custom += 1
         else:
