@@ -234,3 +234,60 @@ def test_the_crd_check_refuses_what_the_api_server_would(
     break_it(obj)
     with pytest.raises(jsonschema.ValidationError):
         validate_custom(obj, version)
+
+
+def test_burst_nodes_reach_the_pod_network_and_resolve_the_control_plane(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    stack = stacks["burst-prod"]
+    site = stack.inventory.site
+    graph = graphs["burst-prod"]
+    groups = {r.name: r.inputs for r in graph.by_type("aws:ec2/securityGroup:SecurityGroup")}
+    ingress = groups["burst-nodes"]["ingress"]
+    nodes = str(site.networks.management.cidr)
+    opened = {(i["protocol"], i["fromPort"]) for i in ingress if i.get("cidrBlocks") == [nodes]}
+    assert {("udp", 4789), ("tcp", 179), ("tcp", 5473)} <= opened  # VXLAN, BGP, Typha
+    # Pod CIDRs both ways: on-prem pods through the VPN's static routes; burst pods ride VXLAN
+    # between node addresses the VPN already carries (the VPC range, the management network).
+    routes = {
+        r.inputs["destinationCidrBlock"]
+        for r in graph.by_type("aws:ec2/vpnConnectionRoute:VpnConnectionRoute")
+    }
+    assert {str(site.kubernetes.pod_cidr), nodes} <= routes
+    cni = releases(graphs["dc1-prod"])[CNI_CHART].inputs["values"]["installation"]["calicoNetwork"]["ipPools"]
+    assert [
+        p["encapsulation"] for p in cni if "spot" in p["nodeSelector"] and "!=" not in p["nodeSelector"]
+    ] == ["VXLAN"]
+    # The control-plane name, resolved from the VPC by the site's DNS.
+    host = site.kubernetes.control_plane_endpoint.rsplit(":", 1)[0]
+    (rule,) = graph.by_type("aws:route53/resolverRule:ResolverRule")
+    assert rule.inputs["domainName"] == host and rule.inputs["ruleType"] == "FORWARD"
+    assert [t["ip"] for t in rule.inputs["targetIps"]] == [str(ip) for ip in site.networks.dns]
+    (endpoint,) = graph.by_type("aws:route53/resolverEndpoint:ResolverEndpoint")
+    assert endpoint.inputs["direction"] == "OUTBOUND" and len(endpoint.inputs["ipAddresses"]) == 2
+    egress = groups["burst-resolver"]["egress"]
+    assert {e["protocol"] for e in egress} == {"udp", "tcp"} and all(e["fromPort"] == 53 for e in egress)
+    assert sorted({c for e in egress for c in e["cidrBlocks"]}) == sorted(
+        f"{ip}/32" for ip in site.networks.dns
+    )
+    assert groups["burst-resolver"]["ingress"] == []
+    (association,) = graph.by_type("aws:route53/resolverRuleAssociation:ResolverRuleAssociation")
+    assert association.inputs["resolverRuleId"] and association.inputs["vpcId"]
+
+
+def test_a_burst_site_without_dns_servers_is_bad_input(stacks: dict[str, Stack]) -> None:
+    from gpufleet.model.errors import InputError
+    from gpufleet.plan.aws import plan_burst
+
+    stack = stacks["burst-prod"]
+    inv = stack.inventory.model_copy(
+        update={
+            "site": stack.inventory.site.model_copy(
+                update={"networks": stack.inventory.site.networks.model_copy(update={"dns": []})}
+            )
+        }
+    )
+    with pytest.raises(InputError) as failure:
+        plan_burst(inv, stack.config, "stacks/Pulumi.burst-prod.yaml")
+    assert [p.path for p in failure.value.problems] == [("site", "networks", "dns")]
+

@@ -96,7 +96,7 @@ def expected_onprem(stack: Stack) -> Counter[str]:
 def expected_burst(stack: Stack) -> Counter[str]:
     p = plan_burst(stack.inventory, stack.config, source(stack))
     private = len(p.network.private)
-    return Counter(
+    return +Counter(
         {
             "pulumi:pulumi:StackReference": 1,
             "gpufleet:burst:SpotBurst": 1,
@@ -113,7 +113,10 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:ec2/vpnConnection:VpnConnection": 1,
             "aws:ec2/vpnConnectionRoute:VpnConnectionRoute": len(p.network.onprem_cidrs),
             "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation": 1,
-            "aws:ec2/securityGroup:SecurityGroup": 1,
+            "aws:ec2/securityGroup:SecurityGroup": 1 + int(p.resolver is not None),
+            "aws:route53/resolverEndpoint:ResolverEndpoint": int(p.resolver is not None),
+            "aws:route53/resolverRule:ResolverRule": int(p.resolver is not None),
+            "aws:route53/resolverRuleAssociation:ResolverRuleAssociation": int(p.resolver is not None),
             "aws:ssm/parameter:Parameter": 2,
             "aws:sqs/queue:Queue": 1,
             "aws:sqs/queuePolicy:QueuePolicy": 1,
@@ -395,7 +398,9 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     assert script == p.user_data
     assert p.join_token_parameter in script and "--with-decryption" in script
     assert reveal(graphs["dc1-prod"].outputs["joinToken"]) not in script
-    sg = one(graph, "aws:ec2/securityGroup:SecurityGroup").inputs
+    sg = next(
+        r for r in graph.by_type("aws:ec2/securityGroup:SecurityGroup") if r.name == "burst-nodes"
+    ).inputs
     admin = [i for i in sg["ingress"] if i["fromPort"] in ADMIN_PORTS]
     assert len(admin) == len(ADMIN_PORTS)
     for rule in sg["ingress"]:
