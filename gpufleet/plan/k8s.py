@@ -31,6 +31,8 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 QUEUE_METRIC = "triton_queue_wait_seconds"
 # The HPA holds the mean queue wait at a quarter of the p99 SLO: p99 sits well above the mean.
 QUEUE_TARGET_SLO_FRACTION = 0.25
+# In quiet hours the HPA keeps at least this share of the planned replicas serving.
+HPA_FLOOR_FRACTION = 0.5
 # Weights on disk plus room for a second revision during a rolling update.
 WEIGHTS_DISK_FACTOR = 2.2
 
@@ -95,7 +97,8 @@ class Workload(Frozen):
     rdma: bool
     weights_gib: int
     weights_storage_class: str | None  # None: node-local emptyDir (burst nodes' NVMe)
-    autoscale_max: int | None  # None: replicas follow stack config (burst)
+    autoscale_min: int | None  # the HPA's floor
+    autoscale_max: int | None  # None: no HPA; replicas follow the plan or stack config (burst)
     queue_target_seconds: float
     triton_config: str  # config.pbtxt
 
@@ -502,6 +505,10 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         sum((n.gpu.count // shape.gpus_per_node) for n in inv.nodes if n.gpu and n.gpu.model is shape.gpu)
         // shape.nodes
     )
+    # The HPA scales between a floor under the planned count and every replica the GPUs hold;
+    # where the two meet there is nothing to scale and no HPA.
+    ceiling = max(serving.replicas, capacity)
+    floor = max(1, math.ceil(serving.replicas * HPA_FLOOR_FRACTION))
     return Workload(
         name=serving.model,
         namespace=SERVING_NAMESPACE,
@@ -521,7 +528,8 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
         weights_gib=_weights_gib(serving.model),
         weights_storage_class=STORAGE_CLASS if plan.ceph is not None else None,
-        autoscale_max=max(serving.replicas, capacity),
+        autoscale_min=floor if floor < ceiling else None,
+        autoscale_max=ceiling if floor < ceiling else None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
         triton_config=model_config(serving).pbtxt(),
     )
@@ -560,6 +568,7 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         rdma=False,
         weights_gib=_weights_gib(fleet.model),
         weights_storage_class=None,
+        autoscale_min=None,
         autoscale_max=None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
         triton_config=params.pbtxt(),

@@ -290,4 +290,3 @@ def test_a_burst_site_without_dns_servers_is_bad_input(stacks: dict[str, Stack])
     with pytest.raises(InputError) as failure:
         plan_burst(inv, stack.config, "stacks/Pulumi.burst-prod.yaml")
     assert [p.path for p in failure.value.problems] == [("site", "networks", "dns")]
-

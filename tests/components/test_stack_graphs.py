@@ -354,7 +354,16 @@ def test_serving_runs_the_generated_triton_config(
     hpa = one(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa.inputs["spec"]["scaleTargetRef"]["kind"] == target_kind
     assert [m["pods"]["metric"]["name"] for m in hpa.inputs["spec"]["metrics"]] == [QUEUE_METRIC]
-    assert hpa.inputs["spec"]["minReplicas"] == plan.serving.replicas
+    spec = hpa.inputs["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (workload.autoscale_min, workload.autoscale_max)
+    assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+    assert spec["minReplicas"] <= plan.serving.replicas <= spec["maxReplicas"]
+    # The HPA owns the replica count: the workload Pulumi applies leaves it out.
+    target = one(
+        graph,
+        f"kubernetes:{'leaderworkerset.x-k8s.io/v1:LeaderWorkerSet' if target_kind == 'LeaderWorkerSet' else 'apps/v1:Deployment'}",
+    )
+    assert "replicas" not in target.inputs["spec"]
 
 
 def test_burst_fleet_is_spot_only_over_enough_types_and_bounded(
