@@ -31,6 +31,13 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 QUEUE_METRIC = "triton_queue_wait_seconds"
 # The HPA holds the mean queue wait at a quarter of the p99 SLO: p99 sits well above the mean.
 QUEUE_TARGET_SLO_FRACTION = 0.25
+# How Pulumi awaits serving workloads (its default for a Deployment is 10 minutes). On-prem: a
+# replica downloads and loads hundreds of GiB of weights before it is Ready (the startup probe
+# alone allows 30 minutes), so the await is one hour. Burst: pods wait Pending for Spot nodes
+# that boot for up to `boot_to_serve_s`, and the controller's up must not hold the stack that
+# long; readiness is the controller's to watch, through Prometheus.
+ONPREM_SERVING_AWAIT = {"pulumi.com/timeoutSeconds": "3600"}
+BURST_SERVING_AWAIT = {"pulumi.com/skipAwait": "true"}
 # In quiet hours the HPA keeps at least this share of the planned replicas serving.
 HPA_FLOOR_FRACTION = 0.5
 # Weights on disk plus room for a second revision during a rolling update.

@@ -290,3 +290,25 @@ def test_a_burst_site_without_dns_servers_is_bad_input(stacks: dict[str, Stack])
     with pytest.raises(InputError) as failure:
         plan_burst(inv, stack.config, "stacks/Pulumi.burst-prod.yaml")
     assert [p.path for p in failure.value.problems] == [("site", "networks", "dns")]
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_serving_workloads_are_awaited_as_long_as_they_take(name: str, graphs: dict[str, Graph]) -> None:
+    """Pulumi's default 10-minute await would fail the first up: weights take longer to load, and
+    burst pods wait for Spot nodes to boot."""
+    workloads = [
+        r
+        for r in graphs[name].resources
+        if r.type
+        in ("kubernetes:apps/v1:Deployment", "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    ]
+    if name == "lab":
+        assert not workloads
+        return
+    assert workloads
+    for r in workloads:
+        annotations = r.inputs["metadata"].get("annotations", {})
+        if name == "burst-prod":
+            assert annotations == {"pulumi.com/skipAwait": "true"}
+        else:
+            assert int(annotations["pulumi.com/timeoutSeconds"]) >= 1800  # the startup probe's budget
