@@ -29,8 +29,8 @@ def _k(*keys: str) -> frozenset[str]:
 CHARTS: dict[tuple[str, str], ChartFacts] = {
     ("tigera-operator", "v3.29.2"): ChartFacts(
         source=(
-            "projectcalico/calico v3.29.2 charts/tigera-operator/values.yaml: `installation` is an "
-            "operator.tigera.io/v1 Installation spec plus `enabled` "
+            "projectcalico/calico charts/tigera-operator/values.yaml (docs, not read at the tag): "
+            "`installation` is an operator.tigera.io/v1 Installation spec plus `enabled` "
             "(https://docs.tigera.io/calico/latest/reference/installation/helm_customization, "
             "https://docs.tigera.io/calico/latest/reference/installation/api#installationspec; "
             "manifests/custom-resources.yaml at v3.29.2 for the ipPools fields)"
@@ -49,12 +49,20 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         ),
     ),
     ("node-feature-discovery", "0.17.3"): ChartFacts(
-        source="kubernetes-sigs/node-feature-discovery v0.17.3 deployment/helm/node-feature-discovery/values.yaml",
+        source=(
+            "kubernetes-sigs/node-feature-discovery v0.17.3 deployment/helm/node-feature-discovery/values.yaml "
+            "(read at the tag): master l.18, master.replicaCount l.80, worker l.171, worker.tolerations l.478"
+        ),
         keys=_k("master.replicaCount"),
         opaque=_k("worker.tolerations"),
     ),
     ("kube-prometheus-stack", "70.4.2"): ChartFacts(
-        source="prometheus-community/helm-charts kube-prometheus-stack-70.4.2 charts/kube-prometheus-stack/values.yaml",
+        source=(
+            "prometheus-community/helm-charts kube-prometheus-stack-70.4.2 charts/kube-prometheus-stack/values.yaml "
+            "(read at the tag): grafana.sidecar.dashboards.enabled l.1307, .label l.1308; "
+            "prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues l.4030, serviceMonitor... l.4055, "
+            "podMonitor... l.4078"
+        ),
         keys=_k(
             "prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues",
             "prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues",
@@ -64,12 +72,19 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         ),
     ),
     ("prometheus-adapter", "4.14.1"): ChartFacts(
-        source="prometheus-community/helm-charts prometheus-adapter-4.14.1 charts/prometheus-adapter/values.yaml",
+        source=(
+            "prometheus-community/helm-charts prometheus-adapter-4.14.1 charts/prometheus-adapter/values.yaml "
+            "(read at the tag): prometheus.url l.37, prometheus.port l.38, rules.default l.139, rules.custom l.141"
+        ),
         keys=_k("prometheus.url", "prometheus.port", "rules.default"),
         opaque=_k("rules.custom"),
     ),
     ("ceph-csi-rbd", "3.13.1"): ChartFacts(
-        source="ceph/ceph-csi v3.13.1 charts/ceph-csi-rbd/values.yaml",
+        source=(
+            "ceph/ceph-csi charts/ceph-csi-rbd/values.yaml: the snapshot read has no v3.13.1 tag; its default "
+            "branch (2024-10-22, after 3.12) declares csiConfig l.36 (items: clusterID, monitors), "
+            "storageClass.create l.353, secret.create l.535"
+        ),
         keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
         opaque=_k("csiConfig[].monitors"),
     ),
@@ -114,11 +129,15 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         },
     ),
     ("lws", "0.7.0"): ChartFacts(
-        source="kubernetes-sigs/lws v0.7.0 charts/lws/values.yaml (no values set)",
+        source="kubernetes-sigs/lws v0.7.0 charts/lws: no values set, so no key to check",
         keys=_k(),
     ),
     ("aws-node-termination-handler", "0.27.2"): ChartFacts(
-        source="aws/aws-node-termination-handler chart 0.27.2 config/helm/aws-node-termination-handler/values.yaml",
+        source=(
+            "aws/aws-node-termination-handler v1.25.2 (chart 0.27.2) config/helm/aws-node-termination-handler/"
+            "values.yaml (read at the tag): nodeSelector l.49, tolerations l.53, enableSqsTerminationDraining "
+            "l.141, awsRegion l.176, queueURL l.179, checkTagBeforeDraining l.188"
+        ),
         keys=_k("enableSqsTerminationDraining", "queueURL", "awsRegion", "checkTagBeforeDraining"),
         opaque=_k("nodeSelector", "tolerations"),
     ),
