@@ -166,28 +166,21 @@ def test_triton_pods_are_scraped(name: str, graphs: dict[str, Graph]) -> None:
     onprem = "dc1-prod" if name == "burst-prod" else name
     (monitor,) = of_kind(graphs[onprem], "PodMonitor")
     spec = monitor.inputs["spec"]
-    pods = [
-        t
+    workloads = [
+        r
         for r in graphs[name].resources
         if r.type
         in ("kubernetes:apps/v1:Deployment", "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
-        for t in (
-            [r.inputs["spec"]["template"]]
-            if "template" in r.inputs["spec"]
-            else [r.inputs["spec"]["leaderWorkerTemplate"]["leaderTemplate"]]
-        )
     ]
-    if onprem == "lab" and not pods:
-        return  # the lab serves nothing: the monitor waits for pods
-    assert pods
-    for pod in pods:
-        assert monitor.inputs["metadata"]["namespace"] == next(
-            r.inputs["metadata"]["namespace"]
-            for r in graphs[name].resources
-            if r.type.endswith(":Deployment") or r.type.endswith(":LeaderWorkerSet")
-        )
-        labels = pod["metadata"]["labels"]
-        assert spec["selector"]["matchLabels"].items() <= labels.items()
+    if onprem == "lab":
+        assert not workloads  # the lab serves nothing: the monitor waits for pods
+        return
+    assert workloads
+    for r in workloads:
+        spec_ = r.inputs["spec"]
+        pod = spec_["template"] if "template" in spec_ else spec_["leaderWorkerTemplate"]["leaderTemplate"]
+        assert monitor.inputs["metadata"]["namespace"] == r.inputs["metadata"]["namespace"]
+        assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
         assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics"] and "metrics" in ports
 
