@@ -46,6 +46,8 @@ def site_doc(gpu_nodes: int) -> dict[str, Any]:
     doc = generate_site(total)
     dc1 = yaml.safe_load((HERE.parent / "inventories" / "dc1" / "nodes.yaml").read_text())
     doc["site"]["burst"]["vpn_gateway"] = dc1["site"]["burst"]["vpn_gateway"]
+    # Burst nodes resolve the control-plane name through the site's DNS servers.
+    doc["site"]["networks"]["dns"] = dc1["site"]["networks"]["dns"]
     for key in ("triton_image", "model_revision", "burst_ami", "burst_model_revision"):
         doc["bom"][key] = dc1["bom"][key]
     assert sum("gpu" in n["roles"] for n in doc["nodes"]) == gpu_nodes

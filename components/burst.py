@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from gpufleet.plan.aws import ADMIN_PORTS, TRITON_PORTS, AwsBurstPlan
+from gpufleet.plan.aws import ADMIN_PORTS, CNI_PORTS, DNS_PORT, TRITON_PORTS, AwsBurstPlan
 
 INTERRUPTION_EVENTS = {
     "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
@@ -151,6 +151,17 @@ class SpotBurst(pulumi.ComponentResource):
                 aws.ec2.SecurityGroupIngressArgs(
                     protocol="-1", from_port=0, to_port=0, self=True, description="node to node"
                 ),
+                # The pod network: on-prem nodes are the burst nodes' VXLAN and BGP peers.
+                *(
+                    aws.ec2.SecurityGroupIngressArgs(
+                        protocol=protocol,
+                        from_port=port,
+                        to_port=port,
+                        cidr_blocks=[p.network.node_cidr],
+                        description=f"{what} from on-prem nodes",
+                    )
+                    for protocol, port, what in CNI_PORTS
+                ),
             ],
             egress=[
                 aws.ec2.SecurityGroupEgressArgs(
@@ -160,6 +171,51 @@ class SpotBurst(pulumi.ComponentResource):
             tags=tagged("nodes"),
             opts=child,
         )
+
+        if p.resolver is not None:
+            # The control-plane name lives in the site's DNS: forward it there over the VPN.
+            targets = [f"{ip}/32" for ip in p.resolver.target_ips]
+            resolver_sg = aws.ec2.SecurityGroup(
+                f"{name}-resolver",
+                vpc_id=vpc.id,
+                description="Route 53 Resolver outbound: DNS to the site's servers only",
+                ingress=[],
+                egress=[
+                    aws.ec2.SecurityGroupEgressArgs(
+                        protocol=protocol,
+                        from_port=DNS_PORT,
+                        to_port=DNS_PORT,
+                        cidr_blocks=targets,
+                        description=f"DNS over {protocol} to the site",
+                    )
+                    for protocol in ("udp", "tcp")
+                ],
+                tags=tagged("resolver"),
+                opts=child,
+            )
+            endpoint = aws.route53.ResolverEndpoint(
+                f"{name}-resolver",
+                direction="OUTBOUND",
+                security_group_ids=[resolver_sg.id],
+                # Two addresses in two AZs, as Route 53 Resolver requires.
+                ip_addresses=[aws.route53.ResolverEndpointIpAddressArgs(subnet_id=s.id) for s in private[:2]],
+                tags=tagged("resolver"),
+                opts=child,
+            )
+            rule = aws.route53.ResolverRule(
+                f"{name}-control-plane",
+                domain_name=p.resolver.domain,
+                rule_type="FORWARD",
+                resolver_endpoint_id=endpoint.id,
+                target_ips=[
+                    aws.route53.ResolverRuleTargetIpArgs(ip=ip, port=DNS_PORT) for ip in p.resolver.target_ips
+                ],
+                tags=tagged("control-plane"),
+                opts=child,
+            )
+            aws.route53.ResolverRuleAssociation(
+                f"{name}-control-plane", resolver_rule_id=rule.id, vpc_id=vpc.id, opts=child
+            )
 
         # The join token: a Pulumi secret in state, an SSM SecureString in AWS, never in user data.
         token = aws.ssm.Parameter(

@@ -19,20 +19,42 @@ from components.platform import (
     TerminationHandlerArgs,
 )
 from components.serving import DeepSeekServing, DeepSeekServingArgs
-from gpufleet.inventory.stacks import Stack
+from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.plan.aws import plan_burst
 from gpufleet.plan.k8s import (
+    BURST_SERVING_AWAIT,
+    ONPREM_SERVING_AWAIT,
     alert_rules,
     burst_workload,
     ceph_monitors,
     grafana_dashboard,
+    nic_cluster_policy,
     onprem_workload,
     platform_charts,
     rbd_pool,
     termination_handler_chart,
+    triton_pod_monitor,
 )
 from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
+
+SERVING_WORKLOADS = (
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet",
+)
+
+
+def awaited(annotations: dict[str, str]) -> pulumi.ResourceTransformation:
+    """How Pulumi awaits the serving workload, as its annotations (gpufleet.plan.k8s)."""
+
+    def transform(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        if args.type_ not in SERVING_WORKLOADS:
+            return None
+        meta = dict(args.props.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
+        return pulumi.ResourceTransformationResult({**args.props, "metadata": meta}, args.opts)
+
+    return transform
 
 
 def onprem(stack: Stack) -> None:
@@ -63,6 +85,7 @@ def onprem(stack: Stack) -> None:
         KubernetesPlatformArgs(
             kubeconfig=cluster.kubeconfig,
             charts=platform_charts(inv, plan),
+            custom_resources=[cr for cr in (nic_cluster_policy(inv), triton_pod_monitor()) if cr is not None],
             ceph=ceph,
             alert_rules=alert_rules(plan),
             dashboard_json=grafana_dashboard(plan),
@@ -74,7 +97,11 @@ def onprem(stack: Stack) -> None:
         serving = DeepSeekServing(
             "serving",
             DeepSeekServingArgs(workload=workload),
-            pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform]),
+            pulumi.ResourceOptions(
+                providers=[platform.provider],
+                depends_on=[platform],
+                transformations=[awaited(ONPREM_SERVING_AWAIT)],
+            ),
         )
         pulumi.export("servingService", f"{serving.service_name}.{workload.namespace}.svc")
     pulumi.export("kubeconfig", cluster.kubeconfig)
@@ -90,7 +117,9 @@ def burst(stack: Stack, source: str) -> None:
     inv = stack.inventory
     assert stack.config.onprem_stack is not None  # load_stack requires it for a burst stack
     aws_plan = plan_burst(inv, stack.config, source)
-    onprem_outputs = pulumi.StackReference(stack.config.onprem_stack)
+    onprem_outputs = pulumi.StackReference(
+        qualified_stack(stack.config.onprem_stack, pulumi.get_organization(), pulumi.get_project())
+    )
     spot = SpotBurst(
         "burst",
         SpotBurstArgs(
@@ -110,7 +139,13 @@ def burst(stack: Stack, source: str) -> None:
         in_cluster,
     )
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
-    DeepSeekServing("burst-serving", DeepSeekServingArgs(workload=workload), in_cluster)
+    DeepSeekServing(
+        "burst-serving",
+        DeepSeekServingArgs(workload=workload),
+        pulumi.ResourceOptions.merge(
+            in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
+        ),
+    )
     pulumi.export("asgName", spot.asg_name)
     pulumi.export("queueUrl", spot.queue_url)
     pulumi.export("burstModel", aws_plan.fleet.model)

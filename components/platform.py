@@ -16,12 +16,15 @@ from gpufleet.plan.k8s import (
     SERVING_NAMESPACE,
     STORAGE_CLASS,
     Chart,
+    CustomResource,
 )
 
 CSI_SECRET = "csi-rbd-secret"
 
 
 def helm_release(name: str, chart: Chart, opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
+    """A pinned release. `atomic` waits for its pods and rolls back a failed upgrade; a release
+    whose pods may rightly stay Pending skips the wait (no `atomic`, which implies waiting)."""
     oci = chart.repo.startswith("oci://")
     return k8s.helm.v3.Release(
         name,
@@ -32,7 +35,8 @@ def helm_release(name: str, chart: Chart, opts: pulumi.ResourceOptions) -> k8s.h
             version=chart.version,
             namespace=chart.namespace,
             values=chart.values,
-            atomic=True,
+            atomic=chart.wait,
+            skip_await=not chart.wait,
             cleanup_on_fail=True,
         ),
         opts,
@@ -50,7 +54,8 @@ class CephStorage:
 @dataclass(frozen=True)
 class KubernetesPlatformArgs:
     kubeconfig: pulumi.Input[str]  # a Pulumi secret
-    charts: list[Chart]
+    charts: list[Chart]  # the pod network first
+    custom_resources: list[CustomResource]
     ceph: CephStorage | None
     alert_rules: list[dict[str, object]]
     dashboard_json: str
@@ -92,16 +97,32 @@ class KubernetesPlatform(pulumi.ComponentResource):
             ]
         else:
             charts = list(args.charts)
-        self.releases = {
-            c.name: helm_release(
+        # Nothing schedules before the pod network: every other release waits for it, and for
+        # the releases whose CRDs or objects it needs.
+        self.releases = {}
+        cni = charts[0]
+        for c in charts:
+            needs = [self.releases[n] for n in c.needs]
+            if c is not cni:
+                needs.append(self.releases[cni.name])
+            self.releases[c.name] = helm_release(
                 f"{name}-{c.name}",
                 c,
                 pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=[namespaces[c.namespace]])
+                    child, pulumi.ResourceOptions(depends_on=[namespaces[c.namespace], *needs])
                 ),
             )
-            for c in charts
-        }
+        for cr in args.custom_resources:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{cr.kind.lower()}-{cr.name}",
+                api_version=cr.api_version,
+                kind=cr.kind,
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=cr.name, namespace=cr.namespace),
+                spec=cr.spec,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[self.releases[cr.needs]])
+                ),
+            )
         k8s.scheduling.v1.PriorityClass(
             f"{name}-priority-serving",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=PRIORITY_CLASS),

@@ -181,6 +181,9 @@ class DeepSeekServing(pulumi.ComponentResource):
         )
         after_config = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config]))
         selector = dict(w.labels)
+        # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
+        # would otherwise own it and reset the HPA's count on every up).
+        replicas = {"replicas": w.replicas} if w.autoscale_max is None else {}
         if w.multi_node:
             selector[LWS_LEADER_LABEL] = "0"
             workload: pulumi.CustomResource = k8s.apiextensions.CustomResource(
@@ -189,7 +192,7 @@ class DeepSeekServing(pulumi.ComponentResource):
                 kind="LeaderWorkerSet",
                 metadata={"name": w.name, **meta},
                 spec={
-                    "replicas": w.replicas,
+                    **replicas,
                     "startupPolicy": "LeaderCreated",
                     "rolloutStrategy": {
                         "type": "RollingUpdate",
@@ -210,7 +213,7 @@ class DeepSeekServing(pulumi.ComponentResource):
                 f"{name}-deployment",
                 metadata={"name": w.name, **meta},
                 spec={
-                    "replicas": w.replicas,
+                    **replicas,
                     "selector": {"matchLabels": w.labels},
                     "strategy": {
                         "type": "RollingUpdate",
@@ -246,8 +249,8 @@ class DeepSeekServing(pulumi.ComponentResource):
                 metadata={"name": w.name, **meta},
                 spec={
                     "scaleTargetRef": target,
-                    "minReplicas": max(1, w.replicas),
-                    "maxReplicas": max(1, w.replicas, w.autoscale_max),
+                    "minReplicas": w.autoscale_min,
+                    "maxReplicas": w.autoscale_max,
                     # Queue wait, not GPU utilisation: a busy GPU may still meet the SLO.
                     "metrics": [
                         {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, read_yaml, site_file, validate
+from gpufleet.inventory.project import check_stack_config
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
@@ -20,6 +21,11 @@ class Stack:
     inventory: Inventory
 
 
+def qualified_stack(name: str, organization: str, project: str) -> str:
+    """A StackReference name: `org/project/stack` as given, or a bare stack in this org and project."""
+    return name if name.count("/") == 2 else f"{organization}/{project}/{name}"
+
+
 def stacks_dir() -> Path:
     local = Path("stacks")
     return local if local.is_dir() else REPO_ROOT / "stacks"
@@ -31,11 +37,18 @@ def stack_names() -> list[str]:
     )
 
 
-def load_stack(name: str) -> Stack:
-    path = stacks_dir() / f"Pulumi.{name}.yaml"
+def read_stack_file(path: Path, name: str) -> StackFile:
+    """`Pulumi.<name>.yaml`, checked against the project's `Pulumi.yaml` as the engine checks it."""
     source = display(path)
     stack_file = validate(StackFile, read_yaml(path), source)
-    return stack_from_config(name, stack_file.gpufleet(), source)
+    check_stack_config(path.parent.parent / "Pulumi.yaml", name, stack_file.config, source)
+    return stack_file
+
+
+def load_stack(name: str) -> Stack:
+    path = stacks_dir() / f"Pulumi.{name}.yaml"
+    stack_file = read_stack_file(path, name)
+    return stack_from_config(name, stack_file.gpufleet(), display(path))
 
 
 def stack_from_config(name: str, gpufleet_config: Mapping[str, object], source: str) -> Stack:

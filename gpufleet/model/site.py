@@ -189,8 +189,12 @@ class Bom(Strict):
     containerd: Version
     kubernetes: str = Field(pattern=r"^1\.[0-9]+\.[0-9]+$")
     ceph: Literal["pacific", "quincy", "reef", "squid"] = "reef"
+    # A tag, and the digest the registry reports for it once read there: the digest is never
+    # invented, and the policy pack fails a production stack whose images lack one.
     triton_image: str | None = Field(
-        None, pattern=r"^[a-z0-9./-]+(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$", description="pinned by digest"
+        None,
+        pattern=r"^[a-z0-9./-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$",
+        description="repository:tag, plus @sha256:<digest> as the registry reports it",
     )
     model_revision: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
     burst_ami: str | None = Field(

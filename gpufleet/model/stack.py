@@ -17,9 +17,16 @@ class GpufleetConfig(Strict):
     owner: str = Field(alias="gpufleet:owner", min_length=1)
     cost_center: str = Field(alias="gpufleet:costCenter", min_length=1)
     burst_nodes: int = Field(0, ge=0, alias="gpufleet:burstNodes", description="desired Spot GPU nodes")
+    # A stack in the burst stack's own organization and project, or `org/project/stack`;
+    # Pulumi.yaml defaults it to "" (none) so the on-prem stacks need not set it.
     onprem_stack: str | None = Field(
-        None, alias="gpufleet:onpremStack", pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+        None, alias="gpufleet:onpremStack", pattern=r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+$"
     )
+
+    @field_validator("onprem_stack", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class StackFile(Strict):

@@ -8,7 +8,7 @@ model that does: a Spot fleet drawn from few pools is reclaimed all at once.
 from __future__ import annotations
 
 import math
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address
 
 from gpufleet.model.catalog import (
     AWS_GPU_INSTANCES,
@@ -31,6 +31,9 @@ AZ_SUFFIXES = ("a", "b", "c")
 # Ports only the on-prem network may reach: SSH, the kubelet API.
 ADMIN_PORTS = (22, 10250)
 TRITON_PORTS = (8000, 8002)
+# What Calico needs between on-prem and burst nodes (docs/pod-network.md): VXLAN, BGP, Typha.
+CNI_PORTS = (("udp", 4789, "Calico VXLAN"), ("tcp", 179, "Calico BGP"), ("tcp", 5473, "Calico Typha"))
+DNS_PORT = 53
 VPC_CANDIDATES = [IPv4Network(f"172.{n}.0.0/16") for n in range(16, 32)]
 SPOT_TAINT = Taint(key="gpufleet.io/capacity", value="spot", effect="NoSchedule")
 JOIN_TOKEN_PARAMETER = "/gpufleet/{site}/kubeadm/join-token"
@@ -83,8 +86,17 @@ class BurstNetwork(Frozen):
     vpc_cidr: str
     public: Subnet
     private: list[Subnet]
-    onprem_cidrs: list[str]  # routed through the VPN
+    onprem_cidrs: list[str]  # routed through the VPN: nodes, pods, services, storage
     admin_cidr: str  # the only source of SSH and kubelet traffic
+    node_cidr: str  # on-prem node addresses: the CNI's peers
+    pod_cidr: str
+
+
+class Resolver(Frozen):
+    """Route 53 Resolver forwarding of the control-plane name to the site's DNS servers."""
+
+    domain: str
+    target_ips: list[str]
 
 
 class AwsBurstPlan(Frozen):
@@ -96,6 +108,7 @@ class AwsBurstPlan(Frozen):
     vpn_asn: int
     fleet: BurstFleet
     ami_parameter: str  # name:version
+    resolver: Resolver | None  # None: the control-plane endpoint is an address
     desired_nodes: int
     max_nodes: int
     # The group's SpotMaxPrice: with it max_nodes nodes can never cost more than the cap.
@@ -219,7 +232,19 @@ def plan_network(inv: Inventory) -> BurstNetwork:
         private=[Subnet(az=f"{region}{s}", cidr=str(subnets[i + 1])) for i, s in enumerate(AZ_SUFFIXES)],
         onprem_cidrs=[str(c) for c in onprem],
         admin_cidr=str(site.networks.management.cidr),
+        node_cidr=str(site.networks.management.cidr),
+        pod_cidr=str(site.kubernetes.pod_cidr),
     )
+
+
+def plan_resolver(inv: Inventory) -> Resolver | None:
+    """Burst nodes join `host:port`: a name only the site's DNS knows is forwarded there."""
+    host = inv.site.kubernetes.control_plane_endpoint.rsplit(":", 1)[0]
+    try:
+        ip_address(host)
+        return None
+    except ValueError:
+        return Resolver(domain=host, target_ips=[str(ip) for ip in inv.site.networks.dns])
 
 
 def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstPlan:
@@ -234,6 +259,14 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
         )
     if inv.bom.burst_ami is None:
         problems.append(Problem(("bom", "burst_ami"), "a burst stack needs the pinned GPU AMI parameter"))
+    resolver = plan_resolver(inv)
+    if resolver is not None and not resolver.target_ips:
+        problems.append(
+            Problem(
+                ("site", "networks", "dns"),
+                f"burst nodes resolve {resolver.domain} through the site's DNS: list its servers",
+            )
+        )
     if problems:
         raise InputError(source, problems)
     fleet = plan_fleet(inv, source)
@@ -252,6 +285,7 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
         vpn_asn=burst.vpn_asn,
         fleet=fleet,
         ami_parameter=str(inv.bom.burst_ami),
+        resolver=resolver,
         desired_nodes=config.burst_nodes,
         max_nodes=burst.max_nodes,
         spot_max_price_usd=spot_max_price(burst),

@@ -31,8 +31,30 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 QUEUE_METRIC = "triton_queue_wait_seconds"
 # The HPA holds the mean queue wait at a quarter of the p99 SLO: p99 sits well above the mean.
 QUEUE_TARGET_SLO_FRACTION = 0.25
+# How Pulumi awaits serving workloads (its default for a Deployment is 10 minutes). On-prem: a
+# replica downloads and loads hundreds of GiB of weights before it is Ready (the startup probe
+# alone allows 30 minutes), so the await is one hour. Burst: pods wait Pending for Spot nodes
+# that boot for up to `boot_to_serve_s`, and the controller's up must not hold the stack that
+# long; readiness is the controller's to watch, through Prometheus.
+ONPREM_SERVING_AWAIT = {"pulumi.com/timeoutSeconds": "3600"}
+BURST_SERVING_AWAIT = {"pulumi.com/skipAwait": "true"}
+# In quiet hours the HPA keeps at least this share of the planned replicas serving.
+HPA_FLOOR_FRACTION = 0.5
 # Weights on disk plus room for a second revision during a rolling update.
 WEIGHTS_DISK_FACTOR = 2.2
+
+# The pod network (docs/pod-network.md): Calico through the Tigera operator.
+CNI_CHART = "tigera-operator"
+# VXLAN's own headers (outer IPv4 + UDP + VXLAN + inner Ethernet).
+VXLAN_OVERHEAD = 50
+# AWS Site-to-Site VPN: largest packet a tunnel carries (AWS "Site-to-Site VPN quotas", MTU 1446).
+VPN_MTU = 1446
+SPOT_SELECTOR = "gpufleet.io/capacity == 'spot'"
+# The RDMA shared device plugin (Network Operator v25.4.0 hack/release.yaml) and the resource
+# serving pods request as `rdma/<name>`.
+RDMA_PLUGIN = {"image": "k8s-rdma-shared-dev-plugin", "repository": "ghcr.io/mellanox", "version": "v1.5.3"}
+RDMA_RESOURCE = "rdma_shared_device_a"
+MELLANOX_VENDOR = "15b3"
 
 
 class Chart(Frozen):
@@ -42,6 +64,23 @@ class Chart(Frozen):
     chart: str
     version: str
     values: dict[str, Any]
+    # Releases this one waits for: whose CRDs its resources use, or whose objects it needs
+    # (the RuntimeClass, a Prometheus). Every release also waits for the pod network.
+    needs: tuple[str, ...] = ()
+    # A release whose pods may rightly stay Pending (pinned to nodes that may not exist yet):
+    # Pulumi records it once Helm has applied it instead of waiting for its pods.
+    wait: bool = True
+
+
+class CustomResource(Frozen):
+    """A custom resource the platform declares, applied once the release that owns its CRD is up."""
+
+    name: str
+    api_version: str
+    kind: str
+    namespace: str | None
+    spec: dict[str, Any]
+    needs: str
 
 
 class Workload(Frozen):
@@ -65,7 +104,8 @@ class Workload(Frozen):
     rdma: bool
     weights_gib: int
     weights_storage_class: str | None  # None: node-local emptyDir (burst nodes' NVMe)
-    autoscale_max: int | None  # None: replicas follow stack config (burst)
+    autoscale_min: int | None  # the HPA's floor
+    autoscale_max: int | None  # None: no HPA; replicas follow the plan or stack config (burst)
     queue_target_seconds: float
     triton_config: str  # config.pbtxt
 
@@ -102,15 +142,64 @@ def rbd_pool(ceph: CephPlan) -> str | None:
     return next((p.name for p in ceph.pools if p.application == "rbd"), None)
 
 
+def pod_network(inv: Inventory) -> dict[str, Any]:
+    """Calico's Installation (the tigera-operator chart's `installation` values) from the site.
+
+    On-prem nodes route pods natively on their own subnet and VXLAN across subnets; burst nodes
+    (their own pool, a slice of the pod CIDR) always VXLAN, node to node, so pod packets cross the
+    VPN between node addresses the VPC and the site already route. The MTU leaves room for VXLAN
+    inside the VPN tunnel where the site bursts; RDMA never rides the pod network.
+    """
+    site = inv.site
+    pod_cidr = site.kubernetes.pod_cidr
+    onprem_pool, burst_pool = pod_cidr.subnets(prefixlen_diff=1)
+    link = site.networks.management.mtu if site.burst is None else min(site.networks.management.mtu, VPN_MTU)
+    pools: list[dict[str, Any]] = [
+        {
+            "name": "onprem",
+            "cidr": str(onprem_pool if site.burst else pod_cidr),
+            "blockSize": 26,
+            "encapsulation": "VXLANCrossSubnet",
+            "natOutgoing": "Enabled",
+            "nodeSelector": "all()" if site.burst is None else "gpufleet.io/capacity != 'spot'",
+        }
+    ]
+    if site.burst is not None:
+        pools.append(
+            {
+                "name": "burst",
+                "cidr": str(burst_pool),
+                "blockSize": 26,
+                "encapsulation": "VXLAN",
+                "natOutgoing": "Enabled",
+                "nodeSelector": SPOT_SELECTOR,
+            }
+        )
+    return {
+        "enabled": True,
+        "cni": {"type": "Calico"},
+        "calicoNetwork": {"bgp": "Enabled", "mtu": link - VXLAN_OVERHEAD, "ipPools": pools},
+    }
+
+
 def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
-    """Charts with pinned versions and values decided here.
+    """Charts with pinned versions and values decided here; the pod network first.
 
     The Ceph CSI chart's `csiConfig` needs the cluster's fsid, known once the cluster exists:
     KubernetesPlatform adds it to these values.
     """
     gpus = any(n.gpu for n in inv.nodes)
-    rdma = any(n.nics.rdma for n in inv.nodes)
+    # The Network Operator's one job here is the RDMA resource GPU pods request.
+    rdma = nic_cluster_policy(inv) is not None
     charts = [
+        Chart(
+            name=CNI_CHART,
+            namespace="tigera-operator",
+            repo="https://docs.tigera.io/calico/charts",
+            chart="tigera-operator",
+            version="v3.29.2",
+            values={"installation": pod_network(inv)},
+        ),
         Chart(
             name="node-feature-discovery",
             namespace="node-feature-discovery",
@@ -126,7 +215,7 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
             chart="kube-prometheus-stack",
             version="70.4.2",
             values={
-                # Rules and dashboards come from this repository, labelled for discovery.
+                # Rules, monitors and dashboards come from this repository, labelled for discovery.
                 "prometheus": {
                     "prometheusSpec": {
                         "ruleSelectorNilUsesHelmValues": False,
@@ -147,6 +236,7 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                 "prometheus": {"url": "http://kube-prometheus-stack-prometheus.monitoring.svc", "port": 9090},
                 "rules": {"default": False, "custom": [_queue_metric_rule()]},
             },
+            needs=("kube-prometheus-stack",),
         ),
     ]
     if plan.ceph is not None:
@@ -179,10 +269,12 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                     "nfd": {"enabled": False},
                     "dcgmExporter": {"enabled": False},
                     # The RuntimeClass it creates: named after the handler pyinfra configures.
-                    "operator": {"defaultRuntime": "containerd", "runtimeClass": NVIDIA_RUNTIME},
+                    "operator": {"runtimeClass": NVIDIA_RUNTIME},
                     "devicePlugin": {"enabled": True},
                     "daemonsets": {"tolerations": _tolerate_all()},
                 },
+                # Its operands schedule on the labels NFD puts on GPU nodes.
+                needs=("node-feature-discovery",),
             ),
             Chart(
                 name="dcgm-exporter",
@@ -191,10 +283,14 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                 chart="dcgm-exporter",
                 version="4.1.3",
                 values={
+                    # Without the NVIDIA runtime the container sees no GPU and exports nothing.
+                    "runtimeClassName": NVIDIA_RUNTIME,
                     "serviceMonitor": {"enabled": True, "interval": "15s"},
                     "nodeSelector": {"nvidia.com/gpu.present": "true"},
                     "tolerations": _tolerate_all(),
                 },
+                # Its ServiceMonitor's CRD, and the RuntimeClass the GPU operator creates.
+                needs=("kube-prometheus-stack", "gpu-operator"),
             ),
         ]
     if rdma:
@@ -205,16 +301,10 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                 repo="https://helm.ngc.nvidia.com/nvidia",
                 chart="network-operator",
                 version="25.4.0",
-                values={
-                    "nfd": {"enabled": False},
-                    "deployCR": True,
-                    # rdma-core and the HCA firmware tools are pyinfra's.
-                    "ofedDriver": {"deploy": False},
-                    "rdmaSharedDevicePlugin": {
-                        "deploy": True,
-                        "resources": [{"name": "rdma_shared_device_a", "vendors": ["15b3"]}],
-                    },
-                },
+                # Since 24.10 the chart deploys only the operator: what it runs on nodes is the
+                # NicClusterPolicy below. Its NodeFeatureRules need NFD's CRDs.
+                values={"nfd": {"enabled": False, "deployNodeFeatureRules": True}},
+                needs=("node-feature-discovery",),
             )
         )
     if plan.serving is not None and plan.serving.shape is not None and plan.serving.shape.nodes > 1:
@@ -229,6 +319,52 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
             )
         )
     return charts
+
+
+def nic_cluster_policy(inv: Inventory) -> CustomResource | None:
+    """What the Network Operator runs on nodes: only the RDMA shared device plugin.
+
+    rdma-core, the HCA drivers and firmware are pyinfra's (no `ofedDriver`). One shared resource
+    over the GPU nodes' HCAs (InfiniBand on dc1, RoCE on dc1-dr; storage nodes' NICs carry Ceph,
+    not pods); on RoCE, only the planned netdevs.
+    """
+    nics = [nic for n in inv.nodes if n.gpu for nic in n.nics.rdma]
+    if not nics:
+        return None
+    selectors: dict[str, Any] = {
+        "vendors": [MELLANOX_VENDOR],
+        "linkTypes": sorted(
+            {"infiniband" if nic.link_layer.value == "infiniband" else "ether" for nic in nics}
+        ),
+    }
+    netdevs = sorted({nic.netdev for nic in nics if nic.netdev is not None})
+    if netdevs and all(nic.link_layer.value == "roce" for nic in nics):
+        selectors["ifNames"] = netdevs
+    config = {"configList": [{"resourceName": RDMA_RESOURCE, "rdmaHcaMax": 63, "selectors": selectors}]}
+    return CustomResource(
+        name="nic-cluster-policy",
+        api_version="mellanox.com/v1alpha1",
+        kind="NicClusterPolicy",
+        namespace=None,
+        spec={"rdmaSharedDevicePlugin": {**RDMA_PLUGIN, "config": json.dumps(config, sort_keys=True)}},
+        needs="network-operator",
+    )
+
+
+def triton_pod_monitor() -> CustomResource:
+    """Prometheus scrapes every Triton pod (on-prem and burst) on its metrics port: the HPA's
+    metric, the queue-wait alert and the burst controller's signal all come from here."""
+    return CustomResource(
+        name="triton",
+        api_version="monitoring.coreos.com/v1",
+        kind="PodMonitor",
+        namespace=SERVING_NAMESPACE,
+        spec={
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+        needs="kube-prometheus-stack",
+    )
 
 
 def termination_handler_chart(region: str, queue_url: Any) -> Chart:
@@ -250,6 +386,8 @@ def termination_handler_chart(region: str, queue_url: Any) -> Chart:
             "nodeSelector": {"gpufleet.io/capacity": "spot"},
             "tolerations": [t.model_dump() for t in (SPOT_TAINT, GPU_TAINT)],
         },
+        # With no burst node its pod stays Pending: that is the normal state, not a failed release.
+        wait=False,
     )
 
 
@@ -374,6 +512,10 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         sum((n.gpu.count // shape.gpus_per_node) for n in inv.nodes if n.gpu and n.gpu.model is shape.gpu)
         // shape.nodes
     )
+    # The HPA scales between a floor under the planned count and every replica the GPUs hold;
+    # where the two meet there is nothing to scale and no HPA.
+    ceiling = max(serving.replicas, capacity)
+    floor = max(1, math.ceil(serving.replicas * HPA_FLOOR_FRACTION))
     return Workload(
         name=serving.model,
         namespace=SERVING_NAMESPACE,
@@ -393,7 +535,8 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
         weights_gib=_weights_gib(serving.model),
         weights_storage_class=STORAGE_CLASS if plan.ceph is not None else None,
-        autoscale_max=max(serving.replicas, capacity),
+        autoscale_min=floor if floor < ceiling else None,
+        autoscale_max=ceiling if floor < ceiling else None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
         triton_config=model_config(serving).pbtxt(),
     )
@@ -432,6 +575,7 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         rdma=False,
         weights_gib=_weights_gib(fleet.model),
         weights_storage_class=None,
+        autoscale_min=None,
         autoscale_max=None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
         triton_config=params.pbtxt(),

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from gpufleet.inventory.load import REPO_ROOT
-from gpufleet.inventory.stacks import stack_names
+from gpufleet.inventory.stacks import load_stack, stack_names
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.preview.program import PROGRAM, Graph, evaluate_stack, graph_json, reveal, stack_file_config
 
@@ -267,6 +267,7 @@ def structural_plan(stack: str, base_ref: str | None, out: Path) -> dict[str, An
         raise InputError(
             "argument STACK", [Problem((), f"no stack {stack!r}; stacks: {', '.join(stack_names())}")]
         )
+    load_stack(stack)  # what the engine would refuse stops here, as in `gpufleet stacks`
     base = base_graph(stack, base_ref) if base_ref else None
     graph = evaluate_stack(stack)
     head = graph_json(graph)

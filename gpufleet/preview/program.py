@@ -31,6 +31,8 @@ SECRET = "[secret]"
 # Inputs that change with the serialized provider code, not with what is declared.
 VOLATILE = {"__provider"}
 PROJECT = "gpufleet"
+# What `pulumi.get_organization()` answers on a self-managed backend (file://, S3).
+ORGANIZATION = "organization"
 ACCOUNT = "123456789012"
 # Pulumi's wire signatures (sdk/go/common/resource/sig): how a secret, a resource reference
 # and an unknown travel inside a registration.
@@ -226,12 +228,27 @@ def stack_config(stack: str, stacks_dir: Path) -> dict[str, Any]:
 
     An encrypted (`secure:`) value cannot be opened offline: the program gets `[secret]`.
     """
-    return {k: _config_value(v) for k, v in stack_file_config(stack, stacks_dir).items()}
+    given = stack_file_config(stack, stacks_dir)
+    # The engine adds the project's defaults for keys the stack leaves unset.
+    merged = {**_project_defaults(stacks_dir.parent / "Pulumi.yaml"), **given}
+    return {k: _config_value(v) for k, v in merged.items()}
 
 
 def stack_file_config(stack: str, stacks_dir: Path) -> dict[str, Any]:
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     return validate(StackFile, read_yaml(path), display(path)).config
+
+
+# This harness also drives older trees (`gpufleet plan --base`): it imports only what every ref has,
+# so the engine's defaulting and StackReference naming are written out here.
+def _project_defaults(project_file: Path) -> dict[str, Any]:
+    """What the engine adds for project keys a stack leaves unset."""
+    project = read_yaml(project_file)
+    out = {}
+    for key, decl in (project.get("config") or {}).items():
+        if isinstance(decl, dict) and decl.get("default") is not None:
+            out[key if ":" in key else f"{project['name']}:{key}"] = decl["default"]
+    return out
 
 
 def _config_value(value: Any) -> str:
@@ -258,7 +275,9 @@ def evaluate(
     try:
         pulumi_settings.ROOT.set(None)
         pulumi_config.set_all_config({k: str(v) for k, v in cfg.items()}, [])
-        set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        set_mocks(
+            mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, organization=ORGANIZATION
+        )
         settings = pulumi_settings.SETTINGS
         settings.rpc_manager.clear()
         settings.outputs.clear()
@@ -292,7 +311,9 @@ def evaluate_stack(stack: str, program: Path = PROGRAM) -> Graph:
     references: dict[str, dict[str, Any]] = {}
     onprem = cfg.get("gpufleet:onpremStack")
     if onprem:
-        references[onprem] = evaluate_stack(onprem.rsplit("/", 1)[-1], program).outputs
+        # As the program names it: a bare stack lives in the burst stack's organization and project.
+        name = onprem if onprem.count("/") == 2 else f"{ORGANIZATION}/{PROJECT}/{onprem}"
+        references[name] = evaluate_stack(name.rsplit("/", 1)[-1], program).outputs
     return evaluate(stack, config=cfg, references=references, program=program)
 
 

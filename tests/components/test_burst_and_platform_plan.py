@@ -14,7 +14,7 @@ from gpufleet.model.errors import InputError
 from gpufleet.model.site import Inventory
 from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.aws import MIN_SPOT_TYPES, plan_burst, plan_fleet
-from gpufleet.plan.k8s import onprem_workload, platform_charts
+from gpufleet.plan.k8s import nic_cluster_policy, onprem_workload, platform_charts
 from gpufleet.plan.site import plan_site
 
 CONFIG = GpufleetConfig.model_validate(
@@ -92,7 +92,10 @@ def test_operators_never_install_what_pyinfra_owns(dc1: dict[str, Any]) -> None:
     charts = {c.name: c for c in platform_charts(site, plan_site(site))}
     assert charts["gpu-operator"].values["driver"]["enabled"] is False
     assert charts["gpu-operator"].values["toolkit"]["enabled"] is False
-    assert charts["network-operator"].values["ofedDriver"]["deploy"] is False
+    # The Network Operator runs only what its NicClusterPolicy names: no OFED driver container.
+    policy = nic_cluster_policy(site)
+    assert policy is not None and set(policy.spec) == {"rdmaSharedDevicePlugin"}
+    assert "network-operator" in charts
     assert "lws" in charts  # 671B on H100 spans two nodes
 
 

@@ -31,13 +31,13 @@ from gpufleet.plan.node import NVIDIA_RUNTIME, plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.plan.triton import model_config
 from gpufleet.preview.program import UNKNOWN, Graph, Registration, Secret, reveal
+from tests.crds import known_kinds, validate_custom
 
 STACKS = stack_names()
 ONPREM = [s for s in STACKS if s != "burst-prod"]
 NOT_K8S_OBJECTS = ("kubernetes:helm.sh/v3:Release",)
-# Custom resources: no official schema. Their metadata and embedded pod templates are validated
-# against the official ones; the rest against the CRD's own structure below.
-CUSTOM_KINDS = {"LeaderWorkerSet", "PrometheusRule"}
+# Custom resources: validated against their upstream CRDs (tests/crds.py).
+CUSTOM_KINDS = {"LeaderWorkerSet", "PrometheusRule", "PodMonitor", "NicClusterPolicy"}
 
 
 def source(stack: Stack) -> str:
@@ -64,6 +64,10 @@ def expected_onprem(stack: Stack) -> Counter[str]:
             "kubernetes:helm.sh/v3:Release": len(charts),
             "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
             "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1,
+            "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
+            "kubernetes:mellanox.com/v1alpha1:NicClusterPolicy": int(
+                any(n.nics.rdma for n in inv.nodes if n.gpu)
+            ),
             "kubernetes:core/v1:ConfigMap": 1,
             "kubernetes:core/v1:Secret": int(storage),
             "kubernetes:storage.k8s.io/v1:StorageClass": int(storage),
@@ -92,7 +96,7 @@ def expected_onprem(stack: Stack) -> Counter[str]:
 def expected_burst(stack: Stack) -> Counter[str]:
     p = plan_burst(stack.inventory, stack.config, source(stack))
     private = len(p.network.private)
-    return Counter(
+    return +Counter(
         {
             "pulumi:pulumi:StackReference": 1,
             "gpufleet:burst:SpotBurst": 1,
@@ -109,7 +113,10 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:ec2/vpnConnection:VpnConnection": 1,
             "aws:ec2/vpnConnectionRoute:VpnConnectionRoute": len(p.network.onprem_cidrs),
             "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation": 1,
-            "aws:ec2/securityGroup:SecurityGroup": 1,
+            "aws:ec2/securityGroup:SecurityGroup": 1 + int(p.resolver is not None),
+            "aws:route53/resolverEndpoint:ResolverEndpoint": int(p.resolver is not None),
+            "aws:route53/resolverRule:ResolverRule": int(p.resolver is not None),
+            "aws:route53/resolverRuleAssociation:ResolverRuleAssociation": int(p.resolver is not None),
             "aws:ssm/parameter:Parameter": 2,
             "aws:sqs/queue:Queue": 1,
             "aws:sqs/queuePolicy:QueuePolicy": 1,
@@ -245,67 +252,12 @@ def validate_official(obj: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(obj, version, strict=True)
 
 
-PROMETHEUS_RULE_SPEC = {
-    "type": "object",
-    "required": ["groups"],
-    "additionalProperties": False,
-    "properties": {
-        "groups": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "rules"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "rules": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["alert", "expr"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
-                                "expr": {"type": "string", "minLength": 1},
-                                "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
-                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
-
-
-def validate_custom(obj: dict[str, Any], version: str) -> None:
-    import jsonschema
-
-    # Metadata against the official ObjectMeta schema.
-    validate_official({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, version)
-    if obj["kind"] == "PrometheusRule":
-        jsonschema.validate(obj["spec"], PROMETHEUS_RULE_SPEC)
-        return
-    spec = obj["spec"]
-    assert set(spec) == {"replicas", "startupPolicy", "rolloutStrategy", "leaderWorkerTemplate"}
-    lwt = spec["leaderWorkerTemplate"]
-    assert set(lwt) == {"size", "restartPolicy", "leaderTemplate", "workerTemplate"}
-    assert lwt["size"] >= 2 and spec["replicas"] >= 0
-    for template in (lwt["leaderTemplate"], lwt["workerTemplate"]):
-        validate_official(
-            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template},
-            version,
-        )
-
-
 @pytest.mark.parametrize("name", STACKS)
 def test_every_kubernetes_object_validates_for_the_boms_version(
     name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
 ) -> None:
+    """Built-in kinds against the official schema of the BOM's version, custom resources against
+    their upstream CRDs; unknown fields, wrong types and missing required fields fail both."""
     version = stacks[name].inventory.bom.kubernetes
     objects = k8s_objects(graphs[name])
     want = expected(stacks[name])
@@ -315,7 +267,7 @@ def test_every_kubernetes_object_validates_for_the_boms_version(
     custom = 0
     for r in objects:
         obj = reveal(r.inputs)
-        if obj["kind"] in CUSTOM_KINDS:
+        if (obj["apiVersion"], obj["kind"]) in known_kinds():
             validate_custom(obj, version)
             custom += 1
         else:
@@ -402,7 +354,16 @@ def test_serving_runs_the_generated_triton_config(
     hpa = one(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa.inputs["spec"]["scaleTargetRef"]["kind"] == target_kind
     assert [m["pods"]["metric"]["name"] for m in hpa.inputs["spec"]["metrics"]] == [QUEUE_METRIC]
-    assert hpa.inputs["spec"]["minReplicas"] == plan.serving.replicas
+    spec = hpa.inputs["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (workload.autoscale_min, workload.autoscale_max)
+    assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+    assert spec["minReplicas"] <= plan.serving.replicas <= spec["maxReplicas"]
+    # The HPA owns the replica count: the workload Pulumi applies leaves it out.
+    target = one(
+        graph,
+        f"kubernetes:{'leaderworkerset.x-k8s.io/v1:LeaderWorkerSet' if target_kind == 'LeaderWorkerSet' else 'apps/v1:Deployment'}",
+    )
+    assert "replicas" not in target.inputs["spec"]
 
 
 def test_burst_fleet_is_spot_only_over_enough_types_and_bounded(
@@ -446,7 +407,9 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     assert script == p.user_data
     assert p.join_token_parameter in script and "--with-decryption" in script
     assert reveal(graphs["dc1-prod"].outputs["joinToken"]) not in script
-    sg = one(graph, "aws:ec2/securityGroup:SecurityGroup").inputs
+    sg = next(
+        r for r in graph.by_type("aws:ec2/securityGroup:SecurityGroup") if r.name == "burst-nodes"
+    ).inputs
     admin = [i for i in sg["ingress"] if i["fromPort"] in ADMIN_PORTS]
     assert len(admin) == len(ADMIN_PORTS)
     for rule in sg["ingress"]:

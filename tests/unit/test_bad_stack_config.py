@@ -58,6 +58,7 @@ GOOD = (REPO / "stacks" / "Pulumi.burst-prod.yaml").read_text()
 )
 def test_bad_stack(text: str, key: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text((REPO / "Pulumi.yaml").read_text())
     stack = tmp_path / "stacks" / "Pulumi.broken.yaml"
     stack.write_text(text)
     monkeypatch.chdir(tmp_path)
