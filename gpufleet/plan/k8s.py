@@ -231,28 +231,6 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
     return charts
 
 
-def termination_handler_chart(region: str, queue_url: Any) -> Chart:
-    """aws-node-termination-handler in queue mode, on the burst nodes only.
-
-    `queue_url` is known once the queue exists: in the program, the queue's URL output.
-    """
-    return Chart(
-        name="aws-node-termination-handler",
-        namespace="kube-system",
-        repo="oci://public.ecr.aws/aws-ec2/helm",
-        chart="aws-node-termination-handler",
-        version="0.27.2",
-        values={
-            "enableSqsTerminationDraining": True,
-            "queueURL": queue_url,
-            "awsRegion": region,
-            "checkTagBeforeDraining": False,
-            "nodeSelector": {"gpufleet.io/capacity": "spot"},
-            "tolerations": [t.model_dump() for t in (SPOT_TAINT, GPU_TAINT)],
-        },
-    )
-
-
 def _tolerate_all() -> list[dict[str, str]]:
     return [{"operator": "Exists"}]
 
