@@ -348,7 +348,6 @@ STAR_RESOURCE_ACTIONS = frozenset(
     {
         *SESSION_MANAGER_ACTIONS,
         "autoscaling:DescribeAutoScalingGroups",
-        "autoscaling:DescribeAutoScalingInstances",
         "ec2:DescribeSpotPriceHistory",
     }
 )
@@ -438,14 +437,18 @@ def node_role_policy(parameter_arns: list[str], key_arn: str, region: str) -> di
 
 
 def controller_policy(queue_arn: str, asg_arn: str) -> dict[str, Any]:
-    """What `gpufleet burst run` needs (attach it to the controller's identity): this queue, this group."""
+    """What `gpufleet burst run` calls (gpufleet.burst), on this queue and this group only.
+
+    Attach it to the identity the controller runs as; `pulumi up` of the burst stack (its slow
+    path) needs the deployer's own rights and is not covered here.
+    """
     return {
         "Version": POLICY_VERSION,
         "Statement": [
             {
                 "Sid": "InterruptionQueue",
                 "Effect": "Allow",
-                "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+                "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
                 "Resource": [queue_arn],
             },
             {
@@ -461,11 +464,7 @@ def controller_policy(queue_arn: str, asg_arn: str) -> dict[str, Any]:
             {
                 "Sid": "DescribeOnly",
                 "Effect": "Allow",
-                "Action": [
-                    "autoscaling:DescribeAutoScalingGroups",
-                    "autoscaling:DescribeAutoScalingInstances",
-                    "ec2:DescribeSpotPriceHistory",
-                ],
+                "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeSpotPriceHistory"],
                 "Resource": "*",
             },
         ],

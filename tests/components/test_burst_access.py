@@ -2,7 +2,7 @@
 
 The mocks give every AWS resource the ARN `arn:aws:<service>:us-east-1:<ACCOUNT>:<name>`, so each
 policy can be checked against the exact ARNs of the resources it names. What the mocks cannot see:
-whether AWS accepts these documents and honours them; tests/integration/test_burst_access.py
+whether AWS accepts these documents and honours them; tests/integration/test_burst_aws_access.py
 puts the same documents into moto's IAM, KMS, SSM and SQS and acts under them.
 """
 
