@@ -295,6 +295,15 @@ def _identity_documents(type_: str, props: Mapping[str, Any]) -> Iterator[tuple[
             yield f"inlinePolicies[{i}]", _document(inline.get("policy"))
 
 
+# An ARN scoped to one account, region and service whose resource part ends in a path wildcard
+# (`arn:aws:s3:::models/*`, `...:parameter/gpufleet/dc1/*`) names one prefix, not everything.
+SCOPED_PREFIX = re.compile(r"^arn:[a-z-]+:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:[^*]+/\*$")
+
+
+def _wild_resource(resource: str) -> bool:
+    return "*" in resource and not SCOPED_PREFIX.match(resource)
+
+
 def iam_least_privilege(type_: str, props: Mapping[str, Any]) -> list[str]:
     out = []
     for where, document in _identity_documents(type_, props):
@@ -310,7 +319,7 @@ def iam_least_privilege(type_: str, props: Mapping[str, Any]) -> list[str]:
                 out.append(f"{at}: wildcard actions {wild}: name each action")
             resources = _strings(st.get("Resource"))
             broad = [a for a in actions if a not in STAR_RESOURCE_ACTIONS]
-            if [r for r in resources if "*" in r] and broad:
+            if [r for r in resources if _wild_resource(r)] and broad:
                 out.append(
                     f"{at}: {sorted(broad)} on a wildcard resource: name the resource's ARN "
                     "(only actions AWS authorises on no narrower resource may use *)"

@@ -253,6 +253,20 @@ BROKEN = [
     ("iam-least-privilege", "burst-prod", ROLE_POLICY, "policy", statement(Action="*", Resource="*")),
     ("iam-least-privilege", "burst-prod", ROLE_POLICY, "policy", statement(Resource="*")),
     ("iam-least-privilege", "burst-prod", ROLE_POLICY, "policy", statement(Action=["ssm:*"])),
+    (
+        "iam-least-privilege",
+        "burst-prod",
+        ROLE_POLICY,
+        "policy",
+        statement(Resource=["arn:aws:ssm:*:*:parameter/gpufleet/dc1/kubeadm/join-token"]),
+    ),
+    (
+        "iam-least-privilege",
+        "burst-prod",
+        ROLE_POLICY,
+        "policy",
+        statement(Resource=["arn:aws:ssm:us-east-1:1:*"]),
+    ),
     ("iam-least-privilege", "burst-prod", ROLE_POLICY, "policy", statement(Action=None, NotAction="iam:*")),
     (
         "iam-least-privilege",
@@ -419,6 +433,14 @@ def test_narrow_ingress_passes(rule: dict[str, Any], recorded: dict[str, Graph])
     props = recorded_one(recorded, "burst-prod", SG)
     props["ingress"].append(rule)
     assert analyze(SG, props) == {}
+
+
+def test_a_path_wildcard_under_one_named_prefix_is_scoped(recorded: dict[str, Graph]) -> None:
+    props = recorded_one(recorded, "burst-prod", ROLE_POLICY)
+    props["policy"] = statement(Resource=[f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/gpufleet/dc1/*"])(
+        props["policy"]
+    )
+    assert analyze(ROLE_POLICY, props) == {}
 
 
 def test_an_unknown_stack_counts_as_production(recorded: dict[str, Graph]) -> None:
