@@ -9,7 +9,18 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from gpufleet.plan.aws import ADMIN_PORTS, CNI_PORTS, DNS_PORT, TRITON_PORTS, AwsBurstPlan
+from gpufleet.plan.aws import (
+    ADMIN_PORTS,
+    CNI_PORTS,
+    DNS_PORT,
+    TRITON_PORTS,
+    AwsBurstPlan,
+    account_of,
+    controller_policy,
+    kms_key_policy,
+    node_role_policy,
+    queue_policy,
+)
 
 INTERRUPTION_EVENTS = {
     "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
@@ -31,6 +42,7 @@ class SpotBurstArgs:
 class SpotBurst(pulumi.ComponentResource):
     queue_url: pulumi.Output[str]
     asg_name: pulumi.Output[str]
+    controller_policy_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: SpotBurstArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:burst:SpotBurst", name, None, opts)
@@ -217,11 +229,39 @@ class SpotBurst(pulumi.ComponentResource):
                 f"{name}-control-plane", resolver_rule_id=rule.id, vpc_id=vpc.id, opts=child
             )
 
+        role = aws.iam.Role(
+            f"{name}-node-role",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            tags=tags,
+            opts=child,
+        )
+        # The join token's own key: usable only through SSM (the key policy and the node role say so).
+        key = aws.kms.Key(
+            f"{name}-join-token-key",
+            description=f"gpufleet {p.site}: kubeadm join token (SSM SecureString)",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            policy=role.arn.apply(lambda arn: json.dumps(kms_key_policy(account_of(arn), p.region))),
+            tags=tags,
+            opts=child,
+        )
         # The join token: a Pulumi secret in state, an SSM SecureString in AWS, never in user data.
         token = aws.ssm.Parameter(
             f"{name}-join-token",
             name=p.join_token_parameter,
             type="SecureString",
+            key_id=key.arn,
             value=pulumi.Output.secret(args.join_token),
             tags=tags,
             opts=child,
@@ -242,85 +282,11 @@ class SpotBurst(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.sqs.QueuePolicy(
-            f"{name}-interruptions-policy",
-            queue_url=queue.url,
-            policy=queue.arn.apply(
-                lambda arn: json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Effect": "Allow",
-                                "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]},
-                                "Action": "sqs:SendMessage",
-                                "Resource": arn,
-                            }
-                        ],
-                    }
-                )
-            ),
-            opts=child,
-        )
-
-        role = aws.iam.Role(
-            f"{name}-node-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-            tags=tags,
-            opts=child,
-        )
-        aws.iam.RolePolicyAttachment(
-            f"{name}-node-ssm-core",
-            role=role.name,
-            policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
-            opts=child,
-        )
         aws.iam.RolePolicy(
             f"{name}-node-policy",
             role=role.id,
-            policy=pulumi.Output.all(token.arn, ca_hash.arn, queue.arn).apply(
-                lambda arns: json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Effect": "Allow",
-                                "Action": ["ssm:GetParameter"],
-                                "Resource": [arns[0], arns[1]],
-                            },
-                            {
-                                "Effect": "Allow",
-                                "Action": [
-                                    "sqs:ReceiveMessage",
-                                    "sqs:DeleteMessage",
-                                    "sqs:GetQueueAttributes",
-                                ],
-                                "Resource": [arns[2]],
-                            },
-                            {
-                                "Effect": "Allow",
-                                "Action": [
-                                    "autoscaling:CompleteLifecycleAction",
-                                    "autoscaling:DescribeAutoScalingInstances",
-                                    "autoscaling:DescribeTags",
-                                    "ec2:DescribeInstances",
-                                ],
-                                "Resource": "*",
-                            },
-                        ],
-                    }
-                )
+            policy=pulumi.Output.all(token.arn, ca_hash.arn, key.arn).apply(
+                lambda arns: json.dumps(node_role_policy([arns[0], arns[1]], arns[2], p.region))
             ),
             opts=child,
         )
@@ -332,9 +298,10 @@ class SpotBurst(pulumi.ComponentResource):
             image_id=f"resolve:ssm:{p.ami_parameter}",
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             vpc_security_group_ids=[sg.id],
-            # IMDSv2 only; hop limit 2 so the termination handler's pod reaches it through the CNI.
+            # IMDSv2 only, hop limit 1: a pod behind the CNI (one hop more) gets no token, so no
+            # instance credentials; the host and hostNetwork pods still reach IMDS.
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
             ),
             block_device_mappings=[
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
@@ -396,11 +363,39 @@ class SpotBurst(pulumi.ComponentResource):
             default_result="CONTINUE",
             opts=child,
         )
+        rules = []
         for event, pattern in INTERRUPTION_EVENTS.items():
             rule = aws.cloudwatch.EventRule(
                 f"{name}-{event}", event_pattern=json.dumps(pattern), tags=tags, opts=child
             )
             aws.cloudwatch.EventTarget(f"{name}-{event}-target", rule=rule.name, arn=queue.arn, opts=child)
+            rules.append(rule.arn)
+        aws.sqs.QueuePolicy(
+            f"{name}-interruptions-policy",
+            queue_url=queue.url,
+            policy=pulumi.Output.all(queue.arn, *rules).apply(
+                lambda arns: json.dumps(queue_policy(arns[0], list(arns[1:])))
+            ),
+            opts=child,
+        )
+        # For the identity `gpufleet burst run` acts as: this queue and this group, nothing else.
+        controller = aws.iam.Policy(
+            f"{name}-controller",
+            description=f"gpufleet {p.site}: burst controller (interruption queue, burst group)",
+            policy=pulumi.Output.all(queue.arn, asg.arn).apply(
+                lambda arns: json.dumps(controller_policy(arns[0], arns[1]))
+            ),
+            tags=tags,
+            opts=child,
+        )
         self.queue_url = queue.url
         self.asg_name = asg.name
-        self.register_outputs({"queueUrl": queue.url, "asgName": asg.name, "vpcId": vpc.id})
+        self.controller_policy_arn = controller.arn
+        self.register_outputs(
+            {
+                "queueUrl": queue.url,
+                "asgName": asg.name,
+                "vpcId": vpc.id,
+                "controllerPolicyArn": controller.arn,
+            }
+        )

@@ -15,8 +15,6 @@ from components.platform import (
     CephStorage,
     KubernetesPlatform,
     KubernetesPlatformArgs,
-    TerminationHandler,
-    TerminationHandlerArgs,
 )
 from components.serving import DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
@@ -32,7 +30,6 @@ from gpufleet.plan.k8s import (
     onprem_workload,
     platform_charts,
     rbd_pool,
-    termination_handler_chart,
     triton_pod_monitor,
 )
 from gpufleet.plan.node import plan_node
@@ -133,11 +130,6 @@ def burst(stack: Stack, source: str) -> None:
         "onprem-cluster", kubeconfig=pulumi.Output.secret(onprem_outputs.require_output("kubeconfig"))
     )
     in_cluster = pulumi.ResourceOptions(providers=[cluster])
-    TerminationHandler(
-        "termination-handler",
-        TerminationHandlerArgs(chart=termination_handler_chart(aws_plan.region, spot.queue_url)),
-        in_cluster,
-    )
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
     DeepSeekServing(
         "burst-serving",
@@ -148,6 +140,7 @@ def burst(stack: Stack, source: str) -> None:
     )
     pulumi.export("asgName", spot.asg_name)
     pulumi.export("queueUrl", spot.queue_url)
+    pulumi.export("controllerPolicyArn", spot.controller_policy_arn)
     pulumi.export("burstModel", aws_plan.fleet.model)
     pulumi.export("instanceTypes", aws_plan.fleet.instance_types)
     pulumi.export("desiredNodes", aws_plan.desired_nodes)

@@ -1,4 +1,4 @@
-"""KubernetesPlatform: operators, storage, monitoring; TerminationHandler for the Spot nodes."""
+"""KubernetesPlatform: operators, storage, monitoring."""
 
 from __future__ import annotations
 
@@ -187,19 +187,3 @@ class KubernetesPlatform(pulumi.ComponentResource):
                 child, pulumi.ResourceOptions(depends_on=[secret, self.releases["ceph-csi-rbd"]])
             ),
         )
-
-
-@dataclass(frozen=True)
-class TerminationHandlerArgs:
-    chart: Chart
-
-
-class TerminationHandler(pulumi.ComponentResource):
-    """aws-node-termination-handler in queue mode: drains a Spot node on its interruption warning."""
-
-    def __init__(
-        self, name: str, args: TerminationHandlerArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        super().__init__("gpufleet:platform:TerminationHandler", name, None, opts)
-        release = helm_release(f"{name}-release", args.chart, pulumi.ResourceOptions(parent=self))
-        self.register_outputs({"status": release.status})

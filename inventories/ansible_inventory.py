@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpufleet.inventory.load import inventories_dir, load_inventory
 from gpufleet.inventory.render import ansible_inventory
 from gpufleet.model.errors import InputError
+from gpufleet.provision.connection import ansible_ssh_vars
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +26,10 @@ def main(argv: list[str]) -> int:
         print("\n".join(exc.lines()), file=sys.stderr)
         return 2
     rendered = ansible_inventory(inv)
+    # Known hosts from the inventory, checked strictly (the lab brings its own SSH config).
+    ssh = ansible_ssh_vars(inv)
+    for hostvars in rendered["_meta"]["hostvars"].values():
+        hostvars.update(ssh)
     if len(argv) >= 2 and argv[0] == "--host":
         print(json.dumps(rendered["_meta"]["hostvars"].get(argv[1], {})))
     elif argv == ["--list"]:

@@ -6,10 +6,14 @@ plain config" looks for secret-shaped values in places that are never encrypted 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_network
+from functools import cache
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_network
 from typing import Any
 
 from pulumi_policy import (
@@ -20,7 +24,8 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from gpufleet.plan.aws import ADMIN_PORTS
+from gpufleet.model.errors import InputError
+from gpufleet.plan.aws import ADMIN_PORTS, STAR_RESOURCE_ACTIONS, TRITON_PORTS
 
 REQUIRED_TAGS = ("site", "env", "owner", "cost-center")
 # Ports that administer a machine or a cluster: SSH, RDP, the API server, etcd, the kubelet.
@@ -64,11 +69,55 @@ POD_PATHS: dict[str, list[tuple[str, ...]]] = {
     ],
 }
 GPU = "nvidia.com/gpu"
-SECRET_NAME = re.compile(r"(token|password|passwd|secret|private[_-]?key|api[_-]?key|credential)", re.I)
+SECRET_NAME = re.compile(
+    r"(token|password|passwd|secret|private[_-]?key|api[_-]?key|credential|kubeconfig|admin\.conf)", re.I
+)
 # Values that are secrets whatever key holds them: kubeadm bootstrap tokens, Ceph keys, PEM keys, AWS keys.
 SECRET_VALUE = re.compile(
     r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b|\bAQ[A-Za-z0-9+/]{36,}={0,2}|-----BEGIN [A-Z ]*PRIVATE KEY-----|\bAKIA[0-9A-Z]{16}\b"
 )
+
+# A kubeconfig's credentials: a client key, a bearer token, a password (YAML or JSON form).
+KUBECONFIG_CREDENTIAL = re.compile(
+    r"[\"']?\b(client-key-data|client-key|token|id-token|refresh-token|password)[\"']?\s*:\s*[\"']?[A-Za-z0-9+/=._~-]{8,}"
+)
+# Base64 of "-----BEGIN": how a PEM key sits in a kubeconfig's client-key-data or a binaryData value.
+BASE64_PEM = re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/]+={0,2}")
+# Environments whose workloads must name their images by digest; a stack that cannot be
+# resolved to one of the others counts as production.
+PRODUCTION_ENVIRONMENTS = ("prod", "dr")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+# Widest a source may be: a /8 of IPv4 (or /32 of IPv6) in all; public sources at most a /24, and
+# none at all to an admin port.
+WIDEST_SOURCE = {4: 2**24, 6: 2**96}
+WIDEST_PUBLIC = {4: 2**8, 6: 2**72}
+IAM_IDENTITY_POLICIES = {
+    f"aws:iam/{t}"
+    for t in ("rolePolicy:RolePolicy", "policy:Policy", "userPolicy:UserPolicy", "groupPolicy:GroupPolicy")
+}
+IAM_ATTACHMENTS = {
+    f"aws:iam/{t}"
+    for t in (
+        "rolePolicyAttachment:RolePolicyAttachment",
+        "userPolicyAttachment:UserPolicyAttachment",
+        "groupPolicyAttachment:GroupPolicyAttachment",
+        "policyAttachment:PolicyAttachment",
+    )
+}
+AWS_MANAGED_POLICY = re.compile(r"^arn:aws[a-z-]*:iam::aws:policy/(.+)$")
+ADMIN_MANAGED_POLICIES = {"AdministratorAccess", "PowerUserAccess", "IAMFullAccess"}
+# Resource policies: where a principal is named.
+RESOURCE_POLICIES = {
+    "aws:sqs/queuePolicy:QueuePolicy": "policy",
+    "aws:sqs/queue:Queue": "policy",
+    "aws:sns/topicPolicy:TopicPolicy": "policy",
+    "aws:sns/topic:Topic": "policy",
+    "aws:s3/bucketPolicy:BucketPolicy": "policy",
+    "aws:kms/key:Key": "policy",
+    "aws:iam/role:Role": "assumeRolePolicy",
+}
+# A service principal acts for anyone's resources unless a condition names the source.
+SOURCE_CONDITION_KEYS = {"aws:sourcearn", "aws:sourceaccount", "aws:sourceowner", "aws:sourceorgid"}
 
 Check = Callable[[str, Mapping[str, Any]], list[str]]
 
@@ -79,6 +128,8 @@ class Rule:
     description: str
     applies: Callable[[str], bool]
     check: Check
+    # Which stacks the rule judges, by their site's environment: all, production only, or the others.
+    stacks: str = "all"
 
 
 def _is_list(value: Any) -> bool:
@@ -114,10 +165,6 @@ def ebs_encrypted(type_: str, props: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _public(cidrs: list[str]) -> bool:
-    return any(ip_network(c, strict=False).prefixlen == 0 for c in cidrs)
-
-
 def _ingress_rules(type_: str, props: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     if type_ == "aws:ec2/securityGroup:SecurityGroup":
         yield from props.get("ingress") or []
@@ -132,19 +179,6 @@ def _ingress_rules(type_: str, props: Mapping[str, Any]) -> Iterator[Mapping[str
             "cidrBlocks": [props["cidrIpv4"]] if props.get("cidrIpv4") else [],
             "ipv6CidrBlocks": [props["cidrIpv6"]] if props.get("cidrIpv6") else [],
         }
-
-
-def no_public_admin_ingress(type_: str, props: Mapping[str, Any]) -> list[str]:
-    out = []
-    for rule in _ingress_rules(type_, props):
-        if not _public([*(rule.get("cidrBlocks") or []), *(rule.get("ipv6CidrBlocks") or [])]):
-            continue
-        every_port = str(rule.get("protocol")) in ("-1", "all")
-        low, high = int(rule.get("fromPort") or 0), int(rule.get("toPort") or 65535)
-        for a, b in ADMIN_PORT_RANGES:
-            if every_port or (low <= b and a <= high):
-                out.append(f"ingress from the internet reaches admin port {a}" + (f"-{b}" if b != a else ""))
-    return out
 
 
 def burst_asg_spot_only_and_bounded(type_: str, props: Mapping[str, Any]) -> list[str]:
@@ -223,11 +257,237 @@ def no_latest_image_tags(type_: str, props: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def imds_hop_limit_1(type_: str, props: Mapping[str, Any]) -> list[str]:
+    hops = _get(props, "metadataOptions", "httpPutResponseHopLimit")
+    if hops != 1:
+        return [
+            f"instance metadata hop limit is {hops if hops is not None else 'the AMI default'}: "
+            "set metadataOptions.httpPutResponseHopLimit = 1 so pods behind the CNI get no instance credentials"
+        ]
+    return []
+
+
+def _document(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, Mapping) else {}
+
+
+def _statements(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = document.get("Statement") or []
+    return [found] if isinstance(found, Mapping) else [s for s in found if isinstance(s, Mapping)]
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if _is_list(value) else []
+
+
+def _identity_documents(type_: str, props: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if type_ in IAM_IDENTITY_POLICIES:
+        yield "policy", _document(props.get("policy"))
+    if type_ == "aws:iam/role:Role":
+        for i, inline in enumerate(props.get("inlinePolicies") or []):
+            yield f"inlinePolicies[{i}]", _document(inline.get("policy"))
+
+
+# An ARN scoped to one account, region and service whose resource part ends in a path wildcard
+# (`arn:aws:s3:::models/*`, `...:parameter/gpufleet/dc1/*`) names one prefix, not everything.
+SCOPED_PREFIX = re.compile(r"^arn:[a-z-]+:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:[^*]+/\*$")
+
+
+def _wild_resource(resource: str) -> bool:
+    return "*" in resource and not SCOPED_PREFIX.match(resource)
+
+
+def iam_least_privilege(type_: str, props: Mapping[str, Any]) -> list[str]:
+    out = []
+    for where, document in _identity_documents(type_, props):
+        for i, st in enumerate(_statements(document)):
+            if st.get("Effect") != "Allow":
+                continue
+            at = f"{where} Statement[{i}]"
+            if "NotAction" in st or "NotResource" in st:
+                out.append(f"{at}: Allow with NotAction/NotResource grants everything else")
+            actions = _strings(st.get("Action"))
+            wild = [a for a in actions if "*" in a]
+            if wild:
+                out.append(f"{at}: wildcard actions {wild}: name each action")
+            resources = _strings(st.get("Resource"))
+            broad = [a for a in actions if a not in STAR_RESOURCE_ACTIONS]
+            if [r for r in resources if _wild_resource(r)] and broad:
+                out.append(
+                    f"{at}: {sorted(broad)} on a wildcard resource: name the resource's ARN "
+                    "(only actions AWS authorises on no narrower resource may use *)"
+                )
+    return out
+
+
+def no_admin_policies(type_: str, props: Mapping[str, Any]) -> list[str]:
+    arns = [str(props.get("policyArn") or "")] if type_ in IAM_ATTACHMENTS else []
+    if type_ == "aws:iam/role:Role":
+        arns += _strings(props.get("managedPolicyArns"))
+    out = []
+    for arn in arns:
+        managed = AWS_MANAGED_POLICY.match(arn)
+        if managed is None:
+            continue
+        name = managed.group(1).rsplit("/", 1)[-1]
+        kind = "an admin policy" if name in ADMIN_MANAGED_POLICIES else "an AWS managed policy"
+        out.append(f"{name} is {kind}, broader than one resource: grant a scoped inline policy instead")
+    return out
+
+
+def _principals(principal: Any) -> tuple[bool, list[str]]:
+    """(public, service principals) of a statement's Principal."""
+    if principal == "*":
+        return True, []
+    if not isinstance(principal, Mapping):
+        return False, []
+    public = "*" in _strings(principal.get("AWS")) or "*" in _strings(principal.get("CanonicalUser"))
+    return public, _strings(principal.get("Service"))
+
+
+def no_public_principals(type_: str, props: Mapping[str, Any]) -> list[str]:
+    out = []
+    document = _document(props.get(RESOURCE_POLICIES[type_]))
+    for i, st in enumerate(_statements(document)):
+        if st.get("Effect") != "Allow":
+            continue
+        public, services = _principals(st.get("Principal"))
+        if public or "NotPrincipal" in st:
+            out.append(f"Statement[{i}]: a public principal (*) may act on this resource")
+        keys = {k.lower() for cond in (st.get("Condition") or {}).values() for k in (cond or {})}
+        if services and type_ != "aws:iam/role:Role" and not keys & SOURCE_CONDITION_KEYS:
+            out.append(
+                f"Statement[{i}]: service principals {services} without an aws:SourceArn or "
+                "aws:SourceAccount condition act for any account's resources"
+            )
+    return out
+
+
+def _networks(cidrs: list[str]) -> list[IPv4Network | IPv6Network]:
+    out = []
+    for c in cidrs:
+        try:
+            out.append(ip_network(c, strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def _size(nets: list[IPv4Network | IPv6Network], version: int, public_only: bool = False) -> int:
+    merged = list(collapse_addresses([n for n in nets if n.version == version]))  # type: ignore[type-var]
+    if public_only:
+        merged = [part for n in merged for part in _public_parts(n)]
+    return sum(n.num_addresses for n in merged)
+
+
+PRIVATE = [
+    ip_network(c)
+    for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15", "fc00::/7")
+]
+
+
+def _public_parts(net: IPv4Network | IPv6Network) -> list[IPv4Network | IPv6Network]:
+    parts = [net]
+    for private in PRIVATE:
+        if private.version != net.version:
+            continue
+        next_parts: list[IPv4Network | IPv6Network] = []
+        for part in parts:
+            if part.subnet_of(private):  # type: ignore[arg-type]
+                continue
+            if private.subnet_of(part):  # type: ignore[arg-type]
+                next_parts += part.address_exclude(private)  # type: ignore[arg-type]
+            else:
+                next_parts.append(part)
+        parts = next_parts
+    return parts
+
+
+def _covers(rule: Mapping[str, Any], port: int) -> bool:
+    if str(rule.get("protocol")) in ("-1", "all"):
+        return True
+    return int(rule.get("fromPort") or 0) <= port <= int(rule.get("toPort") or 65535)
+
+
+def no_wide_ingress(type_: str, props: Mapping[str, Any]) -> list[str]:
+    """No port open to a wide source, whole or split into pieces (0.0.0.0/1 + 128.0.0.0/1)."""
+    rules = [r for r in _ingress_rules(type_, props) if r.get("cidrBlocks") or r.get("ipv6CidrBlocks")]
+    ports = sorted(
+        {int(r.get("fromPort") or 0) for r in rules}
+        | {p for a, b in ADMIN_PORT_RANGES for p in (a, b)}
+        | set(TRITON_PORTS)
+    )
+    admin = {p for p in ports if any(a <= p <= b for a, b in ADMIN_PORT_RANGES)}
+    out = []
+    for port in ports:
+        nets = _networks(
+            [
+                c
+                for r in rules
+                if _covers(r, port)
+                for c in (*(r.get("cidrBlocks") or []), *(r.get("ipv6CidrBlocks") or []))
+            ]
+        )
+        for version in (4, 6):
+            total, public = _size(nets, version), _size(nets, version, public_only=True)
+            what = "admin " if port in admin else ""
+            if total > WIDEST_SOURCE[version]:
+                out.append(f"{what}port {port} is open to {total} IPv{version} addresses: wider than a /8")
+            elif public > (0 if port in admin else WIDEST_PUBLIC[version]):
+                out.append(f"{what}port {port} is open to {public} public IPv{version} addresses")
+    return out
+
+
+def securestring_customer_key(type_: str, props: Mapping[str, Any]) -> list[str]:
+    if props.get("type") != "SecureString":
+        return []
+    key = str(props.get("keyId") or "")
+    if not key or key.endswith("alias/aws/ssm"):
+        return [
+            "SecureString uses the account's default key: set keyId to the stack's customer-managed KMS key"
+        ]
+    return []
+
+
+@cache
+def _environment(stack: str) -> str | None:
+    from gpufleet.inventory.stacks import load_stack
+
+    try:
+        return load_stack(stack).inventory.site.environment
+    except (InputError, OSError):
+        return None
+
+
+def _production(urn: str) -> bool:
+    """A stack that does not resolve to a non-production site counts as production."""
+    stack = urn.removeprefix("urn:pulumi:").split("::", 1)[0]
+    return _environment(stack) not in ("lab", "dev", "staging")
+
+
+def images_by_digest(type_: str, props: Mapping[str, Any]) -> list[str]:
+    return [
+        f"container {c.get('name')}: image {c.get('image')!r} has no digest (@sha256:...)"
+        for spec in _pod_specs(props)
+        for c in _containers(spec)
+        if not DIGEST.search(str(c.get("image") or ""))
+    ]
+
+
 def _plain_places(type_: str, props: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
     """(where, key, value) for places whose values are stored and shown in clear."""
     if type_ == "kubernetes:core/v1:ConfigMap":
         for key, value in (props.get("data") or {}).items():
             yield f"data.{key}", key, value
+        for key, value in (props.get("binaryData") or {}).items():
+            yield f"binaryData.{key}", key, _unbase64(str(value)) or value
     if type_ == "aws:ssm/parameter:Parameter" and props.get("type") != "SecureString":
         yield "value", str(props.get("name") or ""), props.get("value")
     if type_ == "aws:ec2/launchTemplate:LaunchTemplate":
@@ -264,12 +524,28 @@ def _walk(where: str, value: Any) -> Iterator[tuple[str, str, Any]]:
             yield from _walk(f"{where}[{i}]", v)
 
 
+def _unbase64(text: str) -> str:
+    try:
+        return base64.b64decode(text, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def _holds_secret(text: str) -> bool:
+    if SECRET_VALUE.search(text):
+        return True
+    # A kubeconfig (clusters and users) that carries a credential rather than an exec plugin.
+    if "clusters" in text and "users" in text and KUBECONFIG_CREDENTIAL.search(text):
+        return True
+    return any(SECRET_VALUE.search(_unbase64(m.group(0))) for m in BASE64_PEM.finditer(text))
+
+
 def secrets_not_in_plain_config(type_: str, props: Mapping[str, Any]) -> list[str]:
     out = []
     for where, key, value in _plain_places(type_, props):
         if not isinstance(value, str) or not value:
             continue
-        if SECRET_VALUE.search(value):
+        if _holds_secret(value):
             out.append(
                 f"{where} holds a secret in clear: use a Kubernetes Secret, a SecureString or a Pulumi secret"
             )
@@ -311,8 +587,15 @@ RULES = [
         ebs_encrypted,
     ),
     Rule(
-        "no-public-admin-ingress",
-        "No ingress from 0.0.0.0/0 or ::/0 to SSH, RDP, the API server, etcd or the kubelet",
+        "imds-hop-limit-1",
+        "Instance metadata answers the host only (hop limit 1), never a pod behind the CNI",
+        lambda t: t in ("aws:ec2/launchTemplate:LaunchTemplate", "aws:ec2/instance:Instance"),
+        imds_hop_limit_1,
+    ),
+    Rule(
+        "no-wide-ingress",
+        "No port open to more than a /8, or to public addresses wider than a /24, whole or split; "
+        "admin ports (SSH, RDP, API server, etcd, kubelet) to no public address at all",
         lambda t: (
             t
             in (
@@ -321,7 +604,31 @@ RULES = [
                 "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
             )
         ),
-        no_public_admin_ingress,
+        no_wide_ingress,
+    ),
+    Rule(
+        "iam-least-privilege",
+        "IAM policies name their actions, and their resources unless AWS authorises the action on * only",
+        lambda t: t in IAM_IDENTITY_POLICIES or t == "aws:iam/role:Role",
+        iam_least_privilege,
+    ),
+    Rule(
+        "no-admin-policies",
+        "No AWS managed policies (AdministratorAccess and the like): scoped inline policies only",
+        lambda t: t in IAM_ATTACHMENTS or t == "aws:iam/role:Role",
+        no_admin_policies,
+    ),
+    Rule(
+        "no-public-principals",
+        "Resource and trust policies name no public principal, and service principals carry a source condition",
+        RESOURCE_POLICIES.__contains__,
+        no_public_principals,
+    ),
+    Rule(
+        "securestring-customer-key",
+        "SSM SecureStrings are encrypted with a customer-managed KMS key",
+        lambda t: t == "aws:ssm/parameter:Parameter",
+        securestring_customer_key,
     ),
     Rule(
         "burst-asg-spot-only",
@@ -346,6 +653,14 @@ RULES = [
         "Container images are pinned, never latest or untagged",
         _is_workload,
         no_latest_image_tags,
+        stacks="other",
+    ),
+    Rule(
+        "images-by-digest-in-production",
+        "Production (prod, dr) and unresolvable stacks name every container image by digest",
+        _is_workload,
+        images_by_digest,
+        stacks="production",
     ),
     Rule(
         "secrets-not-in-plain-config",
@@ -365,13 +680,17 @@ RULES = [
 ]
 
 
-def violations(rule: Rule, type_: str, props: Mapping[str, Any]) -> list[str]:
-    return rule.check(type_, props) if rule.applies(type_) else []
+def violations(rule: Rule, type_: str, props: Mapping[str, Any], urn: str) -> list[str]:
+    if not rule.applies(type_):
+        return []
+    if rule.stacks != "all" and (rule.stacks == "production") != _production(urn):
+        return []
+    return rule.check(type_, props)
 
 
 def _validate(rule: Rule) -> Callable[[ResourceValidationArgs, ReportViolation], None]:
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
-        for message in violations(rule, args.resource_type, args.props):
+        for message in violations(rule, args.resource_type, args.props, args.urn):
             report(message, args.urn)
 
     return validate

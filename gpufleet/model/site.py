@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from gpufleet.model.catalog import GPUModel, Interconnect
+from gpufleet.model.ssh import SshHostKey
 
 
 class Strict(BaseModel):
@@ -274,6 +275,8 @@ class Taint(Strict):
 class Node(Strict):
     hostname: Hostname
     management_ip: IPv4Address
+    # What SSH must find on the first connection; without it that connection fails (not on a lab site).
+    ssh_host_key: SshHostKey | None = None
     bmc: IPv4Address | None = None
     rack: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
     roles: list[Role] = Field(min_length=1)

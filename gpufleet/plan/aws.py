@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from ipaddress import IPv4Network, ip_address
+from typing import Any
 
 from gpufleet.model.catalog import (
     AWS_GPU_INSTANCES,
@@ -360,3 +361,165 @@ EOF
 kubeadm join --config /etc/kubernetes/kubeadm-join.yaml
 rm -f /etc/kubernetes/kubeadm-join.yaml
 """
+
+
+# --- Access: every AWS policy document of the burst stack, built from ARNs the stack knows -------
+
+POLICY_VERSION = "2012-10-17"
+# Session Manager only (AWS's own minimal instance profile for it, AWSCloud9SSMInstanceProfile):
+# a shell on a burst node without SSH, instead of AmazonSSMManagedInstanceCore, whose
+# ssm:GetParameter* on * would let a node read every parameter in the account.
+SESSION_MANAGER_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
+# Actions that AWS authorises on no resource narrower than "*": the only ones an identity policy
+# of this repository may grant on "*" (the policy pack's allow-list).
+STAR_RESOURCE_ACTIONS = frozenset(
+    {
+        *SESSION_MANAGER_ACTIONS,
+        "autoscaling:DescribeAutoScalingGroups",
+        "ec2:DescribeSpotPriceHistory",
+    }
+)
+# Key administration without kms:* and without any use of the key: use goes through SSM only.
+KMS_ADMIN_ACTIONS = (
+    "kms:CancelKeyDeletion",
+    "kms:DescribeKey",
+    "kms:DisableKeyRotation",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateKeyDescription",
+)
+KMS_SSM_USE_ACTIONS = ("kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
+
+
+def account_of(arn: str) -> str:
+    """The account field of an ARN (`arn:partition:service:region:account:resource`)."""
+    return arn.split(":")[4]
+
+
+def ssm_service(region: str) -> str:
+    return f"ssm.{region}.amazonaws.com"
+
+
+def kms_key_policy(account: str, region: str) -> dict[str, Any]:
+    """The join token's key: the account administers it; anyone in it uses it only through SSM.
+
+    Without the account's administration statement no IAM policy could ever manage the key again.
+    """
+    root = f"arn:aws:iam::{account}:root"
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "Administer",
+                "Effect": "Allow",
+                "Principal": {"AWS": root},
+                "Action": list(KMS_ADMIN_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                "Sid": "UseThroughSsmOnly",
+                "Effect": "Allow",
+                "Principal": {"AWS": root},
+                "Action": list(KMS_SSM_USE_ACTIONS),
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {"kms:ViaService": ssm_service(region), "kms:CallerAccount": account}
+                },
+            },
+        ],
+    }
+
+
+def node_role_policy(parameter_arns: list[str], key_arn: str, region: str) -> dict[str, Any]:
+    """What a burst node may do: read its two join parameters, decrypt them through SSM, Session Manager."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "JoinParameters",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                "Resource": parameter_arns,
+            },
+            {
+                "Sid": "DecryptJoinTokenThroughSsm",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": [key_arn],
+                "Condition": {"StringEquals": {"kms:ViaService": ssm_service(region)}},
+            },
+            {
+                "Sid": "SessionManager",
+                "Effect": "Allow",
+                "Action": list(SESSION_MANAGER_ACTIONS),
+                "Resource": "*",
+            },
+        ],
+    }
+
+
+def controller_policy(queue_arn: str, asg_arn: str) -> dict[str, Any]:
+    """What `gpufleet burst run` calls (gpufleet.burst), on this queue and this group only.
+
+    Attach it to the identity the controller runs as; `pulumi up` of the burst stack (its slow
+    path) needs the deployer's own rights and is not covered here.
+    """
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "InterruptionQueue",
+                "Effect": "Allow",
+                "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+                "Resource": [queue_arn],
+            },
+            {
+                "Sid": "BurstGroup",
+                "Effect": "Allow",
+                "Action": [
+                    "autoscaling:CompleteLifecycleAction",
+                    "autoscaling:SetDesiredCapacity",
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                ],
+                "Resource": [asg_arn],
+            },
+            {
+                "Sid": "DescribeOnly",
+                "Effect": "Allow",
+                "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeSpotPriceHistory"],
+                "Resource": "*",
+            },
+        ],
+    }
+
+
+def queue_policy(queue_arn: str, rule_arns: list[str]) -> dict[str, Any]:
+    """Only EventBridge may send, only for these rules, only from this queue's account."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "InterruptionRulesOnly",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {
+                    "ArnEquals": {"aws:SourceArn": rule_arns},
+                    "StringEquals": {"aws:SourceAccount": account_of(queue_arn)},
+                },
+            }
+        ],
+    }

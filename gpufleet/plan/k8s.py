@@ -367,30 +367,6 @@ def triton_pod_monitor() -> CustomResource:
     )
 
 
-def termination_handler_chart(region: str, queue_url: Any) -> Chart:
-    """aws-node-termination-handler in queue mode, on the burst nodes only.
-
-    `queue_url` is known once the queue exists: in the program, the queue's URL output.
-    """
-    return Chart(
-        name="aws-node-termination-handler",
-        namespace="kube-system",
-        repo="oci://public.ecr.aws/aws-ec2/helm",
-        chart="aws-node-termination-handler",
-        version="0.27.2",
-        values={
-            "enableSqsTerminationDraining": True,
-            "queueURL": queue_url,
-            "awsRegion": region,
-            "checkTagBeforeDraining": False,
-            "nodeSelector": {"gpufleet.io/capacity": "spot"},
-            "tolerations": [t.model_dump() for t in (SPOT_TAINT, GPU_TAINT)],
-        },
-        # With no burst node its pod stays Pending: that is the normal state, not a failed release.
-        wait=False,
-    )
-
-
 def _tolerate_all() -> list[dict[str, str]]:
     return [{"operator": "Exists"}]
 

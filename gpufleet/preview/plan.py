@@ -79,7 +79,8 @@ def policy_violations(graph: Graph, config: dict[str, Any] | None = None) -> lis
         props = reveal(r.inputs)
         for rule in RULES:
             out += [
-                {"policy": rule.name, "urn": r.urn, "message": m} for m in violations(rule, r.type, props)
+                {"policy": rule.name, "urn": r.urn, "message": m}
+                for m in violations(rule, r.type, props, r.urn)
             ]
     return out
 

@@ -99,7 +99,7 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
     process, which cannot hold the others back.
     """
     selected = select_hosts(inv, limit)
-    ssh = pyinfra_ssh_data(inv.site.name)
+    ssh = pyinfra_ssh_data(inv)
     by_name = {n.hostname: n for n in inv.nodes}
     ctx = multiprocessing.get_context("fork")
     queue: Any = ctx.Queue()

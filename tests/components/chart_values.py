@@ -132,15 +132,6 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         source="kubernetes-sigs/lws v0.7.0 charts/lws: no values set, so no key to check",
         keys=_k(),
     ),
-    ("aws-node-termination-handler", "0.27.2"): ChartFacts(
-        source=(
-            "aws/aws-node-termination-handler v1.25.2 (chart 0.27.2) config/helm/aws-node-termination-handler/"
-            "values.yaml (read at the tag): nodeSelector l.49, tolerations l.53, enableSqsTerminationDraining "
-            "l.141, awsRegion l.176, queueURL l.179, checkTagBeforeDraining l.188"
-        ),
-        keys=_k("enableSqsTerminationDraining", "queueURL", "awsRegion", "checkTagBeforeDraining"),
-        opaque=_k("nodeSelector", "tolerations"),
-    ),
 }
 
 

@@ -120,9 +120,10 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:ssm/parameter:Parameter": 2,
             "aws:sqs/queue:Queue": 1,
             "aws:sqs/queuePolicy:QueuePolicy": 1,
+            "aws:kms/key:Key": 1,
             "aws:iam/role:Role": 1,
-            "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 1,
             "aws:iam/rolePolicy:RolePolicy": 1,
+            "aws:iam/policy:Policy": 1,
             "aws:iam/instanceProfile:InstanceProfile": 1,
             "aws:ec2/launchTemplate:LaunchTemplate": 1,
             "aws:autoscaling/group:Group": 1,
@@ -130,8 +131,6 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:cloudwatch/eventRule:EventRule": 3,
             "aws:cloudwatch/eventTarget:EventTarget": 3,
             "pulumi:providers:kubernetes": 1,
-            "gpufleet:platform:TerminationHandler": 1,
-            "kubernetes:helm.sh/v3:Release": 1,
             "gpufleet:serving:DeepSeekServing": 1,
             "kubernetes:core/v1:ConfigMap": 1,
             "kubernetes:apps/v1:Deployment": 1,
@@ -422,9 +421,6 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     ]
     assert "EC2 Spot Instance Interruption Warning" in patterns
     assert "EC2 Instance Rebalance Recommendation" in patterns
-    handler = one(graph, "kubernetes:helm.sh/v3:Release").inputs
-    assert handler["values"]["enableSqsTerminationDraining"] is True
-    assert handler["values"]["queueURL"] == graph.outputs["queueUrl"]
 
 
 def test_burst_serves_the_fallback_model_on_spot_nodes(

@@ -1,0 +1,117 @@
+"""Who may do what in the burst stack, read from its recorded graph under mocks.
+
+The mocks give every AWS resource the ARN `arn:aws:<service>:us-east-1:<ACCOUNT>:<name>`, so each
+policy can be checked against the exact ARNs of the resources it names. What the mocks cannot see:
+whether AWS accepts these documents and honours them; tests/integration/test_burst_aws_access.py
+puts the same documents into moto's IAM, KMS, SSM and SQS and acts under them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gpufleet.inventory.stacks import Stack
+from gpufleet.plan.aws import (
+    SESSION_MANAGER_ACTIONS,
+    STAR_RESOURCE_ACTIONS,
+    controller_policy,
+    kms_key_policy,
+    node_role_policy,
+    plan_burst,
+    queue_policy,
+)
+from gpufleet.preview.program import ACCOUNT, Graph, Registration
+
+STACK = "burst-prod"
+
+
+def arn(r: Registration) -> str:
+    return f"arn:aws:{r.type.split(':')[1].split('/')[0]}:us-east-1:{ACCOUNT}:{r.name}"
+
+
+def named(graph: Graph, type_: str, suffix: str) -> Registration:
+    found = [r for r in graph.by_type(type_) if r.name.endswith(suffix)]
+    assert len(found) == 1, (type_, suffix, [r.name for r in graph.by_type(type_)])
+    return found[0]
+
+
+def document(r: Registration) -> dict[str, Any]:
+    return json.loads(r.inputs["policy"])
+
+
+def test_the_node_role_reads_its_two_parameters_decrypts_through_ssm_and_nothing_else(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    graph, stack = graphs[STACK], stacks[STACK]
+    region = plan_burst(stack.inventory, stack.config, "f").region
+    assert graph.by_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == [], "no managed policy"
+    token = named(graph, "aws:ssm/parameter:Parameter", "-join-token")
+    ca = named(graph, "aws:ssm/parameter:Parameter", "-ca-cert-hash")
+    key = named(graph, "aws:kms/key:Key", "-join-token-key")
+    policy = document(named(graph, "aws:iam/rolePolicy:RolePolicy", "-node-policy"))
+    assert policy == node_role_policy([arn(token), arn(ca)], arn(key), region)
+    actions = [a for s in policy["Statement"] for a in s["Action"]]
+    assert not [a for a in actions if a.split(":")[0] in ("sqs", "autoscaling", "ec2", "iam", "sts")]
+    assert "ssm:GetParameters" not in actions and "ssm:GetParametersByPath" not in actions
+    for s in policy["Statement"]:
+        if s["Resource"] == "*":
+            assert set(s["Action"]) == set(SESSION_MANAGER_ACTIONS) <= STAR_RESOURCE_ACTIONS
+    (decrypt,) = [s for s in policy["Statement"] if s["Action"] == ["kms:Decrypt"]]
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"ssm.{region}.amazonaws.com"}}
+
+
+def test_the_join_token_is_encrypted_with_the_stacks_own_key(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    graph, stack = graphs[STACK], stacks[STACK]
+    region = plan_burst(stack.inventory, stack.config, "f").region
+    key = named(graph, "aws:kms/key:Key", "-join-token-key")
+    token = named(graph, "aws:ssm/parameter:Parameter", "-join-token")
+    assert token.inputs["type"] == "SecureString" and token.inputs["keyId"] == arn(key)
+    assert key.inputs["enableKeyRotation"] is True
+    assert document(key) == kms_key_policy(ACCOUNT, region)
+    for s in document(key)["Statement"]:
+        assert s["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+        assert not [a for a in s["Action"] if a.endswith("*")]
+        if {"kms:Decrypt", "kms:Encrypt"} & set(s["Action"]):
+            assert s["Condition"]["StringEquals"]["kms:ViaService"] == f"ssm.{region}.amazonaws.com"
+
+
+def test_burst_nodes_keep_instance_metadata_from_pods(graphs: dict[str, Graph]) -> None:
+    lt = graphs[STACK].by_type("aws:ec2/launchTemplate:LaunchTemplate")[0].inputs
+    assert lt["metadataOptions"] == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",
+        "httpPutResponseHopLimit": 1,
+    }
+    # Nothing in the cluster relies on a pod reaching IMDS: no termination handler on the nodes.
+    assert not [r for r in graphs[STACK].by_type("kubernetes:helm.sh/v3:Release") if "termination" in r.name]
+
+
+def test_only_the_interruption_rules_of_this_account_may_send_to_the_queue(graphs: dict[str, Graph]) -> None:
+    graph = graphs[STACK]
+    queue = graph.by_type("aws:sqs/queue:Queue")[0]
+    rules = graph.by_type("aws:cloudwatch/eventRule:EventRule")
+    policy = document(graph.by_type("aws:sqs/queuePolicy:QueuePolicy")[0])
+    assert policy == queue_policy(arn(queue), [arn(r) for r in rules])
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert sorted(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == sorted(arn(r) for r in rules)
+    assert len(rules) == 3
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+
+
+def test_the_controller_policy_names_this_queue_and_this_group(graphs: dict[str, Graph]) -> None:
+    graph = graphs[STACK]
+    queue = graph.by_type("aws:sqs/queue:Queue")[0]
+    asg = graph.by_type("aws:autoscaling/group:Group")[0]
+    controller = named(graph, "aws:iam/policy:Policy", "-controller")
+    policy = document(controller)
+    assert policy == controller_policy(arn(queue), arn(asg))
+    group = next(s for s in policy["Statement"] if "autoscaling:CompleteLifecycleAction" in s["Action"])
+    assert group["Resource"] == [arn(asg)]
+    for s in policy["Statement"]:
+        if s["Resource"] == "*":
+            assert set(s["Action"]) <= STAR_RESOURCE_ACTIONS
+    assert graph.outputs["controllerPolicyArn"] == arn(controller)
