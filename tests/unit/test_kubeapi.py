@@ -1,0 +1,174 @@
+"""The node operations (gpufleet.kubeapi) against the fake that answers as the real kube-apiserver
+answered (tests/k8sapi.py), and the fake itself against the recordings it is built from."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from gpufleet.kubeapi import ApplyRefused, NodeApi
+from gpufleet.plan.node import READINESS_TAINT
+from tests.k8sapi import FIXTURES, KubeApiFake, kube_fake, recorded  # noqa: F401
+
+
+def _spec(node: dict[str, Any]) -> dict[str, Any]:
+    """A node's spec with the controller's timestamps left out (they are the recording's clock)."""
+    spec = copy.deepcopy(node["spec"])
+    for taint in spec.get("taints") or []:
+        taint.pop("timeAdded", None)
+    return spec
+
+
+def test_the_fake_answers_each_recorded_request_as_the_server_did() -> None:
+    fake = KubeApiFake()
+    assert fake.handle("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dgpu01", "", None) == (
+        200,
+        recorded("pods-on-node")["body"],
+    )
+    pdb = recorded("pdb-status-blocking")
+    assert fake.handle("GET", pdb["request"]["path"], "", None) == (200, pdb["body"])
+    assert fake.handle("POST", "/api/v1/namespaces/default/pods/nope/eviction", "application/json",
+                       {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "nope"}}) == (
+        404,
+        recorded("eviction-pod-not-found")["body"],
+    )  # fmt: skip
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "serving-0"}}
+    blocked = recorded("eviction-blocked-by-pdb")
+    assert fake.handle("POST", blocked["request"]["path"], "application/json", eviction) == (
+        429,
+        blocked["body"],
+    )
+    fake.set_min_available("serving", 1)  # the recording's context: the budget relaxed
+    allowed = recorded("eviction-allowed")
+    assert fake.handle("POST", allowed["request"]["path"], "application/json", eviction) == (
+        201,
+        allowed["body"],
+    )
+    assert fake.pod_names() == ["default/serving-1"]
+
+    # cordon, taint, untaint: the node after each as the server answered, controller's taint included.
+    merge, json_patch = "application/merge-patch+json", "application/json-patch+json"
+    steps = [
+        ("node-cordon", merge, {"spec": {"unschedulable": True}}),
+        ("node-taint-add", json_patch,
+         [{"op": "add", "path": "/spec/taints", "value": [{"key": "gpufleet.io/unverified", "effect": "NoSchedule"}]}]),
+        ("node-taint-remove", json_patch, [{"op": "remove", "path": "/spec/taints/0"}]),
+    ]  # fmt: skip
+    for name, content_type, patch in steps:
+        status, body = fake.handle("PATCH", "/api/v1/nodes/gpu01", content_type, patch)
+        assert (status, _spec(body)) == (recorded(name)["status"], _spec(recorded(name)["body"])), name
+
+    ssa = recorded("ssa-unknown-field")
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "t", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "t"}},
+            "template": {
+                "metadata": {"labels": {"app": "t"}},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/t:1", "bogusField": 1}]},
+            },
+        },
+    }
+    path = "/apis/apps/v1/namespaces/default/deployments/t?fieldManager=gpufleet&dryRun=All&fieldValidation=Strict"
+    assert fake.handle("PATCH", path, "application/apply-patch+yaml", deployment) == (500, ssa["body"])
+    assert fake.unrecorded == []
+
+
+def test_requests_of_a_shape_nobody_recorded_are_refused_and_reported() -> None:
+    fake = KubeApiFake()
+    # What the old drain sent: the client's default patch type for an object body.
+    strategic = fake.handle("PATCH", "/api/v1/nodes/gpu01", "application/strategic-merge-patch+json",
+                            {"spec": {"unschedulable": True}})  # fmt: skip
+    v1beta1 = fake.handle("POST", "/api/v1/namespaces/default/pods/serving-0/eviction", "application/json",
+                          {"apiVersion": "policy/v1beta1", "kind": "Eviction"})  # fmt: skip
+    assert strategic[0] == v1beta1[0] == 501
+    assert len(fake.unrecorded) == 2
+    assert fake.pod_names() == ["default/serving-0", "default/serving-1"], "nothing was evicted"
+
+
+def test_a_drain_never_breaks_a_disruption_budget_and_says_why_it_stopped(kube_fake: KubeApiFake) -> None:  # noqa: F811
+    clock = [0.0]
+    api = NodeApi(
+        kube_fake.core, clock=lambda: clock[0], poll_s=5, sleep=lambda s: clock.__setitem__(0, clock[0] + s)
+    )
+    report = api.drain("gpu01", deadline=30.0)
+    assert not report.finished_in_time and report.evicted == ()
+    assert report.left == ("default/serving-0", "default/serving-1")
+    assert report.blocked == tuple(
+        f"default/serving-{i}: Cannot evict pod as it would violate the pod's disruption budget."
+        for i in (0, 1)
+    )
+    assert clock[0] == 30.0, "it asked again until the deadline, then stopped"
+    assert kube_fake.nodes["gpu01"]["spec"]["unschedulable"] is True
+    evictions = [c for c in kube_fake.calls if c[0] == "POST"]
+    assert len(evictions) == 2 * 7  # every 5 s from 0 to 30
+
+
+def test_a_drain_finishes_once_the_budget_allows_and_skips_what_a_drain_leaves(
+    kube_fake: KubeApiFake,  # noqa: F811
+) -> None:
+    # The service's replicas elsewhere keep the budget whole while gpu01's pods leave.
+    kube_fake.add_node("gpu02")
+    for i in (2, 3):
+        kube_fake.add_pod("default", f"serving-{i}", "gpu02", labels={"app": "serving"})
+    kube_fake.add_pod("kube-system", "dcgm-exporter-x", "gpu01", owner_kind="DaemonSet")
+    kube_fake.add_pod("default", "warming-0", "gpu01", labels={"app": "serving"}, phase="Pending")
+    report = NodeApi(kube_fake.core, poll_s=0).drain("gpu01", deadline=10**12)
+    assert report.finished_in_time and report.left == () and report.blocked == ()
+    assert sorted(report.evicted) == ["default/serving-0", "default/serving-1", "default/warming-0"]
+    assert kube_fake.pod_names("gpu01") == ["kube-system/dcgm-exporter-x"]
+    assert kube_fake.pod_names("gpu02") == ["default/serving-2", "default/serving-3"]
+
+
+def test_a_pending_pod_is_evicted_even_when_the_budget_is_spent(kube_fake: KubeApiFake) -> None:  # noqa: F811
+    kube_fake.add_pod("default", "serving-2", "gpu01", labels={"app": "serving"}, phase="Pending")
+    api = NodeApi(kube_fake.core)
+    assert api.evict("default", "serving-2").outcome == "evicted"
+    assert api.evict("default", "serving-0").outcome == "blocked"
+    assert api.evict("default", "gone-0").outcome == "gone"
+
+
+def test_taints_are_added_and_removed_by_key_whatever_the_controller_adds(kube_fake: KubeApiFake) -> None:  # noqa: F811
+    api = NodeApi(kube_fake.core)
+    api.cordon("gpu01")
+    assert api.taints("gpu01") == [
+        {"key": "node.kubernetes.io/unschedulable", "value": None, "effect": "NoSchedule"}
+    ]
+    assert api.add_taint("gpu01", READINESS_TAINT)
+    assert not api.add_taint("gpu01", READINESS_TAINT), "already there: no second copy"
+    assert [t["key"] for t in api.taints("gpu01")] == [
+        "node.kubernetes.io/unschedulable",
+        "gpufleet.io/unverified",
+    ]
+    assert api.remove_taint("gpu01", READINESS_TAINT.key)
+    assert not api.remove_taint("gpu01", READINESS_TAINT.key)
+    api.uncordon("gpu01")
+    assert api.taints("gpu01") == [], "uncordoned: the controller took its taint back"
+    patches = [(c[2]) for c in kube_fake.calls if c[0] == "PATCH"]
+    assert patches[2] == [
+        {"op": "test", "path": "/spec/taints/1/key", "value": "gpufleet.io/unverified"},
+        {"op": "remove", "path": "/spec/taints/1"},
+    ]
+
+
+def test_a_strict_apply_of_an_unknown_field_is_refused_with_the_servers_message(
+    kube_fake: KubeApiFake,  # noqa: F811
+) -> None:
+    api = NodeApi(kube_fake.core)
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "gpu01", "labels": {"gpufleet.io/gpu": "h100"}},
+    }
+    assert api.apply_strict(node)["metadata"]["labels"]["gpufleet.io/gpu"] == "h100"
+    with pytest.raises(ApplyRefused) as refused:
+        api.apply_strict({**node, "spec": {"unschedulable": True, "unschedulabel": True}})
+    assert str(refused.value) == (
+        "Node gpu01: failed to create typed patch object (gpu01; /v1, Kind=Node): "
+        ".spec.unschedulabel: field not declared in schema"
+    )
+    assert "unschedulable" not in kube_fake.nodes["gpu01"]["spec"], "a refused apply changes nothing"
