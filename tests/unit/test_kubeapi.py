@@ -4,13 +4,19 @@ answered (tests/k8sapi.py), and the fake itself against the recordings it is bui
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from gpufleet.cli import app
+from gpufleet.inventory.load import load_inventory
 from gpufleet.kubeapi import ApplyRefused, NodeApi
-from gpufleet.plan.node import READINESS_TAINT
-from tests.k8sapi import FIXTURES, KubeApiFake, kube_fake, recorded  # noqa: F401
+from gpufleet.plan.node import READINESS_TAINT, NodePlan, plan_node
+from gpufleet.provision.membership import admit
+from tests.k8sapi import KubeApiFake, kube_fake, recorded  # noqa: F401
 
 
 def _spec(node: dict[str, Any]) -> dict[str, Any]:
@@ -172,3 +178,78 @@ def test_a_strict_apply_of_an_unknown_field_is_refused_with_the_servers_message(
         ".spec.unschedulabel: field not declared in schema"
     )
     assert "unschedulable" not in kube_fake.nodes["gpu01"]["spec"], "a refused apply changes nothing"
+
+
+def _kubeconfig(tmp_path: Path, core: Any) -> Path:
+    path = tmp_path / "kubeconfig"
+    server = core.api_client.configuration.host
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_gpufleet_drain_exits_1_with_the_budgets_message_then_0_once_it_allows(
+    kube_fake: KubeApiFake,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = _kubeconfig(tmp_path, kube_fake.core)
+    args = ["drain", "dc1", "gpu01", "--kubeconfig", str(config), "--timeout", "0"]
+    held = CliRunner().invoke(app, args)
+    assert held.exit_code == 1, held.output
+    assert "gpu01: cordoned; 0 pods evicted, 2 left" in held.stdout
+    assert (
+        "default/serving-0: Cannot evict pod as it would violate the pod's disruption budget." in held.stderr
+    )
+    kube_fake.add_node("gpu02")
+    kube_fake.add_pod("default", "serving-2", "gpu02", labels={"app": "serving"})
+    kube_fake.add_pod("default", "serving-3", "gpu02", labels={"app": "serving"})
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert kube_fake.pod_names("gpu01") == []
+
+
+def _registered(fake: KubeApiFake, plan: NodePlan) -> NodeApi:
+    """gpu01 as it joins: cordoned by the rolling play, tainted unverified by its registration."""
+    api = NodeApi(fake.core)
+    api.cordon(plan.hostname)
+    for taint in plan.registration_taints:
+        api.add_taint(plan.hostname, taint)
+    return api
+
+
+def test_admission_changes_nothing_on_a_failed_gate(kube_fake: KubeApiFake) -> None:  # noqa: F811
+    inv = load_inventory("dc1")
+    plan = plan_node(inv, inv.node("gpu01"))
+    api = _registered(kube_fake, plan)
+    before = copy.deepcopy(kube_fake.nodes["gpu01"])
+    writes = len([c for c in kube_fake.calls if c[0] != "GET"])
+    admission = admit(api, plan, lambda: (False, ["gpu: nvidia-smi: 7 GPUs, planned 8"]))
+    assert not admission.admitted and admission.failed == ("gpu: nvidia-smi: 7 GPUs, planned 8",)
+    assert len([c for c in kube_fake.calls if c[0] != "GET"]) == writes
+    assert kube_fake.nodes["gpu01"] == before
+
+
+def test_admission_labels_untaints_and_uncordons_a_node_that_passes(kube_fake: KubeApiFake) -> None:  # noqa: F811
+    inv = load_inventory("dc1")
+    plan = plan_node(inv, inv.node("gpu01"))
+    api = _registered(kube_fake, plan)
+    admission = admit(api, plan, lambda: (True, []))
+    assert admission.admitted
+    assert admission.done[1:] == ("taint gpufleet.io/unverified removed", "uncordoned")
+    node = kube_fake.nodes["gpu01"]
+    assert plan.labels and plan.labels.items() <= node["metadata"]["labels"].items()
+    assert "unschedulable" not in node["spec"]
+    planned = [{"key": t.key, "value": t.value, "effect": t.effect} for t in plan.taints]
+    assert [
+        {k: t.get(k) for k in ("key", "value", "effect")} for t in node["spec"].get("taints", [])
+    ] == planned
