@@ -253,3 +253,36 @@ def test_admission_labels_untaints_and_uncordons_a_node_that_passes(kube_fake: K
     assert [
         {k: t.get(k) for k in ("key", "value", "effect")} for t in node["spec"].get("taints", [])
     ] == planned
+
+
+def test_a_deleted_node_is_drained_then_removed_from_kubernetes_and_ceph(
+    kube_fake: KubeApiFake,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Node provider's delete (components.provisioning.remove_node), its playbooks recorded."""
+    from components import provisioning
+
+    plays: list[tuple[str, dict[str, Any] | None]] = []
+    kubeconfig = _kubeconfig(tmp_path, kube_fake.core).read_text()
+
+    def playbook(site: str, name: str, _dir: Path, extravars: dict[str, Any] | None = None) -> dict[str, Any]:
+        plays.append((name, extravars))
+        return {"kubeconfig": kubeconfig} if name == "kubernetes_outputs" else {"purged_osds": [7, 8]}
+
+    monkeypatch.setattr(provisioning, "run_cluster_playbook", playbook)
+    inv = load_inventory("dc1")
+    plan = plan_node(inv, inv.node("gpu01")).model_copy(update={"ceph_osd_devices": ["/dev/nvme9n1"]})
+    # The recorded budget keeps both pods: the delete fails and the node stays, in Kubernetes too.
+    with pytest.raises(
+        RuntimeError, match="gpu01: drain did not finish, node kept: default/serving-0: Cannot evict"
+    ):
+        provisioning.remove_node("dc1", plan, drain_timeout_s=0)
+    assert "gpu01" in kube_fake.nodes and [p[0] for p in plays] == ["kubernetes_outputs"]
+    kube_fake.add_node("gpu02")
+    for i in (2, 3):
+        kube_fake.add_pod("default", f"serving-{i}", "gpu02", labels={"app": "serving"})
+    done = provisioning.remove_node("dc1", plan, drain_timeout_s=60)
+    assert done == ["drained (2 pods) and deleted from Kubernetes", "OSDs 7, 8 purged from Ceph"]
+    assert "gpu01" not in kube_fake.nodes
+    assert plays[-1] == ("ceph_remove_host", {"ceph_remove_host": "gpu01"})
