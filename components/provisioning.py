@@ -62,7 +62,7 @@ def remove_node(site: str, plan: NodePlan, drain_timeout_s: float) -> list[str]:
     """Take a node out of its clusters before Pulumi forgets it: drain it (as far as disruption
     budgets allow, else fail and keep it) and delete it from Kubernetes, then take its OSDs out of
     Ceph and purge them once Ceph says they are safe to destroy. The machine itself is left as is."""
-    from gpufleet.provision.membership import remove
+    from gpufleet.provision.membership import node_api, remove
 
     done = []
     if "kubelet" in plan.services:
@@ -70,8 +70,6 @@ def remove_node(site: str, plan: NodePlan, drain_timeout_s: float) -> list[str]:
         with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as f:
             f.write(kubeconfig)
             f.flush()
-            from gpufleet.provision.membership import node_api
-
             report, deleted = remove(node_api(Path(f.name)), plan.hostname, drain_timeout_s)
         if not report.finished_in_time:
             why = "; ".join(report.blocked or report.left)

@@ -30,6 +30,7 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "gpufleet"
+DISRUPTION_BUDGET = "DisruptionBudget"  # the cause of a 429 that a PodDisruptionBudget answers
 
 
 class KubeError(RuntimeError):
@@ -40,13 +41,15 @@ class ApplyRefused(KubeError):
     """A strict server-side apply the API server refused (an unknown field, a wrong type)."""
 
 
-def _status_message(exc: ApiException) -> tuple[str, list[str]]:
-    """The Status body's message and its causes' reasons."""
+def _status_message(exc: ApiException) -> tuple[str, dict[str, str]]:
+    """The Status body's message, and its causes' messages by reason."""
     try:
         body = json.loads(exc.body or "{}")
     except ValueError:
-        return str(exc.reason or exc.status), []
-    causes = [str(c.get("reason")) for c in (body.get("details") or {}).get("causes") or []]
+        return str(exc.reason or exc.status), {}
+    causes = {
+        str(c.get("reason")): str(c.get("message")) for c in (body.get("details") or {}).get("causes") or []
+    }
     return str(body.get("message") or exc.reason or exc.status), causes
 
 
@@ -148,13 +151,15 @@ class NodeApi:
         try:
             self.core.create_namespaced_pod_eviction(name, namespace, body)
         except ApiException as exc:
-            message, _causes = _status_message(exc)
+            message, causes = _status_message(exc)
             if exc.status == 404:
                 return Eviction(pod, "gone", message)
             if exc.status == 429:
-                # DisruptionBudget cause: the budget allows no disruption now; without it, the
-                # server's own throttling. Either way the pod stays and a later try may pass.
-                return Eviction(pod, "blocked", message)
+                # DisruptionBudget cause: the budget allows no disruption now (its message says how
+                # many healthy pods it needs); without it, the server's own throttling. Either way
+                # the pod stays and a later try may pass.
+                budget = causes.get(DISRUPTION_BUDGET)
+                return Eviction(pod, "blocked", f"{message} {budget}" if budget else message)
             raise KubeError(f"evict {pod}: {exc.status} {message}") from None
         return Eviction(pod, "evicted")
 
@@ -223,7 +228,7 @@ class NodeApi:
             response.read()
             answer = api.response_deserialize(response, {"200": "object", "201": "object"})
         except ApiException as exc:
-            message, _causes = _status_message(exc)
+            message, _ = _status_message(exc)
             if "field not declared in schema" in message or exc.status in (400, 422):
                 raise ApplyRefused(f"{kind} {meta['name']}: {message}") from None
             raise KubeError(f"apply {kind} {meta['name']}: {exc.status} {message}") from None

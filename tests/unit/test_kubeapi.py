@@ -105,7 +105,8 @@ def test_a_drain_never_breaks_a_disruption_budget_and_says_why_it_stopped(kube_f
     assert not report.finished_in_time and report.evicted == ()
     assert report.left == ("default/serving-0", "default/serving-1")
     assert report.blocked == tuple(
-        f"default/serving-{i}: Cannot evict pod as it would violate the pod's disruption budget."
+        f"default/serving-{i}: Cannot evict pod as it would violate the pod's disruption budget. "
+        "The disruption budget serving needs 2 healthy pods and has 2 currently"
         for i in (0, 1)
     )
     assert clock[0] == 30.0, "it asked again until the deadline, then stopped"
