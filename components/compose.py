@@ -47,7 +47,8 @@ def onprem(stack: Stack) -> None:
 
     def spec(n: Node) -> NodeSpec:
         joins = {c: core_of[c] for c in roles.joins.get(n.hostname, ())}
-        return NodeSpec(n.hostname, str(n.management_ip), plan_node(inv, n), host_expectations(inv, n), joins)
+        plan_n = plan_node(inv, n)
+        return NodeSpec(n.hostname, str(n.management_ip), plan_n, host_expectations(inv, n, plan_n), joins)
 
     # The core first; each cluster waits for its own core hosts only; members join after, each alone.
     nodes = OnPremNodes(
