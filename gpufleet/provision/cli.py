@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -242,7 +244,8 @@ def register(app: typer.Typer) -> None:
         with bad_input():
             host = _site_host(site, host)
             api = node_api(kubeconfig.expanduser())
-        report = drain(api, host, timeout)
+        with api_errors(host):
+            report = drain(api, host, timeout)
         out.print(
             f"{host}: cordoned; {len(report.evicted)} pods evicted, {len(report.left)} left", highlight=False
         )
@@ -263,12 +266,31 @@ def register(app: typer.Typer) -> None:
             host = _site_host(site, host)
             inv = load_inventory(site)
             api = node_api(kubeconfig.expanduser())
-        admission = admit(api, plan_node(inv, inv.node(host)), gate_of(site, host))
+        with api_errors(host):
+            admission = admit(api, plan_node(inv, inv.node(host)), gate_of(site, host))
         for line in admission.failed:
             err.print(f"{host}: {line}", markup=False, highlight=False, soft_wrap=True)
         if not admission.admitted:
             raise typer.Exit(1)
         out.print(f"{host}: admitted ({'; '.join(admission.done)})", highlight=False)
+
+
+@contextmanager
+def api_errors(host: str) -> Iterator[None]:
+    """An answer from the API server that stops the command: one line with the server's message, exit 1."""
+    from kubernetes.client.exceptions import ApiException
+
+    from gpufleet.cli import err
+    from gpufleet.kubeapi import KubeError
+
+    try:
+        yield
+    except KubeError as exc:
+        err.print(f"{host}: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ApiException as exc:
+        err.print(f"{host}: {exc.status} {exc.reason}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _site_host(site: str, host: str) -> str:

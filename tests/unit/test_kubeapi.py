@@ -287,3 +287,16 @@ def test_a_deleted_node_is_drained_then_removed_from_kubernetes_and_ceph(
     assert done == ["drained (2 pods) and deleted from Kubernetes", "OSDs 7, 8 purged from Ceph"]
     assert "gpu01" not in kube_fake.nodes
     assert plays[-1] == ("ceph_remove_host", {"ceph_remove_host": "gpu01"})
+
+
+def test_an_api_error_stops_drain_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    # gpu02 is not registered; the fake answers what nobody recorded with 501, which stands for any
+    # refusal here: the command must not end in a traceback.
+    fake = KubeApiFake()
+    with fake.serve() as core:
+        result = CliRunner().invoke(
+            app, ["drain", "dc1", "gpu02", "--kubeconfig", str(_kubeconfig(tmp_path, core)), "--timeout", "1"]
+        )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "gpu02: 501 Not Implemented"
+    assert fake.unrecorded == ["PATCH /api/v1/nodes/gpu02 (application/merge-patch+json)"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deploys.reboot import reboot_why
 from gpufleet.inventory.load import load_inventory
+from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.membership import membership
 from gpufleet.plan.node import NodePlan, Package, Taint, plan_node
 from gpufleet.plan.nodediff import plan_changes, reboot_reasons
 from gpufleet.plan.site import plan_site
+from gpufleet.provision.nodes import DEPLOYS
 
 INV = load_inventory("dc1")
 PLAN = plan_node(INV, INV.node("gpu01"))
@@ -85,3 +89,26 @@ def test_the_core_is_control_planes_and_ceph_mons_and_mgrs_and_the_rest_join() -
     osd_only = [h for h in plan.ceph.osds if h not in roles.core]  # type: ignore[union-attr]
     assert all("ceph" in roles.joins[h] for h in osd_only)
     assert not set(roles.joins) & set(roles.core)
+
+
+def test_the_provider_hands_the_host_suite_its_own_expectations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPUFLEET_EXPECT (written by verify_site(given=...)) replaces the inventory's expectations."""
+    from tests.host.conftest import _given
+
+    monkeypatch.delenv("GPUFLEET_EXPECT", raising=False)
+    assert _given() is None
+    expect = host_expectations(INV, INV.node("gpu01"), PLAN)
+    changed = expect.model_copy(update={"hostname": "gpu77"})
+    (tmp_path / "expect.json").write_text(changed.model_dump_json())
+    monkeypatch.setenv("GPUFLEET_EXPECT", str(tmp_path / "expect.json"))
+    assert _given() == changed
+
+
+def test_every_deploy_the_provider_runs_resolves() -> None:
+    import importlib
+
+    for target in DEPLOYS.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
