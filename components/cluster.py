@@ -54,6 +54,11 @@ class ClusterRolesArgs:
     ceph: CephPlan | None
     # Monitor addresses (`ip:port`) from the inventory: the CSI driver and clients need them.
     ceph_monitors: list[str]
+    # The core hosts each playbook runs on (gpufleet.plan.membership), and their Node resources:
+    # each cluster waits for those nodes only.
+    ceph_hosts: list[str]
+    kubernetes_hosts: list[str]
+    nodes: dict[str, pulumi.Resource]
 
 
 class ClusterRoles(pulumi.ComponentResource):
@@ -66,13 +71,17 @@ class ClusterRoles(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:cluster:ClusterRoles", name, None, opts)
         self.ceph_fsid = self.ceph_client_key = None
-        ceph = None
+        ceph: CephCluster | None = None
         if args.ceph is not None:
             spec = {**args.ceph.model_dump(mode="json"), "monitors": args.ceph_monitors}
             ceph = CephCluster(
                 f"{name}-ceph",
-                {"site": args.site, "spec": spec, "digest": _digest(spec)},
-                pulumi.ResourceOptions(parent=self, additional_secret_outputs=["client_key"]),
+                {"site": args.site, "spec": spec, "digest": _digest(spec), "hosts": args.ceph_hosts},
+                pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[args.nodes[h] for h in args.ceph_hosts],
+                    additional_secret_outputs=["client_key"],
+                ),
             )
             self.ceph_fsid = ceph.fsid
             self.ceph_client_key = pulumi.Output.secret(ceph.client_key)
@@ -80,13 +89,16 @@ class ClusterRoles(pulumi.ComponentResource):
         # Persistent volumes come from Ceph: the control plane is brought up after it.
         k8s = KubernetesCluster(
             f"{name}-kubernetes",
-            {"site": args.site, "spec": spec, "digest": _digest(spec)},
+            {"site": args.site, "spec": spec, "digest": _digest(spec), "hosts": args.kubernetes_hosts},
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[ceph] if ceph is not None else [],
+                depends_on=[args.nodes[h] for h in args.kubernetes_hosts]
+                + ([ceph] if ceph is not None else []),
                 additional_secret_outputs=["kubeconfig", "join_token"],
             ),
         )
+        # What members join: a member Node waits for the clusters it joins.
+        self.clusters: dict[str, pulumi.Resource] = {"kubernetes": k8s, **({"ceph": ceph} if ceph else {})}
         self.kubeconfig = pulumi.Output.secret(k8s.kubeconfig)
         self.join_token = pulumi.Output.secret(k8s.join_token)
         self.ca_cert_hash = k8s.ca_cert_hash

@@ -18,7 +18,9 @@ from components.platform import (
 )
 from components.serving import DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
+from gpufleet.model.site import Node
 from gpufleet.plan.aws import plan_burst
+from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
     ONPREM_SERVING_AWAIT,
@@ -32,6 +34,7 @@ from gpufleet.plan.k8s import (
     rbd_pool,
     triton_pod_monitor,
 )
+from gpufleet.plan.membership import membership
 from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
 
@@ -58,19 +61,37 @@ def onprem(stack: Stack) -> None:
     inv = stack.inventory
     plan = plan_site(inv)
     site = inv.site.name
+    roles = membership(plan, [n.hostname for n in inv.nodes])
+    core_of = {"ceph": roles.ceph_hosts, "kubernetes": roles.kubernetes_hosts}
+
+    def spec(n: Node) -> NodeSpec:
+        joins = {c: core_of[c] for c in roles.joins.get(n.hostname, ())}
+        plan_n = plan_node(inv, n)
+        return NodeSpec(n.hostname, str(n.management_ip), plan_n, host_expectations(inv, n, plan_n), joins)
+
+    # The core first; each cluster waits for its own core hosts only; members join after, each alone.
     nodes = OnPremNodes(
-        "nodes",
-        OnPremNodesArgs(
-            site=site,
-            nodes=[NodeSpec(n.hostname, str(n.management_ip), plan_node(inv, n)) for n in inv.nodes],
-        ),
+        "nodes", OnPremNodesArgs(site=site, nodes=[spec(n) for n in inv.nodes if n.hostname in roles.core])
     )
     monitors = ceph_monitors(inv, plan)
     cluster = ClusterRoles(
         "cluster",
-        ClusterRolesArgs(site=site, kubernetes=plan.kubernetes, ceph=plan.ceph, ceph_monitors=monitors),
-        pulumi.ResourceOptions(depends_on=[nodes]),
+        ClusterRolesArgs(
+            site=site,
+            kubernetes=plan.kubernetes,
+            ceph=plan.ceph,
+            ceph_monitors=monitors,
+            ceph_hosts=roles.ceph_hosts,
+            kubernetes_hosts=roles.kubernetes_hosts,
+            nodes=dict(nodes.nodes),
+        ),
     )
+    members = [spec(n) for n in inv.nodes if n.hostname in roles.joins]
+    if members:
+        joined = sorted({c for m in members for c in m.join})
+        OnPremNodes(
+            "members", OnPremNodesArgs(site=site, nodes=members, after=[cluster.clusters[c] for c in joined])
+        )
     ceph = None
     pool = rbd_pool(plan.ceph) if plan.ceph is not None else None
     if pool is not None and cluster.ceph_fsid is not None and cluster.ceph_client_key is not None:

@@ -1,15 +1,22 @@
-"""OnPremNodes: one resource per bare-metal node, converged by its pyinfra deploy."""
+"""OnPremNodes: one resource per bare-metal node, converged by its pyinfra deploy.
+
+The site's core (control planes, Ceph monitors and managers) comes first and the cluster resources
+wait for it alone; every other node is a member that joins those clusters at the end of its own
+converge. One member that fails (a bad GPU, a host that does not come back from its reboot) fails
+alone: Ceph, Kubernetes, the platform and serving go on without it.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import Resource
 
 from components.providers import NodeProvider, undo_pickler_wrapping
+from gpufleet.plan.expect import HostExpect
 from gpufleet.plan.node import NodePlan
 
 
@@ -29,6 +36,11 @@ class NodeSpec:
     hostname: str
     address: str
     plan: NodePlan
+    # What the admission gate checks, from the same plan (gpufleet.plan.expect).
+    expect: HostExpect
+    # Clusters this node joins at the end of its own create/update ("ceph", "kubernetes"), each with
+    # the core hosts its playbook runs beside it: a member joins by itself and fails by itself.
+    join: dict[str, list[str]] = field(default_factory=dict)
 
 
 def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
@@ -43,6 +55,8 @@ def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
         "pinned": {p.name: p.version for p in plan.packages if p.hold and p.version},
         "plan": json.dumps(plan.model_dump(mode="json"), sort_keys=True, indent=1),
         "digest": plan.digest,
+        "expect": spec.expect.model_dump_json(),
+        "join": spec.join,
     }
 
 
@@ -50,6 +64,8 @@ def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
 class OnPremNodesArgs:
     site: str
     nodes: list[NodeSpec]
+    # Each node waits for these (the clusters its members join), and for nothing else.
+    after: list[pulumi.Resource] = field(default_factory=list)
 
 
 class OnPremNodes(pulumi.ComponentResource):
@@ -61,7 +77,7 @@ class OnPremNodes(pulumi.ComponentResource):
             spec.hostname: Node(
                 f"{name}-{spec.hostname}",
                 node_inputs(args.site, spec),
-                pulumi.ResourceOptions(parent=self),
+                pulumi.ResourceOptions(parent=self, depends_on=args.after),
             )
             for spec in args.nodes
         }

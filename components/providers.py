@@ -21,7 +21,9 @@ from pulumi.dynamic import (
 )
 
 from components import provisioning
+from gpufleet.plan.expect import HostExpect
 from gpufleet.plan.node import NodePlan
+from gpufleet.plan.nodediff import reboot_reasons
 
 # pulumi.dynamic wraps pickle._Pickler._batch_setitems each time it serializes a provider (to sort
 # dict items) and never unwraps it: the wrappers nest, and past ~900 dynamic resources in one
@@ -37,20 +39,33 @@ def undo_pickler_wrapping() -> None:
 # Inputs whose change makes a different machine or cluster: replace, never update in place.
 NODE_IDENTITY = ("site", "hostname")
 CLUSTER_IDENTITY = ("site",)
+JOINABLE = ("ceph", "kubernetes")
+# How long a deleted node's drain may wait on disruption budgets before the delete fails.
+DRAIN_TIMEOUT_S = 1800.0
 
 
 def _changed(olds: dict[str, Any], news: dict[str, Any], keys: list[str]) -> list[str]:
     return sorted(k for k in keys if olds.get(k) != news.get(k))
 
 
+def _plan(props: dict[str, Any]) -> NodePlan:
+    return NodePlan.model_validate_json(str(props["plan"]))
+
+
+def _expect(props: dict[str, Any]) -> HostExpect:
+    return HostExpect.model_validate_json(str(props["expect"]))
+
+
 class NodeProvider(ResourceProvider):
-    """One bare-metal node converged to its plan; `read` reports drift for `pulumi refresh`."""
+    """One bare-metal node converged to its own `plan` input at its `address`, rebooted when the
+    plan change needs it, gated against its own `expect` input; `read` reports drift for
+    `pulumi refresh`; `delete` takes it out of Kubernetes and Ceph. No inventory is read."""
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         try:
-            plan = NodePlan.model_validate_json(str(news.get("plan")))
-        except ValueError as exc:
+            plan = _plan(news)
+        except (ValueError, KeyError) as exc:
             failures.append(CheckFailure("plan", f"not a node plan: {exc}".splitlines()[0]))
         else:
             if plan.digest != news.get("digest"):
@@ -62,11 +77,25 @@ class NodeProvider(ResourceProvider):
             pinned = {p.name: p.version for p in plan.packages if p.hold and p.version}
             if pinned != news.get("pinned"):
                 failures.append(CheckFailure("pinned", "not the plan's held packages"))
+        try:
+            expect = _expect(news)
+        except (ValueError, KeyError) as exc:
+            failures.append(CheckFailure("expect", f"not host expectations: {exc}".splitlines()[0]))
+        else:
+            if expect.hostname != news.get("hostname"):
+                failures.append(CheckFailure("expect", f"the expectations are for {expect.hostname}"))
+        join = news.get("join")
+        if not isinstance(join, dict) or any(
+            c not in JOINABLE or not isinstance(h, list) or not h for c, h in join.items()
+        ):
+            failures.append(
+                CheckFailure("join", f"clusters to join ({', '.join(JOINABLE)}) with their core hosts")
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = _changed(olds, news, list(NODE_IDENTITY))
-        changed = _changed(olds, news, ["address", "digest", "pinned"])
+        changed = _changed(olds, news, ["address", "digest", "pinned", "expect", "join"])
         # After `pulumi refresh`, `drift` lists what the deploy would change on the host now.
         if olds.get("drift"):
             changed.append("drift")
@@ -77,29 +106,42 @@ class NodeProvider(ResourceProvider):
             delete_before_replace=True,
         )
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
-        changed = provisioning.converge_node(props["site"], props["hostname"])
-        return CreateResult(
-            f"{props['site']}/{props['hostname']}", {**props, "changed": changed, "drift": []}
+    def _converge(self, props: dict[str, Any], old_plan: NodePlan | None) -> dict[str, Any]:
+        plan = _plan(props)
+        reasons = reboot_reasons(old_plan, plan)
+        changed = provisioning.converge_node(
+            props["site"], props["hostname"], props["address"], plan, _expect(props), reasons, props["join"]
         )
+        return {**props, "changed": changed, "drift": []}
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        changed = provisioning.converge_node(news["site"], news["hostname"])
-        return UpdateResult({**news, "changed": changed, "drift": []})
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(f"{props['site']}/{props['hostname']}", self._converge(props, None))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        try:
+            old_plan: NodePlan | None = _plan(olds)
+        except (ValueError, KeyError):
+            old_plan = None  # state from before plans travelled whole: the deploy's marker decides
+        return UpdateResult(self._converge(news, old_plan))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         # A pyinfra dry run reads the host's facts and lists the operations that would change it
         # (e.g. "nvidia-driver-580-open 535.x -> 580.159.04-*"): refresh records them, preview shows them.
-        drift = provisioning.pending_changes(props["site"], props["hostname"])
+        drift = provisioning.pending_changes(props["site"], props["hostname"], props["address"], _plan(props))
         return ReadResult(id_, {**props, "drift": drift})
 
-    def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        # Removing a node from the inventory stops managing it; wiping bare metal is a human's call.
-        return None
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        # Out of the clusters first: drained (never past a disruption budget: a drain that cannot
+        # finish fails the delete and keeps the node), deleted from Kubernetes, its OSDs purged once
+        # Ceph can spare them. Wiping the bare metal is a human's call.
+        provisioning.remove_node(props["site"], _plan(props), DRAIN_TIMEOUT_S)
 
 
 class ClusterProvider(ResourceProvider):
-    """A site-wide playbook (Ceph or Kubernetes) run through ansible-runner; its facts are outputs."""
+    """A site-wide playbook (Ceph or Kubernetes) run through ansible-runner; its facts are outputs.
+
+    It runs on the site's core `hosts` only (members join from their own Node); `read` runs the
+    playbook in check mode and reports what it would change as `drift`."""
 
     def __init__(self, playbook: str, outputs: tuple[str, ...]) -> None:
         self.playbook = playbook
@@ -107,11 +149,16 @@ class ClusterProvider(ResourceProvider):
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(key, "required") for key in ("site", "spec", "digest") if not news.get(key)]
+        if not isinstance(news.get("hosts"), list) or not news["hosts"]:
+            failures.append(CheckFailure("hosts", "the core hosts the playbook runs on"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = _changed(olds, news, list(CLUSTER_IDENTITY))
-        changed = _changed(olds, news, ["spec", "digest"])
+        changed = _changed(olds, news, ["spec", "digest", "hosts"])
+        # Drift found by `pulumi refresh`: run the playbook again.
+        if olds.get("drift"):
+            changed.append("drift")
         return DiffResult(
             changes=bool(replaces or changed),
             replaces=replaces,
@@ -120,17 +167,21 @@ class ClusterProvider(ResourceProvider):
         )
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
-        facts = provisioning.converge_cluster(props["site"], self.playbook)
+        facts = provisioning.converge_cluster(props["site"], self.playbook, list(props["hosts"]))
         missing = [k for k in self.outputs if k not in facts]
         if missing:
             raise RuntimeError(f"playbook {self.playbook} exported no {', '.join(missing)}")
-        return {**props, **facts}
+        return {**props, **facts, "drift": []}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(f"{props['site']}/{self.playbook}", self._run(props))
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(self._run(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        drift = provisioning.cluster_drift(props["site"], self.playbook, list(props["hosts"]))
+        return ReadResult(id_, {**props, "drift": drift})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # Tearing down a Ceph cluster or a control plane destroys data: never on `pulumi destroy`.

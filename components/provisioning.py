@@ -13,63 +13,122 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.inventory.load import REPO_ROOT
+from gpufleet.plan.expect import HostExpect
+from gpufleet.plan.node import NodePlan
 
 
 def _quiet(_host: str, _event: str) -> None:
     """Progress goes to the provider's result, not to the engine's log."""
 
 
-def converge_node(site: str, hostname: str) -> list[str]:
-    """Run the node's pyinfra deploy, then the gate on the node's own state; returns the operations
-    that changed. Kubernetes membership and Ceph health are left to `gpufleet verify` once the
-    cluster playbooks (which run after every node) have joined it: a new node cannot pass them yet."""
-    from gpufleet.inventory.load import load_inventory
-    from gpufleet.provision.nodes import provision
+def converge_node(site: str, hostname: str, address: str, plan: NodePlan, expect: HostExpect,
+                  reboot_for: list[str], join: dict[str, list[str]]) -> list[str]:  # fmt: skip
+    """Carry out the node's own plan at its address: the pyinfra deploy, a reboot when the plan
+    change or the deploy asks for one (and the wait until the node is back), the gate on the node's
+    own state against the given expectations, then (a member) joining its clusters; returns what
+    changed. It joins with the `gpufleet.io/unverified` taint: `gpufleet admit` lets work in."""
+    from gpufleet.provision.nodes import Target, provision_hosts
     from gpufleet.verify import verify_site
 
-    result = provision(load_inventory(site), [hostname], dry_run=False, on_event=_quiet)[0]
+    target = {hostname: Target(address, plan, tuple(reboot_for))}
+    result = provision_hosts(site, target, dry_run=False, on_event=_quiet)[0]
     if not result.ok:
         raise RuntimeError(f"{hostname}: node deploy failed: {result.error}")
-    report = verify_site(site, [hostname], node_only=True)
+    booted = provision_hosts(site, target, dry_run=False, on_event=_quiet, deploy="reboot")[0]
+    if not booted.ok:
+        raise RuntimeError(f"{hostname}: reboot failed or the node did not come back: {booted.error}")
+    report = verify_site(site, [hostname], node_only=True, given=(address, expect))
     if not report.ok:
         failed = (
             "; ".join(f"{r.check}: {r.message}" for r in report.failed[:5]) or f"exit {report.returncode}"
         )
         raise RuntimeError(f"{hostname}: admission gate failed: {failed}")
-    return result.changed
+    for component, core in join.items():
+        join_cluster(site, component, hostname, core)
+    return result.changed + booted.changed
 
 
-def pending_changes(site: str, hostname: str) -> list[str]:
+def pending_changes(site: str, hostname: str, address: str, plan: NodePlan) -> list[str]:
     """What the deploy would change now (a pyinfra dry run): the node's drift from its plan."""
-    from gpufleet.inventory.load import load_inventory
-    from gpufleet.provision.nodes import provision
+    from gpufleet.provision.nodes import Target, provision_hosts
 
-    result = provision(load_inventory(site), [hostname], dry_run=True, on_event=_quiet)[0]
+    result = provision_hosts(site, {hostname: Target(address, plan)}, dry_run=True, on_event=_quiet)[0]
     if not result.ok:
         raise RuntimeError(f"{hostname}: cannot read facts: {result.error}")
     return result.changed
+
+
+def remove_node(site: str, plan: NodePlan, drain_timeout_s: float) -> list[str]:
+    """Take a node out of its clusters before Pulumi forgets it: drain it (as far as disruption
+    budgets allow, else fail and keep it) and delete it from Kubernetes, then take its OSDs out of
+    Ceph and purge them once Ceph says they are safe to destroy. The machine itself is left as is."""
+    from gpufleet.provision.membership import node_api, remove
+
+    done = []
+    if "kubelet" in plan.services:
+        kubeconfig = run_cluster_playbook(site, "kubernetes_outputs", OUTPUT_PLAYBOOKS)["kubeconfig"]
+        with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as f:
+            f.write(kubeconfig)
+            f.flush()
+            report, deleted = remove(node_api(Path(f.name)), plan.hostname, drain_timeout_s)
+        if not report.finished_in_time:
+            why = "; ".join(report.blocked or report.left)
+            raise RuntimeError(f"{plan.hostname}: drain did not finish, node kept: {why}")
+        done.append(
+            f"drained ({len(report.evicted)} pods) and {'deleted from' if deleted else 'not in'} Kubernetes"
+        )
+    if plan.ceph_osd_devices:
+        facts = run_cluster_playbook(
+            site, "ceph_remove_host", OUTPUT_PLAYBOOKS, {"ceph_remove_host": plan.hostname}
+        )
+        done.append(f"OSDs {', '.join(map(str, facts.get('purged_osds', []))) or 'none'} purged from Ceph")
+    return done
 
 
 OUTPUT_PLAYBOOKS = Path(__file__).with_name("playbooks")
 CEPH_CLIENT = "kubernetes"  # the ceph role's ceph_client_name: the key the CSI driver uses
 
 
-def converge_cluster(site: str, component: str) -> dict[str, Any]:
-    """Run `playbooks/<component>.yml` (gpufleet.provision.cluster, plan as extra vars); return its outputs."""
+def converge_cluster(site: str, component: str, hosts: list[str]) -> dict[str, Any]:
+    """Run `playbooks/<component>.yml` (gpufleet.provision.cluster, plan as extra vars) on the
+    cluster's core `hosts` only; return its outputs. Members join by themselves (`join_cluster`)."""
     from gpufleet.inventory.load import load_inventory
     from gpufleet.provision.cluster import ceph_fsid, out_dir, run_playbook
 
     inv = load_inventory(site)
-    result = run_playbook(inv, f"{component}.yml", _quiet)
+    result = run_playbook(inv, f"{component}.yml", _quiet, limit=hosts)
     if not result.ok:
         raise RuntimeError(f"playbook {component}.yml on {site}: {'; '.join(result.failures[:5])}")
     if component == "ceph":
         # The role writes the client keyring on this controller; the fsid is derived from the site.
-        return {
+        facts = {
             "fsid": ceph_fsid(site),
             "client_key": keyring_key(out_dir(site) / f"ceph.client.{CEPH_CLIENT}.keyring"),
         }
-    return run_cluster_playbook(site, f"{component}_outputs", OUTPUT_PLAYBOOKS)
+    else:
+        facts = run_cluster_playbook(site, f"{component}_outputs", OUTPUT_PLAYBOOKS)
+    return facts
+
+
+def join_cluster(site: str, component: str, hostname: str, core: list[str]) -> None:
+    """A member joins: the cluster's playbook on the core and this one host (OSDs, kubeadm join)."""
+    from gpufleet.inventory.load import load_inventory
+    from gpufleet.provision.cluster import run_playbook
+
+    result = run_playbook(load_inventory(site), f"{component}.yml", _quiet, limit=[*core, hostname])
+    if not result.ok:
+        raise RuntimeError(f"{hostname}: joining {component} failed: {'; '.join(result.failures[:5])}")
+
+
+def cluster_drift(site: str, component: str, hosts: list[str]) -> list[str]:
+    """What the playbook would change now (Ansible check mode): the cluster's drift from its plan."""
+    from gpufleet.inventory.load import load_inventory
+    from gpufleet.provision.cluster import run_playbook
+
+    result = run_playbook(load_inventory(site), f"{component}.yml", _quiet, check=True, limit=hosts)
+    if result.failed_hosts and not result.changes:
+        raise RuntimeError(f"playbook {component}.yml (check) on {site}: {'; '.join(result.failures[:5])}")
+    return result.changes + [f"{h}: unreachable or failing" for h in result.failed_hosts]
 
 
 def keyring_key(path: Path) -> str:
@@ -81,7 +140,9 @@ def keyring_key(path: Path) -> str:
     raise RuntimeError(f"{path}: no key")
 
 
-def run_cluster_playbook(site: str, playbook: str, playbooks: Path) -> dict[str, Any]:
+def run_cluster_playbook(
+    site: str, playbook: str, playbooks: Path, extravars: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run `<playbooks>/<playbook>.yml` through ansible-runner; returns what it exported with `set_stats`."""
     import ansible_runner
 
@@ -99,6 +160,7 @@ def run_cluster_playbook(site: str, playbook: str, playbooks: Path) -> dict[str,
                 "GPUFLEET_SITE": site,
                 **ansible_ssh_env(site),
             },
+            extravars=extravars or {},
             quiet=True,
         )
         stats = [e for e in run.events if e.get("event") == "playbook_on_stats"]

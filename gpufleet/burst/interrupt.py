@@ -8,14 +8,13 @@ API with a deadline inside the notice, so in-flight requests finish or move befo
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from gpufleet.burst.actuate import ActuationError, AsgActuator
 from gpufleet.burst.policy import SPOT_NOTICE_S
+from gpufleet.kubeapi import DrainReport, NodeApi
 
 INTERRUPTION = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
@@ -107,21 +106,9 @@ class WarningQueue:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
 
 
-@dataclass(frozen=True)
-class DrainReport:
-    node: str
-    evicted: tuple[str, ...]
-    left: tuple[str, ...]
-    finished_in_time: bool
-
-
 @dataclass
-class Drainer:
-    """Cordon and drain through the Kubernetes API (the `kubernetes` client's CoreV1Api)."""
-
-    core: Any
-    clock: Callable[[], float] = time.time
-    poll_s: float = 1.0
+class Drainer(NodeApi):
+    """Cordon and drain through the Kubernetes API (gpufleet.kubeapi), found by EC2 instance id."""
 
     def instances_by_node(self) -> dict[str, str]:
         """Kubernetes node name -> EC2 instance id, from each node's providerID."""
@@ -138,40 +125,6 @@ class Drainer:
             if (node.spec.provider_id or "").rsplit("/", 1)[-1] == instance_id:
                 return str(node.metadata.name)
         return None
-
-    def cordon(self, node: str) -> None:
-        self.core.patch_node(node, {"spec": {"unschedulable": True}})
-
-    def drain(self, node: str, deadline: float) -> DrainReport:
-        """Evict every pod but DaemonSet and mirror pods; wait for them to go until the deadline."""
-        self.cordon(node)
-        evicted: list[str] = []
-        for pod in self._evictable(node):
-            ns, name = pod.metadata.namespace, pod.metadata.name
-            body = {
-                "apiVersion": "policy/v1",
-                "kind": "Eviction",
-                "metadata": {"name": name, "namespace": ns},
-                # The pod's own grace period, but never past the deadline.
-                "deleteOptions": {"gracePeriodSeconds": max(0, int(deadline - self.clock()))},
-            }
-            self.core.create_namespaced_pod_eviction(name, ns, body)
-            evicted.append(f"{ns}/{name}")
-        left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in self._evictable(node)]
-        while left and self.clock() < deadline:
-            time.sleep(min(self.poll_s, max(0.0, deadline - self.clock())))
-            left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in self._evictable(node)]
-        return DrainReport(node=node, evicted=tuple(evicted), left=tuple(left), finished_in_time=not left)
-
-    def _evictable(self, node: str) -> list[Any]:
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
-        return [
-            p
-            for p in pods
-            if not any(o.kind == "DaemonSet" for o in (p.metadata.owner_references or []))
-            and "kubernetes.io/config.mirror" not in (p.metadata.annotations or {})
-            and p.status.phase not in {"Succeeded", "Failed"}
-        ]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gpufleet.model.catalog import GPU_CATALOG, Architecture
 from gpufleet.model.site import Inventory, Node, Role, Taint
-from gpufleet.plan.node import Frozen, Mount, RaidArray, RdmaPort, plan_node
+from gpufleet.plan.node import Frozen, Mount, NodePlan, RaidArray, RdmaPort, plan_node
 from gpufleet.plan.perf import PerfPlan
 
 # A power limit below this share of the board's TDP means someone capped the GPU.
@@ -58,8 +58,9 @@ class HostExpect(Frozen):
     perf: PerfPlan | None
 
 
-def host_expectations(inv: Inventory, node: Node) -> HostExpect:
-    plan = plan_node(inv, node)
+def host_expectations(inv: Inventory, node: Node, plan: NodePlan | None = None) -> HostExpect:
+    """What the host suite checks on `node`; `plan` when the caller has planned the node already."""
+    plan = plan if plan is not None else plan_node(inv, node)
     bom = inv.bom
     gpu = None
     if node.gpu is not None and bom.nvidia_driver and bom.cuda and bom.nccl:

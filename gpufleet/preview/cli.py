@@ -28,7 +28,8 @@ def register(app: typer.Typer) -> None:
             preview = structural_plan(stack, base, out)
         counts = preview["changeSummary"]
         err.print(
-            f"{stack}: {counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete, "
+            f"{stack}: {counts['create']} to create, {counts['update']} to update, "
+            f"{counts['replace']} to replace, {counts['delete']} to delete, "
             f"{counts['same']} unchanged (structural plan vs {base or 'an empty stack'}) -> {out}/",
             markup=False,
             highlight=False,

@@ -9,18 +9,22 @@ base git ref (evaluated from that ref's own tree, in a subprocess) and written a
 - `nodes/`: every node's plan and digest.
 
 It is a structural plan — what the program declares — not a provider diff: defaults a provider
-computes, and live drift, only `pulumi preview` shows. Secret values appear as `[secret]` only.
+computes, and live drift, only `pulumi preview` shows. Secret values appear as `[secret]` only,
+one per value, so a masked manifest keeps its shape. Updates list each changed leaf input with its
+old and new value, marked where the provider would replace the resource (gpufleet.preview.replace),
+and a node's plan change as lines (package pins, kernel arguments, sysctls) with the reboot it needs.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -30,19 +34,106 @@ import yaml
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import load_stack, stack_names
 from gpufleet.model.errors import InputError, Problem
-from gpufleet.preview.program import PROGRAM, Graph, evaluate_stack, graph_json, reveal, stack_file_config
+from gpufleet.plan.node import NodePlan
+from gpufleet.plan.nodediff import plan_changes, reboot_reasons
+from gpufleet.preview.program import (
+    PROGRAM,
+    SECRET,
+    Graph,
+    evaluate_stack,
+    graph_json,
+    reveal,
+    stack_file_config,
+)
+from gpufleet.preview.replace import forces_replacement
 
 HARNESS = Path(__file__).with_name("program.py")
+OPS = ("create", "update", "replace", "delete", "same")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One leaf input that differs: its path (`spec.template.spec.containers[0].image`)."""
+
+    path: str
+    old: Any
+    new: Any
+    replaces: bool
+
+
+_ABSENT = object()
+NODE_TYPE = "pulumi-python:dynamic/gpufleet:Node"
 
 
 @dataclass(frozen=True)
 class Step:
-    op: str
+    op: str  # create, update, replace, delete, same
     urn: str
     type: str
     old: dict[str, Any] | None
     new: dict[str, Any] | None
-    diff: list[str]
+    diff: list[str]  # top-level inputs that differ
+    changes: list[Change] = field(default_factory=list)
+    # A node's plan change as readable lines, and why it will reboot.
+    node_lines: list[str] = field(default_factory=list)
+
+    @property
+    def replaces(self) -> list[str]:
+        return [c.path for c in self.changes if c.replaces]
+
+
+def _key(path: str, key: str) -> str:
+    # Keys with dots or slashes (labels, annotations) are quoted so that the path stays readable.
+    part = f'["{key}"]' if any(ch in key for ch in "./ ") else key
+    return f"{path}{part}" if part.startswith("[") else f"{path}.{part}" if path else part
+
+
+def leaf_changes(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(path, old, new) for every leaf that differs; JSON documents held in strings are opened."""
+    if isinstance(old, str) and isinstance(new, str) and old != new and old[:1] in "{[" and new[:1] in "{[":
+        try:
+            return leaf_changes(json.loads(old), json.loads(new), path)
+        except ValueError:
+            pass
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(old.keys() | new.keys()):
+            out += leaf_changes(old.get(k, _ABSENT), new.get(k, _ABSENT), _key(path, str(k)))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            c
+            for i, (o, n) in enumerate(zip(old, new, strict=True))
+            for c in leaf_changes(o, n, f"{path}[{i}]")
+        ]
+    return [] if old == new else [(path, old, new)]
+
+
+def _step(urn: str, o: dict[str, Any], n: dict[str, Any]) -> Step:
+    keys = sorted(
+        k for k in o["inputs"].keys() | n["inputs"].keys() if o["inputs"].get(k) != n["inputs"].get(k)
+    )
+    if not keys:
+        return Step("same", urn, n["type"], o, n, [])
+    node_lines: list[str] = []
+    changes = []
+    for path, old, new in leaf_changes(o["inputs"], n["inputs"]):
+        if n["type"] == NODE_TYPE and path.split(".")[0].split("[")[0] in ("plan", "pinned", "digest"):
+            continue  # the plan reads as node-plan lines below
+        changes.append(Change(path, old, new, forces_replacement(n["type"], path)))
+    if n["type"] == NODE_TYPE:
+        node_lines = _node_lines(o["inputs"].get("plan"), n["inputs"].get("plan"))
+    op = "replace" if any(c.replaces for c in changes) else "update"
+    return Step(op, urn, n["type"], o, n, keys, changes, node_lines)
+
+
+def _node_lines(old: Any, new: Any) -> list[str]:
+    try:
+        before, after = NodePlan.model_validate_json(old), NodePlan.model_validate_json(new)
+    except (ValueError, TypeError):
+        return []
+    reboots = reboot_reasons(before, after)
+    return plan_changes(before, after) + ([f"reboot: {'; '.join(reboots)}"] if reboots else [])
 
 
 def diff_graphs(base: dict[str, Any] | None, head: dict[str, Any]) -> list[Step]:
@@ -56,11 +147,15 @@ def diff_graphs(base: dict[str, Any] | None, head: dict[str, Any]) -> list[Step]
         elif n is None and o is not None:
             steps.append(Step("delete", urn, o["type"], o, None, []))
         elif o is not None and n is not None:
-            keys = sorted(
-                k for k in o["inputs"].keys() | n["inputs"].keys() if o["inputs"].get(k) != n["inputs"].get(k)
-            )
-            steps.append(Step("update" if keys else "same", urn, n["type"], o, n, keys))
+            steps.append(_step(urn, o, n))
     return steps
+
+
+def _shown(value: Any, width: int = 100) -> str:
+    if value is _ABSENT:
+        return "(none)"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def policy_violations(graph: Graph, config: dict[str, Any] | None = None) -> list[dict[str, str]]:
@@ -92,7 +187,7 @@ def preview_json(
     head: dict[str, Any],
     violations: list[dict[str, str]],
 ) -> dict[str, Any]:
-    summary = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
+    summary = {op: sum(s.op == op for s in steps) for op in OPS}
     return {
         "kind": "structural-plan",
         "note": "structural plan from the program under mocks, not a provider diff; secrets shown as [secret]",
@@ -118,6 +213,25 @@ def preview_json(
                     else {}
                 ),
                 **({"diffReasons": s.diff} if s.diff else {}),
+                **({"replaceReasons": s.replaces} if s.replaces else {}),
+                **(
+                    {
+                        "detailedDiff": {
+                            c.path: {
+                                "kind": (
+                                    "add" if c.old is _ABSENT else "delete" if c.new is _ABSENT else "update"
+                                )
+                                + ("-replace" if c.replaces else ""),
+                                **({} if c.old is _ABSENT else {"old": c.old}),
+                                **({} if c.new is _ABSENT else {"new": c.new}),
+                            }
+                            for c in s.changes
+                        }
+                    }
+                    if s.changes
+                    else {}
+                ),
+                **({"nodePlanChanges": s.node_lines} if s.node_lines else {}),
             }
             for s in steps
         ],
@@ -130,38 +244,41 @@ def preview_json(
 def summary_md(
     stack: str, base_ref: str | None, steps: list[Step], violations: list[dict[str, str]], limit: int = 150
 ) -> str:
-    counts = {op: sum(s.op == op for s in steps) for op in ("create", "update", "delete", "same")}
+    counts = {op: sum(s.op == op for s in steps) for op in OPS}
     against = f"`{base_ref}`" if base_ref else "an empty stack"
     lines = [
         f"### gpufleet structural plan: `{stack}` vs {against}",
         "",
-        "| create | update | delete | unchanged |",
-        "|---:|---:|---:|---:|",
-        f"| {counts['create']} | {counts['update']} | {counts['delete']} | {counts['same']} |",
+        "| create | update | replace | delete | unchanged |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {counts['create']} | {counts['update']} | {counts['replace']} | {counts['delete']} | {counts['same']} |",
         "",
     ]
     changed = [s for s in steps if s.op != "same"]
-    symbol = {"create": "+", "update": "~", "delete": "-"}
+    symbol = {"create": "+", "update": "~", "replace": "!", "delete": "-"}
     if changed:
         lines += ["```diff"]
+        shown = 0
         for s in changed[:limit]:
             name = s.urn.rsplit("::", 1)[-1]
-            why = f"  ({', '.join(s.diff)})" if s.diff else ""
+            why = (
+                f"  (replace: {', '.join(s.replaces)})"
+                if s.replaces
+                else f"  ({', '.join(s.diff)})"
+                if s.diff
+                else ""
+            )
             lines.append(f"{symbol[s.op]} {s.type} {name}{why}")
+            for c in s.changes[: max(0, limit - shown)]:
+                mark = "  [forces replacement]" if c.replaces else ""
+                lines.append(f"    {c.path}: {_shown(c.old)} → {_shown(c.new)}{mark}")
+            lines += [f"    {line}" for line in s.node_lines]
+            shown += len(s.changes) + len(s.node_lines)
         if len(changed) > limit:
             lines.append(f"  … and {len(changed) - limit} more (see preview.json)")
         lines += ["```", ""]
     else:
         lines += ["No structural changes.", ""]
-    nodes = [s for s in changed if s.type.endswith("dynamic/gpufleet:Node")]
-    if nodes:
-        lines += ["Nodes whose plan changed (digest old → new):", ""]
-        for s in nodes:
-            old = s.old["inputs"].get("digest") if s.old else None
-            new = s.new["inputs"].get("digest") if s.new else None
-            host = (s.new or s.old or {}).get("inputs", {}).get("hostname")
-            lines.append(f"- `{host}`: {old or '—'} → {new or '—'}")
-        lines.append("")
     if violations:
         lines += [f"**Policy pack: {len(violations)} violation(s)**", ""]
         lines += [
@@ -189,9 +306,16 @@ def write_manifests(graph: dict[str, Any], out: Path) -> int:
         else:
             meta = inputs.get("metadata") or {}
             name = f"{inputs.get('kind', 'object')}-{meta.get('namespace', 'cluster')}-{meta.get('name')}".lower()
+            if inputs.get("kind") == "Secret" and isinstance(inputs.get("data"), dict):
+                # `data` holds base64: the mask is base64 too, as the API server demands.
+                inputs = {**inputs, "data": {k: _b64_mask(v) for k, v in inputs["data"].items()}}
         (out / f"{name}.yaml").write_text(yaml.safe_dump(inputs, sort_keys=False))
         count += 1
     return count
+
+
+def _b64_mask(value: Any) -> Any:
+    return base64.b64encode(SECRET.encode()).decode() if value == SECRET else value
 
 
 def write_nodes(graph: dict[str, Any], out: Path) -> int:

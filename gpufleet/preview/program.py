@@ -318,9 +318,10 @@ def evaluate_stack(stack: str, program: Path = PROGRAM) -> Graph:
 
 
 def masked(value: Any) -> Any:
-    """JSON-ready, with every secret replaced by `[secret]`."""
+    """JSON-ready, with every secret value replaced by `[secret]`, leaf by leaf: a secret map keeps
+    its keys and shape, so a masked Kubernetes object is still a valid object."""
     if isinstance(value, Secret):
-        return SECRET
+        return _mask_leaves(value.value)
     if isinstance(value, ResourceRef):
         return value.urn
     if isinstance(value, dict):
@@ -328,6 +329,16 @@ def masked(value: Any) -> Any:
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
+
+
+def _mask_leaves(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return _mask_leaves(value.value)
+    if isinstance(value, dict):
+        return {k: _mask_leaves(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_leaves(v) for v in value]
+    return SECRET
 
 
 def graph_json(graph: Graph) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,6 +15,7 @@ from rich.status import Status
 from rich.table import Table
 
 from gpufleet.inventory.load import load_inventory
+from gpufleet.model.errors import InputError, Problem
 from gpufleet.provision.rehearse import Phase, run_phases
 
 if TYPE_CHECKING:
@@ -23,6 +27,11 @@ if TYPE_CHECKING:
 MAX_DETAIL = 160
 SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
 LimitOpt = Annotated[list[str] | None, typer.Option("--limit", help="only this host (repeatable)")]
+HostArg = Annotated[str, typer.Argument(help="the node's hostname in the site")]
+KubeconfigOpt = Annotated[
+    Path,
+    typer.Option("--kubeconfig", envvar="KUBECONFIG", help="the cluster's kubeconfig (default $KUBECONFIG)"),
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show what would change per host; change nothing")]
 
 
@@ -217,3 +226,76 @@ def register(app: typer.Typer) -> None:
         results = run_cluster(site, component)
         if not all(r.ok for r in results):
             raise typer.Exit(1)
+
+    @app.command("drain")
+    def drain_cmd(
+        site: SiteArg,
+        host: HostArg,
+        kubeconfig: KubeconfigOpt = Path("~/.kube/config"),
+        timeout: Annotated[
+            float, typer.Option("--timeout", help="seconds to wait for every pod to go")
+        ] = 600,
+    ) -> None:
+        """Cordon the node and evict its pods as far as their disruption budgets allow; exit 1 if
+        any is left when the time is up (the budget's message says why)."""
+        from gpufleet.cli import bad_input, err, out
+        from gpufleet.provision.membership import drain, node_api
+
+        with bad_input():
+            host = _site_host(site, host)
+            api = node_api(kubeconfig.expanduser())
+        with api_errors(host):
+            report = drain(api, host, timeout)
+        out.print(
+            f"{host}: cordoned; {len(report.evicted)} pods evicted, {len(report.left)} left", highlight=False
+        )
+        for why in report.blocked or report.left:
+            err.print(f"{host}: {why}", markup=False, highlight=False, soft_wrap=True)
+        if not report.finished_in_time:
+            raise typer.Exit(1)
+
+    @app.command("admit")
+    def admit_cmd(site: SiteArg, host: HostArg, kubeconfig: KubeconfigOpt = Path("~/.kube/config")) -> None:
+        """The node's gate, then its way in: host suite passes → planned labels, readiness taint off,
+        uncordon. Exit 1, changing nothing, when a check fails."""
+        from gpufleet.cli import bad_input, err, out
+        from gpufleet.plan.node import plan_node
+        from gpufleet.provision.membership import admit, gate_of, node_api
+
+        with bad_input():
+            host = _site_host(site, host)
+            inv = load_inventory(site)
+            api = node_api(kubeconfig.expanduser())
+        with api_errors(host):
+            admission = admit(api, plan_node(inv, inv.node(host)), gate_of(site, host))
+        for line in admission.failed:
+            err.print(f"{host}: {line}", markup=False, highlight=False, soft_wrap=True)
+        if not admission.admitted:
+            raise typer.Exit(1)
+        out.print(f"{host}: admitted ({'; '.join(admission.done)})", highlight=False)
+
+
+@contextmanager
+def api_errors(host: str) -> Iterator[None]:
+    """An answer from the API server that stops the command: one line with the server's message, exit 1."""
+    from kubernetes.client.exceptions import ApiException
+
+    from gpufleet.cli import err
+    from gpufleet.kubeapi import KubeError
+
+    try:
+        yield
+    except KubeError as exc:
+        err.print(f"{host}: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ApiException as exc:
+        err.print(f"{host}: {exc.status} {exc.reason}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _site_host(site: str, host: str) -> str:
+    inv = load_inventory(site)
+    names = [n.hostname for n in inv.nodes]
+    if host not in names:
+        raise InputError("argument HOST", [Problem((), f"{host!r} is not a node of {inv.site.name}")])
+    return host

@@ -37,6 +37,12 @@ class PlayResult:
     seconds: float
     hosts: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> ok/changed/failed/...
     failures: list[str] = field(default_factory=list)
+    # `host: task` for each task that changed (in check mode: would change).
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, c in self.hosts.items() if c.get("failures") or c.get("dark"))
 
 
 def ceph_fsid(site: str) -> str:
@@ -84,7 +90,12 @@ def extravars(inv: Inventory) -> dict[str, Any]:
 
 
 def run_playbook(
-    inv: Inventory, playbook: str, on_event: Event, check: bool = False, extra: dict[str, Any] | None = None
+    inv: Inventory,
+    playbook: str,
+    on_event: Event,
+    check: bool = False,
+    extra: dict[str, Any] | None = None,
+    limit: list[str] | None = None,
 ) -> PlayResult:
     site = inv.site.name
     env = {
@@ -97,12 +108,15 @@ def run_playbook(
         **ansible_ssh_env(site),
     }
     failures: list[str] = []
+    changes: list[str] = []
 
     def handle(event: dict[str, Any]) -> bool:
         data = event.get("event_data", {})
         host, task = data.get("host"), data.get("task", "")
         kind = event.get("event", "")
         if host and kind in ("runner_on_ok", "runner_on_skipped"):
+            if kind == "runner_on_ok" and isinstance(data.get("res"), dict) and data["res"].get("changed"):
+                changes.append(f"{host}: {task}")
             on_event(host, task)
         elif host and kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             # no_log tasks come back censored by Ansible itself, so no secret reaches this line.
@@ -121,6 +135,7 @@ def run_playbook(
             envvars=env,
             extravars=extravars(inv) | (extra or {}),
             cmdline="--check" if check else None,
+            limit=",".join(limit) if limit else None,
             event_handler=handle,
             quiet=True,
         )
@@ -133,4 +148,4 @@ def run_playbook(
     ok = runner.rc == 0 and runner.status == "successful"
     if not ok and not failures:
         failures.append(f"ansible-playbook {playbook}: {runner.status} (rc {runner.rc})")
-    return PlayResult(playbook, ok, time.monotonic() - started, hosts, failures)
+    return PlayResult(playbook, ok, time.monotonic() - started, hosts, failures, changes)

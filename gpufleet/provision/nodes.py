@@ -24,9 +24,10 @@ from pyinfra.api.inventory import Inventory as PyinfraInventory
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, State
 
+from gpufleet.inventory.load import load_inventory
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
-from gpufleet.plan.node import plan_node
+from gpufleet.plan.node import NodePlan, plan_node
 from gpufleet.provision.connection import pyinfra_ssh_data
 
 CONNECT_TIMEOUT_S = 10
@@ -92,23 +93,48 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
 
 
 def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: Event) -> list[HostResult]:
-    """Converge (or, with dry_run, only diff) the node deploy on the selected hosts.
+    """Converge (or, with dry_run, only diff) the node deploy on the selected hosts of `inv`."""
+    by_name = {n.hostname: n for n in inv.nodes}
+    targets = {
+        h: Target(str(by_name[h].management_ip), plan_node(inv, by_name[h])) for h in select_hosts(inv, limit)
+    }
+    return provision_hosts(inv.site.name, targets, dry_run, on_event)
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    plan: NodePlan
+    # Why to boot the node again (for the "reboot" deploy); the deploy's own marker counts too.
+    reboot_for: tuple[str, ...] = ()
+
+
+DEPLOYS = {"node": "deploys.node:node", "reboot": "deploys.reboot:reboot"}
+
+
+def provision_hosts(
+    site: str, targets: dict[str, Target], dry_run: bool, on_event: Event, deploy: str = "node"
+) -> list[HostResult]:
+    """Run `deploy` on each host at its address with its plan: the Node provider's own inputs, or
+    the inventory's through `provision`.
 
     One process per host: pyinfra gathers facts host after host within one state, so separate
     states in parallel are several times faster, and a host that fails or hangs is alone in its
     process, which cannot hold the others back.
     """
-    selected = select_hosts(inv, limit)
-    ssh = pyinfra_ssh_data(inv)
-    by_name = {n.hostname: n for n in inv.nodes}
+    # Host keys are the inventory's (strict checking on real sites): the one thing read here.
+    ssh = pyinfra_ssh_data(load_inventory(site))
     ctx = multiprocessing.get_context("fork")
     queue: Any = ctx.Queue()
     procs = {}
-    for h in selected:
-        data = {"ssh_hostname": str(by_name[h].management_ip), "ssh_user": "root", **ssh,
-                "gpufleet_plan": plan_node(inv, by_name[h])}  # fmt: skip
-        procs[h] = ctx.Process(target=_host_process, args=(h, data, dry_run, queue), daemon=True)
+    for h, target in targets.items():
+        data = {"ssh_hostname": target.address, "ssh_user": "root", **ssh, "gpufleet_plan": target.plan,
+                "gpufleet_reboot_for": list(target.reboot_for)}  # fmt: skip
+        procs[h] = ctx.Process(
+            target=_host_process, args=(h, data, dry_run, queue, DEPLOYS[deploy]), daemon=True
+        )
         procs[h].start()
+    selected = list(targets)
     results: dict[str, HostResult] = {}
     deadline = time.monotonic() + HOST_TIMEOUT_S
     while len(results) < len(selected) and time.monotonic() < deadline:
@@ -133,16 +159,17 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
     return [results[h] for h in selected]
 
 
-def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any) -> None:
+def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any, deploy: str) -> None:
     try:
-        result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)))
+        result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)), deploy)
     except Exception as exc:  # anything unexpected still ends as this host's failed result
         result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
     queue.put(("result", hostname, result))
 
 
-def _converge(hostname: str, data: dict[str, Any], dry_run: bool, on_event: Event) -> HostResult:
-    node_deploy = importlib.import_module("deploys.node").node
+def _converge(hostname: str, data: dict[str, Any], dry_run: bool, on_event: Event, deploy: str) -> HostResult:
+    module, function = deploy.split(":")
+    node_deploy = getattr(importlib.import_module(module), function)
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)  # results go to the summary, not the log
     state = State(
         PyinfraInventory(([(hostname, data)], {})),  # type: ignore[no-untyped-call]

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
+from gpufleet.plan.expect import HostExpect
 
 PARTS = ("gpu", "network", "storage", "kubernetes", "perf")
 
@@ -49,18 +50,20 @@ def verify_site(
     local: bool = False,
     node_only: bool = False,
     timeout_s: float = 900,
+    given: tuple[str, HostExpect] | None = None,
 ) -> VerifyReport:
     """Check `limit` (default: every node) of `site`; `local` checks this machine as the one host named.
 
     `node_only` leaves out what needs the node's clusters (Kubernetes membership, Ceph health): the
-    gate after a node's own deploy, which runs before the cluster playbooks join it."""
-    inv = load_inventory(site)
-    names = [n.hostname for n in inv.nodes]
+    gate after a node's own deploy, which runs before the cluster playbooks join it.
+    `given` (address, expectations) checks one host over SSH against expectations the caller holds
+    (the Node provider's own inputs) instead of the inventory's."""
+    names = [given[1].hostname] if given is not None else [n.hostname for n in load_inventory(site).nodes]
     hosts = limit or names
     unknown = [h for h in hosts if h not in names]
     if unknown:
         raise InputError(
-            "--limit", [Problem((), f"{', '.join(unknown)} not in site {inv.site.name} ({', '.join(names)})")]
+            "--limit", [Problem((), f"{', '.join(unknown)} not in site {site} ({', '.join(names)})")]
         )
     bad_parts = [p for p in parts or [] if p not in PARTS]
     if bad_parts:
@@ -76,12 +79,17 @@ def verify_site(
         "GPUFLEET_SITE": str(site_file(site).parent.name),
         "GPUFLEET_INVENTORIES": str(site_file(site).parent.parent.resolve()),
     }
-    if local:
-        env["GPUFLEET_HOST"] = hosts[0]
-        target = "--hosts=local://"
-    else:
-        target = "--hosts=" + ",".join(f"ansible://{h}" for h in hosts)
     with tempfile.TemporaryDirectory() as tmp:
+        if given is not None:
+            expect_file = Path(tmp) / "expect.json"
+            expect_file.write_text(given[1].model_dump_json())
+            env["GPUFLEET_EXPECT"] = str(expect_file)
+            target = f"--hosts=ssh://root@{given[0]}"
+        elif local:
+            env["GPUFLEET_HOST"] = hosts[0]
+            target = "--hosts=local://"
+        else:
+            target = "--hosts=" + ",".join(f"ansible://{h}" for h in hosts)
         report_file = Path(tmp) / "report.json"
         args = [
             sys.executable,
@@ -119,7 +127,7 @@ def verify_site(
             }
         ]
     return VerifyReport(
-        site=inv.site.name,
+        site=site if given is not None else load_inventory(site).site.name,
         hosts=hosts,
         results=[CheckResult(**r) for r in results],
         returncode=proc.returncode,

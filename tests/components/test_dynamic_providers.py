@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import dill
 import pytest
@@ -15,13 +16,20 @@ from components.onprem import NodeSpec, node_inputs
 from components.providers import ClusterProvider, NodeProvider
 from components.provisioning import OUTPUT_PLAYBOOKS, keyring_key, run_cluster_playbook
 from gpufleet.inventory.load import load_inventory
-from gpufleet.plan.node import plan_node
+from gpufleet.plan.expect import host_expectations
+from gpufleet.plan.node import NodePlan, plan_node
 from gpufleet.preview.program import Graph, reveal
 
 INV = load_inventory("dc1")
 NODE = INV.nodes[3]
 PLAN = plan_node(INV, NODE)
-PROPS = node_inputs("dc1", NodeSpec(NODE.hostname, str(NODE.management_ip), PLAN))
+CORE = ["cp01", "cp02", "cp03"]
+PROPS = node_inputs(
+    "dc1",
+    NodeSpec(
+        NODE.hostname, str(NODE.management_ip), PLAN, host_expectations(INV, NODE), {"kubernetes": CORE}
+    ),
+)
 
 
 def test_check_accepts_a_plan_with_its_own_digest() -> None:
@@ -33,14 +41,17 @@ def test_check_accepts_a_plan_with_its_own_digest() -> None:
     ("change", "property_"),
     [
         ({"digest": "0" * 16}, "digest"),
-        ({"hostname": "gpu99"}, "hostname"),
+        ({"hostname": "gpu99"}, "hostname expect"),
         ({"plan": '{"hostname": "gpu01"}'}, "plan"),
         ({"pinned": {"nvidia-driver-580-open": "535.183.01-*"}}, "pinned"),
+        ({"expect": '{"hostname": "gpu01"}'}, "expect"),
+        ({"join": {"slurm": CORE}}, "join"),
+        ({"join": {"kubernetes": []}}, "join"),
     ],
 )
 def test_check_rejects_inputs_that_are_not_the_plan(change: dict[str, object], property_: str) -> None:
     failures = NodeProvider().check({}, {**PROPS, **change}).failures
-    assert [f.property for f in failures] == [property_]
+    assert [f.property for f in failures] == property_.split()
 
 
 def test_a_new_plan_updates_in_place() -> None:
@@ -71,11 +82,13 @@ def test_another_hostname_is_another_machine() -> None:
 
 def test_cluster_provider_requires_its_spec_and_diffs_on_it() -> None:
     provider = ClusterProvider("ceph", ("fsid", "client_key"))
-    assert [f.property for f in provider.check({}, {"site": "dc1"}).failures] == ["spec", "digest"]
-    olds = {"site": "dc1", "spec": {"pools": 2}, "digest": "a", "fsid": "f"}
+    assert [f.property for f in provider.check({}, {"site": "dc1"}).failures] == ["spec", "digest", "hosts"]
+    olds = {"site": "dc1", "spec": {"pools": 2}, "digest": "a", "hosts": ["st01"], "fsid": "f"}
     assert provider.diff("id", olds, {**olds}).changes is False
     moved = provider.diff("id", olds, {**olds, "spec": {"pools": 3}, "digest": "b"})
     assert moved.changes is True and moved.replaces == []
+    drifted = provider.diff("id", {**olds, "drift": ["st01: Pools"]}, olds)
+    assert drifted.changes is True and drifted.replaces == []
 
 
 def test_the_pickled_providers_load_back(graphs: dict[str, Graph]) -> None:
@@ -146,3 +159,122 @@ def test_the_outputs_playbook_passes_ansible_lint_production() -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+# --- what create, update, read and delete carry out (the seam to pyinfra/Ansible recorded) ------
+
+
+@pytest.fixture
+def seam(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """components.provisioning's entry points, recorded instead of reaching hosts."""
+    from components import provisioning
+
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(name: str, answer: Any) -> Any:
+        def fn(*args: Any) -> Any:
+            calls.append((name, args))
+            return answer
+
+        return fn
+
+    monkeypatch.setattr(provisioning, "converge_node", record("converge_node", ["ops"]))
+    monkeypatch.setattr(provisioning, "pending_changes", record("pending_changes", ["drift"]))
+    monkeypatch.setattr(provisioning, "remove_node", record("remove_node", ["removed"]))
+    monkeypatch.setattr(provisioning, "cluster_drift", record("cluster_drift", ["st01: Pools"]))
+    return calls
+
+
+def _props_for(plan: NodePlan, address: str = "10.9.9.9") -> dict[str, Any]:
+    spec = NodeSpec(plan.hostname, address, plan, host_expectations(INV, NODE), {"kubernetes": CORE})
+    return node_inputs("dc1", spec)
+
+
+def test_create_carries_out_its_own_plan_not_the_inventorys(seam: list[Any]) -> None:
+    # A plan the inventory on disk does not hold, at an address it does not list.
+    own = PLAN.model_copy(update={"sysctl": {**PLAN.sysctl, "vm.max_map_count": "2097152"}})
+    props = _props_for(own)
+    assert NodeProvider().check({}, props).failures == []
+    result = NodeProvider().create(props)
+    (name, (site, host, address, plan, expect, reboot_for, join)) = seam[0]
+    assert (name, site, host, address) == ("converge_node", "dc1", NODE.hostname, "10.9.9.9")
+    assert plan == own and plan.sysctl["vm.max_map_count"] == "2097152"
+    assert expect == host_expectations(INV, NODE)
+    assert reboot_for == [], "a new node: the deploy's own marker decides"
+    assert join == {"kubernetes": CORE}
+    assert result.outs["changed"] == ["ops"] and result.outs["drift"] == []
+
+
+def test_a_driver_change_reboots_before_the_gate(seam: list[Any]) -> None:
+    old = PLAN.model_copy(
+        update={
+            "packages": [
+                p.model_copy(update={"name": "nvidia-driver-570-open", "version": "570.195.03-*"})
+                if p.name.startswith("nvidia-driver-")
+                else p
+                for p in PLAN.packages
+            ]
+        }
+    )
+    NodeProvider().update("id", _props_for(old), PROPS)
+    reboot_for = seam[0][1][5]
+    assert reboot_for == ["NVIDIA driver 570.195.03-* → 580.159.04-*"]
+    sysctl_only = PLAN.model_copy(update={"sysctl": {**PLAN.sysctl, "vm.swappiness": "1"}})
+    NodeProvider().update("id", PROPS, _props_for(sysctl_only))
+    assert seam[1][1][5] == [], "a sysctl takes effect without a boot"
+
+
+def test_refresh_reads_drift_against_its_own_plan_and_address(seam: list[Any]) -> None:
+    own = PLAN.model_copy(update={"kernel_cmdline": [*PLAN.kernel_cmdline, "pci=realloc"]})
+    read = NodeProvider().read("dc1/gpu01", _props_for(own, "10.1.2.3"))
+    assert seam == [("pending_changes", ("dc1", NODE.hostname, "10.1.2.3", own))]
+    assert read.outs["drift"] == ["drift"]
+
+
+def test_delete_takes_the_node_out_of_its_clusters(seam: list[Any]) -> None:
+    NodeProvider().delete("dc1/gpu01", PROPS)
+    assert seam == [("remove_node", ("dc1", PLAN, 1800.0))]
+
+
+def test_cluster_refresh_reads_drift_in_check_mode_on_its_core_hosts(seam: list[Any]) -> None:
+    provider = ClusterProvider("ceph", ("fsid", "client_key"))
+    props = {"site": "dc1", "spec": {"pools": 2}, "digest": "a", "hosts": ["st01", "st02", "st03"]}
+    read = provider.read("dc1/ceph", props)
+    assert seam == [("cluster_drift", ("dc1", "ceph", ["st01", "st02", "st03"]))]
+    assert read.outs["drift"] == ["st01: Pools"]
+    assert provider.diff("dc1/ceph", read.outs, props).changes is True
+
+
+def _dependents(graph: Graph, urn: str) -> set[str]:
+    """Every resource that waits for `urn`, directly or through others (dependencies and parents)."""
+    waits: dict[str, set[str]] = {}
+    for r in graph.resources:
+        for d in [*r.dependencies, r.parent]:
+            waits.setdefault(d, set()).add(r.urn)
+    out: set[str] = set()
+    todo = [urn]
+    while todo:
+        for nxt in waits.get(todo.pop(), set()) - out:
+            out.add(nxt)
+            todo.append(nxt)
+    return out
+
+
+@pytest.mark.parametrize("stack", ["dc1-prod", "dc1-dr"])
+def test_a_member_node_holds_back_nothing_but_itself(graphs: dict[str, Graph], stack: str) -> None:
+    graph = graphs[stack]
+    nodes = {r.inputs["hostname"]: r for r in graph.by_type("pulumi-python:dynamic/gpufleet:Node")}
+    ceph = graph.by_type("pulumi-python:dynamic/gpufleet:CephCluster")
+    kube = graph.by_type("pulumi-python:dynamic/gpufleet:KubernetesCluster")[0]
+    gpu = [h for h in nodes if h.startswith("gpu")]
+    assert gpu and all(_dependents(graph, nodes[h].urn) == set() for h in gpu)
+    # Each cluster waits for its own core nodes, and the GPU nodes wait for the cluster they join.
+    assert {d for d in kube.dependencies if d in {n.urn for n in nodes.values()}} == {
+        nodes[h].urn for h in kube.inputs["hosts"]
+    }
+    assert kube.inputs["hosts"] == ["cp01", "cp02", "cp03"]
+    if ceph:
+        assert set(ceph[0].inputs["hosts"]) <= {n.hostname for n in INV.nodes if n.hostname.startswith("st")}
+    for h in gpu:
+        assert kube.urn in nodes[h].dependencies
+        assert nodes[h].inputs["join"] == {"kubernetes": ["cp01", "cp02", "cp03"]}

@@ -60,7 +60,13 @@ def test_against_a_ref_without_the_program_everything_is_created(
     graph = graphs["dc1-prod"]
     preview = json.loads((out / "preview.json").read_text())
     assert preview["kind"] == "structural-plan" and preview["base"] == root
-    assert preview["changeSummary"] == {"create": len(graph.resources), "update": 0, "delete": 0, "same": 0}
+    assert preview["changeSummary"] == {
+        "create": len(graph.resources),
+        "update": 0,
+        "replace": 0,
+        "delete": 0,
+        "same": 0,
+    }
     assert sorted(s["urn"] for s in preview["steps"]) == sorted(r.urn for r in graph.resources)
     assert all(s["op"] == "create" and "newState" in s and "oldState" not in s for s in preview["steps"])
     k8s = [r for r in graph.resources if r.type.startswith("kubernetes:") and r.custom]
@@ -71,7 +77,7 @@ def test_against_a_ref_without_the_program_everything_is_created(
     gpu01 = json.loads((out / "nodes" / "gpu01.json").read_text())
     assert gpu01["digest"] == graph.outputs["nodeDigests"]["gpu01"]
     summary = (out / "summary.md").read_text()
-    assert f"| {len(graph.resources)} | 0 | 0 | 0 |" in summary and "structural plan" in summary.lower()
+    assert f"| {len(graph.resources)} | 0 | 0 | 0 | 0 |" in summary and "structural plan" in summary.lower()
     violations = preview["policyViolations"]
     assert violations and {v["policy"] for v in violations} == {"images-by-digest-in-production"}, violations
     image = load_stack("dc1-prod").inventory.bom.triton_image
@@ -171,3 +177,67 @@ def test_a_secret_in_clear_in_stack_config_is_a_violation(graphs: dict[str, Grap
     )
     assert [(v["policy"], v["urn"]) for v in found] == [("secrets-not-in-plain-config", "config:lab")]
     assert "wJalrXUtnFEMI" not in found[0]["message"]
+
+
+def test_a_review_sees_nested_values_replacements_and_node_plan_lines(tmp_path: Path) -> None:
+    """The base had another VPN endpoint, another driver and another hugepage count: the customer
+    gateway is replaced (ipAddress is ForceNew in terraform-provider-aws), every GPU node shows its
+    package pin and kernel argument and the reboot the driver needs, each value old → new."""
+    path = "inventories/dc1/nodes.yaml"
+    text = git("show", f"HEAD:{path}") + "\n"
+    old = text.replace("vpn_gateway: 203.0.113.10", "vpn_gateway: 203.0.113.77").replace(
+        "version: 580.159.04,", "version: 580.95.05,"
+    )
+    assert old != text
+    base = base_commit({path: old})
+
+    code, output, out = plan(tmp_path / "burst", "burst-prod", "--base", base)
+    assert planned(code, output), output
+    steps = {s["urn"].rsplit("::", 1)[-1]: s for s in json.loads((out / "preview.json").read_text())["steps"]}
+    cgw = next(s for s in steps.values() if s["type"] == "aws:ec2/customerGateway:CustomerGateway")
+    assert cgw["op"] == "replace" and cgw["replaceReasons"] == ["ipAddress"]
+    assert cgw["detailedDiff"]["ipAddress"] == {
+        "kind": "update-replace",
+        "old": "203.0.113.77",
+        "new": "203.0.113.10",
+    }
+    summary = (out / "summary.md").read_text()
+    assert "    ipAddress: 203.0.113.77 → 203.0.113.10  [forces replacement]" in summary
+    assert "(replace: ipAddress)" in summary
+
+    code, output, out = plan(tmp_path / "dc1", "dc1-prod", "--base", base)
+    assert planned(code, output), output
+    steps = {s["urn"].rsplit("::", 1)[-1]: s for s in json.loads((out / "preview.json").read_text())["steps"]}
+    gpu01 = steps["members-gpu01"]
+    assert gpu01["op"] == "update"
+    assert gpu01["nodePlanChanges"] == [
+        "~ package nvidia-driver-580-open: 580.95.05-* (held) → 580.159.04-* (held)",
+        "~ package nvidia-fabricmanager-580: 580.95.05-* (held) → 580.159.04-* (held)",
+        "reboot: NVIDIA driver 580.95.05-* → 580.159.04-*",
+    ]
+    # The gate's expectations change with it, as nested values.
+    assert gpu01["detailedDiff"]["expect.gpu.driver_version"] == {
+        "kind": "update",
+        "old": "580.95.05",
+        "new": "580.159.04",
+    }
+    summary = (out / "summary.md").read_text()
+    assert "    ~ package nvidia-driver-580-open: 580.95.05-* (held) → 580.159.04-* (held)" in summary
+    assert "    expect.gpu.driver_version: 580.95.05 → 580.159.04" in summary
+    assert steps["nodes-cp01"]["op"] == "same"
+
+
+def test_masked_manifests_are_still_valid_kubernetes_objects(tmp_path: Path) -> None:
+    import kubernetes_validate
+    import yaml
+
+    code, output, out = plan(tmp_path, "dc1-prod")
+    assert planned(code, output), output
+    secret = yaml.safe_load((out / "manifests" / "secret-ceph-csi-rbd-csi-rbd-secret.yaml").read_text())
+    values = secret.get("stringData") or secret.get("data")
+    assert isinstance(values, dict) and values, secret
+    assert set(values.values()) <= {"[secret]", "W3NlY3JldF0="}, "every value masked, each on its own"
+    for manifest in sorted((out / "manifests").glob("*.yaml")):
+        obj = yaml.safe_load(manifest.read_text())
+        if obj.get("kind") in ("Secret", "ConfigMap", "StorageClass", "Namespace"):
+            kubernetes_validate.validate(obj, "1.31.0", strict=True)

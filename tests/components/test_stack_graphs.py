@@ -27,6 +27,7 @@ from gpufleet.plan.k8s import (
     platform_charts,
     rbd_pool,
 )
+from gpufleet.plan.membership import membership
 from gpufleet.plan.node import NVIDIA_RUNTIME, plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.plan.triton import model_config
@@ -51,7 +52,9 @@ def expected_onprem(stack: Stack) -> Counter[str]:
     storage = plan.ceph is not None and rbd_pool(plan.ceph) is not None
     expected: Counter[str] = Counter(
         {
-            "gpufleet:onprem:OnPremNodes": 1,
+            # The site's core, and the members that join it (when there are any).
+            "gpufleet:onprem:OnPremNodes": 1
+            + int(bool(membership(plan, [n.hostname for n in inv.nodes]).joins)),
             "pulumi-python:dynamic/gpufleet:Node": len(inv.nodes),
             "gpufleet:cluster:ClusterRoles": 1,
             "pulumi-python:dynamic/gpufleet:CephCluster": int(plan.ceph is not None),

@@ -1,34 +1,27 @@
 """The AWS side of the burst controller against moto's server on 127.0.0.1, and the drain
-against a local fake of the Kubernetes API.
+against the Kubernetes API fake that answers as a real kube-apiserver answered (tests/k8sapi.py).
 
-moto_server runs as a subprocess on a free port and is stopped by PID. There is no Kubernetes API
-server here: the few endpoints the drain uses (list nodes, patch node, list pods by node, create
-eviction) are served by a small HTTP fake that answers with the objects' real JSON shapes and
-records every call, so the `kubernetes` client's own requests and deserialisation run for real.
+moto_server runs as a subprocess on a free port and is stopped by PID.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import pytest
-from kubernetes import client as k8s
 
 from gpufleet.burst.actuate import ActuationError, AsgActuator
 from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, WarningQueue, handle, parse_event
 from gpufleet.serving.tritonserver import free_port
 from tests.integration.servers import serving
+from tests.k8sapi import KubeApiFake
 
 pytestmark = pytest.mark.integration
 
@@ -93,109 +86,26 @@ def test_asg_desired_capacity_inside_group_and_site_bounds(asg: Any) -> None:
 # --- interruptions ----------------------------------------------------------------------------
 
 
-class _FakeKubernetes(BaseHTTPRequestHandler):
-    nodes: ClassVar[list[dict[str, Any]]] = []
-    pods: ClassVar[list[dict[str, Any]]] = []
-    calls: ClassVar[list[tuple[str, str, Any]]] = []
-
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length)) if length else None
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlparse(self.path)
-        self.calls.append(("GET", url.path, urllib.parse.parse_qs(url.query)))
-        if url.path == "/api/v1/nodes":
-            self._send(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes})
-        elif url.path == "/api/v1/pods":
-            selector = urllib.parse.parse_qs(url.query).get("fieldSelector", [""])[0]
-            node = selector.removeprefix("spec.nodeName=")
-            items = [p for p in self.pods if p["spec"]["nodeName"] == node]
-            self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
-        else:
-            self._send(
-                404,
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "reason": "NotFound",
-                    "code": 404,
-                },
-            )
-
-    def do_PATCH(self) -> None:
-        body = self._body()
-        self.calls.append(("PATCH", self.path, body))
-        name = self.path.rsplit("/", 1)[-1]
-        node = next(n for n in self.nodes if n["metadata"]["name"] == name)
-        node["spec"].update(body["spec"])
-        self._send(200, node)
-
-    def do_POST(self) -> None:
-        body = self._body()
-        self.calls.append(("POST", self.path, body))
-        # /api/v1/namespaces/<ns>/pods/<name>/eviction: the pod goes once evicted.
-        parts = self.path.strip("/").split("/")
-        ns, name = parts[3], parts[5]
-        type(self).pods = [
-            p for p in self.pods if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)
-        ]
-        self._send(201, body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-def _node(name: str, instance: str, az: str = "a") -> dict[str, Any]:
-    """A Kubernetes node backed by an EC2 instance, as the AWS cloud provider names it."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {"providerID": f"aws:///{REGION}{az}/{instance}"},
-    }
-
-
 def _instances(asg: Any) -> list[str]:
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
     return [i["InstanceId"] for i in group["Instances"]]
 
 
-def _pod(ns: str, name: str, node: str, owner: str = "ReplicaSet") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u"}],
-        },
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
-        "status": {"phase": "Running"},
-    }
-
-
 @pytest.fixture
-def kube() -> Iterator[Any]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubernetes)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-    try:
-        yield k8s.CoreV1Api(k8s.ApiClient(configuration))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def kube() -> Iterator[KubeApiFake]:
+    """The Kubernetes API as recorded (tests/k8sapi.py), without the recording's own objects:
+    each test adds the nodes (backed by EC2 instances, as the AWS cloud provider names them) and pods."""
+    fake = KubeApiFake()
+    fake.nodes.clear()
+    fake.pods.clear()
+    with fake.serve() as core:
+        fake.core = core
+        yield fake
+    assert not fake.unrecorded, f"requests the recordings do not cover: {fake.unrecorded}"
+
+
+def _node(kube: KubeApiFake, name: str, instance: str, az: str = "a") -> None:
+    kube.add_node(name, provider_id=f"aws:///{REGION}{az}/{instance}")
 
 
 def _event(kind: str, instance: str, when: datetime) -> str:
@@ -224,13 +134,11 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
     queue_url = sqs.create_queue(QueueName=f"spot-warnings-{time.monotonic_ns()}")["QueueUrl"]
     actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
     doomed, other = _instances(asg)[:2]
-    _FakeKubernetes.nodes = [_node(f"ip-10-0-0-{i}", iid) for i, iid in enumerate((doomed, other))]
-    _FakeKubernetes.pods = [
-        _pod("serving", "triton-0", "ip-10-0-0-0"),
-        _pod("kube-system", "dcgm-exporter-abc", "ip-10-0-0-0", owner="DaemonSet"),
-        _pod("serving", "triton-1", "ip-10-0-0-1"),
-    ]
-    _FakeKubernetes.calls = []
+    for i, iid in enumerate((doomed, other)):
+        _node(kube, f"ip-10-0-0-{i}", iid)
+    kube.add_pod("serving", "triton-0", "ip-10-0-0-0")
+    kube.add_pod("kube-system", "dcgm-exporter-abc", "ip-10-0-0-0", owner_kind="DaemonSet")
+    kube.add_pod("serving", "triton-1", "ip-10-0-0-1")
     now = datetime.now(UTC)
     sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, doomed, now))
     sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"source": "aws.health", "detail-type": "x"}))
@@ -241,16 +149,17 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
     warning = warnings[0]
     assert warning.drain_deadline == pytest.approx(now.replace(microsecond=0).timestamp() + 90)
 
-    handled = handle(warning, Drainer(kube, poll_s=0.1), actuator)
+    handled = handle(warning, Drainer(kube.core, poll_s=0.1), actuator)
     queue.done(warning.receipt)
 
     assert handled.replacement == "desired capacity raised to 3"
     assert handled.node == "ip-10-0-0-0"
     assert handled.drain is not None and handled.drain.finished_in_time
     assert handled.drain.evicted == ("serving/triton-0",)  # the DaemonSet pod stays
-    cordon = next(c for c in _FakeKubernetes.calls if c[0] == "PATCH")
+    cordon = next(c for c in kube.calls if c[0] == "PATCH")
     assert cordon == ("PATCH", "/api/v1/nodes/ip-10-0-0-0", {"spec": {"unschedulable": True}})
-    eviction = next(c for c in _FakeKubernetes.calls if c[0] == "POST")
+    assert kube.nodes["ip-10-0-0-0"]["spec"]["unschedulable"] is True
+    eviction = next(c for c in kube.calls if c[0] == "POST")
     assert eviction[1] == "/api/v1/namespaces/serving/pods/triton-0/eviction"
     assert 0 < eviction[2]["deleteOptions"]["gracePeriodSeconds"] <= 90
     # The replacement came first and stays; the interrupted instance left with its desired slot.
@@ -264,42 +173,37 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
 def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any) -> None:
     actuator = AsgActuator(GROUP, max_nodes=8, client=asg)
     instance = _instances(asg)[0]
-    _FakeKubernetes.nodes = [_node("n1", instance, "b")]
-    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
-    _FakeKubernetes.calls = []
+    _node(kube, "n1", instance, "b")
+    kube.add_pod("serving", "triton-0", "n1")
     warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
     assert warning is not None and warning.kind == "rebalance"
-    assert Drainer(kube).instances_by_node() == {"n1": instance}
-    handled = handle(warning, Drainer(kube), actuator)
+    assert Drainer(kube.core).instances_by_node() == {"n1": instance}
+    handled = handle(warning, Drainer(kube.core), actuator)
     assert handled.drain is None and handled.node == "n1"
-    assert [c[0] for c in _FakeKubernetes.calls if c[0] != "GET"] == ["PATCH"]
-    assert _FakeKubernetes.pods, "a rebalance recommendation evicts nothing"
+    assert [c[0] for c in kube.calls if c[0] != "GET"] == ["PATCH"]
+    assert kube.pod_names() == ["serving/triton-0"], "a rebalance recommendation evicts nothing"
     assert actuator.current()[0] == 3
 
 
-def test_a_drain_that_cannot_finish_stops_at_the_deadline(kube: Any) -> None:
-    _FakeKubernetes.nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {}}]
-    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+def test_a_drain_that_a_disruption_budget_holds_stops_at_the_deadline(kube: KubeApiFake) -> None:
+    # The recorded budget: minAvailable 2 over two Running, Ready pods; the server answers 429.
+    recorded = KubeApiFake()
+    kube.nodes.update(recorded.nodes)
+    kube.pods.extend(recorded.pods)
     clock = [1000.0]
 
     def tick() -> float:
         clock[0] += 0.5
         return clock[0]
 
-    drainer = Drainer(kube, clock=tick, poll_s=0.01)
-    # A pod the eviction API keeps (a PodDisruptionBudget): re-add it after every eviction.
-    original = drainer.core.create_namespaced_pod_eviction
-
-    def refuse(name: str, namespace: str, body: Any) -> Any:
-        result = original(name, namespace, body)
-        _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
-        return result
-
-    drainer.core.create_namespaced_pod_eviction = refuse
-    report = drainer.drain("n1", deadline=1003.0)
-    assert not report.finished_in_time
-    assert report.left == ("serving/triton-0",)
+    report = Drainer(kube.core, clock=tick, poll_s=0.01, sleep=lambda _s: None).drain(
+        "gpu01", deadline=1003.0
+    )
+    assert not report.finished_in_time and report.evicted == ()
+    assert report.left == ("default/serving-0", "default/serving-1")
+    assert all("disruption budget" in why for why in report.blocked)
     assert clock[0] >= 1003.0
+    assert kube.pod_names() == ["default/serving-0", "default/serving-1"], "nothing deleted past the budget"
 
 
 def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
@@ -310,9 +214,8 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
     client = boto3.client(
         "autoscaling", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
     )
-    _FakeKubernetes.nodes = [_node("n9", "i-0123456789abcdef0")]
-    _FakeKubernetes.pods = [_pod("serving", "triton-9", "n9")]
-    _FakeKubernetes.calls = []
+    _node(kube, "n9", "i-0123456789abcdef0")
+    kube.add_pod("serving", "triton-9", "n9")
     event = {
         "version": "0",
         "id": "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1",
@@ -349,7 +252,9 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
                 "InstanceId": "i-0123456789abcdef0",
             },
         )
-        handled = handle(warning, Drainer(kube, poll_s=0.1), AsgActuator(GROUP, max_nodes=8, client=client))
+        handled = handle(
+            warning, Drainer(kube.core, poll_s=0.1), AsgActuator(GROUP, max_nodes=8, client=client)
+        )
         stub.assert_no_pending_responses()
     assert handled.drain is not None and handled.drain.evicted == ("serving/triton-9",)
     assert handled.replacement.startswith("none needed")

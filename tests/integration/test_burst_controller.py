@@ -34,10 +34,8 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     GROUP,
     _aws,
     _event,
-    _FakeKubernetes,
     _instances,
     _node,
-    _pod,
     asg,
     kube,
     moto_url,
@@ -304,8 +302,8 @@ def test_each_step_handles_spot_warnings_first(
     sqs = _aws("sqs", moto_url)
     queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
     instance = _instances(asg)[0]
-    _FakeKubernetes.nodes = [_node("n1", instance)]
-    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+    _node(kube, "n1", instance)
+    kube.add_pod("serving", "triton-0", "n1")
     sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, instance, datetime.now(UTC)))
     controller = _controller(
         Gpufleet(_capacity(4)),
@@ -316,7 +314,7 @@ def test_each_step_handles_spot_warnings_first(
         project,
         pulumi_root,
         replica_rps=50.0,
-        drainer=Drainer(kube, poll_s=0.1),
+        drainer=Drainer(kube.core, poll_s=0.1),
         warnings=WarningQueue(sqs, queue_url, wait_s=1),
     )
     controller.step(time.monotonic())
@@ -327,5 +325,5 @@ def test_each_step_handles_spot_warnings_first(
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
     assert instance not in {i["InstanceId"] for i in group["Instances"]}
     assert group["DesiredCapacity"] == 2  # replaced first, then retired
-    assert _FakeKubernetes.pods == []
+    assert kube.pod_names() == []
     assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None

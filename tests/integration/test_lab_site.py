@@ -209,10 +209,14 @@ def test_pulumi_node_provider_against_a_real_host() -> None:
     converged host changes nothing."""
     from components.onprem import NodeSpec, node_inputs
     from components.providers import NodeProvider
+    from gpufleet.plan.expect import host_expectations
     from gpufleet.plan.node import plan_node
 
     node = INV.node("lab-st2")
-    props = node_inputs("lab", NodeSpec(node.hostname, str(node.management_ip), plan_node(INV, node)))
+    spec = NodeSpec(
+        node.hostname, str(node.management_ip), plan_node(INV, node), host_expectations(INV, node)
+    )
+    props = node_inputs("lab", spec)
     provider = NodeProvider()
     clean = provider.read(f"lab/{node.hostname}", props)
     assert clean.id == "lab/lab-st2" and clean.outs["drift"] == []
