@@ -9,6 +9,7 @@ never takes more replicas than the budget. DaemonSet and mirror pods stay, as wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Round:
     tainted: bool = False
     evicted: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # the disruption budget said not yet
+    error: str = ""  # the API refused a step: tried again next round
 
     @property
     def drained(self) -> bool:
@@ -52,6 +54,9 @@ class Metrics:
         self.pods_left = Gauge(
             "gpufleet_remediation_pods_left", "pods the budget keeps on a faulted node", ["node"], registry=r
         )
+        self.errors = Counter(
+            "gpufleet_remediation_api_errors", "node rounds the API refused (retried)", registry=r
+        )
         self.admissions = Counter(
             "gpufleet_remediation_admissions",
             "nodes returned to service, by gate result",
@@ -71,15 +76,38 @@ class Remediator:
         for node, found in sorted(by_node(faults).items()):
             for fault in found:
                 self.metrics.faults.labels(fault.kind).inc()
-            rounds.append(self.quarantine(node, [f.reason for f in found]))
-        # Nodes taken out earlier keep draining until the budget lets their last pod go.
+            done = Round(node, [f.reason for f in found])
+            rounds.append(self._guarded(done, self.quarantine))
+        # Nodes taken out earlier keep draining until the budget lets their last pod go, unless
+        # they came back meanwhile (`gpufleet remediate admit` runs in its own process): a node
+        # without the unverified taint passed the gate and is left alone, not cordoned again.
         for node in sorted(self.quarantined - {r.node for r in rounds}):
-            rounds.append(self.quarantine(node, []))
+            done = self._guarded(Round(node, []), self.keep_draining)
+            if done.node in self.quarantined:
+                rounds.append(done)
         self.metrics.quarantined.set(len(self.quarantined))
         return rounds
 
-    def quarantine(self, node: str, reasons: list[str]) -> Round:
-        done = Round(node, reasons)
+    def _guarded(self, done: Round, step: Callable[[Round], Round]) -> Round:
+        """One node's round; an API error (a conflict, the server away) fails that node's round
+        alone, which the next round repeats: the other faulted nodes are still taken out."""
+        try:
+            return step(done)
+        except ApiException as exc:
+            self.metrics.errors.inc()
+            done.error = f"API {exc.status}: {exc.reason}"
+            return done
+
+    def keep_draining(self, done: Round) -> Round:
+        taints = self.core.read_node(done.node).spec.taints or []
+        if any(t.key == READINESS_TAINT.key for t in taints):
+            return self.drain(done)
+        self.quarantined.discard(done.node)
+        self.metrics.pods_left.labels(done.node).set(0)
+        return done
+
+    def quarantine(self, done: Round) -> Round:
+        node = done.node
         cordoned = self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type=MERGE_PATCH)
         if node not in self.quarantined:
             self.metrics.cordons.inc()
@@ -102,6 +130,11 @@ class Remediator:
             ]
             self.core.patch_node(node, patch, _content_type=JSON_PATCH)
             done.tainted = True
+        return self.drain(done)
+
+    def drain(self, done: Round) -> Round:
+        """Evict what the disruption budget allows from a cordoned, tainted node."""
+        node = done.node
         pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
         for pod in pods:
             if not _evictable(pod):
