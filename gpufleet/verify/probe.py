@@ -191,22 +191,22 @@ def main(argv: list[str]) -> int:
         for r in range(args.gpus)
     ]
     smi = cuda and shutil.which("nvidia-smi") is not None
-    # A rank that fails leaves the others waiting for it in NCCL: stop them all.
-    while (
-        any(p.poll() is None for p in procs)
-        and not any(p.returncode for p in procs)
-        and time.monotonic() < deadline
-    ):
+    # A rank that fails leaves the others waiting for it in NCCL: stop them all. Every rank is
+    # polled each time (a short-circuit would miss a later rank's failure until the deadline).
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes) or any(codes):
+            break
         if smi:
             doc["clocks"] += sample_clocks()
         time.sleep(SAMPLE_S)
-    failed = any(p.returncode for p in procs)
+    failed = any(p.poll() for p in procs)
     for rank, proc in enumerate(procs):
         killed = proc.poll() is None
         if killed:
             proc.kill()
-            why = "a rank failed" if failed else f"the {args.deadline_s:g} s deadline"
-            doc["errors"].append(f"rank {rank}: stopped at {why}")
+            why = "because another rank failed" if failed else f"at the {args.deadline_s:g} s deadline"
+            doc["errors"].append(f"rank {rank}: stopped {why}")
         stdout, stderr = proc.communicate()
         if proc.returncode == 0 and stdout.strip():
             doc["results"].append(json.loads(stdout.strip().splitlines()[-1]))
