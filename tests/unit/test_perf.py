@@ -224,6 +224,22 @@ def test_plan_node_shows_the_thresholds() -> None:
         "bfloat16 matmul per GPU: >= 538 TFLOP/s (0.8 x 672.5)",
     ):
         assert line in result.stdout
+    assert "RDMA write" not in result.stdout
+
+
+def test_plan_node_shows_the_rdma_thresholds(dc1: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    inv = Inventory.model_validate(dc1)
+    peer = plan_perf(inv, inv.nodes[3]).rdma_peer  # type: ignore[union-attr]
+    assert peer is not None
+    result = CliRunner().invoke(app, ["plan-node", "dc1", inv.nodes[3].hostname], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for link in peer.links:
+        want = f"RDMA write {link.device} -> {peer.host}:{link.peer_device}: >= {link.minimum:.4g} Gb/s"
+        assert f"{want} ({link.share:g} x {link.expected:.4g})" in result.stdout
 
 
 RDMA = Path(__file__).resolve().parents[1] / "fixtures" / "rdma"
