@@ -141,8 +141,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def sample_clocks() -> list[dict[str, Any]]:
-    proc = subprocess.run(SMI_LOAD.split(), capture_output=True, text=True, timeout=10)
+def sample_clocks(timeout_s: float) -> list[dict[str, Any]]:
+    """One sample per GPU; TimeoutError when nvidia-smi does not answer (a GPU off the bus)."""
+    try:
+        proc = subprocess.run(SMI_LOAD.split(), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"nvidia-smi did not answer within {timeout_s:.0f} s") from None
     return [{"t": time.time(), "line": line} for line in proc.stdout.strip().splitlines()]
 
 
@@ -198,7 +202,12 @@ def main(argv: list[str]) -> int:
         if all(c is not None for c in codes) or any(codes):
             break
         if smi:
-            doc["clocks"] += sample_clocks()
+            try:
+                doc["clocks"] += sample_clocks(min(10.0, max(1.0, deadline - time.monotonic())))
+            except TimeoutError as exc:
+                # Stop sampling, not measuring: the clocks check then fails naming this.
+                doc["errors"].append(str(exc))
+                smi = False
         time.sleep(SAMPLE_S)
     failed = any(p.poll() for p in procs)
     for rank, proc in enumerate(procs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +298,16 @@ def test_ib_write_bw_from_recorded_outputs(dc1: dict[str, Any]) -> None:
     assert judge_rdma(peer.links[0], peer, 98.03) == [
         f"RDMA write mlx5_0 -> {peer.host}:mlx5_0: 98 Gb/s, expected >= 304 (0.8 x 380)"
     ]
+
+
+def test_a_hung_nvidia_smi_stops_the_clock_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi blocks when a GPU falls off the bus; the probe must not wait on it past its
+    deadline. The stand-in only sleeps: a real hung nvidia-smi may also ignore the kill."""
+    from gpufleet.verify.probe import sample_clocks
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexec sleep 30\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(TimeoutError, match="nvidia-smi did not answer within 1 s"):
+        sample_clocks(1.0)
