@@ -70,21 +70,37 @@ class Remediator:
         self.core = core  # kubernetes.client.CoreV1Api
         self.metrics = metrics or Metrics()
         self.quarantined: set[str] = set()
+        self.reasons: dict[str, set[str]] = {}  # what took each quarantined node out
+        # What a node was admitted with, while its source still shows it (dcgm-exporter's last-Xid
+        # gauge holds until the GPU is reset): not a new fault, so the node is not taken out again.
+        self.acknowledged: dict[str, set[str]] = {}
 
     def reconcile(self, faults: list[Fault]) -> list[Round]:
-        rounds = []
-        for node, found in sorted(by_node(faults).items()):
+        rounds: list[Round] = []
+        # First, nodes that came back since the last round (`gpufleet remediate admit` runs in its
+        # own process): a node without the unverified taint passed the gate and is left alone.
+        draining: list[Round] = []
+        for node in sorted(self.quarantined):
+            done = self._guarded(Round(node, []), self._returned)
+            (rounds if done.error else draining).append(done)
+        current = by_node(faults)
+        for node in set(self.acknowledged) - set(current):
+            del self.acknowledged[node]  # cleared at the source: the next fault there counts
+        for node, found in sorted(current.items()):
+            acknowledged = self.acknowledged.get(node, set())
+            if node in self.acknowledged:
+                self.acknowledged[node] = acknowledged & {f.reason for f in found}
+            if all(f.reason in acknowledged for f in found):
+                continue
             for fault in found:
-                self.metrics.faults.labels(fault.kind).inc()
-            done = Round(node, [f.reason for f in found])
-            rounds.append(self._guarded(done, self.quarantine))
-        # Nodes taken out earlier keep draining until the budget lets their last pod go, unless
-        # they came back meanwhile (`gpufleet remediate admit` runs in its own process): a node
-        # without the unverified taint passed the gate and is left alone, not cordoned again.
-        for node in sorted(self.quarantined - {r.node for r in rounds}):
-            done = self._guarded(Round(node, []), self.keep_draining)
-            if done.node in self.quarantined:
-                rounds.append(done)
+                if fault.reason not in self.reasons.get(node, set()) | acknowledged:
+                    self.metrics.faults.labels(fault.kind).inc()
+            rounds.append(self._guarded(Round(node, [f.reason for f in found]), self.quarantine))
+        # Nodes taken out earlier keep draining until the budget lets their last pod go.
+        taken = {r.node for r in rounds}
+        for done in draining:
+            if done.node in self.quarantined and done.node not in taken:
+                rounds.append(self._guarded(done, self.drain))
         self.metrics.quarantined.set(len(self.quarantined))
         return rounds
 
@@ -98,13 +114,17 @@ class Remediator:
             done.error = f"API {exc.status}: {exc.reason}"
             return done
 
-    def keep_draining(self, done: Round) -> Round:
+    def _returned(self, done: Round) -> Round:
         taints = self.core.read_node(done.node).spec.taints or []
-        if any(t.key == READINESS_TAINT.key for t in taints):
-            return self.drain(done)
-        self.quarantined.discard(done.node)
-        self.metrics.pods_left.labels(done.node).set(0)
+        if not any(t.key == READINESS_TAINT.key for t in taints):
+            self._release(done.node)
         return done
+
+    def _release(self, node: str) -> None:
+        self.quarantined.discard(node)
+        self.acknowledged[node] = self.reasons.pop(node, set())
+        self.metrics.pods_left.labels(node).set(0)
+        self.metrics.quarantined.set(len(self.quarantined))
 
     def quarantine(self, done: Round) -> Round:
         node = done.node
@@ -113,6 +133,7 @@ class Remediator:
             self.metrics.cordons.inc()
             done.cordoned = True
         self.quarantined.add(node)
+        self.reasons.setdefault(node, set()).update(done.reasons)
         taints = list(cordoned.spec.taints or [])
         if not any(t.key == READINESS_TAINT.key for t in taints):
             ours = {
@@ -176,9 +197,7 @@ class Remediator:
                 self.core.patch_node(node, patch, _content_type=JSON_PATCH)
                 break
         self.core.patch_node(node, {"spec": {"unschedulable": False}}, _content_type=MERGE_PATCH)
-        self.quarantined.discard(node)
-        self.metrics.pods_left.labels(node).set(0)
-        self.metrics.quarantined.set(len(self.quarantined))
+        self._release(node)
         return True
 
 

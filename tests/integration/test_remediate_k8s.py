@@ -165,14 +165,43 @@ def test_a_node_admitted_meanwhile_is_not_taken_out_again(api: tuple[StandIn, k8
     patches = [r for r in stand_in.requests[before:] if r[0] == "PATCH"]
     assert again.blocked == ["default/serving-0", "default/serving-1"] and patches == []
 
-    # Admitted elsewhere: the recorded node after our taint was removed.
+    # Admitted elsewhere (the recorded node after our taint was removed), while the exporter
+    # still shows the Xid it was admitted with: that is not a new fault.
     stand_in.node = "node-taint-remove"
     before = len(stand_in.requests)
-    assert remediator.reconcile([]) == []
+    assert remediator.reconcile([FAULT]) == []
     assert [r[:2] for r in stand_in.requests[before:]] == [("GET", "/api/v1/nodes/gpu01")]
     assert remediator.quarantined == set()
     assert _metric(metrics, "gpufleet_remediation_quarantined_nodes 0.0")
     assert _metric(metrics, 'gpufleet_remediation_pods_left{node="gpu01"} 0.0')
+
+
+def test_an_admitted_node_is_not_taken_out_again_for_the_fault_it_was_admitted_with(
+    api: tuple[StandIn, k8s.CoreV1Api],
+) -> None:
+    """dcgm-exporter's last-Xid gauge keeps the Xid until the GPU is reset: a node that passed the
+    gate must not flap out and back; once the source clears, the next fault takes it out again."""
+    stand_in, core = api
+    metrics = Metrics()
+    remediator = Remediator(core, metrics)
+    remediator.reconcile([FAULT])
+    assert remediator.admit("gpu01", _report("gpu01", "passed"))
+    before = len(stand_in.requests)
+    assert remediator.reconcile([FAULT]) == [] and remediator.reconcile([FAULT]) == []
+    # Another fault on the admitted node is new: out again.
+    ecc = Fault("gpu01", "1", "ecc", "2 uncorrectable (double-bit) ECC errors")
+    (again,) = remediator.reconcile([FAULT, ecc])
+    assert again.cordoned and again.reasons == [FAULT.reason, ecc.reason]
+    assert len(stand_in.requests) > before
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="xid"} 1.0')
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="ecc"} 1.0')
+
+    # Cleared at the source (GPU reset), then the same Xid again: a new fault.
+    assert remediator.admit("gpu01", _report("gpu01", "passed"))
+    remediator.reconcile([])
+    (recurred,) = remediator.reconcile([FAULT])
+    assert recurred.cordoned
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="xid"} 2.0')
 
 
 def test_a_node_the_api_refuses_does_not_stop_the_others(api: tuple[StandIn, k8s.CoreV1Api]) -> None:
