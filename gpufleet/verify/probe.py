@@ -167,7 +167,14 @@ def main(argv: list[str]) -> int:
     # The deadline covers the whole run, loading torch included.
     deadline = time.monotonic() + args.deadline_s
 
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        # Nothing is measured: every perf check fails on this one line.
+        error = f"{sys.executable} cannot import torch ({exc}); site.performance.python names the interpreter"
+        nothing = {"device": args.device, "ranks": args.gpus, "torch": None, "nccl": None, "env": {}}
+        print(json.dumps({**nothing, "visible": None, "results": [], "clocks": [], "errors": [error]}))
+        return 1
 
     cuda = args.device == "cuda"
     available = cuda and torch.cuda.is_available()

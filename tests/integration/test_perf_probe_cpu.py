@@ -155,3 +155,17 @@ def test_a_failed_rank_stops_the_others_before_the_deadline() -> None:
     run = parse_probe(stdout)
     assert proc.returncode == 1
     assert run.errors == ["rank 0: stopped because another rank failed", "rank 1: exited -9: "]
+
+
+def test_a_node_without_torch_fails_every_check_on_one_line() -> None:
+    """gpufleet's node deploy installs no torch: python3 there cannot run the probe. This machine's
+    system python3 has no torch either; every perf verdict must name that, not a traceback."""
+    python = "/usr/bin/python3"
+    if subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.fail(f"{python} imports torch here: this test needs an interpreter without it")
+    plan = _plan(python=python)
+    code, stdout = _probe(plan)
+    run = parse_probe(stdout)
+    assert code == 1 and run.torch is None and len(run.errors) == 1
+    assert run.errors[0].startswith(f"{python} cannot import torch (No module named 'torch')")
+    assert judge_allreduce(run, plan) == [f"NCCL all-reduce: not measured ({run.errors[0]})"]
