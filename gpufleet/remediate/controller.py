@@ -129,11 +129,6 @@ class Remediator:
     def quarantine(self, done: Round) -> Round:
         node = done.node
         cordoned = self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type=MERGE_PATCH)
-        if node not in self.quarantined:
-            self.metrics.cordons.inc()
-            done.cordoned = True
-        self.quarantined.add(node)
-        self.reasons.setdefault(node, set()).update(done.reasons)
         taints = list(cordoned.spec.taints or [])
         if not any(t.key == READINESS_TAINT.key for t in taints):
             ours = {
@@ -151,6 +146,12 @@ class Remediator:
             ]
             self.core.patch_node(node, patch, _content_type=JSON_PATCH)
             done.tainted = True
+        # Quarantined once cordoned and tainted: a node without the taint counts as returned.
+        if node not in self.quarantined:
+            self.metrics.cordons.inc()
+            done.cordoned = True
+        self.quarantined.add(node)
+        self.reasons.setdefault(node, set()).update(done.reasons)
         return self.drain(done)
 
     def drain(self, done: Round) -> Round:

@@ -46,6 +46,7 @@ class StandIn:
         self.requests: list[tuple[str, str, str, Any]] = []
         self.blocked = {"serving-0", "serving-1"}  # the budget: minAvailable 2 of 2
         self.node = "node-taint-add"  # what GET of the node answers: tainted unverified
+        self.refuse_taint = False
 
     def answer(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
         self.requests.append((method, path, content_type, body))
@@ -58,6 +59,9 @@ class StandIn:
             if content_type == "application/merge-patch+json":
                 return recorded("node-cordon")
             ops = {op["op"] for op in body}
+            if self.refuse_taint and "add" in ops:
+                # Not recorded: what the server answers when the JSON patch's test op fails.
+                return 422, {"kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422}
             return recorded("node-taint-add" if "add" in ops else "node-taint-remove")
         if method == "POST" and path.endswith("/eviction"):
             pod = path.split("/")[-2]
@@ -202,6 +206,20 @@ def test_an_admitted_node_is_not_taken_out_again_for_the_fault_it_was_admitted_w
     (recurred,) = remediator.reconcile([FAULT])
     assert recurred.cordoned
     assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="xid"} 2.0')
+
+
+def test_a_node_whose_taint_failed_is_taken_out_again_not_taken_for_returned(
+    api: tuple[StandIn, k8s.CoreV1Api],
+) -> None:
+    stand_in, core = api
+    remediator = Remediator(core)
+    stand_in.refuse_taint, stand_in.node = True, "node-cordon"  # cordoned, our taint refused
+    (first,) = remediator.reconcile([FAULT])
+    assert first.error == "API 422: Unprocessable Entity" and remediator.quarantined == set()
+    stand_in.refuse_taint = False
+    (second,) = remediator.reconcile([FAULT])
+    assert second.cordoned and second.tainted and second.error == ""
+    assert remediator.quarantined == {"gpu01"}
 
 
 def test_a_node_the_api_refuses_does_not_stop_the_others(api: tuple[StandIn, k8s.CoreV1Api]) -> None:
