@@ -44,7 +44,8 @@ def main(out_dir: Path) -> None:
         f"Machine: `nvidia-h200-x2`, {'; '.join(g.strip() for g in (out_dir / 'gpus.txt').read_text().splitlines())}"
         " (index, name, driver, PCIe gen, width); torch "
         f"{run.torch}, NCCL {run.nccl}. Run with `bash bench/gate_h200x2.sh OUT` from the repository root"
-        " (NCCL_NVLS_ENABLE=0), rendered here by `python bench/gate_report.py OUT`;"
+        " (it exports NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1"
+        " PYTHONUNBUFFERED=1 for every command below), rendered here by `python bench/gate_report.py OUT`;"
         " the raw reports are in `bench/results/gate_h200x2/`.",
         "",
         "| run | exact command | exit | seconds | checks |",

@@ -175,6 +175,12 @@ def _perf_rows(perf: PerfPlan) -> str:
         row(f"{perf.matmul_dtype} matmul per GPU", perf.matmul_tflops, "TFLOP/s"),
         f"SM clock under load >= {perf.min_load_clock_share:g} x max; probe bounded at {perf.deadline_s} s",
     ]
+    if perf.rdma_peer:
+        peer = perf.rdma_peer
+        lines += [
+            row(f"RDMA write {link.device} -> {peer.host}:{link.peer_device}", link, "Gb/s")
+            for link in peer.links
+        ]
     return "\n".join(lines)
 
 

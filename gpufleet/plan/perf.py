@@ -12,7 +12,8 @@ cites them):
   270, 332 and 350 GB/s at 64 MiB, 1 GiB and 4 GiB: 0.78 of the links at the top, half of that
   at about 19 MiB. Published 8x A100 figures (230-250 GB/s on 300) agree.
 - GPU memory copy: a device-to-device copy (each byte read and written) reaches 0.88 of the
-  datasheet bandwidth (H200: 4.23 of 4.8 TB/s; H100: 0.87-0.92 in bench/results/decode_roofline_h100.md).
+  datasheet bandwidth (H200: 4.23 of 4.8 TB/s; H100: 2.99 of 3.35, 0.89, the copy baseline in
+  bench/results/decode_roofline_h100.md).
 - host<->device: a pinned copy reaches 0.87 of the x16 link (H200, Gen5: 55.4 of 63 GB/s each way).
 - matmul: dense bf16 8192^3 on random data for 3 s reaches 0.67-0.68 of the datasheet with the
   board at its 700 W power limit (H200: 662-670 of 989 TFLOP/s, SM clock 1425-1500 of 1980 MHz).

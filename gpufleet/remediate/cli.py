@@ -41,14 +41,23 @@ def _kernel_logs(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def read_faults(dcgm: list[str], logs: list[tuple[str, Path]]) -> list[Fault]:
+def read_faults(dcgm: list[str], logs: list[tuple[str, Path]]) -> tuple[list[Fault], list[str]]:
+    """The faults every source shows, and a line for each source that could not be read: one
+    exporter away must not stop the controller from taking out the nodes the others report."""
     faults: list[Fault] = []
+    unread: list[str] = []
     for url in dcgm:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            faults += faults_from_dcgm(response.read().decode())
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                faults += faults_from_dcgm(response.read().decode())
+        except (OSError, ValueError) as exc:
+            unread.append(f"{url}: {exc}")
     for node, path in logs:
-        faults += faults_from_kernel_log(node, path.read_text(errors="replace"))
-    return faults
+        try:
+            faults += faults_from_kernel_log(node, path.read_text(errors="replace"))
+        except OSError as exc:
+            unread.append(f"{path}: {exc}")
+    return faults, unread
 
 
 @remediate_app.command("run")
@@ -85,12 +94,17 @@ def run(
         start_http_server(metrics_port, addr=metrics_address, registry=remediator.metrics.registry)
     done = 0
     while True:
-        for r in remediator.reconcile(read_faults(dcgm or [], logs)):
+        faults, unread = read_faults(dcgm or [], logs)
+        for line in unread:
+            out.print(f"not read, tried again next round: {line}", markup=False, soft_wrap=True)
+        for r in remediator.reconcile(faults):
+            status = (
+                f"{r.error}, tried again next round"
+                if r.error
+                else f"evicted {len(r.evicted)}, kept by the disruption budget {len(r.blocked)}"
+            )
             out.print(
-                f"{r.node}: {'; '.join(r.reasons) or 'draining'}; evicted {len(r.evicted)}, "
-                f"kept by the disruption budget {len(r.blocked)}",
-                markup=False,
-                soft_wrap=True,
+                f"{r.node}: {'; '.join(r.reasons) or 'draining'}; {status}", markup=False, soft_wrap=True
             )
         done += 1
         if rounds and done >= rounds:

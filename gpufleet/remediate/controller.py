@@ -9,6 +9,7 @@ never takes more replicas than the budget. DaemonSet and mirror pods stay, as wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Round:
     tainted: bool = False
     evicted: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # the disruption budget said not yet
+    error: str = ""  # the API refused a step: tried again next round
 
     @property
     def drained(self) -> bool:
@@ -52,6 +54,9 @@ class Metrics:
         self.pods_left = Gauge(
             "gpufleet_remediation_pods_left", "pods the budget keeps on a faulted node", ["node"], registry=r
         )
+        self.errors = Counter(
+            "gpufleet_remediation_api_errors", "node rounds the API refused (retried)", registry=r
+        )
         self.admissions = Counter(
             "gpufleet_remediation_admissions",
             "nodes returned to service, by gate result",
@@ -65,26 +70,65 @@ class Remediator:
         self.core = core  # kubernetes.client.CoreV1Api
         self.metrics = metrics or Metrics()
         self.quarantined: set[str] = set()
+        self.reasons: dict[str, set[str]] = {}  # what took each quarantined node out
+        # What a node was admitted with, while its source still shows it (dcgm-exporter's last-Xid
+        # gauge holds until the GPU is reset): not a new fault, so the node is not taken out again.
+        self.acknowledged: dict[str, set[str]] = {}
 
     def reconcile(self, faults: list[Fault]) -> list[Round]:
-        rounds = []
-        for node, found in sorted(by_node(faults).items()):
+        rounds: list[Round] = []
+        # First, nodes that came back since the last round (`gpufleet remediate admit` runs in its
+        # own process): a node without the unverified taint passed the gate and is left alone.
+        draining: list[Round] = []
+        for node in sorted(self.quarantined):
+            done = self._guarded(Round(node, []), self._returned)
+            (rounds if done.error else draining).append(done)
+        current = by_node(faults)
+        for node in set(self.acknowledged) - set(current):
+            del self.acknowledged[node]  # cleared at the source: the next fault there counts
+        for node, found in sorted(current.items()):
+            acknowledged = self.acknowledged.get(node, set())
+            if node in self.acknowledged:
+                self.acknowledged[node] = acknowledged & {f.reason for f in found}
+            if all(f.reason in acknowledged for f in found):
+                continue
             for fault in found:
-                self.metrics.faults.labels(fault.kind).inc()
-            rounds.append(self.quarantine(node, [f.reason for f in found]))
+                if fault.reason not in self.reasons.get(node, set()) | acknowledged:
+                    self.metrics.faults.labels(fault.kind).inc()
+            rounds.append(self._guarded(Round(node, [f.reason for f in found]), self.quarantine))
         # Nodes taken out earlier keep draining until the budget lets their last pod go.
-        for node in sorted(self.quarantined - {r.node for r in rounds}):
-            rounds.append(self.quarantine(node, []))
+        taken = {r.node for r in rounds}
+        for done in draining:
+            if done.node in self.quarantined and done.node not in taken:
+                rounds.append(self._guarded(done, self.drain))
         self.metrics.quarantined.set(len(self.quarantined))
         return rounds
 
-    def quarantine(self, node: str, reasons: list[str]) -> Round:
-        done = Round(node, reasons)
+    def _guarded(self, done: Round, step: Callable[[Round], Round]) -> Round:
+        """One node's round; an API error (a conflict, the server away) fails that node's round
+        alone, which the next round repeats: the other faulted nodes are still taken out."""
+        try:
+            return step(done)
+        except ApiException as exc:
+            self.metrics.errors.inc()
+            done.error = f"API {exc.status}: {exc.reason}"
+            return done
+
+    def _returned(self, done: Round) -> Round:
+        taints = self.core.read_node(done.node).spec.taints or []
+        if not any(t.key == READINESS_TAINT.key for t in taints):
+            self._release(done.node)
+        return done
+
+    def _release(self, node: str) -> None:
+        self.quarantined.discard(node)
+        self.acknowledged[node] = self.reasons.pop(node, set())
+        self.metrics.pods_left.labels(node).set(0)
+        self.metrics.quarantined.set(len(self.quarantined))
+
+    def quarantine(self, done: Round) -> Round:
+        node = done.node
         cordoned = self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type=MERGE_PATCH)
-        if node not in self.quarantined:
-            self.metrics.cordons.inc()
-            done.cordoned = True
-        self.quarantined.add(node)
         taints = list(cordoned.spec.taints or [])
         if not any(t.key == READINESS_TAINT.key for t in taints):
             ours = {
@@ -102,6 +146,17 @@ class Remediator:
             ]
             self.core.patch_node(node, patch, _content_type=JSON_PATCH)
             done.tainted = True
+        # Quarantined once cordoned and tainted: a node without the taint counts as returned.
+        if node not in self.quarantined:
+            self.metrics.cordons.inc()
+            done.cordoned = True
+        self.quarantined.add(node)
+        self.reasons.setdefault(node, set()).update(done.reasons)
+        return self.drain(done)
+
+    def drain(self, done: Round) -> Round:
+        """Evict what the disruption budget allows from a cordoned, tainted node."""
+        node = done.node
         pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
         for pod in pods:
             if not _evictable(pod):
@@ -143,9 +198,7 @@ class Remediator:
                 self.core.patch_node(node, patch, _content_type=JSON_PATCH)
                 break
         self.core.patch_node(node, {"spec": {"unschedulable": False}}, _content_type=MERGE_PATCH)
-        self.quarantined.discard(node)
-        self.metrics.pods_left.labels(node).set(0)
-        self.metrics.quarantined.set(len(self.quarantined))
+        self._release(node)
         return True
 
 

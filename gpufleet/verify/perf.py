@@ -59,7 +59,7 @@ class ClockSample(_Loose):
 class ProbeRun(_Loose):
     device: str
     ranks: int
-    torch: str
+    torch: str | None  # None: the interpreter has no torch
     nccl: str | None
     env: dict[str, str]
     visible: int | None

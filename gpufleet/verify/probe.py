@@ -141,8 +141,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def sample_clocks() -> list[dict[str, Any]]:
-    proc = subprocess.run(SMI_LOAD.split(), capture_output=True, text=True, timeout=10)
+def sample_clocks(timeout_s: float) -> list[dict[str, Any]]:
+    """One sample per GPU; TimeoutError when nvidia-smi does not answer (a GPU off the bus)."""
+    try:
+        proc = subprocess.run(SMI_LOAD.split(), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"nvidia-smi did not answer within {timeout_s:.0f} s") from None
     return [{"t": time.time(), "line": line} for line in proc.stdout.strip().splitlines()]
 
 
@@ -163,7 +167,14 @@ def main(argv: list[str]) -> int:
     # The deadline covers the whole run, loading torch included.
     deadline = time.monotonic() + args.deadline_s
 
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        # Nothing is measured: every perf check fails on this one line.
+        error = f"{sys.executable} cannot import torch ({exc}); site.performance.python names the interpreter"
+        nothing = {"device": args.device, "ranks": args.gpus, "torch": None, "nccl": None, "env": {}}
+        print(json.dumps({**nothing, "visible": None, "results": [], "clocks": [], "errors": [error]}))
+        return 1
 
     cuda = args.device == "cuda"
     available = cuda and torch.cuda.is_available()
@@ -191,22 +202,27 @@ def main(argv: list[str]) -> int:
         for r in range(args.gpus)
     ]
     smi = cuda and shutil.which("nvidia-smi") is not None
-    # A rank that fails leaves the others waiting for it in NCCL: stop them all.
-    while (
-        any(p.poll() is None for p in procs)
-        and not any(p.returncode for p in procs)
-        and time.monotonic() < deadline
-    ):
+    # A rank that fails leaves the others waiting for it in NCCL: stop them all. Every rank is
+    # polled each time (a short-circuit would miss a later rank's failure until the deadline).
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes) or any(codes):
+            break
         if smi:
-            doc["clocks"] += sample_clocks()
+            try:
+                doc["clocks"] += sample_clocks(min(10.0, max(1.0, deadline - time.monotonic())))
+            except TimeoutError as exc:
+                # Stop sampling, not measuring: the clocks check then fails naming this.
+                doc["errors"].append(str(exc))
+                smi = False
         time.sleep(SAMPLE_S)
-    failed = any(p.returncode for p in procs)
+    failed = any(p.poll() for p in procs)
     for rank, proc in enumerate(procs):
         killed = proc.poll() is None
         if killed:
             proc.kill()
-            why = "a rank failed" if failed else f"the {args.deadline_s:g} s deadline"
-            doc["errors"].append(f"rank {rank}: stopped at {why}")
+            why = "because another rank failed" if failed else f"at the {args.deadline_s:g} s deadline"
+            doc["errors"].append(f"rank {rank}: stopped {why}")
         stdout, stderr = proc.communicate()
         if proc.returncode == 0 and stdout.strip():
             doc["results"].append(json.loads(stdout.strip().splitlines()[-1]))

@@ -54,6 +54,9 @@ def verify_site(
 ) -> VerifyReport:
     """Check `limit` (default: every node) of `site`; `local` checks this machine as the one host named.
 
+    The hosts are checked one after another, each within `timeout_s`: a suite still running after
+    `timeout_s` x hosts is stopped and reported as one failed check.
+
     `node_only` leaves out what needs the node's clusters (Kubernetes membership, Ceph health): the
     gate after a node's own deploy, which runs before the cluster playbooks join it.
     `given` (address, expectations) checks one host over SSH against expectations the caller holds
@@ -113,7 +116,13 @@ def verify_site(
             selected = f"{selected} and not cluster" if selected else "not cluster"
         if selected:
             args += ["-m", selected]
-        proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        limit_s = timeout_s * len(hosts)
+        try:
+            proc = subprocess.run(
+                args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=limit_s
+            )
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess(args, 1, "", f"host suite stopped after {limit_s:g} s")
         results = json.loads(report_file.read_text()) if report_file.exists() else []
     if not results:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]

@@ -10,8 +10,11 @@ recorded there (tests/unit/test_perf.py).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +121,51 @@ def test_verify_perf_fails_here_without_a_gpu(tmp_path: Path) -> None:
         "AssertionError: NCCL all-reduce: not measured (0 GPUs visible to CUDA, 2 to measure)"
     )
     assert "nvidia-smi topo -m" in outcomes["test_gpus_linked_as_planned"][1]
+
+
+def _rank_pid(probe: int, rank: int) -> int | None:
+    children = Path(f"/proc/{probe}/task/{probe}/children").read_text().split()
+    for pid in children:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"--rank" in argv and argv[argv.index(b"--rank") + 1] == str(rank).encode():
+            return int(pid)
+    return None
+
+
+def test_a_failed_rank_stops_the_others_before_the_deadline() -> None:
+    """Rank 1 dies before it joins: rank 0 would wait for it in init_process_group for 30 minutes.
+    The probe must stop rank 0 on seeing the failure, not at its deadline (120 s here)."""
+    probe = REPO / "gpufleet" / "verify" / "probe.py"
+    args = [sys.executable, str(probe), "--gpus", "2", "--device", "cpu", "--deadline-s", "120"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            pid = _rank_pid(proc.pid, 1)
+            if pid:
+                break
+            time.sleep(0.05)
+        assert pid, "rank 1 never started"
+        os.kill(pid, signal.SIGKILL)
+        stdout, _ = proc.communicate(timeout=150)
+    finally:
+        proc.kill()
+    run = parse_probe(stdout)
+    assert proc.returncode == 1
+    assert run.errors == ["rank 0: stopped because another rank failed", "rank 1: exited -9: "]
+
+
+def test_a_node_without_torch_fails_every_check_on_one_line() -> None:
+    """gpufleet's node deploy installs no torch: python3 there cannot run the probe. This machine's
+    system python3 has no torch either; every perf verdict must name that, not a traceback."""
+    python = "/usr/bin/python3"
+    if subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.fail(f"{python} imports torch here: this test needs an interpreter without it")
+    plan = _plan(python=python)
+    code, stdout = _probe(plan)
+    run = parse_probe(stdout)
+    assert code == 1 and run.torch is None and len(run.errors) == 1
+    assert run.errors[0].startswith(f"{python} cannot import torch (No module named 'torch')")
+    assert judge_allreduce(run, plan) == [f"NCCL all-reduce: not measured ({run.errors[0]})"]

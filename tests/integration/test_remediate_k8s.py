@@ -45,6 +45,8 @@ class StandIn:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, str, Any]] = []
         self.blocked = {"serving-0", "serving-1"}  # the budget: minAvailable 2 of 2
+        self.node = "node-taint-add"  # what GET of the node answers: tainted unverified
+        self.refuse_taint = False
 
     def answer(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
         self.requests.append((method, path, content_type, body))
@@ -52,11 +54,14 @@ class StandIn:
             assert "fieldSelector=spec.nodeName%3Dgpu01" in path
             return recorded("pods-on-node")
         if method == "GET" and path == "/api/v1/nodes/gpu01":
-            return recorded("node-taint-add")
+            return recorded(self.node)
         if method == "PATCH" and path == "/api/v1/nodes/gpu01":
             if content_type == "application/merge-patch+json":
                 return recorded("node-cordon")
             ops = {op["op"] for op in body}
+            if self.refuse_taint and "add" in ops:
+                # Not recorded: what the server answers when the JSON patch's test op fails.
+                return 422, {"kind": "Status", "status": "Failure", "reason": "Invalid", "code": 422}
             return recorded("node-taint-add" if "add" in ops else "node-taint-remove")
         if method == "POST" and path.endswith("/eviction"):
             pod = path.split("/")[-2]
@@ -150,6 +155,84 @@ def test_a_fault_cordons_taints_and_drains_within_the_budget(api: tuple[StandIn,
     assert _metric(metrics, "gpufleet_remediation_cordons_total 1.0")
 
 
+def test_a_node_admitted_meanwhile_is_not_taken_out_again(api: tuple[StandIn, k8s.CoreV1Api]) -> None:
+    """`gpufleet remediate admit` runs in its own process: the running controller must see the node
+    came back (our taint gone) and leave it alone, not cordon, taint and drain it again."""
+    stand_in, core = api
+    metrics = Metrics()
+    remediator = Remediator(core, metrics)
+    remediator.reconcile([FAULT])
+    before = len(stand_in.requests)
+
+    # Still tainted: the drain goes on, and nothing is patched again.
+    (again,) = remediator.reconcile([])
+    patches = [r for r in stand_in.requests[before:] if r[0] == "PATCH"]
+    assert again.blocked == ["default/serving-0", "default/serving-1"] and patches == []
+
+    # Admitted elsewhere (the recorded node after our taint was removed), while the exporter
+    # still shows the Xid it was admitted with: that is not a new fault.
+    stand_in.node = "node-taint-remove"
+    before = len(stand_in.requests)
+    assert remediator.reconcile([FAULT]) == []
+    assert [r[:2] for r in stand_in.requests[before:]] == [("GET", "/api/v1/nodes/gpu01")]
+    assert remediator.quarantined == set()
+    assert _metric(metrics, "gpufleet_remediation_quarantined_nodes 0.0")
+    assert _metric(metrics, 'gpufleet_remediation_pods_left{node="gpu01"} 0.0')
+
+
+def test_an_admitted_node_is_not_taken_out_again_for_the_fault_it_was_admitted_with(
+    api: tuple[StandIn, k8s.CoreV1Api],
+) -> None:
+    """dcgm-exporter's last-Xid gauge keeps the Xid until the GPU is reset: a node that passed the
+    gate must not flap out and back; once the source clears, the next fault takes it out again."""
+    stand_in, core = api
+    metrics = Metrics()
+    remediator = Remediator(core, metrics)
+    remediator.reconcile([FAULT])
+    assert remediator.admit("gpu01", _report("gpu01", "passed"))
+    before = len(stand_in.requests)
+    assert remediator.reconcile([FAULT]) == [] and remediator.reconcile([FAULT]) == []
+    # Another fault on the admitted node is new: out again.
+    ecc = Fault("gpu01", "1", "ecc", "2 uncorrectable (double-bit) ECC errors")
+    (again,) = remediator.reconcile([FAULT, ecc])
+    assert again.cordoned and again.reasons == [FAULT.reason, ecc.reason]
+    assert len(stand_in.requests) > before
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="xid"} 1.0')
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="ecc"} 1.0')
+
+    # Cleared at the source (GPU reset), then the same Xid again: a new fault.
+    assert remediator.admit("gpu01", _report("gpu01", "passed"))
+    remediator.reconcile([])
+    (recurred,) = remediator.reconcile([FAULT])
+    assert recurred.cordoned
+    assert _metric(metrics, 'gpufleet_remediation_faults_total{kind="xid"} 2.0')
+
+
+def test_a_node_whose_taint_failed_is_taken_out_again_not_taken_for_returned(
+    api: tuple[StandIn, k8s.CoreV1Api],
+) -> None:
+    stand_in, core = api
+    remediator = Remediator(core)
+    stand_in.refuse_taint, stand_in.node = True, "node-cordon"  # cordoned, our taint refused
+    (first,) = remediator.reconcile([FAULT])
+    assert first.error == "API 422: Unprocessable Entity" and remediator.quarantined == set()
+    stand_in.refuse_taint = False
+    (second,) = remediator.reconcile([FAULT])
+    assert second.cordoned and second.tainted and second.error == ""
+    assert remediator.quarantined == {"gpu01"}
+
+
+def test_a_node_the_api_refuses_does_not_stop_the_others(api: tuple[StandIn, k8s.CoreV1Api]) -> None:
+    """A node gone from the API (404 from the stand-in: no recording for it) fails its own round."""
+    _, core = api
+    metrics = Metrics()
+    gone = Fault("gpu00", "3", "xid", "Xid 94 (contained ECC error)")
+    gone_round, gpu01 = Remediator(core, metrics).reconcile([gone, FAULT])
+    assert gone_round.node == "gpu00" and gone_round.error == "API 404: Not Found"
+    assert gpu01.cordoned and gpu01.tainted and gpu01.error == ""
+    assert _metric(metrics, "gpufleet_remediation_api_errors_total 1.0")
+
+
 def _report(host: str, outcome: str) -> VerifyReport:
     result = CheckResult(
         host=host, check="test_nccl_allreduce_bus_bandwidth", part="perf", outcome=outcome, message=""
@@ -212,13 +295,16 @@ def test_the_controller_command_takes_a_node_out_from_its_kernel_log(
         real
         + "[ 5120.418112] NVRM: Xid (PCI:0000:00:07): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
     )
+    # An exporter that does not answer (nothing listens on port 1) is reported, not fatal.
     args = ["remediate", "run", "--kernel-log", f"gpu01={log}", "--rounds", "1", "--metrics-port", "0"]
+    args += ["--dcgm", "http://127.0.0.1:1/metrics"]
     result = CliRunner().invoke(app, [*args, "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 0, result.output
     assert (
         "gpu01: GPU PCI:0000:00:07: Xid 79 (GPU has fallen off the bus); evicted 0, kept by the disruption budget 2"
         in result.stdout
     )
+    assert "not read, tried again next round: http://127.0.0.1:1/metrics: " in result.stdout
     assert [r[:2] for r in stand_in.requests[:2]] == [("PATCH", "/api/v1/nodes/gpu01")] * 2
 
 

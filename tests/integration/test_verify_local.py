@@ -108,3 +108,17 @@ def test_the_node_only_gate_leaves_out_what_needs_the_clusters(tmp_path: Path) -
     assert cluster_checks <= full
     assert not cluster_checks & node_only
     assert node_only == full - cluster_checks and "test_modules_loaded_and_swap_off" in node_only
+
+
+def test_a_suite_past_its_time_is_one_failed_check(tmp_path: Path) -> None:
+    """The host suite is stopped at timeout_s per host and reported, not a traceback."""
+    from gpufleet.verify import verify_site
+
+    device, mtu = _default_interface()
+    report = verify_site(
+        str(_site(tmp_path, device, mtu)), ["h100-1"], ["network"], local=True, timeout_s=0.2
+    )
+    assert not report.ok and report.returncode == 1
+    assert [(r.check, r.outcome, r.message) for r in report.results] == [
+        ("host suite", "failed", "host suite stopped after 0.2 s")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,22 @@ def test_plan_node_shows_the_thresholds() -> None:
         "bfloat16 matmul per GPU: >= 538 TFLOP/s (0.8 x 672.5)",
     ):
         assert line in result.stdout
+    assert "RDMA write" not in result.stdout
+
+
+def test_plan_node_shows_the_rdma_thresholds(dc1: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    inv = Inventory.model_validate(dc1)
+    peer = plan_perf(inv, inv.nodes[3]).rdma_peer  # type: ignore[union-attr]
+    assert peer is not None
+    result = CliRunner().invoke(app, ["plan-node", "dc1", inv.nodes[3].hostname], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for link in peer.links:
+        want = f"RDMA write {link.device} -> {peer.host}:{link.peer_device}: >= {link.minimum:.4g} Gb/s"
+        assert f"{want} ({link.share:g} x {link.expected:.4g})" in result.stdout
 
 
 RDMA = Path(__file__).resolve().parents[1] / "fixtures" / "rdma"
@@ -281,3 +298,16 @@ def test_ib_write_bw_from_recorded_outputs(dc1: dict[str, Any]) -> None:
     assert judge_rdma(peer.links[0], peer, 98.03) == [
         f"RDMA write mlx5_0 -> {peer.host}:mlx5_0: 98 Gb/s, expected >= 304 (0.8 x 380)"
     ]
+
+
+def test_a_hung_nvidia_smi_stops_the_clock_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi blocks when a GPU falls off the bus; the probe must not wait on it past its
+    deadline. The stand-in only sleeps: a real hung nvidia-smi may also ignore the kill."""
+    from gpufleet.verify.probe import sample_clocks
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexec sleep 30\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(TimeoutError, match="nvidia-smi did not answer within 1 s"):
+        sample_clocks(1.0)
