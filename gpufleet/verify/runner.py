@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
+from gpufleet.provision.connection import testinfra_ssh_args
 
 PARTS = ("gpu", "network", "storage", "kubernetes")
 
@@ -76,11 +77,13 @@ def verify_site(
         "GPUFLEET_SITE": str(site_file(site).parent.name),
         "GPUFLEET_INVENTORIES": str(site_file(site).parent.parent.resolve()),
     }
+    ssh_args: list[str] = []
     if local:
         env["GPUFLEET_HOST"] = hosts[0]
         target = "--hosts=local://"
     else:
         target = "--hosts=" + ",".join(f"ansible://{h}" for h in hosts)
+        ssh_args = testinfra_ssh_args(inv.site.name)
     with tempfile.TemporaryDirectory() as tmp:
         report_file = Path(tmp) / "report.json"
         args = [
@@ -89,6 +92,7 @@ def verify_site(
             "pytest",
             str(REPO_ROOT / "tests" / "host"),
             target,
+            *ssh_args,
             f"--ansible-inventory={inventories_dir().resolve() / 'ansible_inventory.py'}",
             "-p",
             "gpufleet.verify.report",
