@@ -29,8 +29,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped or captured output is read by a program or a log, not a window: no width to wrap tables to.
+UNBOUNDED = 10_000
+out = Console(width=None if sys.stdout.isatty() else UNBOUNDED)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else UNBOUNDED)
 
 SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -248,9 +250,13 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """The admission gate: run the host suite against the site's hosts; exit 1 on any failed check."""
+    from gpufleet.provision.reach import require_reachable
     from gpufleet.verify import verify_site
 
     with bad_input():
+        if not local:
+            inv = load_inventory(site)
+            require_reachable(inv, limit or [n.hostname for n in inv.nodes])
         report = verify_site(site, limit, part, local=local)
     if as_json:
         emit_json({**report.model_dump(), "ok": report.ok})

@@ -9,9 +9,13 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import os
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from queue import Empty
 from typing import Any
 
@@ -24,10 +28,12 @@ from pyinfra.api.inventory import Inventory as PyinfraInventory
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, State
 
+from gpufleet.inventory.load import display
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import plan_node
 from gpufleet.provision.connection import pyinfra_ssh_data
+from gpufleet.provision.logs import log_file
 
 CONNECT_TIMEOUT_S = 10
 HOST_TIMEOUT_S = 3600.0  # a whole driver and CUDA install over a slow mirror fits
@@ -84,6 +90,8 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
             meta = state.ops[host][op_hash].operation_meta
             output = meta._combined_output if meta.is_complete() else None
             lines = (output.stderr_lines or output.stdout_lines) if output else []
+            for line in output.stdout_lines + output.stderr_lines if output else []:
+                print(f"{name}: {line}", file=sys.stderr)
             detail = " ".join(lines[-3:])
             r.ok, r.error, r.seconds = False, f"{name}: {detail}".strip(), time.monotonic() - started
             on_event(host.name, f"failed: {r.error}")
@@ -100,6 +108,7 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
     """
     selected = select_hosts(inv, limit)
     ssh = pyinfra_ssh_data(inv.site.name)
+    logs = {h: log_file(inv.site.name, "provision", h) for h in selected}
     by_name = {n.hostname: n for n in inv.nodes}
     ctx = multiprocessing.get_context("fork")
     queue: Any = ctx.Queue()
@@ -107,7 +116,7 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
     for h in selected:
         data = {"ssh_hostname": str(by_name[h].management_ip), "ssh_user": "root", **ssh,
                 "gpufleet_plan": plan_node(inv, by_name[h])}  # fmt: skip
-        procs[h] = ctx.Process(target=_host_process, args=(h, data, dry_run, queue), daemon=True)
+        procs[h] = ctx.Process(target=_host_process, args=(h, data, dry_run, queue, logs[h]), daemon=True)
         procs[h].start()
     results: dict[str, HostResult] = {}
     deadline = time.monotonic() + HOST_TIMEOUT_S
@@ -117,7 +126,11 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
         except Empty:
             for h, proc in procs.items():
                 if h not in results and not proc.is_alive() and queue.empty():
-                    results[h] = HostResult(h, ok=False, error=f"deploy process exited {proc.exitcode}")
+                    results[h] = HostResult(
+                        h,
+                        ok=False,
+                        error=f"deploy process exited {proc.exitcode} (full text: {display(logs[h])})",
+                    )
             continue
         if kind == "event":
             on_event(host, payload)
@@ -133,17 +146,26 @@ def provision(inv: Inventory, limit: list[str] | None, dry_run: bool, on_event: 
     return [results[h] for h in selected]
 
 
-def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any) -> None:
-    try:
-        result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)))
-    except Exception as exc:  # anything unexpected still ends as this host's failed result
-        result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
+def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any, log: Path) -> None:
+    # This process's stderr is the host's log: pyinfra's and gevent's tracebacks, a failed
+    # command's whole output. The terminal gets one line per host that names the file.
+    with log.open("w") as fh:
+        os.dup2(fh.fileno(), 2)
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING, force=True)
+        try:
+            result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)))
+        except Exception as exc:  # anything unexpected still ends as this host's failed result
+            traceback.print_exc()
+            result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
+        sys.stderr.flush()
+        if result.error:
+            print(f"result: {result.error}", file=sys.stderr, flush=True)
+            result.error = f"{result.error.splitlines()[0][:240]} (full text: {display(log)})"
     queue.put(("result", hostname, result))
 
 
 def _converge(hostname: str, data: dict[str, Any], dry_run: bool, on_event: Event) -> HostResult:
     node_deploy = importlib.import_module("deploys.node").node
-    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)  # results go to the summary, not the log
     state = State(
         PyinfraInventory(([(hostname, data)], {})),  # type: ignore[no-untyped-call]
         Config(CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, FAIL_PERCENT=None),  # type: ignore[no-untyped-call]
