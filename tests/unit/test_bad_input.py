@@ -194,6 +194,13 @@ def test_bad_file(content: str | None, words: str, tmp_path: Path, monkeypatch: 
     assert words in line
 
 
+@pytest.mark.parametrize("command", [["validate"], ["provision", "--dry-run"], ["verify"], ["plan-site"]])
+def test_misspelled_site_lists_the_sites(command: list[str]) -> None:
+    code, stdout, stderr = _run([command[0], "lba", *command[1:]])
+    assert code == 2 and not stdout
+    assert stderr.strip() == "argument SITE: no site 'lba' in inventories; sites: dc1, dc1-dr, h100, lab"
+
+
 def test_unknown_host_is_bad_input() -> None:
     code, _, stderr = _run(["plan-node", "dc1", "gpu99"])
     assert code == 2
