@@ -108,3 +108,22 @@ def test_the_node_only_gate_leaves_out_what_needs_the_clusters(tmp_path: Path) -
     assert cluster_checks <= full
     assert not cluster_checks & node_only
     assert node_only == full - cluster_checks and "test_modules_loaded_and_swap_off" in node_only
+
+
+def test_text_output_shows_the_checks_that_ran_and_counts_what_the_plan_leaves_out(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    site = _site(tmp_path, device, mtu)
+    args = [sys.executable, "-m", "gpufleet.cli", "verify", str(site), "--local", "--limit", "h100-1"]
+    args += ["--part", "network"]
+    plain = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "test_management_interface_up_with_planned_mtu" in plain.stdout
+    assert "test_rdma_ports_active_as_planned" not in plain.stdout
+    assert plain.stdout.splitlines()[-2:] == [
+        "1 checks ran: 1 passed",
+        "2 left out: not in the hosts' plans (--verbose lists them)",
+    ]
+    verbose = subprocess.run([*args, "--verbose"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert verbose.returncode == 0
+    assert "test_rdma_ports_active_as_planned" in verbose.stdout and "not in this host's plan" in verbose.stdout
+    assert verbose.stdout.splitlines()[-1] == "2 left out: not in the hosts' plans"
