@@ -88,7 +88,11 @@ def status_cmd(site: SiteOpt = "lab") -> None:
     out.print(_table(rows))
     down = [r.hostname for r in rows if r.systemd != "running"]
     if len(down) == len(rows) and not any(r.supervisor_pid for r in rows):
-        err.print(f"no lab host is running ({paths.state}): {lab_fix(inv)}", markup=False, highlight=False)
+        err.print(
+            f"no lab host is running ({paths.state}): {lab_fix(inv, then_up=paths.state.exists())}",
+            markup=False,
+            highlight=False,
+        )
     elif down:
         err.print(
             f"not running: {', '.join(down)}; `gpufleet lab down` then `gpufleet lab up` rebuilds the lab",

@@ -130,7 +130,7 @@ def ssh_argv(paths: LabPaths, address: str, *command: str, timeout_s: int = 5) -
     ]
 
 
-def _supervisor_pid(paths: LabPaths, hostname: str) -> int | None:
+def supervisor_pid(paths: LabPaths, hostname: str) -> int | None:
     pidfile = paths.host(hostname) / "supervisor.pid"
     if not pidfile.exists():
         return None
@@ -175,7 +175,7 @@ def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
 
 
 def _up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
-    if any(_supervisor_pid(paths, n.hostname) for n in inv.nodes):
+    if any(supervisor_pid(paths, n.hostname) for n in inv.nodes):
         raise LabError(f"the lab is already up (state in {paths.state}); `gpufleet lab down` first")
     _range_free(inv)
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def status(inv: Inventory, paths: LabPaths) -> list[HostStatus]:
     out = []
     for node in inv.nodes:
         address = str(node.management_ip)
-        pid = _supervisor_pid(paths, node.hostname)
+        pid = supervisor_pid(paths, node.hostname)
         ssh = pid is not None and _port_open(address)
         out.append(
             HostStatus(
@@ -383,11 +383,11 @@ def _cgroup_pids(paths: LabPaths, hostname: str) -> set[int]:
 def _power_off(paths: LabPaths, hostnames: list[str]) -> None:
     """Ask every host to power off at once, then wait for all (bounded): shutdowns overlap."""
     for hostname in hostnames:
-        pid = _supervisor_pid(paths, hostname)
+        pid = supervisor_pid(paths, hostname)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_supervisor_pid(paths, h) for h in hostnames):
+    while time.monotonic() < deadline and any(supervisor_pid(paths, h) for h in hostnames):
         time.sleep(0.2)
 
 
