@@ -8,6 +8,7 @@ checks. Everything stays on the labs' addresses and this machine; every wait is 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -269,6 +270,100 @@ def test_host_suite_passes_on_the_lab() -> None:
     assert {r.outcome for r in report.results if r.part == "kubernetes"} == {"skipped"}
 
 
+# Each row of the README's command table, as a new user would first type it: (arguments, exit
+# code, what the output must say). A row without an entry here fails the test, so the table and
+# this sequence move together. Everything runs on the suite's lab, in the table's order.
+README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
+    "rehearse": [(["rehearse", "--keep"], 0, "--keep reuses it")],
+    "lab up|down|status": [
+        (["lab", "status"], 0, "running"),
+        (["lab", "up"], 1, "the lab is already up"),
+    ],
+    "provision": [
+        (["provision", "lab", "--dry-run"], 0, "would change"),
+        (["provision", "lab", "--limit", "lab-cp1", "--json"], 0, '"ok": true'),
+    ],
+    "cluster": [(["cluster", "lab", "kubernetes"], 0, "kubernetes.yml (check mode)")],
+    "validate": [(["validate"], 0, "ok lab: 4 nodes")],
+    "plan-site": [(["plan-site"], 0, "ceph pacific"), (["plan-site", "dc1"], 0, "burst")],
+    "plan-node": [(["plan-node", "lab", "lab-st1"], 0, "ceph-osd")],
+    "inventory": [(["inventory", "lab", "--format", "ansible"], 0, "lab-cp1")],
+    "schema": [(["schema", "--out", "{tmp}/nodes.schema.json"], 0, "wrote")],
+    "stacks": [(["stacks"], 0, "burst-prod")],
+    "plan": [(["plan", "lab", "--out", "{tmp}/plan"], 0, "")],
+    "burst simulate": [(["burst", "simulate"], 0, "oracle")],
+    # No Pulumi CLI on this machine: the controller says so in one line (bad input, exit 2).
+    "burst run": [
+        (["burst", "run", "burst-prod", "--iterations", "1"], 2, "the Pulumi CLI is not installed")
+    ],
+    "verify": [
+        (["verify", "lab"], 0, "checks ran"),
+        (["verify", "lab", "--verbose"], 0, "not in this host's plan"),
+    ],
+}
+
+
+def _readme_table_commands() -> list[str]:
+    """The command column of the README's table of commands, each as its verb words."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("| command | does |", 1)[1].split("\n\n", 1)[0]
+    keys = []
+    for row in table.splitlines()[2:]:
+        usage = row.split("`")[1].replace("\\|", "|").split()[1:]
+        keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), usage)))
+    return keys
+
+
+def _check(args: list[str], code: int, says: str, tmp: Path) -> None:
+    argv = [a.format(tmp=tmp) for a in args]
+    proc = gpufleet(*argv, timeout=900)
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, (argv, text[-3000:])
+    assert proc.returncode == code, (argv, text[-3000:])
+    assert says in text, (argv, says, text[-3000:])
+    if code != 0:
+        # An explained failure: a few plain lines, each a sentence, not a dump.
+        assert len(proc.stderr.strip().splitlines()) <= 2, (argv, proc.stderr)
+
+
+def test_readme_sequence_on_the_lab(tmp_path: Path) -> None:
+    """The README's first command, then every command of its table, in order: no traceback, and
+    every non-zero exit is the one the row explains."""
+    block = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [c.split("#")[0].strip() for line in block.splitlines() for c in line.split("&&")]
+    # setup.sh made this environment and pytest is this run: the rehearsal is the one left to run.
+    assert commands == ["bash scripts/setup.sh", ".venv/bin/gpufleet rehearse", ".venv/bin/python -m pytest"]
+    rehearse = gpufleet("rehearse", timeout=1800)
+    assert "Traceback" not in rehearse.stdout + rehearse.stderr
+    assert rehearse.returncode == 0, rehearse.stdout[-3000:] + rehearse.stderr[-3000:]
+    assert "removes it and rebuilds it from nothing" in rehearse.stdout.splitlines()[0]
+    table = _readme_table_commands()
+    assert set(table) == set(README_ROWS), set(table) ^ set(README_ROWS)
+    for key in table:
+        for args, code, says in README_ROWS[key]:
+            _check(args, code, says, tmp_path)
+
+
+def test_a_host_without_sshd_is_one_line_in_seconds() -> None:
+    ssh(FAULT_HOST, "systemd-run --unit=gpufleet-nossh --on-active=1 systemctl stop ssh.service")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOSTS[FAULT_HOST], 22), timeout=1).close()
+            time.sleep(0.5)
+        except OSError:
+            break
+    start = time.monotonic()
+    proc = gpufleet("provision", "lab", "--dry-run")
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"{FAULT_HOST} ({HOSTS[FAULT_HOST]}): port 22 refused: the host runs but sshd does not answer: "
+        f"`gpufleet lab status`; {PATHS.host(FAULT_HOST) / 'console.log'}",
+        "1 of 4 hosts unreachable; nothing was run (--limit HOST acts on the others)",
+    ]
+
+
 def test_zz_lab_down_leaves_nothing_behind() -> None:
     pids = [int((PATHS.host(h) / "supervisor.pid").read_text()) for h in HOSTS]
     down = gpufleet("lab", "down")
@@ -284,6 +379,25 @@ def test_zz_lab_down_leaves_nothing_behind() -> None:
     assert str(PATHS.state) not in Path("/proc/self/mountinfo").read_text()
     # No probe of the old addresses: with the bridge gone they would route off this machine.
     assert SUITE_NET not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["provision", "lab", "--dry-run"], ["cluster", "lab", "ceph"], ["verify", "lab"], ["lab", "status"]],
+)
+def test_zz_a_down_lab_gets_one_line_per_host_and_the_fix(args: list[str]) -> None:
+    start = time.monotonic()
+    proc = gpufleet(*args)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    if args[0] == "lab":
+        assert lines == [f"no lab host is running ({PATHS.state}): lab is down: run `gpufleet lab up`"]
+    else:
+        assert lines[:-1] == [
+            f"{h} ({a}): no lab key ({PATHS.ssh_key}): lab is down: run `gpufleet lab up`"
+            for h, a in HOSTS.items()
+        ]
 
 
 def test_lab_needs_root() -> None:

@@ -125,5 +125,7 @@ def test_text_output_shows_the_checks_that_ran_and_counts_what_the_plan_leaves_o
     ]
     verbose = subprocess.run([*args, "--verbose"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert verbose.returncode == 0
-    assert "test_rdma_ports_active_as_planned" in verbose.stdout and "not in this host's plan" in verbose.stdout
+    assert (
+        "test_rdma_ports_active_as_planned" in verbose.stdout and "not in this host's plan" in verbose.stdout
+    )
     assert verbose.stdout.splitlines()[-1] == "2 left out: not in the hosts' plans"
