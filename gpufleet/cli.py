@@ -278,6 +278,8 @@ def verify(
         if left_out:
             hint = "" if verbose else " (--verbose lists them)"
             out.print(f"{len(left_out)} left out: not in the hosts' plans{hint}")
+        if report.failed:
+            out.print(f"full text of the failures: {report.log}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
+from gpufleet.inventory.load import REPO_ROOT, display, inventories_dir, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.provision.connection import testinfra_ssh_args
+from gpufleet.provision.logs import log_file
 
 PARTS = ("gpu", "network", "storage", "kubernetes")
 
@@ -31,6 +32,7 @@ class VerifyReport(BaseModel):
     hosts: list[str]
     results: list[CheckResult]
     returncode: int
+    log: str = ""  # the host suite's whole output: what a one-line failure leaves out
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -110,6 +112,8 @@ def verify_site(
         if selected:
             args += ["-m", selected]
         proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        log = log_file(inv.site.name, "verify", "local" if local else "hosts")
+        log.write_text(proc.stdout + proc.stderr)
         results = json.loads(report_file.read_text()) if report_file.exists() else []
     if not results:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
@@ -127,4 +131,5 @@ def verify_site(
         hosts=hosts,
         results=[CheckResult(**r) for r in results],
         returncode=proc.returncode,
+        log=display(log),
     )
