@@ -57,9 +57,10 @@ ExecStart=!/usr/sbin/chronyd -F 1 -x
 """
 
 # How container images install packages (Debian's own minimal images do both): a lab host's disk is
-# scratch, so dpkg skips its per-file fsync (on overlayfs, with three hosts unpacking Ceph's ~150
-# packages at once, that sync dominated a storage host's cold provision), and it leaves out
-# documentation, manual pages and translations, which no lab check reads.
+# scratch, so dpkg skips its per-file fsync and leaves out documentation, manual pages and
+# translations, which no lab check reads. What a storage host's cold provision costs is its plan:
+# ~145 packages (Ceph mon, mgr and OSD, 56 of them Python modules byte-compiled at configure)
+# against the control plane's 3, on three storage hosts at once (bench/lab_rehearse.py).
 DPKG_LAB = """force-unsafe-io
 path-exclude=/usr/share/doc/*
 path-include=/usr/share/doc/*/copyright
