@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -113,6 +114,9 @@ def lab() -> Iterator[None]:
             gpufleet("lab", "down")
             if "site" in USER_LAB:
                 gpufleet("lab", "down", "--site", USER_LAB["site"], env=USER_ENV)
+            if not PATHS.state.exists():
+                # Its inventory copy and output (a Ceph client keyring among it) go with the lab.
+                shutil.rmtree(SUITE_DIR)
 
 
 def test_lab_up_hosts_are_separate_machines_fed_by_the_mirror_only() -> None:
