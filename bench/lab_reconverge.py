@@ -107,5 +107,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     # The machine has one lab: wait for a test run using it (tests/integration/test_lab_site.py).
-    with exclusive(Path("/run/gpufleet-lab-session.lock"), "test session", timeout_s=1800):
+    with exclusive(Path("/run/gpufleet-test-lab-session.lock"), "test session", timeout_s=1800):
         main()

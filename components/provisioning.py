@@ -93,7 +93,8 @@ def converge_cluster(site: str, component: str, hosts: list[str]) -> dict[str, A
     """Run `playbooks/<component>.yml` (gpufleet.provision.cluster, plan as extra vars) on the
     cluster's core `hosts` only; return its outputs. Members join by themselves (`join_cluster`)."""
     from gpufleet.inventory.load import load_inventory
-    from gpufleet.provision.cluster import ceph_fsid, out_dir, run_playbook
+    from gpufleet.provision.cluster import ceph_fsid, run_playbook
+    from gpufleet.provision.logs import out_dir
 
     inv = load_inventory(site)
     result = run_playbook(inv, f"{component}.yml", _quiet, limit=hosts)

@@ -30,8 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped or captured output is read by a program or a log, not a window: no width to wrap tables to.
+UNBOUNDED = 10_000
+out = Console(width=None if sys.stdout.isatty() else UNBOUNDED)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else UNBOUNDED)
 
 SiteArg = Annotated[str, typer.Argument(help="site name under inventories/, a site folder or a nodes.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -271,23 +273,39 @@ def verify(
     local: Annotated[
         bool, typer.Option("--local", help="check this machine as the one --limit host")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="also list the checks the hosts' plans leave out")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The admission gate: run the host suite against the site's hosts; exit 1 on any failed check."""
+    from gpufleet.provision.reach import require_reachable
     from gpufleet.verify import verify_site
 
     with bad_input():
+        if not local:
+            inv = load_inventory(site)
+            require_reachable(inv, limit or [n.hostname for n in inv.nodes])
         report = verify_site(site, limit, part, local=local)
     if as_json:
         emit_json({**report.model_dump(), "ok": report.ok})
     else:
+        # The checks that ran are the gate; what a host's plan leaves out (no GPU, no RDMA) is a count.
+        left_out = [r for r in report.results if r.outcome == "skipped"]
+        shown = report.results if verbose else [r for r in report.results if r.outcome != "skipped"]
         table = Table("host", "part", "check", "result", "detail", title=f"verify {report.site}")
         style = {"passed": "green", "failed": "red", "skipped": "dim"}
-        for r in report.results:
+        for r in shown:
             table.add_row(r.host, r.part, r.check, f"[{style.get(r.outcome, '')}]{r.outcome}[/]", r.message)
         out.print(table)
-        counts = Counter(r.outcome for r in report.results)
-        out.print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
+        counts = Counter(r.outcome for r in report.results if r.outcome != "skipped")
+        ran = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no check ran"
+        out.print(f"{sum(counts.values())} checks ran: {ran}")
+        if left_out:
+            hint = "" if verbose else " (--verbose lists them)"
+            out.print(f"{len(left_out)} left out: not in the hosts' plans{hint}")
+        if report.failed:
+            out.print(f"full text of the failures: {report.log}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 

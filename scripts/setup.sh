@@ -1,29 +1,49 @@
 #!/usr/bin/env bash
 # One install for everything: the system packages the lab needs (as root), then .venv/ with the
 # CLI, Pulumi SDK and providers, pyinfra, Ansible, testinfra and the test tools.
+# Prints each step as it starts and the seconds it took: a fresh machine takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "gpufleet needs Python 3.11+" >&2; exit 2; }
+STEPS=5
+step_no=0
+step_started=$SECONDS
+setup_started=$SECONDS
+step() {
+  if [ "$step_no" -gt 0 ]; then echo "      done in $((SECONDS - step_started)) s"; fi
+  step_no=$((step_no + 1))
+  step_started=$SECONDS
+  echo "[$step_no/$STEPS] $*"
+}
 # The lab: nspawn hosts from debootstrap, a signed local apt mirror, ssh.
 LAB_PACKAGES="debootstrap systemd-container openssh-client dpkg-dev apt-utils gnupg iproute2 util-linux"
+step "system packages for the lab (apt): $LAB_PACKAGES"
 if [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $LAB_PACKAGES >/dev/null
 else
-  echo "not root: skipping the lab's system packages ($LAB_PACKAGES); the lab and its tests need them" >&2
+  echo "      not root: skipped; the lab and its tests need them" >&2
 fi
+step "Python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+step "gpufleet and its dependencies (pip install -e '.[dev]': Pulumi, pyinfra, Ansible, testinfra, ...)"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 # Prometheus for the burst signal tests (PromQL against a real server scraping a real Triton):
 # Debian's binary, unpacked into .venv/bin, so no service is installed or started.
+step "Prometheus binary for the signal tests (Debian's package, into .venv/bin)"
 if [ ! -x .venv/bin/prometheus ]; then
   debs=$(mktemp -d)
   if (cd "$debs" && apt-get download -qq prometheus 2>/dev/null) && dpkg-deb -x "$debs"/prometheus_*.deb "$debs/root"; then
     cp "$debs/root/usr/bin/prometheus" .venv/bin/prometheus
   else
-    echo "could not fetch Debian's prometheus package; the Prometheus signal test needs .venv/bin/prometheus" >&2
+    echo "      could not fetch Debian's prometheus package; the Prometheus signal test needs .venv/bin/prometheus" >&2
   fi
   rm -rf "$debs"
+else
+  echo "      already there"
 fi
-echo "gpufleet installed in .venv ($(.venv/bin/gpufleet --help >/dev/null && echo ok))"
+step "check the CLI"
+.venv/bin/gpufleet --help >/dev/null
+echo "      done in $((SECONDS - step_started)) s"
+echo "gpufleet installed in .venv in $((SECONDS - setup_started)) s; next: .venv/bin/gpufleet rehearse (as root)"

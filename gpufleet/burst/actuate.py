@@ -97,7 +97,16 @@ class PulumiActuator:
     env: dict[str, str] = field(default_factory=dict)
 
     def _stack(self) -> auto.Stack:
-        command = auto.PulumiCommand(root=str(self.pulumi_root)) if self.pulumi_root else auto.PulumiCommand()
+        try:
+            command = (
+                auto.PulumiCommand(root=str(self.pulumi_root)) if self.pulumi_root else auto.PulumiCommand()
+            )
+        except FileNotFoundError:
+            where = f"{self.pulumi_root}/bin/pulumi" if self.pulumi_root else "`pulumi` on PATH"
+            raise ActuationError(
+                f"the Pulumi CLI is not installed (no {where}; see pulumi.com/docs/install, "
+                "or --pulumi-root DIR)"
+            ) from None
         options = auto.LocalWorkspaceOptions(
             work_dir=str(self.work_dir), pulumi_command=command, env_vars=self.env
         )

@@ -35,7 +35,7 @@ def inventories_dir() -> Path:
 def site_file(site: str) -> Path:
     """A site name (`lab`), a site folder, or a nodes.yaml path."""
     given = Path(site)
-    if given.is_file():
+    if given.is_file() or given.suffix in (".yaml", ".yml"):
         return given
     if given.is_dir():
         return given / "nodes.yaml"
@@ -118,7 +118,22 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
+def site_names() -> list[str]:
+    d = inventories_dir()
+    return sorted(p.parent.name for p in d.glob("*/nodes.yaml")) if d.is_dir() else []
+
+
 def load_inventory(site: str) -> Inventory:
     path = site_file(site)
+    if not path.parent.exists() and Path(site).name == site and not site.endswith((".yaml", ".yml")):
+        # A site name, not a path: say which names there are, as a misspelled stack or host does.
+        raise InputError(
+            "argument SITE",
+            [
+                Problem(
+                    (), f"no site {site!r} in {display(inventories_dir())}; sites: {', '.join(site_names())}"
+                )
+            ],
+        )
     with _no_gc_pauses():
         return inventory_from_data(read_yaml(path), display(path))

@@ -25,6 +25,13 @@ def _inventory(site: str) -> Inventory:
         return load_inventory(site)
 
 
+def _paths() -> LabPaths:
+    from gpufleet.cli import bad_input
+
+    with bad_input():
+        return LabPaths.default()
+
+
 def _table(rows: list[hosts.HostStatus]) -> Table:
     table = Table("host", "address", "supervisor", "ssh", "systemd")
     for r in rows:
@@ -38,11 +45,11 @@ def lab_up(site: str = "lab") -> list[hosts.HostStatus]:
     """Bring the lab up, printing progress; raises LabError if this machine can't."""
     from gpufleet.cli import out
 
-    inv, paths = _inventory(site), LabPaths.default()
+    inv, paths = _inventory(site), _paths()
     start = time.monotonic()
     rows = hosts.up(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
     out.print(_table(rows))
-    out.print(f"lab up in {time.monotonic() - start:.1f}s; ssh config: {paths.ssh / 'config'}")
+    out.print(f"lab up in {time.monotonic() - start:.1f}s; ssh config: {paths.ssh_config}")
     return rows
 
 
@@ -64,7 +71,7 @@ def down_cmd(site: SiteOpt = "lab") -> None:
     from gpufleet.cli import err, out
 
     try:
-        hosts.down(_inventory(site), LabPaths.default(), lambda msg: out.print(f"[dim]lab[/] {msg}"))
+        hosts.down(_inventory(site), _paths(), lambda msg: out.print(f"[dim]lab[/] {msg}"))
     except LabError as exc:
         err.print(f"[red]lab down failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -73,9 +80,24 @@ def down_cmd(site: SiteOpt = "lab") -> None:
 @lab_app.command("status")
 def status_cmd(site: SiteOpt = "lab") -> None:
     """Each host's supervisor, SSH and systemd state; exit 1 unless every host is running."""
-    from gpufleet.cli import out
+    from gpufleet.cli import err, out
+    from gpufleet.provision.reach import lab_fix
 
-    rows = hosts.status(_inventory(site), LabPaths.default())
+    inv, paths = _inventory(site), _paths()
+    rows = hosts.status(inv, paths)
     out.print(_table(rows))
-    if not all(r.systemd == "running" for r in rows):
+    down = [r.hostname for r in rows if r.systemd != "running"]
+    if len(down) == len(rows) and not any(r.supervisor_pid for r in rows):
+        err.print(
+            f"no lab host is running ({paths.state}): {lab_fix(inv, then_up=paths.state.exists())}",
+            markup=False,
+            highlight=False,
+        )
+    elif down:
+        err.print(
+            f"not running: {', '.join(down)}; `gpufleet lab down` then `gpufleet lab up` rebuilds the lab",
+            markup=False,
+            highlight=False,
+        )
+    if down:
         raise typer.Exit(1)

@@ -1,7 +1,8 @@
 """Bring the lab's hosts up and down: bridge, a netns each, an overlay root each, nspawn under a supervisor.
 
-Everything `up` creates is recorded under the lab's state folder or named after the host
-(`gf-<host>` namespaces, the `gfbr0` bridge), and `down` removes exactly that, processes by PID.
+Everything `up` creates is recorded under the lab's state folder or named after the lab and the
+host (`gf-<host>` namespaces, the `gfbr0` bridge for the default lab name `gf`), and `down` removes
+exactly that, processes by PID. Two labs of different names share nothing (see `paths`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from gpufleet.lab.supervise import cgroup_dirs
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import plan_node
 
-BRIDGE = "gfbr0"
 MIRROR_MOUNT = "/srv/gpufleet-mirror"
 OSD_FILE_BYTES = 8 << 30  # sparse: BlueStore needs room to allocate, the disk only what is written
 BOOT_TIMEOUT_S = 90.0
@@ -54,6 +54,20 @@ ConditionCapability=
 [Service]
 ExecStart=
 ExecStart=!/usr/sbin/chronyd -F 1 -x
+"""
+
+# How container images install packages (Debian's own minimal images do both): a lab host's disk is
+# scratch, so dpkg skips its per-file fsync and leaves out documentation, manual pages and
+# translations, which no lab check reads. What a storage host's cold provision costs is its plan:
+# ~145 packages (Ceph mon, mgr and OSD, 56 of them Python modules byte-compiled at configure)
+# against the control plane's 3, on three storage hosts at once (bench/lab_rehearse.py).
+DPKG_LAB = """force-unsafe-io
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
 """
 
 Report = Callable[[str], None]
@@ -85,15 +99,19 @@ def require_tools() -> None:
 def _ifname(prefix: str, hostname: str) -> str:
     # Kernel names stop at 15 characters; a long hostname gets a digest so names never collide.
     name = f"{prefix}-{hostname}"
-    return name if len(name) <= 15 else f"{prefix}-{hashlib.sha1(hostname.encode()).hexdigest()[:10]}"
+    return (
+        name
+        if len(name) <= 15
+        else f"{prefix}-{hashlib.sha1(hostname.encode()).hexdigest()[: 14 - len(prefix)]}"
+    )
 
 
-def netns(hostname: str) -> str:
-    return _ifname("gf", hostname)
+def netns(paths: LabPaths, hostname: str) -> str:
+    return _ifname(paths.name, hostname)
 
 
-def _veth(hostname: str) -> str:
-    return _ifname("gfv", hostname)
+def veth(paths: LabPaths, hostname: str) -> str:
+    return _ifname(f"{paths.name}v", hostname)
 
 
 def lab_packages(inv: Inventory) -> list[str]:
@@ -105,7 +123,7 @@ def ssh_argv(paths: LabPaths, address: str, *command: str, timeout_s: int = 5) -
     return [
         "ssh",
         "-F",
-        str(paths.ssh / "config"),
+        str(paths.ssh_config),
         "-o",
         f"ConnectTimeout={timeout_s}",
         f"root@{address}",
@@ -113,7 +131,7 @@ def ssh_argv(paths: LabPaths, address: str, *command: str, timeout_s: int = 5) -
     ]
 
 
-def _supervisor_pid(paths: LabPaths, hostname: str) -> int | None:
+def supervisor_pid(paths: LabPaths, hostname: str) -> int | None:
     pidfile = paths.host(hostname) / "supervisor.pid"
     if not pidfile.exists():
         return None
@@ -158,8 +176,9 @@ def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
 
 
 def _up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
-    if any(_supervisor_pid(paths, n.hostname) for n in inv.nodes):
+    if any(supervisor_pid(paths, n.hostname) for n in inv.nodes):
         raise LabError(f"the lab is already up (state in {paths.state}); `gpufleet lab down` first")
+    _range_free(inv)
     paths.state.mkdir(parents=True, exist_ok=True)
     report("base root filesystem")
     base = image.unpack_base(paths)
@@ -171,12 +190,27 @@ def _up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
     report(f"mirror: {len(debs)} packages, signed")
     shutil.copy(paths.mirror_key, base / "etc/apt/keyrings/gpufleet-mirror.gpg")
     _ssh_client(inv, paths)
-    _network_up(inv)
+    _network_up(inv, paths)
     for node in inv.nodes:
         _host_up(inv, paths, node.hostname, str(node.management_ip))
         report(f"{node.hostname}: started")
     _wait_ready(inv, paths, report)
     return status(inv, paths)
+
+
+def _range_free(inv: Inventory) -> None:
+    """Refuse a management network this machine already routes: another lab (or a real network)
+    uses it, and a second bridge with the same addresses would cut that one off."""
+    cidr = str(inv.site.networks.management.cidr)
+    routes = run(["ip", "-4", "route", "show"]).stdout
+    net = ipaddress.ip_network(cidr)
+    for line in routes.splitlines():
+        prefix = line.split()[0]
+        if prefix != "default" and ipaddress.ip_network(prefix, strict=False).overlaps(net):
+            raise LabError(
+                f"{cidr} is already routed on this machine ({line.strip()}): another lab or network "
+                "uses it; give this lab its own range in its inventory"
+            )
 
 
 def _prepare_base(base: Path) -> None:
@@ -187,6 +221,7 @@ def _prepare_base(base: Path) -> None:
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "lab-container.conf").write_text(CHRONY_DROPIN)
     (base / "etc/systemd/system/nvmf-autoconnect.service").symlink_to("/dev/null")
+    (base / "etc/dpkg/dpkg.cfg.d/gpufleet-lab").write_text(DPKG_LAB)
 
 
 def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
@@ -205,7 +240,7 @@ def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
         f"  ControlPath {paths.ssh}/cm-%C\n"
         "  ControlPersist 120s\n"
     )
-    (paths.ssh / "config").write_text("Host *\n" + settings)
+    paths.ssh_config.write_text("Host *\n" + settings)
     names = " ".join(f"{n.hostname} {n.management_ip}" for n in inv.nodes)
     paths.system_ssh_config.parent.mkdir(parents=True, exist_ok=True)
     paths.system_ssh_config.write_text(
@@ -213,18 +248,19 @@ def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
     )
 
 
-def _network_up(inv: Inventory) -> None:
+def _network_up(inv: Inventory, paths: LabPaths) -> None:
     mgmt = inv.site.networks.management
     net = ipaddress.ip_network(str(mgmt.cidr))
     gateway = str(mgmt.gateway) if mgmt.gateway else str(next(net.hosts()))
-    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    run(["ip", "addr", "add", f"{gateway}/{net.prefixlen}", "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
+    bridge = paths.bridge
+    run(["ip", "link", "add", bridge, "type", "bridge"])
+    run(["ip", "addr", "add", f"{gateway}/{net.prefixlen}", "dev", bridge])
+    run(["ip", "link", "set", bridge, "up"])
     for node in inv.nodes:
-        ns, veth = netns(node.hostname), _veth(node.hostname)
+        ns, pair = netns(paths, node.hostname), veth(paths, node.hostname)
         run(["ip", "netns", "add", ns])
-        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-        run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        run(["ip", "link", "add", pair, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "link", "set", pair, "master", bridge, "up"])
         run(["ip", "-n", ns, "addr", "add", f"{node.management_ip}/{net.prefixlen}", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(mgmt.mtu), "up"])
@@ -272,7 +308,7 @@ def _host_up(inv: Inventory, paths: LabPaths, hostname: str, address: str) -> No
         f"--hostname={hostname}",
         "--keep-unit",
         "--register=no",
-        f"--network-namespace-path=/run/netns/{netns(hostname)}",
+        f"--network-namespace-path=/run/netns/{netns(paths, hostname)}",
         "--capability=CAP_NET_ADMIN",
         f"--bind-ro={paths.mirror}:{MIRROR_MOUNT}",
         "--resolv-conf=off",
@@ -280,7 +316,7 @@ def _host_up(inv: Inventory, paths: LabPaths, hostname: str, address: str) -> No
         "--link-journal=no",
         "--console=read-only",
     ]
-    spec = {"hostname": hostname, "argv": argv, "log": str(hdir / "console.log")}
+    spec = {"hostname": hostname, "cgroup": paths.cgroup, "argv": argv, "log": str(hdir / "console.log")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpufleet.lab.supervise", json.dumps(spec)],
         stdin=subprocess.DEVNULL,
@@ -323,7 +359,7 @@ def status(inv: Inventory, paths: LabPaths) -> list[HostStatus]:
     out = []
     for node in inv.nodes:
         address = str(node.management_ip)
-        pid = _supervisor_pid(paths, node.hostname)
+        pid = supervisor_pid(paths, node.hostname)
         ssh = pid is not None and _port_open(address)
         out.append(
             HostStatus(
@@ -337,9 +373,9 @@ def status(inv: Inventory, paths: LabPaths) -> list[HostStatus]:
     return out
 
 
-def _cgroup_pids(hostname: str) -> set[int]:
+def _cgroup_pids(paths: LabPaths, hostname: str) -> set[int]:
     pids: set[int] = set()
-    for top in cgroup_dirs(hostname):
+    for top in cgroup_dirs(paths.cgroup, hostname):
         for procs in top.rglob("cgroup.procs"):
             pids |= {int(p) for p in procs.read_text().split()}
     return pids
@@ -348,25 +384,25 @@ def _cgroup_pids(hostname: str) -> set[int]:
 def _power_off(paths: LabPaths, hostnames: list[str]) -> None:
     """Ask every host to power off at once, then wait for all (bounded): shutdowns overlap."""
     for hostname in hostnames:
-        pid = _supervisor_pid(paths, hostname)
+        pid = supervisor_pid(paths, hostname)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_supervisor_pid(paths, h) for h in hostnames):
+    while time.monotonic() < deadline and any(supervisor_pid(paths, h) for h in hostnames):
         time.sleep(0.2)
 
 
 def _stop_host(paths: LabPaths, hostname: str) -> None:
     # Whatever is left in the host's own cgroups (a hung boot, a stray daemon) is killed by PID.
     for _ in range(50):
-        pids = _cgroup_pids(hostname)
+        pids = _cgroup_pids(paths, hostname)
         if not pids:
             break
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         time.sleep(0.1)
-    for top in cgroup_dirs(hostname):
+    for top in cgroup_dirs(paths.cgroup, hostname):
         if top.exists():
             for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                 d.rmdir()
@@ -386,22 +422,22 @@ def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
     _power_off(paths, [n.hostname for n in inv.nodes])
     for node in inv.nodes:
         _stop_host(paths, node.hostname)
-        ns, veth = netns(node.hostname), _veth(node.hostname)
+        ns, pair = netns(paths, node.hostname), veth(paths, node.hostname)
         # Deleting our end removes the pair even if another mount namespace still pins the netns.
-        if Path(f"/sys/class/net/{veth}").exists():
-            run(["ip", "link", "del", veth])
+        if Path(f"/sys/class/net/{pair}").exists():
+            run(["ip", "link", "del", pair])
         if Path(f"/run/netns/{ns}").exists():
             run(["ip", "netns", "del", ns])
         report(f"{node.hostname}: removed")
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        run(["ip", "link", "del", BRIDGE])
+    if Path(f"/sys/class/net/{paths.bridge}").exists():
+        run(["ip", "link", "del", paths.bridge])
     for cm in paths.ssh.glob("cm-*") if paths.ssh.exists() else []:
         # Control masters of the lab's ssh config end with the hosts; their sockets are state.
         cm.unlink()
     paths.system_ssh_config.unlink(missing_ok=True)
     if paths.state.exists():
         shutil.rmtree(paths.state)
-    for root in cgroup_dirs(""):
+    for root in cgroup_dirs(paths.cgroup):
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
     report("lab removed")

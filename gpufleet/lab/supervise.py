@@ -19,19 +19,20 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
 REBOOT_EXIT = 133  # nspawn's exit status when the container asked for a reboot
 
 
-def cgroup_dirs(hostname: str) -> list[Path]:
-    return [root / "gpufleet-lab" / hostname for root in CGROUP_ROOTS if root.is_dir()]
+def cgroup_dirs(lab: str, hostname: str = "") -> list[Path]:
+    """The host's cgroup in every hierarchy, under its lab's own folder (the folder for no host)."""
+    return [root / lab / hostname for root in CGROUP_ROOTS if root.is_dir()]
 
 
-def enter_cgroups(hostname: str) -> None:
-    for d in cgroup_dirs(hostname):
+def enter_cgroups(lab: str, hostname: str) -> None:
+    for d in cgroup_dirs(lab, hostname):
         d.mkdir(parents=True, exist_ok=True)
         (d / "cgroup.procs").write_text(f"{os.getpid()}\n")
 
 
 def main(spec_json: str) -> int:
     spec = json.loads(spec_json)
-    enter_cgroups(spec["hostname"])
+    enter_cgroups(spec["cgroup"], spec["hostname"])
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 

@@ -40,9 +40,11 @@ def summary_table(results: list[HostResult], dry_run: bool) -> Table:
     table = Table("host", "result", "operations", verb, "seconds", "detail")
     for r in results:
         result = "[red]failed[/]" if not r.ok else ("[yellow]changed[/]" if r.changed else "[green]ok[/]")
-        detail = r.error or "; ".join(r.changed)
+        detail = "; ".join(r.changed)
         if len(detail) > MAX_DETAIL:
             detail = detail[: MAX_DETAIL - 1] + "…"
+        # An error is one line that names its log: never shortened.
+        detail = r.error or detail
         table.add_row(r.hostname, result, str(r.ops), str(len(r.changed)), f"{r.seconds:.1f}", detail)
     return table
 
@@ -52,12 +54,14 @@ def run_provision(site: str, limit: list[str] | None, dry_run: bool, quiet: bool
     from gpufleet.cli import bad_input, err
     from gpufleet.cli import out as stdout
     from gpufleet.provision.nodes import provision, select_hosts
+    from gpufleet.provision.reach import require_reachable
 
     out = err if quiet else stdout
 
     with bad_input():
         inv = load_inventory(site)
         hosts = select_hosts(inv, limit)
+        require_reachable(inv, hosts)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} ops"), console=out
     ) as progress:
@@ -103,9 +107,11 @@ def play_table(results: list[PlayResult]) -> Table:
 def run_cluster(site: str, component: Component) -> list[PlayResult]:
     from gpufleet.cli import bad_input, err, out
     from gpufleet.provision.cluster import run_playbook
+    from gpufleet.provision.reach import require_reachable
 
     with bad_input():
         inv = load_inventory(site)
+        require_reachable(inv, [n.hostname for n in inv.nodes], limit_option=False)
     results = []
     for playbook, check in plays(component, inv.site.environment == "lab"):
         label = f"{playbook}{' (check mode)' if check else ''}"
@@ -133,8 +139,11 @@ def phase_table(phases: list[Phase]) -> Table:
     return table
 
 
-def rehearse(site: str) -> list[Phase]:
-    """lab up (lab site) -> provision -> cluster ceph -> verify, each timed."""
+def rehearse(site: str, keep: bool = False) -> list[Phase]:
+    """lab up (lab site) -> provision -> cluster ceph -> verify, each timed.
+
+    A running lab is rebuilt from nothing (it says so first), unless `keep`: then the rehearsal
+    converges the hosts that are up, which measures a re-run, not a rebuild."""
     from gpufleet.cli import bad_input, out
     from gpufleet.lab import hosts
     from gpufleet.lab.cli import lab_up
@@ -144,9 +153,16 @@ def rehearse(site: str) -> list[Phase]:
 
     with bad_input():
         inv = load_inventory(site)
+        paths = LabPaths.default()
     lab = inv.site.environment == "lab"
-
-    paths = LabPaths.default()
+    running = lab and any(s.supervisor_pid for s in hosts.status(inv, paths))
+    if running and not keep:
+        out.print(
+            f"The lab is up ({paths.state}): the rehearsal removes it and rebuilds it from nothing. "
+            "`gpufleet rehearse --keep` reuses it instead."
+        )
+    elif running:
+        out.print("The lab is up: --keep reuses it (a re-run, not a rebuild from nothing).")
 
     def previous_lab_down() -> tuple[bool, str]:
         hosts.down(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
@@ -160,7 +176,10 @@ def rehearse(site: str) -> list[Phase]:
         return True, f"{len(rows)} hosts up"
 
     def provision_phase() -> tuple[bool, str]:
-        results = run_provision(site, None, dry_run=False)
+        try:
+            results = run_provision(site, None, dry_run=False)
+        except typer.Exit:
+            return False, "hosts unreachable (see above)"
         failed = [r.hostname for r in results if not r.ok]
         changed = sum(len(r.changed) for r in results)
         return (
@@ -169,7 +188,10 @@ def rehearse(site: str) -> list[Phase]:
         )
 
     def ceph_phase() -> tuple[bool, str]:
-        results = run_cluster(site, Component.ceph)
+        try:
+            results = run_cluster(site, Component.ceph)
+        except typer.Exit:
+            return False, "hosts unreachable (see above)"
         return all(r.ok for r in results), "; ".join(
             f for r in results for f in r.failures
         ) or "HEALTH and PGs waited for"
@@ -182,9 +204,9 @@ def rehearse(site: str) -> list[Phase]:
         return report.ok, ", ".join(failed[:5]) if failed else f"{passed} checks passed"
 
     steps = []
-    if lab and any(s.supervisor_pid for s in hosts.status(inv, paths)):
+    if running and not keep:
         steps.append(("previous lab down", previous_lab_down))
-    if lab:
+    if lab and not (running and keep):
         steps.append(("lab up", lab_phase))
     steps += [("provision", provision_phase), ("cluster ceph", ceph_phase), ("verify", verify_phase)]
     phases = run_phases(steps)
@@ -212,9 +234,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("rehearse")
-    def rehearse_cmd(site: SiteArg = "lab") -> None:
+    def rehearse_cmd(
+        site: SiteArg = "lab",
+        keep: Annotated[
+            bool, typer.Option("--keep", help="reuse a running lab instead of rebuilding it from nothing")
+        ] = False,
+    ) -> None:
         """Rebuild the site from the repository (lab up, provision, Ceph, verify) and time each phase."""
-        if not all(p.ok for p in rehearse(site)):
+        if not all(p.ok for p in rehearse(site, keep)):
             raise typer.Exit(1)
 
     @app.command("cluster")

@@ -19,11 +19,12 @@ from typing import Any
 import ansible_runner
 import yaml
 
-from gpufleet.inventory.load import REPO_ROOT, inventories_dir
+from gpufleet.inventory.load import REPO_ROOT, display, inventories_dir
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.provision.connection import ansible_ssh_env
+from gpufleet.provision.logs import log_file, out_dir
 
 PLAYBOOKS = REPO_ROOT / "playbooks"
 COMPONENTS = ("ceph", "kubernetes")
@@ -48,12 +49,6 @@ class PlayResult:
 def ceph_fsid(site: str) -> str:
     """Stable per site: a re-run finds the cluster it built, a rebuild of the site gets the same id."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpufleet:{site}:ceph"))
-
-
-def out_dir(site: str) -> Path:
-    d = REPO_ROOT / "out" / site
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def site_knobs(site: str) -> dict[str, Any]:
@@ -109,8 +104,12 @@ def run_playbook(
     }
     failures: list[str] = []
     changes: list[str] = []
+    log = log_file(site, "cluster", Path(playbook).stem)
+    transcript: list[str] = []
 
     def handle(event: dict[str, Any]) -> bool:
+        if event.get("stdout"):
+            transcript.append(event["stdout"])
         data = event.get("event_data", {})
         host, task = data.get("host"), data.get("task", "")
         kind = event.get("event", "")
@@ -122,7 +121,8 @@ def run_playbook(
             # no_log tasks come back censored by Ansible itself, so no secret reaches this line.
             res = data.get("res") if isinstance(data.get("res"), dict) else {}
             detail = " ".join(str(res.get(k) or "") for k in ("msg", "stderr")).strip()
-            failures.append(f"{host}: {task}: {detail[-400:]}".strip())
+            first = detail.splitlines()[-1][-300:] if detail else ""
+            failures.append(f"{host}: {task}: {first} (full text: {display(log)})")
             on_event(host, f"failed: {task}")
         return True
 
@@ -140,6 +140,8 @@ def run_playbook(
             quiet=True,
         )
         stats: dict[str, dict[str, int]] = runner.stats or {}
+    # Ansible's own output, as ansible-playbook prints it (no_log tasks come censored).
+    log.write_text("\n".join(transcript) + "\n")
     hosts: dict[str, dict[str, int]] = {}
     for key, per_host in stats.items():
         if isinstance(per_host, dict):
@@ -147,5 +149,7 @@ def run_playbook(
                 hosts.setdefault(host, {})[key] = int(count)
     ok = runner.rc == 0 and runner.status == "successful"
     if not ok and not failures:
-        failures.append(f"ansible-playbook {playbook}: {runner.status} (rc {runner.rc})")
+        failures.append(
+            f"ansible-playbook {playbook}: {runner.status} (rc {runner.rc}; full text: {display(log)})"
+        )
     return PlayResult(playbook, ok, time.monotonic() - started, hosts, failures, changes)

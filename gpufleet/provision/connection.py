@@ -77,4 +77,11 @@ def ansible_ssh_env(site: str) -> dict[str, str]:
     if site != "lab":
         return {}
     paths = LabPaths.default()
-    return {"ANSIBLE_SSH_ARGS": f"-F {paths.ssh / 'config'}"}
+    return {"ANSIBLE_SSH_ARGS": f"-F {paths.ssh_config}"}
+
+
+def testinfra_ssh_args(site: str) -> list[str]:
+    """pytest arguments for testinfra's SSH: the lab's own config (`-F`, so nothing else applies)."""
+    if site != "lab":
+        return []
+    return [f"--ssh-config={LabPaths.default().ssh_config}"]

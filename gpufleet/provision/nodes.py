@@ -9,9 +9,13 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import os
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from queue import Empty
 from typing import Any
 
@@ -24,11 +28,12 @@ from pyinfra.api.inventory import Inventory as PyinfraInventory
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, State
 
-from gpufleet.inventory.load import load_inventory
+from gpufleet.inventory.load import display, load_inventory
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import NodePlan, plan_node
 from gpufleet.provision.connection import pyinfra_ssh_data
+from gpufleet.provision.logs import log_file
 
 CONNECT_TIMEOUT_S = 10
 HOST_TIMEOUT_S = 3600.0  # a whole driver and CUDA install over a slow mirror fits
@@ -85,6 +90,8 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
             meta = state.ops[host][op_hash].operation_meta
             output = meta._combined_output if meta.is_complete() else None
             lines = (output.stderr_lines or output.stdout_lines) if output else []
+            for line in output.stdout_lines + output.stderr_lines if output else []:
+                print(f"{name}: {line}", file=sys.stderr)
             detail = " ".join(lines[-3:])
             r.ok, r.error, r.seconds = False, f"{name}: {detail}".strip(), time.monotonic() - started
             on_event(host.name, f"failed: {r.error}")
@@ -124,6 +131,7 @@ def provision_hosts(
     """
     # Host keys are the inventory's (strict checking on real sites): the one thing read here.
     ssh = pyinfra_ssh_data(load_inventory(site))
+    logs = {h: log_file(site, "provision", h) for h in targets}
     ctx = multiprocessing.get_context("fork")
     queue: Any = ctx.Queue()
     procs = {}
@@ -131,7 +139,7 @@ def provision_hosts(
         data = {"ssh_hostname": target.address, "ssh_user": "root", **ssh, "gpufleet_plan": target.plan,
                 "gpufleet_reboot_for": list(target.reboot_for)}  # fmt: skip
         procs[h] = ctx.Process(
-            target=_host_process, args=(h, data, dry_run, queue, DEPLOYS[deploy]), daemon=True
+            target=_host_process, args=(h, data, dry_run, queue, logs[h], DEPLOYS[deploy]), daemon=True
         )
         procs[h].start()
     selected = list(targets)
@@ -143,7 +151,11 @@ def provision_hosts(
         except Empty:
             for h, proc in procs.items():
                 if h not in results and not proc.is_alive() and queue.empty():
-                    results[h] = HostResult(h, ok=False, error=f"deploy process exited {proc.exitcode}")
+                    results[h] = HostResult(
+                        h,
+                        ok=False,
+                        error=f"deploy process exited {proc.exitcode} (full text: {display(logs[h])})",
+                    )
             continue
         if kind == "event":
             on_event(host, payload)
@@ -159,18 +171,29 @@ def provision_hosts(
     return [results[h] for h in selected]
 
 
-def _host_process(hostname: str, data: dict[str, Any], dry_run: bool, queue: Any, deploy: str) -> None:
-    try:
-        result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)), deploy)
-    except Exception as exc:  # anything unexpected still ends as this host's failed result
-        result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
+def _host_process(
+    hostname: str, data: dict[str, Any], dry_run: bool, queue: Any, log: Path, deploy: str
+) -> None:
+    # This process's stderr is the host's log: pyinfra's and gevent's tracebacks, a failed
+    # command's whole output. The terminal gets one line per host that names the file.
+    with log.open("w") as fh:
+        os.dup2(fh.fileno(), 2)
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING, force=True)
+        try:
+            result = _converge(hostname, data, dry_run, lambda h, what: queue.put(("event", h, what)), deploy)
+        except Exception as exc:  # anything unexpected still ends as this host's failed result
+            traceback.print_exc()
+            result = HostResult(hostname, ok=False, error=f"{type(exc).__name__}: {exc}")
+        sys.stderr.flush()
+        if result.error:
+            print(f"result: {result.error}", file=sys.stderr, flush=True)
+            result.error = f"{result.error.splitlines()[0][:240]} (full text: {display(log)})"
     queue.put(("result", hostname, result))
 
 
 def _converge(hostname: str, data: dict[str, Any], dry_run: bool, on_event: Event, deploy: str) -> HostResult:
     module, function = deploy.split(":")
     node_deploy = getattr(importlib.import_module(module), function)
-    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)  # results go to the summary, not the log
     state = State(
         PyinfraInventory(([(hostname, data)], {})),  # type: ignore[no-untyped-call]
         Config(CONNECT_TIMEOUT=CONNECT_TIMEOUT_S, FAIL_PERCENT=None),  # type: ignore[no-untyped-call]

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from gpufleet.inventory.load import REPO_ROOT, inventories_dir, load_inventory, site_file
+from gpufleet.inventory.load import REPO_ROOT, display, inventories_dir, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.plan.expect import HostExpect
+from gpufleet.provision.connection import testinfra_ssh_args
+from gpufleet.provision.logs import log_file
 
 PARTS = ("gpu", "network", "storage", "kubernetes", "perf")
 
@@ -31,6 +33,7 @@ class VerifyReport(BaseModel):
     hosts: list[str]
     results: list[CheckResult]
     returncode: int
+    log: str = ""  # the host suite's whole output: what a one-line failure leaves out
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -61,12 +64,16 @@ def verify_site(
     gate after a node's own deploy, which runs before the cluster playbooks join it.
     `given` (address, expectations) checks one host over SSH against expectations the caller holds
     (the Node provider's own inputs) instead of the inventory's."""
-    names = [given[1].hostname] if given is not None else [n.hostname for n in load_inventory(site).nodes]
+    if given is not None:
+        site_name, names = site, [given[1].hostname]
+    else:
+        inv = load_inventory(site)
+        site_name, names = inv.site.name, [n.hostname for n in inv.nodes]
     hosts = limit or names
     unknown = [h for h in hosts if h not in names]
     if unknown:
         raise InputError(
-            "--limit", [Problem((), f"{', '.join(unknown)} not in site {site} ({', '.join(names)})")]
+            "--limit", [Problem((), f"{', '.join(unknown)} not in site {site_name} ({', '.join(names)})")]
         )
     bad_parts = [p for p in parts or [] if p not in PARTS]
     if bad_parts:
@@ -82,6 +89,7 @@ def verify_site(
         "GPUFLEET_SITE": str(site_file(site).parent.name),
         "GPUFLEET_INVENTORIES": str(site_file(site).parent.parent.resolve()),
     }
+    ssh_args: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         if given is not None:
             expect_file = Path(tmp) / "expect.json"
@@ -93,6 +101,7 @@ def verify_site(
             target = "--hosts=local://"
         else:
             target = "--hosts=" + ",".join(f"ansible://{h}" for h in hosts)
+            ssh_args = testinfra_ssh_args(site_name)
         report_file = Path(tmp) / "report.json"
         args = [
             sys.executable,
@@ -100,6 +109,7 @@ def verify_site(
             "pytest",
             str(REPO_ROOT / "tests" / "host"),
             target,
+            *ssh_args,
             f"--ansible-inventory={inventories_dir().resolve() / 'ansible_inventory.py'}",
             "-p",
             "gpufleet.verify.report",
@@ -123,6 +133,8 @@ def verify_site(
             )
         except subprocess.TimeoutExpired:
             proc = subprocess.CompletedProcess(args, 1, "", f"host suite stopped after {limit_s:g} s")
+        log = log_file(site_name, "verify", "local" if local else "hosts")
+        log.write_text(proc.stdout + proc.stderr)
         results = json.loads(report_file.read_text()) if report_file.exists() else []
     if not results:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
@@ -136,8 +148,9 @@ def verify_site(
             }
         ]
     return VerifyReport(
-        site=site if given is not None else load_inventory(site).site.name,
+        site=site_name,
         hosts=hosts,
         results=[CheckResult(**r) for r in results],
         returncode=proc.returncode,
+        log=display(log),
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gpufleet.inventory.load import load_inventory
-from gpufleet.lab.hosts import lab_packages, netns
+from gpufleet.lab.hosts import lab_packages, netns, veth
 from gpufleet.lab.image import LabError, _deb_name
+from gpufleet.lab.paths import LabPaths
+from gpufleet.model.errors import InputError
 
 
 @pytest.mark.parametrize(
@@ -46,7 +50,18 @@ def test_mirror_carries_what_the_lab_plans_install_and_no_kubeadm() -> None:
     assert "kubeadm" not in names  # Debian ships none; the lab's Kubernetes runs in check mode
 
 
-def test_namespace_names_fit_the_kernel_limit_and_stay_apart() -> None:
-    names = [netns(h) for h in ("lab-st1", "storage-node-01", "storage-node-02")]
-    assert names[0] == "gf-lab-st1"
-    assert all(len(n) <= 15 for n in names) and len(set(names)) == 3
+@pytest.mark.parametrize("lab", ["gf", "gft", "ab12"])
+def test_kernel_names_fit_the_limit_and_stay_apart_within_and_across_labs(lab: str) -> None:
+    paths = replace(LabPaths.default(), name=lab)
+    other = replace(paths, name="zz")
+    hosts = ("lab-st1", "storage-node-01", "storage-node-02")
+    names = [f(p, h) for p in (paths, other) for f in (netns, veth) for h in hosts]
+    assert netns(paths, "lab-st1") == f"{lab}-lab-st1" and veth(paths, "lab-st1") == f"{lab}v-lab-st1"
+    assert all(len(n) <= 15 for n in [*names, paths.bridge]) and len(set(names)) == len(names)
+    assert paths.bridge != other.bridge and paths.cgroup != other.cgroup
+
+
+def test_a_lab_name_that_cannot_prefix_an_interface_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLEET_LAB_NAME", "gpufleet")
+    with pytest.raises(InputError, match="GPUFLEET_LAB_NAME"):
+        LabPaths.default()

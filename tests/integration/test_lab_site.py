@@ -1,16 +1,19 @@
 """The lab site built for real: nspawn hosts, pyinfra, Ansible, Ceph; then torn down to nothing.
 
 One lab for the module, tests in build order (each builds on the one before, as a rebuild does).
-Everything stays on the lab's 198.18.0.0/24 and this machine; every wait is bounded.
+It is the suite's own lab (see `labs`): the lab site moved to 198.18.1.0/24, with its own names,
+state and cgroups, so a user's lab on this machine stays up and unchanged, which the last test
+checks. Everything stays on the labs' addresses and this machine; every wait is bounded.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,33 +22,46 @@ from typing import Any
 import pytest
 
 from gpufleet.inventory.load import load_inventory
-from gpufleet.lab.hosts import BRIDGE, exclusive, netns
-from gpufleet.lab.paths import LabPaths
+from gpufleet.lab.hosts import exclusive, netns, veth
 from gpufleet.lab.supervise import cgroup_dirs
+from gpufleet.model.site import Inventory
 from gpufleet.plan.site import plan_site
 from gpufleet.verify import verify_site
+from tests.integration.labs import (
+    GPUFLEET,
+    SUITE_DIR,
+    SUITE_ENV,
+    SUITE_NET,
+    SUITE_PATHS,
+    USER_ENV,
+    USER_NET,
+    USER_PATHS,
+    fingerprint,
+    gpufleet,
+    moved,
+    one_host_site,
+    running_hosts,
+    write_suite_inventories,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-GPUFLEET = str(Path(sys.executable).parent / "gpufleet")
-INV = load_inventory("lab")
-PATHS = LabPaths.default()
-HOSTS = {n.hostname: str(n.management_ip) for n in INV.nodes}
+PATHS = SUITE_PATHS
+HOSTS = {n.hostname: moved(str(n.management_ip)) for n in load_inventory("lab").nodes}
 FAULT_HOST = "lab-st3"
-SESSION_LOCK = Path("/run/gpufleet-lab-session.lock")
+SESSION_LOCK = Path("/run/gpufleet-test-lab-session.lock")
+USER_LAB: dict[str, Any] = {}
 
 
-def gpufleet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [GPUFLEET, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
+def suite_inventory() -> Inventory:
+    """The lab site as the suite's lab has it (the module's environment points at its copy)."""
+    return load_inventory("lab")
 
 
 def ssh(host: str, command: str, timeout: int = 60) -> str:
     proc = subprocess.run(
-        ["ssh", "-F", str(PATHS.ssh / "config"), f"root@{HOSTS[host]}", command],
+        ["ssh", "-F", str(PATHS.ssh_config), f"root@{HOSTS[host]}", command],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -75,15 +91,32 @@ def wait_port(address: str, timeout_s: float) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def lab() -> Iterator[None]:
     assert os.geteuid() == 0, "the lab integration tests need root (CI runs as root)"
-    # The machine has one lab: another run of these tests (another clone's CI) waits its turn.
-    with exclusive(SESSION_LOCK, "test session", timeout_s=1800):
-        gpufleet("lab", "down")  # a lab left over from an interrupted run
+    # Another run of these tests (another clone's CI) waits its turn; a user's lab needs no turn.
+    with exclusive(SESSION_LOCK, "test session", timeout_s=1800), pytest.MonkeyPatch.context() as env:
+        # A user's lab: the one running, or (bounded cost) the lab site's control-plane host alone,
+        # brought up with every default as a user would, to be found unchanged at the end.
+        if not running_hosts(USER_PATHS):
+            site = str(one_host_site())
+            up = gpufleet("lab", "up", "--site", site, env=USER_ENV)
+            assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+            USER_LAB["site"] = site
+        USER_LAB["before"] = fingerprint(USER_PATHS)
+        SUITE_DIR.mkdir(parents=True, exist_ok=True)
+        write_suite_inventories()
+        for key, value in SUITE_ENV.items():
+            env.setenv(key, value)
+        gpufleet("lab", "down")  # the suite's lab left over from an interrupted run
         up = gpufleet("lab", "up")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         try:
             yield
         finally:
             gpufleet("lab", "down")
+            if "site" in USER_LAB:
+                gpufleet("lab", "down", "--site", USER_LAB["site"], env=USER_ENV)
+            if not PATHS.state.exists():
+                # Its inventory copy and output (a Ceph client keyring among it) go with the lab.
+                shutil.rmtree(SUITE_DIR)
 
 
 def test_lab_up_hosts_are_separate_machines_fed_by_the_mirror_only() -> None:
@@ -163,7 +196,7 @@ def test_packages_pinned_and_held_as_planned() -> None:
 def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
     run = gpufleet("cluster", "lab", "ceph", timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    ceph = plan_site(INV).ceph
+    ceph = plan_site(suite_inventory()).ceph
     assert ceph is not None
     mon = ceph.mons[0]
     status = json.loads(ssh(mon, "ceph status --format json"))
@@ -188,7 +221,7 @@ def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
         assert (have["size"], have["min_size"], have["pg_num"]) == (want.size, want.min_size, want.pg_num)
         assert rules[have["crush_rule"]] == want.crush_rule
         assert want.application in have["application_metadata"]
-    keyring = ROOT / "out" / "lab" / "ceph.client.kubernetes.keyring"
+    keyring = Path(SUITE_ENV["GPUFLEET_OUT"]) / "lab" / "ceph.client.kubernetes.keyring"
     assert keyring.stat().st_mode & 0o777 == 0o600 and "[client.kubernetes]" in keyring.read_text()
 
 
@@ -212,9 +245,11 @@ def test_pulumi_node_provider_against_a_real_host() -> None:
     from gpufleet.plan.expect import host_expectations
     from gpufleet.plan.node import plan_node
 
-    node = INV.node("lab-st2")
+    inv = suite_inventory()
+    node = inv.node("lab-st2")
+    assert str(node.management_ip) == HOSTS["lab-st2"]
     spec = NodeSpec(
-        node.hostname, str(node.management_ip), plan_node(INV, node), host_expectations(INV, node)
+        node.hostname, str(node.management_ip), plan_node(inv, node), host_expectations(inv, node)
     )
     props = node_inputs("lab", spec)
     provider = NodeProvider()
@@ -243,6 +278,100 @@ def test_host_suite_passes_on_the_lab() -> None:
     assert {r.outcome for r in report.results if r.part == "kubernetes"} == {"skipped"}
 
 
+# Each row of the README's command table, as a new user would first type it: (arguments, exit
+# code, what the output must say). A row without an entry here fails the test, so the table and
+# this sequence move together. Everything runs on the suite's lab, in the table's order.
+README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
+    "rehearse": [(["rehearse", "--keep"], 0, "--keep reuses it")],
+    "lab up|down|status": [
+        (["lab", "status"], 0, "running"),
+        (["lab", "up"], 1, "the lab is already up"),
+    ],
+    "provision": [
+        (["provision", "lab", "--dry-run"], 0, "would change"),
+        (["provision", "lab", "--limit", "lab-cp1", "--json"], 0, '"ok": true'),
+    ],
+    "cluster": [(["cluster", "lab", "kubernetes"], 0, "kubernetes.yml (check mode)")],
+    "validate": [(["validate"], 0, "ok lab: 4 nodes")],
+    "plan-site": [(["plan-site"], 0, "ceph pacific"), (["plan-site", "dc1"], 0, "burst")],
+    "plan-node": [(["plan-node", "lab", "lab-st1"], 0, "ceph-osd")],
+    "inventory": [(["inventory", "lab", "--format", "ansible"], 0, "lab-cp1")],
+    "schema": [(["schema", "--out", "{tmp}/nodes.schema.json"], 0, "wrote")],
+    "stacks": [(["stacks"], 0, "burst-prod")],
+    "plan": [(["plan", "lab", "--out", "{tmp}/plan"], 0, "")],
+    "burst simulate": [(["burst", "simulate"], 0, "oracle")],
+    # No Pulumi CLI on this machine: the controller says so in one line (bad input, exit 2).
+    "burst run": [
+        (["burst", "run", "burst-prod", "--iterations", "1"], 2, "the Pulumi CLI is not installed")
+    ],
+    "verify": [
+        (["verify", "lab"], 0, "checks ran"),
+        (["verify", "lab", "--verbose"], 0, "not in this host's plan"),
+    ],
+}
+
+
+def _readme_table_commands() -> list[str]:
+    """The command column of the README's table of commands, each as its verb words."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("| command | does |", 1)[1].split("\n\n", 1)[0]
+    keys = []
+    for row in table.splitlines()[2:]:
+        usage = row.split("`")[1].replace("\\|", "|").split()[1:]
+        keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), usage)))
+    return keys
+
+
+def _check(args: list[str], code: int, says: str, tmp: Path) -> None:
+    argv = [a.format(tmp=tmp) for a in args]
+    proc = gpufleet(*argv, timeout=900)
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, (argv, text[-3000:])
+    assert proc.returncode == code, (argv, text[-3000:])
+    assert says in text, (argv, says, text[-3000:])
+    if code != 0:
+        # An explained failure: a few plain lines, each a sentence, not a dump.
+        assert len(proc.stderr.strip().splitlines()) <= 2, (argv, proc.stderr)
+
+
+def test_readme_sequence_on_the_lab(tmp_path: Path) -> None:
+    """The README's first command, then every command of its table, in order: no traceback, and
+    every non-zero exit is the one the row explains."""
+    block = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [c.split("#")[0].strip() for line in block.splitlines() for c in line.split("&&")]
+    # setup.sh made this environment and pytest is this run: the rehearsal is the one left to run.
+    assert commands == ["bash scripts/setup.sh", ".venv/bin/gpufleet rehearse", ".venv/bin/python -m pytest"]
+    rehearse = gpufleet("rehearse", timeout=1800)
+    assert "Traceback" not in rehearse.stdout + rehearse.stderr
+    assert rehearse.returncode == 0, rehearse.stdout[-3000:] + rehearse.stderr[-3000:]
+    assert "removes it and rebuilds it from nothing" in rehearse.stdout.splitlines()[0]
+    table = _readme_table_commands()
+    assert set(table) == set(README_ROWS), set(table) ^ set(README_ROWS)
+    for key in table:
+        for args, code, says in README_ROWS[key]:
+            _check(args, code, says, tmp_path)
+
+
+def test_a_host_without_sshd_is_one_line_in_seconds() -> None:
+    ssh(FAULT_HOST, "systemd-run --unit=gpufleet-nossh --on-active=1 systemctl stop ssh.service")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOSTS[FAULT_HOST], 22), timeout=1).close()
+            time.sleep(0.5)
+        except OSError:
+            break
+    start = time.monotonic()
+    proc = gpufleet("provision", "lab", "--dry-run")
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"{FAULT_HOST} ({HOSTS[FAULT_HOST]}): port 22 refused: the host runs but sshd does not answer: "
+        f"`gpufleet lab status`; {PATHS.host(FAULT_HOST) / 'console.log'}",
+        "1 of 4 hosts unreachable; nothing was run (--limit HOST acts on the others)",
+    ]
+
+
 def test_zz_lab_down_leaves_nothing_behind() -> None:
     pids = [int((PATHS.host(h) / "supervisor.pid").read_text()) for h in HOSTS]
     down = gpufleet("lab", "down")
@@ -250,14 +379,33 @@ def test_zz_lab_down_leaves_nothing_behind() -> None:
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"supervisor {pid} still running"
     for host in HOSTS:
-        assert not Path(f"/run/netns/{netns(host)}").exists()
-        assert not any(d.exists() for d in cgroup_dirs(host))
-    assert not Path(f"/sys/class/net/{BRIDGE}").exists()
-    assert not [i for i in os.listdir("/sys/class/net") if i.startswith("gfv-")]
+        assert not Path(f"/run/netns/{netns(PATHS, host)}").exists()
+        assert not Path(f"/sys/class/net/{veth(PATHS, host)}").exists()
+        assert not any(d.exists() for d in cgroup_dirs(PATHS.cgroup, host))
+    assert not Path(f"/sys/class/net/{PATHS.bridge}").exists()
     assert not PATHS.state.exists() and not PATHS.system_ssh_config.exists()
     assert str(PATHS.state) not in Path("/proc/self/mountinfo").read_text()
     # No probe of the old addresses: with the bridge gone they would route off this machine.
-    assert "198.18.0." not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    assert SUITE_NET not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["provision", "lab", "--dry-run"], ["cluster", "lab", "ceph"], ["verify", "lab"], ["lab", "status"]],
+)
+def test_zz_a_down_lab_gets_one_line_per_host_and_the_fix(args: list[str]) -> None:
+    start = time.monotonic()
+    proc = gpufleet(*args)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    if args[0] == "lab":
+        assert lines == [f"no lab host is running ({PATHS.state}): lab is down: run `gpufleet lab up`"]
+    else:
+        assert lines[:-1] == [
+            f"{h} ({a}): no lab key ({PATHS.ssh_key}): lab is down: run `gpufleet lab up`"
+            for h, a in HOSTS.items()
+        ]
 
 
 def test_lab_needs_root() -> None:
@@ -271,3 +419,18 @@ def test_lab_needs_root() -> None:
     )
     assert proc.returncode == 1
     assert "the lab needs root" in proc.stderr
+
+
+def test_zzz_the_users_lab_is_still_up_and_unchanged() -> None:
+    """Everything above (the suite's lab up, provisioned, faulted, clustered, verified, down) left
+    the user's lab as it was: same processes, machines, keys, mirror, bridge, namespaces, cgroups."""
+    after = fingerprint(USER_PATHS)
+    assert after == USER_LAB["before"]
+    assert after["hosts"] and all(
+        h["ssh"] == 0 and h["machine-id, systemd"][1] == "running" for h in after["hosts"].values()
+    ), after["hosts"]
+    assert after["bridge"][2].startswith(USER_NET)
+    status = gpufleet(
+        "lab", "status", *(["--site", USER_LAB["site"]] if "site" in USER_LAB else []), env=USER_ENV
+    )
+    assert status.returncode == 0, status.stdout + status.stderr

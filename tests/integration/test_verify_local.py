@@ -7,6 +7,7 @@ is real: the network part passes when the site says what is there and fails when
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def _verify(site: Path, *args: str) -> tuple[int, dict[str, Any] | None, str]:
         text=True,
         cwd=REPO,
         timeout=300,
+        env={**os.environ, "GPUFLEET_OUT": str(site.parent.parent / "out")},
     )
     data = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else None
     return proc.returncode, data, proc.stderr
@@ -122,3 +124,38 @@ def test_a_suite_past_its_time_is_one_failed_check(tmp_path: Path) -> None:
     assert [(r.check, r.outcome, r.message) for r in report.results] == [
         ("host suite", "failed", "host suite stopped after 0.2 s")
     ]
+
+
+def test_text_output_shows_the_checks_that_ran_and_counts_what_the_plan_leaves_out(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    site = _site(tmp_path, device, mtu)
+    args = [sys.executable, "-m", "gpufleet.cli", "verify", str(site), "--local", "--limit", "h100-1"]
+    args += ["--part", "network"]
+    plain = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "test_management_interface_up_with_planned_mtu" in plain.stdout
+    assert "test_rdma_ports_active_as_planned" not in plain.stdout
+    assert plain.stdout.splitlines()[-2:] == [
+        "1 checks ran: 1 passed",
+        "2 left out: not in the hosts' plans (--verbose lists them)",
+    ]
+    verbose = subprocess.run([*args, "--verbose"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert verbose.returncode == 0
+    assert (
+        "test_rdma_ports_active_as_planned" in verbose.stdout and "not in this host's plan" in verbose.stdout
+    )
+    assert verbose.stdout.splitlines()[-1] == "2 left out: not in the hosts' plans"
+
+
+def test_a_failure_is_one_line_and_the_whole_output_is_in_the_log_it_names(tmp_path: Path) -> None:
+    device, mtu = _default_interface()
+    site = _site(tmp_path, device, mtu)
+    args = [sys.executable, "-m", "gpufleet.cli", "verify", str(site), "--local", "--limit", "h100-1"]
+    env = {**os.environ, "GPUFLEET_OUT": str(tmp_path / "out")}
+    proc = subprocess.run(
+        [*args, "--part", "gpu"], capture_output=True, text=True, cwd=REPO, timeout=300, env=env
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    log = tmp_path / "out" / "here" / "logs" / "verify-local.log"
+    assert proc.stdout.splitlines()[-1] == f"full text of the failures: {log}"
+    assert "failed" in log.read_text() and "test_gpu" in log.read_text()

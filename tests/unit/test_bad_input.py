@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gpufleet.cli import app
-from tests.conftest import REPO, site_data
+from tests.conftest import REPO, SITES, site_data
 
 Doc = dict[str, Any]
 
@@ -222,6 +222,13 @@ def test_bad_file(content: str | None, words: str, tmp_path: Path, monkeypatch: 
     (line,) = stderr.strip().splitlines()
     assert line.startswith("inventories/broken/nodes.yaml: ")
     assert words in line
+
+
+@pytest.mark.parametrize("command", [["validate"], ["provision", "--dry-run"], ["verify"], ["plan-site"]])
+def test_misspelled_site_lists_the_sites(command: list[str]) -> None:
+    code, stdout, stderr = _run([command[0], "lba", *command[1:]])
+    assert code == 2 and not stdout
+    assert stderr.strip() == f"argument SITE: no site 'lba' in inventories; sites: {', '.join(SITES)}"
 
 
 def test_unknown_host_is_bad_input() -> None:
