@@ -4,9 +4,11 @@ from the site's Python index, else an explicit reason that the perf part fails o
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from gpufleet.cli import app
@@ -44,11 +46,11 @@ CASES: list[tuple[str, dict[str, Any], str, str | None, str | None, list[str]]] 
      "torch==2.9.1+cu128", []),
     ("dc1", {"site__performance": {"python": "/usr/bin/python3"}}, "gpu01", "/usr/bin/python3", None, []),
     ("h200x2", {}, "h200x2-1", "python3", None, []),
-    ("h100", {}, "h100-1", None, None, ["site.package_sources.python_index", "bom.perf_torch"]),
-    ("h100", {"site__package_sources": {"python_index": INDEX}}, "h100-1", None, None, ["bom.perf_torch"]),
-    ("h100", {"bom__perf_torch": {"version": "2.9.1", "cuda": "13.0"}}, "h100-1", None, None,
+    ("h100", {"site__performance": None}, "h100-1", None, None, ["site.package_sources.python_index", "bom.perf_torch"]),
+    ("h100", {"site__performance": None, "site__package_sources": {"python_index": INDEX}}, "h100-1", None, None, ["bom.perf_torch"]),
+    ("h100", {"site__performance": None, "bom__perf_torch": {"version": "2.9.1", "cuda": "13.0"}}, "h100-1", None, None,
      ["site.package_sources.python_index"]),
-    ("h100", {"site__package_sources": {"python_index": INDEX}, "bom__perf_torch": {"version": "2.9.1",
+    ("h100", {"site__performance": None, "site__package_sources": {"python_index": INDEX}, "bom__perf_torch": {"version": "2.9.1",
      "cuda": "13.0"}}, "h100-1", VENV_PYTHON, "torch==2.9.1+cu130", []),
 ]  # fmt: skip
 
@@ -92,11 +94,18 @@ def test_nodes_without_gpus_get_no_probe_environment() -> None:
         assert (plan.perf_env is not None) == (node.gpu is not None), node.hostname
 
 
-def test_plan_node_shows_the_probe_environment_and_its_absence() -> None:
+def test_plan_node_shows_the_probe_environment_and_its_absence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shown = CliRunner().invoke(app, ["plan-node", "dc1", "gpu01"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert f"probe interpreter: {VENV_PYTHON}" in shown.output
     assert f"{PERF_ENV}: torch==2.9.1+cu130 from https://pypi.dc1.example.internal/simple/" in shown.output
-    missing = CliRunner().invoke(app, ["plan-node", "h100", "h100-1"], env={"COLUMNS": "250"})
+    doc = site_data("h100")
+    del doc["site"]["performance"]
+    (tmp_path / "inventories" / "bare").mkdir(parents=True)
+    (tmp_path / "inventories" / "bare" / "nodes.yaml").write_text(yaml.safe_dump(doc))
+    monkeypatch.chdir(tmp_path)
+    missing = CliRunner().invoke(app, ["plan-node", "bare", "h100-1"], env={"COLUMNS": "250"})
     assert missing.exit_code == 0, missing.output
     assert "probe interpreter: none (no interpreter with torch for the probe: " in missing.output
