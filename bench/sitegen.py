@@ -61,6 +61,7 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
                 "storage": {"cidr": "10.64.0.0/10", "mtu": 9000},
                 "bmc": {"cidr": "10.128.0.0/10"},
             },
+            "package_sources": {"python_index": f"https://pypi.{name}.example.internal/simple/"},
             "kubernetes": {"control_plane_endpoint": f"api.{name}.example.internal:6443"},
             "ceph": {"pools": [{"name": "models", "size": 3, "min_size": 2}]},
             # DeepSeek-R1 on H100 spans two nodes per replica.
@@ -71,6 +72,7 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
             "nvidia_driver": {"branch": 580, "version": "580.159.04"},
             "cuda": "13.0",
             "nccl": {"version": "2.28.3", "cuda": "13.0"},
+            "perf_torch": {"version": "2.9.1", "cuda": "13.0"},
             "nvidia_container_toolkit": "1.18.0",
             "containerd": "1.7",
             "kubernetes": "1.31.4",

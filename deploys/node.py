@@ -17,6 +17,7 @@ from pyinfra.operations.util import any_changed
 from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.operations import nvidia as nvidia_ops
 from deploys.operations import packages as pkg_ops
+from deploys.operations import perf as perf_ops
 from deploys.operations import raid6 as raid_ops
 from deploys.operations import rdma as rdma_ops
 from deploys.operations import swap as swap_ops
@@ -190,6 +191,12 @@ def storage(plan: NodePlan) -> None:
         server.mount(name=f"mount {m.path}", path=m.path, device=m.device, fs_type=m.fstype)
 
 
+@deploy("perf probe environment")
+def perf_env(plan: NodePlan) -> None:
+    if plan.perf_env is not None:
+        perf_ops.probe_env(name=f"venv {plan.perf_env.path} ({plan.perf_env.requirement})", env=plan.perf_env)
+
+
 @deploy("services")
 def services(plan: NodePlan, driver_loaded: bool) -> None:
     running = set(nvidia_ops.now(plan.services, driver_loaded))
@@ -212,6 +219,7 @@ def node() -> None:
     plan = node_plan()
     managed = managed_files(plan)
     packages(plan, managed)
+    perf_env(plan)
     # Read once for modules and services: whether an NVIDIA module runs now.
     driver_loaded = (
         bool(nvidia_ops.driver_pin(plan.packages)) and host.get_fact(NvidiaLoadedDriver) is not None

@@ -160,6 +160,8 @@ def plan_node_cmd(
     extra = [t for t in plan.registration_taints if t not in plan.taints]
     table.add_row("at join", "\n".join(f"{t.key}={t.value}:{t.effect} (until admitted)" for t in extra))
     table.add_row("perf", _perf_rows(plan.perf) if plan.perf else "-")
+    env = plan.perf_env
+    table.add_row("perf env", f"{env.path}: {env.requirement} from {env.index_url}" if env else "-")
     out.print(table)
 
 
@@ -176,6 +178,9 @@ def _perf_rows(perf: PerfPlan) -> str:
         row("host<->device per GPU", perf.host_device_gb_s, "GB/s"),
         row(f"{perf.matmul_dtype} matmul per GPU", perf.matmul_tflops, "TFLOP/s"),
         f"SM clock under load >= {perf.min_load_clock_share:g} x max; probe bounded at {perf.deadline_s} s",
+        f"probe interpreter: {perf.python}"
+        if perf.python
+        else f"probe interpreter: none ({perf.python_missing})",
     ]
     if perf.rdma_peer:
         peer = perf.rdma_peer

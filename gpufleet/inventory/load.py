@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,9 @@ def validate(model: type[M], data: Any, source: str, prefix: KeyPath = ()) -> M:
         raise InputError(source, problems) from None
 
 
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
 def _message(err: Any) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
@@ -94,7 +98,9 @@ def _message(err: Any) -> str:
     msg = msg.removeprefix("Value error, ")
     value = err.get("input")
     if err["type"] not in {"model_type", "dict_type", "list_type"} and isinstance(value, str | int | float):
-        msg += f" (got {value!r})"
+        # A URL's user:password@ is a secret even when the rest of the value is wrong.
+        shown = _USERINFO.sub("//***@", value) if isinstance(value, str) else value
+        msg += f" (got {shown!r})"
     return msg
 
 

@@ -20,6 +20,8 @@ from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, Lin
 
 MIN_RAID6_MEMBERS = 4
 MIN_CEPH_MONS = 3
+# Sites whose GPU nodes the gate must admit: a probe without torch would fail every one of them.
+PRODUCTION = ("prod", "dr")
 
 
 def check_inventory(inv: Inventory) -> list[Problem]:
@@ -33,6 +35,7 @@ def check_inventory(inv: Inventory) -> list[Problem]:
         *_control_plane(inv),
         *_ceph(inv),
         *_bom(inv),
+        *_perf_probe(inv),
         *_serving_and_burst(inv),
     ]
 
@@ -228,6 +231,30 @@ def _bom(inv: Inventory) -> Iterator[Problem]:
         yield Problem(
             ("bom", "nccl", "cuda"),
             f"NCCL is built for CUDA {bom.nccl.cuda} but the BOM's CUDA is {bom.cuda}",
+        )
+
+
+def _perf_probe(inv: Inventory) -> Iterator[Problem]:
+    """The perf probe's torch: a CUDA build of the BOM's major, and on production sites a source."""
+    if not any(n.gpu is not None for n in inv.nodes):
+        return
+    torch, cuda = inv.bom.perf_torch, inv.bom.cuda
+    if torch is not None and cuda is not None and torch.cuda.split(".")[0] != cuda.split(".")[0]:
+        yield Problem(
+            ("bom", "perf_torch", "cuda"),
+            f"torch is built for CUDA {torch.cuda} but the BOM's CUDA is {cuda}",
+        )
+    if inv.site.environment not in PRODUCTION or inv.site.performance.python is not None:
+        return
+    if inv.site.package_sources.python_index is None:
+        yield Problem(
+            ("site", "package_sources", "python_index"),
+            "a production site's GPU nodes need the perf probe's torch: set the Python index that serves "
+            "bom.perf_torch (or site.performance.python)",
+        )
+    if torch is None:
+        yield Problem(
+            ("bom", "perf_torch"), "a production site's GPU nodes need the perf probe's torch pinned"
         )
 
 

@@ -29,6 +29,8 @@ LabelKey = Annotated[
     str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 ]
 Url = Annotated[str, StringConstraints(pattern=r"^(https?|file)://\S+$")]
+# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a keyring).
+IndexUrl = Annotated[str, StringConstraints(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s@]*)?$")]
 
 
 class Role(StrEnum):
@@ -79,6 +81,9 @@ class PackageSources(Strict):
     kubernetes: Url | None = Field(None, description="Kubernetes apt repository; default: pkgs.k8s.io")
     mirror: Url | None = Field(None, description="Air-gapped mirror serving every package; replaces all")
     mirror_suite: str | None = Field(None, description="Suite of the mirror; default: the OS codename")
+    python_index: IndexUrl | None = Field(
+        None, description="Python package index (PyPI mirror) with the BOM's perf_torch build; no default"
+    )
 
 
 class Kubernetes(Strict):
@@ -140,10 +145,11 @@ class Performance(Strict):
     memory_copy: Share | None = Field(None, description="GPU memory copy bandwidth; default: threshold")
     host_device: Share | None = Field(None, description="host<->device copy bandwidth; default: threshold")
     matmul: Share | None = Field(None, description="16-bit matmul throughput; default: threshold")
-    python: str = Field(
-        "python3",
+    python: str | None = Field(
+        None,
         pattern=r"^(python3|/[A-Za-z0-9._/-]+)$",
-        description="the interpreter on GPU nodes that imports torch (python3 or an absolute path)",
+        description="the interpreter on GPU nodes that imports torch (python3 or an absolute path); "
+        "default: the perf probe environment the node deploy builds",
     )
 
 
@@ -180,11 +186,17 @@ class Nccl(Strict):
     cuda: str = Field(pattern=r"^[0-9]+\.[0-9]+$", description="CUDA version this NCCL build targets")
 
 
+class Torch(Strict):
+    version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="release, e.g. 2.9.1")
+    cuda: str = Field(pattern=r"^[0-9]+\.[0-9]+$", description="CUDA build (the +cuXY wheel), e.g. 13.0")
+
+
 class Bom(Strict):
     kernel: Version | None = None
     nvidia_driver: NvidiaDriver | None = None
     cuda: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]+$")
     nccl: Nccl | None = None
+    perf_torch: Torch | None = Field(None, description="torch of the perf probe's environment on GPU nodes")
     doca_ofed: Version | None = None
     nvidia_container_toolkit: Version | None = None
     containerd: Version

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gpufleet.model.catalog import GPU_CATALOG
 from gpufleet.model.site import Inventory, LinkLayer, Node, Role, Taint
-from gpufleet.plan.perf import PerfPlan, plan_perf
+from gpufleet.plan.perf import PerfEnv, PerfPlan, plan_perf, plan_perf_env
 
 # Nodes register tainted and stay so until the admission gate (host verification) passes and an
 # operator admits them. Registration only: it is not part of a node's steady state, so re-running
@@ -123,6 +123,8 @@ class NodePlan(Frozen):
     taints: list[Taint]
     # What the node must measure (GPU nodes): expected figures and the gate's thresholds.
     perf: PerfPlan | None
+    # The venv the perf probe runs in, where the site names no interpreter of its own.
+    perf_env: PerfEnv | None
 
     @property
     def registration_taints(self) -> list[Taint]:
@@ -161,6 +163,7 @@ def plan_node(inv: Inventory, node: Node) -> NodePlan:
         labels=labels(inv, node),
         taints=[*node.taints, *([GPU_TAINT] if node.gpu else [])],
         perf=plan_perf(inv, node),
+        perf_env=plan_perf_env(inv, node),
     )
 
 
@@ -222,6 +225,8 @@ def packages(inv: Inventory, node: Node) -> list[Package]:
                     name="nvidia-container-toolkit", version=f"{bom.nvidia_container_toolkit}-*", hold=True
                 )
             )
+    if plan_perf_env(inv, node) is not None:
+        pkgs.append(Package(name="python3-venv"))  # Debian's venv and ensurepip, for the perf probe
     if node.nics.rdma:
         pkgs += [Package(name=n) for n in ("rdma-core", "ibverbs-utils", "infiniband-diags", "perftest")]
     if node.disks.raid6 is not None:

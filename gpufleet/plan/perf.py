@@ -62,6 +62,9 @@ RDMA_WRITE_EFFICIENCY = 0.95
 RDMA_BASE_PORT = 18515  # perftest's default port
 # The probe's own bound: the perf part stays well under a minute per node.
 PROBE_DEADLINE_S = 45
+# The probe's interpreter, where the site names none: a venv the node deploy builds with the BOM's
+# torch from the site's Python index (no system package ships a CUDA torch).
+PERF_ENV = "/opt/gpufleet/perf"
 
 
 class Figure(Frozen):
@@ -90,6 +93,19 @@ class RdmaPeer(Frozen):
     links: list[RdmaLink]
 
 
+class PerfEnv(Frozen):
+    """The perf probe's environment: a venv with the BOM's torch build, from the site's index."""
+
+    path: str
+    python: str
+    index_url: str
+    torch: str  # the version pip reports, local part included: 2.9.1+cu130
+
+    @property
+    def requirement(self) -> str:
+        return f"torch=={self.torch}"
+
+
 class PerfPlan(Frozen):
     gpus: int
     interconnect: str  # e.g. "nvswitch: 18x NVLink 4 (450 GB/s each way)"
@@ -101,7 +117,8 @@ class PerfPlan(Frozen):
     matmul_dtype: str
     min_load_clock_share: float
     failing_clock_events: dict[int, str]
-    python: str
+    python: str | None  # None: nothing on the node imports torch, and `python_missing` says why
+    python_missing: str | None
     deadline_s: int
     # Inter-node: RDMA writes to the next GPU node with RDMA (in hostname order, a ring, so every
     # node is measured once each way); none where the node has no RDMA or no such peer.
@@ -129,11 +146,41 @@ def peer_link_gb_s(node: Node) -> tuple[Interconnect, float, str]:
     return interconnect, gb_s, name
 
 
+def plan_perf_env(inv: Inventory, node: Node) -> PerfEnv | None:
+    """A venv for GPU nodes whose site names no interpreter of its own, where the site has the wheels."""
+    index, torch = inv.site.package_sources.python_index, inv.bom.perf_torch
+    if node.gpu is None or inv.site.performance.python is not None or index is None or torch is None:
+        return None
+    build = f"{torch.version}+cu{torch.cuda.replace('.', '')}"
+    return PerfEnv(path=PERF_ENV, python=f"{PERF_ENV}/bin/python", index_url=index, torch=build)
+
+
+def probe_python(inv: Inventory, env: PerfEnv | None) -> tuple[str | None, str | None]:
+    """The probe's interpreter, or why there is none: the site's own, else the planned venv."""
+    if inv.site.performance.python is not None:
+        return inv.site.performance.python, None
+    if env is not None:
+        return env.python, None
+    unset = [
+        key
+        for key, value in (
+            ("site.package_sources.python_index", inv.site.package_sources.python_index),
+            ("bom.perf_torch", inv.bom.perf_torch),
+        )
+        if value is None
+    ]
+    return None, (
+        f"no interpreter with torch for the probe: {' and '.join(unset)} unset, so the node deploy "
+        f"builds no {PERF_ENV} (or name one in site.performance.python)"
+    )
+
+
 def plan_perf(inv: Inventory, node: Node) -> PerfPlan | None:
     if node.gpu is None:
         return None
     spec = GPU_CATALOG[node.gpu.model]
     perf = inv.site.performance
+    python, python_missing = probe_python(inv, plan_perf_env(inv, node))
 
     def figure(expected: float, share: float | None) -> Figure:
         share = share or perf.threshold
@@ -156,7 +203,8 @@ def plan_perf(inv: Inventory, node: Node) -> PerfPlan | None:
         matmul_dtype="float16" if spec.architecture is Architecture.TURING else "bfloat16",
         min_load_clock_share=MIN_LOAD_CLOCK_SHARE,
         failing_clock_events=FAILING_CLOCK_EVENTS,
-        python=perf.python,
+        python=python,
+        python_missing=python_missing,
         deadline_s=PROBE_DEADLINE_S,
         rdma_peer=rdma_peer(inv, node, perf.threshold),
     )

@@ -73,6 +73,8 @@ class ProbeRun(_Loose):
 
 def probe_command(plan: PerfPlan, device: str = "cuda") -> str:
     """Ship the probe as base64 (nothing in it is shell-interpreted), run it bounded, remove it."""
+    if plan.python is None:
+        raise ValueError(plan.python_missing)
     payload = base64.b64encode(PROBE.read_bytes()).decode()
     sizes = ",".join(str(f.bytes) for f in plan.allreduce_gb_s)
     run = (

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.facts.packages import HeldPackages, InstalledVersions
+from deploys.facts.perf import VenvPackages
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
 from tests.deploys.conftest import fact_from, load
@@ -134,3 +139,22 @@ def test_dcb_pfc_and_dscp_rules() -> None:
     assert not any(fact_from(DcbPfc, "handwritten/dcb-pfc-off.txt").values())
     assert fact_from(DcbAppDscp, "handwritten/dcb-app-dscp-26-prio3.txt") == {(26, 3)}
     assert fact_from(DcbAppDscp, "handwritten/dcb-app-dscp-none.txt") == set()
+
+
+def test_venv_packages_from_the_facts_own_command_on_a_real_venv(tmp_path: Path) -> None:
+    """The fact's shell line, run here: a missing venv is None, a fresh one lists pip and no torch."""
+
+    def run(python: str) -> dict[str, str] | None:
+        out = subprocess.run(
+            ["bash", "-c", VenvPackages().command(python=python)], capture_output=True, text=True, check=True
+        )
+        return VenvPackages().process(out.stdout.splitlines())
+
+    assert run(str(tmp_path / "none" / "bin" / "python")) is None
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=120)
+    fresh = run(str(tmp_path / "venv" / "bin" / "python"))
+    assert fresh is not None and "pip" in fresh and "torch" not in fresh
+
+
+def test_venv_packages_read_torchs_local_version() -> None:
+    assert fact_from(VenvPackages, "handwritten/pip-list-torch-2.9.1-cu130.txt")["torch"] == "2.9.1+cu130"

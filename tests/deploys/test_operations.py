@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +11,7 @@ from pyinfra.facts.files import File, FileContents
 
 from deploys.facts.nvidia import NvidiaLoadedDriver
 from deploys.facts.packages import DpkgBroken, HeldPackages, InstalledVersions
+from deploys.facts.perf import VenvPackages
 from deploys.facts.raid import BlockDevices, MdDetail, MdStat, MdSuperblocks
 from deploys.facts.rdma import DcbAppDscp, DcbPfc, GidType, IbStat, IbvDevinfo, NetdevMtu, RdmaLinks
 from deploys.facts.swap import SwapDevices
@@ -24,7 +26,7 @@ from deploys.node import (
     ROCE_UNIT_FILE,
     managed_files,
 )
-from deploys.operations import nvidia, packages, raid6, rdma, swap
+from deploys.operations import nvidia, packages, perf, raid6, rdma, swap
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan.node import NodePlan, Package, RaidArray, plan_node
 from tests.deploys.conftest import fact_from
@@ -419,3 +421,39 @@ def test_kubelet_nodes_load_their_modules_and_turn_swap_off() -> None:
     lab = load_inventory("lab")
     # Lab hosts are containers: they load no module and run no kubelet.
     assert all(not plan_node(lab, n).kernel_modules and not plan_node(lab, n).swap_off for n in lab.nodes)
+
+
+# --- the perf probe's venv -----------------------------------------------------------------------
+
+PERF_ENV = GPU.perf_env
+assert PERF_ENV is not None
+PIP_INSTALL = [
+    "/opt/gpufleet/perf/bin/python", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+    "--index-url", "https://pypi.dc1.example.internal/simple/", "torch==2.9.1+cu130",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("installed", "want"),
+    [
+        (None, [["python3", "-m", "venv", "/opt/gpufleet/perf"], PIP_INSTALL]),
+        ({"pip": "24.0", "setuptools": "80.9.0"}, [PIP_INSTALL]),
+        (fact_from(VenvPackages, "handwritten/pip-list-torch-2.8.0-cu128.txt"), [PIP_INSTALL]),
+        (fact_from(VenvPackages, "handwritten/pip-list-torch-2.9.1-cu130.txt"), []),
+    ],
+    ids=["no venv", "venv without torch", "older torch", "planned torch"],
+)
+def test_perf_env_commands(installed: dict[str, str] | None, want: list[list[str]]) -> None:
+    assert PERF_ENV is not None
+    assert perf.env_commands(PERF_ENV, installed) == want
+
+
+def test_perf_env_yields_each_argument_quoted(run_op: RunOp) -> None:
+    """An index URL with a shell word in it (the model refuses one; this is the last line) stays one word."""
+    assert PERF_ENV is not None
+    hostile = PERF_ENV.model_copy(update={"index_url": "https://x/simple/;reboot"})
+    cmds = run_op({VenvPackages: None}, perf.probe_env, hostile)
+    assert cmds[0] == "python3 -m venv /opt/gpufleet/perf"
+    assert shlex.split(cmds[1])[-3:] == ["--index-url", "https://x/simple/;reboot", "torch==2.9.1+cu130"]
+    converged = fact_from(VenvPackages, "handwritten/pip-list-torch-2.9.1-cu130.txt")
+    assert run_op({VenvPackages: converged}, perf.probe_env, PERF_ENV) == []

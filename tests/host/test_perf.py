@@ -44,6 +44,8 @@ def want(expect: HostExpect) -> PerfPlan:
 
 @pytest.fixture(scope="module")
 def probe(host: Any, want: PerfPlan) -> ProbeRun:
+    if want.python is None:
+        raise AssertionError(want.python_missing)
     result = host.run(probe_command(want))
     try:
         return parse_probe(result.stdout)

@@ -111,6 +111,7 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
                 "cuda": "11.8",
                 "nccl": {"version": "2.16.5", "cuda": "11.8"},
                 "nvidia_driver": {"branch": 470, "version": "470.256.02"},
+                "perf_torch": {"version": "2.1.2", "cuda": "11.8"},
             },
         ),
         "bom.nvidia_driver.branch",
@@ -148,6 +149,36 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         _set("site.performance", {"python": "python3; rm -rf /"}),
         "site.performance.python",
         "should match pattern",
+    ),
+    (
+        "Python index over http",
+        _set("site.package_sources.python_index", "http://pypi.dc1.example.internal/simple/"),
+        "site.package_sources.python_index",
+        "should match pattern",
+    ),
+    (
+        "probe torch for another CUDA",
+        _set("bom.perf_torch.cuda", "12.8"),
+        "bom.perf_torch.cuda",
+        "torch is built for CUDA 12.8 but the BOM's CUDA is 13.0",
+    ),
+    (
+        "probe torch not a release",
+        _set("bom.perf_torch.version", "2.9.1+cu130"),
+        "bom.perf_torch.version",
+        "should match pattern",
+    ),
+    (
+        "production site without a Python index",
+        _drop("site.package_sources"),
+        "site.package_sources.python_index",
+        "production site's GPU nodes need the perf probe's torch",
+    ),
+    (
+        "production site without the probe's torch",
+        _drop("bom.perf_torch"),
+        "bom.perf_torch",
+        "production site's GPU nodes need the perf probe's torch pinned",
     ),
     (
         "8 GPUs on direct NVLink",
@@ -229,6 +260,21 @@ def test_misspelled_site_lists_the_sites(command: list[str]) -> None:
     code, stdout, stderr = _run([command[0], "lba", *command[1:]])
     assert code == 2 and not stdout
     assert stderr.strip() == f"argument SITE: no site 'lba' in inventories; sites: {', '.join(SITES)}"
+def test_index_credentials_are_refused_and_never_echoed(
+    dc1: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _set("site.package_sources.python_index", "https://ci:s3cret-token@pypi.dc1.example.internal/simple/")(
+        dc1
+    )
+    site = tmp_path / "inventories" / "broken"
+    site.mkdir(parents=True)
+    (site / "nodes.yaml").write_text(yaml.safe_dump(dc1, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = _run(["validate", "broken"])
+    assert code == 2
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("inventories/broken/nodes.yaml: site.package_sources.python_index: ")
+    assert "s3cret-token" not in stdout + stderr and "//***@pypi.dc1" in line
 
 
 def test_unknown_host_is_bad_input() -> None:
