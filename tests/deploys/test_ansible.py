@@ -69,7 +69,9 @@ def test_ceph_variables_are_the_site_plan() -> None:
     assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in gpu01["taints"]
     unverified = {"key": "gpufleet.io/unverified", "value": "true", "effect": "NoSchedule"}
     # Registration carries the readiness taint; the taints every run re-applies do not.
-    assert gpu01["registration_taints"] == [*gpu01["taints"], unverified]
+    assert gpu01["registration"]["taints"] == [*gpu01["taints"], unverified]
+    assert gpu01["taint_args"] == ["nvidia.com/gpu=present:NoSchedule"]
+    assert "gpufleet.io/gpu-model=H100-SXM-80GB" in gpu01["label_args"]
 
 
 def test_lab_knobs_reach_the_roles_but_plan_values_stay_the_plans() -> None:
