@@ -17,6 +17,7 @@ from gpufleet.model.checks import check_inventory
 from gpufleet.model.errors import InputError, Problem, cut
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
+from gpufleet.model.types import PATTERN_NAMES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -185,6 +186,8 @@ def _message(err: Any) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     msg = msg.removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch":
+        msg = PATTERN_NAMES.get(err.get("ctx", {}).get("pattern"), msg)
     value = err.get("input")
     if err["type"] not in {"model_type", "dict_type", "list_type"} and isinstance(value, str | int | float):
         msg += f" (got {cut(repr(value))})"

@@ -33,16 +33,18 @@ def _prefix_length(key: str) -> str:
     return key
 
 
+_LABEL_KEY = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$"
+_LABEL_VALUE = rf"^({_NAME})?$"
+_HOSTNAME = rf"^{_DNS_LABEL}$"
+_DNS_NAME = rf"^{_DNS_SUBDOMAIN}$"
 LabelKey = Annotated[
-    str,
-    StringConstraints(pattern=rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$", max_length=317),
-    AfterValidator(_prefix_length),
+    str, StringConstraints(pattern=_LABEL_KEY, max_length=317), AfterValidator(_prefix_length)
 ]
-LabelValue = Annotated[str, StringConstraints(pattern=rf"^({_NAME})?$", max_length=63)]
+LabelValue = Annotated[str, StringConstraints(pattern=_LABEL_VALUE, max_length=63)]
 TaintValue = LabelValue
 
-Hostname = Annotated[str, StringConstraints(pattern=rf"^{_DNS_LABEL}$", max_length=63)]
-DnsName = Annotated[str, StringConstraints(pattern=rf"^{_DNS_SUBDOMAIN}$", max_length=253)]
+Hostname = Annotated[str, StringConstraints(pattern=_HOSTNAME, max_length=63)]
+DnsName = Annotated[str, StringConstraints(pattern=_DNS_NAME, max_length=253)]
 
 
 def _port(endpoint: str) -> str:
@@ -53,22 +55,20 @@ def _port(endpoint: str) -> str:
 
 # host:port where the host is a DNS name or an IPv4 address (both fit the subdomain grammar's
 # characters; an address is checked as a name, which is what kubeadm does with it too).
-Endpoint = Annotated[
-    str,
-    StringConstraints(pattern=rf"^{_DNS_SUBDOMAIN}:[0-9]{{1,5}}$", max_length=259),
-    AfterValidator(_port),
-]
+_ENDPOINT = rf"^{_DNS_SUBDOMAIN}:[0-9]{{1,5}}$"
+Endpoint = Annotated[str, StringConstraints(pattern=_ENDPOINT, max_length=259), AfterValidator(_port)]
 
 # A Debian/Ubuntu suite or codename (bookworm, noble-updates, stable), optionally with one
 # sub-path as old security suites had; apt writes it into deb822 `Suites:` unquoted.
-DebianSuite = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.+_-]{0,63}(/[a-z0-9][a-z0-9.+_-]{0,63})?$")
-]
+_SUITE = r"^[a-z0-9][a-z0-9.+_-]{0,63}(/[a-z0-9][a-z0-9.+_-]{0,63})?$"
+DebianSuite = Annotated[str, StringConstraints(pattern=_SUITE)]
 
 # A package source: the characters of a URL apt reads, without quotes, spaces, braces or `$`.
-Url = Annotated[str, StringConstraints(pattern=r"^(https?|file)://[A-Za-z0-9._~:/@%+=,-]+$", max_length=512)]
+_URL = r"^(https?|file)://[A-Za-z0-9._~:/@%+=,-]+$"
+Url = Annotated[str, StringConstraints(pattern=_URL, max_length=512)]
 
-Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~:-]*$", max_length=64)]
+_VERSION = r"^[0-9][0-9A-Za-z.+~:-]*$"
+Version = Annotated[str, StringConstraints(pattern=_VERSION, max_length=64)]
 
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9._:+@/-]+")
 
@@ -121,9 +121,18 @@ Mountpoint = Annotated[AbsolutePath, AfterValidator(_mountpoint)]
 
 # AWS tag values: AWS allows letters, digits, spaces and _.:/=+-@ (up to 256); we take the ASCII
 # part, so no NUL, bidi marks, newlines, `$(` or quotes reach a tag or a log line.
-AwsTagValue = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[A-Za-z0-9_.:/=+@-]([A-Za-z0-9 _.:/=+@-]*[A-Za-z0-9_.:/=+@-])?$", max_length=256
-    ),
-]
+_AWS_TAG = r"^[A-Za-z0-9_.:/=+@-]([A-Za-z0-9 _.:/=+@-]*[A-Za-z0-9_.:/=+@-])?$"
+AwsTagValue = Annotated[str, StringConstraints(pattern=_AWS_TAG, max_length=256)]
+
+# What an error line says instead of the regular expression a value failed.
+PATTERN_NAMES = {
+    _LABEL_KEY: "not a Kubernetes key ([prefix/]name: name <= 63 of A-Za-z0-9._-, alphanumeric at both ends)",
+    _LABEL_VALUE: "not a Kubernetes label or taint value (<= 63 of A-Za-z0-9._-, alphanumeric at both ends)",
+    _HOSTNAME: "not a host name (<= 63 of a-z0-9-, alphanumeric at both ends)",
+    _DNS_NAME: "not a DNS name (dot-separated host names)",
+    _ENDPOINT: "not host:port (a DNS name or IPv4 address, and a port)",
+    _SUITE: "not a Debian suite name (bookworm, noble-updates)",
+    _URL: "not a package source URL (http, https or file; no spaces, quotes, braces or $)",
+    _VERSION: "not a package version",
+    _AWS_TAG: "not an AWS tag value (letters, digits, spaces inside, and _.:/=+@-)",
+}
