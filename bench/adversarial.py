@@ -266,6 +266,26 @@ def check_reach(case: Case, work: Path) -> list[str]:
     return _check_inventory(load_inventory(str(work / "inventories" / "fuzz" / "nodes.yaml")))
 
 
+def _check_user_data(stack: Any) -> list[str]:
+    """The burst boot script writes kubeadm's JoinConfiguration through an unquoted heredoc: it must
+    parse as YAML and carry exactly the plan's labels and taints (the shell's own $VARS aside)."""
+    from gpufleet.plan.aws import plan_burst
+
+    plan = plan_burst(stack.inventory, stack.config, "fuzz")
+    body = plan.user_data.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    doc = yaml.safe_load(re.sub(r"\$[A-Z_]+", "X", body))
+    registration = doc["nodeRegistration"]
+    labels = dict(kv.split("=", 1) for kv in registration["kubeletExtraArgs"][0]["value"].split(","))
+    problems = []
+    if any(labels.get(k) != v for k, v in plan.node_labels.items()):
+        problems.append(f"burst node-labels {labels!r}")
+    if registration["taints"] != [t.model_dump(mode="json") for t in plan.node_taints]:
+        problems.append(f"burst taints {registration['taints']!r}")
+    if re.search(r"[`\\]|\$\(", body):
+        problems.append("shell syntax in the join configuration")
+    return problems
+
+
 def _tag(value: str) -> bool:
     return bool(AWS_TAG.fullmatch(value)) and value.isascii() and value == value.strip()
 
