@@ -365,9 +365,16 @@ def _scalars(node: Any) -> Iterator[yaml.ScalarNode]:
 def run(seed: int, count: int) -> tuple[list[Outcome], float]:
     """All cases in one process; returns the outcomes and the run's RSS growth in MB."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with tempfile.TemporaryDirectory(prefix="gpufleet-fuzz-") as tmp:
-        os.environ["GPUFLEET_INVENTORIES"] = str(REPO / "inventories")
-        outcomes = [run_case(case, Path(tmp)) for case in cases(seed, count)]
+    saved = os.environ.get("GPUFLEET_INVENTORIES")
+    os.environ["GPUFLEET_INVENTORIES"] = str(REPO / "inventories")
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpufleet-fuzz-") as tmp:
+            outcomes = [run_case(case, Path(tmp)) for case in cases(seed, count)]
+    finally:
+        if saved is None:
+            del os.environ["GPUFLEET_INVENTORIES"]
+        else:
+            os.environ["GPUFLEET_INVENTORIES"] = saved
     growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     return outcomes, growth
 

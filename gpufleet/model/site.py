@@ -8,7 +8,7 @@ path of each problem.
 from __future__ import annotations
 
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gpufleet.model.catalog import GPUModel
 from gpufleet.model.types import (
     AbsolutePath,
+    Address,
+    Cidr,
     DebianSuite,
     DiskPath,
     DnsName,
@@ -66,16 +68,16 @@ class OperatingSystem(Strict):
 
 
 class Network(Strict):
-    cidr: IPv4Network
+    cidr: Cidr
     mtu: int = Field(1500, ge=576, le=9216)
-    gateway: IPv4Address | None = None
+    gateway: Address | None = None
 
 
 class Networks(Strict):
     management: Network
     storage: Network | None = Field(None, description="RDMA / Ceph cluster network")
     bmc: Network | None = None
-    dns: list[IPv4Address] = Field(default_factory=list, max_length=16)
+    dns: list[Address] = Field(default_factory=list, max_length=16)
     ntp: list[DnsName] = Field(default_factory=list, max_length=16)
 
 
@@ -91,8 +93,8 @@ class PackageSources(Strict):
 
 
 class Kubernetes(Strict):
-    pod_cidr: IPv4Network = IPv4Network("10.244.0.0/16")
-    service_cidr: IPv4Network = IPv4Network("10.96.0.0/12")
+    pod_cidr: Cidr = IPv4Network("10.244.0.0/16")
+    service_cidr: Cidr = IPv4Network("10.96.0.0/12")
     control_plane_endpoint: Endpoint
 
 
@@ -134,7 +136,7 @@ class Burst(Strict):
     max_nodes: int = Field(ge=0)
     max_hourly_usd: float = Field(ge=0, le=1_000_000)
     boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
-    vpn_gateway: IPv4Address | None = Field(
+    vpn_gateway: Address | None = Field(
         None, description="public address of the on-prem VPN endpoint the burst VPC connects to"
     )
     vpn_asn: int = Field(65000, ge=1, le=4294967295, description="BGP ASN of the on-prem VPN endpoint")
@@ -221,7 +223,7 @@ class RdmaNic(Strict):
     link_layer: LinkLayer
     mtu: int = 4096
     gid_index: int = Field(0, ge=0, le=255)
-    ip: IPv4Address | None = None
+    ip: Address | None = None
 
     @field_validator("mtu")
     @classmethod
@@ -257,8 +259,8 @@ class Taint(Strict):
 
 class Node(Strict):
     hostname: Hostname
-    management_ip: IPv4Address
-    bmc: IPv4Address | None = None
+    management_ip: Address
+    bmc: Address | None = None
     rack: Hostname | None = Field(None, description="becomes the topology.kubernetes.io/zone label")
     roles: list[Role] = Field(min_length=1)
     gpu: Gpu | None = None

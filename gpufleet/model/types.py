@@ -13,9 +13,21 @@ from __future__ import annotations
 
 import posixpath
 import re
+from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
+
+
+def _written_as_text(value: object) -> object:
+    """An address is written as text: pydantic would read `true` as 0.0.0.1 and 167772161 as 10.0.0.1."""
+    if isinstance(value, bool | int | float):
+        raise ValueError("write an address as text, e.g. 10.0.0.1 or 10.0.0.0/24")
+    return value
+
+
+Address = Annotated[IPv4Address, BeforeValidator(_written_as_text)]
+Cidr = Annotated[IPv4Network, BeforeValidator(_written_as_text)]
 
 # Kubernetes' own grammar (k8s.io/apimachinery/pkg/util/validation): a qualified name is an optional
 # DNS-1123 subdomain prefix (<= 253) and a name part (<= 63); a label value is <= 63 of the name's

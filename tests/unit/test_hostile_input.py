@@ -110,6 +110,8 @@ MEANING: list[tuple[str, str, Any, str, str]] = [
     ("CUDA 13.99", "bom.cuda", "13.99", "bom.cuda", "not a released version"),
     ("an infinite dollar cap", "site.burst.max_hourly_usd", float("inf"), "site.burst.max_hourly_usd", "finite"),
     ("NaN seconds", "site.serving.slo.ttft_p99_s", float("nan"), "site.serving.slo.ttft_p99_s", "finite"),
+    ("an address written as a number", "nodes[3].management_ip", 167772161, "nodes[3].management_ip", "as text"),
+    ("a network written as true", "site.networks.bmc.cidr", True, "site.networks.bmc.cidr", "as text"),
     ("burst without serving", "site.serving", None, "site.burst", "needs site.serving"),
 ]  # fmt: skip
 
