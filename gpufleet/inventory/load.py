@@ -142,9 +142,14 @@ def display(path: Path) -> str:
 def read_text(path: Path) -> str:
     """An input file's text; a missing or unreadable one is an InputError naming it."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        if path.exists() and not path.is_file():
+            # A device (/dev/zero), a FIFO or a folder: reading it would never end or mean nothing.
+            raise InputError(display(path), [Problem((), "not a regular file")])
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
             raise InputError(display(path), [Problem((), f"larger than {MAX_FILE_BYTES // 2**20} MB")])
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise InputError(display(path), [Problem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:

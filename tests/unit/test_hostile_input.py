@@ -190,6 +190,17 @@ def test_too_large_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert line == "inventories/evil/nodes.yaml: larger than 10 MB"
 
 
+def test_a_device_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nodes.yaml committed as a link to /dev/zero: refused, not read until memory runs out."""
+    site = tmp_path / "inventories" / "evil"
+    site.mkdir(parents=True)
+    (site / "nodes.yaml").symlink_to("/dev/zero")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["validate", "evil"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "inventories/evil/nodes.yaml: not a regular file"
+
+
 def test_bomb_fails_fast_and_small(tmp_path: Path) -> None:
     """A billion-laughs file fails in < 2 s and < 200 MB, in a real process (RSS of the whole CLI)."""
     bomb = tmp_path / "nodes.yaml"
