@@ -62,7 +62,11 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
                 "bmc": {"cidr": "10.128.0.0/10"},
             },
             "package_sources": {"python_index": f"https://pypi.{name}.example.internal/simple/"},
-            "kubernetes": {"control_plane_endpoint": f"api.{name}.example.internal:6443"},
+            # The default service range (10.96.0.0/12) lies inside this storage network.
+            "kubernetes": {
+                "control_plane_endpoint": f"api.{name}.example.internal:6443",
+                "service_cidr": "172.20.0.0/16",
+            },
             "ceph": {"pools": [{"name": "models", "size": 3, "min_size": 2}]},
             # DeepSeek-R1 on H100 spans two nodes per replica.
             "serving": {"model": "deepseek-r1", "replicas": gpu // 2},
@@ -76,6 +80,9 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
             "nvidia_container_toolkit": "1.18.0",
             "containerd": "1.7",
             "kubernetes": "1.31.4",
+            # The revisions dc1 pins for the same models: burst plans need both.
+            "model_revision": "56d4cbbb4d29f4355bab4b9a39ccb717a14ad5ad",
+            "burst_model_revision": "0d6d11a6ea1187363aa7b78543f824fc02e06b14",
         },
         "nodes": docs,
     }

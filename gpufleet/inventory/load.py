@@ -14,14 +14,103 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gpufleet.model.checks import check_inventory
-from gpufleet.model.errors import InputError, Problem
+from gpufleet.model.errors import InputError, Problem, cut
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
+from gpufleet.model.types import PATTERN_NAMES
 
 M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_FILE_BYTES = 10 * 1024 * 1024
+# Aliases may add this many nodes to a document beyond those written out: enough for any anchor
+# a person writes, far below what a billion-laughs file expands to.
+MAX_ALIAS_NODES = 100_000
+MAX_DEPTH = 64
+# YAML 1.1 reads 010 as 8, 0x10 as 16, 1:20 as 80 and 1_000 as 1000: a reader of the file sees
+# another number than the one applied. Only plain decimals are numbers.
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML that refuses duplicate keys, ambiguous integers, deep nesting and alias bombs."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {cut(key_node.value)!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if not _PLAIN_INT.fullmatch(node.value):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"ambiguous number {cut(node.value)!r}: YAML 1.1 reads it in another base; "
+                "write a plain decimal, or quote it for a string",
+                node.start_mark,
+            )
+        return int(node.value)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes the document expands to and its depth without expanding it: each distinct
+    node once (aliases are the same node object), iteratively, so neither a bomb nor a deep
+    file costs more than the file's own size."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    distinct = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in size and not done:
+            continue
+        children = _children(node)
+        if not done:
+            distinct += 1
+            size[key] = -1  # on the path: a recursive alias is met again before it is done
+            stack.append((node, True))
+            for child in children:
+                if size.get(id(child)) == -1:
+                    raise _composer_error("a recursive alias", node)
+                if id(child) not in size:
+                    stack.append((child, False))
+            continue
+        size[key] = 1 + sum(size[id(c)] for c in children)
+        depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+        if depth[key] > MAX_DEPTH:
+            raise _composer_error(f"nesting deeper than {MAX_DEPTH} levels", node)
+        if size[key] > distinct + MAX_ALIAS_NODES:
+            raise _composer_error(f"aliases expand to more than {MAX_ALIAS_NODES:,} extra values", node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _composer_error(what: str, node: yaml.Node) -> yaml.composer.ComposerError:
+    return yaml.composer.ComposerError(None, None, f"{what} (refused)", node.start_mark)
 
 
 def inventories_dir() -> Path:
@@ -53,7 +142,14 @@ def display(path: Path) -> str:
 def read_text(path: Path) -> str:
     """An input file's text; a missing or unreadable one is an InputError naming it."""
     try:
-        return path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():
+            # A device (/dev/zero), a FIFO or a folder: reading it would never end or mean nothing.
+            raise InputError(display(path), [Problem((), "not a regular file")])
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise InputError(display(path), [Problem((), f"larger than {MAX_FILE_BYTES // 2**20} MB")])
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise InputError(display(path), [Problem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -65,6 +161,8 @@ def read_yaml(path: Path) -> Any:
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    if len(text) > MAX_FILE_BYTES:
+        raise InputError(source, [Problem((), f"larger than {MAX_FILE_BYTES // 2**20} MB")])
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -96,11 +194,13 @@ def _message(err: Any) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     msg = msg.removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch":
+        msg = PATTERN_NAMES.get(err.get("ctx", {}).get("pattern"), msg)
     value = err.get("input")
     if err["type"] not in {"model_type", "dict_type", "list_type"} and isinstance(value, str | int | float):
         # A URL's user:password@ is a secret even when the rest of the value is wrong.
         shown = _USERINFO.sub("//***@", value) if isinstance(value, str) else value
-        msg += f" (got {shown!r})"
+        msg += f" (got {cut(repr(shown))})"
     return msg
 
 
@@ -109,6 +209,12 @@ def inventory_from_data(data: Any, source: str) -> Inventory:
     problems = check_inventory(inv)
     if problems:
         raise InputError(source, problems)
+    if inv.site.burst is not None:
+        # What only the burst planner can decide (a model that fits enough Spot types, its pinned
+        # revision) is checked here too, so `validate` passes nothing that `plan-site` rejects.
+        from gpufleet.plan.aws import plan_fleet
+
+        plan_fleet(inv, source)
     return inv
 
 

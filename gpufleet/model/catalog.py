@@ -121,6 +121,9 @@ def topology_problem(model: GPUModel, count: int, interconnect: Interconnect) ->
 
 # Minimum driver branch for each CUDA major version (NVIDIA's CUDA compatibility table).
 CUDA_MIN_DRIVER: dict[int, int] = {11: 450, 12: 525, 13: 580}
+# The newest minor release of each CUDA major that NVIDIA has published (its CUDA Toolkit archive);
+# a BOM naming a later one names a toolkit no repository holds. Add a minor when NVIDIA ships it.
+CUDA_LATEST_MINOR: dict[int, int] = {11: 8, 12: 9, 13: 1}
 
 
 @dataclass(frozen=True)

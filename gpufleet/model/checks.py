@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from gpufleet.model.catalog import (
     AWS_GPU_INSTANCES,
+    CUDA_LATEST_MINOR,
     CUDA_MIN_DRIVER,
     GPU_CATALOG,
     SERVING_MODELS,
@@ -16,7 +17,11 @@ from gpufleet.model.catalog import (
     topology_problem,
 )
 from gpufleet.model.errors import Problem
-from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, LinkLayer, Role
+from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, LinkLayer, Network, Role
+from gpufleet.model.types import disk_path
+
+# Where a lab host's "disks" live: sparse files inside its own root, made by `gpufleet lab up`.
+LAB_OSD_DIR = "/var/lib/gpufleet/"
 
 MIN_RAID6_MEMBERS = 4
 MIN_CEPH_MONS = 3
@@ -26,8 +31,10 @@ PRODUCTION = ("prod", "dr")
 
 def check_inventory(inv: Inventory) -> list[Problem]:
     return [
+        *_networks(inv),
         *_unique_names_and_addresses(inv),
         *_addresses_in_networks(inv),
+        *_reserved_addresses(inv),
         *_roles_and_hardware(inv),
         *_gpu_topology(inv),
         *_roce(inv),
@@ -60,6 +67,57 @@ def _unique_names_and_addresses(inv: Inventory) -> Iterator[Problem]:
                 yield Problem(path, f"{ip} is already used by {addresses[ip]}")
             else:
                 addresses[ip] = f"nodes[{i}] ({node.hostname})"
+
+
+def _site_networks(inv: Inventory) -> list[tuple[str, Network]]:
+    nets = inv.site.networks
+    named = [("management", nets.management), ("storage", nets.storage), ("bmc", nets.bmc)]
+    return [(name, net) for name, net in named if net is not None]
+
+
+def _networks(inv: Inventory) -> Iterator[Problem]:
+    """Gateways inside their networks; no two of the site's address ranges overlap."""
+    for name, net in _site_networks(inv):
+        gw = net.gateway
+        path = ("site", "networks", name, "gateway")
+        if gw is not None and gw not in net.cidr:
+            yield Problem(path, f"gateway {gw} is outside the network {net.cidr}")
+        elif (
+            gw is not None
+            and net.cidr.prefixlen < 31
+            and gw in (net.cidr.network_address, net.cidr.broadcast_address)
+        ):
+            yield Problem(path, f"gateway {gw} is the network's own or broadcast address")
+    k8s = inv.site.kubernetes
+    ranges: list[tuple[tuple[str, ...], IPv4Network]] = [
+        (("site", "kubernetes", "pod_cidr"), k8s.pod_cidr),
+        (("site", "kubernetes", "service_cidr"), k8s.service_cidr),
+        *((("site", "networks", name, "cidr"), net.cidr) for name, net in _site_networks(inv)),
+    ]
+    for i, (where, cidr) in enumerate(ranges):
+        for other_path, other in ranges[:i]:
+            if cidr.overlaps(other):
+                yield Problem(where, f"{cidr} overlaps {'.'.join(other_path)} {other}")
+
+
+def _reserved_addresses(inv: Inventory) -> Iterator[Problem]:
+    """No node takes a gateway's, a DNS server's, or a network's own or broadcast address."""
+    reserved: dict[IPv4Address, str] = {ip: "a DNS server's address" for ip in inv.site.networks.dns}
+    for name, net in _site_networks(inv):
+        if net.gateway is not None:
+            reserved[net.gateway] = f"the {name} network's gateway"
+        if net.cidr.prefixlen < 31:
+            reserved[net.cidr.network_address] = f"the {name} network's own address"
+            reserved[net.cidr.broadcast_address] = f"the {name} network's broadcast address"
+    for i, node in enumerate(inv.nodes):
+        owned: list[tuple[tuple[str | int, ...], IPv4Address | None]] = [
+            (("nodes", i, "management_ip"), node.management_ip),
+            (("nodes", i, "bmc"), node.bmc),
+        ]
+        owned += [(("nodes", i, "nics", "rdma", j, "ip"), nic.ip) for j, nic in enumerate(node.nics.rdma)]
+        for path, ip in owned:
+            if ip is not None and ip in reserved:
+                yield Problem(path, f"{ip} is {reserved[ip]}")
 
 
 def _addresses_in_networks(inv: Inventory) -> Iterator[Problem]:
@@ -149,6 +207,13 @@ def _disks(inv: Inventory) -> Iterator[Problem]:
                 (*base, "raid6", "members"),
                 f"RAID6 needs at least {MIN_RAID6_MEMBERS} members, found {len(disks.raid6.members)}",
             )
+        for j, device in enumerate(disks.ceph_osd):
+            if inv.site.environment == "lab" and device.startswith(LAB_OSD_DIR):
+                continue
+            try:
+                disk_path(device)
+            except ValueError as exc:
+                yield Problem((*base, "ceph_osd", j), str(exc))
         uses: dict[str, str] = {}
         groups = {
             "raid6.members": disks.raid6.members if disks.raid6 else [],
@@ -180,6 +245,13 @@ def _ceph(inv: Inventory) -> Iterator[Problem]:
             ("site", "ceph"),
             f"Ceph needs at least {MIN_CEPH_MONS} storage hosts for monitors, found {len(storage)}",
         )
+    names: dict[str, int] = {}
+    for i, pool in enumerate(inv.site.ceph.pools):
+        if pool.name in names:
+            yield Problem(
+                ("site", "ceph", "pools", i, "name"), f"{pool.name} is already pools[{names[pool.name]}]"
+            )
+        names.setdefault(pool.name, i)
     osds = sum(len(n.disks.ceph_osd) for n in storage)
     racks = {n.rack for n in storage if n.rack is not None}
     for i, pool in enumerate(inv.site.ceph.pools):
@@ -216,10 +288,11 @@ def _bom(inv: Inventory) -> Iterator[Problem]:
     if bom.cuda is None:
         yield Problem(("bom", "cuda"), "the site has GPUs but the BOM has no CUDA version")
         return
-    major = int(bom.cuda.split(".")[0])
+    major, minor = (int(x) for x in bom.cuda.split("."))
     need_driver = CUDA_MIN_DRIVER.get(major)
-    if need_driver is None:
-        yield Problem(("bom", "cuda"), f"CUDA {bom.cuda} is not a known release ({sorted(CUDA_MIN_DRIVER)})")
+    if need_driver is None or minor > CUDA_LATEST_MINOR[major]:
+        known = ", ".join(f"{m}.0-{m}.{CUDA_LATEST_MINOR[m]}" for m in sorted(CUDA_LATEST_MINOR))
+        yield Problem(("bom", "cuda"), f"CUDA {bom.cuda} is not a released version ({known})")
     elif driver.branch < need_driver:
         yield Problem(
             ("bom", "nvidia_driver", "version"),
@@ -274,6 +347,8 @@ def _serving_and_burst(inv: Inventory) -> Iterator[Problem]:
                 ("site", "serving", "replicas"),
                 f"{serving.replicas} replicas of {serving.model} do not fit the site's GPUs (room for {fits})",
             )
+    if burst is not None and serving is None:
+        yield Problem(("site", "burst"), "burst needs site.serving: burst nodes serve the site's model")
     if burst is not None:
         for i, name in enumerate(burst.instance_types or []):
             if name not in AWS_GPU_INSTANCES:

@@ -6,7 +6,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_:/.-]+")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_:/.-]{1,80}")
+# A long value or key is cut in an error line: the line names it, it need not repeat it.
+CUT = 80
+MAX_MESSAGE = 400
+# A file wrong everywhere gets its first problems and a count: the reader fixes those first.
+MAX_LINES = 50
+
+
+def cut(text: str, limit: int = CUT) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
 
 Path = tuple[str | int, ...]
 
@@ -18,7 +28,7 @@ def format_path(path: Path) -> str:
             out += f"[{part}]"
         elif not _PLAIN_KEY.fullmatch(part):
             # A key with spaces, quotes or newlines is shown quoted so the line stays one line.
-            out += f"[{part!r}]"
+            out += f"[{cut(repr(part))}]"
         else:
             out += f".{part}" if out else part
     return out
@@ -31,7 +41,7 @@ class Problem:
 
     def render(self, source: str) -> str:
         where = format_path(self.path)
-        message = " ".join(self.message.splitlines())
+        message = cut(" ".join(self.message.splitlines()), MAX_MESSAGE)
         return f"{source}: {where}: {message}" if where else f"{source}: {message}"
 
 
@@ -44,4 +54,6 @@ class InputError(Exception):
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        return [p.render(self.source) for p in self.problems]
+        shown = [p.render(self.source) for p in self.problems[:MAX_LINES]]
+        hidden = len(self.problems) - len(shown)
+        return shown + ([f"{self.source}: {hidden:,} more problems not shown"] if hidden else [])

@@ -7,30 +7,41 @@ path of each problem.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from gpufleet.model.catalog import GPUModel, Interconnect
 from gpufleet.model.ssh import SshHostKey
+from gpufleet.model.types import (
+    AbsolutePath,
+    Address,
+    Cidr,
+    DebianSuite,
+    DiskPath,
+    DnsName,
+    Endpoint,
+    Hostname,
+    LabelKey,
+    LabelValue,
+    Mountpoint,
+    TaintValue,
+    Url,
+    Version,
+)
+
+# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a keyring).
+IndexUrl = Annotated[str, StringConstraints(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s@]*)?$")]
+
+# Any string no field types more narrowly is still bounded.
+MAX_STR = 255
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Hostname = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-DevicePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]+$")]
-Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~:-]*$")]
-LabelKey = Annotated[
-    str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-]
-Url = Annotated[str, StringConstraints(pattern=r"^(https?|file)://\S+$")]
-# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a keyring).
-IndexUrl = Annotated[str, StringConstraints(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s@]*)?$")]
+    # No NaN or infinity: a cap of `.inf` dollars is no cap.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=MAX_STR)
 
 
 class Role(StrEnum):
@@ -61,17 +72,17 @@ class OperatingSystem(Strict):
 
 
 class Network(Strict):
-    cidr: IPv4Network
+    cidr: Cidr
     mtu: int = Field(1500, ge=576, le=9216)
-    gateway: IPv4Address | None = None
+    gateway: Address | None = None
 
 
 class Networks(Strict):
     management: Network
     storage: Network | None = Field(None, description="RDMA / Ceph cluster network")
     bmc: Network | None = None
-    dns: list[IPv4Address] = Field(default_factory=list)
-    ntp: list[str] = Field(default_factory=list)
+    dns: list[Address] = Field(default_factory=list, max_length=16)
+    ntp: list[DnsName] = Field(default_factory=list, max_length=16)
 
 
 class PackageSources(Strict):
@@ -80,21 +91,23 @@ class PackageSources(Strict):
     nvidia_cuda: Url | None = Field(None, description="NVIDIA CUDA apt repository; default: NVIDIA's")
     kubernetes: Url | None = Field(None, description="Kubernetes apt repository; default: pkgs.k8s.io")
     mirror: Url | None = Field(None, description="Air-gapped mirror serving every package; replaces all")
-    mirror_suite: str | None = Field(None, description="Suite of the mirror; default: the OS codename")
+    mirror_suite: DebianSuite | None = Field(
+        None, description="Suite of the mirror; default: the OS codename"
+    )
     python_index: IndexUrl | None = Field(
         None, description="Python package index (PyPI mirror) with the BOM's perf_torch build; no default"
     )
 
 
 class Kubernetes(Strict):
-    pod_cidr: IPv4Network = IPv4Network("10.244.0.0/16")
-    service_cidr: IPv4Network = IPv4Network("10.96.0.0/12")
-    control_plane_endpoint: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+    pod_cidr: Cidr = IPv4Network("10.244.0.0/16")
+    service_cidr: Cidr = IPv4Network("10.96.0.0/12")
+    control_plane_endpoint: Endpoint
 
 
 class CephPool(Strict):
     name: Hostname
-    size: int = Field(3, ge=1, le=10)
+    size: int = Field(3, ge=2, le=10, description="copies; 1 would lose data with any one disk")
     min_size: int = Field(2, ge=1, le=10)
     failure_domain: FailureDomain = FailureDomain.HOST
     pg_num: int | None = Field(None, ge=1, description="default: from the OSD count")
@@ -124,11 +137,13 @@ class Serving(Strict):
 
 class Burst(Strict):
     region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")
-    instance_types: list[str] | None = Field(None, description="default: derived from the model's GPU needs")
+    instance_types: list[Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")]] | None = Field(
+        None, description="default: derived from the model's GPU needs"
+    )
     max_nodes: int = Field(ge=0)
-    max_hourly_usd: float = Field(ge=0)
+    max_hourly_usd: float = Field(ge=0, le=1_000_000)
     boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
-    vpn_gateway: IPv4Address | None = Field(
+    vpn_gateway: Address | None = Field(
         None, description="public address of the on-prem VPN endpoint the burst VPC connects to"
     )
     vpn_asn: int = Field(65000, ge=1, le=4294967295, description="BGP ASN of the on-prem VPN endpoint")
@@ -248,7 +263,7 @@ class RdmaNic(Strict):
     link_layer: LinkLayer
     mtu: int = 4096
     gid_index: int = Field(0, ge=0, le=255)
-    ip: IPv4Address | None = None
+    ip: Address | None = None
     rate_gbps: Literal[25, 50, 100, 200, 400, 800] = Field(
         400, description="the link's planned rate (NDR and 400GbE: 400); the inter-node check expects it"
     )
@@ -267,36 +282,37 @@ class Nics(Strict):
 
 
 class Raid6(Strict):
-    members: list[DevicePath]
-    mountpoint: DevicePath = "/srv/data"
+    members: list[DiskPath] = Field(max_length=64)
+    mountpoint: Mountpoint = "/srv/data"
     chunk_kib: int = Field(512, ge=4, le=4096)
 
 
 class Disks(Strict):
     raid6: Raid6 | None = None
-    ceph_osd: list[DevicePath] = Field(default_factory=list)
-    nvme_scratch: list[DevicePath] = Field(default_factory=list)
+    # A disk under /dev; on a lab site, a file under LAB_OSD_DIR instead (checks.py holds both).
+    ceph_osd: list[AbsolutePath] = Field(default_factory=list, max_length=64)
+    nvme_scratch: list[DiskPath] = Field(default_factory=list, max_length=64)
 
 
 class Taint(Strict):
     key: LabelKey
-    value: str = ""
+    value: TaintValue = ""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
 
 class Node(Strict):
     hostname: Hostname
-    management_ip: IPv4Address
+    management_ip: Address
     # What SSH must find on the first connection; without it that connection fails (not on a lab site).
     ssh_host_key: SshHostKey | None = None
-    bmc: IPv4Address | None = None
-    rack: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
+    bmc: Address | None = None
+    rack: Hostname | None = Field(None, description="becomes the topology.kubernetes.io/zone label")
     roles: list[Role] = Field(min_length=1)
     gpu: Gpu | None = None
     nics: Nics
     disks: Disks = Disks()
-    labels: dict[LabelKey, str] = Field(default_factory=dict)
-    taints: list[Taint] = Field(default_factory=list)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    taints: list[Taint] = Field(default_factory=list, max_length=32)
 
     @field_validator("roles")
     @classmethod
@@ -304,14 +320,6 @@ class Node(Strict):
         if len(set(roles)) != len(roles):
             raise ValueError("roles are listed twice")
         return roles
-
-    @field_validator("labels")
-    @classmethod
-    def _label_values(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            if not re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?", value):
-                raise ValueError(f"label {key}: {value!r} is not a valid Kubernetes label value")
-        return labels
 
 
 class Inventory(Strict):

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Iterator
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
-from gpufleet.model.site import Hostname, Strict
+from gpufleet.model.site import MAX_STR, Strict
+from gpufleet.model.types import AwsTagValue, Hostname
+
+# What no stack config string may hold, wherever it goes: control characters (NUL, newlines),
+# bidirectional and zero-width marks that make a reviewer read another value than the one applied,
+# template and shell syntax.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]|\{\{|\{%|\$\(|`")
+MAX_CONFIG_STR = 4096
 
 
 class GpufleetConfig(Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False, str_max_length=MAX_STR
+    )
 
     site: Hostname = Field(alias="gpufleet:site", description="inventory under inventories/")
     layer: Literal["onprem", "burst"] = Field(alias="gpufleet:layer")
-    owner: str = Field(alias="gpufleet:owner", min_length=1)
-    cost_center: str = Field(alias="gpufleet:costCenter", min_length=1)
+    owner: AwsTagValue = Field(alias="gpufleet:owner", description="the `owner` tag of every cloud resource")
+    cost_center: AwsTagValue = Field(alias="gpufleet:costCenter", description="the `cost-center` tag")
     burst_nodes: int = Field(0, ge=0, alias="gpufleet:burstNodes", description="desired Spot GPU nodes")
     # A stack in the burst stack's own organization and project, or `org/project/stack`;
     # Pulumi.yaml defaults it to "" (none) so the on-prem stacks need not set it.
@@ -29,8 +40,31 @@ class GpufleetConfig(Strict):
         return None if value == "" else value
 
 
+def _strings(value: object, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k, path)
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _plain_strings(value: object) -> object:
+    """Provider config (aws:defaultTags, aws:region) reaches tags, names and logs too."""
+    for where, text in _strings(value, ""):
+        at = f"{where}: " if where else ""
+        if len(text) > MAX_CONFIG_STR:
+            raise ValueError(f"{at}a value longer than {MAX_CONFIG_STR} characters")
+        if _UNSAFE.search(text):
+            raise ValueError(f"{at}control characters, bidi marks, `{{{{`, `{{%`, `$(` or backticks")
+    return value
+
+
 class StackFile(Strict):
-    config: dict[str, object]
+    config: dict[str, Annotated[object, AfterValidator(_plain_strings)]]
     secretsprovider: str | None = None
     encryptionsalt: str | None = None
 

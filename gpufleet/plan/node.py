@@ -413,3 +413,22 @@ def labels(inv: Inventory, node: Node) -> dict[str, str]:
         }
     out |= node.labels
     return dict(sorted(out.items()))
+
+
+def kubectl_label_args(plan: NodePlan) -> list[str]:
+    """`kubectl label node` arguments, one `key=value` per label: each label a separate argv entry."""
+    return [f"{k}={v}" for k, v in plan.labels.items()]
+
+
+def kubectl_taint_arg(taint: Taint) -> str:
+    """`kubectl taint node` syntax: `key=value:Effect`, or `key:Effect` for an empty value."""
+    return f"{taint.key}={taint.value}:{taint.effect}" if taint.value else f"{taint.key}:{taint.effect}"
+
+
+def kubeadm_registration(plan: NodePlan) -> dict[str, object]:
+    """kubeadm v1beta4 NodeRegistrationOptions of the node (less name and criSocket, the role's):
+    the taints it registers with, and its labels as the kubelet's --node-labels."""
+    return {
+        "taints": [t.model_dump(mode="json") for t in plan.registration_taints],
+        "kubeletExtraArgs": [{"name": "node-labels", "value": ",".join(kubectl_label_args(plan))}],
+    }

@@ -19,9 +19,10 @@ from typing import Any
 import ansible_runner
 import yaml
 
-from gpufleet.inventory.load import REPO_ROOT, display, inventories_dir
+from gpufleet.inventory.load import REPO_ROOT, display, inventories_dir, read_yaml
+from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
-from gpufleet.plan.node import plan_node
+from gpufleet.plan.node import kubeadm_registration, kubectl_label_args, kubectl_taint_arg, plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.provision.connection import ansible_ssh_env
 from gpufleet.provision.logs import log_file, out_dir
@@ -56,7 +57,9 @@ def site_knobs(site: str) -> dict[str, Any]:
     path = inventories_dir() / site / "group_vars" / "all.yml"
     if not path.exists():
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise InputError(str(path), [Problem((), "a mapping of Ansible variables")])
     return dict(data)
 
 
@@ -69,7 +72,9 @@ def extravars(inv: Inventory) -> dict[str, Any]:
             n.hostname: {
                 "labels": (p := plan_node(inv, n)).labels,
                 "taints": [t.model_dump(mode="json") for t in p.taints],
-                "registration_taints": [t.model_dump(mode="json") for t in p.registration_taints],
+                "label_args": kubectl_label_args(p),
+                "taint_args": [kubectl_taint_arg(t) for t in p.taints],
+                "registration": kubeadm_registration(p),
             }
             for n in inv.nodes
         },
@@ -82,6 +87,28 @@ def extravars(inv: Inventory) -> dict[str, Any]:
             "ceph_client_keyring_dir": str(out_dir(inv.site.name)),
         }
     return out | site_knobs(inv.site.name)
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Strings that could hold Jinja (any `{`) tagged `!unsafe`: Ansible uses them as values and
+    never evaluates them. Only those: ansible-core 2.19 resolves an `!unsafe 'true'` to a boolean
+    (and `!unsafe '10'` to an integer), so a tag on every string would change plain values; a
+    string without `{` has no Jinja delimiter and is a value either way."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    if "{" in text:
+        return dumper.represent_scalar("!unsafe", text, style="'")
+    return dumper.represent_str(text)
+
+
+_UnsafeDumper.add_representer(str, _represent_str)
+
+
+def unsafe_extravars(data: dict[str, Any]) -> str:
+    """Extra variables as YAML in which no string (all come from inventories or knobs a
+    contributor writes) can be evaluated by Jinja on the controller."""
+    return yaml.dump(data, Dumper=_UnsafeDumper, sort_keys=True)
 
 
 def run_playbook(
@@ -128,12 +155,15 @@ def run_playbook(
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpufleet-ansible-") as tmp:
+        # ansible-runner passes env/extravars as `-e @file`; a dict would go as JSON on the
+        # command line, where Ansible evaluates any `{{ }}` in it.
+        (Path(tmp) / "env").mkdir()
+        (Path(tmp) / "env" / "extravars").write_text(unsafe_extravars(extravars(inv) | (extra or {})))
         runner = ansible_runner.run(
             private_data_dir=tmp,
             playbook=str(PLAYBOOKS / playbook),
             inventory=str(REPO_ROOT / "inventories" / "ansible_inventory.py"),
             envvars=env,
-            extravars=extravars(inv) | (extra or {}),
             cmdline="--check" if check else None,
             limit=",".join(limit) if limit else None,
             event_handler=handle,

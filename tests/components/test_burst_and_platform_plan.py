@@ -50,11 +50,12 @@ def test_671b_falls_back_because_only_h200_instances_hold_it(dc1: dict[str, Any]
 
 
 def test_a_fallback_without_a_pinned_revision_is_bad_input(dc1: dict[str, Any]) -> None:
+    """Refused when the inventory loads (validate, plan-site and every stack see the same line)."""
     del dc1["bom"]["burst_model_revision"]
     with pytest.raises(InputError) as exc:
-        plan_fleet(inv(dc1), "stacks/Pulumi.burst-prod.yaml")
+        inv(dc1)
     assert exc.value.lines() == [
-        "stacks/Pulumi.burst-prod.yaml: bom.burst_model_revision: burst nodes serve deepseek-r1-distill-llama-70b: pin its revision"
+        "nodes.yaml: bom.burst_model_revision: burst nodes serve deepseek-r1-distill-llama-70b: pin its revision"
     ]
 
 

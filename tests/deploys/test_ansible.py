@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -69,7 +70,9 @@ def test_ceph_variables_are_the_site_plan() -> None:
     assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in gpu01["taints"]
     unverified = {"key": "gpufleet.io/unverified", "value": "true", "effect": "NoSchedule"}
     # Registration carries the readiness taint; the taints every run re-applies do not.
-    assert gpu01["registration_taints"] == [*gpu01["taints"], unverified]
+    assert gpu01["registration"]["taints"] == [*gpu01["taints"], unverified]
+    assert gpu01["taint_args"] == ["nvidia.com/gpu=present:NoSchedule"]
+    assert "gpufleet.io/gpu-model=H100-SXM-80GB" in gpu01["label_args"]
 
 
 def test_lab_knobs_reach_the_roles_but_plan_values_stay_the_plans() -> None:
@@ -89,3 +92,47 @@ def test_plays_order_and_check_mode() -> None:
     assert plays(Component.all, lab=False) == [("ceph.yml", False), ("kubernetes.yml", False)]
     assert plays(Component.all, lab=True) == [("ceph.yml", False), ("kubernetes.yml", True)]
     assert plays(Component.ceph, lab=True) == [("ceph.yml", False)]
+
+
+def _tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for task in tasks:
+        out.append(task)
+        out += _tasks(task.get("block", []) + task.get("rescue", []) + task.get("always", []))
+    return out
+
+
+def test_join_tokens_live_for_one_batch_and_secrets_stay_out_of_logs() -> None:
+    role = ROOT / "roles/kubernetes"
+    (joins,) = yaml.safe_load((role / "tasks/join.yml").read_text())
+    create = next(t for t in joins["block"] if "create" in t["ansible.builtin.command"].get("argv", []))
+    delete = next(
+        t for t in joins["always"] if "delete" in t.get("ansible.builtin.command", {}).get("argv", [])
+    )
+    assert create["ansible.builtin.command"]["argv"][3:5] == ["--ttl", "{{ kubernetes_token_ttl }}"]
+    assert "_kubernetes_token_out" in delete["ansible.builtin.command"]["argv"][-1]
+    assert "_kubernetes_joins" in joins["when"], "a token is made only when a node of the batch joins"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    assert defaults["kubernetes_token_ttl"] in ("15m", "30m", "1h")
+    secret = {"Run kubeadm init", "Create a bootstrap token for these joins", "Delete this run's bootstrap token",
+              "Upload control-plane certificates under a new key", "Write the kubeadm join configuration"}  # fmt: skip
+    tasks = _tasks([*yaml.safe_load((role / "tasks/init.yml").read_text()), joins])
+    assert {t["name"] for t in tasks if t.get("no_log")} >= secret
+    outputs = yaml.safe_load((ROOT / "components/playbooks/kubernetes_outputs.yml").read_text())[0]["tasks"]
+    assert all(
+        t.get("no_log")
+        for t in outputs
+        if "ansible.builtin.set_stats" in t or ("register" in t and "token" in t["register"])
+    )
+    # Commands with inventory values (labels, taints, disks, pools) are argument lists: nothing an
+    # inventory says is split by a shell lexer. (Host names in the Ceph bootstrap still are; their
+    # grammar has no separator.)
+    ceph = ROOT / "roles/ceph/tasks"
+    for path in [*role.glob("tasks/*.yml"), ceph / "osds.yml", ceph / "pools.yml", ceph / "client.yml"]:
+        for task in _tasks(yaml.safe_load(path.read_text())):
+            cmd = task.get("ansible.builtin.command", {})
+            text = cmd.get("cmd", "") if isinstance(cmd, dict) else ""
+            assert not any(v in text for v in ("kubernetes_nodes", "item", "ceph_plan")), (
+                path.name,
+                task["name"],
+            )

@@ -260,6 +260,8 @@ def test_misspelled_site_lists_the_sites(command: list[str]) -> None:
     code, stdout, stderr = _run([command[0], "lba", *command[1:]])
     assert code == 2 and not stdout
     assert stderr.strip() == f"argument SITE: no site 'lba' in inventories; sites: {', '.join(SITES)}"
+
+
 def test_index_credentials_are_refused_and_never_echoed(
     dc1: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
