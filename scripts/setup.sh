@@ -26,4 +26,10 @@ if [ ! -x .venv/bin/prometheus ]; then
   fi
   rm -rf "$debs"
 fi
+# vLLM's argument definitions for the engine-configuration tests: the wheel of the version the
+# Triton image carries, read as files (never imported or installed) from .venv/wheels (336 MB).
+VLLM=$(.venv/bin/python -c 'from gpufleet.plan.engine import VLLM_VERSION; print(VLLM_VERSION)')
+if ! ls .venv/wheels/vllm-"$VLLM"-*.whl >/dev/null 2>&1; then
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: "vllm==$VLLM" -d .venv/wheels
+fi
 echo "gpufleet installed in .venv ($(.venv/bin/gpufleet --help >/dev/null && echo ok))"

@@ -16,6 +16,7 @@ from gpufleet.model.checks import check_inventory
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
+from gpufleet.plan.engine import check_serving
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -100,7 +101,7 @@ def _message(err: Any) -> str:
 
 def inventory_from_data(data: Any, source: str) -> Inventory:
     inv = validate(Inventory, data, source)
-    problems = check_inventory(inv)
+    problems = [*check_inventory(inv), *check_serving(inv)]
     if problems:
         raise InputError(source, problems)
     return inv

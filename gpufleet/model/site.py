@@ -114,6 +114,16 @@ class Serving(Strict):
     model: str = Field(pattern=r"^[a-z0-9.-]+$", description="key in the serving model catalog")
     replicas: int = Field(ge=0)
     slo: Slo = Slo()
+    max_model_len: int = Field(
+        32768, ge=1024, description="longest prompt plus output of one request, tokens"
+    )
+    tensor_parallel: int | None = Field(
+        None, ge=1, description="GPUs per replica; default: the fewest (a power of two) that hold the model"
+    )
+    engine_args: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments over the plan's, checked against the engine's own",
+    )
 
 
 class Burst(Strict):

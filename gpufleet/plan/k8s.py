@@ -15,9 +15,10 @@ from typing import Any, Literal
 from gpufleet.model.catalog import SERVING_MODELS
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
+from gpufleet.plan.engine import KV_LAYOUTS, engine_args
 from gpufleet.plan.node import GPU_TAINT, NVIDIA_RUNTIME, Frozen
 from gpufleet.plan.site import CephPlan, ServingPlan, SitePlan
-from gpufleet.plan.triton import model_config
+from gpufleet.plan.triton import vllm_repository
 
 SERVING_NAMESPACE = "serving"
 MONITORING_NAMESPACE = "monitoring"
@@ -31,8 +32,12 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 QUEUE_METRIC = "triton_queue_wait_seconds"
 # The HPA holds the mean queue wait at a quarter of the p99 SLO: p99 sits well above the mean.
 QUEUE_TARGET_SLO_FRACTION = 0.25
-# Weights on disk plus room for a second revision during a rolling update.
-WEIGHTS_DISK_FACTOR = 2.2
+# The model cache holds the last three revisions (canary and rollback), with 10% to spare.
+WEIGHTS_DISK_FACTOR = 3.3
+# ceph-csi's CephFS class: one ReadWriteMany volume that every node mounts.
+CACHE_STORAGE_CLASS = "cephfs"
+# Burst nodes' local NVMe on the DLAMI, where their user data copies the model from S3.
+BURST_NVME = "/opt/dlami/nvme"
 
 
 class Chart(Frozen):
@@ -64,10 +69,15 @@ class Workload(Frozen):
     runtime_class: str  # the containerd handler that gives containers their GPUs
     rdma: bool
     weights_gib: int
-    weights_storage_class: str | None  # None: node-local emptyDir (burst nodes' NVMe)
+    cache_storage_class: str | None  # the site's shared model cache; None: the burst node's NVMe
     autoscale_max: int | None  # None: replicas follow stack config (burst)
     queue_target_seconds: float
-    triton_config: str  # config.pbtxt
+    engine: dict[str, Any]  # vLLM engine arguments (model.json)
+
+    @property
+    def model_files(self) -> dict[str, str]:
+        """The model's folder in Triton's repository, by relative path."""
+        return vllm_repository(self.model, self.engine)
 
     @property
     def multi_node(self) -> bool:
@@ -392,23 +402,27 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         runtime_class=NVIDIA_RUNTIME,
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
         weights_gib=_weights_gib(serving.model),
-        weights_storage_class=STORAGE_CLASS if plan.ceph is not None else None,
+        cache_storage_class=CACHE_STORAGE_CLASS if plan.ceph is not None else None,
         autoscale_max=max(serving.replicas, capacity),
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
-        triton_config=model_config(serving).pbtxt(),
+        engine=engine_args(
+            model=serving.model,
+            hf_repo=serving.hf_repo,
+            revision=revision,
+            gpus=[shape.gpu],
+            tensor_parallel=shape.tensor_parallel,
+            nodes=shape.nodes,
+            max_model_len=serving.max_model_len,
+            overrides=serving.engine_args,
+        ),
     )
 
 
 def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_nodes: int) -> Workload:
     """The model the Spot fleet serves; one replica per `tensor_parallel` GPUs of any fleet type."""
     assert plan.serving is not None and inv.bom.triton_image is not None  # plan_fleet checked both
-    serving: ServingPlan = plan.serving.model_copy(
-        update={"model": fleet.model, "hf_repo": fleet.hf_repo, "revision": fleet.revision, "shape": None}
-    )
-    params = model_config(serving)
-    params = params.model_copy(
-        update={"parameters": {**params.parameters, "tensor_parallel": str(fleet.tensor_parallel)}}
-    )
+    serving: ServingPlan = plan.serving
+    layout_max = KV_LAYOUTS[fleet.model].max_context
     name = f"{fleet.model}-burst"
     return Workload(
         name=name,
@@ -431,8 +445,19 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         runtime_class=NVIDIA_RUNTIME,
         rdma=False,
         weights_gib=_weights_gib(fleet.model),
-        weights_storage_class=None,
+        cache_storage_class=None,
         autoscale_max=None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
-        triton_config=params.pbtxt(),
+        # Any fleet type may take a pod: sized for the smallest GPU among them, no site overrides
+        # (they were checked against the site's own model).
+        engine=engine_args(
+            model=fleet.model,
+            hf_repo=fleet.hf_repo,
+            revision=fleet.revision,
+            gpus=[i.gpu for i in fleet.instances],
+            tensor_parallel=fleet.tensor_parallel,
+            nodes=1,
+            max_model_len=min(serving.max_model_len, layout_max),
+            overrides={},
+        ),
     )
