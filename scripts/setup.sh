@@ -26,6 +26,20 @@ if [ ! -x .venv/bin/prometheus ]; then
   fi
   rm -rf "$debs"
 fi
+# HAProxy for the admission tests (the real gateway in front of a real Triton): Debian's binary
+# unpacked into .venv/bin like Prometheus, its shared libraries installed, no service started.
+if [ ! -x .venv/bin/haproxy ]; then
+  debs=$(mktemp -d)
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends liblua5.3-0 libopentracing-c-wrapper0 >/dev/null
+  fi
+  if (cd "$debs" && apt-get download -qq haproxy 2>/dev/null) && dpkg-deb -x "$debs"/haproxy_*.deb "$debs/root"; then
+    cp "$debs/root/usr/sbin/haproxy" .venv/bin/haproxy
+  else
+    echo "could not fetch Debian's haproxy package; the admission tests need .venv/bin/haproxy" >&2
+  fi
+  rm -rf "$debs"
+fi
 # vLLM's argument definitions for the engine-configuration tests: the wheel of the version the
 # Triton image carries, read as files (never imported or installed) from .venv/wheels (336 MB).
 VLLM=$(.venv/bin/python -c 'from gpufleet.plan.engine import VLLM_VERSION; print(VLLM_VERSION)')
