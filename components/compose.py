@@ -18,9 +18,10 @@ from components.platform import (
     TerminationHandler,
     TerminationHandlerArgs,
 )
-from components.serving import DeepSeekServing, DeepSeekServingArgs
+from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack
-from gpufleet.plan.aws import plan_burst
+from gpufleet.plan.admission import GATEWAY_IMAGE, GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.k8s import (
     alert_rules,
     burst_workload,
@@ -77,6 +78,26 @@ def onprem(stack: Stack) -> None:
             pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform]),
         )
         pulumi.export("servingService", f"{serving.service_name}.{workload.namespace}.svc")
+        if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
+            # Admission in front of the on-prem model, with the burst nodes' model as fallback.
+            fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
+            gateway = plan_gateway(
+                plan.serving.slo_queue_wait_p99_s,
+                workload,
+                plan.serving.shape.gpu,
+                burst_workload(inv, plan, fleet, 0),
+                fleet.instances[0].gpu,
+            )
+            AdmissionGateway(
+                "gateway",
+                AdmissionGatewayArgs(
+                    namespace=workload.namespace,
+                    image=GATEWAY_IMAGE,
+                    config=gateway_cfg(gateway),
+                    replicas=GATEWAY_REPLICAS,
+                ),
+                pulumi.ResourceOptions(providers=[platform.provider], depends_on=[serving]),
+            )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("joinToken", cluster.join_token)
     pulumi.export("caCertHash", cluster.ca_cert_hash)

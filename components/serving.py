@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,14 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from gpufleet.plan.admission import (
+    GATEWAY,
+    GATEWAY_DIR,
+    GATEWAY_MAPS,
+    GATEWAY_PORT,
+    METRICS_PATH,
+    TENANTS_SECRET,
+)
 from gpufleet.plan.engine import WEIGHTS_ROOT, weights_path
 from gpufleet.plan.k8s import BURST_NVME, PRIORITY_CLASS, QUEUE_METRIC, Workload
 from gpufleet.plan.launch import (
@@ -374,3 +383,89 @@ class DeepSeekServing(pulumi.ComponentResource):
             spec=fetch_job(w),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[claim, script])),
         )
+
+
+@dataclass(frozen=True)
+class AdmissionGatewayArgs:
+    namespace: str
+    image: str
+    config: str  # haproxy.cfg, rendered by gpufleet.plan.admission
+    replicas: int
+
+
+class AdmissionGateway(pulumi.ComponentResource):
+    """HAProxy in front of Triton: the configuration from the plan, the API-key maps from the
+    `gateway-tenants` Secret (managed by the key issuer; never in Pulumi config or state)."""
+
+    def __init__(
+        self, name: str, args: AdmissionGatewayArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gpufleet:serving:AdmissionGateway", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app.kubernetes.io/name": "haproxy", "app.kubernetes.io/instance": GATEWAY}
+        meta = {"namespace": args.namespace, "labels": labels}
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata={"name": GATEWAY, **meta},
+            data={"haproxy.cfg": args.config},
+            opts=child,
+        )
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        # A new configuration rolls the gateway (HAProxy reads it at start).
+                        "annotations": {
+                            "gpufleet.io/config-sha256": hashlib.sha256(args.config.encode()).hexdigest()
+                        },
+                    },
+                    "spec": {
+                        "priorityClassName": PRIORITY_CLASS,
+                        "containers": [
+                            {
+                                "name": "haproxy",
+                                "image": args.image,
+                                "args": ["-db", "-f", f"{GATEWAY_DIR}/haproxy.cfg"],
+                                "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": METRICS_PATH, "port": "http"},
+                                    "periodSeconds": 5,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "2", "memory": "1Gi"},
+                                    "limits": {"memory": "1Gi"},
+                                },
+                                "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": GATEWAY_DIR, "readOnly": True},
+                                    {"name": "tenants", "mountPath": GATEWAY_MAPS, "readOnly": True},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": GATEWAY}},
+                            {
+                                "name": "tenants",
+                                "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400},
+                            },
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config])),
+        )
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "selector": labels,
+                "ports": [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http"}],
+            },
+            opts=child,
+        )
+        self.register_outputs({"service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}"})

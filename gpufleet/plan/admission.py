@@ -45,6 +45,14 @@ PRIMARY, FALLBACK, SHED, OVER_LIMIT = "primary", "fallback", "shed", "over_limit
 SHED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{SHED}"}}[1m]))'
 DEGRADED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{FALLBACK}"}}[1m]))'
 METRICS_PATH = "/metrics"
+GATEWAY = "gateway"
+GATEWAY_PORT = 8080
+GATEWAY_DIR = "/usr/local/etc/haproxy"
+GATEWAY_MAPS = "/etc/gateway-tenants"
+TENANTS_SECRET = "gateway-tenants"
+# The official image of the release Debian packages, which the tests run.
+GATEWAY_IMAGE = "docker.io/library/haproxy:2.6.12"
+GATEWAY_REPLICAS = 2
 
 
 class Tenant(Frozen):
@@ -244,4 +252,16 @@ def plan_gateway(
         admission=plan_admission(slo_queue_wait_s, p, f),
         primary=p,
         fallback=f,
+    )
+
+
+def gateway_cfg(g: GatewayPlan) -> str:
+    """The in-cluster gateway's haproxy.cfg: maps from the mounted Secret."""
+    return haproxy_cfg(
+        g.admission,
+        g.primary,
+        g.fallback,
+        bind=f":{GATEWAY_PORT}",
+        tenants_map=f"{GATEWAY_MAPS}/tenants.map",
+        limits_map=f"{GATEWAY_MAPS}/limits.map",
     )

@@ -46,8 +46,13 @@ def _lws_schema() -> dict[str, Any]:
     return _closed(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
 
 
-def _objects(graph: Graph, type_: str) -> list[dict[str, Any]]:
-    return [reveal(r.inputs) for r in graph.by_type(type_)]
+def _objects(graph: Graph, type_: str, app: str = "triton") -> list[dict[str, Any]]:
+    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy)."""
+    return [
+        reveal(r.inputs)
+        for r in graph.by_type(type_)
+        if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app
+    ]
 
 
 def test_dc1_replica_is_one_lws_group_forming_one_ray_cluster(graphs: dict[str, Graph]) -> None:
@@ -120,6 +125,7 @@ def test_one_cache_download_per_site_and_read_only_replicas(
         r.inputs["spec"]
         for r in graph.resources
         if r.type.endswith(("LeaderWorkerSet", "apps/v1:Deployment"))
+        and r.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == "triton"
     ]
     specs = []
     for spec in pods:
@@ -155,3 +161,24 @@ def test_the_lws_schema_rejects_an_unknown_field(graphs: dict[str, Graph]) -> No
     lws["spec"]["leaderWorkerTemplate"]["restartPolicyy"] = "None"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(lws, _lws_schema())
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
+    name: str, graphs: dict[str, Graph]
+) -> None:
+    from gpufleet.plan.admission import GATEWAY_IMAGE, TENANTS_SECRET
+
+    graph = graphs[name]
+    (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
+    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    text = config["data"]["haproxy.cfg"]
+    assert "server primary-0 deepseek-r1.serving.svc:8000" in text
+    assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == GATEWAY_IMAGE
+    assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
+        "volumes"
+    ]
+    assert service["spec"]["ports"][0]["port"] == 8080

@@ -8,11 +8,9 @@ are the configured rate over the gateway replicas).
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ from gpufleet.plan.admission import (
 )
 from gpufleet.plan.triton import double_model_config
 from gpufleet.serving.gateway import Gateway, check_config, haproxy, write_config
-from gpufleet.serving.loadgen import infer_body
+from gpufleet.serving.loadgen import Reply, gateway_request
 from gpufleet.serving.repository import TINY, write_repository
 from gpufleet.serving.tritonserver import TritonServer, free_port, tritonserver
 
@@ -48,33 +46,8 @@ KEYS = {
 PROMPT = list(range(1, 17))
 
 
-@dataclass
-class Reply:
-    status: int
-    served_by: str | None
-    retry_after: str | None
-    seconds: float
-
-
 def call(url: str, key: str, max_tokens: int, priority: str | None = None) -> Reply:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    headers = {"Content-Type": "application/json", "X-Api-Key": key}
-    if priority:
-        headers["X-Priority"] = priority
-    start = time.monotonic()
-    try:
-        conn.request("POST", f"/v2/models/{MODEL}/infer", infer_body(PROMPT, max_tokens), headers)
-        resp = conn.getresponse()
-        resp.read()
-        return Reply(
-            resp.status,
-            resp.getheader("X-Served-By"),
-            resp.getheader("Retry-After"),
-            time.monotonic() - start,
-        )
-    finally:
-        conn.close()
+    return gateway_request(url, MODEL, key, PROMPT, max_tokens, priority)
 
 
 def gauges(gw: Gateway, name: str) -> dict[str, float]:
