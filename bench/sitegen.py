@@ -74,6 +74,8 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
             "nvidia_container_toolkit": "1.18.0",
             "containerd": "1.7",
             "kubernetes": "1.31.4",
+            # A production site serves a pinned revision (gpufleet.plan.engine.check_serving).
+            "model_revision": "56d4cbbb4d29f4355bab4b9a39ccb717a14ad5ad",
         },
         "nodes": docs,
     }
