@@ -279,6 +279,10 @@ from gpufleet.burst.cli import burst_app  # noqa: E402  (its commands use the he
 app.add_typer(burst_app, name="burst")
 
 
+from gpufleet.serving.cli import serving_app  # noqa: E402  (its commands use the helpers above at call time)
+
+app.add_typer(serving_app, name="serving")
+
 from gpufleet.preview.cli import register as register_plan  # noqa: E402
 
 register_plan(app)
