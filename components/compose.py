@@ -25,6 +25,7 @@ from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.k8s import (
     alert_rules,
     burst_workload,
+    canary_workload,
     ceph_monitors,
     grafana_dashboard,
     onprem_workload,
@@ -78,6 +79,13 @@ def onprem(stack: Stack) -> None:
             pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform]),
         )
         pulumi.export("servingService", f"{serving.service_name}.{workload.namespace}.svc")
+        canary = canary_workload(inv, plan)
+        if canary is not None:
+            DeepSeekServing(
+                "serving-canary",
+                DeepSeekServingArgs(workload=canary, canary=True),
+                pulumi.ResourceOptions(providers=[platform.provider], depends_on=[serving]),
+            )
         if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
             # Admission in front of the on-prem model, with the burst nodes' model as fallback.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")

@@ -245,6 +245,9 @@ def fetch_job(w: Workload) -> dict[str, Any]:
 @dataclass(frozen=True)
 class DeepSeekServingArgs:
     workload: Workload
+    # A canary replica: the stable workload's Service and cache volume serve it too; it adds only
+    # its own revision's cache Job.
+    canary: bool = False
 
 
 class DeepSeekServing(pulumi.ComponentResource):
@@ -264,9 +267,10 @@ class DeepSeekServing(pulumi.ComponentResource):
             opts=child,
         )
         if w.cache_storage_class is not None:
-            self._model_cache(name, w, meta, child)
+            self._model_cache(name, w, meta, child, owns=not args.canary)
         after_config = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config]))
-        selector = dict(w.labels)
+        # The Service takes every serving pod of this capacity: a canary's replica gets its share.
+        selector = {k: w.labels[k] for k in ("app.kubernetes.io/name", "gpufleet.io/capacity")}
         if w.multi_node:
             selector[LWS_LEADER_LABEL] = "0"
             workload: pulumi.CustomResource = k8s.apiextensions.CustomResource(
@@ -307,19 +311,20 @@ class DeepSeekServing(pulumi.ComponentResource):
                 opts=after_config,
             )
             target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name}
-        k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": w.name, **meta},
-            spec={
-                "selector": selector,
-                "ports": [
-                    {"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
-                    {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
-                    {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"},
-                ],
-            },
-            opts=child,
-        )
+        if not args.canary:
+            k8s.core.v1.Service(
+                f"{name}-service",
+                metadata={"name": w.name, **meta},
+                spec={
+                    "selector": selector,
+                    "ports": [
+                        {"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
+                        {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
+                        {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"},
+                    ],
+                },
+                opts=child,
+            )
         # Every pod of every group: evicting any pod of a group takes the whole group down
         # (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
         k8s.policy.v1.PodDisruptionBudget(
@@ -357,31 +362,37 @@ class DeepSeekServing(pulumi.ComponentResource):
         self.register_outputs({"service": f"{w.name}.{w.namespace}.svc", "replicas": w.replicas})
 
     def _model_cache(
-        self, name: str, w: Workload, meta: dict[str, Any], child: pulumi.ResourceOptions
+        self, name: str, w: Workload, meta: dict[str, Any], child: pulumi.ResourceOptions, owns: bool
     ) -> None:
         """One ReadWriteMany volume per site and model; one Job per pinned revision fills it."""
-        claim = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-model-cache",
-            metadata={"name": cache_claim(w), **meta},
-            spec={
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": w.cache_storage_class,
-                "resources": {"requests": {"storage": f"{w.weights_gib}Gi"}},
-            },
-            opts=child,
-        )
-        script = k8s.core.v1.ConfigMap(
-            f"{name}-model-cache-script",
-            metadata={"name": f"{w.name}-model-cache", **meta},
-            data={CACHE_SCRIPT: CACHE_SOURCE.read_text()},
-            opts=child,
+        needs: list[pulumi.Resource] = []
+        if owns:
+            needs.append(
+                k8s.core.v1.PersistentVolumeClaim(
+                    f"{name}-model-cache",
+                    metadata={"name": cache_claim(w), **meta},
+                    spec={
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": w.cache_storage_class,
+                        "resources": {"requests": {"storage": f"{w.weights_gib}Gi"}},
+                    },
+                    opts=child,
+                )
+            )
+        needs.append(
+            k8s.core.v1.ConfigMap(
+                f"{name}-model-cache-script",
+                metadata={"name": f"{w.name}-model-cache", **meta},
+                data={CACHE_SCRIPT: CACHE_SOURCE.read_text()},
+                opts=child,
+            )
         )
         k8s.batch.v1.Job(
             f"{name}-fetch",
             # Named by revision: a new pin is a new Job, the old one stays as the record.
             metadata={"name": f"{w.name}-fetch-{w.revision[:12]}", **meta},
             spec=fetch_job(w),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[claim, script])),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=needs)),
         )
 
 

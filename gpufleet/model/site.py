@@ -120,6 +120,11 @@ class Serving(Strict):
     tensor_parallel: int | None = Field(
         None, ge=1, description="GPUs per replica; default: the fewest (a power of two) that hold the model"
     )
+    canary_from: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{7,40}$",
+        description="while set, one replica serves bom.model_revision and the others stay on this revision",
+    )
     engine_args: dict[str, bool | int | float | str] = Field(
         default_factory=dict,
         description="vLLM engine arguments over the plan's, checked against the engine's own",

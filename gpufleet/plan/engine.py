@@ -193,6 +193,13 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
             )
         elif type(value) is not want and not (want is float and type(value) is int):
             yield Problem((*where, "engine_args", key), f"vLLM takes {want.__name__}, got {value!r}")
+    if serving.canary_from is not None:
+        if serving.canary_from == inv.bom.model_revision:
+            yield Problem((*where, "canary_from"), "is bom.model_revision itself: nothing to compare against")
+        elif serving.replicas < 2:
+            yield Problem(
+                (*where, "canary_from"), f"a canary needs 2 or more replicas, not {serving.replicas}"
+            )
     layout = KV_LAYOUTS[serving.model]
     if serving.max_model_len > layout.max_context:
         yield Problem(

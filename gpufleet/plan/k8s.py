@@ -15,7 +15,7 @@ from typing import Any, Literal
 from gpufleet.model.catalog import SERVING_MODELS
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
-from gpufleet.plan.engine import KV_LAYOUTS, engine_args
+from gpufleet.plan.engine import KV_LAYOUTS, engine_args, weights_path
 from gpufleet.plan.node import GPU_TAINT, NVIDIA_RUNTIME, Frozen
 from gpufleet.plan.site import CephPlan, ServingPlan, SitePlan
 from gpufleet.plan.triton import vllm_repository
@@ -379,7 +379,8 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
     if serving is None or serving.shape is None or inv.bom.triton_image is None:
         return None
     shape = serving.shape
-    revision = serving.revision or ""
+    # During a canary the stable replicas keep the revision they had.
+    revision = serving.canary_from or serving.revision or ""
     capacity = (
         sum((n.gpu.count // shape.gpus_per_node) for n in inv.nodes if n.gpu and n.gpu.model is shape.gpu)
         // shape.nodes
@@ -392,7 +393,7 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         revision=revision,
         image=inv.bom.triton_image,
         capacity="on-prem",
-        replicas=serving.replicas,
+        replicas=serving.replicas - (serving.canary_from is not None),
         tensor_parallel=shape.tensor_parallel,
         nodes_per_replica=shape.nodes,
         gpus_per_pod=shape.gpus_per_node,
@@ -415,6 +416,28 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
             max_model_len=serving.max_model_len,
             overrides=serving.engine_args,
         ),
+    )
+
+
+def canary_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
+    """While `site.serving.canary_from` is set: one replica of the pinned revision beside the
+    stable ones, its own objects (the stable ones are untouched), no autoscaling."""
+    stable = onprem_workload(inv, plan)
+    if stable is None or plan.serving is None or plan.serving.canary_from is None:
+        return None
+    revision = plan.serving.revision or ""
+    return stable.model_copy(
+        update={
+            "name": f"{stable.model}-canary",
+            "revision": revision,
+            "replicas": 1,
+            "autoscale_max": None,
+            "engine": {
+                **stable.engine,
+                "model": weights_path(stable.hf_repo, revision),
+                "tokenizer": weights_path(stable.hf_repo, revision),
+            },
+        }
     )
 
 

@@ -55,6 +55,7 @@ class ServingPlan(Frozen):
     slo_ttft_p99_s: float
     max_model_len: int
     engine_args: dict[str, bool | int | float | str]
+    canary_from: str | None  # the revision every replica but the canary keeps
 
 
 class BurstPlan(Frozen):
@@ -161,6 +162,7 @@ def _serving(inv: Inventory) -> ServingPlan | None:
         slo_ttft_p99_s=serving.slo.ttft_p99_s,
         max_model_len=serving.max_model_len,
         engine_args=serving.engine_args,
+        canary_from=serving.canary_from,
     )
 
 

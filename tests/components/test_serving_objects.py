@@ -182,3 +182,53 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
         "volumes"
     ]
     assert service["spec"]["ports"][0]["port"] == 8080
+
+
+OLD = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from gpufleet.inventory.load import inventories_dir
+    from gpufleet.preview.program import evaluate_stack
+
+    shutil.copytree(inventories_dir(), tmp_path / "inventories")
+    nodes = tmp_path / "inventories" / "dc1" / "nodes.yaml"
+    doc = yaml.safe_load(nodes.read_text())
+    doc["site"]["serving"]["canary_from"] = OLD
+    nodes.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("GPUFLEET_INVENTORIES", str(tmp_path / "inventories"))
+    graph = evaluate_stack("dc1-prod")
+    new = doc["bom"]["model_revision"]
+    sets = {
+        o["metadata"]["name"]: o
+        for o in _objects(graph, "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    }
+    assert sorted(sets) == ["deepseek-r1", "deepseek-r1-canary"]
+    assert sets["deepseek-r1"]["spec"]["replicas"] == doc["site"]["serving"]["replicas"] - 1
+    assert sets["deepseek-r1-canary"]["spec"]["replicas"] == 1
+    repos = {
+        o["metadata"]["name"]: o["data"]["1_model.json"]
+        for o in _objects(graph, "kubernetes:core/v1:ConfigMap")
+        if "1_model.json" in o["data"]
+    }
+    assert (
+        f"/{OLD}" in repos["deepseek-r1-model-repository"]
+        and f"/{new}" not in repos["deepseek-r1-model-repository"]
+    )
+    assert f"/{new}" in repos["deepseek-r1-canary-model-repository"]
+    # Both revisions are in the one cache volume, each fetched once; one Service serves both.
+    assert len(_objects(graph, "kubernetes:core/v1:PersistentVolumeClaim")) == 1
+    jobs = sorted(o["metadata"]["name"] for o in _objects(graph, "kubernetes:batch/v1:Job"))
+    assert jobs == [f"deepseek-r1-canary-fetch-{new[:12]}", f"deepseek-r1-fetch-{OLD[:12]}"]
+    (service,) = _objects(graph, "kubernetes:core/v1:Service")
+    for lws in sets.values():
+        labels = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+        assert {
+            k: v for k, v in service["spec"]["selector"].items() if "worker-index" not in k
+        }.items() <= labels.items()
+    (hpa,) = _objects(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "deepseek-r1"

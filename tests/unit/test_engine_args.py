@@ -135,6 +135,14 @@ def test_a_wrong_speculative_method_fails(defs: Definitions) -> None:
             "bom.model_revision: production serves deepseek-r1: pin its revision",
         ),
         (
+            lambda d: d["site"]["serving"].update(canary_from=d["bom"]["model_revision"]),
+            "site.serving.canary_from: is bom.model_revision itself",
+        ),
+        (
+            lambda d: d["site"]["serving"].update(canary_from="0123456", replicas=1),
+            "site.serving.canary_from: a canary needs 2 or more replicas, not 1",
+        ),
+        (
             lambda d: d["site"]["serving"].update(max_model_len=200_000),
             "site.serving.max_model_len: deepseek-r1 was trained for 163840 tokens",
         ),
