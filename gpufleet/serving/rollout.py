@@ -17,6 +17,7 @@ from gpufleet.inventory.load import display
 from gpufleet.model.errors import InputError, Problem
 
 _PIN = re.compile(r"^(?P<indent>\s*)model_revision:\s*(?P<rev>[0-9a-f]{7,40})\s*$", re.M)
+_CANARY = re.compile(r"^[ \t]*canary_from:[ \t]*(?P<rev>[0-9a-f]{7,40})[ \t]*\n", re.M)
 KEY = ("bom", "model_revision")
 HISTORY_COMMITS = 200
 
@@ -26,6 +27,7 @@ class Rollback:
     path: Path
     current: str
     previous: str
+    ends_canary: bool = False
 
 
 def _pin(text: str, source: str) -> re.Match[str]:
@@ -69,7 +71,12 @@ def history(path: Path) -> list[str]:
 
 def plan_rollback(path: Path) -> Rollback:
     source = display(path)
-    current = _pin(path.read_text(), source)["rev"]
+    text = path.read_text()
+    current = _pin(text, source)["rev"]
+    canary = _CANARY.search(text)
+    if canary:
+        # A canary in progress: every replica back on the revision the others never left.
+        return Rollback(path=path, current=current, previous=canary["rev"], ends_canary=True)
     served = list(dict.fromkeys(history(path)))
     older = [r for r in served if r != current]
     if not older:
@@ -81,4 +88,17 @@ def plan_rollback(path: Path) -> Rollback:
 def apply(rollback: Rollback) -> None:
     text = rollback.path.read_text()
     m = _pin(text, display(rollback.path))
-    rollback.path.write_text(text[: m.start("rev")] + rollback.previous + text[m.end("rev") :])
+    text = text[: m.start("rev")] + rollback.previous + text[m.end("rev") :]
+    if rollback.ends_canary:
+        text = _CANARY.sub("", text, count=1)
+    rollback.path.write_text(text)
+
+
+def canary_in_progress(path: Path) -> str | None:
+    m = _CANARY.search(path.read_text())
+    return m["rev"] if m else None
+
+
+def promote(path: Path) -> None:
+    """Every replica on the pinned revision: the canary line goes."""
+    path.write_text(_CANARY.sub("", path.read_text(), count=1))
