@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan import plan_site
-from gpufleet.plan.triton import model_config, naive_model_config
+from gpufleet.plan.triton import double_model_config, naive_double_config
 from gpufleet.serving.loadgen import infer, run_load, scrape
 from gpufleet.serving.repository import TINY, ToyDeepseek, write_repository
 from gpufleet.serving.tritonserver import tritonserver
@@ -175,8 +175,8 @@ def main() -> None:
         results = [
             measure(name, cfg, arch, args, Path(tmp))
             for name, cfg in (
-                ("generated", model_config(serving, kind=args.kind)),
-                ("naive", naive_model_config(serving, kind=args.kind)),
+                ("generated", double_model_config(serving, kind=args.kind)),
+                ("naive", naive_double_config(serving, kind=args.kind)),
             )
         ]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,16 +16,18 @@ from components.platform import (
     KubernetesPlatform,
     KubernetesPlatformArgs,
 )
-from components.serving import DeepSeekServing, DeepSeekServingArgs
+from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.aws import plan_burst
+from gpufleet.plan.admission import GATEWAY_IMAGE, GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
     ONPREM_SERVING_AWAIT,
     alert_rules,
     burst_workload,
+    canary_workload,
     ceph_monitors,
     grafana_dashboard,
     nic_cluster_policy,
@@ -122,6 +124,37 @@ def onprem(stack: Stack) -> None:
             ),
         )
         pulumi.export("servingService", f"{serving.service_name}.{workload.namespace}.svc")
+        canary = canary_workload(inv, plan)
+        if canary is not None:
+            DeepSeekServing(
+                "serving-canary",
+                DeepSeekServingArgs(workload=canary, canary=True),
+                pulumi.ResourceOptions(
+                    providers=[platform.provider],
+                    depends_on=[serving],
+                    transformations=[awaited(ONPREM_SERVING_AWAIT)],
+                ),
+            )
+        if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
+            # Admission in front of the on-prem model, with the burst nodes' model as fallback.
+            fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
+            gateway = plan_gateway(
+                plan.serving.slo_queue_wait_p99_s,
+                workload,
+                plan.serving.shape.gpu,
+                burst_workload(inv, plan, fleet, 0),
+                fleet.instances[0].gpu,
+            )
+            AdmissionGateway(
+                "gateway",
+                AdmissionGatewayArgs(
+                    namespace=workload.namespace,
+                    image=GATEWAY_IMAGE,
+                    config=gateway_cfg(gateway),
+                    replicas=GATEWAY_REPLICAS,
+                ),
+                pulumi.ResourceOptions(providers=[platform.provider], depends_on=[serving]),
+            )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("joinToken", cluster.join_token)
     pulumi.export("caCertHash", cluster.ca_cert_hash)

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from gpufleet.plan.k8s import PRIORITY_CLASS, QUEUE_METRIC, TRITON_GRPC, TRITON_HTTP, TRITON_METRICS, Workload
+from gpufleet.plan.admission import (
+    GATEWAY,
+    GATEWAY_DIR,
+    GATEWAY_MAPS,
+    GATEWAY_PORT,
+    METRICS_PATH,
+    TENANTS_SECRET,
+)
+from gpufleet.plan.engine import WEIGHTS_ROOT, weights_path
+from gpufleet.plan.k8s import BURST_NVME, PRIORITY_CLASS, QUEUE_METRIC, Workload
+from gpufleet.plan.launch import (
+    MODEL_REPOSITORY,
+    RAY_PORT,
+    TRITON_GRPC,
+    TRITON_HTTP,
+    TRITON_METRICS,
+    leader_command,
+    leader_ready_command,
+    single_node_command,
+    worker_command,
+)
+from gpufleet.serving import model_cache
+from gpufleet.serving.model_cache import MARKER
 
-MODEL_REPOSITORY = "/models"
-WEIGHTS = "/weights"
+CACHE_SCRIPT = "model_cache.py"
+CACHE_SOURCE = Path(model_cache.__file__)
+# A fresh site downloads 640 GiB first: replicas wait for the cache up to this long.
+WEIGHTS_WAIT_S = 6 * 3600
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 LWS_LEADER_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 # A Spot interruption warning gives two minutes: finish in-flight requests inside that.
@@ -21,6 +47,26 @@ GRACE_S = 90
 def quantity(seconds: float) -> str:
     """A Kubernetes quantity in milli-units, exact for the HPA's target."""
     return f"{round(seconds * 1000)}m"
+
+
+def _weights_path(w: Workload) -> str:
+    return weights_path(w.hf_repo, w.revision)
+
+
+def _wait_for_weights(w: Workload) -> dict[str, Any]:
+    """The cache Job (on-prem) or the node's S3 copy (burst) writes the marker once verified."""
+    marker = f"{_weights_path(w)}/{MARKER}"
+    script = (
+        f"for i in $(seq 1 {WEIGHTS_WAIT_S // 10}); do [ -f {marker} ] && exit 0; sleep 10; done; "
+        f'echo "{marker} not there after {WEIGHTS_WAIT_S}s" >&2; exit 1'
+    )
+    return {
+        "name": "wait-for-weights",
+        "image": w.image,
+        "command": ["bash", "-c", script],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS_ROOT, "readOnly": True}],
+    }
 
 
 def pod_template(w: Workload, role: str) -> dict[str, Any]:
@@ -35,84 +81,73 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
         "requests": {"cpu": cpu, "memory": memory, **gpu_limits},
         "limits": {"memory": memory, **gpu_limits},
     }
-    args = [
-        "tritonserver",
-        f"--model-repository={MODEL_REPOSITORY}",
-        f"--http-port={TRITON_HTTP}",
-        f"--grpc-port={TRITON_GRPC}",
-        f"--metrics-port={TRITON_METRICS}",
+    serves = role == "leader"
+    if not w.multi_node:
+        command = single_node_command()
+    elif serves:
+        command = leader_command(w.gpus_per_pod)
+    else:
+        command = worker_command(w.gpus_per_pod)
+    mounts: list[dict[str, Any]] = [
+        {"name": "weights", "mountPath": WEIGHTS_ROOT, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    probe = {"port": "http"}
-    triton: dict[str, Any] = {
-        "name": "triton",
+    engine: dict[str, Any] = {
+        "name": "triton" if serves else "ray-worker",
         "image": w.image,
-        "args": args,
-        "env": [
-            {"name": "MODEL_WEIGHTS", "value": f"{WEIGHTS}/{w.model}"},
-            {"name": "TENSOR_PARALLEL", "value": str(w.tensor_parallel)},
-            {"name": "GPUFLEET_ROLE", "value": role},
-        ],
-        "ports": [
+        "command": command,
+        "env": [{"name": "GPUFLEET_ROLE", "value": role}],
+        "resources": resources,
+        "volumeMounts": mounts,
+    }
+    if w.multi_node:
+        engine["ports"] = [{"name": "ray", "containerPort": RAY_PORT}]
+    if serves:
+        mounts.append(
+            {"name": "model-repository", "mountPath": f"{MODEL_REPOSITORY}/{w.model}", "readOnly": True}
+        )
+        engine["ports"] = [
             {"name": "http", "containerPort": TRITON_HTTP},
             {"name": "grpc", "containerPort": TRITON_GRPC},
             {"name": "metrics", "containerPort": TRITON_METRICS},
-        ],
-        "resources": resources,
+            *engine.get("ports", []),
+        ]
+        # A multi-node leader is Ready only while every rank of its group is in the Ray cluster.
+        ready: dict[str, Any] = (
+            {"exec": {"command": leader_ready_command()}, "timeoutSeconds": 10}
+            if w.multi_node
+            else {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+        )
         # Loading hundreds of GiB of weights takes minutes: the startup probe covers it, then
-        # readiness and liveness take over on Triton's own health endpoints.
-        "startupProbe": {
-            "httpGet": {"path": "/v2/health/ready", **probe},
-            "periodSeconds": 10,
-            "failureThreshold": 180,
-        },
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", **probe}, "periodSeconds": 5},
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", **probe},
+        # readiness and liveness take over.
+        engine["startupProbe"] = {**ready, "periodSeconds": 10, "failureThreshold": 180}
+        engine["readinessProbe"] = {**ready, "periodSeconds": 10}
+        engine["livenessProbe"] = {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
             "periodSeconds": 10,
             "failureThreshold": 3,
-        },
-        "volumeMounts": [
-            {
-                "name": "model-config",
-                "mountPath": f"{MODEL_REPOSITORY}/{w.model}/config.pbtxt",
-                "subPath": "config.pbtxt",
-            },
-            {"name": "weights", "mountPath": WEIGHTS, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-        ],
-    }
-    fetch = {
-        "name": "fetch-weights",
-        "image": w.image,
-        # A pinned revision: a moved branch never changes what a replica serves.
-        "command": [
-            "huggingface-cli",
-            "download",
-            w.hf_repo,
-            "--revision",
-            w.revision,
-            "--local-dir",
-            f"{WEIGHTS}/{w.model}",
-        ],
-        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
-        "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS}],
-    }
-    if w.weights_storage_class is not None:
+        }
+    if w.cache_storage_class is not None:
         weights: dict[str, Any] = {
             "name": "weights",
-            "ephemeral": {
-                "volumeClaimTemplate": {
-                    "metadata": {"labels": w.labels},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "storageClassName": w.weights_storage_class,
-                        "resources": {"requests": {"storage": f"{w.weights_gib}Gi"}},
-                    },
-                }
-            },
+            "persistentVolumeClaim": {"claimName": cache_claim(w), "readOnly": True},
         }
     else:
-        weights = {"name": "weights", "emptyDir": {"sizeLimit": f"{w.weights_gib}Gi"}}
+        weights = {"name": "weights", "hostPath": {"path": f"{BURST_NVME}/weights", "type": "Directory"}}
+    volumes: list[dict[str, Any]] = [
+        weights,
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
+    ]
+    if serves:
+        volumes.append(
+            {
+                "name": "model-repository",
+                "configMap": {
+                    "name": f"{w.name}-model-repository",
+                    "items": [{"key": _key(path), "path": path} for path in sorted(w.model_files)],
+                },
+            }
+        )
     spec: dict[str, Any] = {
         "runtimeClassName": w.runtime_class,
         "priorityClassName": PRIORITY_CLASS,
@@ -129,13 +164,9 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
                 "labelSelector": {"matchLabels": w.labels},
             }
         ],
-        "initContainers": [fetch],
-        "containers": [triton],
-        "volumes": [
-            {"name": "model-config", "configMap": {"name": f"{w.name}-model-config"}},
-            weights,
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
-        ],
+        "initContainers": [_wait_for_weights(w)],
+        "containers": [engine],
+        "volumes": volumes,
     }
     if w.min_gpu_memory_gib is not None:
         spec["affinity"] = {
@@ -158,9 +189,65 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
     return {"metadata": {"labels": w.labels}, "spec": spec}
 
 
+def _key(path: str) -> str:
+    """A ConfigMap key for a repository path (keys cannot hold '/')."""
+    return path.replace("/", "_")
+
+
+def cache_claim(w: Workload) -> str:
+    return f"model-cache-{w.model}"
+
+
+def fetch_job(w: Workload) -> dict[str, Any]:
+    """The site's one download of the pinned revision into the shared cache, verified."""
+    return {
+        "backoffLimit": 3,
+        "activeDeadlineSeconds": 6 * 3600,
+        "template": {
+            "metadata": {"labels": {**w.labels, "app.kubernetes.io/component": "model-cache"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "fetch",
+                        "image": w.image,
+                        "command": [
+                            "python3",
+                            f"/opt/gpufleet/{CACHE_SCRIPT}",
+                            WEIGHTS_ROOT,
+                            w.hf_repo,
+                            w.revision,
+                        ],
+                        "env": [
+                            {
+                                "name": "HF_TOKEN",
+                                "valueFrom": {
+                                    "secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}
+                                },
+                            }
+                        ],
+                        "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
+                        "volumeMounts": [
+                            {"name": "weights", "mountPath": WEIGHTS_ROOT},
+                            {"name": "script", "mountPath": "/opt/gpufleet", "readOnly": True},
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": "weights", "persistentVolumeClaim": {"claimName": cache_claim(w)}},
+                    {"name": "script", "configMap": {"name": f"{w.name}-model-cache"}},
+                ],
+            },
+        },
+    }
+
+
 @dataclass(frozen=True)
 class DeepSeekServingArgs:
     workload: Workload
+    # A canary replica: the stable workload's Service and cache volume serve it too; it adds only
+    # its own revision's cache Job.
+    canary: bool = False
 
 
 class DeepSeekServing(pulumi.ComponentResource):
@@ -174,13 +261,16 @@ class DeepSeekServing(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         meta = {"namespace": w.namespace, "labels": w.labels}
         config = k8s.core.v1.ConfigMap(
-            f"{name}-model-config",
-            metadata={"name": f"{w.name}-model-config", **meta},
-            data={"config.pbtxt": w.triton_config},
+            f"{name}-model-repository",
+            metadata={"name": f"{w.name}-model-repository", **meta},
+            data={_key(path): text for path, text in w.model_files.items()},
             opts=child,
         )
+        if w.cache_storage_class is not None:
+            self._model_cache(name, w, meta, child, owns=not args.canary)
         after_config = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config]))
-        selector = dict(w.labels)
+        # The Service takes every serving pod of this capacity: a canary's replica gets its share.
+        selector = {k: w.labels[k] for k in ("app.kubernetes.io/name", "gpufleet.io/capacity")}
         # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
         # would otherwise own it and reset the HPA's count on every up).
         replicas = {"replicas": w.replicas} if w.autoscale_max is None else {}
@@ -224,23 +314,26 @@ class DeepSeekServing(pulumi.ComponentResource):
                 opts=after_config,
             )
             target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name}
-        k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": w.name, **meta},
-            spec={
-                "selector": selector,
-                "ports": [
-                    {"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
-                    {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
-                    {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"},
-                ],
-            },
-            opts=child,
-        )
+        if not args.canary:
+            k8s.core.v1.Service(
+                f"{name}-service",
+                metadata={"name": w.name, **meta},
+                spec={
+                    "selector": selector,
+                    "ports": [
+                        {"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
+                        {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
+                        {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"},
+                    ],
+                },
+                opts=child,
+            )
+        # Every pod of every group: evicting any pod of a group takes the whole group down
+        # (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata={"name": w.name, **meta},
-            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": w.labels}},
             opts=child,
         )
         if w.autoscale_max is not None:
@@ -270,3 +363,123 @@ class DeepSeekServing(pulumi.ComponentResource):
             )
         self.service_name = w.name
         self.register_outputs({"service": f"{w.name}.{w.namespace}.svc", "replicas": w.replicas})
+
+    def _model_cache(
+        self, name: str, w: Workload, meta: dict[str, Any], child: pulumi.ResourceOptions, owns: bool
+    ) -> None:
+        """One ReadWriteMany volume per site and model; one Job per pinned revision fills it."""
+        needs: list[pulumi.Resource] = []
+        if owns:
+            needs.append(
+                k8s.core.v1.PersistentVolumeClaim(
+                    f"{name}-model-cache",
+                    metadata={"name": cache_claim(w), **meta},
+                    spec={
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": w.cache_storage_class,
+                        "resources": {"requests": {"storage": f"{w.weights_gib}Gi"}},
+                    },
+                    opts=child,
+                )
+            )
+        needs.append(
+            k8s.core.v1.ConfigMap(
+                f"{name}-model-cache-script",
+                metadata={"name": f"{w.name}-model-cache", **meta},
+                data={CACHE_SCRIPT: CACHE_SOURCE.read_text()},
+                opts=child,
+            )
+        )
+        k8s.batch.v1.Job(
+            f"{name}-fetch",
+            # Named by revision: a new pin is a new Job, the old one stays as the record.
+            metadata={"name": f"{w.name}-fetch-{w.revision[:12]}", **meta},
+            spec=fetch_job(w),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=needs)),
+        )
+
+
+@dataclass(frozen=True)
+class AdmissionGatewayArgs:
+    namespace: str
+    image: str
+    config: str  # haproxy.cfg, rendered by gpufleet.plan.admission
+    replicas: int
+
+
+class AdmissionGateway(pulumi.ComponentResource):
+    """HAProxy in front of Triton: the configuration from the plan, the API-key maps from the
+    `gateway-tenants` Secret (managed by the key issuer; never in Pulumi config or state)."""
+
+    def __init__(
+        self, name: str, args: AdmissionGatewayArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("gpufleet:serving:AdmissionGateway", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app.kubernetes.io/name": "haproxy", "app.kubernetes.io/instance": GATEWAY}
+        meta = {"namespace": args.namespace, "labels": labels}
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata={"name": GATEWAY, **meta},
+            data={"haproxy.cfg": args.config},
+            opts=child,
+        )
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        # A new configuration rolls the gateway (HAProxy reads it at start).
+                        "annotations": {
+                            "gpufleet.io/config-sha256": hashlib.sha256(args.config.encode()).hexdigest()
+                        },
+                    },
+                    "spec": {
+                        "priorityClassName": PRIORITY_CLASS,
+                        "containers": [
+                            {
+                                "name": "haproxy",
+                                "image": args.image,
+                                "args": ["-db", "-f", f"{GATEWAY_DIR}/haproxy.cfg"],
+                                "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": METRICS_PATH, "port": "http"},
+                                    "periodSeconds": 5,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "2", "memory": "1Gi"},
+                                    "limits": {"memory": "1Gi"},
+                                },
+                                "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": GATEWAY_DIR, "readOnly": True},
+                                    {"name": "tenants", "mountPath": GATEWAY_MAPS, "readOnly": True},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": GATEWAY}},
+                            {
+                                "name": "tenants",
+                                "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400},
+                            },
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config])),
+        )
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "selector": labels,
+                "ports": [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http"}],
+            },
+            opts=child,
+        )
+        self.register_outputs({"service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}"})

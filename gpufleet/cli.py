@@ -332,6 +332,10 @@ from gpufleet.remediate.cli import remediate_app  # noqa: E402
 
 app.add_typer(remediate_app, name="remediate")
 
+from gpufleet.serving.cli import serving_app  # noqa: E402  (its commands use the helpers above at call time)
+
+app.add_typer(serving_app, name="serving")
+
 from gpufleet.preview.cli import register as register_plan  # noqa: E402
 
 register_plan(app)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "gpufleet needs Python 3.11+" >&2; exit 2; }
-STEPS=5
+STEPS=7
 step_no=0
 step_started=$SECONDS
 setup_started=$SECONDS
@@ -40,6 +40,32 @@ if [ ! -x .venv/bin/prometheus ]; then
     echo "      could not fetch Debian's prometheus package; the Prometheus signal test needs .venv/bin/prometheus" >&2
   fi
   rm -rf "$debs"
+else
+  echo "      already there"
+fi
+step "HAProxy binary for the admission tests (Debian's package, into .venv/bin)"
+# The real gateway in front of a real Triton: Debian's binary unpacked into .venv/bin like
+# Prometheus, its shared libraries installed, no service started.
+if [ ! -x .venv/bin/haproxy ]; then
+  debs=$(mktemp -d)
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends liblua5.3-0 libopentracing-c-wrapper0 >/dev/null
+  fi
+  if (cd "$debs" && apt-get download -qq haproxy 2>/dev/null) && dpkg-deb -x "$debs"/haproxy_*.deb "$debs/root"; then
+    cp "$debs/root/usr/sbin/haproxy" .venv/bin/haproxy
+  else
+    echo "      could not fetch Debian's haproxy package; the admission tests need .venv/bin/haproxy" >&2
+  fi
+  rm -rf "$debs"
+else
+  echo "      already there"
+fi
+# vLLM's argument definitions for the engine-configuration tests: the wheel of the version the
+# Triton image carries, read as files (never imported or installed) from .venv/wheels (336 MB).
+step "vLLM wheel for the engine-argument tests (pip download, not installed)"
+VLLM=$(.venv/bin/python -c 'from gpufleet.plan.engine import VLLM_VERSION; print(VLLM_VERSION)')
+if ! ls .venv/wheels/vllm-"$VLLM"-*.whl >/dev/null 2>&1; then
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: "vllm==$VLLM" -d .venv/wheels
 else
   echo "      already there"
 fi

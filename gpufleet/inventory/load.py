@@ -18,6 +18,7 @@ from gpufleet.model.errors import InputError, Problem, cut
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
 from gpufleet.model.types import PATTERN_NAMES
+from gpufleet.plan.engine import check_serving
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -206,7 +207,7 @@ def _message(err: Any) -> str:
 
 def inventory_from_data(data: Any, source: str) -> Inventory:
     inv = validate(Inventory, data, source)
-    problems = check_inventory(inv)
+    problems = [*check_inventory(inv), *check_serving(inv)]
     if problems:
         raise InputError(source, problems)
     if inv.site.burst is not None:

@@ -133,6 +133,21 @@ class Serving(Strict):
     model: str = Field(pattern=r"^[a-z0-9.-]+$", description="key in the serving model catalog")
     replicas: int = Field(ge=0)
     slo: Slo = Slo()
+    max_model_len: int = Field(
+        32768, ge=1024, description="longest prompt plus output of one request, tokens"
+    )
+    tensor_parallel: int | None = Field(
+        None, ge=1, description="GPUs per replica; default: the fewest (a power of two) that hold the model"
+    )
+    canary_from: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{7,40}$",
+        description="while set, one replica serves bom.model_revision and the others stay on this revision",
+    )
+    engine_args: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments over the plan's, checked against the engine's own",
+    )
 
 
 class Burst(Strict):

@@ -15,9 +15,10 @@ from typing import Any, Literal
 from gpufleet.model.catalog import SERVING_MODELS
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
+from gpufleet.plan.engine import KV_LAYOUTS, engine_args, weights_path
 from gpufleet.plan.node import GPU_TAINT, NVIDIA_RUNTIME, Frozen
 from gpufleet.plan.site import CephPlan, ServingPlan, SitePlan
-from gpufleet.plan.triton import model_config
+from gpufleet.plan.triton import vllm_repository
 
 SERVING_NAMESPACE = "serving"
 MONITORING_NAMESPACE = "monitoring"
@@ -40,8 +41,12 @@ ONPREM_SERVING_AWAIT = {"pulumi.com/timeoutSeconds": "3600"}
 BURST_SERVING_AWAIT = {"pulumi.com/skipAwait": "true"}
 # In quiet hours the HPA keeps at least this share of the planned replicas serving.
 HPA_FLOOR_FRACTION = 0.5
-# Weights on disk plus room for a second revision during a rolling update.
-WEIGHTS_DISK_FACTOR = 2.2
+# The model cache holds the last three revisions (canary and rollback), with 10% to spare.
+WEIGHTS_DISK_FACTOR = 3.3
+# ceph-csi's CephFS class: one ReadWriteMany volume that every node mounts.
+CACHE_STORAGE_CLASS = "cephfs"
+# Burst nodes' local NVMe on the DLAMI, where their user data copies the model from S3.
+BURST_NVME = "/opt/dlami/nvme"
 
 # The pod network (docs/pod-network.md): Calico through the Tigera operator.
 CNI_CHART = "tigera-operator"
@@ -103,11 +108,16 @@ class Workload(Frozen):
     runtime_class: str  # the containerd handler that gives containers their GPUs
     rdma: bool
     weights_gib: int
-    weights_storage_class: str | None  # None: node-local emptyDir (burst nodes' NVMe)
+    cache_storage_class: str | None  # the site's shared model cache; None: the burst node's NVMe
     autoscale_min: int | None  # the HPA's floor
     autoscale_max: int | None  # None: no HPA; replicas follow the plan or stack config (burst)
     queue_target_seconds: float
-    triton_config: str  # config.pbtxt
+    engine: dict[str, Any]  # vLLM engine arguments (model.json)
+
+    @property
+    def model_files(self) -> dict[str, str]:
+        """The model's folder in Triton's repository, by relative path."""
+        return vllm_repository(self.model, self.engine)
 
     @property
     def multi_node(self) -> bool:
@@ -483,7 +493,8 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
     if serving is None or serving.shape is None or inv.bom.triton_image is None:
         return None
     shape = serving.shape
-    revision = serving.revision or ""
+    # During a canary the stable replicas keep the revision they had.
+    revision = serving.canary_from or serving.revision or ""
     capacity = (
         sum((n.gpu.count // shape.gpus_per_node) for n in inv.nodes if n.gpu and n.gpu.model is shape.gpu)
         // shape.nodes
@@ -500,7 +511,7 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         revision=revision,
         image=inv.bom.triton_image,
         capacity="on-prem",
-        replicas=serving.replicas,
+        replicas=serving.replicas - (serving.canary_from is not None),
         tensor_parallel=shape.tensor_parallel,
         nodes_per_replica=shape.nodes,
         gpus_per_pod=shape.gpus_per_node,
@@ -510,24 +521,51 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         runtime_class=NVIDIA_RUNTIME,
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
         weights_gib=_weights_gib(serving.model),
-        weights_storage_class=STORAGE_CLASS if plan.ceph is not None else None,
+        cache_storage_class=CACHE_STORAGE_CLASS if plan.ceph is not None else None,
         autoscale_min=floor if floor < ceiling else None,
         autoscale_max=ceiling if floor < ceiling else None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
-        triton_config=model_config(serving).pbtxt(),
+        engine=engine_args(
+            model=serving.model,
+            hf_repo=serving.hf_repo,
+            revision=revision,
+            gpus=[shape.gpu],
+            tensor_parallel=shape.tensor_parallel,
+            nodes=shape.nodes,
+            max_model_len=serving.max_model_len,
+            overrides=serving.engine_args,
+        ),
+    )
+
+
+def canary_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
+    """While `site.serving.canary_from` is set: one replica of the pinned revision beside the
+    stable ones, its own objects (the stable ones are untouched), no autoscaling."""
+    stable = onprem_workload(inv, plan)
+    if stable is None or plan.serving is None or plan.serving.canary_from is None:
+        return None
+    revision = plan.serving.revision or ""
+    return stable.model_copy(
+        update={
+            "name": f"{stable.model}-canary",
+            "revision": revision,
+            "replicas": 1,
+            "autoscale_min": None,
+            "autoscale_max": None,
+            "engine": {
+                **stable.engine,
+                "model": weights_path(stable.hf_repo, revision),
+                "tokenizer": weights_path(stable.hf_repo, revision),
+            },
+        }
     )
 
 
 def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_nodes: int) -> Workload:
     """The model the Spot fleet serves; one replica per `tensor_parallel` GPUs of any fleet type."""
     assert plan.serving is not None and inv.bom.triton_image is not None  # plan_fleet checked both
-    serving: ServingPlan = plan.serving.model_copy(
-        update={"model": fleet.model, "hf_repo": fleet.hf_repo, "revision": fleet.revision, "shape": None}
-    )
-    params = model_config(serving)
-    params = params.model_copy(
-        update={"parameters": {**params.parameters, "tensor_parallel": str(fleet.tensor_parallel)}}
-    )
+    serving: ServingPlan = plan.serving
+    layout_max = KV_LAYOUTS[fleet.model].max_context
     name = f"{fleet.model}-burst"
     return Workload(
         name=name,
@@ -550,9 +588,20 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         runtime_class=NVIDIA_RUNTIME,
         rdma=False,
         weights_gib=_weights_gib(fleet.model),
-        weights_storage_class=None,
+        cache_storage_class=None,
         autoscale_min=None,
         autoscale_max=None,
         queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
-        triton_config=params.pbtxt(),
+        # Any fleet type may take a pod: sized for the smallest GPU among them, no site overrides
+        # (they were checked against the site's own model).
+        engine=engine_args(
+            model=fleet.model,
+            hf_repo=fleet.hf_repo,
+            revision=fleet.revision,
+            gpus=[i.gpu for i in fleet.instances],
+            tensor_parallel=fleet.tensor_parallel,
+            nodes=1,
+            max_model_len=min(serving.max_model_len, layout_max),
+            overrides={},
+        ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gpufleet.model.catalog import SERVING_MODELS, ReplicaShape, replica_shape
+from gpufleet.model.catalog import GPUS_PER_NODE_MAX, SERVING_MODELS, ReplicaShape, replica_shape
 from gpufleet.model.checks import dominant_gpu
 from gpufleet.model.site import Burst, Inventory, Role
 from gpufleet.plan.node import Frozen, plan_node
@@ -53,6 +53,9 @@ class ServingPlan(Frozen):
     shape: ReplicaShape | None
     slo_queue_wait_p99_s: float
     slo_ttft_p99_s: float
+    max_model_len: int
+    engine_args: dict[str, bool | int | float | str]
+    canary_from: str | None  # the revision every replica but the canary keeps
 
 
 class BurstPlan(Frozen):
@@ -146,6 +149,9 @@ def _serving(inv: Inventory) -> ServingPlan | None:
         return None
     gpu = dominant_gpu(inv)
     shape = replica_shape(serving.model, gpu) if gpu else None
+    if shape is not None and serving.tensor_parallel is not None:
+        tp = serving.tensor_parallel
+        shape = ReplicaShape(gpu=shape.gpu, tensor_parallel=tp, nodes=max(1, tp // GPUS_PER_NODE_MAX))
     return ServingPlan(
         model=serving.model,
         hf_repo=SERVING_MODELS[serving.model].hf_repo,
@@ -154,6 +160,9 @@ def _serving(inv: Inventory) -> ServingPlan | None:
         shape=shape,
         slo_queue_wait_p99_s=serving.slo.queue_wait_p99_s,
         slo_ttft_p99_s=serving.slo.ttft_p99_s,
+        max_model_len=serving.max_model_len,
+        engine_args=serving.engine_args,
+        canary_from=serving.canary_from,
     )
 
 

@@ -1,13 +1,22 @@
-"""Triton model configuration for the served model, decided from the serving plan. Pure.
+"""Triton model repositories decided from the serving plan. Pure.
 
-The generated configuration batches dynamically (preferred batch sizes, a queue delay bounded
-by the SLO) and runs several instances per replica so one batch is prepared while another
-computes. `naive_model_config` is the baseline the serving benchmark compares against.
+Production: `vllm_repository`, what Triton's vLLM backend loads (`config.pbtxt` naming the
+backend, `1/model.json` holding the engine arguments of gpufleet.plan.engine). The engine
+schedules and batches itself (continuous batching), so Triton's dynamic batcher stays off.
+
+CPU test double: `double_model_config`, a small DeepSeek-V3-architecture model in Triton's
+Python backend (gpufleet/serving/backend/model.py), which the real `tritonserver` binary runs
+here in CI and behind the gateway tests. It batches dynamically (preferred batch sizes, a queue
+delay bounded by the SLO) with two instances per replica; `naive_double_config` is the baseline
+the serving benchmark compares against. What the double cannot show: vLLM's own scheduling,
+KV-cache pressure and multi-node ranks; the engine arguments are checked against vLLM's
+definitions instead (tests/unit/test_engine_args.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from gpufleet.plan.node import Frozen
 from gpufleet.plan.site import ServingPlan
@@ -80,7 +89,7 @@ LLM_INPUTS = [
 LLM_OUTPUTS = [TensorSpec(name="output_ids", data_type="TYPE_INT32", dims=[-1])]
 
 
-def model_config(
+def double_model_config(
     serving: ServingPlan,
     *,
     backend: str = "python",
@@ -103,11 +112,11 @@ def model_config(
     )
 
 
-def naive_model_config(
+def naive_double_config(
     serving: ServingPlan, *, backend: str = "python", kind: Literal["KIND_GPU", "KIND_CPU"] = "KIND_GPU"
 ) -> TritonModelConfig:
     """The usual first deployment: one instance, no dynamic batching (one request per execution)."""
-    return model_config(serving, backend=backend, kind=kind).model_copy(
+    return double_model_config(serving, backend=backend, kind=kind).model_copy(
         update={"instance_count": 1, "dynamic_batching": None}
     )
 
@@ -118,3 +127,21 @@ def _parameters(serving: ServingPlan) -> dict[str, str]:
         params["tensor_parallel"] = str(serving.shape.tensor_parallel)
         params["nodes_per_replica"] = str(serving.shape.nodes)
     return params
+
+
+def vllm_repository(name: str, engine: dict[str, Any]) -> dict[str, str]:
+    """Files of one model in Triton's repository, by path under `<repository>/<name>/`."""
+    config = "\n".join(
+        [
+            f'name: "{name}"',
+            'backend: "vllm"',
+            # The engine places itself on the GPUs (and ranks) its arguments name.
+            "instance_group [ { count: 1, kind: KIND_MODEL } ]",
+            # vLLM's own counters (queue, KV-cache use, TTFT) beside Triton's on /metrics.
+            'parameters { key: "REPORT_CUSTOM_METRICS" value: { string_value: "true" } }',
+        ]
+    )
+    return {
+        "config.pbtxt": config + "\n",
+        "1/model.json": json.dumps(engine, indent=2, sort_keys=True) + "\n",
+    }

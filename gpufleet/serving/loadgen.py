@@ -150,3 +150,34 @@ def run_load(
         t.join(duration_s + timeout)
     result.duration_s = max(duration_s, time.monotonic() - (deadline - duration_s))
     return result
+
+
+@dataclass
+class Reply:
+    status: int
+    served_by: str | None
+    retry_after: str | None
+    seconds: float
+
+
+def gateway_request(
+    url: str, model: str, key: str, prompt: list[int], max_tokens: int, priority: str | None = None
+) -> Reply:
+    """One request through the admission gateway with a tenant's API key; what it answered."""
+    conn = _connect(url, 120)
+    headers = {"Content-Type": "application/json", "X-Api-Key": key}
+    if priority:
+        headers["X-Priority"] = priority
+    start = time.monotonic()
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", infer_body(prompt, max_tokens), headers)
+        resp = conn.getresponse()
+        resp.read()
+        return Reply(
+            resp.status,
+            resp.getheader("X-Served-By"),
+            resp.getheader("Retry-After"),
+            time.monotonic() - start,
+        )
+    finally:
+        conn.close()

@@ -171,6 +171,7 @@ def test_triton_pods_are_scraped(name: str, graphs: dict[str, Graph]) -> None:
         for r in graphs[name].resources
         if r.type
         in ("kubernetes:apps/v1:Deployment", "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+        and r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "triton"
     ]
     if onprem == "lab":
         assert not workloads  # the lab serves nothing: the monitor waits for pods
@@ -294,6 +295,7 @@ def test_serving_workloads_are_awaited_as_long_as_they_take(name: str, graphs: d
         for r in graphs[name].resources
         if r.type
         in ("kubernetes:apps/v1:Deployment", "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+        and r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "triton"
     ]
     if name == "lab":
         assert not workloads

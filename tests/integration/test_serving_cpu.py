@@ -17,7 +17,7 @@ import pytest
 from gpufleet.inventory.load import load_inventory
 from gpufleet.plan import plan_site
 from gpufleet.plan.site import ServingPlan
-from gpufleet.plan.triton import model_config, naive_model_config
+from gpufleet.plan.triton import double_model_config, naive_double_config
 from gpufleet.serving.loadgen import infer, scrape
 from gpufleet.serving.repository import TINY, write_repository
 from gpufleet.serving.tritonserver import tritonserver
@@ -47,7 +47,7 @@ def _burst(url: str, model: str) -> list[list[int]]:
 
 
 def test_generated_config_is_served_and_batches(serving: ServingPlan, tmp_path: Path) -> None:
-    config = model_config(serving, kind="KIND_CPU")
+    config = double_model_config(serving, kind="KIND_CPU")
     write_repository(tmp_path / "repo", config, TINY)
     with tritonserver(tmp_path / "repo", tmp_path / "work") as server:
         assert urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=5).status == 200
@@ -76,7 +76,7 @@ def test_generated_config_is_served_and_batches(serving: ServingPlan, tmp_path: 
 
 
 def test_naive_config_runs_one_request_per_execution(serving: ServingPlan, tmp_path: Path) -> None:
-    config = naive_model_config(serving, kind="KIND_CPU")
+    config = naive_double_config(serving, kind="KIND_CPU")
     write_repository(tmp_path / "repo", config, TINY)
     with tritonserver(tmp_path / "repo", tmp_path / "work") as server:
         _burst(server.url, config.name)

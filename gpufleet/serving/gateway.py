@@ -1,0 +1,117 @@
+"""Run HAProxy (Debian's binary) with a rendered admission config on 127.0.0.1.
+
+For the admission tests and benchmark: the gateway production runs, in front of the real
+tritonserver. Started in its own session, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpufleet.plan.admission import (
+    METRICS_PATH,
+    AdmissionPlan,
+    Backend,
+    Tenant,
+    haproxy_cfg,
+    limits_map,
+    tenants_map,
+)
+
+
+def haproxy_binary() -> Path:
+    local = Path(sys.prefix) / "bin" / "haproxy"
+    found = local if local.is_file() else shutil.which("haproxy")
+    if found is None:
+        raise RuntimeError("haproxy not found: scripts/setup.sh unpacks Debian's into .venv/bin")
+    return Path(found)
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`haproxy -c`: HAProxy's own parser on a rendered configuration."""
+    return subprocess.run(
+        [str(haproxy_binary()), "-c", "-q", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+
+
+def write_config(
+    folder: Path, plan: AdmissionPlan, primary: Backend, fallback: Backend, keys: dict[str, Tenant], port: int
+) -> Path:
+    """haproxy.cfg and its two maps in `folder` (the maps hold API keys: mode 0600)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    maps = {"tenants.map": tenants_map(keys), "limits.map": limits_map(keys)}
+    for name, text in maps.items():
+        path = folder / name
+        path.touch(mode=0o600)
+        path.write_text(text)
+    config = folder / "haproxy.cfg"
+    config.write_text(
+        haproxy_cfg(
+            plan,
+            primary,
+            fallback,
+            bind=f"127.0.0.1:{port}",
+            tenants_map=str(folder / "tenants.map"),
+            limits_map=str(folder / "limits.map"),
+        )
+    )
+    return config
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + METRICS_PATH, timeout=10) as resp:
+            return str(resp.read().decode())
+
+
+@contextmanager
+def haproxy(config: Path, port: int, workdir: Path, ready_timeout: float = 30) -> Iterator[Gateway]:
+    """HAProxy in the foreground (-db) on a config that binds 127.0.0.1:`port`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "haproxy.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(haproxy_binary()), "-db", "-f", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    gateway = Gateway(process, port, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                gateway.metrics()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"haproxy exited with {process.returncode}; log: {log_path}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"haproxy not ready after {ready_timeout:.0f}s; log: {log_path}"
+                    ) from None
+                time.sleep(0.1)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)

@@ -1,0 +1,235 @@
+"""The serving objects as rendered: launch commands for dc1 (2x8 H100) and dc1-dr (8 H200),
+the LeaderWorkerSet against LWS's own CRD schema, the group-wide disruption budget, the model
+cache, and Triton's flags against the real tritonserver binary's --help.
+
+What these cannot see: Ray actually forming across pods, or the API server's defaulting; the
+scripts are checked as data and by bash's own parser (`bash -n`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from gpufleet.inventory.load import REPO_ROOT
+from gpufleet.inventory.stacks import Stack
+from gpufleet.plan.k8s import onprem_workload
+from gpufleet.plan.launch import RAY_PORT, tritonserver_args
+from gpufleet.plan.site import plan_site
+from gpufleet.preview.program import Graph, reveal
+from gpufleet.serving.tritonserver import _pytriton_root
+
+SHARED = next(p for p in (REPO_ROOT.parent / "shared", Path("/work/shared")) if p.is_dir())
+LWS_CRD = SHARED / "k8s" / "crds" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """The CRD's schema with unknown fields as errors (the API server would prune them silently)."""
+    out = dict(schema)
+    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["properties"] = {k: _closed(v) for k, v in out["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    if isinstance(out.get("items"), dict):
+        out["items"] = _closed(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _closed(out["additionalProperties"])
+    return out
+
+
+def _lws_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(LWS_CRD.read_text())
+    return _closed(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
+
+
+def _objects(graph: Graph, type_: str, app: str = "triton") -> list[dict[str, Any]]:
+    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy)."""
+    return [
+        reveal(r.inputs)
+        for r in graph.by_type(type_)
+        if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app
+    ]
+
+
+def test_dc1_replica_is_one_lws_group_forming_one_ray_cluster(graphs: dict[str, Graph]) -> None:
+    (lws,) = _objects(graphs["dc1-prod"], "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    jsonschema.validate(lws, _lws_schema())
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    assert lwt["size"] == 2 and lwt["restartPolicy"] == "RecreateGroupOnPodRestart"
+    leader = lwt["leaderTemplate"]["spec"]["containers"][0]
+    worker = lwt["workerTemplate"]["spec"]["containers"][0]
+    head, join = leader["command"][-1], worker["command"][-1]
+    assert f"ray start --head --port={RAY_PORT} --num-gpus=8" in head
+    assert '[ "$alive" -eq "$LWS_GROUP_SIZE" ]' in head
+    assert head.splitlines()[-1] == "exec " + " ".join(tritonserver_args())
+    assert head.index("ray start --head") < head.index("LWS_GROUP_SIZE") < head.index("exec tritonserver")
+    assert f'ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --num-gpus=8' in join and "--block" in join
+    assert "tritonserver" not in join and "ports" in worker and "readinessProbe" not in worker
+    # Ready only with every rank in the cluster, and with the model loaded.
+    ready = leader["readinessProbe"]["exec"]["command"][-1]
+    assert "/v2/health/ready" in ready and '-eq "$LWS_GROUP_SIZE"' in ready
+    for script in (head, join, ready):
+        subprocess.run(["bash", "-n", "-c", script], check=True, timeout=10)
+    # The model repository (config.pbtxt + 1/model.json) only where Triton runs.
+    assert any(m["mountPath"] == "/models/deepseek-r1" for m in leader["volumeMounts"])
+    assert not any(m["mountPath"].startswith("/models") for m in worker["volumeMounts"])
+
+
+def test_dc1_dr_replica_is_one_pod_running_triton(graphs: dict[str, Graph]) -> None:
+    graph = graphs["dc1-dr"]
+    assert not graph.by_type("kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment")
+    triton = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert triton["command"] == tritonserver_args()
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_the_disruption_budget_covers_whole_groups(name: str, graphs: dict[str, Graph]) -> None:
+    (pdb,) = _objects(graphs[name], "kubernetes:policy/v1:PodDisruptionBudget")
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert "leaderworkerset.sigs.k8s.io/worker-index" not in selector
+    workloads = _objects(graphs[name], "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    workloads += _objects(graphs[name], "kubernetes:apps/v1:Deployment")
+    (w,) = workloads
+    templates = (
+        [w["spec"]["template"]]
+        if "template" in w["spec"]
+        else [w["spec"]["leaderWorkerTemplate"][t] for t in ("leaderTemplate", "workerTemplate")]
+    )
+    for t in templates:
+        assert selector.items() <= t["metadata"]["labels"].items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_one_cache_download_per_site_and_read_only_replicas(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    inv = stacks[name].inventory
+    w = onprem_workload(inv, plan_site(inv))
+    assert w is not None
+    graph = graphs[name]
+    (claim,) = _objects(graph, "kubernetes:core/v1:PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "cephfs"
+    (job,) = _objects(graph, "kubernetes:batch/v1:Job")
+    fetch = job["spec"]["template"]["spec"]["containers"][0]
+    assert fetch["command"][-2:] == [w.hf_repo, inv.bom.model_revision]
+    assert job["metadata"]["name"].endswith(str(inv.bom.model_revision)[:12])
+    pods = [
+        r.inputs["spec"]
+        for r in graph.resources
+        if r.type.endswith(("LeaderWorkerSet", "apps/v1:Deployment"))
+        and r.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == "triton"
+    ]
+    specs = []
+    for spec in pods:
+        lwt = spec.get("leaderWorkerTemplate")
+        specs += (
+            [lwt["leaderTemplate"]["spec"], lwt["workerTemplate"]["spec"]]
+            if lwt
+            else [spec["template"]["spec"]]
+        )
+    for spec in specs:
+        weights = next(v for v in spec["volumes"] if v["name"] == "weights")
+        assert weights["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+        for c in spec["initContainers"] + spec["containers"]:
+            assert all(m["readOnly"] for m in c["volumeMounts"] if m["name"] == "weights")
+            assert "huggingface" not in str(c["command"]), "a serving pod downloads weights"
+        assert f"{inv.bom.model_revision}/.verified" in spec["initContainers"][0]["command"][-1]
+
+
+def test_tritonserver_knows_every_flag_the_pods_pass() -> None:
+    binary = _pytriton_root() / "bin" / "tritonserver"
+    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    for arg in tritonserver_args()[1:]:
+        assert (
+            f"{arg.split('=')[0]} " in text
+            or f"{arg.split('=')[0]}=" in text
+            or f"{arg.split('=')[0]} <" in text
+        ), arg
+
+
+def test_the_lws_schema_rejects_an_unknown_field(graphs: dict[str, Graph]) -> None:
+    (lws,) = _objects(graphs["dc1-prod"], "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    lws["spec"]["leaderWorkerTemplate"]["restartPolicyy"] = "None"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(lws, _lws_schema())
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
+    name: str, graphs: dict[str, Graph]
+) -> None:
+    from gpufleet.plan.admission import GATEWAY_IMAGE, TENANTS_SECRET
+
+    graph = graphs[name]
+    (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
+    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    text = config["data"]["haproxy.cfg"]
+    assert "server primary-0 deepseek-r1.serving.svc:8000" in text
+    assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == GATEWAY_IMAGE
+    assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
+        "volumes"
+    ]
+    assert service["spec"]["ports"][0]["port"] == 8080
+
+
+OLD = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from gpufleet.inventory.load import inventories_dir
+    from gpufleet.preview.program import evaluate_stack
+
+    shutil.copytree(inventories_dir(), tmp_path / "inventories")
+    nodes = tmp_path / "inventories" / "dc1" / "nodes.yaml"
+    doc = yaml.safe_load(nodes.read_text())
+    doc["site"]["serving"]["canary_from"] = OLD
+    nodes.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("GPUFLEET_INVENTORIES", str(tmp_path / "inventories"))
+    graph = evaluate_stack("dc1-prod")
+    new = doc["bom"]["model_revision"]
+    sets = {
+        o["metadata"]["name"]: o
+        for o in _objects(graph, "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    }
+    assert sorted(sets) == ["deepseek-r1", "deepseek-r1-canary"]
+    # The stable set's count is the HPA's (Pulumi leaves `replicas` out); the canary's is one.
+    assert "replicas" not in sets["deepseek-r1"]["spec"]
+    assert sets["deepseek-r1-canary"]["spec"]["replicas"] == 1
+    repos = {
+        o["metadata"]["name"]: o["data"]["1_model.json"]
+        for o in _objects(graph, "kubernetes:core/v1:ConfigMap")
+        if "1_model.json" in o["data"]
+    }
+    assert (
+        f"/{OLD}" in repos["deepseek-r1-model-repository"]
+        and f"/{new}" not in repos["deepseek-r1-model-repository"]
+    )
+    assert f"/{new}" in repos["deepseek-r1-canary-model-repository"]
+    # Both revisions are in the one cache volume, each fetched once; one Service serves both.
+    assert len(_objects(graph, "kubernetes:core/v1:PersistentVolumeClaim")) == 1
+    jobs = sorted(o["metadata"]["name"] for o in _objects(graph, "kubernetes:batch/v1:Job"))
+    assert jobs == [f"deepseek-r1-canary-fetch-{new[:12]}", f"deepseek-r1-fetch-{OLD[:12]}"]
+    (service,) = _objects(graph, "kubernetes:core/v1:Service")
+    for lws in sets.values():
+        labels = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+        assert {
+            k: v for k, v in service["spec"]["selector"].items() if "worker-index" not in k
+        }.items() <= labels.items()
+    (hpa,) = _objects(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "deepseek-r1"
