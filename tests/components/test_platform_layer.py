@@ -305,3 +305,46 @@ def test_serving_workloads_are_awaited_as_long_as_they_take(name: str, graphs: d
             assert annotations == {"pulumi.com/skipAwait": "true"}
         else:
             assert int(annotations["pulumi.com/timeoutSeconds"]) >= 1800  # the startup probe's budget
+
+
+def _waits_for(graph: Graph, r: Registration) -> set[str]:
+    """Every URN `r` waits for: its dependencies and its parents' (a child registers once its
+    parent has, and a component registers once what it depends on exists), what they wait for,
+    and a component's children."""
+    urns = {x.urn for x in graph.resources}
+    children: dict[str, list[str]] = {}
+    for x in graph.resources:
+        children.setdefault(x.parent, []).append(x.urn)
+    seen: set[str] = set()
+    todo = list(r.dependencies)
+    parent = r.parent
+    while parent in urns:
+        todo += graph.get(parent).dependencies
+        parent = graph.get(parent).parent
+    while todo:
+        urn = todo.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        todo += graph.get(urn).dependencies + children.get(urn, [])
+    return seen
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_namespaced_object_waits_for_its_namespace(name: str, graphs: dict[str, Graph]) -> None:
+    """The API server refuses an object whose namespace does not exist yet: each one the stacks
+    declare (in a namespace they create) waits for that Namespace, however long its release takes."""
+    graph = graphs[name]
+    namespaces = {
+        reveal(r.inputs)["metadata"]["name"]: r.urn for r in graph.by_type("kubernetes:core/v1:Namespace")
+    }
+    checked = 0
+    for r in graph.resources:
+        if not r.type.startswith("kubernetes:") or not r.custom or r.type.endswith(":Namespace"):
+            continue
+        ns = reveal(r.inputs).get("namespace") or (reveal(r.inputs).get("metadata") or {}).get("namespace")
+        if ns in namespaces:
+            assert namespaces[ns] in _waits_for(graph, r), (r.name, ns)
+            checked += 1
+    if name != "burst-prod":
+        assert checked > 0
