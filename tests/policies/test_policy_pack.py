@@ -121,6 +121,11 @@ def test_every_stack_passes_every_policy_but_the_unread_digest(name: str, record
     if _production(f"urn:pulumi:{name}::gpufleet::t::x") and image and "@sha256:" not in image:
         assert unpinned, "a production stack with a tag-only image must fail the digest rule"
         assert all(image.split(":")[0] in m for ms in unpinned.values() for m in ms)
+        for ms in unpinned.values():
+            # Once per container and image (an LWS's leader and worker templates name the same
+            # ones), saying where the digest goes and where it comes from.
+            assert len(ms) == len(set(ms)), ms
+            assert all("bom.triton_image" in m and "crane digest" in m for m in ms), ms
     else:
         assert unpinned == {}
 
