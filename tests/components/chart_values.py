@@ -85,10 +85,10 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         source=(
             "ceph/ceph-csi charts/ceph-csi-rbd/values.yaml: the snapshot read has no v3.13.1 tag; its default "
             "branch (2024-10-22, after 3.12) declares csiConfig l.36 (items: clusterID, monitors), "
-            "storageClass.create l.353, secret.create l.535"
+            "nodeplugin.tolerations l.158, storageClass.create l.353, secret.create l.535"
         ),
         keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
-        opaque=_k("csiConfig[].monitors"),
+        opaque=_k("csiConfig[].monitors", "nodeplugin.tolerations"),
     ),
     ("gpu-operator", "v25.3.4"): ChartFacts(
         source=(

@@ -12,7 +12,15 @@ import jsonschema
 import pytest
 
 from gpufleet.inventory.stacks import Stack, stack_names
-from gpufleet.plan.k8s import CNI_CHART, RDMA_RESOURCE, VPN_MTU, VXLAN_OVERHEAD, platform_charts
+from gpufleet.plan.k8s import (
+    CNI_CHART,
+    RDMA_RESOURCE,
+    VPN_MTU,
+    VXLAN_OVERHEAD,
+    onprem_workload,
+    platform_charts,
+)
+from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.preview.program import Graph, Registration, reveal
 from tests.components.chart_values import CHARTS, unknown_keys
@@ -348,3 +356,43 @@ def test_every_namespaced_object_waits_for_its_namespace(name: str, graphs: dict
             checked += 1
     if name != "burst-prod":
         assert checked > 0
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """Kubernetes' rule: an empty key with Exists matches every taint; else key, then value
+    (unless Exists), then effect (unless empty)."""
+    for t in tolerations:
+        exists = t.get("operator") == "Exists"
+        if t.get("key") not in (None, "", taint["key"]) or (not t.get("key") and not exists):
+            continue
+        if not exists and t.get("value", "") != taint.get("value", ""):
+            continue
+        if t.get("effect") in (None, "", taint["effect"]):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_the_rbd_node_plugin_runs_where_serving_mounts_rbd(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    """A pod's RBD volume is mounted by the ceph-csi node plugin on the pod's node: it must tolerate
+    every taint of the nodes serving runs on (GPU nodes), or the weights volume never mounts."""
+    found = releases(graphs[name])
+    inv = stacks[name].inventory
+    plan = plan_site(inv)
+    workload = onprem_workload(inv, plan)
+    if workload is None or workload.weights_storage_class is None:
+        assert "ceph-csi-rbd" in found or plan.ceph is None
+        return
+    tolerations = found["ceph-csi-rbd"].inputs["values"]["nodeplugin"]["tolerations"]
+    gpu_nodes = [n for n in inv.nodes if n.gpu]
+    assert gpu_nodes
+    for node in gpu_nodes:
+        for taint in plan_node(inv, node).registration_taints:
+            assert _tolerates(tolerations, taint.model_dump(mode="json")), (node.hostname, taint)
+    assert not _tolerates([], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
+    assert not _tolerates(
+        [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "x"}],
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+    )
