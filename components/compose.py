@@ -153,7 +153,7 @@ def onprem(stack: Stack) -> None:
                     config=gateway_cfg(gateway),
                     replicas=GATEWAY_REPLICAS,
                 ),
-                pulumi.ResourceOptions(providers=[platform.provider], depends_on=[serving]),
+                pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform, serving]),
             )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("joinToken", cluster.join_token)

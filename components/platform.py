@@ -119,8 +119,15 @@ class KubernetesPlatform(pulumi.ComponentResource):
                 kind=cr.kind,
                 metadata=k8s.meta.v1.ObjectMetaArgs(name=cr.name, namespace=cr.namespace),
                 spec=cr.spec,
+                # Its CRD's release, and its namespace (the API server refuses it before either).
                 opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=[self.releases[cr.needs]])
+                    child,
+                    pulumi.ResourceOptions(
+                        depends_on=[
+                            self.releases[cr.needs],
+                            *([namespaces[cr.namespace]] if cr.namespace in namespaces else []),
+                        ]
+                    ),
                 ),
             )
         k8s.scheduling.v1.PriorityClass(

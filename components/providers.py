@@ -134,7 +134,15 @@ class NodeProvider(ResourceProvider):
         # Out of the clusters first: drained (never past a disruption budget: a drain that cannot
         # finish fails the delete and keeps the node), deleted from Kubernetes, its OSDs purged once
         # Ceph can spare them. Wiping the bare metal is a human's call.
-        provisioning.remove_node(props["site"], _plan(props), DRAIN_TIMEOUT_S)
+        plan = _plan(props)
+        if "control-plane" in plan.roles:
+            # Nothing here removes an etcd member or a control plane's static pods.
+            raise RuntimeError(
+                f"{plan.hostname}: a control plane is not deleted by Pulumi: its etcd member and static "
+                "pods would stay; take it out of the control plane first (etcdctl member remove, kubeadm "
+                "reset on it), then `pulumi state delete` its Node"
+            )
+        provisioning.remove_node(props["site"], plan, DRAIN_TIMEOUT_S)
 
 
 class ClusterProvider(ResourceProvider):

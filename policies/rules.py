@@ -473,11 +473,18 @@ def _production(urn: str) -> bool:
 
 
 def images_by_digest(type_: str, props: Mapping[str, Any]) -> list[str]:
-    return [
-        f"container {c.get('name')}: image {c.get('image')!r} has no digest (@sha256:...)"
+    """Each unpinned container image once (an LWS's leader and worker templates repeat them), with
+    the way to pin it: every workload image comes from the site's BOM."""
+    unpinned = {
+        (str(c.get("name")), str(c.get("image") or "")): None
         for spec in _pod_specs(props)
         for c in _containers(spec)
         if not DIGEST.search(str(c.get("image") or ""))
+    }
+    return [
+        f"container {name}: image {image!r} has no digest: append the @sha256:<digest> its registry "
+        f"reports (`crane digest {image}`) to bom.triton_image in the site's nodes.yaml"
+        for name, image in unpinned
     ]
 
 

@@ -260,6 +260,9 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                 values={
                     "storageClass": {"create": False},
                     "secret": {"create": False},
+                    # The node plugin mounts RBD volumes wherever a pod uses one: GPU nodes too
+                    # (serving's weights), whose taints its default (none) does not tolerate.
+                    "nodeplugin": {"tolerations": _tolerate_all()},
                 },
             )
         )

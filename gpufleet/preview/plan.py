@@ -100,12 +100,30 @@ def leaf_changes(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
         for k in sorted(old.keys() | new.keys()):
             out += leaf_changes(old.get(k, _ABSENT), new.get(k, _ABSENT), _key(path, str(k)))
         return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [
-            c
-            for i, (o, n) in enumerate(zip(old, new, strict=True))
-            for c in leaf_changes(o, n, f"{path}[{i}]")
-        ]
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) == len(new):
+            return [
+                c
+                for i, (o, n) in enumerate(zip(old, new, strict=True))
+                for c in leaf_changes(o, n, f"{path}[{i}]")
+            ]
+        # Items added or removed (a security group's rules, a container's args): each item gone
+        # from the old list at its old index, each new one at its new index, a map's leaves one
+        # by one; items both lists hold are unchanged, wherever they moved.
+        kept = [json.dumps(v, sort_keys=True) for v in new]
+        gone = [json.dumps(v, sort_keys=True) for v in old]
+        out = []
+        for i, o in enumerate(old):
+            if json.dumps(o, sort_keys=True) in kept:
+                kept.remove(json.dumps(o, sort_keys=True))
+            else:
+                out += leaf_changes(o, {} if isinstance(o, dict) else _ABSENT, f"{path}[{i}]")
+        for j, n in enumerate(new):
+            if json.dumps(n, sort_keys=True) in gone:
+                gone.remove(json.dumps(n, sort_keys=True))
+            else:
+                out += leaf_changes({} if isinstance(n, dict) else _ABSENT, n, f"{path}[{j}]")
+        return out
     return [] if old == new else [(path, old, new)]
 
 

@@ -29,11 +29,13 @@ def _k(*keys: str) -> frozenset[str]:
 CHARTS: dict[tuple[str, str], ChartFacts] = {
     ("tigera-operator", "v3.29.2"): ChartFacts(
         source=(
-            "projectcalico/calico charts/tigera-operator/values.yaml (docs, not read at the tag): "
-            "`installation` is an operator.tigera.io/v1 Installation spec plus `enabled` "
-            "(https://docs.tigera.io/calico/latest/reference/installation/helm_customization, "
-            "https://docs.tigera.io/calico/latest/reference/installation/api#installationspec; "
-            "manifests/custom-resources.yaml at v3.29.2 for the ipPools fields)"
+            "projectcalico/calico v3.29.2 charts/tigera-operator (read at the tag): values.yaml installation l.8, "
+            ".enabled l.9; templates/crs/custom-resources.yaml makes the Installation's spec of `installation` "
+            "less `enabled`; crds/operator.tigera.io_installations_crd.yaml: spec.cni l.4498 (type enum Calico), "
+            "spec.calicoNetwork l.1061: bgp l.1065 (Enabled|Disabled), mtu l.1183, ipPools l.1088 (maxItems 25, "
+            "so an on-prem and a burst pool): blockSize l.1103, cidr l.1110, encapsulation l.1126 (VXLAN, "
+            "VXLANCrossSubnet, ...), name l.1138, natOutgoing l.1142, nodeSelector l.1150. The Installation CRD "
+            "is not among ../shared/k8s/crds, so the rendered spec is checked by these keys only"
         ),
         keys=_k(
             "installation.enabled",
@@ -83,10 +85,10 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         source=(
             "ceph/ceph-csi charts/ceph-csi-rbd/values.yaml: the snapshot read has no v3.13.1 tag; its default "
             "branch (2024-10-22, after 3.12) declares csiConfig l.36 (items: clusterID, monitors), "
-            "storageClass.create l.353, secret.create l.535"
+            "nodeplugin.tolerations l.158, storageClass.create l.353, secret.create l.535"
         ),
         keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
-        opaque=_k("csiConfig[].monitors"),
+        opaque=_k("csiConfig[].monitors", "nodeplugin.tolerations"),
     ),
     ("gpu-operator", "v25.3.4"): ChartFacts(
         source=(

@@ -236,6 +236,17 @@ def test_delete_takes_the_node_out_of_its_clusters(seam: list[Any]) -> None:
     assert seam == [("remove_node", ("dc1", PLAN, 1800.0))]
 
 
+def test_deleting_a_control_plane_is_refused_and_changes_nothing(seam: list[Any]) -> None:
+    """A drain and a deleted Node object leave a control plane's etcd member and static pods behind
+    (its kubelet still runs): the etcd cluster would count a member that is gone for good."""
+    cp = INV.node("cp03")
+    props = node_inputs("dc1", NodeSpec(cp.hostname, str(cp.management_ip), plan_node(INV, cp),
+                                        host_expectations(INV, cp), {}))  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"cp03: a control plane .*etcd member"):
+        NodeProvider().delete("dc1/cp03", props)
+    assert seam == []
+
+
 def test_cluster_refresh_reads_drift_in_check_mode_on_its_core_hosts(seam: list[Any]) -> None:
     provider = ClusterProvider("ceph", ("fsid", "client_key"))
     props = {"site": "dc1", "spec": {"pools": 2}, "digest": "a", "hosts": ["st01", "st02", "st03"]}

@@ -16,7 +16,7 @@ from gpufleet.cli import app
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.admission import GATEWAY_IMAGE
-from gpufleet.preview.plan import diff_graphs, policy_violations
+from gpufleet.preview.plan import _shown, diff_graphs, leaf_changes, policy_violations
 from gpufleet.preview.program import Graph, reveal
 
 runner = CliRunner()
@@ -244,3 +244,27 @@ def test_masked_manifests_are_still_valid_kubernetes_objects(tmp_path: Path) -> 
         obj = yaml.safe_load(manifest.read_text())
         if obj.get("kind") in ("Secret", "ConfigMap", "StorageClass", "Namespace"):
             kubernetes_validate.validate(obj, "1.31.0", strict=True)
+
+
+def test_a_list_that_grows_or_shrinks_shows_each_item_added_or_removed() -> None:
+    """A security group gaining rules used to read `ingress: [...] → [...]`, both cut to the same
+    first 100 characters: a reviewer saw no difference. Each added or removed item shows instead."""
+    ssh = {"fromPort": 22, "protocol": "tcp"}
+    bgp = {"fromPort": 179, "protocol": "tcp"}
+    vxlan = {"fromPort": 4789, "protocol": "udp"}
+    typha = {"fromPort": 5473, "protocol": "tcp"}
+    shown = [
+        (p, _shown(o), _shown(n))
+        for p, o, n in leaf_changes({"ingress": [ssh, bgp]}, {"ingress": [vxlan, ssh, typha]})
+    ]
+    assert shown == [
+        ("ingress[1].fromPort", "179", "(none)"),
+        ("ingress[1].protocol", "tcp", "(none)"),
+        ("ingress[0].fromPort", "(none)", "4789"),
+        ("ingress[0].protocol", "(none)", "udp"),
+        ("ingress[2].fromPort", "(none)", "5473"),
+        ("ingress[2].protocol", "(none)", "tcp"),
+    ]
+    assert [(p, _shown(o), _shown(n)) for p, o, n in leaf_changes(["a", "b"], ["a", "c", "b"], "args")] == [
+        ("args[1]", "(none)", "c")
+    ]

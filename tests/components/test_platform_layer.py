@@ -12,7 +12,15 @@ import jsonschema
 import pytest
 
 from gpufleet.inventory.stacks import Stack, stack_names
-from gpufleet.plan.k8s import CNI_CHART, RDMA_RESOURCE, VPN_MTU, VXLAN_OVERHEAD, platform_charts
+from gpufleet.plan.k8s import (
+    CNI_CHART,
+    RDMA_RESOURCE,
+    VPN_MTU,
+    VXLAN_OVERHEAD,
+    onprem_workload,
+    platform_charts,
+)
+from gpufleet.plan.node import plan_node
 from gpufleet.plan.site import plan_site
 from gpufleet.preview.program import Graph, Registration, reveal
 from tests.components.chart_values import CHARTS, unknown_keys
@@ -307,3 +315,86 @@ def test_serving_workloads_are_awaited_as_long_as_they_take(name: str, graphs: d
             assert annotations == {"pulumi.com/skipAwait": "true"}
         else:
             assert int(annotations["pulumi.com/timeoutSeconds"]) >= 1800  # the startup probe's budget
+
+
+def _waits_for(graph: Graph, r: Registration) -> set[str]:
+    """Every URN `r` waits for: its dependencies and its parents' (a child registers once its
+    parent has, and a component registers once what it depends on exists), what they wait for,
+    and a component's children."""
+    urns = {x.urn for x in graph.resources}
+    children: dict[str, list[str]] = {}
+    for x in graph.resources:
+        children.setdefault(x.parent, []).append(x.urn)
+    seen: set[str] = set()
+    todo = list(r.dependencies)
+    parent = r.parent
+    while parent in urns:
+        todo += graph.get(parent).dependencies
+        parent = graph.get(parent).parent
+    while todo:
+        urn = todo.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        todo += graph.get(urn).dependencies + children.get(urn, [])
+    return seen
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_namespaced_object_waits_for_its_namespace(name: str, graphs: dict[str, Graph]) -> None:
+    """The API server refuses an object whose namespace does not exist yet: each one the stacks
+    declare (in a namespace they create) waits for that Namespace, however long its release takes."""
+    graph = graphs[name]
+    namespaces = {
+        reveal(r.inputs)["metadata"]["name"]: r.urn for r in graph.by_type("kubernetes:core/v1:Namespace")
+    }
+    checked = 0
+    for r in graph.resources:
+        if not r.type.startswith("kubernetes:") or not r.custom or r.type.endswith(":Namespace"):
+            continue
+        ns = reveal(r.inputs).get("namespace") or (reveal(r.inputs).get("metadata") or {}).get("namespace")
+        if ns in namespaces:
+            assert namespaces[ns] in _waits_for(graph, r), (r.name, ns)
+            checked += 1
+    if name != "burst-prod":
+        assert checked > 0
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """Kubernetes' rule: an empty key with Exists matches every taint; else key, then value
+    (unless Exists), then effect (unless empty)."""
+    for t in tolerations:
+        exists = t.get("operator") == "Exists"
+        if t.get("key") not in (None, "", taint["key"]) or (not t.get("key") and not exists):
+            continue
+        if not exists and t.get("value", "") != taint.get("value", ""):
+            continue
+        if t.get("effect") in (None, "", taint["effect"]):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_the_rbd_node_plugin_runs_where_serving_mounts_rbd(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    """A pod's RBD volume is mounted by the ceph-csi node plugin on the pod's node: it must tolerate
+    every taint of the nodes serving runs on (GPU nodes), or the weights volume never mounts."""
+    found = releases(graphs[name])
+    inv = stacks[name].inventory
+    plan = plan_site(inv)
+    workload = onprem_workload(inv, plan)
+    if workload is None or workload.cache_storage_class is None:
+        assert "ceph-csi-rbd" in found or plan.ceph is None
+        return
+    tolerations = found["ceph-csi-rbd"].inputs["values"]["nodeplugin"]["tolerations"]
+    gpu_nodes = [n for n in inv.nodes if n.gpu]
+    assert gpu_nodes
+    for node in gpu_nodes:
+        for taint in plan_node(inv, node).registration_taints:
+            assert _tolerates(tolerations, taint.model_dump(mode="json")), (node.hostname, taint)
+    assert not _tolerates([], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
+    assert not _tolerates(
+        [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "x"}],
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+    )

@@ -123,6 +123,11 @@ def test_every_stack_passes_every_policy_but_the_unread_digest(name: str, record
         assert unpinned, "a production stack with a tag-only image must fail the digest rule"
         tag_only = (image, GATEWAY_IMAGE)
         assert all(any(i in m for i in tag_only) for ms in unpinned.values() for m in ms)
+        for ms in unpinned.values():
+            # Once per container and image (an LWS's leader and worker templates name the same
+            # ones), saying how to read the digest.
+            assert len(ms) == len(set(ms)), ms
+            assert all("crane digest" in m for m in ms), ms
     else:
         assert unpinned == {}
 
