@@ -15,6 +15,9 @@ from gpufleet.plan.site import CephPlan, KubernetesPlan
 
 CEPH_OUTPUTS = ("fsid", "client_key")
 KUBERNETES_OUTPUTS = ("kubeconfig", "join_token", "ca_cert_hash")
+# Life of the burst nodes' join token (the `--ttl` in playbooks/kubernetes_outputs.yml): minted
+# again by any `up` in its last REMINT_BEFORE_S, and the burst stack writes it to SSM.
+BURST_TOKEN_TTL_S = 24 * 3600
 
 
 def _digest(spec: dict[str, Any]) -> str:
@@ -39,7 +42,7 @@ class KubernetesCluster(Resource, module="gpufleet", name="KubernetesCluster"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         super().__init__(
-            ClusterProvider("kubernetes", KUBERNETES_OUTPUTS),
+            ClusterProvider("kubernetes", KUBERNETES_OUTPUTS, token_ttl_s=BURST_TOKEN_TTL_S),
             name,
             {**props, **dict.fromkeys(KUBERNETES_OUTPUTS)},
             opts,

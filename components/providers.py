@@ -8,6 +8,7 @@ to this importable module. The work itself goes through `components.provisioning
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any
 
 from pulumi.dynamic import (
@@ -40,6 +41,9 @@ def undo_pickler_wrapping() -> None:
 NODE_IDENTITY = ("site", "hostname")
 CLUSTER_IDENTITY = ("site",)
 JOINABLE = ("ceph", "kubernetes")
+# A cluster output that is a bootstrap token with a TTL is minted again by any `up` within this
+# long of its expiry (docs/security.md: run `up` more often than TTL minus this).
+REMINT_BEFORE_S = 12 * 3600
 # How long a deleted node's drain may wait on disruption budgets before the delete fails.
 DRAIN_TIMEOUT_S = 1800.0
 
@@ -149,11 +153,16 @@ class ClusterProvider(ResourceProvider):
     """A site-wide playbook (Ceph or Kubernetes) run through ansible-runner; its facts are outputs.
 
     It runs on the site's core `hosts` only (members join from their own Node); `read` runs the
-    playbook in check mode and reports what it would change as `drift`."""
+    playbook in check mode and reports what it would change as `drift`.
 
-    def __init__(self, playbook: str, outputs: tuple[str, ...]) -> None:
+    With `token_ttl_s`, the playbook mints a join token of that TTL on every run: the provider
+    stamps its expiry (`join_token_expires`, epoch seconds) and reports a change once it is
+    within REMINT_BEFORE_S of it, so the token is replaced before it lapses."""
+
+    def __init__(self, playbook: str, outputs: tuple[str, ...], token_ttl_s: int | None = None) -> None:
         self.playbook = playbook
         self.outputs = outputs
+        self.token_ttl_s = token_ttl_s
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(key, "required") for key in ("site", "spec", "digest") if not news.get(key)]
@@ -167,6 +176,9 @@ class ClusterProvider(ResourceProvider):
         # Drift found by `pulumi refresh`: run the playbook again.
         if olds.get("drift"):
             changed.append("drift")
+        expires = olds.get("join_token_expires")
+        if self.token_ttl_s is not None and (expires is None or time.time() >= expires - REMINT_BEFORE_S):
+            changed.append("join_token_expires")
         return DiffResult(
             changes=bool(replaces or changed),
             replaces=replaces,
@@ -179,6 +191,8 @@ class ClusterProvider(ResourceProvider):
         missing = [k for k in self.outputs if k not in facts]
         if missing:
             raise RuntimeError(f"playbook {self.playbook} exported no {', '.join(missing)}")
+        if self.token_ttl_s is not None:
+            facts["join_token_expires"] = time.time() + self.token_ttl_s
         return {**props, **facts, "drift": []}
 
     def create(self, props: dict[str, Any]) -> CreateResult:

@@ -11,6 +11,7 @@ from typing import Any
 
 import dill
 import pytest
+import yaml
 
 from components.onprem import NodeSpec, node_inputs
 from components.providers import ClusterProvider, NodeProvider
@@ -289,3 +290,41 @@ def test_a_member_node_holds_back_nothing_but_itself(graphs: dict[str, Graph], s
     for h in gpu:
         assert kube.urn in nodes[h].dependencies
         assert nodes[h].inputs["join"] == {"kubernetes": ["cp01", "cp02", "cp03"]}
+
+
+def test_the_burst_join_token_has_a_bounded_ttl_and_is_reminted_before_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14 item 4: no `--ttl 0`. The outputs playbook mints the token with the provider's
+    TTL; the provider stamps its expiry, and any `up` in the last REMINT_BEFORE_S of its life mints
+    a new one (the burst stack then writes it to the SSM SecureString)."""
+    from components import providers
+    from components.cluster import BURST_TOKEN_TTL_S, KUBERNETES_OUTPUTS
+
+    task = next(
+        t for t in yaml.safe_load((OUTPUT_PLAYBOOKS / "kubernetes_outputs.yml").read_text())[0]["tasks"]
+        if "token" in t.get("register", "")
+    )  # fmt: skip
+    argv = task["ansible.builtin.command"]["argv"]
+    assert argv[:3] == ["kubeadm", "token", "create"] and "--ttl" in argv
+    assert argv[argv.index("--ttl") + 1] == f"{BURST_TOKEN_TTL_S}s" and BURST_TOKEN_TTL_S <= 2 * 86400
+    assert task.get("no_log") is True
+
+    from components import provisioning
+
+    facts = {"kubeconfig": "k", "join_token": "abcdef.0123456789abcdef", "ca_cert_hash": "sha256:00"}
+    monkeypatch.setattr(provisioning, "converge_cluster", lambda *_: dict(facts))
+    now = [1_000_000.0]
+    monkeypatch.setattr(providers.time, "time", lambda: now[0])
+    provider = ClusterProvider("kubernetes", KUBERNETES_OUTPUTS, token_ttl_s=BURST_TOKEN_TTL_S)
+    props = {"site": "dc1", "spec": {"v": 1}, "digest": "a", "hosts": ["cp01"]}
+    made = provider.create(props).outs
+    assert made["join_token_expires"] == now[0] + BURST_TOKEN_TTL_S
+    assert provider.diff("id", made, props).changes is False
+    now[0] += BURST_TOKEN_TTL_S - providers.REMINT_BEFORE_S - 1
+    assert provider.diff("id", made, props).changes is False
+    now[0] += 2
+    remint = provider.diff("id", made, props)
+    assert remint.changes is True and remint.replaces == []
+    # A provider without a token (Ceph) stamps nothing and never re-runs for it.
+    assert "join_token_expires" not in ClusterProvider("ceph", ()).create(props).outs
