@@ -11,7 +11,7 @@ from enum import StrEnum
 from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpufleet.model.catalog import GPUModel, Interconnect
 from gpufleet.model.ssh import SshHostKey
@@ -24,6 +24,7 @@ from gpufleet.model.types import (
     DnsName,
     Endpoint,
     Hostname,
+    IndexUrl,
     LabelKey,
     LabelValue,
     Mountpoint,
@@ -31,9 +32,6 @@ from gpufleet.model.types import (
     Url,
     Version,
 )
-
-# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a keyring).
-IndexUrl = Annotated[str, StringConstraints(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s@]*)?$")]
 
 # Any string no field types more narrowly is still bounded.
 MAX_STR = 255

@@ -93,6 +93,11 @@ ENGINE_ARG_TYPES: dict[str, type] = {
     "enable_expert_parallel": bool,
     "enable_eplb": bool,
 }
+# String arguments vLLM reads from a fixed set (`CacheDType` in vllm/config/cache.py): anything
+# else fails every replica at load. tests/unit/test_engine_args.py checks them against the wheel.
+ENGINE_ARG_CHOICES: dict[str, tuple[str, ...]] = {
+    "kv_cache_dtype": ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"),
+}
 
 
 def weights_path(hf_repo: str, revision: str) -> str:
@@ -193,6 +198,8 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
             )
         elif type(value) is not want and not (want is float and type(value) is int):
             yield Problem((*where, "engine_args", key), f"vLLM takes {want.__name__}, got {value!r}")
+        elif key in ENGINE_ARG_CHOICES and value not in ENGINE_ARG_CHOICES[key]:
+            yield Problem((*where, "engine_args", key), f"one of {', '.join(ENGINE_ARG_CHOICES[key])}")
     if serving.canary_from is not None:
         if serving.canary_from == inv.bom.model_revision:
             yield Problem((*where, "canary_from"), "is bom.model_revision itself: nothing to compare against")

@@ -14,7 +14,7 @@ import pytest
 from gpufleet.inventory.load import load_inventory
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.aws import plan_burst
-from gpufleet.plan.engine import ENGINE_ARG_TYPES
+from gpufleet.plan.engine import ENGINE_ARG_CHOICES, ENGINE_ARG_TYPES
 from gpufleet.plan.k8s import burst_workload, onprem_workload
 from gpufleet.plan.site import plan_site
 from tests.vllm_definitions import Definitions, load, problems, wheel_path
@@ -82,6 +82,12 @@ def test_every_overridable_argument_is_vllms_with_its_type(defs: Definitions) ->
     samples = {int: 7, float: 0.5, bool: True, str: "fp8"}
     for key, kind in ENGINE_ARG_TYPES.items():
         assert problems({key: samples[kind]}, defs.engine, defs, "engine_args") == [], key
+    # A string a site may set comes from a fixed set, each of which vLLM accepts; a free string
+    # would reach every replica's engine unchecked.
+    assert {k for k, kind in ENGINE_ARG_TYPES.items() if kind is str} == set(ENGINE_ARG_CHOICES)
+    for key, choices in ENGINE_ARG_CHOICES.items():
+        for choice in choices:
+            assert problems({key: choice}, defs.engine, defs, "engine_args") == [], (key, choice)
 
 
 @pytest.mark.parametrize(
