@@ -310,7 +310,14 @@ def verify(
         table = Table("host", "part", "check", "result", "detail", title=f"verify {report.site}")
         style = {"passed": "green", "failed": "red", "skipped": "dim"}
         for r in shown:
-            table.add_row(r.host, r.part, r.check, f"[{style.get(r.outcome, '')}]{r.outcome}[/]", r.message)
+            # What a host printed is shown as text: `[/x]` in a check's output is not markup.
+            table.add_row(
+                r.host,
+                r.part,
+                Text(r.check),
+                Text(r.outcome, style=style.get(r.outcome, "")),
+                Text(r.message),
+            )
         out.print(table)
         counts = Counter(r.outcome for r in report.results if r.outcome != "skipped")
         ran = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no check ran"

@@ -306,3 +306,22 @@ def test_plan_node_prints_inventory_text_as_text(
     result = CliRunner().invoke(app, ["plan-node", "evil", dc1["nodes"][3]["hostname"]])
     assert result.exit_code == 0, result.output
     assert shown and "[/x][bold]x" in result.output
+
+
+def test_verify_prints_what_a_host_said_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check's message is what a host printed: `[/x]` there neither crashes the gate's table nor
+    styles itself as a pass."""
+    import gpufleet.verify as verify
+    from gpufleet.verify.runner import CheckResult, VerifyReport
+
+    said = "nvidia-smi: [/x][green]passed[/green]"
+    report = VerifyReport(
+        site="lab",
+        hosts=["gpu01"],
+        results=[CheckResult(host="gpu01", check="test_gpu[x]", part="gpu", outcome="failed", message=said)],
+        returncode=1,
+    )
+    monkeypatch.setattr(verify, "verify_site", lambda *_a, **_k: report)
+    result = CliRunner().invoke(app, ["verify", "lab", "--local", "--limit", "gpu01"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert said in result.output and "test_gpu[x]" in result.output
