@@ -325,3 +325,17 @@ def test_verify_prints_what_a_host_said_as_text(monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(app, ["verify", "lab", "--local", "--limit", "gpu01"])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert said in result.output and "test_gpu[x]" in result.output
+
+
+@pytest.mark.parametrize("name", ["[bold]x", "x $(id)", "x'y", "x\nPulumi.ok.yaml: fine", "a" * 101])
+def test_a_stack_name_has_pulumis_grammar(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack name is the file's name: Pulumi's grammar (A-Za-z0-9._-, <= 100), or exit 2 on one line."""
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / f"Pulumi.{name}.yaml").write_text(GOOD_STACK)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUFLEET_INVENTORIES", str(REPO / "inventories"))
+    result = CliRunner().invoke(app, ["stacks"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("stacks/") and "not a Pulumi stack name" in line, line
+    assert len(line) < 300
