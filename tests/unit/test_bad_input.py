@@ -154,7 +154,7 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "Python index over http",
         _set("site.package_sources.python_index", "http://pypi.dc1.example.internal/simple/"),
         "site.package_sources.python_index",
-        "should match pattern",
+        "not a Python index URL",
     ),
     (
         "probe torch for another CUDA",
