@@ -6,6 +6,7 @@ create/update/read converge real hosts through gpufleet.provision; they run agai
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gpufleet.inventory.load import load_inventory
 from gpufleet.kubeapi import NodeApi
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.node import READINESS_TAINT, NodePlan, plan_node
-from gpufleet.preview.program import Graph, reveal
+from gpufleet.preview.program import Graph, Secret, reveal
 from tests.k8sapi import KubeApiFake, kube_fake  # noqa: F401
 
 INV = load_inventory("dc1")
@@ -415,3 +416,110 @@ def test_a_member_is_admitted_once_its_gate_passed_and_it_joined(
     monkeypatch.setattr(provisioning, "join_cluster", lambda *a: None)
     NodeProvider().update("id", props, props)
     assert kube_fake.nodes[NODE.hostname]["spec"].get("unschedulable") is True
+
+
+def _upstream(graph: Graph, urn: str) -> set[str]:
+    """Everything `urn` waits for: its dependencies (a component: all its descendants) and its
+    provider's, transitively. A child does not wait for its parent's dependencies."""
+    by_urn = {r.urn: r for r in graph.resources}
+    children: dict[str, list[str]] = {}
+    for r in graph.resources:
+        children.setdefault(r.parent, []).append(r.urn)
+    out: set[str] = set()
+    todo = [urn]
+    while todo:
+        r = by_urn.get(todo.pop())
+        if r is None:
+            continue
+        waits = [*r.dependencies, *([r.provider.rsplit("::", 1)[0]] if r.provider else [])]
+        while waits:
+            dep = waits.pop()
+            if dep in out:
+                continue
+            out.add(dep)
+            todo.append(dep)
+            waits.extend(children.get(dep, []))
+    return out
+
+
+def _admitted_by(r: Any) -> set[str]:
+    """The hosts a resource admits when it completes (what the provider tests above show it does)."""
+    inputs = reveal(r.inputs)
+    if r.type.endswith(":KubernetesCluster"):
+        return set(inputs.get("admit") or {})
+    if r.type.endswith(":Node") and "kubernetes" in inputs["join"] and inputs.get("kubeconfig"):
+        return {inputs["hostname"]}
+    return set()
+
+
+def _tolerations(value: Any) -> list[dict[str, Any]]:
+    """Every toleration a release's values or an object's pod template gives, wherever it sits."""
+    if isinstance(value, dict):
+        found = [t for t in value.get("tolerations") or [] if isinstance(t, dict)]
+        return found + [t for k, v in value.items() if k != "tolerations" for t in _tolerations(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _tolerations(v)]
+    return []
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: Any) -> bool:
+    return any(
+        (t.get("key") in (None, "", taint.key) if t.get("operator") == "Exists" else t.get("key") == taint.key
+         and t.get("value", "") in ("", taint.value))
+        and t.get("effect") in (None, "", taint.effect)
+        for t in tolerations
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("stack", ["dc1-prod", "dc1-dr"])
+def test_every_awaited_pod_finds_a_node_it_tolerates_when_it_is_created(
+    graphs: dict[str, Graph], stack: str
+) -> None:
+    """The fault a first `pulumi up` hit: every node registers tainted `gpufleet.io/unverified`, and
+    nothing admitted them before the platform, so its `atomic` releases waited on Pending pods and
+    rolled back. For each awaited release and each non-GPU Deployment: some Kubernetes node must carry
+    only taints its pods tolerate, counting as admitted only the nodes whose admitting resource it
+    waits for. Cannot see: a chart's default tolerations, node selectors and affinity, resources."""
+    from gpufleet.plan.site import plan_site
+
+    graph = graphs[stack]
+    inv = load_inventory(graph.get(graph.by_type("pulumi-python:dynamic/gpufleet:KubernetesCluster")[0].urn)
+                         .inputs["site"])  # fmt: skip
+    k8s_hosts = {*plan_site(inv).kubernetes.control_planes, *plan_site(inv).kubernetes.workers}
+    plans = {h: plan_node(inv, inv.node(h)) for h in k8s_hosts}
+    awaited = [r for r in graph.by_type("kubernetes:helm.sh/v3:Release") if reveal(r.inputs).get("atomic")]
+    awaited += [
+        r for r in graph.by_type("kubernetes:apps/v1:Deployment")
+        if "nvidia.com/gpu" not in json.dumps(reveal(r.inputs)["spec"]["template"]["spec"].get("containers"))
+    ]  # fmt: skip
+    assert len(awaited) >= 8
+    unschedulable = []
+    for r in awaited:
+        admitted = {h for u in _upstream(graph, r.urn) for h in _admitted_by(graph.get(u))}
+        tolerations = _tolerations(reveal(r.inputs).get("values") or reveal(r.inputs).get("spec"))
+        fits = [
+            h for h, plan in plans.items()
+            if all(_tolerates(tolerations, t) for t in (plan.taints if h in admitted else plan.registration_taints))
+        ]  # fmt: skip
+        if not fits:
+            unschedulable.append(r.name)
+    assert unschedulable == []
+
+
+@pytest.mark.parametrize("stack", ["dc1-prod", "dc1-dr"])
+def test_the_platform_waits_for_the_control_planes_admission_and_for_no_member(
+    graphs: dict[str, Graph], stack: str
+) -> None:
+    graph = graphs[stack]
+    kube = graph.by_type("pulumi-python:dynamic/gpufleet:KubernetesCluster")[0]
+    assert set(reveal(kube.inputs)["admit"]) == set(kube.inputs["hosts"]) == {"cp01", "cp02", "cp03"}
+    members = [r for r in graph.by_type("pulumi-python:dynamic/gpufleet:Node") if r.inputs["join"]]
+    assert members and all(_admitted_by(m) == {m.inputs["hostname"]} for m in members
+                           if "kubernetes" in m.inputs["join"])  # fmt: skip
+    assert all(
+        isinstance(m.inputs["kubeconfig"], Secret) for m in members if "kubernetes" in m.inputs["join"]
+    )
+    for release in graph.by_type("kubernetes:helm.sh/v3:Release"):
+        upstream = _upstream(graph, release.urn)
+        assert kube.urn in upstream
+        assert not upstream & {m.urn for m in members}, "a member's failure would hold the platform back"
