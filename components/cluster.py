@@ -62,6 +62,8 @@ class ClusterRolesArgs:
     ceph_hosts: list[str]
     kubernetes_hosts: list[str]
     nodes: dict[str, pulumi.Resource]
+    # The control planes' planned labels: the cluster admits them after its playbook.
+    control_plane_labels: dict[str, dict[str, str]]
 
 
 class ClusterRoles(pulumi.ComponentResource):
@@ -89,10 +91,17 @@ class ClusterRoles(pulumi.ComponentResource):
             self.ceph_fsid = ceph.fsid
             self.ceph_client_key = pulumi.Output.secret(ceph.client_key)
         spec = args.kubernetes.model_dump(mode="json")
-        # Persistent volumes come from Ceph: the control plane is brought up after it.
+        # Persistent volumes come from Ceph: the control plane is brought up after it. It admits its
+        # control planes (their Nodes' gates have passed): the platform, which waits for it, runs there.
         k8s = KubernetesCluster(
             f"{name}-kubernetes",
-            {"site": args.site, "spec": spec, "digest": _digest(spec), "hosts": args.kubernetes_hosts},
+            {
+                "site": args.site,
+                "spec": spec,
+                "digest": _digest(spec),
+                "hosts": args.kubernetes_hosts,
+                "admit": args.control_plane_labels,
+            },
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[args.nodes[h] for h in args.kubernetes_hosts]

@@ -72,9 +72,8 @@ def onprem(stack: Stack) -> None:
         return NodeSpec(n.hostname, str(n.management_ip), plan_n, host_expectations(inv, n, plan_n), joins)
 
     # The core first; each cluster waits for its own core hosts only; members join after, each alone.
-    nodes = OnPremNodes(
-        "nodes", OnPremNodesArgs(site=site, nodes=[spec(n) for n in inv.nodes if n.hostname in roles.core])
-    )
+    core = [spec(n) for n in inv.nodes if n.hostname in roles.core]
+    nodes = OnPremNodes("nodes", OnPremNodesArgs(site=site, nodes=core))
     monitors = ceph_monitors(inv, plan)
     cluster = ClusterRoles(
         "cluster",
@@ -86,13 +85,22 @@ def onprem(stack: Stack) -> None:
             ceph_hosts=roles.ceph_hosts,
             kubernetes_hosts=roles.kubernetes_hosts,
             nodes=dict(nodes.nodes),
+            control_plane_labels={
+                s.hostname: s.plan.labels for s in core if s.hostname in roles.kubernetes_hosts
+            },
         ),
     )
     members = [spec(n) for n in inv.nodes if n.hostname in roles.joins]
     if members:
         joined = sorted({c for m in members for c in m.join})
         OnPremNodes(
-            "members", OnPremNodesArgs(site=site, nodes=members, after=[cluster.clusters[c] for c in joined])
+            "members",
+            OnPremNodesArgs(
+                site=site,
+                nodes=members,
+                after=[cluster.clusters[c] for c in joined],
+                kubeconfig=cluster.kubeconfig,
+            ),
         )
     ceph = None
     pool = rbd_pool(plan.ceph) if plan.ceph is not None else None
