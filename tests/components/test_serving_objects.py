@@ -167,7 +167,8 @@ def test_the_lws_schema_rejects_an_unknown_field(graphs: dict[str, Graph]) -> No
 def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     name: str, graphs: dict[str, Graph]
 ) -> None:
-    from gpufleet.plan.admission import GATEWAY_IMAGE, TENANTS_SECRET
+    from gpufleet.inventory.stacks import load_stack
+    from gpufleet.plan.admission import TENANTS_SECRET
 
     graph = graphs[name]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
@@ -177,7 +178,7 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert "server primary-0 deepseek-r1.serving.svc:8000" in text
     assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["containers"][0]["image"] == GATEWAY_IMAGE
+    assert pod["containers"][0]["image"] == load_stack(name).inventory.bom.gateway_image
     assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
         "volumes"
     ]
