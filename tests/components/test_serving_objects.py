@@ -234,3 +234,21 @@ def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
         }.items() <= labels.items()
     (hpa,) = _objects(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "deepseek-r1"
+    # One disruption budget over the stable groups and the canary's: with one each, a drain could
+    # take a stable replica and the canary at once (and the eviction API refuses a pod two select).
+    (pdb,) = _objects(graph, "kubernetes:policy/v1:PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    for lws in sets.values():
+        for t in ("leaderTemplate", "workerTemplate"):
+            labels = lws["spec"]["leaderWorkerTemplate"][t]["metadata"]["labels"]
+            assert _selects(pdb["spec"]["selector"], labels)
+    for job in _objects(graph, "kubernetes:batch/v1:Job"):
+        assert not _selects(pdb["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector with matchLabels and the Exists/DoesNotExist expressions these use."""
+    exprs = {"Exists": lambda k: k in labels, "DoesNotExist": lambda k: k not in labels}
+    return selector["matchLabels"].items() <= labels.items() and all(
+        exprs[e["operator"]](e["key"]) for e in selector.get("matchExpressions", [])
+    )
