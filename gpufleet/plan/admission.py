@@ -50,8 +50,6 @@ GATEWAY_PORT = 8080
 GATEWAY_DIR = "/usr/local/etc/haproxy"
 GATEWAY_MAPS = "/etc/gateway-tenants"
 TENANTS_SECRET = "gateway-tenants"
-# The official image of the release Debian packages, which the tests run.
-GATEWAY_IMAGE = "docker.io/library/haproxy:2.6.12"
 GATEWAY_REPLICAS = 2
 
 
