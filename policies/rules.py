@@ -25,6 +25,7 @@ from pulumi_policy import (
 )
 
 from gpufleet.model.errors import InputError
+from gpufleet.plan.admission import GATEWAY_IMAGE
 from gpufleet.plan.aws import ADMIN_PORTS, STAR_RESOURCE_ACTIONS, TRITON_PORTS
 
 REQUIRED_TAGS = ("site", "env", "owner", "cost-center")
@@ -472,9 +473,16 @@ def _production(urn: str) -> bool:
     return _environment(stack) not in ("lab", "dev", "staging")
 
 
+def _image_source(image: str) -> str:
+    """Where an image is pinned: the gateway's in the code, every other workload image in the BOM."""
+    if image == GATEWAY_IMAGE:
+        return "GATEWAY_IMAGE in gpufleet/plan/admission.py"
+    return "bom.triton_image in the site's nodes.yaml"
+
+
 def images_by_digest(type_: str, props: Mapping[str, Any]) -> list[str]:
     """Each unpinned container image once (an LWS's leader and worker templates repeat them), with
-    the way to pin it: every workload image comes from the site's BOM."""
+    the way to pin it and where."""
     unpinned = {
         (str(c.get("name")), str(c.get("image") or "")): None
         for spec in _pod_specs(props)
@@ -483,7 +491,7 @@ def images_by_digest(type_: str, props: Mapping[str, Any]) -> list[str]:
     }
     return [
         f"container {name}: image {image!r} has no digest: append the @sha256:<digest> its registry "
-        f"reports (`crane digest {image}`) to bom.triton_image in the site's nodes.yaml"
+        f"reports (`crane digest {image}`) to {_image_source(image)}"
         for name, image in unpinned
     ]
 

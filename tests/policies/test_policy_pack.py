@@ -128,6 +128,10 @@ def test_every_stack_passes_every_policy_but_the_unread_digest(name: str, record
             # ones), saying how to read the digest.
             assert len(ms) == len(set(ms)), ms
             assert all("crane digest" in m for m in ms), ms
+            # Each says where that image is pinned: the gateway's is not in the BOM.
+            for m in ms:
+                where = "gpufleet/plan/admission.py" if GATEWAY_IMAGE in m else "bom.triton_image"
+                assert where in m.rsplit(" to ", 1)[1], m
     else:
         assert unpinned == {}
 
