@@ -269,7 +269,7 @@ def register(app: typer.Typer) -> None:
         from gpufleet.provision.membership import drain, node_api
 
         with bad_input():
-            host = _site_host(site, host)
+            host = site_host(site, host)
             api = node_api(kubeconfig.expanduser())
         with api_errors(host):
             report = drain(api, host, timeout)
@@ -290,7 +290,7 @@ def register(app: typer.Typer) -> None:
         from gpufleet.provision.membership import admit, gate_of, node_api
 
         with bad_input():
-            host = _site_host(site, host)
+            host = site_host(site, host)
             inv = load_inventory(site)
             api = node_api(kubeconfig.expanduser())
         with api_errors(host):
@@ -320,9 +320,12 @@ def api_errors(host: str) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _site_host(site: str, host: str) -> str:
+def site_host(site: str, host: str) -> str:
+    """HOST as a node of SITE, or the same one-line error `plan-node` gives, listing the nodes."""
     inv = load_inventory(site)
     names = [n.hostname for n in inv.nodes]
     if host not in names:
-        raise InputError("argument HOST", [Problem((), f"{host!r} is not a node of {inv.site.name}")])
+        raise InputError(
+            f"argument HOST ({site})", [Problem((), f"no node {host!r}; nodes: {', '.join(names)}")]
+        )
     return host
