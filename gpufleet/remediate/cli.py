@@ -123,10 +123,12 @@ def admit(
 ) -> None:
     """Run the admission gate on HOST; only if it passes, lift the taint and uncordon (exit 1 otherwise)."""
     from gpufleet.cli import bad_input, out
+    from gpufleet.provision.cli import site_host
     from gpufleet.remediate.controller import Remediator
     from gpufleet.verify import verify_site
 
     with bad_input():
+        site_host(site, host)
         report = verify_site(site, [host], local=local)
     if not report.ok:
         failed = (
