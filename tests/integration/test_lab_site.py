@@ -299,11 +299,23 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
     "schema": [(["schema", "--out", "{tmp}/nodes.schema.json"], 0, "wrote")],
     "stacks": [(["stacks"], 0, "burst-prod")],
     "plan": [(["plan", "lab", "--out", "{tmp}/plan"], 0, "")],
+    # The lab runs no Kubernetes, and a new user has no kubeconfig: one line saying so.
+    "drain": [(["drain", "lab", "lab-st1"], 2, "--kubeconfig")],
+    "admit": [(["admit", "lab", "lab-st1"], 2, "--kubeconfig")],
     "burst simulate": [(["burst", "simulate"], 0, "oracle")],
     # No Pulumi CLI on this machine: the controller says so in one line (bad input, exit 2).
     "burst run": [
         (["burst", "run", "burst-prod", "--iterations", "1"], 2, "the Pulumi CLI is not installed")
     ],
+    "serving promote": [
+        (
+            ["serving", "promote", "dc1-prod", "--triton-metrics", "http://127.0.0.1:9/metrics", "--dry-run"],
+            2,
+            "no canary in progress",
+        )
+    ],
+    "serving rollback": [(["serving", "rollback", "dc1-prod", "--dry-run"], 2, "bom.model_revision")],
+    "remediate run": [(["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log")],
     "verify": [
         (["verify", "lab"], 0, "checks ran"),
         (["verify", "lab", "--verbose"], 0, "not in this host's plan"),
