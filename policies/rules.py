@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -456,8 +457,14 @@ def securestring_customer_key(type_: str, props: Mapping[str, Any]) -> list[str]
     return []
 
 
-@cache
 def _environment(stack: str) -> str | None:
+    # Keyed by where inventories and stacks are read from, so a run that moved them (a test's
+    # GPUFLEET_INVENTORIES or working directory) never answers from another place's cache.
+    return _environment_at(stack, os.environ.get("GPUFLEET_INVENTORIES", ""), os.getcwd())
+
+
+@cache
+def _environment_at(stack: str, _inventories: str, _cwd: str) -> str | None:
     from gpufleet.inventory.stacks import load_stack
 
     try:
