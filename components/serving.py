@@ -16,6 +16,7 @@ from gpufleet.plan.admission import (
     GATEWAY_MAPS,
     GATEWAY_PORT,
     METRICS_PATH,
+    METRICS_PORT,
     TENANTS_SECRET,
 )
 from gpufleet.plan.engine import WEIGHTS_ROOT, weights_path
@@ -457,9 +458,12 @@ class AdmissionGateway(pulumi.ComponentResource):
                                 "name": "haproxy",
                                 "image": args.image,
                                 "args": ["-db", "-f", f"{GATEWAY_DIR}/haproxy.cfg"],
-                                "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                                "ports": [
+                                    {"name": "http", "containerPort": GATEWAY_PORT},
+                                    {"name": "metrics", "containerPort": METRICS_PORT},
+                                ],
                                 "readinessProbe": {
-                                    "httpGet": {"path": METRICS_PATH, "port": "http"},
+                                    "httpGet": {"path": METRICS_PATH, "port": "metrics"},
                                     "periodSeconds": 5,
                                 },
                                 "resources": {

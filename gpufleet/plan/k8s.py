@@ -365,15 +365,20 @@ def nic_cluster_policy(inv: Inventory) -> CustomResource | None:
 
 
 def triton_pod_monitor() -> CustomResource:
-    """Prometheus scrapes every Triton pod (on-prem and burst) on its metrics port: the HPA's
-    metric, the queue-wait alert and the burst controller's signal all come from here."""
+    """Prometheus scrapes every Triton pod (on-prem and burst) and the admission gateway's on
+    their `metrics` port: the HPA's metric, the queue-wait alert and the burst controller's
+    signal (the gateway's shed and degraded rates among it) all come from here."""
     return CustomResource(
         name="triton",
         api_version="monitoring.coreos.com/v1",
         kind="PodMonitor",
         namespace=SERVING_NAMESPACE,
         spec={
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
+            "selector": {
+                "matchExpressions": [
+                    {"key": "app.kubernetes.io/name", "operator": "In", "values": ["triton", "haproxy"]}
+                ]
+            },
             "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
         },
         needs="kube-prometheus-stack",

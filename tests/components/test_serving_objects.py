@@ -168,7 +168,7 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     name: str, graphs: dict[str, Graph]
 ) -> None:
     from gpufleet.inventory.stacks import load_stack
-    from gpufleet.plan.admission import TENANTS_SECRET
+    from gpufleet.plan.admission import METRICS_PATH, TENANTS_SECRET
 
     graph = graphs[name]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
@@ -179,6 +179,17 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == load_stack(name).inventory.bom.gateway_image
+    # Prometheus scrapes the gateway (the shed and degraded rates the burst controller reads) on
+    # the exporter's own port, which the API frontend does not serve.
+    (monitor,) = [reveal(r.inputs) for r in graph.by_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")]
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert expr["operator"] == "In" and labels[expr["key"]] in expr["values"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (port,) = [p for p in pod["containers"][0]["ports"] if p["name"] == endpoint["port"]]
+    assert f"bind :{port['containerPort']}" in text and endpoint["path"] == METRICS_PATH
+    api = text.split("frontend api", 1)[1].split("\nbackend", 1)[0]
+    assert "prometheus-exporter" not in api
     assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
         "volumes"
     ]
