@@ -224,8 +224,8 @@ def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
     fs = json.loads(ssh(mon, f"ceph fs get {ceph.filesystem.name} --format json"))["mdsmap"]
     print(ssh(mon, "ceph health detail"), ssh(mon, "ceph fs status"), sep="\n")
     assert [i["state"] for i in fs["info"].values()] == ["up:active"], fs["info"]
-    assert fs["data_pools"] == [pools[ceph.filesystem.data_pool]["pool"]]
-    assert fs["metadata_pool"] == pools[ceph.filesystem.metadata_pool]["pool"]
+    assert fs["data_pools"] == [pools[ceph.filesystem.data_pool]["pool_id"]]
+    assert fs["metadata_pool"] == pools[ceph.filesystem.metadata_pool]["pool_id"]
     mds = json.loads(ssh(mon, "ceph fs dump --format json"))
     assert sorted([s["name"] for s in mds["standbys"]] + [i["name"] for i in fs["info"].values()]) == sorted(
         ceph.mdss
