@@ -104,9 +104,19 @@ def onprem(stack: Stack) -> None:
         )
     ceph = None
     pool = rbd_pool(plan.ceph) if plan.ceph is not None else None
-    if pool is not None and cluster.ceph_fsid is not None and cluster.ceph_client_key is not None:
+    if (
+        plan.ceph is not None
+        and pool is not None
+        and cluster.ceph_fsid is not None
+        and cluster.ceph_client_key is not None
+    ):
         ceph = CephStorage(
-            fsid=cluster.ceph_fsid, client_key=cluster.ceph_client_key, monitors=monitors, pool=pool
+            fsid=cluster.ceph_fsid,
+            client_key=cluster.ceph_client_key,
+            monitors=monitors,
+            pool=pool,
+            fs_name=plan.ceph.filesystem.name,
+            fs_pool=plan.ceph.filesystem.data_pool,
         )
     platform = KubernetesPlatform(
         "platform",

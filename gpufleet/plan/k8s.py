@@ -23,6 +23,7 @@ from gpufleet.plan.triton import vllm_repository
 SERVING_NAMESPACE = "serving"
 MONITORING_NAMESPACE = "monitoring"
 CEPH_CSI_NAMESPACE = "ceph-csi-rbd"
+CEPHFS_CSI_NAMESPACE = "ceph-csi-cephfs"
 STORAGE_CLASS = "ceph-rbd"
 PRIORITY_CLASS = "gpufleet-serving"
 PRIORITY_VALUE = 1_000_000
@@ -262,6 +263,21 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                     "secret": {"create": False},
                     # The node plugin mounts RBD volumes wherever a pod uses one: GPU nodes too
                     # (serving's weights), whose taints its default (none) does not tolerate.
+                    "nodeplugin": {"tolerations": _tolerate_all()},
+                },
+            )
+        )
+        charts.append(
+            Chart(
+                name="ceph-csi-cephfs",
+                namespace=CEPHFS_CSI_NAMESPACE,
+                repo="https://ceph.github.io/csi-charts",
+                chart="ceph-csi-cephfs",
+                version="3.13.1",
+                values={
+                    "storageClass": {"create": False},
+                    "secret": {"create": False},
+                    # It mounts the model cache on the GPU nodes serving runs on.
                     "nodeplugin": {"tolerations": _tolerate_all()},
                 },
             )

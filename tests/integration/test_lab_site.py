@@ -221,8 +221,19 @@ def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
         assert (have["size"], have["min_size"], have["pg_num"]) == (want.size, want.min_size, want.pg_num)
         assert rules[have["crush_rule"]] == want.crush_rule
         assert want.application in have["application_metadata"]
+    fs = json.loads(ssh(mon, f"ceph fs get {ceph.filesystem.name} --format json"))["mdsmap"]
+    print(ssh(mon, "ceph health detail"), ssh(mon, "ceph fs status"), sep="\n")
+    assert [i["state"] for i in fs["info"].values()] == ["up:active"], fs["info"]
+    assert fs["data_pools"] == [pools[ceph.filesystem.data_pool]["pool_id"]]
+    assert fs["metadata_pool"] == pools[ceph.filesystem.metadata_pool]["pool_id"]
+    mds = json.loads(ssh(mon, "ceph fs dump --format json"))
+    assert sorted([s["name"] for s in mds["standbys"]] + [i["name"] for i in fs["info"].values()]) == sorted(
+        ceph.mdss
+    )
+    assert not {"MDS_ALL_DOWN", "FS_DEGRADED", "MDS_INSUFFICIENT_STANDBY"} & set(status["health"]["checks"])
     keyring = Path(SUITE_ENV["GPUFLEET_OUT"]) / "lab" / "ceph.client.kubernetes.keyring"
     assert keyring.stat().st_mode & 0o777 == 0o600 and "[client.kubernetes]" in keyring.read_text()
+    assert f"allow rw tag cephfs data={ceph.filesystem.name}" in keyring.read_text()
 
 
 def test_cluster_ceph_again_changes_nothing_and_kubernetes_runs_in_check_mode() -> None:
