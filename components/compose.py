@@ -109,14 +109,15 @@ def onprem(stack: Stack) -> None:
         and pool is not None
         and cluster.ceph_fsid is not None
         and cluster.ceph_client_key is not None
+        and cluster.ceph_cephfs_client_key is not None
     ):
         ceph = CephStorage(
             fsid=cluster.ceph_fsid,
             client_key=cluster.ceph_client_key,
+            cephfs_client_key=cluster.ceph_cephfs_client_key,
             monitors=monitors,
             pool=pool,
             fs_name=plan.ceph.filesystem.name,
-            fs_pool=plan.ceph.filesystem.data_pool,
         )
     platform = KubernetesPlatform(
         "platform",

@@ -16,6 +16,11 @@ MAX_MONS = 5
 CEPHFS_NAME = "models"
 # Metadata is small: a quarter of the data pool's PGs, at least this many.
 CEPHFS_META_MIN_PGS = 8
+# The Ceph clients the CSI drivers use, one per driver, each scoped to what its driver provisions.
+RBD_CLIENT = "kubernetes"
+CEPHFS_CLIENT = "kubernetes-cephfs"
+# The subvolume group ceph-csi's CephFS driver provisions in (its default, csiConfig[].cephFS).
+CEPHFS_GROUP = "csi"
 
 
 class CrushRule(Frozen):
@@ -38,6 +43,13 @@ class FilesystemPlan(Frozen):
     data_pool: str
 
 
+class CephClientPlan(Frozen):
+    """A cephx client: `ceph auth get-or-create client.<name>` with these capabilities."""
+
+    name: str
+    caps: dict[str, str]  # daemon type (mon, mgr, osd, mds) -> its capability string
+
+
 class CephPlan(Frozen):
     release: str
     mons: list[str]
@@ -47,6 +59,7 @@ class CephPlan(Frozen):
     crush_rules: list[CrushRule]
     pools: list[PoolPlan]
     filesystem: FilesystemPlan
+    clients: list[CephClientPlan]
 
 
 class KubernetesPlan(Frozen):
@@ -147,7 +160,34 @@ def _ceph(inv: Inventory) -> CephPlan | None:
         crush_rules=[CrushRule(name=f"replicated-{d}", failure_domain=d) for d in rules],
         pools=pools,
         filesystem=fs,
+        clients=_csi_clients(pools, fs),
     )
+
+
+def _csi_clients(pools: list[PoolPlan], fs: FilesystemPlan) -> list[CephClientPlan]:
+    """ceph-csi's capabilities (docs/capabilities.md at v3.12.2), each client on its own resource:
+    the RBD driver's on the site's RBD pools; the CephFS driver's on the one file system only: its
+    pools by their `cephfs` tags, its map, its metadata under /volumes (read) and /volumes/csi (the
+    subvolume group it writes), and the mgr's volumes module (`allow rw`, which the subvolume
+    commands need)."""
+    rbd = [p.name for p in pools if p.application == "rbd"]
+    cephfs = CephClientPlan(
+        name=CEPHFS_CLIENT,
+        caps={
+            "mon": f"allow r fsname={fs.name}",
+            "mgr": "allow rw",
+            "osd": f"allow rw tag cephfs metadata={fs.name}, allow rw tag cephfs data={fs.name}",
+            "mds": f"allow r fsname={fs.name} path=/volumes, allow rws fsname={fs.name} path=/volumes/{CEPHFS_GROUP}",
+        },
+    )
+    if not rbd:
+        return [cephfs]
+    caps = {
+        "mon": "profile rbd",
+        "mgr": "profile rbd",
+        "osd": ", ".join(f"profile rbd pool={p}" for p in rbd),
+    }
+    return [CephClientPlan(name=RBD_CLIENT, caps=caps), cephfs]
 
 
 def _pg_num(osds: int, size: int, pools: int) -> int:

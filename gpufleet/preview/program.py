@@ -204,7 +204,10 @@ def _playbook_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, 
     if typ.endswith(":CephCluster"):
         return {
             "fsid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
-            "client_key": "AQ" + hashlib.sha256(name.encode()).hexdigest()[:38] + "==",
+            **{
+                key: "AQ" + hashlib.sha256(f"{name}/{key}".encode()).hexdigest()[:38] + "=="
+                for key in ("client_key", "cephfs_client_key")
+            },
         }
     if typ.endswith(":KubernetesCluster"):
         endpoint = inputs["spec"]["control_plane_endpoint"]

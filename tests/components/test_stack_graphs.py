@@ -71,8 +71,9 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                 any(n.nics.rdma for n in inv.nodes if n.gpu)
             ),
             "kubernetes:core/v1:ConfigMap": 1,
-            "kubernetes:core/v1:Secret": int(storage),
-            "kubernetes:storage.k8s.io/v1:StorageClass": int(storage),
+            # One Secret and one StorageClass per CSI driver (RBD, CephFS).
+            "kubernetes:core/v1:Secret": 2 * int(storage),
+            "kubernetes:storage.k8s.io/v1:StorageClass": 2 * int(storage),
         }
     )
     workload = onprem_workload(inv, plan)
@@ -253,10 +254,12 @@ def test_secrets_stay_secret(name: str, graphs: dict[str, Graph]) -> None:
     else:
         cluster = one(graph, "pulumi-python:dynamic/gpufleet:KubernetesCluster")
         assert sorted(cluster.additional_secret_outputs) == ["join_token", "kubeconfig"]
-        secret = one(graph, "kubernetes:core/v1:Secret")
-        assert isinstance(secret.inputs["stringData"], Secret)
+        csi_secrets = graph.by_type("kubernetes:core/v1:Secret")
+        assert len(csi_secrets) == 2 and all(isinstance(s.inputs["stringData"], Secret) for s in csi_secrets)
         ceph = one(graph, "pulumi-python:dynamic/gpufleet:CephCluster")
-        assert ceph.additional_secret_outputs == ["client_key"]
+        assert sorted(ceph.additional_secret_outputs) == ["cephfs_client_key", "client_key"]
+        keys = [reveal(s.inputs["stringData"]).get(k) for s in csi_secrets for k in ("userKey", "adminKey")]
+        assert len({k for k in keys if k}) == 2  # each driver its own client's key, neither in clear
         provider = one(graph, "pulumi:providers:kubernetes")
         assert isinstance(provider.inputs["kubeconfig"], Secret)
 
@@ -326,8 +329,8 @@ def test_platform_releases_are_pinned_and_leave_the_host_driver_to_pyinfra(
     if "ceph-csi-rbd" in releases:
         csi = releases["ceph-csi-rbd"].inputs["values"]["csiConfig"][0]
         assert csi["clusterID"] == graphs[name].outputs["cephFsid"]
-        storage = one(graphs[name], "kubernetes:storage.k8s.io/v1:StorageClass")
-        assert storage.inputs["parameters"]["clusterID"] == graphs[name].outputs["cephFsid"]
+        for storage in graphs[name].by_type("kubernetes:storage.k8s.io/v1:StorageClass"):
+            assert storage.inputs["parameters"]["clusterID"] == graphs[name].outputs["cephFsid"]
 
 
 @pytest.mark.parametrize("name", ONPREM)
