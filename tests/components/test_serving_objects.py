@@ -196,6 +196,74 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert service["spec"]["ports"][0]["port"] == 8080
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions, all four operators)."""
+    ops = {
+        "In": lambda k, v: k in labels and labels[k] in v,
+        "NotIn": lambda k, v: k not in labels or labels[k] not in v,
+        "Exists": lambda k, v: k in labels,
+        "DoesNotExist": lambda k, v: k not in labels,
+    }
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        ops[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", [])
+    )
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_prometheus_scrapes_the_gateway_exporter_on_its_own_port(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    """The PodMonitor is what the Prometheus operator's CRD accepts; it selects exactly the Triton
+    and gateway pods of its namespace; each of them names the endpoint's port; the gateway's is
+    the exporter's own bind, which the API frontend never serves; the Service's and probes' port
+    names are the container's."""
+    from gpufleet.plan.admission import GATEWAY_PORT, METRICS_PATH
+    from tests.crds import validate_custom
+
+    graph = graphs[name]
+    (monitor,) = [reveal(r.inputs) for r in graph.by_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")]
+    validate_custom(monitor, stacks[name].inventory.bom.kubernetes)
+    for bad in ({"port": 8404}, {"port": "metrics", "portname": "metrics"}):
+        wrong = {**monitor, "spec": {**monitor["spec"], "podMetricsEndpoints": [bad]}}
+        with pytest.raises(jsonschema.ValidationError):
+            validate_custom(wrong, stacks[name].inventory.bom.kubernetes)
+    templates = []
+    for r in graph.resources:
+        obj = reveal(r.inputs) if r.type.startswith("kubernetes:") else {}
+        spec = obj.get("spec", {}) if isinstance(obj.get("spec"), dict) else {}
+        if obj.get("metadata", {}).get("namespace") != monitor["metadata"]["namespace"]:
+            continue
+        if "template" in spec:
+            templates.append(spec["template"])
+        elif "leaderWorkerTemplate" in spec:
+            templates += [spec["leaderWorkerTemplate"][t] for t in ("leaderTemplate", "workerTemplate")]
+    selected = [t for t in templates if _selects(monitor["spec"]["selector"], t["metadata"]["labels"])]
+    apps = sorted({t["metadata"]["labels"]["app.kubernetes.io/name"] for t in selected})
+    assert apps == ["haproxy", "triton"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == METRICS_PATH
+    for t in selected:
+        ports = {p["name"]: p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        # What serves (an `http` port) exports on the endpoint's port; an LWS worker (Ray only)
+        # and the model-cache Job have no such port, so Prometheus makes no target of them.
+        assert (endpoint["port"] in ports) == ("http" in ports), t["metadata"]["labels"]
+    (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
+    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    text = config["data"]["haproxy.cfg"]
+    frontends = {block.split("\n", 1)[0].strip(): block for block in text.split("\nfrontend ")[1:]}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert f"bind :{ports[endpoint['port']]}" in frontends["metrics"]
+    assert "prometheus-exporter" in frontends["metrics"] and "prometheus-exporter" not in frontends["api"]
+    assert f"bind :{ports['http']}" in frontends["api"] and ports["http"] == GATEWAY_PORT
+    assert ports[endpoint["port"]] != ports["http"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [
+        "http"
+    ]  # the exporter stays in the cluster's pods
+    assert container["readinessProbe"]["httpGet"]["port"] in ports
+
+
 OLD = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -255,11 +323,3 @@ def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
             assert _selects(pdb["spec"]["selector"], labels)
     for job in _objects(graph, "kubernetes:batch/v1:Job"):
         assert not _selects(pdb["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
-
-
-def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A label selector with matchLabels and the Exists/DoesNotExist expressions these use."""
-    exprs = {"Exists": lambda k: k in labels, "DoesNotExist": lambda k: k not in labels}
-    return selector["matchLabels"].items() <= labels.items() and all(
-        exprs[e["operator"]](e["key"]) for e in selector.get("matchExpressions", [])
-    )
