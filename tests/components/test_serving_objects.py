@@ -19,7 +19,13 @@ import yaml
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import Stack
 from gpufleet.plan.k8s import onprem_workload
-from gpufleet.plan.launch import RAY_PORT, tritonserver_args
+from gpufleet.plan.launch import (
+    RAY_PORT,
+    leader_command,
+    leader_ready_command,
+    tritonserver_args,
+    worker_command,
+)
 from gpufleet.plan.site import plan_site
 from gpufleet.preview.program import Graph, reveal
 from gpufleet.serving.tritonserver import _pytriton_root
@@ -63,15 +69,19 @@ def test_dc1_replica_is_one_lws_group_forming_one_ray_cluster(graphs: dict[str, 
     leader = lwt["leaderTemplate"]["spec"]["containers"][0]
     worker = lwt["workerTemplate"]["spec"]["containers"][0]
     head, join = leader["command"][-1], worker["command"][-1]
+    # The scripts as rendered for dc1's pods (their behaviour: tests/unit/test_launch.py).
+    assert leader["command"] == leader_command(8) and worker["command"] == worker_command(8)
     assert f"ray start --head --port={RAY_PORT} --num-gpus=8" in head
-    assert '[ "$alive" -eq "$LWS_GROUP_SIZE" ]' in head
     assert head.splitlines()[-1] == "exec " + " ".join(tritonserver_args())
     assert head.index("ray start --head") < head.index("LWS_GROUP_SIZE") < head.index("exec tritonserver")
+    assert "set -e" not in head and "set -e" not in join
     assert f'ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --num-gpus=8' in join and "--block" in join
     assert "tritonserver" not in join and "ports" in worker and "readinessProbe" not in worker
-    # Ready only with every rank in the cluster, and with the model loaded.
-    ready = leader["readinessProbe"]["exec"]["command"][-1]
-    assert "/v2/health/ready" in ready and '-eq "$LWS_GROUP_SIZE"' in ready
+    # Ready only with every rank in the cluster, and with the model loaded; no interpreter per probe.
+    probe = leader["readinessProbe"]
+    assert probe["exec"]["command"] == leader_ready_command() and probe["timeoutSeconds"] <= 10
+    ready = probe["exec"]["command"][-1]
+    assert "/v2/health/ready" in ready and '"$LWS_GROUP_SIZE"' in ready and "python" not in ready
     for script in (head, join, ready):
         subprocess.run(["bash", "-n", "-c", script], check=True, timeout=10)
     # The model repository (config.pbtxt + 1/model.json) only where Triton runs.
