@@ -25,6 +25,7 @@ from gpufleet.model.types import (
     Endpoint,
     Hostname,
     IndexUrl,
+    Interpreter,
     LabelKey,
     LabelValue,
     Mountpoint,
@@ -148,12 +149,22 @@ class Serving(Strict):
     )
 
 
+# Burst nodes join the site's own Kubernetes cluster, which Kubernetes supports up to this many
+# nodes ("Considerations for large clusters", kubernetes.io/docs/setup/best-practices/cluster-large):
+# a burst bound past it names capacity the cluster could never admit.
+MAX_CLUSTER_NODES = 5000
+
+
 class Burst(Strict):
     region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")
     instance_types: list[Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")]] | None = Field(
         None, description="default: derived from the model's GPU needs"
     )
-    max_nodes: int = Field(ge=0)
+    max_nodes: int = Field(
+        ge=0,
+        le=MAX_CLUSTER_NODES,
+        description="burst nodes at most; with the site's own, within Kubernetes' 5,000",
+    )
     max_hourly_usd: float = Field(ge=0, le=1_000_000)
     boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
     vpn_gateway: Address | None = Field(
@@ -173,11 +184,10 @@ class Performance(Strict):
     memory_copy: Share | None = Field(None, description="GPU memory copy bandwidth; default: threshold")
     host_device: Share | None = Field(None, description="host<->device copy bandwidth; default: threshold")
     matmul: Share | None = Field(None, description="16-bit matmul throughput; default: threshold")
-    python: str | None = Field(
+    python: Interpreter | None = Field(
         None,
-        pattern=r"^(python3|/[A-Za-z0-9._/-]+)$",
-        description="the interpreter on GPU nodes that imports torch (python3 or an absolute path); "
-        "default: the perf probe environment the node deploy builds",
+        description="the interpreter on GPU nodes that imports torch (python3 or a normalised absolute "
+        "path to python, python3 or python3.N); default: the perf probe environment the node deploy builds",
     )
 
 
