@@ -328,6 +328,10 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
             "no canary in progress",
         )
     ],
+    # A new user has no key issuer's file yet: one line naming it.
+    "serving tenants": [
+        (["serving", "tenants", "{tmp}/tenants.yaml", "--out", "{tmp}/maps"], 2, "file not found")
+    ],
     # The suite's lab reads a copy of the inventories, outside git: rollback has no history to read.
     "serving rollback": [
         (["serving", "rollback", "dc1-prod", "--dry-run"], 2, "rollback reads the file's history")
