@@ -72,6 +72,14 @@ def test_every_release_sets_only_keys_its_chart_version_declares(name: str, grap
             "operator.defaultRuntime",
         ),
         ("dcgm-exporter", "4.1.3", {"runtimeClass": "nvidia"}, "runtimeClass"),
+        # ceph-csi's config.json key is `cephFS`; a driver reading `cephfs` finds no subvolume group.
+        (
+            "ceph-csi-cephfs",
+            "3.13.1",
+            {"csiConfig": [{"cephfs": {"subvolumeGroup": "csi"}}]},
+            "csiConfig[].cephfs",
+        ),
+        ("ceph-csi-cephfs", "3.13.1", {"storageclass": {"create": False}}, "storageclass.create"),
     ],
 )
 def test_a_key_the_chart_version_does_not_have_fails(
