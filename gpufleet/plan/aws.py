@@ -23,7 +23,7 @@ from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.node import GPU_TAINT, Frozen
-from gpufleet.plan.site import plan_site, spot_max_price
+from gpufleet.plan.site import plan_serving, spot_max_price
 
 # Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves the
 # group's allocation too little room when a pool is reclaimed.
@@ -148,7 +148,7 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
             source, [Problem(("site", "burst", "instance_types"), f"unknown instance types {unknown}")]
         )
     ladder = sorted(SERVING_MODELS, key=lambda m: -SERVING_MODELS[m].memory_gib)
-    onprem = plan_site(inv).serving
+    onprem = plan_serving(inv)
     shape = onprem.shape if onprem is not None else None
     # Without GPU nodes on-prem there is nothing to compare with: an H100 replica stands in.
     unit = (
