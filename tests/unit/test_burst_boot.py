@@ -30,7 +30,7 @@ TABLE = REPO / "bench" / "results" / "serving_weight_load_h200.json"
 
 
 def slowest_cold_rate() -> float:
-    return min(row["safetensors_cold"]["gib_s"] for row in json.loads(TABLE.read_text())["rows"])
+    return float(min(row["safetensors_cold"]["gib_s"] for row in json.loads(TABLE.read_text())["rows"]))
 
 
 @pytest.mark.parametrize("site", ["dc1", "dc1-dr"])
@@ -45,7 +45,7 @@ def test_the_budget_adds_its_parts_and_loads_the_burst_model_at_the_measured_rat
     assert boot.weight_load_gib_s == slowest_cold_rate()
     assert boot.weights_copy_s == pytest.approx(gib / parts.weights_copy_gib_s, abs=0.05)
     assert boot.weight_load_s == pytest.approx(gib / slowest_cold_rate(), abs=0.05)
-    want = parts.launch_s + parts.image_s + parts.join_s + parts.engine_s
+    want: float = parts.launch_s + parts.image_s + parts.join_s + parts.engine_s
     want += gib / parts.weights_copy_gib_s + gib / slowest_cold_rate()
     assert boot.total_s == math.ceil(want) or boot.total_s == math.ceil(want) + 1  # parts rounded to 0.1 s
     assert list(boot.parts) == ["launch", "image", "weights copy", "join", "weight load", "engine"]
@@ -143,7 +143,8 @@ def test_a_bad_budget_part_names_the_inventory_and_its_key(
 
 
 def test_the_pure_parse_refuses_a_table_without_rows() -> None:
-    for doc in ([], {"rows": "x"}, {"rows": [{"size_gib": 1}]}):
+    docs: list[Any] = [[], {"rows": "x"}, {"rows": [{"size_gib": 1}]}]
+    for doc in docs:
         with pytest.raises(InputError) as exc:
             measured_weight_load_gib_s(doc, "t.json")
         assert exc.value.lines()[0].startswith("t.json: rows")
