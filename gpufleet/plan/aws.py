@@ -360,6 +360,7 @@ esac
 # runtime, the serving image and the node scripts: nothing is installed or pulled here.
 # The burst model's pinned revision from S3 onto local NVMe, checked against its manifest and
 # safetensors index; a copy that does not check out stops here, so the node never joins.
+for _ in $(seq 60); do mountpoint -q {BURST_NVME} && break; sleep 1; done
 mountpoint -q {BURST_NVME} || {{ echo "$TYPE: no instance store at {BURST_NVME}" >&2; exit 1; }}
 python3 {NODE_SCRIPTS}/burst_weights.py fetch --region {plan.region} \\
   --parameter {plan.weights_parameter} --dest {plan.weights_dest}
