@@ -174,3 +174,11 @@ def test_the_builders_policy_passes_the_pack_and_a_widened_one_fails(graphs: dic
         wide["Statement"][i]["Resource"] = "*"
         found = analyze("aws:iam/rolePolicy:RolePolicy", {"role": "r", "policy": json.dumps(wide)})
         assert set(found) == {"iam-least-privilege"}, statement["Sid"]
+
+
+def test_a_component_over_image_builders_limit_is_refused_at_plan_time(stacks: dict[str, Stack]) -> None:
+    stack = stacks[STACK]
+    plan = plan_burst(stack.inventory, stack.config, "t")
+    grown = {**SCRIPTS, "burst_weights.py": SCRIPTS["burst_weights.py"] + "#" * COMPONENT_DATA_MAX}
+    with pytest.raises(ValueError, match=f"Image Builder takes {COMPONENT_DATA_MAX}"):
+        image_component(plan, grown)
