@@ -155,6 +155,35 @@ class Serving(Strict):
 MAX_CLUSTER_NODES = 5000
 
 
+class BootBudget(Strict):
+    """A burst node's boot-to-serve, part by part (docs/burst-boot.md). The plan adds the weights'
+    copy and load from the burst model's size; the other parts are the site's estimates."""
+
+    launch_s: int = Field(
+        90, ge=0, le=3600, description="Spot request to user data: fulfilment, EC2 and OS boot"
+    )
+    image_s: int = Field(
+        15,
+        ge=0,
+        le=3600,
+        description="node packages and the serving image ready: baked into the AMI, no pull",
+    )
+    join_s: int = Field(60, ge=0, le=3600, description="kubeadm join to node Ready with its GPUs advertised")
+    engine_s: int = Field(
+        60, ge=0, le=3600, description="engine start after the weights are resident: CUDA graphs, warm-up"
+    )
+    weights_copy_gib_s: float = Field(
+        1.0, gt=0, le=100, description="rate of the node's copy of the burst model from S3 onto local NVMe"
+    )
+    weight_load_gib_s: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="local NVMe into GPU memory; default: the measured cold safetensors rate "
+        "(bench/results/serving_weight_load_h200.json)",
+    )
+
+
 class Burst(Strict):
     region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")
     instance_types: list[Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")]] | None = Field(
@@ -166,7 +195,7 @@ class Burst(Strict):
         description="burst nodes at most; with the site's own, within Kubernetes' 5,000",
     )
     max_hourly_usd: float = Field(ge=0, le=1_000_000)
-    boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
+    boot: BootBudget = BootBudget()
     vpn_gateway: Address | None = Field(
         None, description="public address of the on-prem VPN endpoint the burst VPC connects to"
     )

@@ -7,6 +7,7 @@ import math
 from gpufleet.model.catalog import GPUS_PER_NODE_MAX, SERVING_MODELS, ReplicaShape, replica_shape
 from gpufleet.model.checks import dominant_gpu
 from gpufleet.model.site import Burst, Inventory, Role
+from gpufleet.plan.burst import BootPlan, plan_boot
 from gpufleet.plan.node import Frozen, plan_node
 
 PGS_PER_OSD = 100
@@ -90,7 +91,8 @@ class BurstPlan(Frozen):
     max_nodes: int
     max_hourly_usd: float
     spot_max_price_usd: float | None
-    boot_to_serve_s: int
+    boot: BootPlan  # the parts (docs/burst-boot.md)
+    boot_to_serve_s: int  # their sum: what the controller and the simulator plan with
 
 
 class SitePlan(Frozen):
@@ -110,7 +112,7 @@ def plan_site(inv: Inventory) -> SitePlan:
         node_digests={n.hostname: plan_node(inv, n).digest for n in inv.nodes},
         ceph=_ceph(inv),
         kubernetes=_kubernetes(inv),
-        serving=_serving(inv),
+        serving=plan_serving(inv),
         burst=_burst(inv),
     )
 
@@ -212,7 +214,7 @@ def _kubernetes(inv: Inventory) -> KubernetesPlan:
     )
 
 
-def _serving(inv: Inventory) -> ServingPlan | None:
+def plan_serving(inv: Inventory) -> ServingPlan | None:
     serving = inv.site.serving
     if serving is None:
         return None
@@ -248,11 +250,13 @@ def _burst(inv: Inventory) -> BurstPlan | None:
     burst = inv.site.burst
     if burst is None:
         return None
+    boot = plan_boot(inv)
     return BurstPlan(
         region=burst.region,
         min_nodes=0,
         max_nodes=burst.max_nodes,
         max_hourly_usd=burst.max_hourly_usd,
         spot_max_price_usd=spot_max_price(burst),
-        boot_to_serve_s=burst.boot_to_serve_s,
+        boot=boot,
+        boot_to_serve_s=boot.total_s,
     )

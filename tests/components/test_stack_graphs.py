@@ -128,18 +128,26 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:ec2/vpnConnection:VpnConnection": 1,
             "aws:ec2/vpnConnectionRoute:VpnConnectionRoute": len(p.network.onprem_cidrs),
             "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation": 1,
-            "aws:ec2/securityGroup:SecurityGroup": 1 + int(p.resolver is not None),
+            "aws:ec2/securityGroup:SecurityGroup": 2 + int(p.resolver is not None),
             "aws:route53/resolverEndpoint:ResolverEndpoint": int(p.resolver is not None),
             "aws:route53/resolverRule:ResolverRule": int(p.resolver is not None),
             "aws:route53/resolverRuleAssociation:ResolverRuleAssociation": int(p.resolver is not None),
-            "aws:ssm/parameter:Parameter": 2,
+            "aws:ssm/parameter:Parameter": 3,
+            "aws:s3/bucket:Bucket": 1,
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 1,
+            "aws:imagebuilder/component:Component": 1,
+            "aws:imagebuilder/imageRecipe:ImageRecipe": 1,
+            "aws:imagebuilder/infrastructureConfiguration:InfrastructureConfiguration": 1,
+            "aws:imagebuilder/distributionConfiguration:DistributionConfiguration": 1,
+            "aws:imagebuilder/image:Image": 1,
             "aws:sqs/queue:Queue": 1,
             "aws:sqs/queuePolicy:QueuePolicy": 1,
             "aws:kms/key:Key": 1,
-            "aws:iam/role:Role": 1,
-            "aws:iam/rolePolicy:RolePolicy": 1,
-            "aws:iam/policy:Policy": 1,
-            "aws:iam/instanceProfile:InstanceProfile": 1,
+            "aws:iam/role:Role": 2,
+            "aws:iam/rolePolicy:RolePolicy": 2,
+            "aws:iam/policy:Policy": 2,
+            "aws:iam/instanceProfile:InstanceProfile": 2,
             "aws:ec2/launchTemplate:LaunchTemplate": 1,
             "aws:autoscaling/group:Group": 1,
             "aws:autoscaling/lifecycleHook:LifecycleHook": 1,
@@ -421,7 +429,12 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     lt = one(graph, "aws:ec2/launchTemplate:LaunchTemplate").inputs
     assert lt["metadataOptions"]["httpTokens"] == "required"
     assert all(b["ebs"]["encrypted"] == "true" for b in lt["blockDeviceMappings"])
-    assert lt["imageId"] == f"resolve:ssm:{stack.inventory.bom.burst_ami}"
+    # The baked image's AMI, as the Image Builder build reports it (not the BOM's parent AMI).
+    image = one(graph, "aws:imagebuilder/image:Image")
+    assert re.fullmatch(r"ami-[0-9a-f]{17}", lt["imageId"])
+    assert image.urn in one(graph, "aws:ec2/launchTemplate:LaunchTemplate").dependencies
+    recipe = one(graph, "aws:imagebuilder/imageRecipe:ImageRecipe").inputs
+    assert recipe["parentImage"] == f"ssm:{stack.inventory.bom.burst_ami}"
     script = base64.b64decode(lt["userData"]).decode()
     assert script == p.user_data
     assert p.join_token_parameter in script and "--with-decryption" in script
@@ -468,7 +481,8 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
     # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
     assert pod["runtimeClassName"] == NVIDIA_RUNTIME
-    assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in p.user_data
+    component = one(graph, "aws:imagebuilder/component:Component").inputs["data"]
+    assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in component
     assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
     assert p.fleet.revision in pod["initContainers"][0]["command"][-1]
 
