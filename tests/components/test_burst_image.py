@@ -133,7 +133,7 @@ def test_the_launch_template_boots_the_image_the_build_distributes(
 @pytest.mark.parametrize(
     ("key", "value", "rebuilds"),
     [
-        (("bom", "triton_image"), "nvcr.io/nvidia/tritonserver:26.11-vllm-python-py3", True),
+        (("bom", "triton_image"), "registry.dc1.internal/nvidia/tritonserver:26.08-vllm-python-py3", True),
         (("bom", "kubernetes"), "1.31.5", True),
         (
             ("bom", "burst_ami"),
