@@ -60,6 +60,25 @@ class Reading:
     kv_cache_used: float | None = None
     ttft_p99_s: float | None = None
 
+    def __post_init__(self) -> None:
+        # A reading is acted on, so one that cannot be true (NaN, infinite, a negative rate or
+        # count) is refused here, whichever source made it: the controller then holds its fleet.
+        for name in (
+            "request_rps",
+            "queue_wait_s",
+            "pending",
+            "gpu_util",
+            "trt_waiting",
+            "trt_active",
+            "kv_cache_used",
+            "ttft_p99_s",
+        ):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise SignalError(f"{name} is {value!r}: not a finite, non-negative number")
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
+            raise SignalError(f"interval_s is {self.interval_s!r}: not a positive number of seconds")
+
     def signals(self, t: float, replica_rps: float, ready_replicas: float) -> Signals:
         """Offered load in replicas: what was served plus what the queue grew by, over one
         replica's throughput (from the capacity model: requests per second at full batch)."""
@@ -90,7 +109,12 @@ def parse_triton(text: str, model: str, t: float) -> Snapshot:
         if family.name == TTFT_HISTOGRAM and family.type == "histogram":
             for sample in family.samples:
                 if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
-                    le = float(sample.labels["le"])
+                    try:
+                        le = float(sample.labels["le"])
+                    except (KeyError, ValueError):
+                        raise SignalError(
+                            f"{TTFT_HISTOGRAM} bucket without a numeric le: {sample.labels}"
+                        ) from None
                     buckets[le] = buckets.get(le, 0.0) + float(sample.value)
             continue
         if family.type not in {"counter", "gauge", "untyped", "unknown"}:
@@ -269,21 +293,39 @@ class PrometheusQuery:
 
 
 def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of each series of an instant-query answer, NaN values left out."""
+    """(labels, value) of each series of an instant-query answer, NaN values left out. Any other
+    shape (a matrix, a body without data, a value that is not a number) is a SignalError: the
+    controller holds its fleet rather than act on what it cannot read."""
     try:
         data = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SignalError(f"Prometheus answered something that is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SignalError(f"Prometheus answered a JSON {type(data).__name__}, not an object")
     if data.get("status") != "success":
         raise SignalError(f"Prometheus query failed: {data.get('errorType')}: {data.get('error')}")
-    result = data["data"]["result"]
-    if data["data"]["resultType"] == "scalar":
+    answer = data.get("data")
+    if not isinstance(answer, dict) or answer.get("resultType") not in {"vector", "scalar"}:
+        kind = answer.get("resultType") if isinstance(answer, dict) else None
+        raise SignalError(f"Prometheus answered no instant vector (resultType {kind!r})")
+    result = answer.get("result")
+    if answer["resultType"] == "scalar":
         result = [{"metric": {}, "value": result}]
+    if not isinstance(result, list):
+        raise SignalError("Prometheus answered a vector whose result is not a list")
     out = []
     for series in result:
-        value = float(series["value"][1])
+        try:
+            labels, (_, text) = series.get("metric", {}), series["value"]
+            value = float(text)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise SignalError(
+                f"Prometheus answered a sample that is not [time, number]: {series!r:.80}"
+            ) from None
+        if not isinstance(labels, dict):
+            raise SignalError(f"Prometheus answered series labels that are not an object: {labels!r:.80}")
         if value == value:
-            out.append((dict(series.get("metric", {})), value))
+            out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out
 
 
