@@ -47,6 +47,8 @@ class Applied:
 
 
 _process_locks: dict[str, threading.Lock] = {}
+# Desired capacity is read, then written: one such change at a time in this process.
+_desired_guard = threading.Lock()
 _process_locks_guard = threading.Lock()
 
 
@@ -227,11 +229,14 @@ class AsgActuator:
         )
         return desired
 
-    def replace(self) -> int:
-        """Launch replacement capacity now (desired + 1), ahead of a node that is going away."""
-        desired, _, _, _ = self.current()
-        self.set_desired(desired + 1)
-        return desired + 1
+    def add(self, count: int) -> int:
+        """Raise desired capacity by `count` now (replacement ahead of a node that is going away);
+        returns the new desired capacity. Read and write under one lock, so two warnings handled
+        at once add two, not one."""
+        with _desired_guard:
+            desired, _, _, _ = self.current()
+            self.set_desired(desired + count)
+            return desired + count
 
     def retire(self, instance_id: str) -> None:
         """Take one chosen instance out (after its drain), lowering desired capacity with it."""

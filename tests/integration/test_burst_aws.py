@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +26,15 @@ import pytest
 from kubernetes import client as k8s
 
 from gpufleet.burst.actuate import ActuationError, AsgActuator
-from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, WarningQueue, handle, parse_event
+from gpufleet.burst.interrupt import (
+    INTERRUPTION,
+    REBALANCE,
+    Drainer,
+    Warning,
+    WarningQueue,
+    handle,
+    parse_event,
+)
 from gpufleet.serving.tritonserver import free_port
 from tests.integration.servers import serving
 
@@ -97,6 +105,10 @@ class _FakeKubernetes(BaseHTTPRequestHandler):
     nodes: ClassVar[list[dict[str, Any]]] = []
     pods: ClassVar[list[dict[str, Any]]] = []
     calls: ClassVar[list[tuple[str, str, Any]]] = []
+    # When each cordon and eviction arrived (monotonic seconds), for the tests of drain timing.
+    stamps: ClassVar[list[tuple[float, str]]] = []
+    # Pods the eviction API keeps (a PodDisruptionBudget that never allows it): namespace/name.
+    kept: ClassVar[set[str]] = set()
 
     def _send(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -135,6 +147,7 @@ class _FakeKubernetes(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         body = self._body()
         self.calls.append(("PATCH", self.path, body))
+        self.stamps.append((time.monotonic(), self.path))
         name = self.path.rsplit("/", 1)[-1]
         node = next(n for n in self.nodes if n["metadata"]["name"] == name)
         node["spec"].update(body["spec"])
@@ -143,12 +156,14 @@ class _FakeKubernetes(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._body()
         self.calls.append(("POST", self.path, body))
+        self.stamps.append((time.monotonic(), self.path))
         # /api/v1/namespaces/<ns>/pods/<name>/eviction: the pod goes once evicted.
         parts = self.path.strip("/").split("/")
         ns, name = parts[3], parts[5]
-        type(self).pods = [
-            p for p in self.pods if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)
-        ]
+        if f"{ns}/{name}" not in self.kept:
+            type(self).pods = [
+                p for p in self.pods if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)
+            ]
         self._send(201, body)
 
     def log_message(self, format: str, *args: object) -> None:
@@ -189,6 +204,7 @@ def kube() -> Iterator[Any]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubernetes)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    _FakeKubernetes.stamps, _FakeKubernetes.kept = [], set()
     configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
     try:
         yield k8s.CoreV1Api(k8s.ApiClient(configuration))
@@ -198,23 +214,69 @@ def kube() -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def _event(kind: str, instance: str, when: datetime) -> str:
+ACCOUNT = "123456789012"  # moto's account
+
+
+def _event(
+    kind: str,
+    instance: str,
+    when: datetime,
+    event_id: str = "1e5527d7-bb36-4607-3370-4164db56a40e",
+    account: str = ACCOUNT,
+    region: str = REGION,
+) -> str:
+    """An EC2 Spot warning as EventBridge delivers it to SQS (the documented event's shape)."""
     detail: dict[str, str] = {"instance-id": instance}
     if kind == INTERRUPTION:
         detail["instance-action"] = "terminate"
     return json.dumps(
         {
             "version": "0",
-            "id": "1e5527d7-bb36-4607-3370-4164db56a40e",
+            "id": event_id,
             "detail-type": kind,
             "source": "aws.ec2",
-            "account": "123456789012",
+            "account": account,
             "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": REGION,
+            "region": region,
             "resources": [f"arn:aws:ec2:{REGION}a:instance/{instance}"],
             "detail": detail,
         }
     )
+
+
+def _hook_event(
+    instance: str, group: str, when: datetime, event_id: str = "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1"
+) -> str:
+    """The group's termination lifecycle hook, as EventBridge delivers it."""
+    return json.dumps(
+        {
+            "version": "0",
+            "id": event_id,
+            "detail-type": "EC2 Instance-terminate Lifecycle Action",
+            "source": "aws.autoscaling",
+            "account": ACCOUNT,
+            "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [
+                f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:x:autoScalingGroupName/{group}"
+            ],
+            "detail": {
+                "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+                "AutoScalingGroupName": group,
+                "LifecycleHookName": "burst-prod-drain",
+                "EC2InstanceId": instance,
+                "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                "NotificationMetadata": "",
+                "Origin": "AutoScalingGroup",
+                "Destination": "EC2",
+            },
+        }
+    )
+
+
+def _add_one(actuator: AsgActuator) -> Callable[[Warning], str]:
+    """Replacement as a fixed +1 (the controller plans it within the cap: test_burst_controller)."""
+    return lambda warning: f"desired capacity raised to {actuator.add(1)}"
 
 
 def test_interruption_warning_replaces_first_then_drains_within_the_notice(
@@ -241,7 +303,7 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
     warning = warnings[0]
     assert warning.drain_deadline == pytest.approx(now.replace(microsecond=0).timestamp() + 90)
 
-    handled = handle(warning, Drainer(kube, poll_s=0.1), actuator)
+    handled = handle(warning, Drainer(kube, poll_s=0.1), actuator, _add_one(actuator))
     queue.done(warning.receipt)
 
     assert handled.replacement == "desired capacity raised to 3"
@@ -270,7 +332,7 @@ def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any)
     warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
     assert warning is not None and warning.kind == "rebalance"
     assert Drainer(kube).instances_by_node() == {"n1": instance}
-    handled = handle(warning, Drainer(kube), actuator)
+    handled = handle(warning, Drainer(kube), actuator, _add_one(actuator))
     assert handled.drain is None and handled.node == "n1"
     assert [c[0] for c in _FakeKubernetes.calls if c[0] != "GET"] == ["PATCH"]
     assert _FakeKubernetes.pods, "a rebalance recommendation evicts nothing"
@@ -313,29 +375,8 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
     _FakeKubernetes.nodes = [_node("n9", "i-0123456789abcdef0")]
     _FakeKubernetes.pods = [_pod("serving", "triton-9", "n9")]
     _FakeKubernetes.calls = []
-    event = {
-        "version": "0",
-        "id": "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1",
-        "detail-type": "EC2 Instance-terminate Lifecycle Action",
-        "source": "aws.autoscaling",
-        "account": "123456789012",
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": REGION,
-        "resources": [
-            f"arn:aws:autoscaling:{REGION}:123456789012:autoScalingGroup:x:autoScalingGroupName/{GROUP}"
-        ],
-        "detail": {
-            "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
-            "AutoScalingGroupName": GROUP,
-            "LifecycleHookName": "burst-prod-drain",
-            "EC2InstanceId": "i-0123456789abcdef0",
-            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-            "NotificationMetadata": "",
-            "Origin": "AutoScalingGroup",
-            "Destination": "EC2",
-        },
-    }
-    warning = parse_event(json.dumps(event), "r")
+    event = _hook_event("i-0123456789abcdef0", GROUP, datetime.now(UTC))
+    warning = parse_event(event, "r")
     assert warning is not None and warning.kind == "terminate"
     with Stubber(client) as stub:
         stub.add_response(
@@ -349,7 +390,8 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
                 "InstanceId": "i-0123456789abcdef0",
             },
         )
-        handled = handle(warning, Drainer(kube, poll_s=0.1), AsgActuator(GROUP, max_nodes=8, client=client))
+        actuator = AsgActuator(GROUP, max_nodes=8, client=client)
+        handled = handle(warning, Drainer(kube, poll_s=0.1), actuator, _add_one(actuator))
         stub.assert_no_pending_responses()
     assert handled.drain is not None and handled.drain.evicted == ("serving/triton-9",)
     assert handled.replacement.startswith("none needed")
