@@ -106,7 +106,7 @@ def burst(stack: Stack, source: str) -> None:
     in_cluster = pulumi.ResourceOptions(providers=[cluster])
     TerminationHandler(
         "termination-handler",
-        TerminationHandlerArgs(chart=termination_handler_chart(aws_plan.region, spot.queue_url)),
+        TerminationHandlerArgs(chart=termination_handler_chart(aws_plan.region)),
         in_cluster,
     )
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)

@@ -174,7 +174,8 @@ class TerminationHandlerArgs:
 
 
 class TerminationHandler(pulumi.ComponentResource):
-    """aws-node-termination-handler in queue mode: drains a Spot node on its interruption warning."""
+    """aws-node-termination-handler in IMDS mode: drains a Spot node on its interruption warning
+    while the burst controller (the queue's one consumer) is down."""
 
     def __init__(
         self, name: str, args: TerminationHandlerArgs, opts: pulumi.ResourceOptions | None = None

@@ -231,10 +231,13 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
     return charts
 
 
-def termination_handler_chart(region: str, queue_url: Any) -> Chart:
-    """aws-node-termination-handler in queue mode, on the burst nodes only.
+def termination_handler_chart(region: str) -> Chart:
+    """aws-node-termination-handler in IMDS mode (a DaemonSet), on the burst nodes only.
 
-    `queue_url` is known once the queue exists: in the program, the queue's URL output.
+    The interruption queue has one consumer, the burst controller (`gpufleet burst run`): it
+    replaces within the cap, then drains. Two consumers would each see part of the warnings. On
+    the node, the handler reads the instance metadata: the drain's backstop while the controller
+    is down.
     """
     return Chart(
         name="aws-node-termination-handler",
@@ -243,8 +246,8 @@ def termination_handler_chart(region: str, queue_url: Any) -> Chart:
         chart="aws-node-termination-handler",
         version="0.27.2",
         values={
-            "enableSqsTerminationDraining": True,
-            "queueURL": queue_url,
+            "enableSqsTerminationDraining": False,
+            "enableSpotInterruptionDraining": True,
             "awsRegion": region,
             "checkTagBeforeDraining": False,
             "nodeSelector": {"gpufleet.io/capacity": "spot"},

@@ -460,8 +460,9 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     assert "EC2 Spot Instance Interruption Warning" in patterns
     assert "EC2 Instance Rebalance Recommendation" in patterns
     handler = one(graph, "kubernetes:helm.sh/v3:Release").inputs
-    assert handler["values"]["enableSqsTerminationDraining"] is True
-    assert handler["values"]["queueURL"] == graph.outputs["queueUrl"]
+    # The queue has one consumer, the burst controller: the handler reads instance metadata.
+    assert handler["values"]["enableSqsTerminationDraining"] is False
+    assert "queueURL" not in handler["values"]
 
 
 def test_burst_serves_the_fallback_model_on_spot_nodes(
