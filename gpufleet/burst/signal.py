@@ -59,6 +59,9 @@ class Reading:
     trt_active: float | None = None
     kv_cache_used: float | None = None
     ttft_p99_s: float | None = None
+    # How fast the queue grew (requests/s; negative while it drains): arrivals are what was served
+    # plus this. A surge shows here before completions rise: served requests flatten at capacity.
+    queue_growth_rps: float = 0.0
 
     def __post_init__(self) -> None:
         # A reading is acted on, so one that cannot be true (NaN, infinite, a negative rate or
@@ -76,6 +79,8 @@ class Reading:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise SignalError(f"{name} is {value!r}: not a finite, non-negative number")
+        if not math.isfinite(self.queue_growth_rps):
+            raise SignalError(f"queue_growth_rps is {self.queue_growth_rps!r}: not a finite number")
         if not (math.isfinite(self.interval_s) and self.interval_s > 0):
             raise SignalError(f"interval_s is {self.interval_s!r}: not a positive number of seconds")
 
@@ -83,9 +88,10 @@ class Reading:
         """Offered load in replicas: what was served plus what the queue grew by, over one
         replica's throughput (from the capacity model: requests per second at full batch)."""
         waiting = self.trt_waiting if self.trt_waiting is not None else self.pending
+        arrivals = max(0.0, self.request_rps + self.queue_growth_rps)
         return Signals(
             t=t,
-            load_replicas=self.request_rps / replica_rps,
+            load_replicas=arrivals / replica_rps,
             queue_wait_s=self.queue_wait_s,
             pending=round(waiting),
             gpu_util=self.gpu_util if self.gpu_util is not None else 0.0,
@@ -197,6 +203,7 @@ def between(before: Snapshot, after: Snapshot) -> Reading:
         trt_active=after.trt_active,
         kv_cache_used=after.kv_cache_used,
         ttft_p99_s=_ttft_p99_s(before, after),
+        queue_growth_rps=(after.pending - before.pending) / interval,
     )
 
 
@@ -245,6 +252,7 @@ class PrometheusQuery:
                 f"sum(rate(nv_inference_request_success{{{sel}}}[{w}])) / 1e6"
             ),
             "pending": f"sum(nv_inference_pending_request_count{{{sel}}})",
+            "queue_growth_rps": f"sum(deriv(nv_inference_pending_request_count{{{sel}}}[{w}]))",
             "gpu_util": "avg(nv_gpu_utilization)",
             "trt_waiting": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="waiting"}})',
             "trt_active": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="active"}})',
@@ -270,6 +278,8 @@ class PrometheusQuery:
             trt_active=values["trt_active"],
             kv_cache_used=values["kv_cache_used"],
             ttft_p99_s=values["ttft_p99_s"],
+            # One sample in the window has no slope: no growth to count.
+            queue_growth_rps=values["queue_growth_rps"] or 0.0,
         )
 
     def inflight_by_node(self, label: str = "node") -> dict[str, int]:

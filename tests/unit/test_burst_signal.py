@@ -94,8 +94,22 @@ def test_signals_prefer_trt_llm_waiting_over_triton_pending() -> None:
     reading = between(Snapshot(t=0.0, success=1000, queue_us=0, pending=0), snap)
     signals = reading.signals(t=10.0, replica_rps=25.0, ready_replicas=4)
     assert signals.pending == 12
-    assert signals.load_replicas == pytest.approx(50.0 / 25.0)
+    # 500 served in 10 s, and Triton's queue grew from 0 to 8: 50.8 arrivals per second.
+    assert signals.load_replicas == pytest.approx(50.8 / 25.0)
     assert signals.gpu_util == pytest.approx(0.97)
+
+
+def test_offered_load_counts_arrivals_the_servers_could_not_take_yet() -> None:
+    """At capacity completions flatten; arrivals are completions plus what the queue grew by."""
+    before = Snapshot(t=0.0, success=1000, queue_us=0, pending=20)
+    surge = between(before, Snapshot(t=60.0, success=1600, queue_us=0, pending=320))
+    assert surge.request_rps == 10.0 and surge.queue_growth_rps == 5.0
+    assert surge.signals(t=60.0, replica_rps=10.0, ready_replicas=1).load_replicas == pytest.approx(1.5)
+    # The queue draining after the surge: fewer arrive than are served.
+    drain = between(before, Snapshot(t=60.0, success=1600, queue_us=0, pending=0))
+    assert drain.signals(t=60.0, replica_rps=10.0, ready_replicas=1).load_replicas == pytest.approx(
+        (600 - 20) / 60 / 10
+    )
 
 
 @pytest.mark.parametrize(
