@@ -372,8 +372,35 @@ def test_scale_in_of_a_node_not_launched_yet_only_lowers_the_count() -> None:
     # Only what scale-in touches: the group's retire and the stack's declared count.
     fakes: dict[str, Any] = {"source": None, "prices": None, "asg": Asg(), "pulumi": Stack()}
     controller = Controller(policy=Gpufleet(MODEL), replica_rps=1.0, **fakes)
-    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), target=1)
+    # Three live nodes; one retired and one not launched yet go: one stays.
+    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), live=3)
     assert retired == ["i-1"] and declared == [1]
+
+
+def test_a_node_that_could_not_be_retired_stays_counted() -> None:
+    """Declaring the lower count anyway would let the group pick a node nobody drained."""
+    from botocore.exceptions import ClientError
+
+    from gpufleet.burst.controller import Controller
+
+    declared: list[int] = []
+
+    class Asg:
+        def retire(self, instance_id: str) -> None:
+            error = {
+                "Error": {"Code": "ValidationError", "Message": f"Instance Id not found - {instance_id}"}
+            }
+            raise ClientError(error, "TerminateInstanceInAutoScalingGroup")
+
+    class Stack:
+        def set_burst_nodes(self, count: int) -> object:
+            declared.append(count)
+            return type("Applied", (), {"stack": "burst", "burst_nodes": count, "summary": "update"})()
+
+    fakes: dict[str, Any] = {"source": None, "prices": None, "asg": Asg(), "pulumi": Stack()}
+    controller = Controller(policy=Gpufleet(MODEL), replica_rps=1.0, **fakes)
+    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), live=3)
+    assert declared == [2]
 
 
 def test_gpufleet_does_not_count_an_announced_rise_twice() -> None:
