@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -271,26 +272,32 @@ class Controller:
         return decision
 
     def _carry_out(self, decision: Decision, live: int) -> None:
-        target = live + len(decision.launch)
-        for instance_id in decision.drain:
-            if instance_id.startswith(LAUNCHING):
-                target -= 1  # not launched yet: the lower count below cancels it
-                continue
-            try:
-                if self.drainer is not None:
-                    node = self.drainer.node_for_instance(instance_id)
-                    if node is not None:
-                        report = self.drainer.drain(node, deadline=self.drainer.clock() + 120)
-                        log.info("drained %s (%s): %d pods evicted", node, instance_id, len(report.evicted))
-                self.asg.retire(instance_id)
-                target -= 1
-            except SERVICE_ERRORS as exc:
-                # It stays counted: a lower count would let the group pick an undrained node.
-                self.metrics.errors.inc()
-                log.error("could not retire %s, it stays: %s", instance_id, exc)
+        launched = [i for i in decision.drain if not i.startswith(LAUNCHING)]
+        # Not launched yet: the lower count below cancels it. The others drain side by side, each
+        # within its own two minutes, so a scale-in of several nodes holds the loop two minutes.
+        target = live + len(decision.launch) - (len(decision.drain) - len(launched))
+        if launched:
+            with ThreadPoolExecutor(max_workers=len(launched), thread_name_prefix="scale-in") as pool:
+                target -= sum(pool.map(self._retire, launched))
         if decision.acts:
             applied = self.pulumi.set_burst_nodes(target)
             log.info("stack %s: burstNodes=%d (%s)", applied.stack, applied.burst_nodes, applied.summary)
+
+    def _retire(self, instance_id: str) -> bool:
+        """Drain one instance chosen for scale-in and take it out of the group; False if it stays."""
+        try:
+            if self.drainer is not None:
+                node = self.drainer.node_for_instance(instance_id)
+                if node is not None:
+                    report = self.drainer.drain(node, deadline=self.drainer.clock() + 120)
+                    log.info("drained %s (%s): %d pods evicted", node, instance_id, len(report.evicted))
+            self.asg.retire(instance_id)
+            return True
+        except SERVICE_ERRORS as exc:
+            # It stays counted: a lower count would let the group pick an undrained node.
+            self.metrics.errors.inc()
+            log.error("could not retire %s, it stays: %s", instance_id, exc)
+            return False
 
     def replacement(self, warning: Warning) -> str:
         """Replacement capacity for a warned node, as the policy plans it within the cap and the
