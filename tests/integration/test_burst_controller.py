@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
@@ -492,3 +493,84 @@ def test_drains_start_at_once_while_an_up_runs_and_run_in_parallel(
 def _argv_of(pulumi_root: Path) -> list[list[str]]:  # noqa: F811
     path = pulumi_root.parent / "state" / "argv.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_burst_run_consumes_the_interruption_queue_beside_its_steps(
+    caplog: pytest.LogCaptureFixture,
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command wires the consumer: this account (STS), the site's region, the stack's group."""
+    caplog.set_level(logging.INFO, logger="gpufleet.burst")
+    (pulumi_root.parent / "state" / "outputs.json").write_text(json.dumps({"asgName": GROUP}))
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"run-warnings-{time.monotonic_ns()}")["QueueUrl"]
+    doomed = _instances(asg)[0]
+    _FakeKubernetes.nodes = [_node("n1", doomed)]
+    _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
+    now = datetime.now(UTC)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, doomed, now, event_id="run-1"))
+    sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=_event(INTERRUPTION, doomed, now, event_id="run-2", account="999999999999"),
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": kube.api_client.configuration.host}}],
+                "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    # The kubernetes client reads KUBECONFIG when it is imported, as a process started with it would.
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    result = CliRunner().invoke(
+        app,
+        [
+            "burst",
+            "run",
+            STACK,
+            "--triton-metrics",
+            triton.metrics_url,
+            "--model",
+            "sleepy",
+            "--aws-endpoint",
+            moto_url,
+            "--interruption-queue",
+            queue_url,
+            "--metrics-port",
+            str(free_port()),
+            "--iterations",
+            "3",
+            "--interval",
+            "1",
+            "--pulumi-root",
+            str(pulumi_root),
+            "--work-dir",
+            str(project),
+        ],
+        env={
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "COLUMNS": "200",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert doomed not in _instances(asg), "the warned instance was retired"
+    assert _FakeKubernetes.pods == [], "and drained first"
+    assert f"spot interruption for {doomed} (node n1)" in caplog.text
+    assert "account 999999999999 is not 123456789012" in caplog.text
+    assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
