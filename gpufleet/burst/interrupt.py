@@ -157,11 +157,13 @@ class Drainer:
     core: Any
     clock: Callable[[], float] = time.time
     poll_s: float = 1.0
+    # Each API call's limit: a hung API server must not hold a drain past its deadline.
+    timeout_s: float = 10.0
 
     def instances_by_node(self) -> dict[str, str]:
         """Kubernetes node name -> EC2 instance id, from each node's providerID."""
         out = {}
-        for node in self.core.list_node().items:
+        for node in self.core.list_node(_request_timeout=self.timeout_s).items:
             provider = node.spec.provider_id or ""
             if provider.startswith("aws://"):
                 out[str(node.metadata.name)] = provider.rsplit("/", 1)[-1]
@@ -169,13 +171,13 @@ class Drainer:
 
     def node_for_instance(self, instance_id: str) -> str | None:
         # EKS and kubeadm-on-EC2 nodes carry providerID aws:///<az>/<instance-id>.
-        for node in self.core.list_node().items:
+        for node in self.core.list_node(_request_timeout=self.timeout_s).items:
             if (node.spec.provider_id or "").rsplit("/", 1)[-1] == instance_id:
                 return str(node.metadata.name)
         return None
 
     def cordon(self, node: str) -> None:
-        self.core.patch_node(node, {"spec": {"unschedulable": True}})
+        self.core.patch_node(node, {"spec": {"unschedulable": True}}, _request_timeout=self.timeout_s)
 
     def drain(self, node: str, deadline: float) -> DrainReport:
         """Evict every pod but DaemonSet and mirror pods; wait for them to go until the deadline."""
@@ -190,7 +192,7 @@ class Drainer:
                 # The pod's own grace period, but never past the deadline.
                 "deleteOptions": {"gracePeriodSeconds": max(0, int(deadline - self.clock()))},
             }
-            self.core.create_namespaced_pod_eviction(name, ns, body)
+            self.core.create_namespaced_pod_eviction(name, ns, body, _request_timeout=self.timeout_s)
             evicted.append(f"{ns}/{name}")
         left = [f"{p.metadata.namespace}/{p.metadata.name}" for p in self._evictable(node)]
         while left and self.clock() < deadline:
@@ -199,7 +201,9 @@ class Drainer:
         return DrainReport(node=node, evicted=tuple(evicted), left=tuple(left), finished_in_time=not left)
 
     def _evictable(self, node: str) -> list[Any]:
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}", _request_timeout=self.timeout_s
+        ).items
         return [
             p
             for p in pods

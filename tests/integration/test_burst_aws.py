@@ -349,15 +349,8 @@ def test_a_drain_that_cannot_finish_stops_at_the_deadline(kube: Any) -> None:
         return clock[0]
 
     drainer = Drainer(kube, clock=tick, poll_s=0.01)
-    # A pod the eviction API keeps (a PodDisruptionBudget): re-add it after every eviction.
-    original = drainer.core.create_namespaced_pod_eviction
-
-    def refuse(name: str, namespace: str, body: Any) -> Any:
-        result = original(name, namespace, body)
-        _FakeKubernetes.pods = [_pod("serving", "triton-0", "n1")]
-        return result
-
-    drainer.core.create_namespaced_pod_eviction = refuse
+    # A pod the eviction API keeps (a PodDisruptionBudget).
+    _FakeKubernetes.kept = {"serving/triton-0"}
     report = drainer.drain("n1", deadline=1003.0)
     assert not report.finished_in_time
     assert report.left == ("serving/triton-0",)
