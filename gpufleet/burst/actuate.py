@@ -47,8 +47,9 @@ class Applied:
 
 
 _process_locks: dict[str, threading.Lock] = {}
-# Desired capacity is read, then written: one such change at a time in this process.
-_desired_guard = threading.Lock()
+# Desired capacity is read, then written: one such change at a time in this process. Re-entrant,
+# so that a replacement holds it from reading the fleet it plans on to writing its result.
+desired_guard = threading.RLock()
 _process_locks_guard = threading.Lock()
 
 
@@ -233,7 +234,7 @@ class AsgActuator:
         """Raise desired capacity by `count` now (replacement ahead of a node that is going away);
         returns the new desired capacity. Read and write under one lock, so two warnings handled
         at once add two, not one."""
-        with _desired_guard:
+        with desired_guard:
             desired, _, _, _ = self.current()
             self.set_desired(desired + count)
             return desired + count

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
+from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator, desired_guard
 from gpufleet.burst.interrupt import Drainer, Warning
 from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals
 from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
@@ -301,15 +301,18 @@ class Controller:
 
     def replacement(self, warning: Warning) -> str:
         """Replacement capacity for a warned node, as the policy plans it within the cap and the
-        node bound, ordered on the group directly (an up takes minutes, the notice two)."""
-        nodes, prices = self._fleet({})
-        node = next((n for n in nodes if n.id == warning.instance_id), None)
-        if node is None:
-            return f"no replacement: {warning.instance_id} is not in the group"
-        decision = self.policy.on_notice(self.clock(), node, nodes, prices)
-        if not decision.launch:
-            return f"no replacement: {decision.reason}"
-        return f"desired capacity raised to {self.asg.add(len(decision.launch))}: {decision.reason}"
+        node bound, ordered on the group directly (an up takes minutes, the notice two). One at a
+        time from reading the fleet to raising its size: two warnings planned on the same view
+        would each take the last room under the cap."""
+        with desired_guard:
+            nodes, prices = self._fleet({})
+            node = next((n for n in nodes if n.id == warning.instance_id), None)
+            if node is None:
+                return f"no replacement: {warning.instance_id} is not in the group"
+            decision = self.policy.on_notice(self.clock(), node, nodes, prices)
+            if not decision.launch:
+                return f"no replacement: {decision.reason}"
+            return f"desired capacity raised to {self.asg.add(len(decision.launch))}: {decision.reason}"
 
     def count_interruption(self, outcome: str, kind: str) -> None:
         self.metrics.interruptions.labels(outcome=outcome, kind=kind).inc()

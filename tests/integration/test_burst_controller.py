@@ -433,6 +433,46 @@ def test_replacement_stays_under_the_cap(
     consumer.stop()
 
 
+def test_warnings_handled_at_once_share_the_room_under_the_cap(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """Two warnings in one batch, room for one more node: one replacement, not two (the fault
+    injection test found two workers planning on the same view)."""
+    types = ["p5en.48xlarge", "p5e.48xlarge"]
+    reserve = group_max_price(
+        asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0], types
+    )
+    capacity = replace(_capacity(4), max_hourly_usd=3.5 * reserve)
+    controller = _controller(
+        Gpufleet(capacity),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        types,
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
+        replica_rps=50.0,
+    )
+    consumer, sqs, queue_url = _interruptions(controller, kube, moto_url)
+    a, b = _instances(asg)
+    _FakeKubernetes.nodes, _FakeKubernetes.pods = [], []
+    now = datetime.now(UTC)
+    for instance, event_id in ((a, "r-a"), (b, "r-b")):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=_event(REBALANCE, instance, now, event_id=event_id))
+    handled = _drain_queue(consumer)
+    assert sorted(h.replacement.split(":")[0] for h in handled) == [
+        "desired capacity raised to 3",
+        "no replacement",
+    ]
+    assert _desired(asg) == 3
+    consumer.stop()
+
+
 def test_drains_start_at_once_while_an_up_runs_and_run_in_parallel(
     triton: Any,
     asg: Any,  # noqa: F811
