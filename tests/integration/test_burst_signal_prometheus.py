@@ -118,6 +118,9 @@ def test_promql_signals_from_a_real_prometheus_scraping_a_real_triton(tmp_path: 
     assert reading.queue_wait_s > 3 * SERVICE_S
     assert reading.queue_wait_s == pytest.approx(mean_latency - SERVICE_S, rel=0.35)
     assert reading.pending == 0
+    # The queue rose and emptied again inside the window: its slope (deriv) is small beside the
+    # rate served, and the query is PromQL that the real server evaluates.
+    assert abs(reading.queue_growth_rps) < reading.request_rps
     # A CPU Triton with a Python model: no GPU, TensorRT-LLM or first-response series. The queries
     # for them are valid PromQL (Prometheus rejects a bad one with an error) that find nothing.
     assert (reading.gpu_util, reading.trt_waiting, reading.kv_cache_used, reading.ttft_p99_s) == (

@@ -94,8 +94,22 @@ def test_signals_prefer_trt_llm_waiting_over_triton_pending() -> None:
     reading = between(Snapshot(t=0.0, success=1000, queue_us=0, pending=0), snap)
     signals = reading.signals(t=10.0, replica_rps=25.0, ready_replicas=4)
     assert signals.pending == 12
-    assert signals.load_replicas == pytest.approx(50.0 / 25.0)
+    # 500 served in 10 s, and Triton's queue grew from 0 to 8: 50.8 arrivals per second.
+    assert signals.load_replicas == pytest.approx(50.8 / 25.0)
     assert signals.gpu_util == pytest.approx(0.97)
+
+
+def test_offered_load_counts_arrivals_the_servers_could_not_take_yet() -> None:
+    """At capacity completions flatten; arrivals are completions plus what the queue grew by."""
+    before = Snapshot(t=0.0, success=1000, queue_us=0, pending=20)
+    surge = between(before, Snapshot(t=60.0, success=1600, queue_us=0, pending=320))
+    assert surge.request_rps == 10.0 and surge.queue_growth_rps == 5.0
+    assert surge.signals(t=60.0, replica_rps=10.0, ready_replicas=1).load_replicas == pytest.approx(1.5)
+    # The queue draining after the surge: fewer arrive than are served.
+    drain = between(before, Snapshot(t=60.0, success=1600, queue_us=0, pending=0))
+    assert drain.signals(t=60.0, replica_rps=10.0, ready_replicas=1).load_replicas == pytest.approx(
+        (600 - 20) / 60 / 10
+    )
 
 
 @pytest.mark.parametrize(
@@ -270,3 +284,72 @@ def test_histogram_quantile_follows_prometheus() -> None:
 def test_without_the_histogram_there_is_no_ttft() -> None:
     a, b = parse_triton(TRITON_TEXT, "deepseek", 0.0), parse_triton(TRITON_TEXT, "deepseek", 10.0)
     assert a.ttft_buckets is None and between(a, b).ttft_p99_s is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'{"status":"success"}',
+        b'{"status":"success","data":[]}',
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"2"]]}]}}',
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"abc"]}]}}',
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":"3"}]}}',
+        b'{"status":"success","data":{"resultType":"vector","result":["x"]}}',
+        b'{"status":"success","data":{"resultType":"vector","result":{"a":1}}}',
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":[],"value":[1,"2"]}]}}',
+        b"\xff\xfe",
+        b"null",
+    ],
+)
+def test_any_body_prometheus_should_not_send_is_a_signal_error(body: bytes) -> None:
+    with pytest.raises(SignalError):
+        parse_query_response(body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("request_rps", math.nan),
+        ("request_rps", -0.5),
+        ("request_rps", math.inf),
+        ("pending", math.inf),
+        ("pending", math.nan),
+        ("queue_wait_s", -1.0),
+        ("gpu_util", math.nan),
+        ("kv_cache_used", -math.inf),
+        ("ttft_p99_s", math.inf),
+    ],
+)
+def test_a_reading_that_cannot_be_true_is_refused(prometheus: str, field: str, value: float) -> None:
+    """NaN, infinities and negative rates reach the policy from nowhere: the controller holds."""
+    queries = PrometheusQuery(prometheus, "deepseek").queries()
+    good = {"rps": "10", "queue_wait_s": "0.5", "pending": "3", "gpu_util": "0.9", "kv_cache_used": "0.5"}
+    good["ttft_p99_s"] = "0.2"
+    name = {"request_rps": "rps"}.get(field, field)
+    answers = {**good, name: str(value)}
+    _FakePrometheus.answers = {queries[k]: _vector(v) for k, v in answers.items()}
+    if math.isnan(value):
+        # PromQL's NaN reads as no sample: a missing rate is an error, a missing gauge is absent.
+        if field == "request_rps":
+            with pytest.raises(SignalError, match="no nv_inference_request_success"):
+                PrometheusQuery(prometheus, "deepseek").reading()
+        else:
+            assert getattr(PrometheusQuery(prometheus, "deepseek").reading(), field) in (None, 0.0)
+        return
+    with pytest.raises(SignalError, match=f"{field} is"):
+        PrometheusQuery(prometheus, "deepseek").reading()
+
+
+def test_nan_counters_in_triton_text_are_refused() -> None:
+    before = parse_triton(TRITON_TEXT, "deepseek", t=0.0)
+    text = TRITON_TEXT.replace('{model="deepseek",version="1"} 1200', '{model="deepseek",version="1"} NaN')
+    after = parse_triton(text, "deepseek", t=15.0)
+    with pytest.raises(SignalError, match="request_rps is nan"):
+        between(before, after)
+    inf = TRITON_TEXT.replace(
+        'pending_request_count{model="deepseek",version="1"} 7',
+        'pending_request_count{model="deepseek",version="1"} +Inf',
+    )
+    with pytest.raises(SignalError, match="pending is inf"):
+        between(before, parse_triton(inf, "deepseek", t=15.0))
