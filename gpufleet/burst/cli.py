@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,19 +132,7 @@ def simulate(
     # The exact bounds come with every run: what any policy's cost is measured against.
     bounds = [scenario.bound(name) for name in BOUND_NAMES]
     if as_json:
-        emit_json(
-            [r.summary() for r in results]
-            + [
-                {
-                    "policy": b.name,
-                    "gpu_hours": round(b.gpu_hours, 2),
-                    "cost_usd": round(b.cost_usd, 2),
-                    "cap_violations": 0,
-                    "unmet_minutes": b.unmet_minutes,
-                }
-                for b in bounds
-            ]
-        )
+        emit_json([r.summary() for r in results] + [b.summary() for b in bounds])
         return
     surged = apply_surges(loaded, surges, seed=seed)
     out.print(
@@ -175,8 +164,9 @@ def _table(results: list[Result], bounds: list[BoundResult], slo_s: float) -> Ta
             str(r.scale_actions),
         )
     for b in bounds:
-        unmet = f" ({b.unmet_minutes} min beyond the cap)" if b.unmet_minutes else ""
-        table.add_row(f"{b.name}{unmet}", "-", "-", "-", f"{b.gpu_hours:.1f}", f"{b.cost_usd:.2f}", "0", "-")
+        plan = math.isfinite(b.cost_usd)  # HiGHS may stop before it has any plan
+        gpu_hours, cost = (f"{b.gpu_hours:.1f}", f"{b.cost_usd:.2f}") if plan else ("-", "-")
+        table.add_row(b.label(), "-", "-", "-", gpu_hours, cost, "0", "-")
     return table
 
 

@@ -200,8 +200,18 @@ def test_simulate_json_has_one_object_per_policy_with_the_fields_scripts_compare
     ]
     bounds, rows = rows[-2:], rows[:-2]
     for bound in bounds:
-        # A bound is a plan, not a replay: its cost, GPU-hours and what the cap left unmet.
-        assert set(bound) == {"policy", "gpu_hours", "cost_usd", "cap_violations", "unmet_minutes"}
+        # A bound is a plan, not a replay: its cost, GPU-hours and what the cap left unmet, and
+        # whether HiGHS proved it the optimum (its status and MIP gap).
+        assert set(bound) == {
+            "policy",
+            "status",
+            "mip_gap",
+            "gpu_hours",
+            "cost_usd",
+            "cap_violations",
+            "unmet_minutes",
+        }
+        assert bound["status"] == "optimal"
     for row in rows:
         assert set(row) == {
             "policy",
