@@ -310,11 +310,13 @@ def register(app: typer.Typer) -> None:
         from gpufleet.cli import bad_input, err, out
         from gpufleet.plan.node import plan_node
         from gpufleet.provision.membership import admit, gate_of, node_api
+        from gpufleet.provision.reach import require_reachable
 
         with bad_input():
             host = site_host(site, host)
             inv = load_inventory(site)
             api = node_api(kubeconfig.expanduser())
+            require_reachable(inv, [host], limit_option=False)
         with api_errors(host):
             admission = admit(api, plan_node(inv, inv.node(host)), gate_of(site, host))
         for line in admission.failed:

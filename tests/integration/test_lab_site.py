@@ -361,7 +361,17 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
     "serving rollback": [
         (["serving", "rollback", "dc1-prod", "--dry-run"], 2, "rollback reads the file's history")
     ],
-    "remediate run": [(["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log")],
+    "remediate run": [
+        (["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log"),
+        # A source, and no cluster to act on: one line naming the kubeconfig it looked for.
+        (
+            ["remediate", "run", "--kernel-log", f"lab-st1={ROOT / 'README.md'}", "--rounds", "1"],
+            2,
+            "--kubeconfig",
+        ),
+    ],
+    # The gate passes on a lab host; with no cluster to return it to, one line says so.
+    "remediate admit": [(["remediate", "admit", "lab", "lab-st1"], 2, "no such file, and not in a cluster")],
     "verify": [
         (["verify", "lab"], 0, "checks ran"),
         (["verify", "lab", "--verbose"], 0, "not in this host's plan"),
@@ -370,13 +380,16 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
 
 
 def _readme_table_commands() -> list[str]:
-    """The command column of the README's table of commands, each as its verb words."""
+    """Every command in the command column of the README's table of commands (a row may name
+    several: `… run …` / `… admit …`), each as its verb words."""
     text = (ROOT / "README.md").read_text()
     table = text.split("| command | does |", 1)[1].split("\n\n", 1)[0]
     keys = []
     for row in table.splitlines()[2:]:
-        usage = row.split("`")[1].replace("\\|", "|").split()[1:]
-        keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), usage)))
+        cell = row[: row.index("` | ") + 1]
+        for usage in cell.split("`")[1::2]:
+            words = usage.replace("\\|", "|").split()[1:]
+            keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), words)))
     return keys
 
 
