@@ -83,7 +83,9 @@ def run_provision(site: str, limit: list[str] | None, dry_run: bool, quiet: bool
             elif what.startswith("start: "):
                 lines.say(hostname, f"operation {ops[hostname] + 1}: {what.removeprefix('start: ')}")
             elif what == "finished":
-                lines.done(hostname, f"finished ({ops[hostname]} operations run)")
+                lines.done(
+                    hostname, "planned (dry run)" if dry_run else f"finished ({ops[hostname]} operations run)"
+                )
             else:
                 lines.say(hostname, what.splitlines()[0], ongoing=False)
 
