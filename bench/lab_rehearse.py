@@ -66,7 +66,7 @@ def main() -> None:
         "",
         f"`.venv/bin/python bench/lab_rehearse.py` on {platform.node()} ({platform.machine()}, "
         f"{os.cpu_count()} CPUs), one session: "
-        "cold = empty caches (debootstrap and every package downloaded), warm = the same rebuild again "
+        "cold = empty caches (mmdebstrap and every package downloaded), warm = the same rebuild again "
         "with the base tarball and packages cached. Each starts with no lab hosts.",
         "",
         "Load during the runs (1-minute load average; "

@@ -39,7 +39,7 @@ BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 LOCK_TIMEOUT_S = 300.0
 REQUIRED_TOOLS = {
-    "debootstrap": "debootstrap",
+    "mmdebstrap": "mmdebstrap",
     "systemd-nspawn": "systemd-container",
     "ip": "iproute2",
     "apt-ftparchive": "apt-utils",
@@ -55,20 +55,6 @@ ConditionCapability=
 [Service]
 ExecStart=
 ExecStart=!/usr/sbin/chronyd -F 1 -x
-"""
-
-# How container images install packages (Debian's own minimal images do both): a lab host's disk is
-# scratch, so dpkg skips its per-file fsync and leaves out documentation, manual pages and
-# translations, which no lab check reads. What a storage host's cold provision costs is its plan:
-# ~145 packages (Ceph mon, mgr and OSD, 56 of them Python modules byte-compiled at configure)
-# against the control plane's 3, on three storage hosts at once (bench/lab_rehearse.py).
-DPKG_LAB = """force-unsafe-io
-path-exclude=/usr/share/doc/*
-path-include=/usr/share/doc/*/copyright
-path-exclude=/usr/share/man/*
-path-exclude=/usr/share/info/*
-path-exclude=/usr/share/locale/*
-path-include=/usr/share/locale/locale.alias
 """
 
 
@@ -182,7 +168,7 @@ def _up(inv: Inventory, paths: LabPaths, report: Lines) -> list[HostStatus]:
     cached = paths.base_tarball.exists()
     report.say(
         "lab",
-        "base root filesystem: " + ("unpacking the cached one" if cached else "debootstrap (cached after)"),
+        "base root filesystem: " + ("unpacking the cached one" if cached else "mmdebstrap (cached after)"),
     )
     base = image.unpack_base(paths)
     _prepare_base(base)
@@ -224,7 +210,7 @@ def _prepare_base(base: Path) -> None:
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "lab-container.conf").write_text(CHRONY_DROPIN)
     (base / "etc/systemd/system/nvmf-autoconnect.service").symlink_to("/dev/null")
-    (base / "etc/dpkg/dpkg.cfg.d/gpufleet-lab").write_text(DPKG_LAB)
+    (base / "etc/dpkg/dpkg.cfg.d/gpufleet-lab").write_text(image.DPKG_LAB)
 
 
 def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
