@@ -2,13 +2,16 @@
 
 Each case is one mutation (a hostile string in a field, a wrong type, a dropped or unknown key, or
 a text-level change: duplicate keys, YAML 1.1 numbers, alias bombs, deep nesting, stray bytes) of
-one shipped file. The CLI runs on it in this process, as a user would run it; then:
+one shipped file, or of a key issuer's tenants file (API keys and tenant names that become the
+gateway's HAProxy maps). The CLI runs on it in this process, as a user would run it; then:
 - the exit code is 0 or 2, never a traceback;
 - the case costs < 2 s of CPU, and the whole run grows the process by < 200 MB;
 - for every accepted case, everything the input reaches is rendered and checked by oracles written
   from the destination's grammar, independently of the model's own types: apt deb822 files, device
   and mount paths, RAID commands, kubectl argument lists, kubeadm nodeRegistration, Kubernetes label
-  and taint syntax, Ansible extra variables (Jinja only behind !unsafe), AWS tags.
+  and taint syntax, Ansible extra variables (Jinja only behind !unsafe), AWS tags, and HAProxy's
+  map files (read as HAProxy reads them: one entry per key, exactly the file's fields; HAProxy
+  itself loads them under the gateway's config); no output line shows an API key.
 
 tests/unit/test_adversarial.py runs 2,000 cases in CI; `python bench/adversarial.py [N]` runs
 10,000 (default) and writes bench/results/adversarial.md.
@@ -24,6 +27,7 @@ import random
 import re
 import resource
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +50,14 @@ from gpufleet.cli import app  # noqa: E402
 
 SITES = ("lab", "h100", "dc1-dr", "dc1")
 STACKS = ("lab", "dc1-prod", "burst-prod")
+# The key issuer's file (gpufleet serving tenants): keys long enough to spot in any output line.
+TENANTS = {
+    "tenants": [
+        {"key": "k0-7d1e5c9a2b4f6e8d", "name": "bank", "priority": "P0", "requests_per_s": 5},
+        {"key": "k1-0a9b8c7d6e5f4a3b", "name": "retail", "priority": "P1", "requests_per_s": 20},
+        {"key": "k2-e4d3c2b1a0f9e8d7", "name": "batch-eu", "priority": "P2", "requests_per_s": 0.5},
+    ]
+}
 MAX_CPU_S = 2.0
 MAX_GROWTH_MB = 200
 SHARDS = 4
@@ -106,7 +118,7 @@ DEB822_FIELDS = {"Types", "URIs", "Suites", "Components", "Signed-By"}
 
 @dataclass(frozen=True)
 class Case:
-    kind: str  # "inventory" or "stack"
+    kind: str  # "inventory", "stack" or "tenants"
     base: str
     mutation: str
     text: bytes
@@ -207,6 +219,8 @@ def cases(seed: int, count: int) -> Iterator[Case]:
     sources = [("inventory", s, REPO / "inventories" / s / "nodes.yaml") for s in SITES]
     sources += [("stack", s, REPO / "stacks" / f"Pulumi.{s}.yaml") for s in STACKS]
     texts = {name: path.read_text() for _, name, path in sources}
+    sources.append(("tenants", "tenants", REPO))
+    texts["tenants"] = yaml.safe_dump(TENANTS, sort_keys=False)
     docs = {name: _with_optional_strings(yaml.safe_load(text)) for name, text in texts.items()}
     for _ in range(count):
         kind, name, _path = rng.choice(sources)
@@ -248,6 +262,12 @@ def run_case(case: Case, work: Path) -> Outcome:
         host = _gpu_host(case.text)
         if host:
             commands.append(["plan-node", str(path), host])
+    elif case.kind == "tenants":
+        path = work / "tenants" / "tenants.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(case.text)
+        shutil.rmtree(work / "maps", ignore_errors=True)
+        commands = [["serving", "tenants", str(path), "--out", str(work / "maps")]]
     else:
         stacks = work / "stacks"
         stacks.mkdir(parents=True, exist_ok=True)
@@ -265,10 +285,13 @@ def run_case(case: Case, work: Path) -> Outcome:
                 out.crash = f"{args[0]}: {type(result.exception).__name__}: {result.exception}"[:300]
                 break
             out.codes.append(result.exit_code)
+            shown = [t["key"] for t in TENANTS["tenants"] if t["key"] in result.output]
+            if case.kind == "tenants" and shown:
+                out.unsafe.append(f"API key {shown[0][:3]}... shown in the output")
             if result.exit_code != 0:
                 break
         if out.crash is None and out.accepted:
-            out.unsafe = check_reach(case, work)
+            out.unsafe += check_reach(case, work)
     finally:
         out.cpu_s = time.process_time() - started
         os.chdir(cwd)
@@ -280,6 +303,11 @@ def check_reach(case: Case, work: Path) -> list[str]:
     from gpufleet.inventory.load import load_inventory
     from gpufleet.inventory.stacks import load_stack
 
+    if case.kind == "tenants":
+        # Read as the CLI read it (the bounded loader on libyaml), which is what the maps came from.
+        from gpufleet.inventory.load import read_yaml
+
+        return _check_maps(read_yaml(work / "tenants" / "tenants.yaml"), work / "maps", work / "gateway")
     if case.kind == "stack":
         from gpufleet.plan.aws import cloud_tags
 
@@ -308,6 +336,41 @@ def _check_user_data(stack: Any) -> list[str]:
         problems.append(f"burst taints {registration['taints']!r}")
     if re.search(r"[`\\]|\$\(", body):
         problems.append("shell syntax in the join configuration")
+    return problems
+
+
+def _map_entries(text: str) -> list[list[str]]:
+    """A map file as HAProxy reads it: blank and `#` lines skipped, fields split at whitespace."""
+    return [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _check_maps(doc: Any, maps: Path, gateway: Path) -> list[str]:
+    """The maps hold exactly one entry per tenant of the file, with its fields and nothing else,
+    and HAProxy loads them under the gateway's config."""
+    from gpufleet.plan.admission import RATE_WINDOW_S, Backend, Tenant, plan_admission
+    from gpufleet.serving.gateway import check_config, write_config
+
+    tenants = doc["tenants"]
+    want = sorted([str(t["key"]), str(t["name"]), str(t["priority"])] for t in tenants)
+    problems = []
+    if sorted(_map_entries((maps / "tenants.map").read_text())) != want:
+        problems.append("tenants.map is not one `key name class` entry per tenant")
+    limits = _map_entries((maps / "limits.map").read_text())
+    rates = sorted(
+        [str(t["key"]), str(max(1, int(float(t["requests_per_s"]) * RATE_WINDOW_S)))] for t in tenants
+    )
+    if sorted(limits) != rates:
+        problems.append("limits.map is not one `key limit` entry per tenant")
+    if problems:
+        return problems
+    keys = {str(t["key"]): Tenant(name=t["name"], priority=t["priority"], requests_per_s=t["requests_per_s"])
+            for t in tenants}  # fmt: skip
+    backend = Backend(name="primary", model="m", servers=["127.0.0.1:1"], slots=1, rate_rps=1)
+    fallback = backend.model_copy(update={"name": "fallback"})
+    config = write_config(gateway, plan_admission(2, backend, fallback), backend, fallback, keys, 1, 2)
+    checked = check_config(config)
+    if checked.returncode != 0:
+        problems.append(f"haproxy -c: {(checked.stdout + checked.stderr).strip()[:200]}")
     return problems
 
 
@@ -479,6 +542,7 @@ def _originals() -> list[Case]:
     out = [
         Case("inventory", s, "none", (REPO / "inventories" / s / "nodes.yaml").read_bytes()) for s in SITES
     ]
+    out.append(Case("tenants", "tenants", "none", yaml.safe_dump(TENANTS, sort_keys=False).encode()))
     return out + [
         Case("stack", s, "none", (REPO / "stacks" / f"Pulumi.{s}.yaml").read_bytes()) for s in STACKS
     ]

@@ -88,7 +88,7 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "h100" if "H100" in name else "gpu"
+    tag = next((t for t in ("h100", "h200") if t.upper() in name), "gpu")
     record = {"device": name, "copy_tb_s": copy / 1e12, "rows": rows}
     (args.out / f"decode_roofline_{tag}.json").write_text(json.dumps(record, indent=2))
     (args.out / f"decode_roofline_{tag}.md").write_text(report(name, sizes, batches, rows, copy))

@@ -5,21 +5,43 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 
 from gpufleet.plan.aws import (
     ADMIN_PORTS,
+    BUILDER_INSTANCE_TYPE,
     CNI_PORTS,
     DNS_PORT,
+    IMAGE_BUILDER_LOGS,
+    IMAGE_ROOT_GIB,
+    NODE_SCRIPT_FILES,
     TRITON_PORTS,
     AwsBurstPlan,
     account_of,
+    builder_role_policy,
     controller_policy,
+    image_component,
+    image_name,
     kms_key_policy,
     node_role_policy,
+    publisher_policy,
     queue_policy,
+    weights_objects_arn,
+)
+from gpufleet.serving import burst_weights
+
+# The node scripts the baked image carries, from this checkout (model_cache.py beside burst_weights.py).
+NODE_SCRIPTS_DIR = Path(burst_weights.__file__).parent
+EC2_TRUST = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
 )
 
 INTERRUPTION_EVENTS = {
@@ -43,6 +65,9 @@ class SpotBurst(pulumi.ComponentResource):
     queue_url: pulumi.Output[str]
     asg_name: pulumi.Output[str]
     controller_policy_arn: pulumi.Output[str]
+    weights_url: pulumi.Output[str]
+    image_id: pulumi.Output[str]
+    publisher_policy_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: SpotBurstArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:burst:SpotBurst", name, None, opts)
@@ -229,23 +254,44 @@ class SpotBurst(pulumi.ComponentResource):
                 f"{name}-control-plane", resolver_rule_id=rule.id, vpc_id=vpc.id, opts=child
             )
 
-        role = aws.iam.Role(
-            f"{name}-node-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+        # The burst model's pinned revision (published once, burst_weights.py) and the image
+        # builds' logs: private, encrypted at rest.
+        weights = aws.s3.Bucket(
+            f"{name}-weights", bucket_prefix=f"gpufleet-{p.site}-burst-", tags=tags, opts=child
+        )
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-weights",
+            bucket=weights.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-weights",
+            bucket=weights.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="AES256"
+                    )
+                )
+            ],
+            opts=child,
+        )
+        weights_url = weights.bucket.apply(lambda b: f"s3://{b}/{p.weights_prefix}")
+        weights_parameter = aws.ssm.Parameter(
+            f"{name}-weights",
+            name=p.weights_parameter,
+            type="String",
+            value=weights_url,
             tags=tags,
             opts=child,
         )
+        weights_arn = weights.bucket.apply(lambda b: weights_objects_arn(b, p.weights_prefix))
+
+        role = aws.iam.Role(f"{name}-node-role", assume_role_policy=EC2_TRUST, tags=tags, opts=child)
         # The join token's own key: usable only through SSM (the key policy and the node role say so).
         key = aws.kms.Key(
             f"{name}-join-token-key",
@@ -285,17 +331,132 @@ class SpotBurst(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-node-policy",
             role=role.id,
-            policy=pulumi.Output.all(token.arn, ca_hash.arn, key.arn).apply(
-                lambda arns: json.dumps(node_role_policy([arns[0], arns[1]], arns[2], p.region))
-            ),
+            policy=pulumi.Output.all(
+                token.arn, ca_hash.arn, weights_parameter.arn, key.arn, weights_arn
+            ).apply(lambda arns: json.dumps(node_role_policy(list(arns[:3]), arns[3], p.region, arns[4]))),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
 
+        # The baked burst image (docs/burst-boot.md): Image Builder builds it from the BOM's AMI
+        # during `pulumi up` whenever the component or the parent changes (a new name, so a new
+        # image), and the launch template takes the AMI it distributes.
+        builder_role = aws.iam.Role(
+            f"{name}-builder-role", assume_role_policy=EC2_TRUST, tags=tags, opts=child
+        )
+        builder_profile = aws.iam.InstanceProfile(
+            f"{name}-builder-profile", role=builder_role.name, tags=tags, opts=child
+        )
+        builder_sg = aws.ec2.SecurityGroup(
+            f"{name}-builder",
+            vpc_id=vpc.id,
+            description="Image Builder build instance: no inbound, packages and images out",
+            ingress=[],
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"], description="egress"
+                )
+            ],
+            tags=tagged("builder"),
+            opts=child,
+        )
+        scripts = {file: (NODE_SCRIPTS_DIR / file).read_text() for file in NODE_SCRIPT_FILES}
+        document = image_component(p, scripts)
+        image = image_name(document, p)
+        component = aws.imagebuilder.Component(
+            f"{name}-node-component",
+            name=image,
+            version="1.0.0",
+            platform="Linux",
+            data=document,
+            description=f"gpufleet {p.site}: burst node packages, serving image, node scripts",
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-builder-policy",
+            role=builder_role.id,
+            policy=pulumi.Output.all(component.arn, weights.bucket).apply(
+                lambda a: json.dumps(
+                    builder_role_policy(a[0], f"arn:aws:s3:::{a[1]}/{IMAGE_BUILDER_LOGS}/*", p.region)
+                )
+            ),
+            opts=child,
+        )
+        recipe = aws.imagebuilder.ImageRecipe(
+            f"{name}-node-recipe",
+            name=image,
+            version="1.0.0",
+            # Image Builder resolves the parent from the public SSM parameter the BOM pins.
+            parent_image=f"ssm:{p.ami_parameter}",
+            components=[aws.imagebuilder.ImageRecipeComponentArgs(component_arn=component.arn)],
+            block_device_mappings=[
+                aws.imagebuilder.ImageRecipeBlockDeviceMappingArgs(
+                    device_name="/dev/sda1",
+                    ebs=aws.imagebuilder.ImageRecipeBlockDeviceMappingEbsArgs(
+                        volume_size=IMAGE_ROOT_GIB,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            tags=tags,
+            opts=child,
+        )
+        infrastructure = aws.imagebuilder.InfrastructureConfiguration(
+            f"{name}-builder",
+            name=f"gpufleet-{p.site}-burst-builder",
+            instance_profile_name=builder_profile.name,
+            instance_types=[BUILDER_INSTANCE_TYPE],
+            subnet_id=private[0].id,
+            security_group_ids=[builder_sg.id],
+            terminate_instance_on_failure=True,
+            instance_metadata_options=aws.imagebuilder.InfrastructureConfigurationInstanceMetadataOptionsArgs(
+                http_tokens="required", http_put_response_hop_limit=1
+            ),
+            logging=aws.imagebuilder.InfrastructureConfigurationLoggingArgs(
+                s3_logs=aws.imagebuilder.InfrastructureConfigurationLoggingS3LogsArgs(
+                    s3_bucket_name=weights.bucket, s3_key_prefix=IMAGE_BUILDER_LOGS
+                )
+            ),
+            tags=tags,
+            opts=child,
+        )
+        distribution = aws.imagebuilder.DistributionConfiguration(
+            f"{name}-node-image",
+            name=f"gpufleet-{p.site}-burst",
+            distributions=[
+                aws.imagebuilder.DistributionConfigurationDistributionArgs(
+                    region=p.region,
+                    ami_distribution_configuration=aws.imagebuilder.DistributionConfigurationDistributionAmiDistributionConfigurationArgs(
+                        name=f"{image}-{{{{ imagebuilder:buildDate }}}}", ami_tags=tagged("node-image")
+                    ),
+                )
+            ],
+            tags=tags,
+            opts=child,
+        )
+        built = aws.imagebuilder.Image(
+            f"{name}-node-image",
+            image_recipe_arn=recipe.arn,
+            infrastructure_configuration_arn=infrastructure.arn,
+            distribution_configuration_arn=distribution.arn,
+            image_tests_configuration=aws.imagebuilder.ImageImageTestsConfigurationArgs(
+                image_tests_enabled=True, timeout_minutes=60
+            ),
+            tags=tags,
+            # A build pulls the serving image (tens of GiB) and snapshots the volume.
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="120m"))
+            ),
+        )
+        image_id = built.output_resources.apply(lambda out: out[0].amis[0].image)
+
         template = aws.ec2.LaunchTemplate(
             f"{name}-nodes",
-            # EC2 resolves the AMI from the public SSM parameter at the version the BOM pins.
-            image_id=f"resolve:ssm:{p.ami_parameter}",
+            # The baked image: the BOM's AMI with the node packages and the serving image in it.
+            image_id=image_id,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             vpc_security_group_ids=[sg.id],
             # IMDSv2 only, hop limit 1: a pod behind the CNI (one hop more) gets no token, so no
@@ -388,14 +549,28 @@ class SpotBurst(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        # For whoever publishes a revision once (docs/burst-boot.md): that prefix, write only.
+        publisher = aws.iam.Policy(
+            f"{name}-weights-publisher",
+            description=f"gpufleet {p.site}: publish the burst model's pinned revision",
+            policy=weights_arn.apply(lambda arn: json.dumps(publisher_policy(arn))),
+            tags=tags,
+            opts=child,
+        )
         self.queue_url = queue.url
         self.asg_name = asg.name
         self.controller_policy_arn = controller.arn
+        self.weights_url = weights_url
+        self.image_id = image_id
+        self.publisher_policy_arn = publisher.arn
         self.register_outputs(
             {
                 "queueUrl": queue.url,
                 "asgName": asg.name,
                 "vpcId": vpc.id,
                 "controllerPolicyArn": controller.arn,
+                "weightsUrl": weights_url,
+                "imageId": image_id,
+                "publisherPolicyArn": publisher.arn,
             }
         )

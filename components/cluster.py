@@ -13,7 +13,7 @@ from pulumi.dynamic import Resource
 from components.providers import ClusterProvider, undo_pickler_wrapping
 from gpufleet.plan.site import CephPlan, KubernetesPlan
 
-CEPH_OUTPUTS = ("fsid", "client_key")
+CEPH_OUTPUTS = ("fsid", "client_key", "cephfs_client_key")
 KUBERNETES_OUTPUTS = ("kubeconfig", "join_token", "ca_cert_hash")
 # Life of the burst nodes' join token (the `--ttl` in playbooks/kubernetes_outputs.yml): minted
 # again by any `up` in its last REMINT_BEFORE_S, and the burst stack writes it to SSM.
@@ -26,7 +26,8 @@ def _digest(spec: dict[str, Any]) -> str:
 
 class CephCluster(Resource, module="gpufleet", name="CephCluster"):
     fsid: pulumi.Output[str]
-    client_key: pulumi.Output[str]
+    client_key: pulumi.Output[str]  # the RBD driver's client
+    cephfs_client_key: pulumi.Output[str]  # the CephFS driver's client
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         super().__init__(
@@ -72,10 +73,11 @@ class ClusterRoles(pulumi.ComponentResource):
     ca_cert_hash: pulumi.Output[str]
     ceph_fsid: pulumi.Output[str] | None
     ceph_client_key: pulumi.Output[str] | None
+    ceph_cephfs_client_key: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: ClusterRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:cluster:ClusterRoles", name, None, opts)
-        self.ceph_fsid = self.ceph_client_key = None
+        self.ceph_fsid = self.ceph_client_key = self.ceph_cephfs_client_key = None
         ceph: CephCluster | None = None
         if args.ceph is not None:
             spec = {**args.ceph.model_dump(mode="json"), "monitors": args.ceph_monitors}
@@ -85,11 +87,12 @@ class ClusterRoles(pulumi.ComponentResource):
                 pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[args.nodes[h] for h in args.ceph_hosts],
-                    additional_secret_outputs=["client_key"],
+                    additional_secret_outputs=["client_key", "cephfs_client_key"],
                 ),
             )
             self.ceph_fsid = ceph.fsid
             self.ceph_client_key = pulumi.Output.secret(ceph.client_key)
+            self.ceph_cephfs_client_key = pulumi.Output.secret(ceph.cephfs_client_key)
         spec = args.kubernetes.model_dump(mode="json")
         # Persistent volumes come from Ceph: the control plane is brought up after it. It admits its
         # control planes (their Nodes' gates have passed): the platform, which waits for it, runs there.

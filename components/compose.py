@@ -109,14 +109,15 @@ def onprem(stack: Stack) -> None:
         and pool is not None
         and cluster.ceph_fsid is not None
         and cluster.ceph_client_key is not None
+        and cluster.ceph_cephfs_client_key is not None
     ):
         ceph = CephStorage(
             fsid=cluster.ceph_fsid,
             client_key=cluster.ceph_client_key,
+            cephfs_client_key=cluster.ceph_cephfs_client_key,
             monitors=monitors,
             pool=pool,
             fs_name=plan.ceph.filesystem.name,
-            fs_pool=plan.ceph.filesystem.data_pool,
         )
     platform = KubernetesPlatform(
         "platform",
@@ -214,6 +215,10 @@ def burst(stack: Stack, source: str) -> None:
     pulumi.export("asgName", spot.asg_name)
     pulumi.export("queueUrl", spot.queue_url)
     pulumi.export("controllerPolicyArn", spot.controller_policy_arn)
+    pulumi.export("weightsUrl", spot.weights_url)
+    pulumi.export("burstImageId", spot.image_id)
+    pulumi.export("weightsPublisherPolicyArn", spot.publisher_policy_arn)
+    pulumi.export("bootToServeS", plan_site(inv).burst.boot_to_serve_s)  # type: ignore[union-attr]
     pulumi.export("burstModel", aws_plan.fleet.model)
     pulumi.export("instanceTypes", aws_plan.fleet.instance_types)
     pulumi.export("desiredNodes", aws_plan.desired_nodes)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.provisioning import CEPH_CLIENT
 from gpufleet.plan.k8s import (
     CACHE_STORAGE_CLASS,
     CEPH_CSI_NAMESPACE,
@@ -20,6 +19,7 @@ from gpufleet.plan.k8s import (
     Chart,
     CustomResource,
 )
+from gpufleet.plan.site import CEPHFS_CLIENT, CEPHFS_GROUP, RBD_CLIENT
 
 CSI_SECRET = "csi-rbd-secret"
 CEPHFS_SECRET = "csi-cephfs-secret"
@@ -49,11 +49,11 @@ def helm_release(name: str, chart: Chart, opts: pulumi.ResourceOptions) -> k8s.h
 @dataclass(frozen=True)
 class CephStorage:
     fsid: pulumi.Input[str]
-    client_key: pulumi.Input[str]  # a Pulumi secret
+    client_key: pulumi.Input[str]  # the RBD driver's client's key, a Pulumi secret
+    cephfs_client_key: pulumi.Input[str]  # the CephFS driver's client's key, a Pulumi secret
     monitors: list[str]
     pool: str
     fs_name: str  # the CephFS file system the model cache provisions from
-    fs_pool: str
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,14 @@ class KubernetesPlatform(pulumi.ComponentResource):
         }
         if args.ceph is not None:
             # The one value the plan cannot know: the fsid Ceph generated when the cluster was built.
-            csi = {"csiConfig": [{"clusterID": args.ceph.fsid, "monitors": args.ceph.monitors}]}
+            cluster = {"clusterID": args.ceph.fsid, "monitors": args.ceph.monitors}
+            # The CephFS driver provisions in the subvolume group its client may write (caps).
+            csi = {
+                "ceph-csi-rbd": {"csiConfig": [cluster]},
+                "ceph-csi-cephfs": {"csiConfig": [{**cluster, "cephFS": {"subvolumeGroup": CEPHFS_GROUP}}]},
+            }
             charts = [
-                c.model_copy(update={"values": {**c.values, **csi}})
-                if c.name in ("ceph-csi-rbd", "ceph-csi-cephfs")
-                else c
+                c.model_copy(update={"values": {**c.values, **csi[c.name]}}) if c.name in csi else c
                 for c in args.charts
             ]
         else:
@@ -176,7 +179,8 @@ class KubernetesPlatform(pulumi.ComponentResource):
         secret = k8s.core.v1.Secret(
             f"{name}-ceph-secret",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=CSI_SECRET, namespace=CEPH_CSI_NAMESPACE),
-            string_data={"userID": CEPH_CLIENT, "userKey": ceph.client_key},
+            # The RBD driver reads user credentials (ceph-csi internal/util/credentials.go).
+            string_data={"userID": RBD_CLIENT, "userKey": ceph.client_key},
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace])),
         )
         k8s.storage.v1.StorageClass(
@@ -210,7 +214,11 @@ class KubernetesPlatform(pulumi.ComponentResource):
         secret = k8s.core.v1.Secret(
             f"{name}-cephfs-secret",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=CEPHFS_SECRET, namespace=CEPHFS_CSI_NAMESPACE),
-            string_data={"userID": CEPH_CLIENT, "userKey": ceph.client_key},
+            # Dynamically provisioned CephFS volumes are created, expanded and staged with the
+            # secret's admin credentials (ceph-csi v3.12.2 internal/cephfs controllerserver.go and
+            # nodeserver.go getCredentialsForVolume): adminID/adminKey, here the driver's own
+            # client, which may touch only the model cache's file system.
+            string_data={"adminID": CEPHFS_CLIENT, "adminKey": ceph.cephfs_client_key},
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace])),
         )
         k8s.storage.v1.StorageClass(
@@ -219,8 +227,8 @@ class KubernetesPlatform(pulumi.ComponentResource):
             provisioner="cephfs.csi.ceph.com",
             parameters={
                 "clusterID": ceph.fsid,
+                # No `pool`: the file system has one data pool, which is its default layout.
                 "fsName": ceph.fs_name,
-                "pool": ceph.fs_pool,
                 **{
                     f"csi.storage.k8s.io/{use}-secret-{key}": value
                     for use in ("provisioner", "controller-expand", "node-stage")

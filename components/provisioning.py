@@ -15,6 +15,7 @@ from typing import Any
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.plan.expect import HostExpect
 from gpufleet.plan.node import NodePlan
+from gpufleet.plan.site import CEPHFS_CLIENT, RBD_CLIENT, plan_site
 
 
 def _quiet(_host: str, _event: str) -> None:
@@ -104,7 +105,6 @@ def remove_node(site: str, plan: NodePlan, drain_timeout_s: float) -> list[str]:
 
 
 OUTPUT_PLAYBOOKS = Path(__file__).with_name("playbooks")
-CEPH_CLIENT = "kubernetes"  # the ceph role's ceph_client_name: the key the CSI driver uses
 
 
 def converge_cluster(site: str, component: str, hosts: list[str]) -> dict[str, Any]:
@@ -119,10 +119,17 @@ def converge_cluster(site: str, component: str, hosts: list[str]) -> dict[str, A
     if not result.ok:
         raise RuntimeError(f"playbook {component}.yml on {site}: {'; '.join(result.failures[:5])}")
     if component == "ceph":
-        # The role writes the client keyring on this controller; the fsid is derived from the site.
+        ceph = plan_site(inv).ceph
+        planned = {c.name for c in ceph.clients} if ceph is not None else set()
+        # The role writes each client's keyring on this controller; the fsid is derived from the site.
         facts = {
             "fsid": ceph_fsid(site),
-            "client_key": keyring_key(out_dir(site) / f"ceph.client.{CEPH_CLIENT}.keyring"),
+            **{
+                output: keyring_key(out_dir(site) / f"ceph.client.{client}.keyring")
+                if client in planned
+                else ""
+                for output, client in (("client_key", RBD_CLIENT), ("cephfs_client_key", CEPHFS_CLIENT))
+            },
         }
     else:
         facts = run_cluster_playbook(site, f"{component}_outputs", OUTPUT_PLAYBOOKS)

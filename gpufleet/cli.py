@@ -256,6 +256,12 @@ def plan_site_cmd(site: SiteArg = "lab", as_json: JsonOpt = False) -> None:
             + ", ".join(f"{i.name} ({i.capacity:.2f})" for i in fleet.instances)
             + " (on-prem replicas per node)"
         )
+        parts = ", ".join(f"{name} {s:.0f}" for name, s in b.boot.parts.items())
+        out.print(
+            f"burst boot-to-serve {b.boot_to_serve_s} s = {parts} "
+            f"({b.boot.weights_gib:g} GiB of {b.boot.model}: copied at {b.boot.weights_copy_gib_s:g} GiB/s, "
+            f"loaded at {b.boot.weight_load_gib_s:.2f} GiB/s)"
+        )
 
 
 @app.command()

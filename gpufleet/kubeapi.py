@@ -89,15 +89,23 @@ class NodeApi:
     clock: Callable[[], float] = time.time
     poll_s: float = 1.0
     sleep: Callable[[float], None] = time.sleep
+    # Each API call's limit in seconds (the client's `_request_timeout`); None waits as long as the
+    # connection does.
+    request_timeout_s: float | None = None
+
+    def _limit(self) -> dict[str, Any]:
+        return {} if self.request_timeout_s is None else {"_request_timeout": self.request_timeout_s}
 
     def cordon(self, node: str, unschedulable: bool = True) -> None:
-        self.core.patch_node(node, {"spec": {"unschedulable": unschedulable}}, _content_type=MERGE_PATCH)
+        self.core.patch_node(
+            node, {"spec": {"unschedulable": unschedulable}}, _content_type=MERGE_PATCH, **self._limit()
+        )
 
     def uncordon(self, node: str) -> None:
         self.cordon(node, unschedulable=False)
 
     def taints(self, node: str) -> list[dict[str, Any]]:
-        taints = self.core.read_node(node).spec.taints or []
+        taints = self.core.read_node(node, **self._limit()).spec.taints or []
         return [{"key": t.key, "value": t.value, "effect": t.effect} for t in taints]
 
     def has_taint(self, node: str, key: str, effect: str | None = None) -> bool:
@@ -114,7 +122,7 @@ class NodeApi:
             if current
             else [{"op": "add", "path": "/spec/taints", "value": [value]}]
         )
-        self.core.patch_node(node, patch, _content_type=JSON_PATCH)
+        self.core.patch_node(node, patch, _content_type=JSON_PATCH, **self._limit())
         return True
 
     def remove_taint(self, node: str, key: str, effect: str | None = None) -> bool:
@@ -127,13 +135,15 @@ class NodeApi:
                     {"op": "test", "path": f"/spec/taints/{index}/key", "value": key},
                     {"op": "remove", "path": f"/spec/taints/{index}"},
                 ]
-                self.core.patch_node(node, patch, _content_type=JSON_PATCH)
+                self.core.patch_node(node, patch, _content_type=JSON_PATCH, **self._limit())
                 return True
         return False
 
     def pods_to_evict(self, node: str) -> list[Any]:
         """Pods on the node that a drain moves: not DaemonSet or mirror pods, not finished ones."""
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        pods = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}", **self._limit()
+        ).items
         return [
             p
             for p in pods
@@ -152,7 +162,7 @@ class NodeApi:
             body["deleteOptions"] = {"gracePeriodSeconds": grace_s}
         pod = f"{namespace}/{name}"
         try:
-            self.core.create_namespaced_pod_eviction(name, namespace, body)
+            self.core.create_namespaced_pod_eviction(name, namespace, body, **self._limit())
         except ApiException as exc:
             message, causes = _status_message(exc)
             if exc.status == 404:
@@ -201,7 +211,7 @@ class NodeApi:
     def delete_node(self, node: str) -> bool:
         """Remove the Node object; False if there was none."""
         try:
-            self.core.delete_node(node)
+            self.core.delete_node(node, **self._limit())
         except ApiException as exc:
             if exc.status == 404:
                 return False

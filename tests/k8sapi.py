@@ -28,6 +28,7 @@ import copy
 import json
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +89,8 @@ class KubeApiFake:
         pdb = self.exchanges["pdb-status-blocking"]["body"]
         self.pdbs: list[dict[str, Any]] = [copy.deepcopy(pdb)]
         self.calls: list[tuple[str, str, Any]] = []
+        # When each write arrived (monotonic seconds, path): for the tests of drain timing.
+        self.stamps: list[tuple[float, str]] = []
         self.unrecorded: list[str] = []
         self.core: Any = None  # set by the kube_fake fixture
 
@@ -259,6 +262,8 @@ class KubeApiFake:
         path = url.path
         with self.lock:
             self.calls.append((method, raw_path, body))
+            if method != "GET":
+                self.stamps.append((time.monotonic(), path))
             answer: tuple[int, dict[str, Any]] | None = None
             if method == "GET" and path == "/api/v1/pods":
                 node = query.get("fieldSelector", [""])[0].removeprefix("spec.nodeName=")

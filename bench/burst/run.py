@@ -6,8 +6,9 @@ Each scenario replays one trace (bench/burst/data, see its NOTICE) on the dc1 si
 model with a x3 surge of 20 minutes in the middle, Spot interruptions at 0.05 per node-hour
 with the two-minute notice, and a Spot price random walk per pool; every policy sees the same
 requests, prices and interruption draws. "announced" scenarios tell gpufleet's policy the surge
-window and factor ahead (a promotion on the calendar); "unannounced" ones do not. The oracle
-knows every minute's load ahead and is the lower bound on cost at the SLO.
+window and factor ahead (a promotion on the calendar); "unannounced" ones do not. Costs are
+compared with two exact bounds (gpufleet.sim.bounds): bound-clairvoyant knows every minute's load
+ahead, bound-calendar each surge's window and worst minute.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from bench.report import RESULTS, write  # noqa: E402
 from gpufleet.burst.policy import POLICY_NAMES, PeakHold  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
+from gpufleet.sim.bounds import BOUND_NAMES  # noqa: E402
 from gpufleet.sim.engine import Result  # noqa: E402
 from gpufleet.sim.scenario import Scenario, build_scenario  # noqa: E402
 from gpufleet.sim.trace import Surge, default_surge, load_trace, repeat  # noqa: E402
@@ -128,8 +130,8 @@ def main() -> None:
     targets = [
         "## Targets, per seed",
         "",
-        "| scenario | seed | gpufleet SLO ok % | cost / oracle | HPA viol. min / gpufleet | cost / HPA | oracle / HPA cost | peak-hold / oracle | static-peak / oracle | cap violations (all) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | seed | gpufleet SLO ok % | cost / bound-clairvoyant | cost / bound-calendar | HPA viol. min / gpufleet | cost / HPA | bound-clairvoyant / HPA cost | bound-calendar / bound-clairvoyant | oracle / bound-clairvoyant | static-peak / bound-clairvoyant | cap violations (all) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in CASES:
         for seed in SEEDS:
@@ -137,7 +139,12 @@ def main() -> None:
             results = [sc.run(name) for name in (*POLICY_NAMES, PeakHold.name)]
             by = {r.policy: r for r in results}
             g, o, h = by["gpufleet"], by["oracle"], by["hpa-gpu70"]
-            bounds = f"{by[PeakHold.name].cost_usd / o.cost_usd:.2f} | {by['static-peak'].cost_usd / o.cost_usd:.2f}"
+            exact = {name: sc.bound(name) for name in BOUND_NAMES}
+            bc, bk = exact["bound-clairvoyant"], exact["bound-calendar"]
+            bounds = (
+                f"{bk.cost_usd / bc.cost_usd:.2f} | {o.cost_usd / bc.cost_usd:.2f} | "
+                f"{by['static-peak'].cost_usd / bc.cost_usd:.2f}"
+            )
             ratio = (
                 "inf"
                 if g.slo_violation_minutes == 0 and h.slo_violation_minutes
@@ -148,8 +155,9 @@ def main() -> None:
                 )
             )
             targets.append(
-                f"| {case.name} | {seed} | {g.slo_ok_minutes_pct:.1f} | {g.cost_usd / o.cost_usd:.2f} | {ratio} | "
-                f"{g.cost_usd / h.cost_usd:.2f} | {o.cost_usd / h.cost_usd:.2f} | {bounds} | "
+                f"| {case.name} | {seed} | {g.slo_ok_minutes_pct:.1f} | {g.cost_usd / bc.cost_usd:.2f} | "
+                f"{g.cost_usd / bk.cost_usd:.2f} | {ratio} | "
+                f"{g.cost_usd / h.cost_usd:.2f} | {bc.cost_usd / h.cost_usd:.2f} | {bounds} | "
                 f"{sum(r.cap_violations for r in results)} |"
             )
             if seed != 0:
@@ -169,6 +177,11 @@ def main() -> None:
                     f"| {r.policy} | {r.slo_ok_minutes_pct:.1f} | {r.slo_violation_minutes} | {r.p99_queue_wait_s:.2f} | "
                     f"{r.gpu_hours:.1f} | {r.cost_usd:.2f} | {r.cap_violations} | {r.scale_actions} |"
                 )
+            for b in exact.values():
+                unmet = f" ({b.unmet_minutes} min beyond the cap)" if b.unmet_minutes else ""
+                lines.append(
+                    f"| {b.name}{unmet} | - | - | - | {b.gpu_hours:.1f} | {b.cost_usd:.2f} | 0 | - |"
+                )
             lines.append("")
             plot(
                 case,
@@ -181,21 +194,29 @@ def main() -> None:
     lines += [
         *targets,
         "",
-        "Targets: gpufleet cost <= 1.2x the oracle's at >= 99% of minutes inside the SLO; >= 5x fewer",
-        "violation minutes than hpa-gpu70 at no higher cost (cost / HPA <= 1); 0 cap violations.",
-        "Where the oracle itself costs more than HPA (oracle / HPA > 1), HPA saves money by missing the SLO:",
-        "no policy that meets the SLO can cost less than HPA there, since the oracle is the lower bound at it.",
+        "Issue 13's announced target: >= 99% of minutes inside the SLO at <= 1.15x bound-calendar; and >= 5x fewer",
+        "violation minutes than hpa-gpu70 at no higher cost where HPA keeps >= 95% of minutes in the SLO; 0 cap violations.",
         "",
-        "Two bounds show what the cost target asks of a policy that cannot see the future minute by minute:",
+        "The two bounds are exact optima (`gpufleet/sim/bounds.py`, a MILP solved by SciPy's HiGHS, checked against",
+        "enumeration in tests/unit/test_sim_bounds.py): the cheapest fleet, pool by pool and minute by minute, that",
+        "holds the capacity model's need (`CapacityModel.missing`) in every minute under the same boot-to-serve time,",
+        "node bound, $/hour cap reservations and Spot prices, from a warm start, without interruptions.",
         "",
-        "- *peak-hold* knows each surge's window and its worst minute's load, but not which minute that is.",
-        f"  Capacity ordered inside the window serves {cap.boot_to_serve_s:.0f} s later, so to keep every minute inside the SLO",
-        "  it holds the worst minute's capacity from one boot time before the window to its end (elsewhere",
-        "  it is the oracle). peak-hold / oracle is what even an exact calendar costs over the oracle: where",
-        "  it is above 1.2, the 1.2x target can only be met by knowing which minutes spike.",
+        "- *bound-clairvoyant* knows every minute's load. Where bound-clairvoyant / HPA > 1, HPA saves money by",
+        "  missing the SLO: no policy that holds the capacity model's need can cost less.",
+        "- *bound-calendar* knows each surge's window and its worst minute's load, but not which minute that is:",
+        "  it holds the worst minute's need through the window (elsewhere it is clairvoyant). bound-calendar /",
+        "  bound-clairvoyant is the price of not knowing the minutes, which no calendar-only policy can save.",
+        "- *oracle* and *peak-hold* (the simulated greedy policies of issue 5) are kept as policies: oracle /",
+        "  bound-clairvoyant shows how far the old reference was from the optimum.",
         "- *static-peak* holds the worst minute's capacity all the time. Without notice, a surge's first",
         f"  {cap.boot_to_serve_s / 60:.0f} minutes are served only by capacity already running, so meeting the SLO through an",
-        "  unannounced surge costs about static-peak / oracle.",
+        "  unannounced surge costs about static-peak / bound-clairvoyant.",
+        "",
+        "What the bounds leave out, and what still flatters or handicaps the figures: the capacity model's need",
+        "per minute is the load over the planning utilisation, and that utilisation and each replica's tokens/s",
+        "are still fitted to each trace (issue 13's capacity from hardware is not done); the simulator still gives",
+        "the policies each arrival's work as their load signal, not Triton's counters.",
         "",
     ]
     lines += boot_sensitivity(cap.boot_to_serve_s)
@@ -211,8 +232,8 @@ def boot_sensitivity(site_boot_s: float) -> list[str]:
         "runs with less (ranges over the 5 seeds; a pre-pulled image and weights on local NVMe are what",
         "shorten it):",
         "",
-        "| scenario | boot-to-serve s | gpufleet SLO ok % | gpufleet cost / oracle | hpa-gpu70 violation min | gpufleet cost / HPA | peak-hold / oracle |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | boot-to-serve s | gpufleet SLO ok % | hpa-gpu70 violation min | gpufleet cost / HPA |",
+        "|---|---:|---:|---:|---:|",
     ]
 
     def span(values: list[float], fmt: str) -> str:
@@ -225,24 +246,21 @@ def boot_sensitivity(site_boot_s: float) -> list[str]:
             for seed in SEEDS:
                 sc, _ = scenario(case, seed)
                 sc = replace(sc, capacity=replace(sc.capacity, boot_to_serve_s=boot))
-                by = {name: sc.run(name) for name in ("gpufleet", "oracle", "hpa-gpu70", PeakHold.name)}
-                rows.append(by)
-            g = [r["gpufleet"] for r in rows]
-            o = [r["oracle"].cost_usd for r in rows]
-            h = [r["hpa-gpu70"] for r in rows]
+                runs = {name: sc.run(name) for name in ("gpufleet", "hpa-gpu70")}
+                rows.append((runs["gpufleet"], runs["hpa-gpu70"]))
+            g = [r[0] for r in rows]
+            h = [r[1] for r in rows]
             out.append(
                 f"| {case.name} | {boot:.0f} | {span([x.slo_ok_minutes_pct for x in g], '.1f')} | "
-                f"{span([x.cost_usd / c for x, c in zip(g, o, strict=True)], '.2f')} | "
                 f"{span([float(x.slo_violation_minutes) for x in h], '.0f')} | "
-                f"{span([x.cost_usd / y.cost_usd for x, y in zip(g, h, strict=True)], '.2f')} | "
-                f"{span([r[PeakHold.name].cost_usd / c for r, c in zip(rows, o, strict=True)], '.2f')} |"
+                f"{span([x.cost_usd / y.cost_usd for x, y in zip(g, h, strict=True)], '.2f')} |"
             )
         print(f"{case.name}: boot sensitivity done", file=sys.stderr)
     return [
         *out,
         "",
-        "A shorter boot makes the oracle cheaper too (it pays for less lead time), so the cost ratios do",
-        "not fall with it. Without notice, the minutes out of the SLO are the boot time plus the time the",
+        "The exact bounds are not computed for these shorter boots: at 300 s HiGHS did not solve the MILP",
+        "within minutes (not investigated yet). Without notice, the minutes out of the SLO are the boot time plus the time the",
         "queue built meanwhile takes to drain; HPA's zero comes from capacity it keeps running ahead of",
         "any surge, at 2.5-4 times gpufleet's cost.",
         "",

@@ -47,6 +47,9 @@ class Applied:
 
 
 _process_locks: dict[str, threading.Lock] = {}
+# Desired capacity is read, then written: one such change at a time in this process. Re-entrant,
+# so that a replacement holds it from reading the fleet it plans on to writing its result.
+desired_guard = threading.RLock()
 _process_locks_guard = threading.Lock()
 
 
@@ -120,15 +123,52 @@ class PulumiActuator:
             raise ActuationError(f"cannot read the outputs of stack {self.stack}: {exc}") from None
 
     def set_burst_nodes(self, count: int) -> Applied:
+        """Declare `count` burst nodes and run `pulumi up`. If the up fails, the stack file gets
+        its previous value back: it must never declare a size that was not applied."""
         if count < 0:
             raise ValueError(f"burst nodes must be >= 0 (got {count})")
         with one_operation(self.stack, self.lock_dir):
-            stack = self._stack()
-            stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=str(count)))
-            result = self._up(stack)
+            try:
+                stack = self._stack()
+                previous = self._declared(stack)
+                stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=str(count)))
+            except auto.CommandError as exc:
+                raise ActuationError(
+                    f"stack {self.stack}: cannot declare {count} burst nodes: {_error(exc)}"
+                ) from None
+            try:
+                result = self._up(stack)
+            except StaleLock as exc:
+                raise StaleLock(f"{exc}; {self._restore(stack, previous)}") from None
+            except auto.CommandError as exc:
+                restored = self._restore(stack, previous)
+                raise ActuationError(
+                    f"stack {self.stack}: pulumi up for {count} burst nodes failed: {_error(exc)}; {restored}"
+                ) from None
         changes = result.summary.resource_changes or {}
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(changes.items())) or "no changes"
         return Applied(stack=self.stack, burst_nodes=count, summary=summary)
+
+    def _declared(self, stack: auto.Stack) -> str | None:
+        try:
+            return stack.get_config(BURST_NODES_KEY).value
+        except auto.CommandError as exc:
+            if "not found" in str(exc):
+                return None
+            raise
+
+    def _restore(self, stack: auto.Stack, previous: str | None) -> str:
+        try:
+            if previous is None:
+                stack.remove_config(BURST_NODES_KEY)
+            else:
+                stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=previous))
+        except auto.CommandError as exc:
+            return (
+                f"the stack file still declares the failed size and could not be restored ({_error(exc)}): "
+                f"pulumi config set {BURST_NODES_KEY} {previous} --stack {self.stack}"
+            )
+        return f"{BURST_NODES_KEY} restored to {previous if previous is not None else 'unset'}"
 
     def _up(self, stack: auto.Stack) -> Any:
         retrying = Retrying(
@@ -148,6 +188,15 @@ class PulumiActuator:
                 f"running there, clear the lock with: pulumi cancel --yes --stack {self.stack}"
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _error(exc: auto.CommandError) -> str:
+    """The CLI's own error lines (stderr), not the whole command dump."""
+    text = str(exc).strip()
+    lines = [line[line.index("error:") :].strip() for line in text.splitlines() if "error:" in line]
+    if lines:
+        return "; ".join(lines)
+    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def _lock_holder(message: str) -> str:
@@ -190,11 +239,14 @@ class AsgActuator:
         )
         return desired
 
-    def replace(self) -> int:
-        """Launch replacement capacity now (desired + 1), ahead of a node that is going away."""
-        desired, _, _, _ = self.current()
-        self.set_desired(desired + 1)
-        return desired + 1
+    def add(self, count: int) -> int:
+        """Raise desired capacity by `count` now (replacement ahead of a node that is going away);
+        returns the new desired capacity. Read and write under one lock, so two warnings handled
+        at once add two, not one."""
+        with desired_guard:
+            desired, _, _, _ = self.current()
+            self.set_desired(desired + count)
+            return desired + count
 
     def retire(self, instance_id: str) -> None:
         """Take one chosen instance out (after its drain), lowering desired capacity with it."""

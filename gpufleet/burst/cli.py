@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.table import Table
 from gpufleet.burst.policy import POLICY_NAMES, KnownPeak
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
+from gpufleet.sim.bounds import BOUND_NAMES, BoundResult
 from gpufleet.sim.engine import Result
 from gpufleet.sim.scenario import build_scenario
 from gpufleet.sim.trace import (
@@ -127,8 +129,10 @@ def simulate(
             seed=seed,
         )
     results = [scenario.run(name) for name in names]
+    # The exact bounds come with every run: what any policy's cost is measured against.
+    bounds = [scenario.bound(name) for name in BOUND_NAMES]
     if as_json:
-        emit_json([r.summary() for r in results])
+        emit_json([r.summary() for r in results] + [b.summary() for b in bounds])
         return
     surged = apply_surges(loaded, surges, seed=seed)
     out.print(
@@ -139,10 +143,10 @@ def simulate(
         f"{', '.join(scenario.fleet.instance_types)}, <= {scenario.capacity.max_nodes} nodes, "
         f"${scenario.capacity.max_hourly_usd:g}/h cap"
     )
-    out.print(_table(results, scenario.capacity.slo_queue_wait_s))
+    out.print(_table(results, bounds, scenario.capacity.slo_queue_wait_s))
 
 
-def _table(results: list[Result], slo_s: float) -> Table:
+def _table(results: list[Result], bounds: list[BoundResult], slo_s: float) -> Table:
     table = Table(title=f"SLO: p99 queue wait <= {slo_s:g} s per minute")
     for column in ("policy", "SLO ok %", "violation min", "p99 wait s", "GPU-h", "$", "cap viol.", "actions"):
         table.add_column(
@@ -159,6 +163,10 @@ def _table(results: list[Result], slo_s: float) -> Table:
             str(r.cap_violations),
             str(r.scale_actions),
         )
+    for b in bounds:
+        plan = math.isfinite(b.cost_usd)  # HiGHS may stop before it has any plan
+        gpu_hours, cost = (f"{b.gpu_hours:.1f}", f"{b.cost_usd:.2f}") if plan else ("-", "-")
+        table.add_row(b.label(), "-", "-", "-", gpu_hours, cost, "0", "-")
     return table
 
 
@@ -230,12 +238,12 @@ def run(
         group_max_price,
         inflight_by_instance,
     )
-    from gpufleet.burst.interrupt import Drainer, WarningQueue
+    from gpufleet.burst.interrupt import Drainer, Interruptions, WarningQueue
     from gpufleet.burst.policy import CapacityModel, Gpufleet
     from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
     from gpufleet.cli import bad_input
     from gpufleet.inventory.stacks import load_stack, stacks_dir
-    from gpufleet.plan.aws import plan_fleet
+    from gpufleet.plan.aws import DRAIN_HEARTBEAT_S, plan_fleet
     from gpufleet.plan.site import plan_site
 
     with bad_input():
@@ -285,14 +293,13 @@ def run(
         if triton_metrics
         else PrometheusSource(PrometheusQuery(prometheus, model or plan.serving.model))
     )
-    drainer = warnings = None
+    drainer = interruptions = None
     if queue_url:
         try:
             k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
         drainer = Drainer(k8s.CoreV1Api())
-        warnings = WarningQueue(boto3.client("sqs", **aws), queue_url, wait_s=1)
     controller = Controller(
         policy=Gpufleet(capacity, peaks=known_peaks),
         source=source,
@@ -301,13 +308,27 @@ def run(
         pulumi=pulumi,
         replica_rps=replica_rps,
         drainer=drainer,
-        warnings=warnings,
         inflight=(
             inflight_by_instance(source.query, drainer)
             if drainer is not None and isinstance(source, PrometheusSource)
             else dict
         ),
     )
+    if queue_url and drainer is not None:
+        # Warnings are only acted on from this account and region, for this group's instances.
+        account = str(boto3.client("sts", **aws).get_caller_identity()["Account"])
+        interruptions = Interruptions(
+            queue=WarningQueue(boto3.client("sqs", **aws), queue_url, wait_s=5),
+            drainer=drainer,
+            asg=asg,
+            replace_for=controller.replacement,
+            account=account,
+            region=plan.burst.region,
+            hook_timeout_s=DRAIN_HEARTBEAT_S,
+            workers=max(4, plan.burst.max_nodes),
+            on_event=controller.count_interruption,
+        )
+        interruptions.start()
     start_http_server(metrics_port, addr=metrics_address, registry=controller.registry)
     logging.getLogger("gpufleet.burst").info(
         "controller for %s: metrics on http://%s:%d/metrics, deciding every %.0fs",
@@ -317,10 +338,14 @@ def run(
         interval,
     )
     step = 0
-    while iterations == 0 or step < iterations:
-        started = time.monotonic()
-        # Decisions run on wall-clock seconds: announced peaks are given as calendar times.
-        controller.step(time.time())
-        step += 1
-        if iterations == 0 or step < iterations:
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    try:
+        while iterations == 0 or step < iterations:
+            started = time.monotonic()
+            # Decisions run on wall-clock seconds: announced peaks are given as calendar times.
+            controller.step(time.time())
+            step += 1
+            if iterations == 0 or step < iterations:
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        if interruptions is not None:
+            interruptions.stop()

@@ -10,16 +10,21 @@ in flight first) and then declaring the lower count, so the stack and the group 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from urllib3.exceptions import HTTPError as Urllib3Error
 
-from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
-from gpufleet.burst.interrupt import Drainer, WarningQueue, handle
+from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator, desired_guard
+from gpufleet.burst.interrupt import Drainer, Warning
 from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals
 from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
@@ -159,8 +164,22 @@ class Metrics:
             "gpufleet_burst_signal_errors", "Signal reads that failed (fleet held)", registry=registry
         )
         self.interruptions = Counter(
-            "gpufleet_burst_interruptions", "Spot warnings handled", ["kind"], registry=registry
+            "gpufleet_burst_interruptions",
+            "Spot warnings and lifecycle events: handled, ignored (foreign, duplicate, stale) or failed",
+            ["outcome", "kind"],
+            registry=registry,
         )
+
+
+# What the AWS, Kubernetes and HTTP clients raise when their service is down, throttles or refuses.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (
+    BotoCoreError,
+    ClientError,
+    OpenApiException,
+    Urllib3Error,
+    OSError,
+)
+STEP_ERRORS: tuple[type[Exception], ...] = (ActuationError, *SERVICE_ERRORS)
 
 
 @dataclass
@@ -173,96 +192,133 @@ class Controller:
     replica_rps: float
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     drainer: Drainer | None = None
-    warnings: WarningQueue | None = None
     inflight: Callable[[], dict[str, int]] = dict
     window: deque[Signals] = field(default_factory=lambda: deque(maxlen=240))
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
         self.metrics.cap.set(self.policy.model.max_hourly_usd)
 
     def step(self, t: float) -> Decision | None:
-        self._interruptions()
+        """One decision. Whatever the metrics, AWS, Kubernetes or Pulumi answer, it returns: a
+        signal it cannot trust holds the fleet (never a scale-in), a failed actuation leaves the
+        fleet as it was and the next step tries again."""
         try:
-            reading = self.source.read(t)
+            return self._step(t)
         except SignalError as exc:
             # Without a signal there is nothing to decide on: hold the fleet as it is.
             self.metrics.signal_errors.inc()
-            log.error("no signal, holding the fleet: %s", exc)
-            return None
+            log.error("no usable signal, holding the fleet: %s", exc)
+        except STEP_ERRORS as exc:
+            self.metrics.errors.inc()
+            log.error("step failed, fleet unchanged: %s: %s", type(exc).__name__, exc)
+        except Exception:  # the loop outlives what no one foresaw, and says so loudly
+            self.metrics.errors.inc()
+            log.exception("step failed on an unexpected error, fleet unchanged")
+        return None
+
+    def _group(self) -> dict[str, Any]:
+        groups = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
+            "AutoScalingGroups"
+        ]
+        if not groups:
+            raise ActuationError(f"no Auto Scaling group {self.asg.group!r}")
+        return dict(groups[0])
+
+    def _fleet(self, inflight: dict[str, int]) -> tuple[list[Node], dict[Pool, float]]:
+        prices = self.prices.current()
+        group = self._group()
+        reserve = self.policy.model.fleet_max_price
+        if reserve is None:
+            # The group launches every node at its own max price, new ones too: the policy must
+            # reserve that for launches as well as for the nodes it sees.
+            reserve = group_max_price(group, self.prices.instance_types)
+            self.policy.model = replace(self.policy.model, fleet_max_price=reserve)
+        return fleet_view(group, prices, inflight, reserve), prices
+
+    def _step(self, t: float) -> Decision | None:
+        reading = self.source.read(t)
         if reading is None:
             log.info("first scrape taken; deciding from the next one")
             return None
         model = self.policy.model
-        prices = self.prices.current()
-        group = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
-            "AutoScalingGroups"
-        ][0]
-        reserve = model.fleet_max_price
-        if reserve is None:
-            reserve = group_max_price(group, self.prices.instance_types)
-        nodes = fleet_view(group, prices, self.inflight(), reserve)
+        nodes, prices = self._fleet(self.inflight())
         ready = model.onprem_replicas + model.burst_capacity(nodes, ready_only=True)
         signals = reading.signals(t, self.replica_rps, ready)
         self.window.append(signals)
         decision = self.policy.decide(t, list(self.window), nodes, prices)
         self._observe(signals, nodes, prices, decision)
-        # What the serving stack reports beyond Triton's core counters, when it does.
+        # What the serving stack reports beyond Triton's core counters, when it does, and what the
+        # gateway turned away (counted in the load above).
         for name, value in (
             ("trt_active", reading.trt_active),
             ("kv_cache_used", reading.kv_cache_used),
             ("ttft_p99_s", reading.ttft_p99_s),
+            ("shed_rps", reading.shed_rps),
+            ("degraded_rps", reading.degraded_rps),
         ):
             if value is not None:
                 self.metrics.signal.labels(name=name).set(value)
         live = [n for n in nodes if not n.draining]
-        target = len(live) + len(decision.launch) - len(decision.drain)
         action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"
         self.metrics.decisions.labels(action=action).inc()
         log.info(
             "decision %s: %d -> %d burst nodes (policy wants %d): %s",
             action,
             len(live),
-            target,
+            len(live) + len(decision.launch) - len(decision.drain),
             decision.desired,
             decision.reason,
         )
-        try:
-            self._carry_out(decision, target)
-        except ActuationError as exc:
-            self.metrics.errors.inc()
-            log.error("actuation failed, fleet unchanged: %s", exc)
+        self._carry_out(decision, len(live))
         return decision
 
-    def _carry_out(self, decision: Decision, target: int) -> None:
-        for instance_id in decision.drain:
-            if instance_id.startswith(LAUNCHING):
-                continue  # not launched yet: the lower count below cancels it
+    def _carry_out(self, decision: Decision, live: int) -> None:
+        launched = [i for i in decision.drain if not i.startswith(LAUNCHING)]
+        # Not launched yet: the lower count below cancels it. The others drain side by side, each
+        # within its own two minutes, so a scale-in of several nodes holds the loop two minutes.
+        target = live + len(decision.launch) - (len(decision.drain) - len(launched))
+        if launched:
+            with ThreadPoolExecutor(max_workers=len(launched), thread_name_prefix="scale-in") as pool:
+                target -= sum(pool.map(self._retire, launched))
+        if decision.acts:
+            applied = self.pulumi.set_burst_nodes(target)
+            log.info("stack %s: burstNodes=%d (%s)", applied.stack, applied.burst_nodes, applied.summary)
+
+    def _retire(self, instance_id: str) -> bool:
+        """Drain one instance chosen for scale-in and take it out of the group; False if it stays."""
+        try:
             if self.drainer is not None:
                 node = self.drainer.node_for_instance(instance_id)
                 if node is not None:
                     report = self.drainer.drain(node, deadline=self.drainer.clock() + 120)
                     log.info("drained %s (%s): %d pods evicted", node, instance_id, len(report.evicted))
             self.asg.retire(instance_id)
-        if decision.acts:
-            applied = self.pulumi.set_burst_nodes(target)
-            log.info("stack %s: burstNodes=%d (%s)", applied.stack, applied.burst_nodes, applied.summary)
+            return True
+        except SERVICE_ERRORS as exc:
+            # It stays counted: a lower count would let the group pick an undrained node.
+            self.metrics.errors.inc()
+            log.error("could not retire %s, it stays: %s", instance_id, exc)
+            return False
 
-    def _interruptions(self) -> None:
-        if self.warnings is None or self.drainer is None:
-            return
-        for warning in self.warnings.receive():
-            handled = handle(warning, self.drainer, self.asg)
-            self.metrics.interruptions.labels(kind=warning.kind).inc()
-            log.warning(
-                "spot %s for %s (node %s): %s; drain %s",
-                warning.kind,
-                warning.instance_id,
-                handled.node or "unknown",
-                handled.replacement,
-                "done in time" if handled.drain and handled.drain.finished_in_time else "not needed or late",
-            )
-            self.warnings.done(warning.receipt)
+    def replacement(self, warning: Warning) -> str:
+        """Replacement capacity for a warned node, as the policy plans it within the cap and the
+        node bound, ordered on the group directly (an up takes minutes, the notice two). One at a
+        time from reading the fleet to raising its size: two warnings planned on the same view
+        would each take the last room under the cap."""
+        with desired_guard:
+            nodes, prices = self._fleet({})
+            node = next((n for n in nodes if n.id == warning.instance_id), None)
+            if node is None:
+                return f"no replacement: {warning.instance_id} is not in the group"
+            decision = self.policy.on_notice(self.clock(), node, nodes, prices)
+            if not decision.launch:
+                return f"no replacement: {decision.reason}"
+            return f"desired capacity raised to {self.asg.add(len(decision.launch))}: {decision.reason}"
+
+    def count_interruption(self, outcome: str, kind: str) -> None:
+        self.metrics.interruptions.labels(outcome=outcome, kind=kind).inc()
 
     def _observe(
         self, signals: Signals, nodes: list[Node], prices: dict[Pool, float], decision: Decision

@@ -8,13 +8,21 @@ API with a deadline inside the notice, so in-flight requests finish or move befo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from gpufleet.burst.actuate import ActuationError, AsgActuator
+from gpufleet.burst.actuate import AsgActuator
 from gpufleet.burst.policy import SPOT_NOTICE_S
 from gpufleet.kubeapi import DrainReport, NodeApi
+
+log = logging.getLogger("gpufleet.burst")
 
 INTERRUPTION = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
@@ -39,6 +47,10 @@ class Warning:
     at: float  # epoch seconds of the event
     receipt: str
     action: LifecycleAction | None = None
+    # The EventBridge event's id (one event delivered twice keeps it), account and region.
+    event_id: str = ""
+    account: str = ""
+    region: str = ""
 
     @property
     def drain_deadline(self) -> float:
@@ -56,15 +68,27 @@ def parse_event(body: str, receipt: str) -> Warning | None:
         return None
     detail, kind_text = event["detail"], str(event.get("detail-type"))
     try:
-        when = datetime.fromisoformat(str(event.get("time", "")).replace("Z", "+00:00")).timestamp()
+        stamp = datetime.fromisoformat(str(event.get("time", "")).replace("Z", "+00:00"))
     except ValueError:
         return None
+    if stamp.tzinfo is None:
+        return None  # EventBridge times are UTC with a Z: one without a zone is not its event
+    when = stamp.timestamp()
+    event_id, account, region = (str(event.get(k, "")) for k in ("id", "account", "region"))
     if event.get("source") == "aws.ec2" and kind_text in (INTERRUPTION, REBALANCE):
         instance = detail.get("instance-id")
         if not isinstance(instance, str):
             return None
         kind = "interruption" if kind_text == INTERRUPTION else "rebalance"
-        return Warning(kind=kind, instance_id=instance, at=when, receipt=receipt)
+        return Warning(
+            kind=kind,
+            instance_id=instance,
+            at=when,
+            receipt=receipt,
+            event_id=event_id,
+            account=account,
+            region=region,
+        )
     if event.get("source") == "aws.autoscaling" and kind_text == TERMINATE_HOOK:
         fields = ("EC2InstanceId", "LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")
         if not all(isinstance(detail.get(f), str) for f in fields):
@@ -75,7 +99,14 @@ def parse_event(body: str, receipt: str) -> Warning | None:
             token=detail["LifecycleActionToken"],
         )
         return Warning(
-            kind="terminate", instance_id=detail["EC2InstanceId"], at=when, receipt=receipt, action=action
+            kind="terminate",
+            instance_id=detail["EC2InstanceId"],
+            at=when,
+            receipt=receipt,
+            action=action,
+            event_id=event_id,
+            account=account,
+            region=region,
         )
     return None
 
@@ -87,6 +118,8 @@ class WarningQueue:
     sqs: Any
     queue_url: str
     wait_s: int = 10
+    # Why each message dropped unread was dropped, for the consumer's metrics.
+    ignored: list[str] = field(default_factory=list)
 
     def receive(self) -> list[Warning]:
         answer = self.sqs.receive_message(
@@ -97,9 +130,13 @@ class WarningQueue:
             warning = parse_event(message["Body"], message["ReceiptHandle"])
             if warning is None:
                 # Not ours to act on (another event type): drop it so it does not come back forever.
+                self.ignored.append("not a Spot warning or lifecycle event")
                 self.done(message["ReceiptHandle"])
             else:
-                warnings.append(warning)
+                # Without an event id, SQS's own message id still tells a redelivery.
+                warnings.append(
+                    warning if warning.event_id else replace(warning, event_id=message["MessageId"])
+                )
         return warnings
 
     def done(self, receipt: str) -> None:
@@ -110,10 +147,13 @@ class WarningQueue:
 class Drainer(NodeApi):
     """Cordon and drain through the Kubernetes API (gpufleet.kubeapi), found by EC2 instance id."""
 
+    # Each API call's limit: a hung API server must not hold a drain past its deadline.
+    request_timeout_s: float | None = 10.0
+
     def instances_by_node(self) -> dict[str, str]:
         """Kubernetes node name -> EC2 instance id, from each node's providerID."""
         out = {}
-        for node in self.core.list_node().items:
+        for node in self.core.list_node(**self._limit()).items:
             provider = node.spec.provider_id or ""
             if provider.startswith("aws://"):
                 out[str(node.metadata.name)] = provider.rsplit("/", 1)[-1]
@@ -121,7 +161,7 @@ class Drainer(NodeApi):
 
     def node_for_instance(self, instance_id: str) -> str | None:
         # EKS and kubeadm-on-EC2 nodes carry providerID aws:///<az>/<instance-id>.
-        for node in self.core.list_node().items:
+        for node in self.core.list_node(**self._limit()).items:
             if (node.spec.provider_id or "").rsplit("/", 1)[-1] == instance_id:
                 return str(node.metadata.name)
         return None
@@ -135,12 +175,15 @@ class Handled:
     drain: DrainReport | None
 
 
-def handle(warning: Warning, drainer: Drainer, asg: AsgActuator) -> Handled:
+def handle(
+    warning: Warning, drainer: Drainer, asg: AsgActuator, replace_for: Callable[[Warning], str]
+) -> Handled:
     """Replacement first (a Spot node takes minutes to serve, a drain seconds), then the node:
     an interruption is drained within the notice and its instance retired from the group; a
     rebalance recommendation only cordons, so the node finishes its work but takes no more.
     A termination the group itself decided (its lifecycle hook) needs no replacement: drain,
-    then let the termination go on."""
+    then let the termination go on. `replace_for` orders the replacement within the cap (the
+    controller's policy) and says what it did."""
     if warning.action is not None:
         node = drainer.node_for_instance(warning.instance_id)
         report = drainer.drain(node, warning.drain_deadline) if node is not None else None
@@ -154,10 +197,7 @@ def handle(warning: Warning, drainer: Drainer, asg: AsgActuator) -> Handled:
         return Handled(
             warning=warning, node=node, replacement="none needed: the group's own termination", drain=report
         )
-    try:
-        replacement = f"desired capacity raised to {asg.replace()}"
-    except ActuationError as exc:
-        replacement = f"no replacement: {exc}"
+    replacement = replace_for(warning)
     node = drainer.node_for_instance(warning.instance_id)
     report = None
     if node is not None and warning.kind == "interruption":
@@ -167,3 +207,146 @@ def handle(warning: Warning, drainer: Drainer, asg: AsgActuator) -> Handled:
     if warning.kind == "interruption":
         asg.retire(warning.instance_id)
     return Handled(warning=warning, node=node, replacement=replacement, drain=report)
+
+
+# Event ids remembered for deduplication: far more than a queue delivers within a notice.
+SEEN_IDS = 4096
+
+
+@dataclass
+class Interruptions:
+    """The one consumer of the burst group's interruption queue (the termination handler does not
+    read it: two consumers would each see only part of the warnings).
+
+    It runs beside the controller's decide-and-actuate step, never behind it: a `pulumi up` takes
+    minutes and a warning gives two. Each warning is checked (this account, this region, this
+    group, not seen before, not older than its notice) and handled on a worker of its own, so
+    several drains run in parallel against their own deadlines."""
+
+    queue: WarningQueue
+    drainer: Drainer
+    asg: AsgActuator
+    replace_for: Callable[[Warning], str]
+    account: str
+    region: str
+    # The group's termination lifecycle hook waits this long for its drain (heartbeat timeout).
+    hook_timeout_s: float = 300.0
+    workers: int = 8
+    clock: Callable[[], float] = time.time
+    on_event: Callable[[str, str], None] = lambda outcome, detail: None
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="spot-warning")
+        self._guard = threading.Lock()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._busy: set[tuple[str, str]] = set()
+        self._replaced: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def why_not(self, warning: Warning, members: set[str]) -> str:
+        """Why this warning is not acted on; "" when it is."""
+        if warning.account != self.account:
+            return f"account {warning.account or '?'} is not {self.account}"
+        if warning.region != self.region:
+            return f"region {warning.region or '?'} is not {self.region}"
+        if warning.action is not None and warning.action.group != self.asg.group:
+            return f"lifecycle event of group {warning.action.group}"
+        if warning.action is None and warning.instance_id not in members:
+            return f"{warning.instance_id} is not in group {self.asg.group}"
+        notice = self.hook_timeout_s if warning.action is not None else SPOT_NOTICE_S
+        if self.clock() - warning.at > notice:
+            return f"stale: {self.clock() - warning.at:.0f}s old, past its {notice:.0f}s notice"
+        with self._guard:
+            if warning.event_id in self._seen:
+                return f"duplicate of event {warning.event_id}"
+            self._seen[warning.event_id] = None
+            while len(self._seen) > SEEN_IDS:
+                self._seen.popitem(last=False)
+            if (warning.kind, warning.instance_id) in self._busy:
+                return f"a {warning.kind} of {warning.instance_id} is being handled"
+            self._busy.add((warning.kind, warning.instance_id))
+        return ""
+
+    def poll(self) -> list[Future[Handled | None]]:
+        """Receive once, hand each warning to a worker; what is not acted on is deleted."""
+        warnings = self.queue.receive()
+        for _ in self.queue.ignored:
+            self.on_event("ignored", "other")
+        self.queue.ignored.clear()
+        if not warnings:
+            return []
+        members = self._members()
+        futures = []
+        for warning in warnings:
+            reason = self.why_not(warning, members)
+            if reason:
+                log.info("spot %s for %s ignored: %s", warning.kind, warning.instance_id, reason)
+                self.on_event("ignored", warning.kind)
+                self.queue.done(warning.receipt)
+                continue
+            futures.append(self._pool.submit(self._handle, warning))
+        return futures
+
+    def _members(self) -> set[str]:
+        groups = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
+            "AutoScalingGroups"
+        ]
+        return {i["InstanceId"] for g in groups for i in g.get("Instances", [])}
+
+    def _replace_once(self, warning: Warning) -> str:
+        """A rebalance recommendation and the interruption that follows it need one replacement."""
+        with self._guard:
+            if warning.instance_id in self._replaced:
+                return "already replaced"
+            self._replaced.add(warning.instance_id)
+        try:
+            return self.replace_for(warning)
+        except Exception as exc:  # the drain must go on whatever the replacement met
+            with self._guard:
+                self._replaced.discard(warning.instance_id)
+            return f"no replacement: {exc}"
+
+    def _handle(self, warning: Warning) -> Handled | None:
+        try:
+            handled = handle(warning, self.drainer, self.asg, self._replace_once)
+        except Exception as exc:  # one warning's failure must not stop the others
+            log.error("spot %s for %s failed: %s", warning.kind, warning.instance_id, exc)
+            self.on_event("failed", warning.kind)
+            return None
+        finally:
+            with self._guard:
+                self._busy.discard((warning.kind, warning.instance_id))
+            try:
+                self.queue.done(warning.receipt)
+            except Exception as exc:  # redelivered, it is a duplicate by id
+                log.warning("could not delete the message for %s: %s", warning.instance_id, exc)
+        log.warning(
+            "spot %s for %s (node %s): %s; drain %s",
+            warning.kind,
+            warning.instance_id,
+            handled.node or "unknown",
+            handled.replacement,
+            "done in time" if handled.drain and handled.drain.finished_in_time else "not needed or late",
+        )
+        self.on_event("handled", warning.kind)
+        return handled
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="spot-warnings", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # SQS or the group unreachable: try again, never stop consuming
+                log.error("interruption queue: %s", exc)
+                self.on_event("failed", "receive")
+                self._stop.wait(1.0)
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None and wait:
+            self._thread.join(timeout=self.queue.wait_s + 5)
+        self._pool.shutdown(wait=wait)

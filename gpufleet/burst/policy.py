@@ -368,17 +368,20 @@ class _Base:
 
     def _replace(self, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
         """Drain a node under an interruption warning and launch its capacity again before it goes,
-        in other pools (its own is being reclaimed), within the cap."""
+        in other pools (its own is being reclaimed), within the cap and the node bound. The warned
+        node still runs, and is billed, until it is reclaimed (a rebalance recommendation may never
+        be followed by a reclaim): its reservation stays until it is gone, so a fleet at the cap
+        or the bound replaces it only then, on the next decision."""
         m = self.model
         launch, capped = place(
             m.capacity_of(node.pool.instance_type),
-            [n for n in nodes if n.id != node.id],
+            nodes,
             prices,
             m.max_hourly_usd,
             avoid=frozenset({node.pool}),
             fleet_max_price=m.fleet_max_price,
             capacity=m.capacity_of,
-            room=max(0, m.max_nodes - _live(nodes) + 1),
+            room=max(0, m.max_nodes - _live(nodes)),
         )
         reason = (
             f"interruption warning for {node.id}: drain, replace in {', '.join(str(x.pool) for x in launch)}"

@@ -8,6 +8,11 @@ and so does time to first response, p99 from Triton's nv_inference_first_respons
 first response is the first token). GPU utilisation is read only as a secondary signal: it sits
 near 100% while batching.
 
+The gateway in front of Triton (HAProxy, gpufleet.plan.admission) adds what Triton never sees:
+requests it shed (429) and requests it sent to the distilled fallback model. Both are demand the
+fleet does not serve, so they count as offered load, pressure to scale out, and never as a reason
+to scale in. Prometheus reads them from the gateway's own exporter.
+
 Parsing and rates are pure; the two readers below only fetch.
 """
 
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet.burst.policy import Signals
+from gpufleet.plan.admission import FALLBACK, SHED, backend_rate_query
 
 
 class SignalError(RuntimeError):
@@ -59,14 +65,45 @@ class Reading:
     trt_active: float | None = None
     kv_cache_used: float | None = None
     ttft_p99_s: float | None = None
+    # How fast the queue grew (requests/s; negative while it drains): arrivals are what was served
+    # plus this. A surge shows here before completions rise: served requests flatten at capacity.
+    queue_growth_rps: float = 0.0
+    # Requests/s the gateway shed (429) and sent to the fallback model: demand not served here.
+    shed_rps: float = 0.0
+    degraded_rps: float = 0.0
+
+    def __post_init__(self) -> None:
+        # A reading is acted on, so one that cannot be true (NaN, infinite, a negative rate or
+        # count) is refused here, whichever source made it: the controller then holds its fleet.
+        for name in (
+            "request_rps",
+            "queue_wait_s",
+            "pending",
+            "gpu_util",
+            "trt_waiting",
+            "trt_active",
+            "kv_cache_used",
+            "ttft_p99_s",
+            "shed_rps",
+            "degraded_rps",
+        ):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise SignalError(f"{name} is {value!r}: not a finite, non-negative number")
+        if not math.isfinite(self.queue_growth_rps):
+            raise SignalError(f"queue_growth_rps is {self.queue_growth_rps!r}: not a finite number")
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
+            raise SignalError(f"interval_s is {self.interval_s!r}: not a positive number of seconds")
 
     def signals(self, t: float, replica_rps: float, ready_replicas: float) -> Signals:
-        """Offered load in replicas: what was served plus what the queue grew by, over one
-        replica's throughput (from the capacity model: requests per second at full batch)."""
+        """Offered load in replicas: what was served, what the queue grew by, and what the gateway
+        shed or degraded, over one replica's throughput (from the capacity model: requests per
+        second at full batch). Shed and degraded requests only ever add to it."""
         waiting = self.trt_waiting if self.trt_waiting is not None else self.pending
+        arrivals = max(0.0, self.request_rps + self.queue_growth_rps) + self.shed_rps + self.degraded_rps
         return Signals(
             t=t,
-            load_replicas=self.request_rps / replica_rps,
+            load_replicas=arrivals / replica_rps,
             queue_wait_s=self.queue_wait_s,
             pending=round(waiting),
             gpu_util=self.gpu_util if self.gpu_util is not None else 0.0,
@@ -90,7 +127,12 @@ def parse_triton(text: str, model: str, t: float) -> Snapshot:
         if family.name == TTFT_HISTOGRAM and family.type == "histogram":
             for sample in family.samples:
                 if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
-                    le = float(sample.labels["le"])
+                    try:
+                        le = float(sample.labels["le"])
+                    except (KeyError, ValueError):
+                        raise SignalError(
+                            f"{TTFT_HISTOGRAM} bucket without a numeric le: {sample.labels}"
+                        ) from None
                     buckets[le] = buckets.get(le, 0.0) + float(sample.value)
             continue
         if family.type not in {"counter", "gauge", "untyped", "unknown"}:
@@ -173,6 +215,7 @@ def between(before: Snapshot, after: Snapshot) -> Reading:
         trt_active=after.trt_active,
         kv_cache_used=after.kv_cache_used,
         ttft_p99_s=_ttft_p99_s(before, after),
+        queue_growth_rps=(after.pending - before.pending) / interval,
     )
 
 
@@ -221,6 +264,7 @@ class PrometheusQuery:
                 f"sum(rate(nv_inference_request_success{{{sel}}}[{w}])) / 1e6"
             ),
             "pending": f"sum(nv_inference_pending_request_count{{{sel}}})",
+            "queue_growth_rps": f"sum(deriv(nv_inference_pending_request_count{{{sel}}}[{w}]))",
             "gpu_util": "avg(nv_gpu_utilization)",
             "trt_waiting": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="waiting"}})',
             "trt_active": f'sum(nv_trt_llm_request_metrics{{{sel},request_type="active"}})',
@@ -228,6 +272,9 @@ class PrometheusQuery:
             "ttft_p99_s": (
                 f"histogram_quantile(0.99, sum by (le) (rate({TTFT_HISTOGRAM}_bucket{{{sel}}}[{w}]))) / 1000"
             ),
+            # The gateway's exporter, summed over its replicas.
+            "shed_rps": backend_rate_query(SHED, w),
+            "degraded_rps": backend_rate_query(FALLBACK, w),
         }
 
     def reading(self) -> Reading:
@@ -246,6 +293,11 @@ class PrometheusQuery:
             trt_active=values["trt_active"],
             kv_cache_used=values["kv_cache_used"],
             ttft_p99_s=values["ttft_p99_s"],
+            # One sample in the window has no slope: no growth to count.
+            queue_growth_rps=values["queue_growth_rps"] or 0.0,
+            # No gateway series (none deployed, or not scraped yet): nothing shed or degraded seen.
+            shed_rps=values["shed_rps"] or 0.0,
+            degraded_rps=values["degraded_rps"] or 0.0,
         )
 
     def inflight_by_node(self, label: str = "node") -> dict[str, int]:
@@ -269,21 +321,39 @@ class PrometheusQuery:
 
 
 def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of each series of an instant-query answer, NaN values left out."""
+    """(labels, value) of each series of an instant-query answer, NaN values left out. Any other
+    shape (a matrix, a body without data, a value that is not a number) is a SignalError: the
+    controller holds its fleet rather than act on what it cannot read."""
     try:
         data = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SignalError(f"Prometheus answered something that is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SignalError(f"Prometheus answered a JSON {type(data).__name__}, not an object")
     if data.get("status") != "success":
         raise SignalError(f"Prometheus query failed: {data.get('errorType')}: {data.get('error')}")
-    result = data["data"]["result"]
-    if data["data"]["resultType"] == "scalar":
+    answer = data.get("data")
+    if not isinstance(answer, dict) or answer.get("resultType") not in {"vector", "scalar"}:
+        kind = answer.get("resultType") if isinstance(answer, dict) else None
+        raise SignalError(f"Prometheus answered no instant vector (resultType {kind!r})")
+    result = answer.get("result")
+    if answer["resultType"] == "scalar":
         result = [{"metric": {}, "value": result}]
+    if not isinstance(result, list):
+        raise SignalError("Prometheus answered a vector whose result is not a list")
     out = []
     for series in result:
-        value = float(series["value"][1])
+        try:
+            labels, (_, text) = series.get("metric", {}), series["value"]
+            value = float(text)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise SignalError(
+                f"Prometheus answered a sample that is not [time, number]: {series!r:.80}"
+            ) from None
+        if not isinstance(labels, dict):
+            raise SignalError(f"Prometheus answered series labels that are not an object: {labels!r:.80}")
         if value == value:
-            out.append((dict(series.get("metric", {})), value))
+            out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out
 
 

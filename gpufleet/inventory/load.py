@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -18,12 +20,14 @@ from gpufleet.model.errors import InputError, Problem, cut
 from gpufleet.model.errors import Path as KeyPath
 from gpufleet.model.site import Inventory
 from gpufleet.model.types import PATTERN_NAMES
+from gpufleet.plan.burst import WEIGHT_LOAD_MEASURED, measured_weight_load_gib_s
 from gpufleet.plan.engine import check_serving
 
 M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_FILE_BYTES = 10 * 1024 * 1024
+WEIGHT_LOAD_TABLE = REPO_ROOT / WEIGHT_LOAD_MEASURED
 # Aliases may add this many nodes to a document beyond those written out: enough for any anchor
 # a person writes, far below what a billion-laughs file expands to.
 MAX_ALIAS_NODES = 100_000
@@ -210,6 +214,8 @@ def inventory_from_data(data: Any, source: str) -> Inventory:
     problems = [*check_inventory(inv), *check_serving(inv)]
     if problems:
         raise InputError(source, problems)
+    if inv.site.burst is not None and inv.site.burst.boot.weight_load_gib_s is None:
+        inv = with_measured_weight_load(inv)
     if inv.site.burst is not None:
         # What only the burst planner can decide (a model that fits enough Spot types, its pinned
         # revision) is checked here too, so `validate` passes nothing that `plan-site` rejects.
@@ -217,6 +223,28 @@ def inventory_from_data(data: Any, source: str) -> Inventory:
 
         plan_fleet(inv, source)
     return inv
+
+
+def with_measured_weight_load(inv: Inventory) -> Inventory:
+    """The site with its burst boot budget's weight-load rate taken from the benchmark's table."""
+    assert inv.site.burst is not None
+    rate = _measured_rate(str(WEIGHT_LOAD_TABLE))
+    burst = inv.site.burst
+    boot = burst.boot.model_copy(update={"weight_load_gib_s": rate})
+    site = inv.site.model_copy(update={"burst": burst.model_copy(update={"boot": boot})})
+    return inv.model_copy(update={"site": site})
+
+
+@functools.cache
+def _measured_rate(path: str) -> float:
+    source = display(Path(path))
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            source, [Problem((), f"cannot read the weight-load table: {cut(str(exc))}")]
+        ) from exc
+    return measured_weight_load_gib_s(doc, source)
 
 
 @contextmanager

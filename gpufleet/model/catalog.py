@@ -175,8 +175,13 @@ class ServingModel:
     memory_factor: float = 1.3
 
     @property
+    def weights_gib(self) -> float:
+        """The served weights on disk: what a node copies and loads."""
+        return self.params_b * self.bytes_per_param * 1e9 / 2**30
+
+    @property
     def memory_gib(self) -> float:
-        return self.params_b * self.bytes_per_param * self.memory_factor * 1e9 / 2**30
+        return self.weights_gib * self.memory_factor
 
 
 SERVING_MODELS: dict[str, ServingModel] = {

@@ -17,7 +17,15 @@ from gpufleet.model.catalog import (
     topology_problem,
 )
 from gpufleet.model.errors import Problem
-from gpufleet.model.site import ROCE_HEADER_BYTES, FailureDomain, Inventory, LinkLayer, Network, Role
+from gpufleet.model.site import (
+    MAX_CLUSTER_NODES,
+    ROCE_HEADER_BYTES,
+    FailureDomain,
+    Inventory,
+    LinkLayer,
+    Network,
+    Role,
+)
 from gpufleet.model.types import disk_path
 
 # Where a lab host's "disks" live: sparse files inside its own root, made by `gpufleet lab up`.
@@ -349,6 +357,12 @@ def _serving_and_burst(inv: Inventory) -> Iterator[Problem]:
             )
     if burst is not None and serving is None:
         yield Problem(("site", "burst"), "burst needs site.serving: burst nodes serve the site's model")
+    if burst is not None and len(inv.nodes) + burst.max_nodes > MAX_CLUSTER_NODES:
+        yield Problem(
+            ("site", "burst", "max_nodes"),
+            f"{burst.max_nodes} burst nodes and the site's {len(inv.nodes)} exceed the {MAX_CLUSTER_NODES:,} nodes "
+            "Kubernetes supports in one cluster",
+        )
     if burst is not None:
         for i, name in enumerate(burst.instance_types or []):
             if name not in AWS_GPU_INSTANCES:

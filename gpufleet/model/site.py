@@ -25,6 +25,7 @@ from gpufleet.model.types import (
     Endpoint,
     Hostname,
     IndexUrl,
+    Interpreter,
     LabelKey,
     LabelValue,
     Mountpoint,
@@ -148,14 +149,53 @@ class Serving(Strict):
     )
 
 
+# Burst nodes join the site's own Kubernetes cluster, which Kubernetes supports up to this many
+# nodes ("Considerations for large clusters", kubernetes.io/docs/setup/best-practices/cluster-large):
+# a burst bound past it names capacity the cluster could never admit.
+MAX_CLUSTER_NODES = 5000
+
+
+class BootBudget(Strict):
+    """A burst node's boot-to-serve, part by part (docs/burst-boot.md). The plan adds the weights'
+    copy and load from the burst model's size; the other parts are the site's estimates."""
+
+    launch_s: int = Field(
+        90, ge=0, le=3600, description="Spot request to user data: fulfilment, EC2 and OS boot"
+    )
+    image_s: int = Field(
+        15,
+        ge=0,
+        le=3600,
+        description="node packages and the serving image ready: baked into the AMI, no pull",
+    )
+    join_s: int = Field(60, ge=0, le=3600, description="kubeadm join to node Ready with its GPUs advertised")
+    engine_s: int = Field(
+        60, ge=0, le=3600, description="engine start after the weights are resident: CUDA graphs, warm-up"
+    )
+    weights_copy_gib_s: float = Field(
+        1.0, gt=0, le=100, description="rate of the node's copy of the burst model from S3 onto local NVMe"
+    )
+    weight_load_gib_s: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="local NVMe into GPU memory; default: the measured cold safetensors rate "
+        "(bench/results/serving_weight_load_h200.json)",
+    )
+
+
 class Burst(Strict):
     region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$")
     instance_types: list[Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")]] | None = Field(
         None, description="default: derived from the model's GPU needs"
     )
-    max_nodes: int = Field(ge=0)
+    max_nodes: int = Field(
+        ge=0,
+        le=MAX_CLUSTER_NODES,
+        description="burst nodes at most; with the site's own, within Kubernetes' 5,000",
+    )
     max_hourly_usd: float = Field(ge=0, le=1_000_000)
-    boot_to_serve_s: int = Field(900, ge=0, description="boot + join + image pull + model load")
+    boot: BootBudget = BootBudget()
     vpn_gateway: Address | None = Field(
         None, description="public address of the on-prem VPN endpoint the burst VPC connects to"
     )
@@ -173,11 +213,10 @@ class Performance(Strict):
     memory_copy: Share | None = Field(None, description="GPU memory copy bandwidth; default: threshold")
     host_device: Share | None = Field(None, description="host<->device copy bandwidth; default: threshold")
     matmul: Share | None = Field(None, description="16-bit matmul throughput; default: threshold")
-    python: str | None = Field(
+    python: Interpreter | None = Field(
         None,
-        pattern=r"^(python3|/[A-Za-z0-9._/-]+)$",
-        description="the interpreter on GPU nodes that imports torch (python3 or an absolute path); "
-        "default: the perf probe environment the node deploy builds",
+        description="the interpreter on GPU nodes that imports torch (python3 or a normalised absolute "
+        "path to python, python3 or python3.N); default: the perf probe environment the node deploy builds",
     )
 
 

@@ -100,6 +100,21 @@ def _normalised_absolute(path: str) -> str:
 
 AbsolutePath = Annotated[str, StringConstraints(max_length=255), AfterValidator(_normalised_absolute)]
 
+
+def _interpreter(path: str) -> str:
+    if path == "python3":
+        return path
+    _normalised_absolute(path)
+    if not re.fullmatch(r"python(3(\.[0-9]{1,2})?)?", posixpath.basename(path)):
+        raise ValueError(
+            "not a Python interpreter: python3, or a path ending in python, python3 or python3.N"
+        )
+    return path
+
+
+# `python3` from PATH, or an interpreter by absolute, normalised path (`/opt/venv/bin/python3`).
+Interpreter = Annotated[str, StringConstraints(max_length=255), AfterValidator(_interpreter)]
+
 # What a disk may not be even though it lives under /dev: memory, ports, terminals, pseudo files.
 _NOT_DISKS = re.compile(
     r"/dev/(mem|kmem|port|null|zero|full|random|urandom|console|tty.*|ptmx|stdin|stdout|stderr|"

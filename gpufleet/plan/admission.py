@@ -27,7 +27,10 @@ PodMonitor scrapes both), never on the API port where anyone could read it witho
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
 
 from gpufleet.model.catalog import GPUModel, decode_rate
 from gpufleet.plan.k8s import TRITON_HTTP, Workload
@@ -44,8 +47,15 @@ RATE_WINDOW_S = 10
 # How long a shed client should wait before retrying: the time the queue needs to drain to the
 # degrade threshold, at least one second.
 PRIMARY, FALLBACK, SHED, OVER_LIMIT = "primary", "fallback", "shed", "over_limit"
-SHED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{SHED}"}}[1m]))'
-DEGRADED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{FALLBACK}"}}[1m]))'
+
+
+def backend_rate_query(backend: str, window: str = "1m") -> str:
+    """PromQL: requests/s into one of the gateway's backends, over all gateway replicas."""
+    return f'sum(rate(haproxy_backend_http_requests_total{{proxy="{backend}"}}[{window}]))'
+
+
+SHED_RATE_QUERY = backend_rate_query(SHED)
+DEGRADED_RATE_QUERY = backend_rate_query(FALLBACK)
 METRICS_PATH = "/metrics"
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
@@ -56,10 +66,23 @@ TENANTS_SECRET = "gateway-tenants"
 GATEWAY_REPLICAS = 2
 
 
+# Tenants and their API keys reach HAProxy as map files (`key value...` per line, whitespace
+# between fields, `#` a comment) and keys arrive in a header that `req.hdr` splits at commas. So a
+# key is token characters only, and a tenant name is a DNS label: neither can split a line, add
+# a field (a name with a space would be read as the class: `word(2,' ')`), start a comment or
+# reach the stick table (`tenant:class`, 96 bytes) longer than it holds.
+API_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{1,128}")
+TenantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+# Requests per second one tenant class may send: far above any replica set, finite for the window.
+MAX_TENANT_RPS = 100_000
+# Keys the gateway's stick table holds (`size 100k`).
+MAX_TENANTS = 100_000
+
+
 class Tenant(Frozen):
-    name: str
+    name: TenantName
     priority: Priority
-    requests_per_s: float
+    requests_per_s: float = Field(gt=0, le=MAX_TENANT_RPS, allow_inf_nan=False)
 
 
 class Backend(Frozen):
@@ -209,15 +232,23 @@ def backend_for(
     )
 
 
+def _keys(keys: dict[str, Tenant]) -> list[tuple[str, Tenant]]:
+    if not all(API_KEY.fullmatch(k) for k in keys):
+        raise ValueError(
+            "an API key of other than A-Za-z0-9._~+/=- (1 to 128): it would not be one map entry"
+        )
+    return sorted(keys.items())
+
+
 def tenants_map(keys: dict[str, Tenant]) -> str:
     """API key -> `tenant class`, as HAProxy's map file."""
-    return "".join(f"{key} {t.name} {t.priority}\n" for key, t in sorted(keys.items()))
+    return "".join(f"{key} {t.name} {t.priority}\n" for key, t in _keys(keys))
 
 
 def limits_map(keys: dict[str, Tenant]) -> str:
     """API key -> requests allowed per rate window."""
     return "".join(
-        f"{key} {max(1, math.floor(t.requests_per_s * RATE_WINDOW_S))}\n" for key, t in sorted(keys.items())
+        f"{key} {max(1, math.floor(t.requests_per_s * RATE_WINDOW_S))}\n" for key, t in _keys(keys)
     )
 
 

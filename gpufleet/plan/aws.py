@@ -7,9 +7,13 @@ model that does: a Spot fleet drawn from few pools is reclaimed all at once.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Mapping
 from ipaddress import IPv4Network, ip_address
 from typing import Any
+
+import yaml
 
 from gpufleet.model.catalog import (
     AWS_GPU_INSTANCES,
@@ -23,7 +27,7 @@ from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.model.stack import GpufleetConfig
 from gpufleet.plan.node import GPU_TAINT, Frozen
-from gpufleet.plan.site import plan_site, spot_max_price
+from gpufleet.plan.site import plan_serving, spot_max_price
 
 # Spot capacity is drawn from pools of (instance type, AZ); fewer than six types leaves the
 # group's allocation too little room when a pool is reclaimed.
@@ -40,6 +44,19 @@ SPOT_TAINT = Taint(key="gpufleet.io/capacity", value="spot", effect="NoSchedule"
 JOIN_TOKEN_PARAMETER = "/gpufleet/{site}/kubeadm/join-token"
 CA_HASH_PARAMETER = "/gpufleet/{site}/kubeadm/ca-cert-hash"
 ROOT_VOLUME_GIB = 500
+# Burst nodes' local NVMe on the DLAMI, where their user data copies the model from S3.
+BURST_NVME = "/opt/dlami/nvme"
+WEIGHTS_PARAMETER = "/gpufleet/{site}/burst/weights"
+# The baked image (docs/burst-boot.md): where the node scripts sit, the build instance (no GPU
+# needed to install packages and pull an image) and the image's root volume (DLAMI plus the
+# serving image's layers; a node's launch template gives it ROOT_VOLUME_GIB).
+NODE_SCRIPTS = "/opt/gpufleet"
+NODE_SCRIPT_FILES = ("model_cache.py", "burst_weights.py")
+BUILDER_INSTANCE_TYPE = "m6i.2xlarge"
+IMAGE_ROOT_GIB = 200
+IMAGE_BUILDER_LOGS = "imagebuilder-logs"
+# Image Builder's limit on a component document given inline.
+COMPONENT_DATA_MAX = 16_000
 # Time the termination lifecycle hook holds an instance while its node drains.
 DRAIN_HEARTBEAT_S = 300
 
@@ -108,7 +125,11 @@ class AwsBurstPlan(Frozen):
     vpn_gateway: str
     vpn_asn: int
     fleet: BurstFleet
-    ami_parameter: str  # name:version
+    ami_parameter: str  # name:version: the baked image's parent
+    triton_image: str  # pre-pulled into the baked image's containerd, as the BOM pins it
+    weights_parameter: str  # SSM parameter: s3://bucket/prefix of the burst model's revision
+    weights_prefix: str  # <org>/<name>/<revision> in the weights bucket
+    weights_dest: str  # where the node copies it: the hostPath the serving pods mount
     resolver: Resolver | None  # None: the control-plane endpoint is an address
     desired_nodes: int
     max_nodes: int
@@ -148,7 +169,7 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
             source, [Problem(("site", "burst", "instance_types"), f"unknown instance types {unknown}")]
         )
     ladder = sorted(SERVING_MODELS, key=lambda m: -SERVING_MODELS[m].memory_gib)
-    onprem = plan_site(inv).serving
+    onprem = plan_serving(inv)
     shape = onprem.shape if onprem is not None else None
     # Without GPU nodes on-prem there is nothing to compare with: an H100 replica stands in.
     unit = (
@@ -260,6 +281,10 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
         )
     if inv.bom.burst_ami is None:
         problems.append(Problem(("bom", "burst_ami"), "a burst stack needs the pinned GPU AMI parameter"))
+    if inv.bom.triton_image is None:
+        problems.append(
+            Problem(("bom", "triton_image"), "the burst image pre-pulls the serving image: pin it")
+        )
     resolver = plan_resolver(inv)
     if resolver is not None and not resolver.target_ips:
         problems.append(
@@ -286,6 +311,10 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
         vpn_asn=burst.vpn_asn,
         fleet=fleet,
         ami_parameter=str(inv.bom.burst_ami),
+        triton_image=str(inv.bom.triton_image),
+        weights_parameter=WEIGHTS_PARAMETER.format(site=site),
+        weights_prefix=f"{fleet.hf_repo}/{fleet.revision}",
+        weights_dest=f"{BURST_NVME}/weights/{fleet.hf_repo}/{fleet.revision}",
         resolver=resolver,
         desired_nodes=config.burst_nodes,
         max_nodes=burst.max_nodes,
@@ -304,10 +333,11 @@ def plan_burst(inv: Inventory, config: GpufleetConfig, source: str) -> AwsBurstP
 
 
 def user_data(plan: AwsBurstPlan) -> str:
-    """Boot script: read the join token from SSM (SecureString) and join with burst labels and taints.
+    """Boot script: copy and check the burst model's weights, read the join token from SSM
+    (SecureString) and join with burst labels and taints.
 
     The token never appears in user data, launch template or logs; the instance role may read
-    only these two parameters.
+    only the join and weights parameters and the weights' prefix.
     """
     gpu_cases = "\n".join(
         f"  {i.name}) GPU_MODEL={i.gpu.value}; GPU_MEM={i.gpu_memory_gib}; GPUS={i.gpus} ;;"
@@ -317,8 +347,6 @@ def user_data(plan: AwsBurstPlan) -> str:
     taints = "\n".join(
         f'    - {{key: {t.key}, value: "{t.value}", effect: {t.effect}}}' for t in plan.node_taints
     )
-    version = plan.kubernetes_version
-    minor = ".".join(version.split(".")[:2])
     return f"""#!/bin/bash
 set -euo pipefail
 IMDS=http://169.254.169.254/latest
@@ -328,20 +356,19 @@ case "$TYPE" in
 {gpu_cases}
   *) echo "instance type $TYPE is not in the burst fleet" >&2; exit 1 ;;
 esac
-# The AMI brings the NVIDIA driver and container toolkit; kubeadm and kubelet follow the BOM.
-K8S=https://pkgs.k8s.io/core:/stable:/v{minor}/deb/
-install -d -m 0755 /etc/apt/keyrings /etc/kubernetes
-curl -fsSL "$K8S/Release.key" | gpg --dearmor -o /etc/apt/keyrings/kubernetes.gpg
-echo "deb [signed-by=/etc/apt/keyrings/kubernetes.gpg] $K8S /" > /etc/apt/sources.list.d/kubernetes.list
-apt-get update -q
-apt-get install -qy containerd kubeadm={version}-\\* kubelet={version}-\\*
-apt-mark hold kubeadm kubelet
-nvidia-ctk runtime configure --runtime=containerd --set-as-default
-systemctl restart containerd
+# The baked image carries kubeadm and kubelet at the BOM's version, containerd with the nvidia
+# runtime, the serving image and the node scripts: nothing is installed or pulled here.
+# The burst model's pinned revision from S3 onto local NVMe, checked against its manifest and
+# safetensors index; a copy that does not check out stops here, so the node never joins.
+for _ in $(seq 60); do mountpoint -q {BURST_NVME} && break; sleep 1; done
+mountpoint -q {BURST_NVME} || {{ echo "$TYPE: no instance store at {BURST_NVME}" >&2; exit 1; }}
+python3 {NODE_SCRIPTS}/burst_weights.py fetch --region {plan.region} \\
+  --parameter {plan.weights_parameter} --dest {plan.weights_dest}
 JOIN_TOKEN=$(aws ssm get-parameter --region {plan.region} --with-decryption \\
   --name {plan.join_token_parameter} --query Parameter.Value --output text)
 CA_HASH=$(aws ssm get-parameter --region {plan.region} \\
   --name {plan.ca_hash_parameter} --query Parameter.Value --output text)
+install -d -m 0755 /etc/kubernetes
 umask 077
 cat > /etc/kubernetes/kubeadm-join.yaml <<EOF
 apiVersion: kubeadm.k8s.io/v1beta4
@@ -363,6 +390,97 @@ rm -f /etc/kubernetes/kubeadm-join.yaml
 """
 
 
+def image_component(plan: AwsBurstPlan, scripts: Mapping[str, str]) -> str:
+    """The baked burst image's Image Builder component (an AWSTOE document), rendered by a serialiser.
+
+    Build: kubeadm and kubelet at the BOM's version (held), containerd with the nvidia runtime as
+    its default, boto3 for the weights script, the serving image pulled into containerd's k8s.io
+    namespace (the kubelet's) exactly as the BOM pins it, and the node scripts. Validate: each of
+    them is there, so an image that lacks one is never distributed.
+    """
+    version = plan.kubernetes_version
+    minor = ".".join(version.split(".")[:2])
+    apt = f"https://pkgs.k8s.io/core:/stable:/v{minor}/deb/"
+    keyring = "/etc/apt/keyrings/kubernetes.gpg"
+    image = plan.triton_image
+    crictl = "crictl --runtime-endpoint unix:///run/containerd/containerd.sock"
+    document = {
+        "name": f"gpufleet-{plan.site}-burst-node",
+        "description": f"gpufleet {plan.site}: burst node packages, serving image and node scripts",
+        "schemaVersion": 1.0,
+        "phases": [
+            {
+                "name": "build",
+                "steps": [
+                    {
+                        "name": "NodePackages",
+                        "action": "ExecuteBash",
+                        "inputs": {
+                            "commands": [
+                                "set -euo pipefail",
+                                f"install -d -m 0755 /etc/apt/keyrings /etc/kubernetes {NODE_SCRIPTS}",
+                                f"curl -fsSL {apt}Release.key | gpg --dearmor -o {keyring}",
+                                f'echo "deb [signed-by={keyring}] {apt} /" > /etc/apt/sources.list.d/kubernetes.list',
+                                "apt-get update -q",
+                                "DEBIAN_FRONTEND=noninteractive apt-get install -qy containerd python3-boto3 "
+                                f"kubeadm={version}-\\* kubelet={version}-\\*",
+                                "apt-mark hold kubeadm kubelet",
+                                "nvidia-ctk runtime configure --runtime=containerd --set-as-default",
+                                "systemctl enable containerd kubelet",
+                                "systemctl restart containerd",
+                            ]
+                        },
+                    },
+                    {
+                        "name": "ServingImage",
+                        "action": "ExecuteBash",
+                        # Through the CRI, so the image is stored under the names the kubelet asks for.
+                        "inputs": {"commands": [f"{crictl} pull {image}"]},
+                    },
+                    {
+                        "name": "NodeScripts",
+                        "action": "CreateFile",
+                        "inputs": [
+                            {"path": f"{NODE_SCRIPTS}/{name}", "content": scripts[name]}
+                            for name in NODE_SCRIPT_FILES
+                        ],
+                    },
+                ],
+            },
+            {
+                "name": "validate",
+                "steps": [
+                    {
+                        "name": "Baked",
+                        "action": "ExecuteBash",
+                        "inputs": {
+                            "commands": [
+                                "set -euo pipefail",
+                                f"{crictl} inspecti {image} > /dev/null",
+                                f"kubeadm version -o short | grep -Fx 'v{version}'",
+                                "containerd config dump | grep -F 'default_runtime_name = \"nvidia\"'",
+                                f"python3 -I {NODE_SCRIPTS}/burst_weights.py --help",
+                            ]
+                        },
+                    }
+                ],
+            },
+        ],
+    }
+    text = yaml.safe_dump(document, sort_keys=False, width=1000)
+    if len(text) > COMPONENT_DATA_MAX:
+        raise ValueError(
+            f"the burst image component is {len(text)} characters; Image Builder takes {COMPONENT_DATA_MAX}"
+        )
+    return text
+
+
+def image_name(document: str, plan: AwsBurstPlan) -> str:
+    """Image Builder names are immutable per version: a new document or parent is a new name."""
+    digest = hashlib.sha256(f"{plan.ami_parameter}\n{IMAGE_ROOT_GIB}\n{document}".encode()).hexdigest()
+    return f"gpufleet-{plan.site}-burst-{digest[:12]}"
+
+
 # --- Access: every AWS policy document of the burst stack, built from ARNs the stack knows -------
 
 POLICY_VERSION = "2012-10-17"
@@ -376,11 +494,22 @@ SESSION_MANAGER_ACTIONS = (
     "ssmmessages:OpenControlChannel",
     "ssmmessages:OpenDataChannel",
 )
+# What the SSM agent of an Image Builder build instance needs for the Run Command that drives
+# the build (the ec2messages half of AmazonSSMManagedInstanceCore, without its ssm:Get*).
+RUN_COMMAND_ACTIONS = (
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
 # Actions that AWS authorises on no resource narrower than "*": the only ones an identity policy
 # of this repository may grant on "*" (the policy pack's allow-list).
 STAR_RESOURCE_ACTIONS = frozenset(
     {
         *SESSION_MANAGER_ACTIONS,
+        *RUN_COMMAND_ACTIONS,
         "autoscaling:DescribeAutoScalingGroups",
         "ec2:DescribeSpotPriceHistory",
     }
@@ -442,8 +571,17 @@ def kms_key_policy(account: str, region: str) -> dict[str, Any]:
     }
 
 
-def node_role_policy(parameter_arns: list[str], key_arn: str, region: str) -> dict[str, Any]:
-    """What a burst node may do: read its two join parameters, decrypt them through SSM, Session Manager."""
+def weights_objects_arn(bucket: str, prefix: str) -> str:
+    """The one prefix of the weights bucket that holds the burst model's pinned revision."""
+    return f"arn:aws:s3:::{bucket}/{prefix}/*"
+
+
+def node_role_policy(
+    parameter_arns: list[str], key_arn: str, region: str, weights_arn: str
+) -> dict[str, Any]:
+    """What a burst node may do: read its join and weights parameters, decrypt the token through
+    SSM, read the burst model's revision (one prefix; no listing: the manifest names every file),
+    Session Manager."""
     return {
         "Version": POLICY_VERSION,
         "Statement": [
@@ -452,6 +590,12 @@ def node_role_policy(parameter_arns: list[str], key_arn: str, region: str) -> di
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter"],
                 "Resource": parameter_arns,
+            },
+            {
+                "Sid": "BurstModelRevision",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [weights_arn],
             },
             {
                 "Sid": "DecryptJoinTokenThroughSsm",
@@ -466,6 +610,57 @@ def node_role_policy(parameter_arns: list[str], key_arn: str, region: str) -> di
                 "Action": list(SESSION_MANAGER_ACTIONS),
                 "Resource": "*",
             },
+        ],
+    }
+
+
+def builder_role_policy(component_arn: str, logs_arn: str, region: str) -> dict[str, Any]:
+    """What the image build instance may do: be driven by Image Builder over SSM Run Command, read
+    its one component and AWSTOE (AWS's public bucket for the region), write its logs under one
+    prefix. The serving image comes from its public registry and the packages from apt: no IAM."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "RunCommand",
+                "Effect": "Allow",
+                "Action": ["ssm:UpdateInstanceInformation", *RUN_COMMAND_ACTIONS],
+                "Resource": "*",
+            },
+            {
+                "Sid": "Component",
+                "Effect": "Allow",
+                "Action": ["imagebuilder:GetComponent"],
+                "Resource": [component_arn],
+            },
+            {
+                "Sid": "Awstoe",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::awstoe-{region}/*"],
+            },
+            {
+                "Sid": "BuildLogs",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [logs_arn],
+            },
+        ],
+    }
+
+
+def publisher_policy(weights_arn: str) -> dict[str, Any]:
+    """For whoever runs the one-time copy of a revision into the weights bucket (burst_weights.py
+    publish): write that prefix, nothing else."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "PublishBurstModelRevision",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [weights_arn],
+            }
         ],
     }
 

@@ -25,6 +25,16 @@ from gpufleet.model.site import Inventory
 
 # The Triton image flavour that carries the vLLM backend (`…:<yy.mm>-vllm-python-py3`).
 VLLM_FLAVOUR = "-vllm-python-py3"
+# The vLLM each Triton release's vLLM image carries (NVIDIA builds it; the upstream release before
+# its `+` local version): Triton's release compatibility matrix, "Container Name: vllm-python-py3"
+# (triton-inference-server/server docs/introduction/compatibility.md, read at 0f963c9a8c69).
+# A release not listed must be read there and added: the BOM's `vllm` is checked against it.
+TRITON_VLLM = {
+    "26.08": "0.27.1", "26.07": "0.24.0", "26.06": "0.22.1", "26.05": "0.19.0", "26.04": "0.19.0",
+    "26.03": "0.17.1", "26.02": "0.15.1", "26.01": "0.13.0", "25.12": "0.11.1", "25.11": "0.11.0",
+    "25.10": "0.10.2", "25.09": "0.10.1.1", "25.08": "0.9.2", "25.07": "0.9.0rc1", "25.06": "0.9.0rc1",
+    "25.05": "0.8.4", "25.04": "0.8.1", "25.03": "0.7.3", "25.02": "0.7.0", "25.01": "0.6.3.post1",
+}  # fmt: skip
 WEIGHTS_ROOT = "/weights"
 # vLLM's share of each GPU; the rest holds NCCL buffers, CUDA graphs and the sampler.
 GPU_MEMORY_UTILIZATION = 0.90
@@ -194,6 +204,19 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
         )
     elif image is not None and inv.bom.vllm is None:
         yield Problem(("bom", "vllm"), f"name the vLLM release {image} carries: the engine check reads it")
+    elif image is not None:
+        release = image.split("@")[0].rpartition(":")[2].removesuffix(VLLM_FLAVOUR)
+        carried = TRITON_VLLM.get(release)
+        if carried is None:
+            yield Problem(
+                ("bom", "triton_image"),
+                f"no recorded vLLM for Triton {release}: read it from Triton's compatibility matrix "
+                "(vllm-python-py3) into gpufleet.plan.engine.TRITON_VLLM",
+            )
+        elif inv.bom.vllm != carried:
+            yield Problem(
+                ("bom", "vllm"), f"Triton {release}'s vLLM image carries vLLM {carried}, not {inv.bom.vllm}"
+            )
     if inv.site.burst is not None and inv.bom.gateway_image is None:
         yield Problem(
             ("bom", "gateway_image"), "the admission gateway in front of the burst fallback needs its image"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gpufleet.model.catalog import SERVING_MODELS
 from gpufleet.model.site import Inventory, Taint
+from gpufleet.plan.aws import BURST_NVME as BURST_NVME  # where burst pods mount the weights
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
 from gpufleet.plan.engine import KV_LAYOUTS, engine_args, weights_path
 from gpufleet.plan.node import GPU_TAINT, NVIDIA_RUNTIME, Frozen
@@ -46,8 +47,6 @@ HPA_FLOOR_FRACTION = 0.5
 WEIGHTS_DISK_FACTOR = 3.3
 # ceph-csi's CephFS class: one ReadWriteMany volume that every node mounts.
 CACHE_STORAGE_CLASS = "cephfs"
-# Burst nodes' local NVMe on the DLAMI, where their user data copies the model from S3.
-BURST_NVME = "/opt/dlami/nvme"
 
 # The pod network (docs/pod-network.md): Calico through the Tigera operator.
 CNI_CHART = "tigera-operator"

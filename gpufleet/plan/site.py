@@ -7,6 +7,7 @@ import math
 from gpufleet.model.catalog import GPUS_PER_NODE_MAX, SERVING_MODELS, ReplicaShape, replica_shape
 from gpufleet.model.checks import dominant_gpu
 from gpufleet.model.site import Burst, Inventory, Role
+from gpufleet.plan.burst import BootPlan, plan_boot
 from gpufleet.plan.node import Frozen, plan_node
 
 PGS_PER_OSD = 100
@@ -16,6 +17,11 @@ MAX_MONS = 5
 CEPHFS_NAME = "models"
 # Metadata is small: a quarter of the data pool's PGs, at least this many.
 CEPHFS_META_MIN_PGS = 8
+# The Ceph clients the CSI drivers use, one per driver, each scoped to what its driver provisions.
+RBD_CLIENT = "kubernetes"
+CEPHFS_CLIENT = "kubernetes-cephfs"
+# The subvolume group ceph-csi's CephFS driver provisions in (its default, csiConfig[].cephFS).
+CEPHFS_GROUP = "csi"
 
 
 class CrushRule(Frozen):
@@ -38,6 +44,13 @@ class FilesystemPlan(Frozen):
     data_pool: str
 
 
+class CephClientPlan(Frozen):
+    """A cephx client: `ceph auth get-or-create client.<name>` with these capabilities."""
+
+    name: str
+    caps: dict[str, str]  # daemon type (mon, mgr, osd, mds) -> its capability string
+
+
 class CephPlan(Frozen):
     release: str
     mons: list[str]
@@ -47,6 +60,7 @@ class CephPlan(Frozen):
     crush_rules: list[CrushRule]
     pools: list[PoolPlan]
     filesystem: FilesystemPlan
+    clients: list[CephClientPlan]
 
 
 class KubernetesPlan(Frozen):
@@ -77,7 +91,8 @@ class BurstPlan(Frozen):
     max_nodes: int
     max_hourly_usd: float
     spot_max_price_usd: float | None
-    boot_to_serve_s: int
+    boot: BootPlan  # the parts (docs/burst-boot.md)
+    boot_to_serve_s: int  # their sum: what the controller and the simulator plan with
 
 
 class SitePlan(Frozen):
@@ -97,7 +112,7 @@ def plan_site(inv: Inventory) -> SitePlan:
         node_digests={n.hostname: plan_node(inv, n).digest for n in inv.nodes},
         ceph=_ceph(inv),
         kubernetes=_kubernetes(inv),
-        serving=_serving(inv),
+        serving=plan_serving(inv),
         burst=_burst(inv),
     )
 
@@ -147,7 +162,34 @@ def _ceph(inv: Inventory) -> CephPlan | None:
         crush_rules=[CrushRule(name=f"replicated-{d}", failure_domain=d) for d in rules],
         pools=pools,
         filesystem=fs,
+        clients=_csi_clients(pools, fs),
     )
+
+
+def _csi_clients(pools: list[PoolPlan], fs: FilesystemPlan) -> list[CephClientPlan]:
+    """ceph-csi's capabilities (docs/capabilities.md at v3.12.2), each client on its own resource:
+    the RBD driver's on the site's RBD pools; the CephFS driver's on the one file system only: its
+    pools by their `cephfs` tags, its map, its metadata under /volumes (read) and /volumes/csi (the
+    subvolume group it writes), and the mgr's volumes module (`allow rw`, which the subvolume
+    commands need)."""
+    rbd = [p.name for p in pools if p.application == "rbd"]
+    cephfs = CephClientPlan(
+        name=CEPHFS_CLIENT,
+        caps={
+            "mon": f"allow r fsname={fs.name}",
+            "mgr": "allow rw",
+            "osd": f"allow rw tag cephfs metadata={fs.name}, allow rw tag cephfs data={fs.name}",
+            "mds": f"allow r fsname={fs.name} path=/volumes, allow rws fsname={fs.name} path=/volumes/{CEPHFS_GROUP}",
+        },
+    )
+    if not rbd:
+        return [cephfs]
+    caps = {
+        "mon": "profile rbd",
+        "mgr": "profile rbd",
+        "osd": ", ".join(f"profile rbd pool={p}" for p in rbd),
+    }
+    return [CephClientPlan(name=RBD_CLIENT, caps=caps), cephfs]
 
 
 def _pg_num(osds: int, size: int, pools: int) -> int:
@@ -172,7 +214,7 @@ def _kubernetes(inv: Inventory) -> KubernetesPlan:
     )
 
 
-def _serving(inv: Inventory) -> ServingPlan | None:
+def plan_serving(inv: Inventory) -> ServingPlan | None:
     serving = inv.site.serving
     if serving is None:
         return None
@@ -208,11 +250,13 @@ def _burst(inv: Inventory) -> BurstPlan | None:
     burst = inv.site.burst
     if burst is None:
         return None
+    boot = plan_boot(inv)
     return BurstPlan(
         region=burst.region,
         min_nodes=0,
         max_nodes=burst.max_nodes,
         max_hourly_usd=burst.max_hourly_usd,
         spot_max_price_usd=spot_max_price(burst),
-        boot_to_serve_s=burst.boot_to_serve_s,
+        boot=boot,
+        boot_to_serve_s=boot.total_s,
     )

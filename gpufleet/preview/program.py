@@ -189,8 +189,19 @@ class EngineMocks(Mocks):
             extra: dict[str, Any] = {"arn": arn}
             if args.typ == "aws:sqs/queue:Queue":
                 extra["url"] = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/{args.name}"
-            if args.typ in ("aws:autoscaling/group:Group", "aws:iam/role:Role"):
+            if args.typ in (
+                "aws:autoscaling/group:Group",
+                "aws:iam/role:Role",
+                "aws:iam/instanceProfile:InstanceProfile",
+            ):
                 extra["name"] = inputs.get("name") or args.name
+            if args.typ == "aws:s3/bucket:Bucket":
+                # AWS appends a unique suffix to the prefix; bucket ARNs carry no region or account.
+                extra["bucket"] = inputs.get("bucket") or f"{inputs.get('bucketPrefix', '')}{ident}"
+                extra["arn"] = f"arn:aws:s3:::{extra['bucket']}"
+            if args.typ == "aws:imagebuilder/image:Image":
+                # What Image Builder reports once the build is distributed: the AMI in the region.
+                extra["outputResources"] = [{"amis": [{"image": f"ami-{ident}", "region": "us-east-1"}]}]
             return f"{service}-{ident}", {**inputs, **extra}
         if args.typ.startswith("pulumi-python:dynamic/gpufleet:"):
             return f"{args.name}-{ident}", {**inputs, **_playbook_outputs(args.typ, args.name, inputs)}
@@ -204,7 +215,10 @@ def _playbook_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, 
     if typ.endswith(":CephCluster"):
         return {
             "fsid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
-            "client_key": "AQ" + hashlib.sha256(name.encode()).hexdigest()[:38] + "==",
+            **{
+                key: "AQ" + hashlib.sha256(f"{name}/{key}".encode()).hexdigest()[:38] + "=="
+                for key in ("client_key", "cephfs_client_key")
+            },
         }
     if typ.endswith(":KubernetesCluster"):
         endpoint = inputs["spec"]["control_plane_endpoint"]

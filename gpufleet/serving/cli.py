@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,6 +35,24 @@ def rollback(
     if not dry_run:
         apply(plan)
         out.print(f"next: gpufleet plan {stack} --base origin/main, then a pull request", highlight=False)
+
+
+@serving_app.command("tenants")
+def tenants_cmd(
+    file: Annotated[Path, typer.Argument(help="the key issuer's tenants file (YAML)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for tenants.map and limits.map")],
+) -> None:
+    """Check the key issuer's tenants and write the gateway's two HAProxy maps (mode 0600), the
+    content of the `gateway-tenants` Secret. Bad input: one line per problem, exit 2, nothing written."""
+    from gpufleet.cli import bad_input, out
+    from gpufleet.serving.tenants import load_tenants, write_maps
+
+    with bad_input():
+        keys = load_tenants(file)
+    written = write_maps(keys, out_dir)
+    classes = Counter(t.priority for t in keys.values())
+    summary = ", ".join(f"{p} {classes[p]}" for p in sorted(classes))
+    out.print(f"{len(keys)} keys ({summary}): {', '.join(display(p) for p in written)}", highlight=False)
 
 
 @serving_app.command("promote")

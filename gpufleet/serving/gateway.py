@@ -24,9 +24,8 @@ from gpufleet.plan.admission import (
     Backend,
     Tenant,
     haproxy_cfg,
-    limits_map,
-    tenants_map,
 )
+from gpufleet.serving.tenants import write_maps
 
 
 def haproxy_binary() -> Path:
@@ -54,12 +53,7 @@ def write_config(
     metrics_port: int,
 ) -> Path:
     """haproxy.cfg and its two maps in `folder` (the maps hold API keys: mode 0600)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    maps = {"tenants.map": tenants_map(keys), "limits.map": limits_map(keys)}
-    for name, text in maps.items():
-        path = folder / name
-        path.touch(mode=0o600)
-        path.write_text(text)
+    write_maps(keys, folder)
     config = folder / "haproxy.cfg"
     config.write_text(
         haproxy_cfg(

@@ -19,10 +19,12 @@ from gpufleet.burst.policy import (
     ReactivePending,
     StaticPeak,
 )
+from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
 from gpufleet.plan.aws import BurstFleet, plan_fleet
 from gpufleet.plan.site import plan_site
+from gpufleet.sim.bounds import BOUND_NAMES, BoundResult, calendar_need, cheapest_fleet, minute_prices
 from gpufleet.sim.engine import Result, ServiceModel, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
 from gpufleet.sim.trace import Surge, Trace, apply_surges
@@ -88,6 +90,27 @@ class Scenario:
             interruptions_per_node_hour=self.interruptions_per_node_hour,
             seed=self.seed,
         ).run()
+
+    def bound(self, name: str) -> BoundResult:
+        """The exact cost bound `name` (see gpufleet.sim.bounds) for this scenario's need per
+        minute, pools, prices, boot time, node bound and cap."""
+        types = replicas_per_node(self.fleet)
+        pools = [p for p in self.prices.pools if p.instance_type in types]
+        price = minute_prices(self.prices, pools, len(self.minute_load))
+        need = [self.capacity.missing(load) for load in self.minute_load]
+        if name == "bound-calendar":
+            need = calendar_need(need, [(p.start_s, p.end_s) for p in self.surges])
+        elif name != "bound-clairvoyant":
+            raise ValueError(f"unknown bound {name!r}; one of {', '.join(BOUND_NAMES)}")
+        return cheapest_fleet(
+            need,
+            pools,
+            price,
+            self.capacity.capacity_of,
+            lambda t: AWS_GPU_INSTANCES[t].gpus,
+            self.capacity,
+            name,
+        )
 
 
 def calibrate(trace: Trace, capacity: CapacityModel, prices: PriceSeries, fleet: BurstFleet) -> ServiceModel:

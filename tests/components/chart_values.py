@@ -12,6 +12,7 @@ A version bump needs its facts re-read from the new tag: a chart version not lis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,18 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
     ),
     ("ceph-csi-cephfs", "3.13.1"): ChartFacts(
         source=(
-            "ceph/ceph-csi charts/ceph-csi-cephfs/values.yaml at commit 004f647 (its nodeplugin.plugin.image.tag "
-            "is v3.13.1): csiConfig l.35 (items: clusterID, monitors, cephFS), nodeplugin.tolerations, "
-            "storageClass.create, secret.create"
+            "ceph/ceph-csi charts/ceph-csi-cephfs/values.yaml at commit 004f647ab726 (the stored version whose "
+            "nodeplugin.plugin.image.tag is v3.13.1; the fetched snapshot's newest tag is v3.12.2, so the tag itself "
+            "was not read): csiConfig (items: clusterID, monitors, cephFS.subvolumeGroup), nodeplugin.tolerations, "
+            "storageClass.create, secret.create; csiConfig is written whole as the driver's config.json, whose "
+            "cephFS.subvolumeGroup ceph-csi v3.12.2 internal/util/csiconfig.go reads (default csi)"
         ),
-        keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
+        keys=_k(
+            "storageClass.create",
+            "secret.create",
+            "csiConfig[].clusterID",
+            "csiConfig[].cephFS.subvolumeGroup",
+        ),
         opaque=_k("csiConfig[].monitors", "nodeplugin.tolerations"),
     ),
     ("gpu-operator", "v25.3.4"): ChartFacts(
@@ -146,6 +154,59 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
 }
 
 
+@dataclass(frozen=True)
+class CsiDriverFacts:
+    """What a ceph-csi driver reads from its StorageClass and its secrets (read at the source)."""
+
+    source: str
+    secret_keys: frozenset[str]  # the keys of the secret for dynamically provisioned volumes
+    parameters: frozenset[str]  # StorageClass parameters the driver (or the external-provisioner) reads
+    required: frozenset[str]
+
+
+# The external-provisioner's secret references, which it resolves and strips before the driver.
+_SECRET_PARAMETERS = _k(
+    *(
+        f"csi.storage.k8s.io/{use}-secret-{key}"
+        for use in ("provisioner", "controller-expand", "node-stage")
+        for key in ("name", "namespace")
+    )
+)
+
+CSI_DRIVERS: dict[str, CsiDriverFacts] = {
+    "cephfs.csi.ceph.com": CsiDriverFacts(
+        source=(
+            "ceph/ceph-csi v3.12.2 (the fetched snapshot's newest tag): internal/cephfs/controllerserver.go "
+            "CreateVolume/ControllerExpandVolume call util.NewAdminCredentials, nodeserver.go "
+            "getCredentialsForVolume uses the admin credentials for provisioned volumes (user ones only for "
+            "static volumes); internal/util/credentials.go: adminID, adminKey. Parameters: "
+            "internal/cephfs/store/volumeoptions.go (clusterID, fsName required; pool, mounter, "
+            "kernelMountOptions, fuseMountOptions, volumeNamePrefix, backingSnapshot optional), "
+            "examples/cephfs/storageclass.yaml (encrypted, encryptionKMSID and the secret references)"
+        ),
+        secret_keys=_k("adminID", "adminKey"),
+        parameters=_k("clusterID", "fsName", "pool", "mounter", "kernelMountOptions", "fuseMountOptions")
+        | _k("volumeNamePrefix", "backingSnapshot", "encrypted", "encryptionKMSID")
+        | _SECRET_PARAMETERS,
+        required=_k("clusterID", "fsName") | _SECRET_PARAMETERS,
+    ),
+    "rbd.csi.ceph.com": CsiDriverFacts(
+        source=(
+            "ceph/ceph-csi v3.12.2: internal/rbd/controllerserver.go and nodeserver.go call "
+            "util.NewUserCredentials (userID, userKey); internal/rbd/rbd_util.go reads pool, dataPool, "
+            "imageFeatures; examples/rbd/storageclass.yaml: clusterID, csi.storage.k8s.io/fstype and the secret "
+            "references"
+        ),
+        secret_keys=_k("userID", "userKey"),
+        parameters=_k(
+            "clusterID", "pool", "dataPool", "imageFeatures", "mounter", "csi.storage.k8s.io/fstype"
+        )
+        | _SECRET_PARAMETERS,
+        required=_k("clusterID", "pool") | _SECRET_PARAMETERS,
+    ),
+}
+
+
 def leaf_paths(values: object, prefix: str = "") -> list[str]:
     """Every key path a values document sets; `[]` for each item of a list of maps."""
     if isinstance(values, dict) and values:
@@ -168,4 +229,29 @@ def unknown_keys(chart: str, version: str, values: dict[str, object]) -> list[st
         ):
             continue
         bad.append(path + (f" ({facts.gone[path]})" if path in facts.gone else ""))
+    return bad
+
+
+def csi_problems(storage_class: dict[str, Any], secrets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """What a ceph-csi driver would not find in a StorageClass and the secrets it names
+    ((namespace, name) -> stringData): unknown or missing parameters, missing secrets, and secret
+    keys other than those the driver reads for dynamically provisioned volumes."""
+    facts = CSI_DRIVERS[storage_class["provisioner"]]
+    params = storage_class.get("parameters", {})
+    bad = [
+        f"parameter {k}: not read by {storage_class['provisioner']}"
+        for k in sorted(set(params) - facts.parameters)
+    ]
+    bad += [f"parameter {k}: required" for k in sorted(facts.required - set(params))]
+    for use in ("provisioner", "controller-expand", "node-stage"):
+        ref = (
+            params.get(f"csi.storage.k8s.io/{use}-secret-namespace"),
+            params.get(f"csi.storage.k8s.io/{use}-secret-name"),
+        )
+        if ref not in secrets:
+            bad.append(f"{use} secret {ref}: not created")
+        elif set(secrets[ref]) != facts.secret_keys:
+            bad.append(
+                f"{use} secret {ref}: keys {sorted(secrets[ref])}, the driver reads {sorted(facts.secret_keys)}"
+            )
     return bad

@@ -13,15 +13,18 @@ from typing import Any
 
 from gpufleet.inventory.stacks import Stack
 from gpufleet.plan.aws import (
+    IMAGE_BUILDER_LOGS,
     SESSION_MANAGER_ACTIONS,
     STAR_RESOURCE_ACTIONS,
+    builder_role_policy,
     controller_policy,
     kms_key_policy,
     node_role_policy,
     plan_burst,
+    publisher_policy,
     queue_policy,
 )
-from gpufleet.preview.program import ACCOUNT, Graph, Registration
+from gpufleet.preview.program import ACCOUNT, Graph, Registration, reveal
 
 STACK = "burst-prod"
 
@@ -36,11 +39,21 @@ def named(graph: Graph, type_: str, suffix: str) -> Registration:
     return found[0]
 
 
+def one_bucket(graph: Graph) -> str:
+    """The weights bucket's name as AWS assigns it (its prefix and a suffix), read back from the
+    parameter the nodes read it from."""
+    (bucket,) = graph.by_type("aws:s3/bucket:Bucket")
+    value: str = reveal(named(graph, "aws:ssm/parameter:Parameter", "-weights").inputs["value"])
+    name = value.removeprefix("s3://").split("/", 1)[0]
+    assert name.startswith(bucket.inputs["bucketPrefix"]) and name != bucket.inputs["bucketPrefix"]
+    return name
+
+
 def document(r: Registration) -> dict[str, Any]:
     return json.loads(r.inputs["policy"])
 
 
-def test_the_node_role_reads_its_two_parameters_decrypts_through_ssm_and_nothing_else(
+def test_the_node_role_reads_its_parameters_and_weights_decrypts_through_ssm_and_nothing_else(
     graphs: dict[str, Graph], stacks: dict[str, Stack]
 ) -> None:
     graph, stack = graphs[STACK], stacks[STACK]
@@ -48,9 +61,21 @@ def test_the_node_role_reads_its_two_parameters_decrypts_through_ssm_and_nothing
     assert graph.by_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == [], "no managed policy"
     token = named(graph, "aws:ssm/parameter:Parameter", "-join-token")
     ca = named(graph, "aws:ssm/parameter:Parameter", "-ca-cert-hash")
+    weights = named(graph, "aws:ssm/parameter:Parameter", "-weights")
     key = named(graph, "aws:kms/key:Key", "-join-token-key")
+    bucket = one_bucket(graph)
+    p = plan_burst(stack.inventory, stack.config, "f")
     policy = document(named(graph, "aws:iam/rolePolicy:RolePolicy", "-node-policy"))
-    assert policy == node_role_policy([arn(token), arn(ca)], arn(key), region)
+    prefix = f"arn:aws:s3:::{bucket}/{p.weights_prefix}/*"
+    assert policy == node_role_policy([arn(token), arn(ca), arn(weights)], arn(key), region, prefix)
+    # The burst model's one revision: read its objects, list nothing, write nothing.
+    (objects,) = [s for s in policy["Statement"] if s["Action"][0].startswith("s3:")]
+    assert objects["Action"] == ["s3:GetObject"] and objects["Resource"] == [prefix]
+    assert p.weights_prefix == f"{p.fleet.hf_repo}/{p.fleet.revision}"
+    assert (
+        reveal(weights.inputs["value"]) == f"s3://{bucket}/{p.weights_prefix}"
+        and weights.inputs["type"] == "String"
+    )
     actions = [a for s in policy["Statement"] for a in s["Action"]]
     assert not [a for a in actions if a.split(":")[0] in ("sqs", "autoscaling", "ec2", "iam", "sts")]
     assert "ssm:GetParameters" not in actions and "ssm:GetParametersByPath" not in actions
@@ -115,3 +140,46 @@ def test_the_controller_policy_names_this_queue_and_this_group(graphs: dict[str,
         if s["Resource"] == "*":
             assert set(s["Action"]) <= STAR_RESOURCE_ACTIONS
     assert graph.outputs["controllerPolicyArn"] == arn(controller)
+
+
+def test_the_image_builder_reads_its_component_and_writes_its_logs_only(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    graph, stack = graphs[STACK], stacks[STACK]
+    region = plan_burst(stack.inventory, stack.config, "f").region
+    bucket = one_bucket(graph)
+    component = named(graph, "aws:imagebuilder/component:Component", "-node-component")
+    policy = document(named(graph, "aws:iam/rolePolicy:RolePolicy", "-builder-policy"))
+    logs = f"arn:aws:s3:::{bucket}/{IMAGE_BUILDER_LOGS}/*"
+    assert policy == builder_role_policy(arn(component), logs, region)
+    for s in policy["Statement"]:
+        if s["Resource"] == "*":
+            assert set(s["Action"]) <= STAR_RESOURCE_ACTIONS
+        else:
+            assert len(s["Resource"]) == 1 and not s["Resource"][0].endswith(":*")
+    writes = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in writes] == [[logs]]
+    # The build instance logs there, runs in a private subnet with no inbound rule, IMDSv2 only.
+    infra = named(
+        graph, "aws:imagebuilder/infrastructureConfiguration:InfrastructureConfiguration", "-builder"
+    )
+    assert infra.inputs["logging"]["s3Logs"] == {"s3BucketName": bucket, "s3KeyPrefix": IMAGE_BUILDER_LOGS}
+    assert infra.inputs["instanceMetadataOptions"] == {"httpTokens": "required", "httpPutResponseHopLimit": 1}
+    assert infra.inputs["terminateInstanceOnFailure"] is True
+    sg = named(graph, "aws:ec2/securityGroup:SecurityGroup", "-builder")
+    assert sg.inputs["ingress"] == [] and len(infra.inputs["securityGroupIds"]) == 1
+    assert sg.urn in infra.dependencies
+    profile = named(graph, "aws:iam/instanceProfile:InstanceProfile", "-builder-profile")
+    role = named(graph, "aws:iam/role:Role", "-builder-role")
+    assert infra.inputs["instanceProfileName"] == profile.name and role.urn in profile.dependencies
+
+
+def test_the_publisher_writes_the_one_revision_prefix(
+    graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    graph, stack = graphs[STACK], stacks[STACK]
+    p = plan_burst(stack.inventory, stack.config, "f")
+    publisher = document(named(graph, "aws:iam/policy:Policy", "-weights-publisher"))
+    prefix = f"arn:aws:s3:::{one_bucket(graph)}/{p.weights_prefix}/*"
+    assert publisher == publisher_policy(prefix)
+    assert graph.outputs["weightsUrl"] == f"s3://{one_bucket(graph)}/{p.weights_prefix}"

@@ -13,6 +13,7 @@ import pytest
 
 from gpufleet.inventory.stacks import Stack, stack_names
 from gpufleet.plan.k8s import (
+    CACHE_STORAGE_CLASS,
     CNI_CHART,
     RDMA_RESOURCE,
     VPN_MTU,
@@ -21,9 +22,9 @@ from gpufleet.plan.k8s import (
     platform_charts,
 )
 from gpufleet.plan.node import plan_node
-from gpufleet.plan.site import plan_site
+from gpufleet.plan.site import CEPHFS_CLIENT, CEPHFS_GROUP, plan_site
 from gpufleet.preview.program import Graph, Registration, reveal
-from tests.components.chart_values import CHARTS, unknown_keys
+from tests.components.chart_values import CHARTS, CSI_DRIVERS, csi_problems, unknown_keys
 from tests.crds import CRDS, validate_custom
 
 STACKS = stack_names()
@@ -71,6 +72,14 @@ def test_every_release_sets_only_keys_its_chart_version_declares(name: str, grap
             "operator.defaultRuntime",
         ),
         ("dcgm-exporter", "4.1.3", {"runtimeClass": "nvidia"}, "runtimeClass"),
+        # ceph-csi's config.json key is `cephFS`; a driver reading `cephfs` finds no subvolume group.
+        (
+            "ceph-csi-cephfs",
+            "3.13.1",
+            {"csiConfig": [{"cephfs": {"subvolumeGroup": "csi"}}]},
+            "csiConfig[].cephfs",
+        ),
+        ("ceph-csi-cephfs", "3.13.1", {"storageclass": {"create": False}}, "storageclass.create"),
     ],
 )
 def test_a_key_the_chart_version_does_not_have_fails(
@@ -376,19 +385,21 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool
 
 
 @pytest.mark.parametrize("name", ONPREM)
-def test_the_rbd_node_plugin_runs_where_serving_mounts_rbd(
+def test_the_cephfs_node_plugin_runs_where_serving_mounts_the_cache(
     name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
 ) -> None:
-    """A pod's RBD volume is mounted by the ceph-csi node plugin on the pod's node: it must tolerate
-    every taint of the nodes serving runs on (GPU nodes), or the weights volume never mounts."""
+    """The weights volume (the `cephfs` class) is mounted by ceph-csi-cephfs's node plugin on the
+    pod's node: it must tolerate every taint of the nodes serving runs on (GPU nodes), or the
+    weights never mount."""
     found = releases(graphs[name])
     inv = stacks[name].inventory
     plan = plan_site(inv)
     workload = onprem_workload(inv, plan)
     if workload is None or workload.cache_storage_class is None:
-        assert "ceph-csi-rbd" in found or plan.ceph is None
+        assert "ceph-csi-cephfs" in found or plan.ceph is None
         return
-    tolerations = found["ceph-csi-rbd"].inputs["values"]["nodeplugin"]["tolerations"]
+    assert workload.cache_storage_class == CACHE_STORAGE_CLASS
+    tolerations = found["ceph-csi-cephfs"].inputs["values"]["nodeplugin"]["tolerations"]
     gpu_nodes = [n for n in inv.nodes if n.gpu]
     assert gpu_nodes
     for node in gpu_nodes:
@@ -399,3 +410,71 @@ def test_the_rbd_node_plugin_runs_where_serving_mounts_rbd(
         [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "x"}],
         {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
     )
+
+
+@pytest.mark.parametrize("name", ONPREM)
+def test_the_ceph_csi_drivers_find_the_parameters_and_secrets_they_read(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    """Each StorageClass names only parameters its driver reads, the secrets it references exist,
+    and each holds the keys its driver reads (CephFS: adminID/adminKey for provisioned volumes) of
+    that driver's own Ceph client; the CephFS class provisions on the plan's file system in the
+    subvolume group its client's caps allow."""
+    graph = graphs[name]
+    plan = plan_site(stacks[name].inventory)
+    classes = [reveal(r.inputs) for r in of_kind(graph, "StorageClass")]
+    secrets = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): s["stringData"]
+        for s in (reveal(r.inputs) for r in of_kind(graph, "Secret"))
+        if s["metadata"]["namespace"].startswith("ceph-csi")
+    }
+    assert {c["provisioner"] for c in classes} == ({*CSI_DRIVERS} if plan.ceph else set())
+    for sc in classes:
+        assert csi_problems(sc, secrets) == [], sc["metadata"]["name"]
+    if plan.ceph is None:
+        return
+    (fs,) = [c for c in classes if c["provisioner"] == "cephfs.csi.ceph.com"]
+    assert (
+        fs["metadata"]["name"] == CACHE_STORAGE_CLASS
+        and fs["parameters"]["fsName"] == plan.ceph.filesystem.name
+    )
+    ref = (fs["parameters"]["csi.storage.k8s.io/node-stage-secret-namespace"],
+           fs["parameters"]["csi.storage.k8s.io/node-stage-secret-name"])  # fmt: skip
+    assert secrets[ref]["adminID"] == CEPHFS_CLIENT in {c.name for c in plan.ceph.clients}
+    chart = releases(graph)["ceph-csi-cephfs"].inputs["values"]
+    (cluster,) = reveal(chart["csiConfig"])
+    assert cluster["clusterID"] == fs["parameters"]["clusterID"]
+    assert cluster["cephFS"]["subvolumeGroup"] == CEPHFS_GROUP
+    (client,) = [c for c in plan.ceph.clients if c.name == CEPHFS_CLIENT]
+    assert f"path=/volumes/{CEPHFS_GROUP}" in client.caps["mds"]
+
+
+@pytest.mark.parametrize(
+    ("change", "flagged"),
+    [
+        (lambda sc, secrets: secrets[("ceph-csi-cephfs", "csi-cephfs-secret")].update(
+            {"userID": "kubernetes-cephfs", "userKey": "k"}), "keys ['adminID', 'adminKey', 'userID', 'userKey']"),
+        (lambda sc, secrets: secrets.__setitem__(("ceph-csi-cephfs", "csi-cephfs-secret"), {"userID": "x", "userKey": "k"}),
+         "the driver reads ['adminID', 'adminKey']"),
+        (lambda sc, secrets: sc["parameters"].update({"fsname": "models"}), "parameter fsname: not read"),
+        (lambda sc, secrets: sc["parameters"].pop("fsName"), "parameter fsName: required"),
+        (lambda sc, secrets: sc["parameters"].update(
+            {"csi.storage.k8s.io/node-stage-secret-namespace": "default"}), "node-stage secret ('default'"),
+    ],
+)  # fmt: skip
+def test_a_wrong_csi_key_fails(change: Any, flagged: str, graphs: dict[str, Graph]) -> None:
+    graph = graphs["dc1-prod"]
+    (sc,) = [
+        reveal(r.inputs)
+        for r in of_kind(graph, "StorageClass")
+        if r.inputs["provisioner"] == "cephfs.csi.ceph.com"
+    ]
+    secrets = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): dict(s["stringData"])
+        for s in (reveal(r.inputs) for r in of_kind(graph, "Secret"))
+    }
+    sc = copy.deepcopy(sc)
+    assert csi_problems(sc, secrets) == []
+    change(sc, secrets)
+    bad = csi_problems(sc, secrets)
+    assert bad and all(flagged in b for b in bad), bad

@@ -19,7 +19,13 @@ import yaml
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import Stack
 from gpufleet.plan.k8s import onprem_workload
-from gpufleet.plan.launch import RAY_PORT, tritonserver_args
+from gpufleet.plan.launch import (
+    RAY_PORT,
+    leader_command,
+    leader_ready_command,
+    tritonserver_args,
+    worker_command,
+)
 from gpufleet.plan.site import plan_site
 from gpufleet.preview.program import Graph, reveal
 from gpufleet.serving.tritonserver import _pytriton_root
@@ -63,15 +69,19 @@ def test_dc1_replica_is_one_lws_group_forming_one_ray_cluster(graphs: dict[str, 
     leader = lwt["leaderTemplate"]["spec"]["containers"][0]
     worker = lwt["workerTemplate"]["spec"]["containers"][0]
     head, join = leader["command"][-1], worker["command"][-1]
+    # The scripts as rendered for dc1's pods (their behaviour: tests/unit/test_launch.py).
+    assert leader["command"] == leader_command(8) and worker["command"] == worker_command(8)
     assert f"ray start --head --port={RAY_PORT} --num-gpus=8" in head
-    assert '[ "$alive" -eq "$LWS_GROUP_SIZE" ]' in head
     assert head.splitlines()[-1] == "exec " + " ".join(tritonserver_args())
     assert head.index("ray start --head") < head.index("LWS_GROUP_SIZE") < head.index("exec tritonserver")
+    assert "set -e" not in head and "set -e" not in join
     assert f'ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --num-gpus=8' in join and "--block" in join
     assert "tritonserver" not in join and "ports" in worker and "readinessProbe" not in worker
-    # Ready only with every rank in the cluster, and with the model loaded.
-    ready = leader["readinessProbe"]["exec"]["command"][-1]
-    assert "/v2/health/ready" in ready and '-eq "$LWS_GROUP_SIZE"' in ready
+    # Ready only with every rank in the cluster, and with the model loaded; no interpreter per probe.
+    probe = leader["readinessProbe"]
+    assert probe["exec"]["command"] == leader_ready_command() and probe["timeoutSeconds"] <= 10
+    ready = probe["exec"]["command"][-1]
+    assert "/v2/health/ready" in ready and '"$LWS_GROUP_SIZE"' in ready and "python" not in ready
     for script in (head, join, ready):
         subprocess.run(["bash", "-n", "-c", script], check=True, timeout=10)
     # The model repository (config.pbtxt + 1/model.json) only where Triton runs.
@@ -196,6 +206,74 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert service["spec"]["ports"][0]["port"] == 8080
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions, all four operators)."""
+    ops = {
+        "In": lambda k, v: k in labels and labels[k] in v,
+        "NotIn": lambda k, v: k not in labels or labels[k] not in v,
+        "Exists": lambda k, v: k in labels,
+        "DoesNotExist": lambda k, v: k not in labels,
+    }
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        ops[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", [])
+    )
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_prometheus_scrapes_the_gateway_exporter_on_its_own_port(
+    name: str, graphs: dict[str, Graph], stacks: dict[str, Stack]
+) -> None:
+    """The PodMonitor is what the Prometheus operator's CRD accepts; it selects exactly the Triton
+    and gateway pods of its namespace; each of them names the endpoint's port; the gateway's is
+    the exporter's own bind, which the API frontend never serves; the Service's and probes' port
+    names are the container's."""
+    from gpufleet.plan.admission import GATEWAY_PORT, METRICS_PATH
+    from tests.crds import validate_custom
+
+    graph = graphs[name]
+    (monitor,) = [reveal(r.inputs) for r in graph.by_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")]
+    validate_custom(monitor, stacks[name].inventory.bom.kubernetes)
+    for bad in ({"port": 8404}, {"port": "metrics", "portname": "metrics"}):
+        wrong = {**monitor, "spec": {**monitor["spec"], "podMetricsEndpoints": [bad]}}
+        with pytest.raises(jsonschema.ValidationError):
+            validate_custom(wrong, stacks[name].inventory.bom.kubernetes)
+    templates = []
+    for r in graph.resources:
+        obj = reveal(r.inputs) if r.type.startswith("kubernetes:") else {}
+        spec = obj.get("spec", {}) if isinstance(obj.get("spec"), dict) else {}
+        if obj.get("metadata", {}).get("namespace") != monitor["metadata"]["namespace"]:
+            continue
+        if "template" in spec:
+            templates.append(spec["template"])
+        elif "leaderWorkerTemplate" in spec:
+            templates += [spec["leaderWorkerTemplate"][t] for t in ("leaderTemplate", "workerTemplate")]
+    selected = [t for t in templates if _selects(monitor["spec"]["selector"], t["metadata"]["labels"])]
+    apps = sorted({t["metadata"]["labels"]["app.kubernetes.io/name"] for t in selected})
+    assert apps == ["haproxy", "triton"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == METRICS_PATH
+    for t in selected:
+        ports = {p["name"]: p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        # What serves (an `http` port) exports on the endpoint's port; an LWS worker (Ray only)
+        # and the model-cache Job have no such port, so Prometheus makes no target of them.
+        assert (endpoint["port"] in ports) == ("http" in ports), t["metadata"]["labels"]
+    (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
+    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    text = config["data"]["haproxy.cfg"]
+    frontends = {block.split("\n", 1)[0].strip(): block for block in text.split("\nfrontend ")[1:]}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert f"bind :{ports[endpoint['port']]}" in frontends["metrics"]
+    assert "prometheus-exporter" in frontends["metrics"] and "prometheus-exporter" not in frontends["api"]
+    assert f"bind :{ports['http']}" in frontends["api"] and ports["http"] == GATEWAY_PORT
+    assert ports[endpoint["port"]] != ports["http"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [
+        "http"
+    ]  # the exporter stays in the cluster's pods
+    assert container["readinessProbe"]["httpGet"]["port"] in ports
+
+
 OLD = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -255,11 +333,3 @@ def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
             assert _selects(pdb["spec"]["selector"], labels)
     for job in _objects(graph, "kubernetes:batch/v1:Job"):
         assert not _selects(pdb["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
-
-
-def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A label selector with matchLabels and the Exists/DoesNotExist expressions these use."""
-    exprs = {"Exists": lambda k: k in labels, "DoesNotExist": lambda k: k not in labels}
-    return selector["matchLabels"].items() <= labels.items() and all(
-        exprs[e["operator"]](e["key"]) for e in selector.get("matchExpressions", [])
-    )

@@ -71,8 +71,9 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                 any(n.nics.rdma for n in inv.nodes if n.gpu)
             ),
             "kubernetes:core/v1:ConfigMap": 1,
-            "kubernetes:core/v1:Secret": int(storage),
-            "kubernetes:storage.k8s.io/v1:StorageClass": int(storage),
+            # One Secret and one StorageClass per CSI driver (RBD, CephFS).
+            "kubernetes:core/v1:Secret": 2 * int(storage),
+            "kubernetes:storage.k8s.io/v1:StorageClass": 2 * int(storage),
         }
     )
     workload = onprem_workload(inv, plan)
@@ -127,18 +128,26 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:ec2/vpnConnection:VpnConnection": 1,
             "aws:ec2/vpnConnectionRoute:VpnConnectionRoute": len(p.network.onprem_cidrs),
             "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation": 1,
-            "aws:ec2/securityGroup:SecurityGroup": 1 + int(p.resolver is not None),
+            "aws:ec2/securityGroup:SecurityGroup": 2 + int(p.resolver is not None),
             "aws:route53/resolverEndpoint:ResolverEndpoint": int(p.resolver is not None),
             "aws:route53/resolverRule:ResolverRule": int(p.resolver is not None),
             "aws:route53/resolverRuleAssociation:ResolverRuleAssociation": int(p.resolver is not None),
-            "aws:ssm/parameter:Parameter": 2,
+            "aws:ssm/parameter:Parameter": 3,
+            "aws:s3/bucket:Bucket": 1,
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 1,
+            "aws:imagebuilder/component:Component": 1,
+            "aws:imagebuilder/imageRecipe:ImageRecipe": 1,
+            "aws:imagebuilder/infrastructureConfiguration:InfrastructureConfiguration": 1,
+            "aws:imagebuilder/distributionConfiguration:DistributionConfiguration": 1,
+            "aws:imagebuilder/image:Image": 1,
             "aws:sqs/queue:Queue": 1,
             "aws:sqs/queuePolicy:QueuePolicy": 1,
             "aws:kms/key:Key": 1,
-            "aws:iam/role:Role": 1,
-            "aws:iam/rolePolicy:RolePolicy": 1,
-            "aws:iam/policy:Policy": 1,
-            "aws:iam/instanceProfile:InstanceProfile": 1,
+            "aws:iam/role:Role": 2,
+            "aws:iam/rolePolicy:RolePolicy": 2,
+            "aws:iam/policy:Policy": 2,
+            "aws:iam/instanceProfile:InstanceProfile": 2,
             "aws:ec2/launchTemplate:LaunchTemplate": 1,
             "aws:autoscaling/group:Group": 1,
             "aws:autoscaling/lifecycleHook:LifecycleHook": 1,
@@ -253,10 +262,12 @@ def test_secrets_stay_secret(name: str, graphs: dict[str, Graph]) -> None:
     else:
         cluster = one(graph, "pulumi-python:dynamic/gpufleet:KubernetesCluster")
         assert sorted(cluster.additional_secret_outputs) == ["join_token", "kubeconfig"]
-        secret = one(graph, "kubernetes:core/v1:Secret")
-        assert isinstance(secret.inputs["stringData"], Secret)
+        csi_secrets = graph.by_type("kubernetes:core/v1:Secret")
+        assert len(csi_secrets) == 2 and all(isinstance(s.inputs["stringData"], Secret) for s in csi_secrets)
         ceph = one(graph, "pulumi-python:dynamic/gpufleet:CephCluster")
-        assert ceph.additional_secret_outputs == ["client_key"]
+        assert sorted(ceph.additional_secret_outputs) == ["cephfs_client_key", "client_key"]
+        keys = [reveal(s.inputs["stringData"]).get(k) for s in csi_secrets for k in ("userKey", "adminKey")]
+        assert len({k for k in keys if k}) == 2  # each driver its own client's key, neither in clear
         provider = one(graph, "pulumi:providers:kubernetes")
         assert isinstance(provider.inputs["kubeconfig"], Secret)
 
@@ -326,8 +337,8 @@ def test_platform_releases_are_pinned_and_leave_the_host_driver_to_pyinfra(
     if "ceph-csi-rbd" in releases:
         csi = releases["ceph-csi-rbd"].inputs["values"]["csiConfig"][0]
         assert csi["clusterID"] == graphs[name].outputs["cephFsid"]
-        storage = one(graphs[name], "kubernetes:storage.k8s.io/v1:StorageClass")
-        assert storage.inputs["parameters"]["clusterID"] == graphs[name].outputs["cephFsid"]
+        for storage in graphs[name].by_type("kubernetes:storage.k8s.io/v1:StorageClass"):
+            assert storage.inputs["parameters"]["clusterID"] == graphs[name].outputs["cephFsid"]
 
 
 @pytest.mark.parametrize("name", ONPREM)
@@ -418,7 +429,12 @@ def test_burst_nodes_boot_hardened_and_join_without_the_token_in_user_data(
     lt = one(graph, "aws:ec2/launchTemplate:LaunchTemplate").inputs
     assert lt["metadataOptions"]["httpTokens"] == "required"
     assert all(b["ebs"]["encrypted"] == "true" for b in lt["blockDeviceMappings"])
-    assert lt["imageId"] == f"resolve:ssm:{stack.inventory.bom.burst_ami}"
+    # The baked image's AMI, as the Image Builder build reports it (not the BOM's parent AMI).
+    image = one(graph, "aws:imagebuilder/image:Image")
+    assert re.fullmatch(r"ami-[0-9a-f]{17}", lt["imageId"])
+    assert image.urn in one(graph, "aws:ec2/launchTemplate:LaunchTemplate").dependencies
+    recipe = one(graph, "aws:imagebuilder/imageRecipe:ImageRecipe").inputs
+    assert recipe["parentImage"] == f"ssm:{stack.inventory.bom.burst_ami}"
     script = base64.b64decode(lt["userData"]).decode()
     assert script == p.user_data
     assert p.join_token_parameter in script and "--with-decryption" in script
@@ -465,7 +481,8 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
     # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
     assert pod["runtimeClassName"] == NVIDIA_RUNTIME
-    assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in p.user_data
+    component = one(graph, "aws:imagebuilder/component:Component").inputs["data"]
+    assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in component
     assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
     assert p.fleet.revision in pod["initContainers"][0]["command"][-1]
 

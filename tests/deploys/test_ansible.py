@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from gpufleet.inventory.load import load_inventory
-from gpufleet.plan.site import plan_site
+from gpufleet.plan.site import CEPHFS_CLIENT, CEPHFS_GROUP, RBD_CLIENT, plan_site
 from gpufleet.provision.cli import Component, plays
 from gpufleet.provision.cluster import ceph_fsid, extravars
 
@@ -136,3 +137,44 @@ def test_join_tokens_live_for_one_batch_and_secrets_stay_out_of_logs() -> None:
                 path.name,
                 task["name"],
             )
+
+
+def test_each_csi_client_gets_exactly_its_planned_caps(tmp_path: Path) -> None:
+    """The role creates each planned client with `ceph auth get-or-create client.NAME TYPE CAPS ...`:
+    render its argument list with Ansible itself from the plan, and check the CephFS driver's
+    client is scoped to the model cache's file system (ceph-csi docs/capabilities.md) and the RBD
+    driver's to the RBD pools, neither with a wildcard."""
+    inv = load_inventory("dc1")
+    ceph = plan_site(inv).ceph
+    assert ceph is not None
+    (task,) = yaml.safe_load((ROOT / "roles/ceph/tasks/client_one.yml").read_text())[:1]
+    argv_expr = task["vars"]["_caps_argv"]
+    rendered = {}
+    for client in ceph.clients:
+        out = tmp_path / f"{client.name}.json"
+        proc = subprocess.run(
+            [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.copy",
+             "-a", f"content={{{{ ({argv_expr.strip().removeprefix('{{').removesuffix('}}')}) | to_json }}}} dest={out}",
+             "-e", json.dumps({"_ceph_client": client.model_dump(mode="json"),
+                               "ansible_python_interpreter": sys.executable})],
+            cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "NO_COLOR": "1"},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        argv = json.loads(out.read_text())
+        assert dict(zip(argv[::2], argv[1::2], strict=True)) == client.caps
+        rendered[client.name] = client.caps
+    fs = ceph.filesystem.name
+    assert rendered[CEPHFS_CLIENT] == {
+        "mon": f"allow r fsname={fs}",
+        "mgr": "allow rw",
+        "osd": f"allow rw tag cephfs metadata={fs}, allow rw tag cephfs data={fs}",
+        "mds": f"allow r fsname={fs} path=/volumes, allow rws fsname={fs} path=/volumes/{CEPHFS_GROUP}",
+    }
+    rbd_pools = [p.name for p in ceph.pools if p.application == "rbd"]
+    assert rendered[RBD_CLIENT]["osd"] == ", ".join(f"profile rbd pool={p}" for p in rbd_pools)
+    for name, caps in rendered.items():
+        text = " ".join(caps.values())
+        assert "*" not in text and "allow rwx" not in text, name
+    assert "cephfs" not in " ".join(rendered[RBD_CLIENT].values())
+    assert "rbd" not in " ".join(rendered[CEPHFS_CLIENT].values())

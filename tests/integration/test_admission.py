@@ -150,6 +150,36 @@ def test_fallback_turns_on_and_off_at_the_planned_queue_and_p0_is_never_shed(
     assert f'proxy="{SHED}"' in SHED_RATE_QUERY and f'proxy="{FALLBACK}"' in DEGRADED_RATE_QUERY
 
 
+def test_the_exporter_is_on_its_own_port_and_the_api_port_never_serves_it(
+    triton: TritonServer, tmp_path: Path
+) -> None:
+    """What Prometheus scrapes (the metrics frontend) and what clients call (the API frontend) are
+    apart: no key reads HAProxy's exporter through the API port, and the exporter's port serves
+    nothing else."""
+    _, gateway = _gateway(triton, tmp_path, primary_rps=50, fallback_rps=50, slots=4)
+    with gateway as gw:
+        assert gw.metrics_port is not None and gw.metrics_port != gw.port
+        assert "haproxy_process_" in gw.metrics()
+        for headers in ({}, {"x-api-key": "wrong"}):
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(
+                    urllib.request.Request(gw.url + METRICS_PATH, headers=headers), timeout=10
+                )
+            assert denied.value.code == 401
+        # With a key, /metrics goes to Triton's API port like any path: never HAProxy's exporter.
+        keyed = urllib.request.Request(gw.url + METRICS_PATH, headers={"x-api-key": "key-p0"})
+        try:
+            with urllib.request.urlopen(keyed, timeout=10) as resp:
+                body, served_by = resp.read().decode(), resp.headers.get("X-Served-By")
+        except urllib.error.HTTPError as err:
+            body, served_by = err.read().decode(), err.headers.get("X-Served-By")
+        assert "haproxy_" not in body and served_by == "primary"
+        # The exporter's port proxies nothing: a generate call with a key is not served there.
+        other = f"http://127.0.0.1:{gw.metrics_port}"
+        reply = call(other, "key-p0", 1)
+        assert reply.status != 200 and reply.served_by is None
+
+
 def test_token_buckets_hold_per_tenant_and_class(triton: TritonServer, tmp_path: Path) -> None:
     _, gateway = _gateway(triton, tmp_path, primary_rps=50, fallback_rps=50, slots=4)
     with gateway as gw:

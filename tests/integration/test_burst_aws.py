@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,15 @@ import boto3
 import pytest
 
 from gpufleet.burst.actuate import ActuationError, AsgActuator
-from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, WarningQueue, handle, parse_event
+from gpufleet.burst.interrupt import (
+    INTERRUPTION,
+    REBALANCE,
+    Drainer,
+    Warning,
+    WarningQueue,
+    handle,
+    parse_event,
+)
 from gpufleet.serving.tritonserver import free_port
 from tests.integration.servers import serving
 from tests.k8sapi import KubeApiFake
@@ -33,7 +41,18 @@ GROUP = "burst-prod-spot"
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    # Without Amazon's catalogue of 1,301 public AMIs: listing it took moto 2-4.5 s per group on
+    # an idle machine (minutes on a loaded one, past botocore's 60 s read timeout, whose retries
+    # piled more of the same onto the server), and every instance launch scanned it again.
+    moto = [
+        "env",
+        "MOTO_EC2_LOAD_DEFAULT_AMIS=false",
+        str(Path(sys.executable).parent / "moto_server"),
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with serving(moto, f"{url}/moto-api/", tmp_path_factory.mktemp("moto") / "moto.log"):
         yield url
 
@@ -51,8 +70,9 @@ def _aws(service: str, url: str) -> Any:
 @pytest.fixture
 def asg(moto_url: str) -> Iterator[Any]:
     ec2, autoscaling = _aws("ec2", moto_url), _aws("autoscaling", moto_url)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     name = f"burst-{time.monotonic_ns()}"
+    # The burst node image, as the stack's launch template names one of its own.
+    image = ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64")["ImageId"]
     ec2.create_launch_template(
         LaunchTemplateName=name, LaunchTemplateData={"ImageId": image, "InstanceType": "p5e.48xlarge"}
     )
@@ -69,6 +89,7 @@ def asg(moto_url: str) -> Iterator[Any]:
     finally:
         autoscaling.delete_auto_scaling_group(AutoScalingGroupName=GROUP, ForceDelete=True)
         ec2.delete_launch_template(LaunchTemplateName=name)
+        ec2.deregister_image(ImageId=image)
 
 
 def test_asg_desired_capacity_inside_group_and_site_bounds(asg: Any) -> None:
@@ -108,23 +129,69 @@ def _node(kube: KubeApiFake, name: str, instance: str, az: str = "a") -> None:
     kube.add_node(name, provider_id=f"aws:///{REGION}{az}/{instance}")
 
 
-def _event(kind: str, instance: str, when: datetime) -> str:
+ACCOUNT = "123456789012"  # moto's account
+
+
+def _event(
+    kind: str,
+    instance: str,
+    when: datetime,
+    event_id: str = "1e5527d7-bb36-4607-3370-4164db56a40e",
+    account: str = ACCOUNT,
+    region: str = REGION,
+) -> str:
+    """An EC2 Spot warning as EventBridge delivers it to SQS (the documented event's shape)."""
     detail: dict[str, str] = {"instance-id": instance}
     if kind == INTERRUPTION:
         detail["instance-action"] = "terminate"
     return json.dumps(
         {
             "version": "0",
-            "id": "1e5527d7-bb36-4607-3370-4164db56a40e",
+            "id": event_id,
             "detail-type": kind,
             "source": "aws.ec2",
-            "account": "123456789012",
+            "account": account,
             "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": REGION,
+            "region": region,
             "resources": [f"arn:aws:ec2:{REGION}a:instance/{instance}"],
             "detail": detail,
         }
     )
+
+
+def _hook_event(
+    instance: str, group: str, when: datetime, event_id: str = "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1"
+) -> str:
+    """The group's termination lifecycle hook, as EventBridge delivers it."""
+    return json.dumps(
+        {
+            "version": "0",
+            "id": event_id,
+            "detail-type": "EC2 Instance-terminate Lifecycle Action",
+            "source": "aws.autoscaling",
+            "account": ACCOUNT,
+            "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [
+                f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:x:autoScalingGroupName/{group}"
+            ],
+            "detail": {
+                "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+                "AutoScalingGroupName": group,
+                "LifecycleHookName": "burst-prod-drain",
+                "EC2InstanceId": instance,
+                "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                "NotificationMetadata": "",
+                "Origin": "AutoScalingGroup",
+                "Destination": "EC2",
+            },
+        }
+    )
+
+
+def _add_one(actuator: AsgActuator) -> Callable[[Warning], str]:
+    """Replacement as a fixed +1 (the controller plans it within the cap: test_burst_controller)."""
+    return lambda warning: f"desired capacity raised to {actuator.add(1)}"
 
 
 def test_interruption_warning_replaces_first_then_drains_within_the_notice(
@@ -149,7 +216,7 @@ def test_interruption_warning_replaces_first_then_drains_within_the_notice(
     warning = warnings[0]
     assert warning.drain_deadline == pytest.approx(now.replace(microsecond=0).timestamp() + 90)
 
-    handled = handle(warning, Drainer(kube.core, poll_s=0.1), actuator)
+    handled = handle(warning, Drainer(kube.core, poll_s=0.1), actuator, _add_one(actuator))
     queue.done(warning.receipt)
 
     assert handled.replacement == "desired capacity raised to 3"
@@ -178,7 +245,7 @@ def test_rebalance_recommendation_replaces_and_cordons_only(asg: Any, kube: Any)
     warning = parse_event(_event(REBALANCE, instance, datetime.now(UTC)), "r")
     assert warning is not None and warning.kind == "rebalance"
     assert Drainer(kube.core).instances_by_node() == {"n1": instance}
-    handled = handle(warning, Drainer(kube.core), actuator)
+    handled = handle(warning, Drainer(kube.core), actuator, _add_one(actuator))
     assert handled.drain is None and handled.node == "n1"
     assert [c[0] for c in kube.calls if c[0] != "GET"] == ["PATCH"]
     assert kube.pod_names() == ["serving/triton-0"], "a rebalance recommendation evicts nothing"
@@ -216,29 +283,8 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
     )
     _node(kube, "n9", "i-0123456789abcdef0")
     kube.add_pod("serving", "triton-9", "n9")
-    event = {
-        "version": "0",
-        "id": "468fa0f7-9f6a-4e1c-bd8f-a7d3e3d5b7a1",
-        "detail-type": "EC2 Instance-terminate Lifecycle Action",
-        "source": "aws.autoscaling",
-        "account": "123456789012",
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": REGION,
-        "resources": [
-            f"arn:aws:autoscaling:{REGION}:123456789012:autoScalingGroup:x:autoScalingGroupName/{GROUP}"
-        ],
-        "detail": {
-            "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
-            "AutoScalingGroupName": GROUP,
-            "LifecycleHookName": "burst-prod-drain",
-            "EC2InstanceId": "i-0123456789abcdef0",
-            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-            "NotificationMetadata": "",
-            "Origin": "AutoScalingGroup",
-            "Destination": "EC2",
-        },
-    }
-    warning = parse_event(json.dumps(event), "r")
+    event = _hook_event("i-0123456789abcdef0", GROUP, datetime.now(UTC))
+    warning = parse_event(event, "r")
     assert warning is not None and warning.kind == "terminate"
     with Stubber(client) as stub:
         stub.add_response(
@@ -252,9 +298,8 @@ def test_the_groups_own_termination_is_drained_then_let_go(kube: Any) -> None:
                 "InstanceId": "i-0123456789abcdef0",
             },
         )
-        handled = handle(
-            warning, Drainer(kube.core, poll_s=0.1), AsgActuator(GROUP, max_nodes=8, client=client)
-        )
+        actuator = AsgActuator(GROUP, max_nodes=8, client=client)
+        handled = handle(warning, Drainer(kube.core, poll_s=0.1), actuator, _add_one(actuator))
         stub.assert_no_pending_responses()
     assert handled.drain is not None and handled.drain.evicted == ("serving/triton-9",)
     assert handled.replacement.startswith("none needed")

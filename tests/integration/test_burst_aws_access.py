@@ -25,7 +25,16 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from gpufleet.plan.aws import controller_policy, kms_key_policy, node_role_policy, queue_policy
+from gpufleet.plan.aws import (
+    IMAGE_BUILDER_LOGS,
+    builder_role_policy,
+    controller_policy,
+    kms_key_policy,
+    node_role_policy,
+    publisher_policy,
+    queue_policy,
+    weights_objects_arn,
+)
 from gpufleet.serving.tritonserver import free_port
 from tests.integration.servers import serving
 
@@ -36,6 +45,15 @@ ACCOUNT = "123456789012"  # moto's default account
 TOKEN = "/gpufleet/dc1/kubeadm/join-token"
 CA_HASH = "/gpufleet/dc1/kubeadm/ca-cert-hash"
 ADMIN_CALLS = 3  # create_user, put_user_policy, create_access_key
+WEIGHTS = "/gpufleet/dc1/burst/weights"
+BUCKET = "gpufleet-dc1-burst-0123456789"
+PREFIX = "deepseek-ai/DeepSeek-R1-Distill-Llama-70B/0d6d11a6ea1187363aa7b78543f824fc02e06b14"
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +117,10 @@ def stack(moto_url: str, admin: dict[str, str]) -> dict[str, Any]:
         QueueUrl=queue_url, Attributes={"Policy": json.dumps(queue_policy(queue_arn, rules))}
     )
     asg_arn = f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:0-1:autoScalingGroupName/burst-asg"
-    node = node_role_policy([arn[TOKEN], arn[CA_HASH]], key_arn, REGION)
+    ssm.put_parameter(Name=WEIGHTS, Type="String", Value=f"s3://{BUCKET}/{PREFIX}")
+    weights_parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{WEIGHTS}"
+    objects = weights_objects_arn(BUCKET, PREFIX)
+    node = node_role_policy([arn[TOKEN], arn[CA_HASH], weights_parameter], key_arn, REGION, objects)
     # As the stack does: a role with the inline policy; and a user with the same one to act as the node.
     iam.create_role(
         RoleName="burst-node-role",
@@ -120,6 +141,16 @@ def stack(moto_url: str, admin: dict[str, str]) -> dict[str, Any]:
     controller = iam.create_policy(
         PolicyName="burst-controller", PolicyDocument=json.dumps(controller_policy(queue_arn, asg_arn))
     )["Policy"]
+    # The image builder's instance role and the weights publisher's policy, as the stack writes them.
+    component = f"arn:aws:imagebuilder:{REGION}:{ACCOUNT}:component/gpufleet-dc1-burst-0/1.0.0/1"
+    builder = builder_role_policy(component, f"arn:aws:s3:::{BUCKET}/{IMAGE_BUILDER_LOGS}/*", REGION)
+    iam.create_role(RoleName="burst-builder-role", AssumeRolePolicyDocument=json.dumps(EC2_TRUST))
+    iam.put_role_policy(
+        RoleName="burst-builder-role", PolicyName="builder", PolicyDocument=json.dumps(builder)
+    )
+    publisher = iam.create_policy(
+        PolicyName="burst-weights-publisher", PolicyDocument=json.dumps(publisher_policy(objects))
+    )["Policy"]
     iam.create_user(UserName="node")
     iam.put_user_policy(UserName="node", PolicyName="node", PolicyDocument=json.dumps(node))
     node_key = iam.create_access_key(UserName="node")["AccessKey"]
@@ -139,6 +170,9 @@ def stack(moto_url: str, admin: dict[str, str]) -> dict[str, Any]:
         "node_key": node_key,
         "managed_key": managed_key,
         "controller": controller,
+        "builder": builder,
+        "publisher": publisher,
+        "objects": objects,
     }
 
 
@@ -152,6 +186,10 @@ def test_aws_keeps_each_document_as_the_component_wrote_it(
     assert json.loads(policy["Policy"]) == queue_policy(stack["queue_arn"], stack["rules"])
     inline = iam.get_role_policy(RoleName="burst-node-role", PolicyName="node")["PolicyDocument"]
     assert inline == stack["node"]
+    built = iam.get_role_policy(RoleName="burst-builder-role", PolicyName="builder")["PolicyDocument"]
+    assert built == stack["builder"]
+    version = iam.get_policy_version(PolicyArn=stack["publisher"]["Arn"], VersionId="v1")["PolicyVersion"]
+    assert version["Document"] == publisher_policy(stack["objects"])
     assert iam.list_attached_role_policies(RoleName="burst-node-role")["AttachedPolicies"] == []
 
 
@@ -172,7 +210,7 @@ def test_the_join_token_is_a_securestring_under_the_stacks_key(
 def test_a_policy_document_aws_would_refuse_is_refused(moto_url: str, admin: dict[str, str]) -> None:
     iam = _client("iam", moto_url, admin)
     broken = node_role_policy(
-        ["arn:aws:ssm:us-east-1:1:parameter/x"], "arn:aws:kms:us-east-1:1:key/k", REGION
+        ["arn:aws:ssm:us-east-1:1:parameter/x"], "arn:aws:kms:us-east-1:1:key/k", REGION, "arn:aws:s3:::b/p/*"
     )
     broken["Statement"][0]["Effect"] = "Permit"
     with pytest.raises(ClientError, match="MalformedPolicyDocument"):

@@ -15,25 +15,30 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 from gpufleet.burst.actuate import AsgActuator, PulumiActuator
-from gpufleet.burst.controller import Controller, SpotPrices, TritonSource
-from gpufleet.burst.interrupt import INTERRUPTION, Drainer, WarningQueue
+from gpufleet.burst.controller import Controller, SpotPrices, TritonSource, group_max_price
+from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, Interruptions, WarningQueue
 from gpufleet.burst.policy import CapacityModel, Gpufleet
 from gpufleet.burst.signal import TritonMetrics
 from gpufleet.cli import app
 from gpufleet.serving.tritonserver import free_port, tritonserver
 from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
+    ACCOUNT,
     GROUP,
+    REGION,
     _aws,
     _event,
+    _hook_event,
     _instances,
     _node,
     asg,
@@ -291,7 +296,43 @@ def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: 
     assert result.stderr.strip() == f"--asg: not given, and stack {STACK} exports no asgName"
 
 
-def test_each_step_handles_spot_warnings_first(
+def _interruptions(controller: Controller, kube: Any, moto_url: str) -> tuple[Interruptions, Any, str]:  # noqa: F811
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
+    consumer = Interruptions(
+        queue=WarningQueue(sqs, queue_url, wait_s=0),
+        drainer=Drainer(kube.core, poll_s=0.1),
+        asg=controller.asg,
+        replace_for=controller.replacement,
+        account=ACCOUNT,
+        region=REGION,
+        on_event=controller.count_interruption,
+    )
+    return consumer, sqs, queue_url
+
+
+def _drain_queue(consumer: Interruptions) -> list[Any]:
+    """Poll until SQS has nothing left to deliver; the handled warnings' results."""
+    results = []
+    for _ in range(20):
+        futures = consumer.poll()
+        results += [f.result(timeout=60) for f in futures]
+        if not futures and not consumer.queue.sqs.receive_message(
+            QueueUrl=consumer.queue.queue_url, WaitTimeSeconds=0, VisibilityTimeout=0
+        ).get("Messages"):
+            break
+    return results
+
+
+def _desired(asg: Any) -> int:  # noqa: F811
+    return int(
+        asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+            "DesiredCapacity"
+        ]
+    )
+
+
+def test_spot_warnings_are_checked_deduplicated_and_replaced_once(
     triton: Any,
     asg: Any,  # noqa: F811
     kube: Any,  # noqa: F811
@@ -299,12 +340,147 @@ def test_each_step_handles_spot_warnings_first(
     project: Path,  # noqa: F811
     pulumi_root: Path,  # noqa: F811
 ) -> None:
-    sqs = _aws("sqs", moto_url)
-    queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
-    instance = _instances(asg)[0]
-    _node(kube, "n1", instance)
-    kube.add_pod("serving", "triton-0", "n1")
-    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, instance, datetime.now(UTC)))
+    """A rebalance delivered three times (and once more under a new id, then its interruption)
+    replaces once; other accounts, regions, groups and instances, and stale warnings, do nothing."""
+    controller = _controller(
+        Gpufleet(_capacity(4)),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        ["p5en.48xlarge", "p5e.48xlarge"],
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
+        replica_rps=50.0,
+    )
+    consumer, sqs, queue_url = _interruptions(controller, kube, moto_url)
+    a, b = _instances(asg)
+    _node(kube, "na", a)
+    _node(kube, "nb", b)
+    kube.add_pod("serving", "triton-a", "na")
+    kube.add_pod("serving", "triton-b", "nb")
+    kube.calls.clear()
+    now = datetime.now(UTC)
+    bodies = [
+        *[_event(REBALANCE, a, now, event_id="rebalance-a")] * 3,
+        _event(REBALANCE, a, now, event_id="rebalance-a-again"),
+        _event(REBALANCE, b, now, event_id="foreign-account", account="210987654321"),
+        _event(INTERRUPTION, b, now, event_id="foreign-region", region="eu-west-1"),
+        _event(INTERRUPTION, "i-0000000000000000f", now, event_id="not-ours"),
+        _event(INTERRUPTION, b, now - timedelta(seconds=300), event_id="stale"),
+        _hook_event(b, "someone-elses-group", now, event_id="other-group"),
+        "{not json",
+        json.dumps({"source": "aws.health", "detail-type": "AWS Health Event", "detail": {}}),
+    ]
+    for body in bodies:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    handled = _drain_queue(consumer)
+    assert [(h.warning.kind, h.warning.instance_id) for h in handled] == [("rebalance", a)]
+    assert _desired(asg) == 3, "one replacement for one instance, whatever the deliveries"
+    assert handled[0].replacement.startswith("desired capacity raised to 3")
+    # A rebalance cordons and evicts nothing; node b was never touched.
+    assert [c for c in kube.calls if c[0] != "GET"] == [
+        ("PATCH", "/api/v1/nodes/na", {"spec": {"unschedulable": True}})
+    ]
+    # Its interruption then drains and retires it, with no second replacement.
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, a, now, event_id="interrupt-a"))
+    handled = _drain_queue(consumer)
+    assert [h.replacement for h in handled] == ["already replaced"]
+    assert handled[0].drain is not None and handled[0].drain.evicted == ("serving/triton-a",)
+    assert _desired(asg) == 2 and a not in _instances(asg)
+    text = generate_latest(controller.registry).decode()
+    assert 'gpufleet_burst_interruptions_total{kind="rebalance",outcome="handled"} 1.0' in text
+    assert 'gpufleet_burst_interruptions_total{kind="interruption",outcome="handled"} 1.0' in text
+    ignored = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("gpufleet_burst_interruptions_total") and 'outcome="ignored"' in line
+    )
+    assert ignored == len(bodies) - 1
+    consumer.stop()
+
+
+def test_replacement_stays_under_the_cap(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    types = ["p5en.48xlarge", "p5e.48xlarge"]
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    reserve = group_max_price(group, types)
+    # Room for the two nodes the group has, not for a third while the warned one still bills.
+    capacity = replace(_capacity(4), max_hourly_usd=2.5 * reserve)
+    controller = _controller(
+        Gpufleet(capacity),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        types,
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
+        replica_rps=50.0,
+    )
+    consumer, sqs, queue_url = _interruptions(controller, kube, moto_url)
+    a, b = _instances(asg)
+    _node(kube, "na", a)
+    _node(kube, "nb", b)
+    kube.add_pod("serving", "triton-a", "na")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(REBALANCE, a, datetime.now(UTC), event_id="r-a"))
+    (handled,) = _drain_queue(consumer)
+    assert handled.replacement.startswith("no replacement") and "cap" in handled.replacement
+    assert _desired(asg) == 2
+    consumer.stop()
+
+
+def test_warnings_handled_at_once_share_the_room_under_the_cap(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """Two warnings in one batch, room for one more node: one replacement, not two (the fault
+    injection test found two workers planning on the same view)."""
+    types = ["p5en.48xlarge", "p5e.48xlarge"]
+    reserve = group_max_price(
+        asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0], types
+    )
+    capacity = replace(_capacity(4), max_hourly_usd=3.5 * reserve)
+    controller = _controller(
+        Gpufleet(capacity),
+        TritonMetrics(triton.metrics_url, "sleepy"),
+        types,
+        moto_url,
+        asg,
+        project,
+        pulumi_root,
+        replica_rps=50.0,
+    )
+    consumer, sqs, queue_url = _interruptions(controller, kube, moto_url)
+    a, b = _instances(asg)
+    now = datetime.now(UTC)
+    for instance, event_id in ((a, "r-a"), (b, "r-b")):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=_event(REBALANCE, instance, now, event_id=event_id))
+    handled = _drain_queue(consumer)
+    assert sorted(h.replacement.split(":")[0] for h in handled) == [
+        "desired capacity raised to 3",
+        "no replacement",
+    ]
+    assert _desired(asg) == 3
+    consumer.stop()
+
+
+def test_drains_start_at_once_while_an_up_runs_and_run_in_parallel(
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
     controller = _controller(
         Gpufleet(_capacity(4)),
         TritonMetrics(triton.metrics_url, "sleepy"),
@@ -314,16 +490,140 @@ def test_each_step_handles_spot_warnings_first(
         project,
         pulumi_root,
         replica_rps=50.0,
-        drainer=Drainer(kube.core, poll_s=0.1),
-        warnings=WarningQueue(sqs, queue_url, wait_s=1),
     )
-    controller.step(time.monotonic())
-    assert (
-        'gpufleet_burst_interruptions_total{kind="interruption"} 1.0'
-        in generate_latest(controller.registry).decode()
+    controller.pulumi.env["FAKE_PULUMI_UP_SECONDS"] = "12"
+    consumer, sqs, queue_url = _interruptions(controller, kube, moto_url)
+    a, b = _instances(asg)
+    _node(kube, "na", a)
+    _node(kube, "nb", b)
+    # Pods the recorded disruption budget keeps (minAvailable 2 of these two): each drain runs
+    # until its own deadline.
+    kube.add_pod("default", "serving-a", "na", labels={"app": "serving"})
+    kube.add_pod("default", "serving-b", "nb", labels={"app": "serving"})
+    up = threading.Thread(target=controller.pulumi.set_burst_nodes, args=(2,))
+    up.start()
+    deadline = time.monotonic() + 30
+    while not any(a[0] == "up" for a in _argv_of(pulumi_root)):
+        assert time.monotonic() < deadline, "the up never started"
+        time.sleep(0.05)
+    now = datetime.now(UTC)
+    # Warned 84 and 82 s ago: their drains must end 6 and 8 s from now (90 s after each warning).
+    sqs.send_message(
+        QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, a, now - timedelta(seconds=84), "w-a")
     )
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
-    assert instance not in {i["InstanceId"] for i in group["Instances"]}
-    assert group["DesiredCapacity"] == 2  # replaced first, then retired
-    assert kube.pod_names() == []
+    sqs.send_message(
+        QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, b, now - timedelta(seconds=82), "w-b")
+    )
+    consumer.start()
+    received = time.monotonic()
+    try:
+        while len({path for _, path in kube.stamps if path.startswith("/api/v1/nodes/")}) < 2:
+            assert time.monotonic() < received + 10, "both drains must start while the up runs"
+            time.sleep(0.05)
+        cordoned = time.monotonic()
+        assert up.is_alive(), "the up was still running when both drains had started"
+        up.join(timeout=60)
+    finally:
+        consumer.stop()
+    assert cordoned - received < 5
+    # Both ran against their own deadlines at once: neither waited for the other. The budget
+    # answers 429 to each; a drain asks again every poll until its own deadline (b's is 2 s later).
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for stamp, path in kube.stamps:
+        if path.endswith("/eviction"):
+            first.setdefault(path, stamp)
+            last[path] = stamp
+    a_path, b_path = (f"/api/v1/namespaces/default/pods/serving-{x}/eviction" for x in "ab")
+    assert set(first) == {a_path, b_path}
+    assert abs(first[a_path] - first[b_path]) < 3
+    assert last[b_path] - last[a_path] > 1, "each drain asked until its own deadline"
+    assert time.monotonic() - received < 20
+
+
+def _argv_of(pulumi_root: Path) -> list[list[str]]:  # noqa: F811
+    path = pulumi_root.parent / "state" / "argv.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_burst_run_consumes_the_interruption_queue_beside_its_steps(
+    caplog: pytest.LogCaptureFixture,
+    triton: Any,
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command wires the consumer: this account (STS), the site's region, the stack's group."""
+    caplog.set_level(logging.INFO, logger="gpufleet.burst")
+    (pulumi_root.parent / "state" / "outputs.json").write_text(json.dumps({"asgName": GROUP}))
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"run-warnings-{time.monotonic_ns()}")["QueueUrl"]
+    doomed = _instances(asg)[0]
+    _node(kube, "n1", doomed)
+    kube.add_pod("serving", "triton-0", "n1")
+    now = datetime.now(UTC)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_event(INTERRUPTION, doomed, now, event_id="run-1"))
+    sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=_event(INTERRUPTION, doomed, now, event_id="run-2", account="999999999999"),
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "fake", "cluster": {"server": kube.core.api_client.configuration.host}}
+                ],
+                "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    # The kubernetes client reads KUBECONFIG when it is imported, as a process started with it would.
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    result = CliRunner().invoke(
+        app,
+        [
+            "burst",
+            "run",
+            STACK,
+            "--triton-metrics",
+            triton.metrics_url,
+            "--model",
+            "sleepy",
+            "--aws-endpoint",
+            moto_url,
+            "--interruption-queue",
+            queue_url,
+            "--metrics-port",
+            str(free_port()),
+            "--iterations",
+            "3",
+            "--interval",
+            "1",
+            "--pulumi-root",
+            str(pulumi_root),
+            "--work-dir",
+            str(project),
+        ],
+        env={
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "COLUMNS": "200",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert doomed not in _instances(asg), "the warned instance was retired"
+    assert kube.pod_names() == [], "and drained first"
+    assert f"spot interruption for {doomed} (node n1)" in caplog.text
+    assert "account 999999999999 is not 123456789012" in caplog.text
     assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None

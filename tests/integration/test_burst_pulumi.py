@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpufleet.burst.actuate import BURST_NODES_KEY, PulumiActuator, StackBusy, StaleLock
+from gpufleet.burst.actuate import BURST_NODES_KEY, ActuationError, PulumiActuator, StackBusy, StaleLock
 from gpufleet.inventory.load import validate
 from gpufleet.model.stack import GpufleetConfig
 from tests.conftest import REPO
@@ -66,6 +66,17 @@ elif argv[:2] == ["stack", "select"]:
     if not os.path.exists(stack_file(stack)):
         sys.stderr.write(f"error: no stack named '{stack}' found\n")
         sys.exit(255)
+elif argv[:2] == ["config", "get"]:
+    value = (yaml.safe_load(open(stack_file(stack))) or {}).get("config", {}).get(argv[2])
+    if value is None:
+        sys.stderr.write(f"error: configuration key '{argv[2]}' not found for stack '{stack}'\n")
+        sys.exit(255)
+    print(json.dumps({"value": str(value), "objectValue": value, "secret": False}))
+elif argv[:2] == ["config", "rm"]:
+    path = stack_file(stack)
+    doc = yaml.safe_load(open(path)) or {}
+    doc.get("config", {}).pop(argv[2], None)
+    yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
 elif argv[:2] == ["config", "set"]:
     key, value = argv[2], argv[argv.index("--") + 1]
     path = stack_file(stack)
@@ -81,6 +92,20 @@ elif argv[0] == "up":
             "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end "
             "or delete the lock file with `pulumi cancel`.\n"
             f"  file://{lock}: created by ops@bastion-1 (pid 4242) at 2026-11-23T20:01:02Z\n"
+        )
+        sys.exit(255)
+    failing = os.path.join(state, "fail_ups")
+    left = int(open(failing).read() or 0) if os.path.exists(failing) else 0
+    if left > 0:
+        # An ordinary failed update (a provider error): the CLI's message, exit 255, nothing applied.
+        open(failing, "w").write(str(left - 1))
+        print(f"Updating ({stack})\n")
+        print(" ~  aws:autoscaling:Group burst-prod-spot updating (0s) [diff: ~desiredCapacity]")
+        sys.stderr.write(
+            "error: update failed\n"
+            "  aws:autoscaling:Group (burst-prod-spot):\n"
+            "    error: updating Auto Scaling Group (burst-prod-spot): operation error Auto Scaling: "
+            "UpdateAutoScalingGroup, https response error StatusCode: 400, api error Throttling: Rate exceeded\n"
         )
         sys.exit(255)
     open(lock, "w").write(json.dumps({"pid": os.getpid()}))
@@ -167,13 +192,14 @@ def test_sets_burst_nodes_in_stack_config_and_runs_up(project: Path, pulumi_root
     assert commands == [
         ["version"],
         ["stack", "select"],
+        ["config", "get"],
         ["config", "set"],
         ["up", "--yes"],
         ["stack", "output"],
         ["stack", "output"],
         ["stack", "history"],
     ]
-    config_set = _argv(pulumi_root)[2]
+    config_set = _argv(pulumi_root)[3]
     assert config_set[2] == BURST_NODES_KEY and config_set[-1] == "3" and "--plaintext" in config_set
     # The stack file now declares the capacity, and it still validates as the stack model.
     doc = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())
@@ -249,10 +275,42 @@ def test_file_lock_refuses_a_second_process(project: Path, pulumi_root: Path, tm
 
 
 def test_an_unknown_stack_is_reported(project: Path, pulumi_root: Path) -> None:
-    from pulumi.automation import StackNotFoundError
-
-    with pytest.raises(StackNotFoundError):
+    with pytest.raises(
+        ActuationError, match="stack nope: cannot declare 1 burst nodes: error: no stack named 'nope'"
+    ):
         actuator(project, pulumi_root, stack="nope").set_burst_nodes(1)
+
+
+def _declared(project: Path) -> object:
+    return yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"].get(
+        BURST_NODES_KEY
+    )
+
+
+def test_a_failed_up_leaves_the_stack_file_as_it_was(project: Path, pulumi_root: Path) -> None:
+    before = _declared(project)
+    (pulumi_root.parent / "state" / "fail_ups").write_text("1")
+    with pytest.raises(
+        ActuationError, match=r"pulumi up for 5 burst nodes failed: error: update failed; .*Throttling"
+    ) as caught:
+        actuator(project, pulumi_root).set_burst_nodes(5)
+    assert f"{BURST_NODES_KEY} restored to {before}" in str(caught.value)
+    assert _declared(project) == str(before), "the failed size must not stay declared"
+    assert _ups(pulumi_root) == []
+    # The next up goes through, and only then does the file hold the new size.
+    assert actuator(project, pulumi_root).set_burst_nodes(5).burst_nodes == 5
+    assert _declared(project) == "5"
+
+
+def test_a_failed_first_declaration_is_removed_again(project: Path, pulumi_root: Path) -> None:
+    path = project / "stacks" / f"Pulumi.{STACK}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"].pop(BURST_NODES_KEY, None)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (pulumi_root.parent / "state" / "fail_ups").write_text("1")
+    with pytest.raises(ActuationError, match=f"{BURST_NODES_KEY} restored to unset"):
+        actuator(project, pulumi_root).set_burst_nodes(2)
+    assert _declared(project) is None
 
 
 def test_reads_the_outputs_the_last_up_exported(project: Path, pulumi_root: Path) -> None:

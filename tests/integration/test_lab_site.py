@@ -263,9 +263,12 @@ def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
         ceph.mdss
     )
     assert not {"MDS_ALL_DOWN", "FS_DEGRADED", "MDS_INSUFFICIENT_STANDBY"} & set(status["health"]["checks"])
-    keyring = Path(SUITE_ENV["GPUFLEET_OUT"]) / "lab" / "ceph.client.kubernetes.keyring"
-    assert keyring.stat().st_mode & 0o777 == 0o600 and "[client.kubernetes]" in keyring.read_text()
-    assert f"allow rw tag cephfs data={ceph.filesystem.name}" in keyring.read_text()
+    # One client per CSI driver, each holding exactly its planned caps (Ceph parsed them).
+    for client in ceph.clients:
+        keyring = Path(SUITE_ENV["GPUFLEET_OUT"]) / "lab" / f"ceph.client.{client.name}.keyring"
+        assert keyring.stat().st_mode & 0o777 == 0o600 and f"[client.{client.name}]" in keyring.read_text()
+        (entity,) = json.loads(ssh(mon, f"ceph auth get client.{client.name} --format json"))
+        assert entity["caps"] == client.caps
 
 
 def test_cluster_ceph_again_changes_nothing_and_kubernetes_runs_in_check_mode() -> None:
@@ -356,6 +359,10 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
             2,
             "no canary in progress",
         )
+    ],
+    # A new user has no key issuer's file yet: one line naming it.
+    "serving tenants": [
+        (["serving", "tenants", "{tmp}/tenants.yaml", "--out", "{tmp}/maps"], 2, "file not found")
     ],
     # The suite's lab reads a copy of the inventories, outside git: rollback has no history to read.
     "serving rollback": [

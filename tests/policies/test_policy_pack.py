@@ -151,6 +151,9 @@ def recorded_one(recorded: dict[str, Graph], stack: str, type_: str) -> dict[str
     found = recorded[stack].by_type(type_)
     if type_ == "aws:ssm/parameter:Parameter":
         found = [r for r in found if r.inputs["type"] == "SecureString"]
+    if type_ == ROLE_POLICY:
+        # The node's policy (the image builder's registers first: it waits on fewer outputs).
+        found = [r for r in found if r.name.endswith("-node-policy")]
     if not found:
         # A type the stacks do not use: the probe starts from the smallest valid resource of it.
         return copy.deepcopy(ABSENT[type_])

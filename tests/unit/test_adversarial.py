@@ -9,8 +9,11 @@ The seed is fixed so that a failure reproduces; GPUFLEET_FUZZ_SEED runs another 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from bench.adversarial import MAX_CPU_S, MAX_GROWTH_MB, _check_inventory, run
+import yaml
+
+from bench.adversarial import MAX_CPU_S, MAX_GROWTH_MB, TENANTS, _check_inventory, _check_maps, run
 from gpufleet.inventory.load import load_inventory
 from gpufleet.model.site import PackageSources, Taint
 
@@ -62,3 +65,29 @@ def test_the_oracles_see_what_the_review_found() -> None:
     assert "kubectl arguments" in found
     assert "taint 'a'='x --kubeconfig=/tmp/k'" in found
     assert _check_inventory(inv) == []
+
+
+def test_the_map_oracle_sees_an_injected_entry(tmp_path: Path) -> None:
+    """Maps as an unchecked tenant name would have written them (`bank P0` for a P2 tenant, a key
+    with a newline) are flagged; the maps the CLI writes for the base file are not."""
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+
+    src = tmp_path / "tenants.yaml"
+    src.write_text(yaml.safe_dump(TENANTS))
+    assert (
+        CliRunner().invoke(app, ["serving", "tenants", str(src), "--out", str(tmp_path / "maps")]).exit_code
+        == 0
+    )
+    assert _check_maps(TENANTS, tmp_path / "maps", tmp_path / "gw") == []
+    evil = {
+        "tenants": [dict(TENANTS["tenants"][2], name="bank P0"), dict(TENANTS["tenants"][0], key="k x\nk2")]
+    }
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tenants.map").write_text("k2-e4d3c2b1a0f9e8d7 bank P0 P2\nk x\nk2 bank P0\n")
+    (bad / "limits.map").write_text("k2-e4d3c2b1a0f9e8d7 5\nk x\nk2 50\n")
+    found = _check_maps(evil, bad, tmp_path / "gw2")
+    assert "tenants.map is not one `key name class` entry per tenant" in found
+    assert "limits.map is not one `key limit` entry per tenant" in found

@@ -148,7 +148,7 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "probe interpreter with a shell word",
         _set("site.performance", {"python": "python3; rm -rf /"}),
         "site.performance.python",
-        "should match pattern",
+        "an absolute path of letters, digits",
     ),
     (
         "Python index over http",

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gpufleet.model.site import Inventory
 
-TAG = "nvcr.io/nvidia/tritonserver:26.10-vllm-python-py3"
+TAG = "nvcr.io/nvidia/tritonserver:26.08-vllm-python-py3"
 GATEWAY = "docker.io/library/haproxy:2.6.12"
 
 

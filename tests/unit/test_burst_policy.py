@@ -372,8 +372,35 @@ def test_scale_in_of_a_node_not_launched_yet_only_lowers_the_count() -> None:
     # Only what scale-in touches: the group's retire and the stack's declared count.
     fakes: dict[str, Any] = {"source": None, "prices": None, "asg": Asg(), "pulumi": Stack()}
     controller = Controller(policy=Gpufleet(MODEL), replica_rps=1.0, **fakes)
-    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), target=1)
+    # Three live nodes; one retired and one not launched yet go: one stays.
+    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), live=3)
     assert retired == ["i-1"] and declared == [1]
+
+
+def test_a_node_that_could_not_be_retired_stays_counted() -> None:
+    """Declaring the lower count anyway would let the group pick a node nobody drained."""
+    from botocore.exceptions import ClientError
+
+    from gpufleet.burst.controller import Controller
+
+    declared: list[int] = []
+
+    class Asg:
+        def retire(self, instance_id: str) -> None:
+            error = {
+                "Error": {"Code": "ValidationError", "Message": f"Instance Id not found - {instance_id}"}
+            }
+            raise ClientError(error, "TerminateInstanceInAutoScalingGroup")
+
+    class Stack:
+        def set_burst_nodes(self, count: int) -> object:
+            declared.append(count)
+            return type("Applied", (), {"stack": "burst", "burst_nodes": count, "summary": "update"})()
+
+    fakes: dict[str, Any] = {"source": None, "prices": None, "asg": Asg(), "pulumi": Stack()}
+    controller = Controller(policy=Gpufleet(MODEL), replica_rps=1.0, **fakes)
+    controller._carry_out(Decision(1, "quiet", drain=("i-1", "launching-0")), live=3)
+    assert declared == [2]
 
 
 def test_gpufleet_does_not_count_an_announced_rise_twice() -> None:
@@ -516,3 +543,60 @@ def test_the_trend_extends_the_recent_peak_not_the_lead_long_one() -> None:
     assert decision.desired == nodes_for(3 * (1.8 + (1.8 - 1.2))) == 5
     # Adding the rise to the spike instead would have asked for 6.
     assert nodes_for(3 * (2.0 + (1.8 - 1.2))) == 6
+
+
+def test_booting_nodes_count_at_the_type_the_group_reports() -> None:
+    """A launching instance counts as the type the group launched as soon as it lists it; only
+    capacity the group owes and has not launched yet counts as its first-priority type."""
+    from gpufleet.burst.controller import LAUNCHING, fleet_view
+
+    capacity = CapacityModel(
+        onprem_replicas=1,
+        replicas_per_node=1.0,
+        node_capacity={"p5en.48xlarge": 4.0, "g6e.12xlarge": 1.0},
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=900.0,
+        slo_queue_wait_s=2.0,
+    )
+    group = {
+        "DesiredCapacity": 3,
+        "MixedInstancesPolicy": {
+            "LaunchTemplate": {
+                "Overrides": [{"InstanceType": "p5en.48xlarge"}, {"InstanceType": "g6e.12xlarge"}]
+            }
+        },
+        "Instances": [
+            {
+                "InstanceId": "i-1",
+                "InstanceType": "p5en.48xlarge",
+                "AvailabilityZone": "us-east-1a",
+                "LifecycleState": "InService",
+            },
+            # No p5en capacity left: the group fell back to its second type, and says so at once.
+            {
+                "InstanceId": "i-2",
+                "InstanceType": "g6e.12xlarge",
+                "AvailabilityZone": "us-east-1b",
+                "LifecycleState": "Pending",
+            },
+        ],
+    }
+    nodes = fleet_view(group, {}, {}, 90.0)
+    assert [(n.id, n.pool.instance_type, n.ready) for n in nodes] == [
+        ("i-1", "p5en.48xlarge", True),
+        ("i-2", "g6e.12xlarge", False),
+        (f"{LAUNCHING}0", "p5en.48xlarge", False),
+    ]
+    assert capacity.burst_capacity(nodes) == 4.0 + 1.0 + 4.0
+    assert capacity.burst_capacity(nodes, ready_only=True) == 4.0
+    # Once the owed node shows as a fallback type too, it counts as that, and the total drops.
+    group["Instances"].append(
+        {
+            "InstanceId": "i-3",
+            "InstanceType": "g6e.12xlarge",
+            "AvailabilityZone": "us-east-1c",
+            "LifecycleState": "Pending",
+        }
+    )
+    assert capacity.burst_capacity(fleet_view(group, {}, {}, 90.0)) == 6.0

@@ -155,6 +155,15 @@ def test_a_wrong_speculative_method_fails(defs: Definitions) -> None:
             "bom.triton_image: nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3 is not Triton's vLLM flavour",
         ),
         (lambda d: d["bom"].pop("vllm"), "bom.vllm: name the vLLM release"),
+        # No Triton release carries vLLM 0.33 (Triton's compatibility matrix, vllm-python-py3).
+        (
+            lambda d: d["bom"].update(vllm="0.33.0"),
+            "bom.vllm: Triton 26.08's vLLM image carries vLLM 0.27.1, not 0.33.0",
+        ),
+        (
+            lambda d: d["bom"].update(triton_image="nvcr.io/nvidia/tritonserver:26.10-vllm-python-py3"),
+            "bom.triton_image: no recorded vLLM for Triton 26.10",
+        ),
         (lambda d: d["bom"].pop("gateway_image"), "bom.gateway_image: the admission gateway"),
         (
             lambda d: d["site"]["serving"].update(max_model_len=200_000),

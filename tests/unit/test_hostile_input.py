@@ -121,6 +121,20 @@ MEANING: list[tuple[str, str, Any, str, str]] = [
     ("an address written as a number", "nodes[3].management_ip", 167772161, "nodes[3].management_ip", "as text"),
     ("a network written as true", "site.networks.bmc.cidr", True, "site.networks.bmc.cidr", "as text"),
     ("burst without serving", "site.serving", None, "site.burst", "needs site.serving"),
+    # Issue 14's review: no upper bound on burst nodes, and un-normalised probe interpreters.
+    ("a billion burst nodes", "site.burst.max_nodes", 10**9, "site.burst.max_nodes", "less than or equal to 5000"),
+    ("burst nodes past one cluster's 5,000", "site.burst.max_nodes", 4990, "site.burst.max_nodes",
+     "4990 burst nodes and the site's 15 exceed the 5,000 nodes Kubernetes supports"),
+    ("a probe interpreter climbing out", "site.performance", {"python": "/opt/venv/../../usr/bin/python3"},
+     "site.performance.python", "not a normalised path"),
+    ("a probe interpreter with //", "site.performance", {"python": "/opt//venv/bin/python3"},
+     "site.performance.python", "not a normalised path"),
+    ("a probe interpreter with a trailing /", "site.performance", {"python": "/opt/venv/bin/python3/"},
+     "site.performance.python", "not a normalised path"),
+    ("a probe interpreter that is not Python", "site.performance", {"python": "/opt/venv/bin/python3x"},
+     "site.performance.python", "not a Python interpreter"),
+    ("a probe interpreter with a shell word", "site.performance", {"python": "/usr/bin/python3 -c x"},
+     "site.performance.python", "letters, digits and ._:+@- only"),
 ]  # fmt: skip
 
 

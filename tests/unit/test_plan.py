@@ -129,9 +129,18 @@ def test_site_plan_ceph() -> None:
     assert [r.name for r in ceph.crush_rules] == ["replicated-host"]
     for pool in ceph.pools:
         assert (pool.size, pool.min_size, pool.crush_rule) == (3, 2, "replicated-host")
-        assert pool.pg_num == 256  # 16 OSDs x 100 PGs / (size 3 x 2 pools) = 266, nearest power of two
+    # The site's pools: 16 OSDs x 100 PGs / (size 3 x 2 pools) = 266, nearest power of two. The
+    # model cache's file system: data over 4 pools (133 -> 128), metadata a quarter of that.
+    assert [(p.name, p.pg_num, p.application) for p in ceph.pools] == [
+        ("models", 256, "rbd"),
+        ("datasets", 256, "rbd"),
+        (ceph.filesystem.metadata_pool, 32, "cephfs"),
+        (ceph.filesystem.data_pool, 128, "cephfs"),
+    ]
+    # Well under Ceph's mon_max_pg_per_osd (250): (2 x 256 + 32 + 128) x 3 copies / 16 OSDs = 126.
+    assert sum(p.pg_num * p.size for p in ceph.pools) / 16 < 250
     lab = plan_site(load_inventory("lab")).ceph
-    assert lab is not None and [p.pg_num for p in lab.pools] == [32]
+    assert lab is not None and [p.pg_num for p in lab.pools] == [32, 8, 32]
 
 
 def test_site_plan_kubernetes_and_serving() -> None:
