@@ -429,7 +429,9 @@ def test_readme_sequence_on_the_lab(tmp_path: Path) -> None:
     for phase in ("previous lab down", "lab up", "provision", "cluster ceph", "verify"):
         assert f": {phase}\n" in text, phase
     for host in HOSTS:
-        assert f"{host}: powered off" in text and f"{host}: booting" in text
+        # A host still stopping its daemons after 30 s is stopped by its cgroup, and says so.
+        assert f"{host}: powered off" in text or f"{host}: no power-off after" in text, host
+        assert f"{host}: booting" in text, host
         assert f"{host}: operation 1: " in text, host
     table = _readme_table_commands()
     assert set(table) == set(README_ROWS), set(table) ^ set(README_ROWS)
@@ -485,7 +487,8 @@ def test_zz_lab_down_leaves_nothing_behind() -> None:
     assert rc == 0, text
     assert silence <= MAX_SILENCE_S, (silence, text)
     for host in HOSTS:
-        assert f"{host}: powering off\n" in text and f"{host}: powered off\n" in text, text
+        assert f"{host}: powering off\n" in text, text
+        assert f"{host}: powered off\n" in text or f"{host}: no power-off after" in text, text
     assert f"lab: removing {PATHS.state}\n" in text and text.endswith("lab: removed\n"), text
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"supervisor {pid} still running"
