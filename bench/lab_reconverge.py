@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -25,6 +27,7 @@ from gpufleet.lab import hosts  # noqa: E402
 from gpufleet.lab.hosts import exclusive  # noqa: E402
 from gpufleet.lab.paths import LabPaths  # noqa: E402
 from gpufleet.plan.node import plan_node  # noqa: E402
+from gpufleet.progress import Lines  # noqa: E402
 from gpufleet.provision.cluster import run_playbook  # noqa: E402
 from gpufleet.provision.nodes import provision  # noqa: E402
 
@@ -32,7 +35,7 @@ RUNS = 5
 
 
 def quiet(host: str, what: str) -> None:
-    if what != "ok" and not what.startswith(("Managed", "Apt", "Packages", "Holds", "Sysctl", "Services")):
+    if what.startswith("failed"):
         print(f"  {host}: {what}", flush=True)
 
 
@@ -40,8 +43,9 @@ def main() -> None:
     inv = load_inventory("lab")
     paths = LabPaths.default()
     if not all(s.systemd == "running" for s in hosts.status(inv, paths)):
-        hosts.down(inv, paths, print)
-        hosts.up(inv, paths, print)
+        with Lines(Console()) as lines:
+            hosts.down(inv, paths, lines)
+            hosts.up(inv, paths, lines)
     first = provision(inv, None, False, quiet)
     assert all(r.ok for r in first), [r.error for r in first if not r.ok]
     bench_nodes = {}

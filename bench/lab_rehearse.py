@@ -17,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from rich.console import Console
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -25,6 +27,7 @@ from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.lab import hosts  # noqa: E402
 from gpufleet.lab.hosts import exclusive  # noqa: E402
 from gpufleet.lab.paths import LabPaths  # noqa: E402
+from gpufleet.progress import Lines  # noqa: E402
 from gpufleet.provision.cli import rehearse  # noqa: E402
 from gpufleet.provision.rehearse import Phase  # noqa: E402
 
@@ -46,7 +49,8 @@ def main() -> None:
     runs: dict[str, list[Phase]] = {}
     load: dict[str, list[float]] = {}
     for name in ("cold", "warm"):
-        hosts.down(inv, paths, print)  # both start from nothing; the teardown is not the rebuild
+        with Lines(Console()) as lines:
+            hosts.down(inv, paths, lines)  # both start from nothing; the teardown is not the rebuild
         load[name], stop = [], threading.Event()
         sampler = threading.Thread(target=_sample_load, args=(load[name], stop), daemon=True)
         sampler.start()
@@ -62,7 +66,7 @@ def main() -> None:
         "",
         f"`.venv/bin/python bench/lab_rehearse.py` on {platform.node()} ({platform.machine()}, "
         f"{os.cpu_count()} CPUs), one session: "
-        "cold = empty caches (debootstrap and every package downloaded), warm = the same rebuild again "
+        "cold = empty caches (mmdebstrap and every package downloaded), warm = the same rebuild again "
         "with the base tarball and packages cached. Each starts with no lab hosts.",
         "",
         "Load during the runs (1-minute load average; "

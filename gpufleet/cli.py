@@ -299,6 +299,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """The admission gate: run the host suite against the site's hosts; exit 1 on any failed check."""
+    from gpufleet.progress import Lines
     from gpufleet.provision.reach import require_reachable
     from gpufleet.verify import verify_site
 
@@ -306,7 +307,11 @@ def verify(
         if not local:
             inv = load_inventory(site)
             require_reachable(inv, limit or [n.hostname for n in inv.nodes])
-        report = verify_site(site, limit, part, local=local)
+        hosts = limit or ([] if local else [n.hostname for n in inv.nodes])
+        with Lines(err if as_json else out) as lines:
+            lines.say("verify", f"the host suite on {', '.join(hosts) or 'this machine'}")
+            report = verify_site(site, limit, part, local=local)
+            lines.done("verify", "finished")
     if as_json:
         emit_json({**report.model_dump(), "ok": report.ok})
     else:

@@ -15,8 +15,8 @@ step() {
   step_started=$SECONDS
   echo "[$step_no/$STEPS] $*"
 }
-# The lab: nspawn hosts from debootstrap, a signed local apt mirror, ssh.
-LAB_PACKAGES="debootstrap systemd-container openssh-client dpkg-dev apt-utils gnupg iproute2 util-linux"
+# The lab: nspawn hosts from mmdebstrap, a signed local apt mirror, ssh.
+LAB_PACKAGES="mmdebstrap systemd-container openssh-client dpkg-dev apt-utils gnupg iproute2 util-linux"
 step "system packages for the lab (apt): $LAB_PACKAGES"
 if [ "$(id -u)" = 0 ]; then
   apt-get update -qq

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from gpufleet.lab.paths import LabPaths
 from gpufleet.lab.supervise import cgroup_dirs
 from gpufleet.model.site import Inventory
 from gpufleet.plan.node import plan_node
+from gpufleet.progress import Lines
 
 MIRROR_MOUNT = "/srv/gpufleet-mirror"
 OSD_FILE_BYTES = 8 << 30  # sparse: BlueStore needs room to allocate, the disk only what is written
@@ -38,7 +39,7 @@ BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 LOCK_TIMEOUT_S = 300.0
 REQUIRED_TOOLS = {
-    "debootstrap": "debootstrap",
+    "mmdebstrap": "mmdebstrap",
     "systemd-nspawn": "systemd-container",
     "ip": "iproute2",
     "apt-ftparchive": "apt-utils",
@@ -55,22 +56,6 @@ ConditionCapability=
 ExecStart=
 ExecStart=!/usr/sbin/chronyd -F 1 -x
 """
-
-# How container images install packages (Debian's own minimal images do both): a lab host's disk is
-# scratch, so dpkg skips its per-file fsync and leaves out documentation, manual pages and
-# translations, which no lab check reads. What a storage host's cold provision costs is its plan:
-# ~145 packages (Ceph mon, mgr and OSD, 56 of them Python modules byte-compiled at configure)
-# against the control plane's 3, on three storage hosts at once (bench/lab_rehearse.py).
-DPKG_LAB = """force-unsafe-io
-path-exclude=/usr/share/doc/*
-path-include=/usr/share/doc/*/copyright
-path-exclude=/usr/share/man/*
-path-exclude=/usr/share/info/*
-path-exclude=/usr/share/locale/*
-path-include=/usr/share/locale/locale.alias
-"""
-
-Report = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -168,32 +153,36 @@ def exclusive(lock: Path, what: str, timeout_s: float = LOCK_TIMEOUT_S) -> Itera
         yield
 
 
-def up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
+def up(inv: Inventory, paths: LabPaths, report: Lines) -> list[HostStatus]:
     require_root()
     require_tools()
     with exclusive(paths.lock, "up or down"):
         return _up(inv, paths, report)
 
 
-def _up(inv: Inventory, paths: LabPaths, report: Report) -> list[HostStatus]:
+def _up(inv: Inventory, paths: LabPaths, report: Lines) -> list[HostStatus]:
     if any(supervisor_pid(paths, n.hostname) for n in inv.nodes):
         raise LabError(f"the lab is already up (state in {paths.state}); `gpufleet lab down` first")
     _range_free(inv)
     paths.state.mkdir(parents=True, exist_ok=True)
-    report("base root filesystem")
+    cached = paths.base_tarball.exists()
+    report.say(
+        "lab",
+        "base root filesystem: " + ("unpacking the cached one" if cached else "mmdebstrap (cached after)"),
+    )
     base = image.unpack_base(paths)
     _prepare_base(base)
-    report("mirror: resolving and downloading the node plans' packages")
+    report.say("lab", "mirror: resolving and downloading the node plans' packages")
     debs = image.download(paths, base, lab_packages(inv))
     image.signing_key(paths)
     image.build_mirror(paths, debs)
-    report(f"mirror: {len(debs)} packages, signed")
+    report.say("lab", f"mirror: {len(debs)} packages, signed; starting {len(inv.nodes)} hosts")
     shutil.copy(paths.mirror_key, base / "etc/apt/keyrings/gpufleet-mirror.gpg")
     _ssh_client(inv, paths)
     _network_up(inv, paths)
     for node in inv.nodes:
         _host_up(inv, paths, node.hostname, str(node.management_ip))
-        report(f"{node.hostname}: started")
+        report.say(node.hostname, "booting")
     _wait_ready(inv, paths, report)
     return status(inv, paths)
 
@@ -221,7 +210,7 @@ def _prepare_base(base: Path) -> None:
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "lab-container.conf").write_text(CHRONY_DROPIN)
     (base / "etc/systemd/system/nvmf-autoconnect.service").symlink_to("/dev/null")
-    (base / "etc/dpkg/dpkg.cfg.d/gpufleet-lab").write_text(DPKG_LAB)
+    (base / "etc/dpkg/dpkg.cfg.d/gpufleet-lab").write_text(image.DPKG_LAB)
 
 
 def _ssh_client(inv: Inventory, paths: LabPaths) -> None:
@@ -327,14 +316,14 @@ def _host_up(inv: Inventory, paths: LabPaths, hostname: str, address: str) -> No
     (hdir / "supervisor.pid").write_text(f"{proc.pid}\n")
 
 
-def _wait_ready(inv: Inventory, paths: LabPaths, report: Report) -> None:
+def _wait_ready(inv: Inventory, paths: LabPaths, report: Lines) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     pending = {n.hostname: str(n.management_ip) for n in inv.nodes}
     while pending:
         for hostname, address in list(pending.items()):
             state = _systemd_state(paths, address) if _port_open(address) else "booting"
             if state in ("running", "degraded"):
-                report(f"{hostname}: {state} at {address}")
+                report.done(hostname, f"{state} at {address}")
                 del pending[hostname]
         if pending and time.monotonic() > deadline:
             raise LabError(
@@ -361,16 +350,26 @@ def status(inv: Inventory, paths: LabPaths) -> list[HostStatus]:
         address = str(node.management_ip)
         pid = supervisor_pid(paths, node.hostname)
         ssh = pid is not None and _port_open(address)
+        # Without the lab's ssh files nothing can ask the host (the status line says which is missing).
+        systemd = (
+            "unknown" if ssh and missing_ssh(paths) else _systemd_state(paths, address) if ssh else "down"
+        )
         out.append(
-            HostStatus(
-                hostname=node.hostname,
-                address=address,
-                supervisor_pid=pid,
-                ssh=ssh,
-                systemd=_systemd_state(paths, address) if ssh else "down",
-            )
+            HostStatus(hostname=node.hostname, address=address, supervisor_pid=pid, ssh=ssh, systemd=systemd)
         )
     return out
+
+
+def missing_ssh(paths: LabPaths) -> list[Path]:
+    """What every tool needs to log in to the lab's hosts and is not there (written by `up`)."""
+    return [p for p in (paths.ssh_config, paths.ssh_key, paths.known_hosts) if not p.exists()]
+
+
+def leftovers(inv: Inventory, paths: LabPaths) -> list[str]:
+    """What of the lab is still on this machine without its state: processes, namespaces, bridge."""
+    found = [f"{n.hostname}'s processes" for n in inv.nodes if _cgroup_pids(paths, n.hostname)]
+    found += [ns for n in inv.nodes if Path(f"/run/netns/{(ns := netns(paths, n.hostname))}").exists()]
+    return found + ([paths.bridge] if Path(f"/sys/class/net/{paths.bridge}").exists() else [])
 
 
 def _cgroup_pids(paths: LabPaths, hostname: str) -> set[int]:
@@ -381,15 +380,20 @@ def _cgroup_pids(paths: LabPaths, hostname: str) -> set[int]:
     return pids
 
 
-def _power_off(paths: LabPaths, hostnames: list[str]) -> None:
+def _power_off(paths: LabPaths, hostnames: list[str], report: Lines) -> None:
     """Ask every host to power off at once, then wait for all (bounded): shutdowns overlap."""
-    for hostname in hostnames:
-        pid = supervisor_pid(paths, hostname)
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+    running = {h: pid for h in hostnames if (pid := supervisor_pid(paths, h)) is not None}
+    for hostname, pid in running.items():
+        os.kill(pid, signal.SIGTERM)
+        report.say(hostname, "powering off")
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(supervisor_pid(paths, h) for h in hostnames):
+    while running and time.monotonic() < deadline:
+        for hostname in [h for h in running if not supervisor_pid(paths, h)]:
+            del running[hostname]
+            report.done(hostname, "powered off")
         time.sleep(0.2)
+    for hostname in running:
+        report.say(hostname, f"no power-off after {STOP_TIMEOUT_S:.0f}s: stopping what is left of it")
 
 
 def _stop_host(paths: LabPaths, hostname: str) -> None:
@@ -412,14 +416,14 @@ def _stop_host(paths: LabPaths, hostname: str) -> None:
         run(["umount", str(root)])
 
 
-def down(inv: Inventory, paths: LabPaths, report: Report) -> None:
+def down(inv: Inventory, paths: LabPaths, report: Lines) -> None:
     require_root()
     with exclusive(paths.lock, "up or down"):
         _down(inv, paths, report)
 
 
-def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
-    _power_off(paths, [n.hostname for n in inv.nodes])
+def _down(inv: Inventory, paths: LabPaths, report: Lines) -> None:
+    _power_off(paths, [n.hostname for n in inv.nodes], report)
     for node in inv.nodes:
         _stop_host(paths, node.hostname)
         ns, pair = netns(paths, node.hostname), veth(paths, node.hostname)
@@ -428,7 +432,7 @@ def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
             run(["ip", "link", "del", pair])
         if Path(f"/run/netns/{ns}").exists():
             run(["ip", "netns", "del", ns])
-        report(f"{node.hostname}: removed")
+        report.done(node.hostname, "removed (processes, root mount, network namespace)")
     if Path(f"/sys/class/net/{paths.bridge}").exists():
         run(["ip", "link", "del", paths.bridge])
     for cm in paths.ssh.glob("cm-*") if paths.ssh.exists() else []:
@@ -436,8 +440,10 @@ def _down(inv: Inventory, paths: LabPaths, report: Report) -> None:
         cm.unlink()
     paths.system_ssh_config.unlink(missing_ok=True)
     if paths.state.exists():
+        # The hosts' disks, the base and the mirror: on a busy machine the longest step of `down`.
+        report.say("lab", f"removing {paths.state}")
         shutil.rmtree(paths.state)
     for root in cgroup_dirs(paths.cgroup):
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
-    report("lab removed")
+    report.done("lab", "removed")

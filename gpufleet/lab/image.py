@@ -1,9 +1,13 @@
 """The lab's base root filesystem and its air-gapped apt mirror.
 
-Both are built from Debian's own packages: the base by debootstrap (cached as a tarball, since it
+Both are built from Debian's own packages: the base by mmdebstrap (cached as a tarball, since it
 takes a minute and never changes between runs), the mirror by resolving what the lab's node plans
 install against the base's dpkg status in a private apt state, downloading only that, indexing it
 and signing its Release, as a site would build the mirror it carries into an air gap.
+
+mmdebstrap rather than debootstrap: it downloads with apt in parallel and installs in a few dpkg
+runs, where debootstrap fetches package after package and runs dpkg for each; on the project's
+2-CPU VM it builds the same base in half the CPU time (bench/results/lab_rehearse.md).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +26,29 @@ SUITE = "bookworm"
 UPSTREAM = os.environ.get("GPUFLEET_LAB_UPSTREAM", "http://deb.debian.org/debian")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "procps", "python3"]
+# The suite with its updates and security fixes, for the base and the mirror alike: a host
+# upgrades none of its base packages when it installs its plan.
+SOURCES = [
+    f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM} {SUITE} main",
+    f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM} {SUITE}-updates main",
+    f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM}-security {SUITE}-security main",
+]
+# How container images install packages (Debian's own minimal images do both): a lab host's disk is
+# scratch, so dpkg skips its per-file fsync and leaves out documentation, manual pages and
+# translations, which no lab check reads. The base is built this way, and every host keeps it.
+# What a storage host's cold provision costs is its plan: ~145 packages (Ceph mon, mgr, MDS and
+# OSD, 56 of them Python modules byte-compiled at configure) against the control plane's 3.
+DPKG_LAB = """force-unsafe-io
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+"""
+# A merged /usr set up by mmdebstrap's own hook (Debian's layout since bookworm) rather than by
+# the usrmerge package, which would pull Perl into every host.
+MERGED_USR_HOOK = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 # What the tools that act on hosts need beyond the plan: Ansible's apt module runs on python3-apt.
 TOOL_PACKAGES = ["python3-apt"]
 
@@ -42,33 +68,39 @@ class LabError(RuntimeError):
 
 
 def base_tarball(paths: LabPaths) -> Path:
-    """debootstrap the base once; later lab ups unpack the tarball (under a second)."""
+    """mmdebstrap the base once; later lab ups unpack the tarball (under a second)."""
     if paths.base_tarball.exists():
         return paths.base_tarball
     paths.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.cache) as tmp:
         root = Path(tmp) / "root"
+        hooks = [f"--hook-dir={MERGED_USR_HOOK}"] if MERGED_USR_HOOK.is_dir() else []
+        dpkg = [f"--dpkgopt={line}" for line in DPKG_LAB.splitlines()]
         run(
             [
-                "debootstrap",
+                "mmdebstrap",
+                "--mode=root",
                 "--variant=minbase",
+                *hooks,
+                *dpkg,
                 f"--include={','.join(BASE_PACKAGES)}",
                 SUITE,
                 str(root),
-                UPSTREAM,
+                *SOURCES,
             ]
         )
         # Every host gets its own host keys and machine id at lab up; none may be shared.
         for key in (root / "etc/ssh").glob("ssh_host_*"):
             key.unlink()
         (root / "etc/machine-id").write_text("")
+        # mmdebstrap's record of its options: the lab's own dpkg settings are written at lab up.
+        (root / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").unlink(missing_ok=True)
         shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
         (root / "var/lib/apt/lists/partial").mkdir(parents=True)
         for f in (root / "var/cache/apt/archives").glob("*.deb"):
             f.unlink()
         partial = paths.base_tarball.with_suffix(".partial")
-        with tarfile.open(partial, "w") as tar:
-            tar.add(root, arcname=".")
+        run(["tar", "-cf", str(partial), "--numeric-owner", "-C", str(root), "."])
         partial.rename(paths.base_tarball)
     return paths.base_tarball
 
@@ -105,12 +137,7 @@ def download(paths: LabPaths, base: Path, packages: Iterable[str]) -> list[Path]
         state = Path(tmp)
         for d in ("lists/partial", "cache", "sources.list.d", "preferences.d"):
             (state / d).mkdir(parents=True)
-        lines = [
-            f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM} {SUITE} main",
-            f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM} {SUITE}-updates main",
-            f"deb [signed-by={DEBIAN_KEYRING}] {UPSTREAM}-security {SUITE}-security main",
-        ]
-        (state / "sources.list").write_text("\n".join(lines) + "\n")
+        (state / "sources.list").write_text("\n".join(SOURCES) + "\n")
         opts = _apt_options(state, base / "var/lib/dpkg/status", paths.debs)
         run(["apt-get", "-q", *opts, "update"])
         names = sorted(set(packages))

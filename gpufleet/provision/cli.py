@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn
-from rich.status import Status
 from rich.table import Table
 
 from gpufleet.inventory.load import load_inventory
 from gpufleet.model.errors import InputError, Problem
+from gpufleet.progress import Lines
 from gpufleet.provision.rehearse import Phase, run_phases
 
 if TYPE_CHECKING:
@@ -71,16 +70,24 @@ def run_provision(site: str, limit: list[str] | None, dry_run: bool, quiet: bool
         inv = load_inventory(site)
         hosts = select_hosts(inv, limit)
         require_reachable(inv, hosts)
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} ops"), console=out
-    ) as progress:
-        tasks = {h: progress.add_task(h, total=None) for h in hosts}
+    with Lines(out) as lines:
+        ops = dict.fromkeys(hosts, 0)
+        for h in hosts:
+            lines.say(h, "connecting")
 
         def on_event(hostname: str, what: str) -> None:
             if what == "ok":
-                progress.advance(tasks[hostname])
+                ops[hostname] += 1
+            elif what == "connected":
+                lines.say(hostname, "connected; reading facts and planning the operations")
+            elif what.startswith("start: "):
+                lines.say(hostname, f"operation {ops[hostname] + 1}: {what.removeprefix('start: ')}")
+            elif what == "finished":
+                lines.done(
+                    hostname, "planned (dry run)" if dry_run else f"finished ({ops[hostname]} operations run)"
+                )
             else:
-                progress.update(tasks[hostname], description=f"{hostname} [red]{what}[/]")
+                lines.say(hostname, what.splitlines()[0], ongoing=False)
 
         results = provision(inv, hosts, dry_run, on_event)
     out.print(summary_table(results, dry_run))
@@ -124,14 +131,16 @@ def run_cluster(site: str, component: Component) -> list[PlayResult]:
     results = []
     for playbook, check in plays(component, inv.site.environment == "lab"):
         label = f"{playbook}{' (check mode)' if check else ''}"
-        with out.status(f"{label} ...") as status:
+        with Lines(out) as lines:
+            lines.say(label, "starting")
 
-            def progress(host: str, task: str, label: str = label, status: Status = status) -> None:
-                status.update(f"{label}: {host}: {task}")
+            def progress(host: str, task: str, label: str = label, lines: Lines = lines) -> None:
+                if not host:  # the play starts a task on its hosts
+                    lines.say(label, task)
 
             result = run_playbook(inv, playbook, progress, check=check)
+            lines.done(label, f"{'ok' if result.ok else 'failed'} in {result.seconds:.1f}s")
         results.append(result)
-        out.print(f"{'[green]ok[/]' if result.ok else '[red]failed[/]'} {label} in {result.seconds:.1f}s")
         for line in result.failures:
             err.print(f"  {line}", markup=False, highlight=False)
         if not result.ok:
@@ -164,7 +173,7 @@ def rehearse(site: str, keep: bool = False) -> list[Phase]:
         inv = load_inventory(site)
         paths = LabPaths.default()
     lab = inv.site.environment == "lab"
-    running = lab and any(s.supervisor_pid for s in hosts.status(inv, paths))
+    running = lab and any(hosts.supervisor_pid(paths, n.hostname) for n in inv.nodes)
     if running and not keep:
         out.print(
             f"The lab is up ({paths.state}): the rehearsal removes it and rebuilds it from nothing. "
@@ -174,7 +183,8 @@ def rehearse(site: str, keep: bool = False) -> list[Phase]:
         out.print("The lab is up: --keep reuses it (a re-run, not a rebuild from nothing).")
 
     def previous_lab_down() -> tuple[bool, str]:
-        hosts.down(inv, paths, lambda msg: out.print(f"[dim]lab[/] {msg}"))
+        with Lines(out) as lines:
+            hosts.down(inv, paths, lines)
         return True, "the running lab, removed: the rebuild starts from nothing"
 
     def lab_phase() -> tuple[bool, str]:
@@ -207,7 +217,10 @@ def rehearse(site: str, keep: bool = False) -> list[Phase]:
 
     def verify_phase() -> tuple[bool, str]:
         # Every part: what a host's plan leaves out (Kubernetes in the lab) is not demanded.
-        report = verify_site(site)
+        with Lines(out) as lines:
+            lines.say("verify", f"the host suite on {len(inv.nodes)} hosts")
+            report = verify_site(site)
+            lines.done("verify", "finished")
         failed = [f"{r.host}: {r.check}" for r in report.results if r.outcome == "failed"]
         passed = sum(r.outcome == "passed" for r in report.results)
         return report.ok, ", ".join(failed[:5]) if failed else f"{passed} checks passed"
@@ -218,7 +231,9 @@ def rehearse(site: str, keep: bool = False) -> list[Phase]:
     if lab and not (running and keep):
         steps.append(("lab up", lab_phase))
     steps += [("provision", provision_phase), ("cluster ceph", ceph_phase), ("verify", verify_phase)]
-    phases = run_phases(steps)
+    phases = run_phases(
+        steps, lambda i, name: out.print(f"rehearse: phase {i} of {len(steps)}: {name}", highlight=False)
+    )
     out.print(phase_table(phases))
     if lab and all(p.ok for p in phases):
         out.print("The lab stays up: `gpufleet lab status`, `gpufleet lab down` when done.")
@@ -297,11 +312,13 @@ def register(app: typer.Typer) -> None:
         from gpufleet.cli import bad_input, err, out
         from gpufleet.plan.node import plan_node
         from gpufleet.provision.membership import admit, gate_of, node_api
+        from gpufleet.provision.reach import require_reachable
 
         with bad_input():
             host = site_host(site, host)
             inv = load_inventory(site)
             api = node_api(kubeconfig.expanduser())
+            require_reachable(inv, [host], limit_option=False)
         with api_errors(host):
             admission = admit(api, plan_node(inv, inv.node(host)), gate_of(site, host))
         for line in admission.failed:

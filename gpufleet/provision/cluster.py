@@ -29,6 +29,8 @@ from gpufleet.provision.logs import log_file, out_dir
 
 PLAYBOOKS = REPO_ROOT / "playbooks"
 COMPONENTS = ("ceph", "kubernetes")
+# (host, task) as each host finishes a task ("failed: <task>" when it failed); ("", task) when
+# the play starts a task.
 Event = Callable[[str, str], None]
 
 
@@ -140,7 +142,9 @@ def run_playbook(
         data = event.get("event_data", {})
         host, task = data.get("host"), data.get("task", "")
         kind = event.get("event", "")
-        if host and kind in ("runner_on_ok", "runner_on_skipped"):
+        if kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+            on_event("", task)
+        elif host and kind in ("runner_on_ok", "runner_on_skipped"):
             if kind == "runner_on_ok" and isinstance(data.get("res"), dict) and data["res"].get("changed"):
                 changes.append(f"{host}: {task}")
             on_event(host, task)

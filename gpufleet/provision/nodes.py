@@ -49,7 +49,9 @@ class HostResult:
     seconds: float = 0.0
 
 
-Event = Callable[[str, str], None]  # (hostname, what happened)
+# (hostname, what happened): "connected", "start: <operation>", "ok" (an operation), "failed: <why>",
+# then "finished" once the host's result is in.
+Event = Callable[[str, str], None]
 
 
 def select_hosts(inv: Inventory, limit: list[str] | None) -> list[str]:
@@ -75,6 +77,14 @@ def _progress(results: dict[str, HostResult], on_event: Event, started: float) -
             r = results[host.name]
             r.ok, r.error = False, f"connect: {error}"
             on_event(host.name, r.error)
+
+        @staticmethod
+        def host_connect(state: State, host: Host) -> None:
+            on_event(host.name, "connected")
+
+        @staticmethod
+        def operation_host_start(state: State, host: Host, op_hash: Any) -> None:
+            on_event(host.name, f"start: {_op_name(state, op_hash)}")
 
         @staticmethod
         def operation_host_success(state: State, host: Host, op_hash: Any, retry_count: int = 0) -> None:
@@ -161,6 +171,7 @@ def provision_hosts(
             on_event(host, payload)
         else:
             results[host] = payload
+            on_event(host, "finished")
     for h, proc in procs.items():
         if h not in results:
             results[h] = HostResult(h, ok=False, error=f"no result after {HOST_TIMEOUT_S:.0f}s")

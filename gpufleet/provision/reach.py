@@ -30,9 +30,12 @@ class Unreachable:
         return f"{self.hostname} ({self.address}): {self.reason}: {self.fix}"
 
 
-def lab_fix(inv: Inventory, then_up: bool = False) -> str:
-    """What brings a site's lab up: `lab up`, after `lab down` where a broken one is left over."""
+def lab_fix(inv: Inventory, then_up: bool = False, rebuild: bool = False) -> str:
+    """What brings a site's lab up: `lab up`; `lab down` first where a broken one is left over
+    (`then_up` when it is down, `rebuild` when some of it still runs)."""
     site = "" if inv.site.name == "lab" else f" --site {inv.site.name}"
+    if rebuild:
+        return f"run `gpufleet lab down{site}`, then `gpufleet lab up{site}`"
     if then_up:
         return f"lab is down: run `gpufleet lab down{site}`, then `gpufleet lab up{site}`"
     return f"lab is down: run `gpufleet lab up{site}`"
@@ -61,9 +64,14 @@ def unreachable(inv: Inventory, hosts: list[str], timeout_s: float = CONNECT_TIM
         )
         return _probe(nodes, timeout_s, lambda h: fix)
     paths = LabPaths.default()
-    if not paths.ssh_key.exists():
-        # No lab state at all: nothing to connect with, and nothing listening.
-        return [Unreachable(h, a, f"no lab key ({paths.ssh_key})", lab_fix(inv)) for h, a in nodes.items()]
+    missing = hosts_mod.missing_ssh(paths)
+    if missing:
+        # Nothing to log in with: no lab at all (the fix is `lab up`), or one that lost its ssh
+        # files while its hosts run (`lab up` would refuse: it takes `lab down` first).
+        left = any(hosts_mod.supervisor_pid(paths, h) for h in nodes) or hosts_mod.leftovers(inv, paths)
+        reason = f"no lab key ({paths.ssh_key})" if paths.ssh_key in missing else f"{missing[0]} is missing"
+        fix = lab_fix(inv, rebuild=bool(left))
+        return [Unreachable(h, a, reason, fix) for h, a in nodes.items()]
     # A lab host without its supervisor is not running: say so without sending a packet (with the
     # lab's bridge gone, its addresses would route off this machine).
     stopped = {h for h in nodes if not hosts_mod.supervisor_pid(paths, h)}

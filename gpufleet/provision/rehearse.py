@@ -19,10 +19,14 @@ class Phase:
     detail: str
 
 
-def run_phases(steps: list[tuple[str, Callable[[], tuple[bool, str]]]]) -> list[Phase]:
-    """Run phases in order, timing each; stop at the first that fails, since the rest builds on it."""
+def run_phases(
+    steps: list[tuple[str, Callable[[], tuple[bool, str]]]], starting: Callable[[int, str], None]
+) -> list[Phase]:
+    """Run phases in order, timing each; stop at the first that fails, since the rest builds on it.
+    `starting(number, name)` is told as each begins."""
     phases = []
-    for name, step in steps:
+    for number, (name, step) in enumerate(steps, start=1):
+        starting(number, name)
         start = time.monotonic()
         ok, detail = step()
         phases.append(Phase(name, ok, time.monotonic() - start, detail))

@@ -21,18 +21,26 @@ remediate_app = typer.Typer(
 
 
 def _kube(kubeconfig: Path | None) -> NodeApi:
+    """The cluster's API: `--kubeconfig`, else in-cluster, else ~/.kube/config. None of them usable
+    is bad input: one line naming the file."""
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
     from gpufleet.kubeapi import NodeApi
 
-    if kubeconfig is not None:
-        k8s_config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        return NodeApi(k8s.CoreV1Api())
+    if kubeconfig is None:
+        try:
+            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return NodeApi(k8s.CoreV1Api())
+        except k8s_config.ConfigException:
+            kubeconfig = Path(k8s_config.KUBE_CONFIG_DEFAULT_LOCATION)
+    kubeconfig = kubeconfig.expanduser()
+    if not kubeconfig.is_file():
+        raise InputError("--kubeconfig", [Problem((), f"{kubeconfig}: no such file, and not in a cluster")])
     try:
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+        k8s_config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    except (k8s_config.ConfigException, ValueError, KeyError) as exc:
+        raise InputError("--kubeconfig", [Problem((), f"{kubeconfig}: {exc}")]) from None
     return NodeApi(k8s.CoreV1Api())
 
 
@@ -94,7 +102,7 @@ def run(
             raise InputError(
                 "gpufleet remediate run", [Problem((), "give --dcgm URL or --kernel-log NODE=FILE")]
             )
-    remediator = Remediator(_kube(kubeconfig))
+        remediator = Remediator(_kube(kubeconfig))
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_address, registry=remediator.metrics.registry)
     done = 0
@@ -128,12 +136,16 @@ def admit(
 ) -> None:
     """Run the admission gate on HOST; only if it passes, lift the taint and uncordon (exit 1 otherwise)."""
     from gpufleet.cli import bad_input, out
+    from gpufleet.inventory.load import load_inventory
     from gpufleet.provision.cli import site_host
+    from gpufleet.provision.reach import require_reachable
     from gpufleet.remediate.controller import Remediator
     from gpufleet.verify import verify_site
 
     with bad_input():
         site_host(site, host)
+        if not local:
+            require_reachable(load_inventory(site), [host], limit_option=False)
         report = verify_site(site, [host], local=local)
     if not report.ok:
         failed = (
@@ -142,5 +154,7 @@ def admit(
         )
         out.print(f"{host} stays out of service: the gate failed ({failed})", markup=False, soft_wrap=True)
         raise typer.Exit(1)
-    Remediator(_kube(kubeconfig)).admit(host, report)
+    with bad_input():
+        api = _kube(kubeconfig)
+    Remediator(api).admit(host, report)
     out.print(f"{host} passed the gate: taint lifted, uncordoned", markup=False)

@@ -77,6 +77,38 @@ def provision_json(*args: str) -> tuple[int, dict[str, dict[str, Any]]]:
     return proc.returncode, {r["hostname"]: r for r in json.loads(proc.stdout)}
 
 
+# The longest a command may go without printing a line: the heartbeat is 8 s (gpufleet.progress),
+# with room for a busy machine.
+MAX_SILENCE_S = 20.0
+
+
+def gpufleet_lines(*args: str, timeout: int = 1800) -> tuple[int, str, float]:
+    """Run the CLI with its output merged, timing every line: (exit code, output, longest silence)."""
+    proc = subprocess.Popen(
+        [GPUFLEET, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(GPUFLEET).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    assert proc.stdout is not None
+    lines, last, longest = [], time.monotonic(), 0.0
+    deadline = last + timeout
+    try:
+        for line in proc.stdout:
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+            lines.append(line)
+            assert now < deadline, f"{args}: still running after {timeout}s"
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, "".join(lines), max(longest, time.monotonic() - last)
+
+
 def wait_port(address: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -336,7 +368,17 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
     "serving rollback": [
         (["serving", "rollback", "dc1-prod", "--dry-run"], 2, "rollback reads the file's history")
     ],
-    "remediate run": [(["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log")],
+    "remediate run": [
+        (["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log"),
+        # A source, and no cluster to act on: one line naming the kubeconfig it looked for.
+        (
+            ["remediate", "run", "--kernel-log", f"lab-st1={ROOT / 'README.md'}", "--rounds", "1"],
+            2,
+            "--kubeconfig",
+        ),
+    ],
+    # The gate passes on a lab host; with no cluster to return it to, one line says so.
+    "remediate admit": [(["remediate", "admit", "lab", "lab-st1"], 2, "no such file, and not in a cluster")],
     "verify": [
         (["verify", "lab"], 0, "checks ran"),
         (["verify", "lab", "--verbose"], 0, "not in this host's plan"),
@@ -345,13 +387,16 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
 
 
 def _readme_table_commands() -> list[str]:
-    """The command column of the README's table of commands, each as its verb words."""
+    """Every command in the command column of the README's table of commands (a row may name
+    several: `… run …` / `… admit …`), each as its verb words."""
     text = (ROOT / "README.md").read_text()
     table = text.split("| command | does |", 1)[1].split("\n\n", 1)[0]
     keys = []
     for row in table.splitlines()[2:]:
-        usage = row.split("`")[1].replace("\\|", "|").split()[1:]
-        keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), usage)))
+        cell = row[: row.index("` | ") + 1]
+        for usage in cell.split("`")[1::2]:
+            words = usage.replace("\\|", "|").split()[1:]
+            keys.append(" ".join(itertools.takewhile(lambda w: w[0].islower(), words)))
     return keys
 
 
@@ -374,15 +419,46 @@ def test_readme_sequence_on_the_lab(tmp_path: Path) -> None:
     commands = [c.split("#")[0].strip() for line in block.splitlines() for c in line.split("&&")]
     # setup.sh made this environment and pytest is this run: the rehearsal is the one left to run.
     assert commands == ["bash scripts/setup.sh", ".venv/bin/gpufleet rehearse", ".venv/bin/python -m pytest"]
-    rehearse = gpufleet("rehearse", timeout=1800)
-    assert "Traceback" not in rehearse.stdout + rehearse.stderr
-    assert rehearse.returncode == 0, rehearse.stdout[-3000:] + rehearse.stderr[-3000:]
-    assert "removes it and rebuilds it from nothing" in rehearse.stdout.splitlines()[0]
+    rc, text, silence = gpufleet_lines("rehearse")
+    assert "Traceback" not in text
+    assert rc == 0, text[-3000:]
+    assert "removes it and rebuilds it from nothing" in text.splitlines()[0]
+    # Never silent for long: each host says what it does (powering off, booting, each operation),
+    # each play its tasks, and a long step repeats itself.
+    assert silence <= MAX_SILENCE_S, (silence, text[-3000:])
+    for phase in ("previous lab down", "lab up", "provision", "cluster ceph", "verify"):
+        assert f": {phase}\n" in text, phase
+    for host in HOSTS:
+        # A host still stopping its daemons after 30 s is stopped by its cgroup, and says so.
+        assert f"{host}: powered off" in text or f"{host}: no power-off after" in text, host
+        assert f"{host}: booting" in text, host
+        assert f"{host}: operation 1: " in text, host
     table = _readme_table_commands()
     assert set(table) == set(README_ROWS), set(table) ^ set(README_ROWS)
     for key in table:
         for args, code, says in README_ROWS[key]:
             _check(args, code, says, tmp_path)
+
+
+def test_a_running_lab_without_its_ssh_config_says_so_and_the_fix() -> None:
+    moved_aside = PATHS.ssh_config.with_name("config.moved")
+    PATHS.ssh_config.rename(moved_aside)
+    try:
+        fix = "run `gpufleet lab down`, then `gpufleet lab up`"
+        status = gpufleet("lab", "status")
+        assert status.returncode == 1 and "Traceback" not in status.stdout + status.stderr
+        assert status.stderr.splitlines() == [
+            f"the lab's hosts run, but nothing can log in to them: {PATHS.ssh_config} is missing: {fix}"
+        ]
+        assert status.stdout.count(" unknown ") == len(HOSTS), status.stdout
+        proc = gpufleet("provision", "lab", "--dry-run")
+        assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+        assert proc.stderr.splitlines()[:-1] == [
+            f"{h} ({a}): {PATHS.ssh_config} is missing: {fix}" for h, a in HOSTS.items()
+        ]
+    finally:
+        moved_aside.rename(PATHS.ssh_config)
+    assert gpufleet("lab", "status").returncode == 0
 
 
 def test_a_host_without_sshd_is_one_line_in_seconds() -> None:
@@ -407,8 +483,13 @@ def test_a_host_without_sshd_is_one_line_in_seconds() -> None:
 
 def test_zz_lab_down_leaves_nothing_behind() -> None:
     pids = [int((PATHS.host(h) / "supervisor.pid").read_text()) for h in HOSTS]
-    down = gpufleet("lab", "down")
-    assert down.returncode == 0, down.stderr
+    rc, text, silence = gpufleet_lines("lab", "down", timeout=600)
+    assert rc == 0, text
+    assert silence <= MAX_SILENCE_S, (silence, text)
+    for host in HOSTS:
+        assert f"{host}: powering off\n" in text, text
+        assert f"{host}: powered off\n" in text or f"{host}: no power-off after" in text, text
+    assert f"lab: removing {PATHS.state}\n" in text and text.endswith("lab: removed\n"), text
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"supervisor {pid} still running"
     for host in HOSTS:

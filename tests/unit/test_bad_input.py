@@ -332,3 +332,19 @@ def test_long_lines_are_not_wrapped(dc1: Doc, tmp_path: Path) -> None:
     )
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"{bad}: nodes[3].nics.rdma[0].gid_index: ")
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["default", "--kubeconfig"])
+def test_remediate_without_a_cluster_is_one_line_naming_the_kubeconfig(
+    given: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No kubeconfig and not in a cluster (a new user's machine): one line, exit 2, no traceback."""
+    missing = tmp_path / "kubeconfig"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr("kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION", str(missing))
+    log = tmp_path / "gpu01.log"
+    log.write_text("")
+    args = ["remediate", "run", "--kernel-log", f"gpu01={log}", "--rounds", "1", "--metrics-port", "0"]
+    code, stdout, stderr = _run([*args, *(["--kubeconfig", str(missing)] if given else [])])
+    assert code == 2 and not stdout
+    assert stderr.strip() == f"--kubeconfig: {missing}: no such file, and not in a cluster"

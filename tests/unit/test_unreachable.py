@@ -20,6 +20,12 @@ from tests.conftest import REPO, site_data
 LAB_HOSTS = ["lab-cp1", "lab-st1", "lab-st2", "lab-st3"]
 
 
+def _no_lab(tmp_path: Path) -> dict[str, str]:
+    """A lab that is not up: its state folder absent, and a name no lab on this machine has (a
+    running lab of the default name would be its leftovers)."""
+    return {"GPUFLEET_LAB_STATE": str(tmp_path / "no-lab"), "GPUFLEET_LAB_NAME": "zqx"}
+
+
 def _gpufleet(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.monotonic()
     proc = subprocess.run(
@@ -44,7 +50,7 @@ def _gpufleet(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProc
     ],
 )
 def test_a_lab_that_is_not_up_gets_one_line_per_host_and_the_fix(args: list[str], tmp_path: Path) -> None:
-    proc, seconds = _gpufleet(*args, env={"GPUFLEET_LAB_STATE": str(tmp_path / "no-lab")})
+    proc, seconds = _gpufleet(*args, env=_no_lab(tmp_path))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -58,7 +64,7 @@ def test_a_lab_that_is_not_up_gets_one_line_per_host_and_the_fix(args: list[str]
 
 
 def test_lab_status_with_every_host_down_says_how_to_bring_it_up(tmp_path: Path) -> None:
-    proc, _ = _gpufleet("lab", "status", env={"GPUFLEET_LAB_STATE": str(tmp_path / "no-lab")})
+    proc, _ = _gpufleet("lab", "status", env=_no_lab(tmp_path))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"no lab host is running ({tmp_path / 'no-lab'}): lab is down: run `gpufleet lab up`"
