@@ -1,5 +1,10 @@
 """The burst controller loop: signal -> decision -> actuation, with its own Prometheus metrics.
 
+The fleet it acts on is reached through a narrow interface: the Auto Scaling group's API (boto3's
+autoscaling client behind AsgActuator), EC2's Spot price history (SpotPrices) and the burst stack
+(BurstStack). `gpufleet burst run` passes AWS and Pulumi; the simulator (gpufleet.sim.engine) passes
+a simulated group behind the same calls, so the benchmark runs this step, not a copy of it.
+
 Each step reads the load signal, the Spot prices of the offered pools and the burst group's
 instances, asks the policy (the same one the benchmark measures), logs the decision with its
 reason, and carries it out: scale-out by declaring the new node count on the burst stack
@@ -23,7 +28,7 @@ from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator, desired_guard
+from gpufleet.burst.actuate import ActuationError, Applied, AsgActuator, desired_guard
 from gpufleet.burst.interrupt import Drainer, Warning
 from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals
 from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
@@ -34,6 +39,13 @@ log = logging.getLogger("gpufleet.burst")
 
 class Source(Protocol):
     def read(self, t: float) -> Reading | None: ...
+
+
+class BurstStack(Protocol):
+    """Declares the burst node count and applies it: the burst stack's `pulumi up`
+    (PulumiActuator), or the simulated group's (gpufleet.sim.engine.SimStack)."""
+
+    def set_burst_nodes(self, count: int) -> Applied: ...
 
 
 @dataclass
@@ -188,7 +200,7 @@ class Controller:
     source: Source
     prices: SpotPrices
     asg: AsgActuator
-    pulumi: PulumiActuator
+    pulumi: BurstStack
     replica_rps: float
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     drainer: Drainer | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -230,3 +231,18 @@ def repeat(trace: Trace, times: int) -> Trace:
             for r in trace.requests
         ),
     )
+
+
+def cover(trace: Trace, horizon_s: float) -> Trace:
+    """The trace played end to end as often as it takes to fill `horizon_s`, cut there."""
+    period = trace.duration_s + (trace.duration_s / max(len(trace.requests) - 1, 1))
+    times = max(1, math.ceil(horizon_s / max(period, 1e-9)))
+    played = repeat(trace, times)
+    return Trace(trace.name, tuple(r for r in played.requests if r.arrival_s < horizon_s))
+
+
+def horizon(trace: Trace, hours: float | None) -> float:
+    """`hours` hours, or the trace's own length in whole minutes."""
+    if hours is not None:
+        return hours * 3600.0
+    return 60.0 * math.ceil(max(trace.duration_s, 1.0) / 60)

@@ -15,12 +15,8 @@ from gpufleet.burst.policy import (
     CapacityModel,
     Decision,
     Gpufleet,
-    HpaGpu,
-    KedaQueue,
     KnownPeak,
     Node,
-    Oracle,
-    PeakHold,
     Pool,
     Signals,
     committed_usd,
@@ -31,6 +27,7 @@ from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.plan.aws import plan_fleet
 from gpufleet.plan.site import plan_site
+from gpufleet.sim.baselines import HpaGpu, KedaQueue, StaticPeak
 
 MODEL = CapacityModel(
     onprem_replicas=4,
@@ -221,31 +218,6 @@ def test_keda_desires_pending_over_threshold() -> None:
     assert (
         policy.decide(30.0, [sig(30.0, 0.0, pending=75)], [], PRICES).desired == 4
     )  # 8 replicas - 4 on-prem
-
-
-def test_oracle_launches_one_boot_time_ahead_and_no_earlier() -> None:
-    loads = [0.0] * 60
-    loads[30:40] = [6.0] * 10  # minutes 30..39 need 4 nodes
-    oracle = Oracle(MODEL, future_load=tuple(loads))
-    assert oracle.decide(1800.0 - 900 - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    assert oracle.decide(1800.0 - 900, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert oracle.decide(2400.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
-
-
-def test_peak_hold_holds_the_surges_worst_minute_through_its_window() -> None:
-    # A surge from minute 30 to 50 whose only heavy minute is 45 (4 nodes); the rest on-prem carries.
-    loads = [3.2] * 60
-    loads[45] = 6.0
-    hold = PeakHold(MODEL, future_load=tuple(loads), windows=((1800.0, 3000.0),))
-    oracle = Oracle(MODEL, future_load=tuple(loads))
-    opens = 1800.0 - 900 - hold.tick_s
-    assert hold.decide(opens - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    # One boot time before the window it orders the worst minute's capacity; the oracle waits
-    # until one boot time before minute 45.
-    assert hold.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert oracle.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    assert hold.decide(2940.0, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert hold.decide(3000.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
 
 
 def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:
@@ -519,11 +491,11 @@ def test_under_a_node_bound_small_nodes_give_way_to_big_enough_ones() -> None:
 
 
 def test_scale_in_drains_only_what_the_rest_can_spare() -> None:
-    policy = Oracle(MIXED, future_load=(0.8 * (4 + 3.5),) * 60)
+    policy = StaticPeak(MIXED, peak_need=3.5)
     nodes = [node(1, BIG), node(2, SMALL), node(3, SMALL)]
     decision = policy.decide(0.0, [sig(0.0, 1.0)], nodes, {BIG: 34.0, SMALL: 5.0})
-    # 3.5 replicas needed of 4.0 held: one small node can go, the big one cannot.
-    assert decision.drain == ("n2",) and decision.desired == 2
+    # 3.5 replicas needed of 4.0 held: one small node can go (the newest), the big one cannot.
+    assert decision.drain == ("n3",) and decision.desired == 2
 
 
 def test_the_trend_extends_the_recent_peak_not_the_lead_long_one() -> None:

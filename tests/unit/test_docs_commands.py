@@ -230,7 +230,7 @@ WRONG = [
     "gpufleet plan-node dc1",  # missing HOST
     "gpufleet cluster dc1 cephx",  # not a component
     "gpufleet inventory dc1 --format yaml",  # not a format
-    "gpufleet burst simulate --repeat two",  # not an int
+    "gpufleet burst simulate --hours two",  # not a number
     "gpufleet validate dc1 lab",  # one argument too many
     "gpufleet cluster SITE [ceph|kubernetess|all]",  # one bad alternative in usage syntax
 ]

@@ -133,7 +133,8 @@ def test_surge_syntax(text: str, surge: Surge) -> None:
 def test_bad_surge(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_surge(text)
-    result = CliRunner().invoke(app, ["burst", "simulate", "--surge", text])
+    trace = Path(__file__).resolve().parents[2] / "bench" / "burst" / "data" / "mooncake_synthetic.jsonl"
+    result = CliRunner().invoke(app, ["burst", "simulate", "--trace", str(trace), "--surge", text])
     assert result.exit_code == 2
     assert result.stderr.startswith("--surge: ")
     assert len(result.stderr.strip().splitlines()) == 1
