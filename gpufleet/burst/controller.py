@@ -48,6 +48,13 @@ class BurstStack(Protocol):
     def set_burst_nodes(self, count: int) -> Applied: ...
 
 
+class ServingLevers(Protocol):
+    """What the policy asks of serving beyond Spot capacity: the gateway's admission while capacity
+    boots, and on-prem replicas moved to the distilled model (gpufleet.burst.policy.Decision)."""
+
+    def apply(self, admission: str, degraded: int) -> None: ...
+
+
 @dataclass
 class TritonSource:
     """Rates between consecutive scrapes of one Triton /metrics endpoint."""
@@ -207,6 +214,8 @@ class Controller:
     inflight: Callable[[], dict[str, int]] = dict
     window: deque[Signals] = field(default_factory=lambda: deque(maxlen=240))
     clock: Callable[[], float] = time.time
+    # None: the site has no switch for them; the decision's levers are logged only.
+    levers: ServingLevers | None = None
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
@@ -273,13 +282,18 @@ class Controller:
         action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"
         self.metrics.decisions.labels(action=action).inc()
         log.info(
-            "decision %s: %d -> %d burst nodes (policy wants %d): %s",
+            "decision %s: %d -> %d burst nodes (policy wants %d), admission %s, %d on-prem replicas degraded: %s",
             action,
             len(live),
             len(live) + len(decision.launch) - len(decision.drain),
             decision.desired,
+            decision.admission,
+            decision.degraded,
             decision.reason,
         )
+        if self.levers is not None:
+            # Before the fleet's up, which may take minutes: admission matters now.
+            self.levers.apply(decision.admission, decision.degraded)
         self._carry_out(decision, len(live))
         return decision
 

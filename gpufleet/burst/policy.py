@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
@@ -99,6 +99,9 @@ class CapacityModel:
     # p99 time to first token; None: the site holds only the queue-wait SLO.
     slo_ttft_s: float | None = None
     node_capacity: Mapping[str, float] = field(default_factory=dict)
+    # What one on-prem replica's GPUs serve running the burst fleet's distilled model instead, in
+    # on-prem replicas (the fleet plan's roofline for a burst type of the same GPU); 0: none known.
+    distilled_per_replica: float = 0.0
 
     @classmethod
     def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
@@ -115,7 +118,11 @@ class CapacityModel:
             slo_queue_wait_s=site.serving.slo_queue_wait_p99_s,
             fleet_max_price=fleet_max_price,
             slo_ttft_s=site.serving.slo_ttft_p99_s,
+            distilled_per_replica=_distilled(site, fleet),
         )
+
+    def booting(self, nodes: Sequence[Node]) -> bool:
+        return self.burst_capacity(nodes) > self.burst_capacity(nodes, ready_only=True) + 1e-9
 
     def capacity_of(self, instance_type: str) -> float:
         return self.node_capacity.get(instance_type, self.replicas_per_node)
@@ -162,10 +169,21 @@ class CapacityModel:
         return ""
 
 
+def _distilled(site: SitePlan, fleet: BurstFleet) -> float:
+    shape = site.serving.shape if site.serving else None
+    same = [c for c in fleet.instances if shape is not None and c.gpu == shape.gpu]
+    if shape is None or not same:
+        return 0.0
+    return same[0].capacity / same[0].gpus * shape.tensor_parallel
+
+
 @dataclass(frozen=True)
 class Launch:
     pool: Pool
     max_price: float
+
+
+OPEN, RESTRICT = "open", "restrict"
 
 
 @dataclass(frozen=True)
@@ -174,6 +192,11 @@ class Decision:
     reason: str
     launch: tuple[Launch, ...] = ()
     drain: tuple[str, ...] = ()
+    # The gateway while burst capacity boots: OPEN, or RESTRICT (P2 shed, P1 held to its tenants'
+    # rate limits); never restricted once nothing boots.
+    admission: str = "open"
+    # On-prem replicas to serve the lower classes (P1, P2) from the distilled model (lever 1).
+    degraded: int = 0
 
     @property
     def acts(self) -> bool:
@@ -423,8 +446,34 @@ class Gpufleet(FleetPolicy):
     cap_aware = True
     _bases: deque[tuple[float, float]] = field(default_factory=deque)
     _last_scale_in: float = -math.inf
+    _degraded: int = 0
 
     def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        decision = self._scale(t, window, nodes, prices)
+        admission, degraded = self._levers(t, window, nodes)
+        return replace(decision, admission=admission, degraded=degraded)
+
+    def _levers(self, t: float, window: Sequence[Signals], nodes: Sequence[Node]) -> tuple[str, int]:
+        """While capacity boots and the queue says it is short: restrict admission (P2 shed, P1
+        rate-limited) and, where the distilled model serves more on the same GPUs, move one more
+        on-prem replica to it for P1 and P2 each step the SLO stays missed (at most half of them:
+        P0 keeps the rest). Nothing boots and no pressure: all back to the site's model."""
+        m = self.model
+        if not window:
+            return OPEN, self._degraded
+        recent = signals_since(window, t, self.average_s)
+        short = bool(m.pressure(window[-1])) or bool(m.breach(recent))
+        booting = m.booting(nodes)
+        if booting and m.breach(recent) and m.distilled_per_replica > 1.0:
+            self._degraded = min(self._degraded + 1, m.onprem_replicas // 2)
+        elif not booting and not short:
+            self._degraded = 0
+        admission = RESTRICT if booting and short else OPEN
+        return admission, self._degraded
+
+    def _scale(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         m = self.model

@@ -44,7 +44,7 @@ from typing import Any
 from gpufleet.burst.actuate import Applied, AsgActuator
 from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices
 from gpufleet.burst.interrupt import Drainer, Warning, handle
-from gpufleet.burst.policy import SPOT_NOTICE_S, CapacityModel, Policy, Pool
+from gpufleet.burst.policy import OPEN, SPOT_NOTICE_S, CapacityModel, Policy, Pool
 from gpufleet.burst.signal import PrometheusQuery, histogram_quantile, parse_query_response
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.sim.hardware import MAX_NUM_SEQS, ReplicaHardware
@@ -53,12 +53,16 @@ from gpufleet.sim.trace import Request
 
 GROUP = "gpufleet-burst-sim"
 # Event kinds, in the order they run when they share an instant.
-_PRICE, _PREFILLED, _DONE, _ARRIVE, _READY, _RECONCILE, _NOTICE, _RECLAIM, _SCRAPE, _TICK = range(10)
+_PRICE, _PREFILLED, _DONE, _ARRIVE, _READY, _RECONCILE, _SWAPPED, _NOTICE, _RECLAIM, _SCRAPE, _TICK = range(
+    11
+)
 # After the horizon the fleet serves what is queued, for at most this long.
 _DRAIN_LIMIT_S = 1800.0
 # Triton's first-response histogram buckets (ms) as the serving stack configures them.
 TTFT_BUCKETS_MS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, math.inf)
-PRIORITY = {"P0": 0, "P1": 1, "P2": 2}
+CLASSES = ("P0", "P1", "P2")
+# HAProxy's rate window (gpufleet.plan.admission): a tenant may burst this many seconds of its rate.
+RATE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,13 @@ class Result:
 class _Replica:
     """Continuous batching on one replica: a prefill queue, then a decode batch sharing its steps."""
 
-    def __init__(self, hw: ReplicaHardware, node: _SimNode | None, now: float) -> None:
+    def __init__(
+        self, hw: ReplicaHardware, node: _SimNode | None, now: float, lower_only: bool = False
+    ) -> None:
         self.hw = hw
         self.node = node
+        # A distilled replica on on-prem GPUs (lever 1): P1 and P2 only.
+        self.lower_only = lower_only
         self.kv = hw.kv_tokens
         self.seqs = 0.0  # sequences admitted (prefill and decode)
         self.ctx = 0.0  # KV tokens reserved by them
@@ -158,6 +166,22 @@ class _Replica:
             self.busy_s += dt
         if self.dec_n > 0:
             self.v += dt / self.step_s()
+
+
+@dataclass
+class _OnPrem:
+    """One on-prem replica's GPUs: the site's model, or (degraded) the distilled model's replicas."""
+
+    primary: _Replica
+    distilled: list[_Replica] = field(default_factory=list)
+    mode: str = "primary"  # primary, distilled, or swapping (loading weights: takes nothing new)
+    target: str = "primary"
+    swap: int = 0
+
+    def serving(self) -> list[_Replica]:
+        if self.mode == "primary":
+            return [self.primary]
+        return self.distilled if self.mode == "distilled" else []
 
 
 @dataclass
@@ -296,6 +320,10 @@ class SimPrometheus(PrometheusQuery):
             return None  # one sample has no rate: Prometheus returns an empty vector
         if name == "rps":
             return (last[1] - first[1]) / span
+        if name == "shed_rps":
+            return (last[6] - first[6]) / span
+        if name == "degraded_rps":
+            return (last[7] - first[7]) / span
         if name == "queue_wait_s":
             served = last[1] - first[1]
             return None if served <= 0 else (last[2] - first[2]) / served / 1e6
@@ -334,6 +362,11 @@ class Simulation:
     outages: Sequence[tuple[Pool, float, float]] = ()
     # Burst nodes serving at t=0 (warm start), launched into the group's priority order.
     initial_nodes: int = 0
+    # Lever 1: the distilled model on one on-prem replica's GPUs: its replica hardware, how many,
+    # and the seconds to load it and to load the site's model back; None: no degradation.
+    distilled: tuple[ReplicaHardware, int, float, float] | None = None
+    # Lever 2: P1's tenants' rate limit at the gateway (weighted requests/s) while admission is restricted.
+    p1_limit_rps: float = math.inf
     scrape_s: float = 15.0
     tick_s: float = 15.0
     seed: int = 0
@@ -347,19 +380,26 @@ class Simulation:
         self.now = 0.0
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = 0
-        self.queue: list[tuple[int, float, int]] = []  # (class, arrival, index): HAProxy's priority queue
+        # HAProxy's priority queue: P0 first, then P1, then P2, each in arrival order.
+        self.queue: dict[str, deque[int]] = {k: deque() for k in CLASSES}
+        self.admission = OPEN
+        self._bucket = (0.0, self.p1_limit_rps * RATE_WINDOW_S)
+        self._shed = [False] * len(self.arrivals)
+        self._shed_w = self._degraded_w = self._total_w = 0.0
         self.nodes: dict[str, _SimNode] = {}
         self.desired = 0
         self._retrying = False
         self._serial = 0
-        self._replicas = [_Replica(self.onprem, None, 0.0) for _ in range(self.onprem_replicas)]
+        self._onprem = [_OnPrem(_Replica(self.onprem, None, 0.0)) for _ in range(self.onprem_replicas)]
         n = len(self.arrivals)
         self._wait = [math.nan] * n
         self._ttft = [math.nan] * n
         self._done = 0
         self._success = self._queue_us = 0.0
         self._ttft_counts = [0.0] * len(TTFT_BUCKETS_MS)
-        self.scrapes: deque[tuple[float, float, float, float, float, tuple[float, ...]]] = deque(maxlen=16)
+        self.scrapes: deque[tuple[float, float, float, float, float, tuple[float, ...], float, float]] = (
+            deque(maxlen=16)
+        )
         self._busy_mark = 0.0
         self._spend_t = 0.0
         self._cost = self._gpu_s = self._max_spend = 0.0
@@ -377,6 +417,7 @@ class Simulation:
             pulumi=SimStack(self),
             replica_rps=self.replica_rps,
             clock=lambda: self.now,
+            levers=self,
         )
         self._drainer = _NoKubernetes(core=None)
 
@@ -393,7 +434,7 @@ class Simulation:
         limit = self.horizon_s + _DRAIN_LIMIT_S
         while self._events:
             t, kind, _, payload = heapq.heappop(self._events)
-            if t > limit or (t > self.horizon_s and self._done == n and not self.queue):
+            if t > limit or (t > self.horizon_s and self._done == n and not self._queued()):
                 break
             self.now = t
             self._handle(kind, payload)
@@ -420,6 +461,10 @@ class Simulation:
         elif kind == _READY:
             if not payload.gone and payload.state == "Pending":
                 self._ready(payload)
+        elif kind == _SWAPPED:
+            unit, swap = payload
+            if swap == unit.swap:
+                self._swapped(unit)
         elif kind == _RECONCILE:
             self._retrying = False
             self._reconcile()
@@ -459,38 +504,106 @@ class Simulation:
 
     def _arrive(self, i: int) -> None:
         a = self.arrivals[i]
-        heapq.heappush(self.queue, (PRIORITY[a.klass], a.request.arrival_s, i))
-        self._fill()
+        self._total_w += a.weight
+        if self._admit(a):
+            self.queue[a.klass].append(i)
+            self._fill()
+        else:
+            self._shed[i] = True
+            self._shed_w += a.weight
         if i + 1 < len(self.arrivals):
             self._push(self.arrivals[i + 1].request.arrival_s, _ARRIVE, i + 1)
 
+    def _admit(self, a: Arrival) -> bool:
+        """The gateway: everything while admission is open; restricted, P2 is shed (429) and P1
+        passes within its tenants' rate limit (a token bucket of RATE_WINDOW_S seconds)."""
+        if self.admission == OPEN or a.klass == "P0":
+            return True
+        if a.klass == "P2":
+            return False
+        last, tokens = self._bucket
+        tokens = min(self.p1_limit_rps * RATE_WINDOW_S, tokens + (self.now - last) * self.p1_limit_rps)
+        if tokens >= a.weight:
+            self._bucket = (self.now, tokens - a.weight)
+            return True
+        self._bucket = (self.now, tokens)
+        return False
+
+    def apply(self, admission: str, degraded: int) -> None:
+        """The serving levers the controller sets (gpufleet.burst.controller.ServingLevers)."""
+        if admission != self.admission:
+            self._bucket = (self.now, self.p1_limit_rps * RATE_WINDOW_S)
+        self.admission = admission
+        if self.distilled is None:
+            return
+        want = max(0, min(degraded, len(self._onprem)))
+        for k, unit in enumerate(self._onprem):
+            target = "distilled" if k >= len(self._onprem) - want else "primary"
+            if target != unit.target:
+                self._swap(unit, target)
+
+    def _swap(self, unit: _OnPrem, target: str) -> None:
+        """Load the other model's weights: the unit takes nothing new until they are in (what it
+        has in flight finishes meanwhile)."""
+        assert self.distilled is not None
+        _, _, to_distilled_s, to_primary_s = self.distilled
+        unit.mode, unit.target = "swapping", target
+        unit.swap += 1
+        seconds = to_distilled_s if target == "distilled" else to_primary_s
+        self._push(self.now + seconds, _SWAPPED, (unit, unit.swap))
+
+    def _swapped(self, unit: _OnPrem) -> None:
+        assert self.distilled is not None
+        hw, count, _, _ = self.distilled
+        if unit.target == "primary":
+            unit.primary = _Replica(self.onprem, None, self.now)
+        else:
+            unit.distilled = [_Replica(hw, None, self.now, lower_only=True) for _ in range(count)]
+        unit.mode = unit.target
+        self._fill()
+
+    def _queued(self) -> bool:
+        return any(self.queue.values())
+
     def _serving(self) -> list[_Replica]:
-        out = list(self._replicas)
+        out = [r for unit in self._onprem for r in unit.serving()]
         for node in self.nodes.values():
             if node.state == "InService":
                 out.extend(node.replicas)
         return out
 
     def _fill(self) -> None:
-        if not self.queue:
+        if not self._queued():
             return
         replicas = self._serving()
-        while self.queue and replicas:
-            _, _, i = self.queue[0]
-            a = self.arrivals[i]
-            need = a.weight * (a.request.input_tokens + a.request.output_tokens)
-            fit = [r for r in replicas if r.room(a.weight, need)]
-            if not fit:
-                return  # the head waits; nothing behind it overtakes (one queue)
-            replica = min(fit, key=lambda r: r.ctx / max(r.kv, 1) + r.seqs / MAX_NUM_SEQS)
-            heapq.heappop(self.queue)
-            self._start(replica, i, need)
+        primary_open = True
+        for klass in CLASSES:
+            queue = self.queue[klass]
+            while queue:
+                a = self.arrivals[queue[0]]
+                need = a.weight * (a.request.input_tokens + a.request.output_tokens)
+                fit = [
+                    r
+                    for r in replicas
+                    if (r.lower_only or primary_open)
+                    and (klass != "P0" or not r.lower_only)
+                    and r.room(a.weight, need)
+                ]
+                if not fit:
+                    break
+                replica = min(fit, key=lambda r: r.ctx / max(r.kv, 1) + r.seqs / MAX_NUM_SEQS)
+                self._start(replica, queue.popleft(), need)
+            # A class that waits keeps the site's model for itself: lower classes behind it may
+            # only take the distilled replicas.
+            primary_open = primary_open and not queue
 
     def _start(self, replica: _Replica, i: int, need: float) -> None:
         a = self.arrivals[i]
         wait = self.now - a.request.arrival_s
         self._wait[i] = wait
         self._queue_us += a.weight * wait * 1e6
+        if replica.lower_only:
+            self._degraded_w += a.weight
         replica.seqs += a.weight
         replica.ctx += need
         replica.prefill.append(i)
@@ -514,7 +627,10 @@ class Simulation:
         a = self.arrivals[i]
         replica.dec_n += a.weight
         replica.dec_ctx += a.weight * (a.request.input_tokens + a.request.output_tokens)
-        ttft = self.now + replica.step_s() - a.request.arrival_s
+        # The group's `weight` identical requests were prefilled one after another: its TTFT is its
+        # middle member's, not the last one's (a real client's copies spread over replicas).
+        single = a.request.input_tokens / replica.hw.prefill_tokens_s
+        ttft = self.now - single * (a.weight - 1) / 2 + replica.step_s() - a.request.arrival_s
         self._ttft[i] = ttft
         for b, le in enumerate(TTFT_BUCKETS_MS):
             if ttft * 1000 <= le:
@@ -642,9 +758,8 @@ class Simulation:
             replica.version += 1
             replica.node_version += 1
             # Cut off: prefilling and decoding requests start over in the queue.
-            for i in [*replica.prefill, *(i for _, i in replica.heap)]:
-                a = self.arrivals[i]
-                heapq.heappush(self.queue, (PRIORITY[a.klass], a.request.arrival_s, i))
+            for i in sorted([*replica.prefill, *(i for _, i in replica.heap)], reverse=True):
+                self.queue[self.arrivals[i].klass].appendleft(i)
         del self.nodes[node.id]
         self._reconcile()
         self._fill()
@@ -669,9 +784,18 @@ class Simulation:
         util = min(1.0, busy / (interval * len(serving))) if serving and interval > 0 else 0.0
         for r in serving:
             r.busy_s = 0.0
-        pending = sum(self.arrivals[i].weight for _, _, i in self.queue)
+        pending = sum(self.arrivals[i].weight for q in self.queue.values() for i in q)
         self.scrapes.append(
-            (self.now, self._success, self._queue_us, pending, util, tuple(self._ttft_counts))
+            (
+                self.now,
+                self._success,
+                self._queue_us,
+                pending,
+                util,
+                tuple(self._ttft_counts),
+                self._shed_w,
+                self._degraded_w,
+            )
         )
 
     def _account(self, t: float) -> None:
@@ -710,7 +834,7 @@ class Simulation:
         every: list[list[int]] = [[] for _ in range(minutes)]
         for i, a in enumerate(self.arrivals):
             minute = int(a.request.arrival_s // 60)
-            if minute < minutes:
+            if minute < minutes and not self._shed[i]:
                 every[minute].append(i)
         slo_wait, slo_ttft = self.capacity.slo_queue_wait_s, self.slo_ttft_s
 
@@ -744,14 +868,14 @@ class Simulation:
             slo_ok_minutes_pct=100.0 * (len(counted) - violations) / len(counted) if counted else 100.0,
             p0_violation_minutes=p0,
             slo_violation_minutes=violations,
-            p99_queue_wait_s=_p99(waits) if waits else 0.0,
-            p99_ttft_s=_p99(ttfts) if ttfts else 0.0,
+            p99_queue_wait_s=_p99([w for w, shed in zip(waits, self._shed, strict=True) if not shed]),
+            p99_ttft_s=_p99([w for w, shed in zip(ttfts, self._shed, strict=True) if not shed]),
             gpu_hours=self._gpu_s / 3600,
             cost_usd=self._cost,
             cap_violations=len(self._cap_minutes),
             scale_actions=self._actions,
-            degraded_requests_pct=0.0,
-            shed_requests_pct=0.0,
+            degraded_requests_pct=100.0 * self._degraded_w / self._total_w if self._total_w else 0.0,
+            shed_requests_pct=100.0 * self._shed_w / self._total_w if self._total_w else 0.0,
             max_spend_usd_hour=self._max_spend,
             step_errors=int(errors),
             timeline=timeline,

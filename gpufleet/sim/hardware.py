@@ -42,6 +42,7 @@ GPU_MEMORY_UTILISATION = 0.9
 # The batch at which a replica's nominal tokens/s (the capacity model's unit) is taken.
 NOMINAL_BATCH = 128
 GIB = 2**30
+WEIGHT_LOAD = RESULTS / "serving_weight_load_h200.json"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ def roofline(gpu: GPUModel) -> Roofline:
     )
 
 
+def weight_bytes(model: str) -> float:
+    spec = SERVING_MODELS[model]
+    return spec.params_b * 1e9 * spec.bytes_per_param
+
+
 @dataclass(frozen=True)
 class ReplicaHardware:
     """One replica of `model` over `gpus` GPUs of type `gpu` (tensor parallel)."""
@@ -131,8 +137,7 @@ class ReplicaHardware:
 
     @property
     def weight_bytes(self) -> float:
-        spec = SERVING_MODELS[self.model]
-        return spec.params_b * 1e9 * spec.bytes_per_param
+        return weight_bytes(self.model)
 
     @property
     def kv_tokens(self) -> int:
@@ -161,3 +166,17 @@ class ReplicaHardware:
         """Decode tokens/s at NOMINAL_BATCH sequences of `context_tokens` each."""
         batch = min(NOMINAL_BATCH, MAX_NUM_SEQS)
         return batch / self.step_s(batch, batch * context_tokens)
+
+
+@cache
+def weight_load_bytes_s() -> float:
+    """Cold safetensors load from local disk into GPU memory, per node (the largest file measured)."""
+    rows = json.loads(WEIGHT_LOAD.read_text())["rows"]
+    biggest = max(rows, key=lambda r: r["size_gib"])
+    return float(biggest["safetensors_cold"]["gib_s"]) * GIB
+
+
+def swap_s(model: str, replicas_per_node: float) -> float:
+    """Seconds a node takes to load `replicas_per_node` replicas' weights of `model` from its disk
+    (every node of a multi-node replica loads its share at once: pass the share)."""
+    return replicas_per_node * weight_bytes(model) / weight_load_bytes_s()

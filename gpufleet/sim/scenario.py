@@ -17,6 +17,9 @@ trace. What a scenario sets, and documents, instead:
 - Spot capacity: each pool runs out now and then (OUTAGES_PER_POOL_HOUR, each OUTAGE_S long),
   when a launch there fails and the group tries its next type.
 - Prices: gpufleet.sim.prices.random_walk's documented parameters.
+- Levers: P1's rate limit at the gateway is P1's share of the ordinary traffic; the distilled
+  model on an on-prem replica's GPUs is the burst fleet's, at its tensor parallelism, loaded at the
+  measured cold weight-load rate (gpufleet.sim.hardware.swap_s) in both directions.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import make_policy
 from gpufleet.sim.bounds import BOUND_NAMES, BoundResult, calendar_need, cheapest_fleet, minute_prices
 from gpufleet.sim.engine import Arrival, Result, Simulation
-from gpufleet.sim.hardware import ReplicaHardware
+from gpufleet.sim.hardware import ReplicaHardware, swap_s
 from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
 from gpufleet.sim.trace import Request, Surge, Trace, apply_surges
 
 BASE_UTILISATION = 0.7
 # A simulated request stands for at most this many identical ones (more copies: slower runs).
-MAX_WEIGHT = 4.0
+MAX_WEIGHT = 6.0
 CLASS_SHARES = (("P0", 0.2), ("P1", 0.4), ("P2", 0.4))
 # The context at which a replica's nominal decode rate (the capacity model's unit) is taken.
 NOMINAL_CONTEXT = 4096
@@ -70,6 +73,8 @@ class Scenario:
     replica_rps: float
     weight: float
     initial_nodes: int
+    distilled: tuple[ReplicaHardware, int, float, float] | None
+    p1_limit_rps: float
     spot_max_price: float | None
     outages: tuple[tuple[Pool, float, float], ...]
     slo_ttft_s: float
@@ -97,6 +102,8 @@ class Scenario:
             interruptions_per_node_hour=self.interruptions_per_node_hour,
             outages=self.outages,
             initial_nodes=self.initial_nodes,
+            distilled=self.distilled,
+            p1_limit_rps=self.p1_limit_rps,
             seed=self.seed,
             slo_ttft_s=self.slo_ttft_s,
         )
@@ -232,6 +239,17 @@ def build_scenario(
         return load
 
     base_load = per_minute(base.requests)
+    per_onprem = shape.tensor_parallel // fleet.tensor_parallel
+    distilled = (
+        (
+            ReplicaHardware(fleet.model, shape.gpu, fleet.tensor_parallel),
+            per_onprem,
+            swap_s(fleet.model, per_onprem / shape.nodes),
+            swap_s(plan.serving.model, 1 / shape.nodes),
+        )
+        if capacity.distilled_per_replica > 0 and per_onprem > 0
+        else None
+    )
     first_type = fleet.instances[0].name
     initial = math.ceil(capacity.missing(max(base_load)) / capacity.capacity_of(first_type) - 1e-9)
     pools = pools_for(plan.burst.region, fleet.instance_types)
@@ -252,6 +270,9 @@ def build_scenario(
         replica_rps=1.0 / mean_work,
         weight=weight,
         initial_nodes=min(initial, capacity.max_nodes),
+        distilled=distilled,
+        # P1's tenants' limits: their share of the ordinary traffic.
+        p1_limit_rps=dict(CLASS_SHARES)["P1"] * weight * len(base.requests) / horizon_s,
         spot_max_price=plan.burst.spot_max_price_usd,
         outages=outages(pools, horizon_s, seed) if launch_failures else (),
         slo_ttft_s=plan.serving.slo_ttft_p99_s,

@@ -572,3 +572,37 @@ def test_booting_nodes_count_at_the_type_the_group_reports() -> None:
         }
     )
     assert capacity.burst_capacity(fleet_view(group, {}, {}, 90.0)) == 6.0
+
+
+def test_admission_is_restricted_only_while_capacity_boots() -> None:
+    policy = Gpufleet(MODEL)
+    slow = [sig(t, 3.0, wait=3.0, pending=40) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    booting = [node(1, ready=False)]
+    assert policy.decide(60.0, slow, booting, PRICES).admission == "restrict"
+    # The same queue with every node serving: more capacity is not on its way, nothing is shed.
+    assert Gpufleet(MODEL).decide(60.0, slow, [node(1)], PRICES).admission == "open"
+    # Booting, but the queue is fine: nothing is shed either.
+    calm = [sig(t, 3.0) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    assert Gpufleet(MODEL).decide(60.0, calm, booting, PRICES).admission == "open"
+
+
+def test_degradation_moves_replicas_one_step_at_a_time_and_back() -> None:
+    model = replace(MODEL, distilled_per_replica=4.75)
+    policy = Gpufleet(model)
+    missed = [sig(t, 3.0, wait=3.0, pending=40) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    booting = [node(1, ready=False)]
+    steps = [policy.decide(60.0 + 15 * k, missed, booting, PRICES).degraded for k in range(4)]
+    # One more each step the SLO stays missed, never more than half: P0 keeps the site's model.
+    assert steps == [1, 2, 2, 2]
+    calm = [sig(t, 1.0) for t in (200.0, 215.0)]
+    assert policy.decide(215.0, calm, [node(1)], PRICES).degraded == 0
+    # A distilled model that serves less on the same GPUs is never switched to.
+    assert Gpufleet(MODEL).decide(60.0, missed, booting, PRICES).degraded == 0
+
+
+def test_dc1_knows_what_the_distilled_model_serves_on_its_gpus() -> None:
+    inv = load_inventory("dc1")
+    fleet = plan_fleet(inv, "inventories/dc1/nodes.yaml")
+    model = CapacityModel.from_plan(plan_site(inv), fleet, None)
+    # dc1's replica is 16 H100; the p5.48xlarge (8 H100) serves the distilled 70B at 2 replicas.
+    assert model.distilled_per_replica == pytest.approx(fleet.capacity["p5.48xlarge"] * 2)

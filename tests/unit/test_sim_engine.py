@@ -281,3 +281,56 @@ def test_simulate_a_site_without_burst_exits_2_naming_the_key() -> None:
         result.stderr.strip()
         == "inventories/lab/nodes.yaml: site.burst: the site has no burst section to simulate"
     )
+
+
+class Levers(StaticPeak):
+    """A policy asking for the given serving levers (and static-peak's fleet)."""
+
+    def __init__(self, capacity: CapacityModel, admission: str, degraded: int) -> None:
+        super().__init__(capacity, peak_need=0.0)
+        self.levers = (admission, degraded)
+
+    def decide(self, *args: Any) -> Any:
+        return replace(super().decide(*args), admission=self.levers[0], degraded=self.levers[1])
+
+
+def test_restricted_admission_sheds_p2_limits_p1_and_never_touches_p0() -> None:
+    capacity = model()
+    requests = overload(2000)
+    simulation = sim(
+        requests,
+        Levers(capacity, "restrict", 0),
+        capacity,
+        arrivals=[Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)],
+        p1_limit_rps=0.5,
+    )
+    result = simulation.run()
+    shed = [simulation.arrivals[i].klass for i, s in enumerate(simulation._shed) if s]
+    assert shed.count("P0") == 0 and shed.count("P2") > 600 and 0 < shed.count("P1") < 660
+    assert result.shed_requests_pct == pytest.approx(100 * len(shed) / len(requests))
+
+
+def test_degraded_replicas_serve_lower_classes_after_their_weights_load() -> None:
+    capacity = model(onprem_replicas=2)
+    requests = overload(2000)
+    distilled = (SMALL, 2, 120.0, 60.0)
+    simulation = sim(
+        requests,
+        Levers(capacity, "open", 1),
+        capacity,
+        arrivals=[Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)],
+        distilled=distilled,
+    )
+    result = simulation.run()
+    assert 0 < result.degraded_requests_pct < 67
+    unit = simulation._onprem[-1]
+    assert unit.mode == "distilled" and all(r.lower_only for r in unit.distilled)
+    # While the weights load the replica serves nothing: a load that never ends degrades nothing.
+    never = sim(
+        requests,
+        Levers(capacity, "open", 1),
+        capacity,
+        arrivals=simulation.arrivals,
+        distilled=(SMALL, 2, 1e6, 60.0),
+    ).run()
+    assert never.degraded_requests_pct == 0
