@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import RESULTS, met, write  # noqa: E402
 from gpufleet.burst.cli import bound_summary  # noqa: E402
+from gpufleet.burst.hardware import NOMINAL_CONTEXT  # noqa: E402
 from gpufleet.burst.policy import CapacityModel  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.plan.aws import plan_fleet  # noqa: E402
@@ -97,7 +98,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 "requests": len(scenario.arrivals),
                 "replica_rps": scenario.replica_rps,
                 "initial_nodes": scenario.initial_nodes,
-                "onprem_tokens_s": scenario.onprem.nominal_tokens_s(sc.NOMINAL_CONTEXT),
+                "onprem_tokens_s": scenario.onprem.nominal_tokens_s(NOMINAL_CONTEXT),
                 "prefill_tokens_s": scenario.onprem.prefill_tokens_s,
                 "surge": surge,
                 "minute_load": scenario.minute_load,

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gpufleet.burst.hardware import NOMINAL_CONTEXT
 from gpufleet.burst.policy import KnownPeak
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
@@ -19,7 +20,7 @@ from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import POLICY_NAMES
 from gpufleet.sim.bounds import BOUND_NAMES, BoundResult
 from gpufleet.sim.engine import Result
-from gpufleet.sim.scenario import ANNOUNCE_MODES, NOMINAL_CONTEXT, build_scenario
+from gpufleet.sim.scenario import ANNOUNCE_MODES, build_scenario
 from gpufleet.sim.trace import Surge, cover, horizon, load_trace, parse_duration, parse_surge
 
 burst_app = typer.Typer(

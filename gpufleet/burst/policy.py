@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gpufleet.burst.hardware import SHAPES, ReplicaHardware, relative_capacity
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.plan.aws import BurstFleet
 from gpufleet.plan.site import SitePlan
@@ -108,10 +109,11 @@ class CapacityModel:
         """The site's serving and burst plans; `fleet_max_price` as deployed (or as planned)."""
         if site.burst is None or site.serving is None:
             raise ValueError(f"site {site.site} plans no burst or no serving")
+        capacity = _node_capacity(site, fleet)
         return cls(
             onprem_replicas=site.serving.replicas,
-            replicas_per_node=min(fleet.capacity.values()),
-            node_capacity=fleet.capacity,
+            replicas_per_node=min(capacity.values()),
+            node_capacity=capacity,
             max_nodes=site.burst.max_nodes,
             max_hourly_usd=site.burst.max_hourly_usd,
             boot_to_serve_s=site.burst.boot_to_serve_s,
@@ -169,12 +171,33 @@ class CapacityModel:
         return ""
 
 
+def _site_replica(site: SitePlan) -> ReplicaHardware | None:
+    serving = site.serving
+    if serving is None or serving.shape is None or serving.model not in SHAPES:
+        return None
+    return ReplicaHardware(serving.model, serving.shape.gpu, serving.shape.tensor_parallel)
+
+
+def _node_capacity(site: SitePlan, fleet: BurstFleet) -> dict[str, float]:
+    """What each burst type adds in on-prem replicas, from the hardware (gpufleet.burst.hardware:
+    prefill and decode of the nominal request); the fleet plan's decode roofline where the site's
+    model has no known shape."""
+    own = _site_replica(site)
+    if own is None or fleet.model not in SHAPES:
+        return dict(fleet.capacity)
+    return {
+        c.name: relative_capacity(ReplicaHardware(fleet.model, c.gpu, fleet.tensor_parallel), c.replicas, own)
+        for c in fleet.instances
+    }
+
+
 def _distilled(site: SitePlan, fleet: BurstFleet) -> float:
-    shape = site.serving.shape if site.serving else None
-    same = [c for c in fleet.instances if shape is not None and c.gpu == shape.gpu]
-    if shape is None or not same:
+    """What one on-prem replica's GPUs serve running the fleet's distilled model, in on-prem replicas."""
+    own = _site_replica(site)
+    if own is None or fleet.model not in SHAPES or own.gpus % fleet.tensor_parallel:
         return 0.0
-    return same[0].capacity / same[0].gpus * shape.tensor_parallel
+    distilled = ReplicaHardware(fleet.model, own.gpu, fleet.tensor_parallel)
+    return relative_capacity(distilled, own.gpus // fleet.tensor_parallel, own)
 
 
 @dataclass(frozen=True)
@@ -446,6 +469,7 @@ class Gpufleet(FleetPolicy):
     cap_aware = True
     _bases: deque[tuple[float, float]] = field(default_factory=deque)
     _last_scale_in: float = -math.inf
+    _last_scale_up: float = -math.inf
     _degraded: int = 0
 
     def decide(
@@ -506,14 +530,22 @@ class Gpufleet(FleetPolicy):
             # comes if this was not enough.
             need, why = have + m.replicas_per_node, f"{why}; {breach}"
         if need > have + 1e-9:
-            return self._to(need, f"{why} -> {need:.2f} replicas on burst", nodes, prices)
+            up = self._to(need, f"{why} -> {need:.2f} replicas on burst", nodes, prices)
+            if up.launch:
+                self._last_scale_up = t
+            return up
         down = m.missing(projected, m.target_utilisation * (1 - self.hysteresis))
         scale_in = self._to(
             down, f"{why}; quiet {self.quiet_s:.0f}s -> {down:.2f} replicas on burst", nodes, prices
         )
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = m.pressure(window[-1])
-        if scale_in.drain and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
+        # What was ordered is kept until it has served a quiet period: draining it while it boots
+        # (the quiet period after a one-minute breach is shorter than a boot) pays a boot for nothing
+        # and orders it again at the next breach.
+        served = t - self._last_scale_up >= self._lead() + self.quiet_s
+        cooled = t - self._last_scale_in >= self.cooldown_s
+        if scale_in.drain and quiet_enough and not saturated and cooled and served:
             self._last_scale_in = t
             return scale_in
         held_by = f" ({saturated})" if saturated and scale_in.drain else ""

@@ -20,7 +20,7 @@ controller meets the outside world:
 - Kubernetes: no API: a retired or warned node is drained by the simulated group (no new requests,
   those in flight finish, then it goes; a reclaim cuts the rest off and they start over).
 
-Serving (per replica, the model's own speed from gpufleet.sim.hardware): requests wait in one queue
+Serving (per replica, the model's own speed from gpufleet.burst.hardware): requests wait in one queue
 ordered by class (HAProxy's priority queue: P0 first), go to the replica with the most room when it
 has a sequence slot (vLLM's max_num_seqs) and KV cache for the request's prompt and answer, are
 prefilled one after another at the prefill rate (compute-bound; vLLM's chunked prefill rides along
@@ -43,11 +43,11 @@ from typing import Any
 
 from gpufleet.burst.actuate import Applied, AsgActuator
 from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices
+from gpufleet.burst.hardware import MAX_NUM_SEQS, ReplicaHardware
 from gpufleet.burst.interrupt import Drainer, Warning, handle
 from gpufleet.burst.policy import OPEN, SPOT_NOTICE_S, CapacityModel, Policy, Pool
 from gpufleet.burst.signal import PrometheusQuery, histogram_quantile, parse_query_response
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
-from gpufleet.sim.hardware import MAX_NUM_SEQS, ReplicaHardware
 from gpufleet.sim.prices import PriceSeries
 from gpufleet.sim.trace import Request
 

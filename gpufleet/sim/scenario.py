@@ -1,6 +1,6 @@
 """A simulation scenario: a site, a trace, surges, a calendar, prices and Spot capacity.
 
-Every figure that sizes serving comes from hardware (gpufleet.sim.hardware), the same for every
+Every figure that sizes serving comes from hardware (gpufleet.burst.hardware), the same for every
 trace. What a scenario sets, and documents, instead:
 
 - Volume. A public trace is one service's sample (the Azure code trace: 2.5 requests/s), far below
@@ -19,7 +19,7 @@ trace. What a scenario sets, and documents, instead:
 - Prices: gpufleet.sim.prices.random_walk's documented parameters.
 - Levers: P1's rate limit at the gateway is P1's share of the ordinary traffic; the distilled
   model on an on-prem replica's GPUs is the burst fleet's, at its tensor parallelism, loaded at the
-  measured cold weight-load rate (gpufleet.sim.hardware.swap_s) in both directions.
+  measured cold weight-load rate (gpufleet.burst.hardware.swap_s) in both directions.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from gpufleet.burst.hardware import ReplicaHardware, request_seconds, swap_s
 from gpufleet.burst.policy import CapacityModel, KnownPeak, Policy, Pool
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.model.errors import InputError, Problem
@@ -38,7 +39,6 @@ from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import make_policy
 from gpufleet.sim.bounds import BOUND_NAMES, BoundResult, calendar_need, cheapest_fleet, minute_prices
 from gpufleet.sim.engine import Arrival, Result, Simulation
-from gpufleet.sim.hardware import ReplicaHardware, swap_s
 from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
 from gpufleet.sim.trace import Request, Surge, Trace, apply_surges
 
@@ -46,8 +46,6 @@ BASE_UTILISATION = 0.7
 # A simulated request stands for at most this many identical ones (more copies: slower runs).
 MAX_WEIGHT = 6.0
 CLASS_SHARES = (("P0", 0.2), ("P1", 0.4), ("P2", 0.4))
-# The context at which a replica's nominal decode rate (the capacity model's unit) is taken.
-NOMINAL_CONTEXT = 4096
 FACTOR_ERROR = 1 / 3
 START_ERROR_S = 600.0
 OUTAGES_PER_POOL_HOUR = 0.25
@@ -131,9 +129,7 @@ class Scenario:
 
 def replica_seconds(hw: ReplicaHardware, request: Request) -> float:
     """Seconds of one replica's nominal capacity a request takes: its prefill and its decode."""
-    return request.input_tokens / hw.prefill_tokens_s + max(1, request.output_tokens) / hw.nominal_tokens_s(
-        NOMINAL_CONTEXT
-    )
+    return request_seconds(hw, request.input_tokens, request.output_tokens)
 
 
 def calendar(surges: Sequence[Surge], mode: str, seed: int) -> tuple[KnownPeak, ...]:

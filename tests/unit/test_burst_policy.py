@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpufleet.burst.hardware import NOMINAL_ANSWER, NOMINAL_PROMPT, ReplicaHardware, request_seconds
 from gpufleet.burst.policy import (
     CapacityModel,
     Decision,
@@ -24,7 +25,7 @@ from gpufleet.burst.policy import (
     place,
 )
 from gpufleet.inventory.load import load_inventory
-from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
 from gpufleet.plan.aws import plan_fleet
 from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import HpaGpu, KedaQueue, StaticPeak
@@ -468,11 +469,22 @@ def test_dc1_burst_capacity_follows_the_roofline() -> None:
     assert cap["g6e.12xlarge"] / (cap["p5.48xlarge"] / 2) == pytest.approx(0.864 / 3.35, rel=1e-2)
     # Against dc1's own replica (DeepSeek-R1 on 2 x 8 H100): an L40S node adds a third of one.
     assert cap["g6e.12xlarge"] == pytest.approx(4 * 0.864 / 141.2 / (16 * 3.35 / 671), rel=1e-2)
-    model = CapacityModel.from_plan(plan_site(load_inventory("dc1")), fleet, None)
-    assert (
-        model.replicas_per_node == min(cap.values())
-        and model.capacity_of("p5en.48xlarge") == cap["p5en.48xlarge"]
+
+
+def test_the_controllers_capacity_model_comes_from_the_hardware() -> None:
+    inv = load_inventory("dc1")
+    fleet = plan_fleet(inv, "inventories/dc1/nodes.yaml")
+    model = CapacityModel.from_plan(plan_site(inv), fleet, None)
+    site = ReplicaHardware("deepseek-r1", GPUModel.H100_SXM, 16)
+    h200 = ReplicaHardware("deepseek-r1-distill-llama-70b", GPUModel.H200, 4)
+    seconds = request_seconds(site, NOMINAL_PROMPT, NOMINAL_ANSWER)
+    assert model.capacity_of("p5en.48xlarge") == pytest.approx(
+        2 * seconds / request_seconds(h200, NOMINAL_PROMPT, NOMINAL_ANSWER)
     )
+    assert model.replicas_per_node == min(model.node_capacity.values())
+    # A dense 70B prefills at 2 x 70.6B FLOPs a token, DeepSeek-R1 at 2 x 37B: for a chat turn an
+    # H200 node adds well under one of dc1's replicas, not the 3.4 the decode roofline says.
+    assert model.capacity_of("p5en.48xlarge") < 1 < fleet.capacity["p5en.48xlarge"]
 
 
 def test_place_buys_capacity_cheapest_per_replica() -> None:
@@ -605,4 +617,18 @@ def test_dc1_knows_what_the_distilled_model_serves_on_its_gpus() -> None:
     fleet = plan_fleet(inv, "inventories/dc1/nodes.yaml")
     model = CapacityModel.from_plan(plan_site(inv), fleet, None)
     # dc1's replica is 16 H100; the p5.48xlarge (8 H100) serves the distilled 70B at 2 replicas.
-    assert model.distilled_per_replica == pytest.approx(fleet.capacity["p5.48xlarge"] * 2)
+    assert model.distilled_per_replica == pytest.approx(model.capacity_of("p5.48xlarge") * 2)
+
+
+def test_a_node_ordered_for_a_breach_is_not_drained_while_it_boots() -> None:
+    policy = Gpufleet(MODEL)
+    missed = [sig(t, 1.0, wait=3.0) for t in range(0, 61, 15)]
+    up = policy.decide(60.0, missed, [], PRICES)
+    assert len(up.launch) == 1
+    booting = [node(1, ready=False)]
+    # Quiet for well over the quiet period, yet the node still boots: it stays.
+    calm = [sig(float(t), 1.0) for t in range(60, 721, 15)]
+    assert policy.decide(720.0, calm, booting, PRICES).drain == ()
+    # Once it has served a quiet period after its boot, it may go.
+    later = [sig(float(t), 1.0) for t in range(1000, 1321, 15)]
+    assert policy.decide(1320.0, later, [node(1)], PRICES).drain == ("n1",)

@@ -180,3 +180,24 @@ def swap_s(model: str, replicas_per_node: float) -> float:
     """Seconds a node takes to load `replicas_per_node` replicas' weights of `model` from its disk
     (every node of a multi-node replica loads its share at once: pass the share)."""
     return replicas_per_node * weight_bytes(model) / weight_load_bytes_s()
+
+
+# The request the capacity model counts in, the same for every trace: a chat turn.
+NOMINAL_PROMPT = 2048
+NOMINAL_ANSWER = 256
+# The context at which a replica's nominal decode rate is taken.
+NOMINAL_CONTEXT = 4096
+
+
+def request_seconds(hw: ReplicaHardware, prompt: int, answer: int) -> float:
+    """Seconds of one replica a request takes at nominal batching: its prefill and its decode."""
+    return prompt / hw.prefill_tokens_s + max(1, answer) / hw.nominal_tokens_s(NOMINAL_CONTEXT)
+
+
+def relative_capacity(other: ReplicaHardware, replicas: int, site: ReplicaHardware) -> float:
+    """What `replicas` replicas on `other` serve, in replicas of the site's own, for the nominal request."""
+    return (
+        replicas
+        * request_seconds(site, NOMINAL_PROMPT, NOMINAL_ANSWER)
+        / request_seconds(other, NOMINAL_PROMPT, NOMINAL_ANSWER)
+    )

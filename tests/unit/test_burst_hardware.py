@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from gpufleet.burst.hardware import GIB, MEASURED, ReplicaHardware, roofline
 from gpufleet.model.catalog import GPU_CATALOG, GPUModel
-from gpufleet.sim.hardware import GIB, MEASURED, ReplicaHardware, roofline
 
 
 def test_a_dense_replica_reproduces_the_measured_step_at_the_measured_size() -> None:
