@@ -54,6 +54,8 @@ PLACEHOLDERS = {
     "NAME": "gpufleet",
     "F@START:DUR": "3@20m:20m",
     "F@ISO+DUR": "3@2026-11-27T18:00+20m",
+    "H": "2",
+    "S": "300",
 }
 ANGLE_PLACEHOLDERS = {"site": "dc1", "stack": "dc1-prod", "host": "gpu01"}
 # The general shape of every command, not a command: nothing to parse.
