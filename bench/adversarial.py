@@ -62,6 +62,7 @@ HOSTILE: list[str] = [
     "a\x00b", "a\u202eb", "a\u200bb", "a\r\nb", "\t", "", " ", "é", "ǝ", "true", "null", "010", "1e309",
     "http://x/{{y}}", "file:///etc/shadow", "https://m$(id)", "https://m/ x",
     "a" * 64, "a" * 256, "a" * 5000, "x." * 130 + "x/y",
+    "[/x]", "[bold]x", "https://u:p@pypi.example/simple/", "https://pypi.example/[/x]{{7*7}}",
 ]  # fmt: skip
 OTHER_VALUES: list[Any] = [
     0,
@@ -193,12 +194,20 @@ def _mutate_text(rng: random.Random, text: str) -> tuple[str, str]:
     return op, "".join(lines)
 
 
+def _with_optional_strings(doc: Any) -> Any:
+    """Optional string fields no shipped file sets, set to a valid value so mutations reach them."""
+    serving = doc.get("site", {}).get("serving") if isinstance(doc, dict) else None
+    if isinstance(serving, dict):
+        serving.setdefault("engine_args", {"kv_cache_dtype": "auto"})
+    return doc
+
+
 def cases(seed: int, count: int) -> Iterator[Case]:
     rng = random.Random(seed)
     sources = [("inventory", s, REPO / "inventories" / s / "nodes.yaml") for s in SITES]
     sources += [("stack", s, REPO / "stacks" / f"Pulumi.{s}.yaml") for s in STACKS]
     texts = {name: path.read_text() for _, name, path in sources}
-    docs = {name: yaml.safe_load(text) for name, text in texts.items()}
+    docs = {name: _with_optional_strings(yaml.safe_load(text)) for name, text in texts.items()}
     for _ in range(count):
         kind, name, _path = rng.choice(sources)
         if rng.random() < 0.75:
@@ -213,6 +222,16 @@ def cases(seed: int, count: int) -> Iterator[Case]:
 # --- running one case and checking what it reaches ----------------------------------------------
 
 
+def _gpu_host(text: bytes) -> str | None:
+    """The first node with GPUs (else the first node) of a case, if it parses at all."""
+    try:
+        nodes = [n for n in yaml.safe_load(text)["nodes"] if isinstance(n, dict) and "hostname" in n]
+    except Exception:  # a case that does not parse has no node to plan; validate says why
+        return None
+    gpu = [n for n in nodes if n.get("gpu")] or nodes
+    return str(gpu[0]["hostname"]) if gpu else None
+
+
 def run_case(case: Case, work: Path) -> Outcome:
     out = Outcome(case)
     runner = CliRunner()
@@ -225,6 +244,10 @@ def run_case(case: Case, work: Path) -> Outcome:
             ["plan-site", "--json", str(path)],
             ["inventory", "--format", "ansible", str(path)],
         ]
+        # A GPU node's plan as people read it: a Rich table, where `[/x]` once raised MarkupError.
+        host = _gpu_host(case.text)
+        if host:
+            commands.append(["plan-node", str(path), host])
     else:
         stacks = work / "stacks"
         stacks.mkdir(parents=True, exist_ok=True)

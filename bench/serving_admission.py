@@ -184,8 +184,8 @@ def run(server: TritonServer, work: Path, args: argparse.Namespace) -> dict[str,
     plan = plan_admission(SLO_S, primary, fallback)
     bound = SLO_S + service_p99
     arrivals = offered(rate * args.overload, args.seconds, args.p0_share, seed=1)
-    port = free_port()
-    admitted = write_config(work / "gw", plan, primary, fallback, KEYS, port)
+    port, metrics_port = free_port(), free_port()
+    admitted = write_config(work / "gw", plan, primary, fallback, KEYS, port, metrics_port)
     plain = work / "plain" / "haproxy.cfg"
     plain.parent.mkdir(parents=True)
     plain.write_text(baseline_cfg(primary, port, plan.p0_queue_timeout_s))
@@ -193,7 +193,7 @@ def run(server: TritonServer, work: Path, args: argparse.Namespace) -> dict[str,
     for name, cfg in (("without admission", plain), ("admission + fallback", admitted)):
         checked = check_config(cfg)
         assert checked.returncode == 0, checked.stderr
-        with haproxy(cfg, port, cfg.parent) as gw:
+        with haproxy(cfg, port, cfg.parent, metrics_port=metrics_port if cfg == admitted else None) as gw:
             start = time.monotonic()
             replies = drive(gw.url, arrivals)
             elapsed = time.monotonic() - start

@@ -80,6 +80,9 @@ def generate_site(nodes: int, name: str = "gen") -> dict[str, Any]:
             "nvidia_container_toolkit": "1.18.0",
             "containerd": "1.7",
             "kubernetes": "1.31.4",
+            "triton_image": "nvcr.io/nvidia/tritonserver:26.10-vllm-python-py3",
+            "vllm": "0.33.0",
+            "gateway_image": "docker.io/library/haproxy:2.6.12",
             # The revisions dc1 pins for the same models: burst plans need both.
             "model_revision": "56d4cbbb4d29f4355bab4b9a39ccb717a14ad5ad",
             "burst_model_revision": "0d6d11a6ea1187363aa7b78543f824fc02e06b14",

@@ -15,6 +15,9 @@ from gpufleet.plan.site import CephPlan, KubernetesPlan
 
 CEPH_OUTPUTS = ("fsid", "client_key")
 KUBERNETES_OUTPUTS = ("kubeconfig", "join_token", "ca_cert_hash")
+# Life of the burst nodes' join token (the `--ttl` in playbooks/kubernetes_outputs.yml): minted
+# again by any `up` in its last REMINT_BEFORE_S, and the burst stack writes it to SSM.
+BURST_TOKEN_TTL_S = 24 * 3600
 
 
 def _digest(spec: dict[str, Any]) -> str:
@@ -39,7 +42,7 @@ class KubernetesCluster(Resource, module="gpufleet", name="KubernetesCluster"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         super().__init__(
-            ClusterProvider("kubernetes", KUBERNETES_OUTPUTS),
+            ClusterProvider("kubernetes", KUBERNETES_OUTPUTS, token_ttl_s=BURST_TOKEN_TTL_S),
             name,
             {**props, **dict.fromkeys(KUBERNETES_OUTPUTS)},
             opts,
@@ -59,6 +62,8 @@ class ClusterRolesArgs:
     ceph_hosts: list[str]
     kubernetes_hosts: list[str]
     nodes: dict[str, pulumi.Resource]
+    # The control planes' planned labels: the cluster admits them after its playbook.
+    control_plane_labels: dict[str, dict[str, str]]
 
 
 class ClusterRoles(pulumi.ComponentResource):
@@ -86,10 +91,17 @@ class ClusterRoles(pulumi.ComponentResource):
             self.ceph_fsid = ceph.fsid
             self.ceph_client_key = pulumi.Output.secret(ceph.client_key)
         spec = args.kubernetes.model_dump(mode="json")
-        # Persistent volumes come from Ceph: the control plane is brought up after it.
+        # Persistent volumes come from Ceph: the control plane is brought up after it. It admits its
+        # control planes (their Nodes' gates have passed): the platform, which waits for it, runs there.
         k8s = KubernetesCluster(
             f"{name}-kubernetes",
-            {"site": args.site, "spec": spec, "digest": _digest(spec), "hosts": args.kubernetes_hosts},
+            {
+                "site": args.site,
+                "spec": spec,
+                "digest": _digest(spec),
+                "hosts": args.kubernetes_hosts,
+                "admit": args.control_plane_labels,
+            },
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[args.nodes[h] for h in args.kubernetes_hosts]

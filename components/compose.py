@@ -19,7 +19,7 @@ from components.platform import (
 from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.admission import GATEWAY_IMAGE, GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
 from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
@@ -72,9 +72,8 @@ def onprem(stack: Stack) -> None:
         return NodeSpec(n.hostname, str(n.management_ip), plan_n, host_expectations(inv, n, plan_n), joins)
 
     # The core first; each cluster waits for its own core hosts only; members join after, each alone.
-    nodes = OnPremNodes(
-        "nodes", OnPremNodesArgs(site=site, nodes=[spec(n) for n in inv.nodes if n.hostname in roles.core])
-    )
+    core = [spec(n) for n in inv.nodes if n.hostname in roles.core]
+    nodes = OnPremNodes("nodes", OnPremNodesArgs(site=site, nodes=core))
     monitors = ceph_monitors(inv, plan)
     cluster = ClusterRoles(
         "cluster",
@@ -86,19 +85,38 @@ def onprem(stack: Stack) -> None:
             ceph_hosts=roles.ceph_hosts,
             kubernetes_hosts=roles.kubernetes_hosts,
             nodes=dict(nodes.nodes),
+            control_plane_labels={
+                s.hostname: s.plan.labels for s in core if s.hostname in roles.kubernetes_hosts
+            },
         ),
     )
     members = [spec(n) for n in inv.nodes if n.hostname in roles.joins]
     if members:
         joined = sorted({c for m in members for c in m.join})
         OnPremNodes(
-            "members", OnPremNodesArgs(site=site, nodes=members, after=[cluster.clusters[c] for c in joined])
+            "members",
+            OnPremNodesArgs(
+                site=site,
+                nodes=members,
+                after=[cluster.clusters[c] for c in joined],
+                kubeconfig=cluster.kubeconfig,
+            ),
         )
     ceph = None
     pool = rbd_pool(plan.ceph) if plan.ceph is not None else None
-    if pool is not None and cluster.ceph_fsid is not None and cluster.ceph_client_key is not None:
+    if (
+        plan.ceph is not None
+        and pool is not None
+        and cluster.ceph_fsid is not None
+        and cluster.ceph_client_key is not None
+    ):
         ceph = CephStorage(
-            fsid=cluster.ceph_fsid, client_key=cluster.ceph_client_key, monitors=monitors, pool=pool
+            fsid=cluster.ceph_fsid,
+            client_key=cluster.ceph_client_key,
+            monitors=monitors,
+            pool=pool,
+            fs_name=plan.ceph.filesystem.name,
+            fs_pool=plan.ceph.filesystem.data_pool,
         )
     platform = KubernetesPlatform(
         "platform",
@@ -136,6 +154,7 @@ def onprem(stack: Stack) -> None:
                 ),
             )
         if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
+            assert inv.bom.gateway_image is not None  # check_serving requires it with a burst
             # Admission in front of the on-prem model, with the burst nodes' model as fallback.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
             gateway = plan_gateway(
@@ -149,7 +168,7 @@ def onprem(stack: Stack) -> None:
                 "gateway",
                 AdmissionGatewayArgs(
                     namespace=workload.namespace,
-                    image=GATEWAY_IMAGE,
+                    image=inv.bom.gateway_image,
                     config=gateway_cfg(gateway),
                     replicas=GATEWAY_REPLICAS,
                 ),

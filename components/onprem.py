@@ -43,7 +43,7 @@ class NodeSpec:
     join: dict[str, list[str]] = field(default_factory=dict)
 
 
-def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
+def node_inputs(site: str, spec: NodeSpec, kubeconfig: pulumi.Input[str] | None = None) -> dict[str, Any]:
     """The plan travels as one canonical JSON document (a thousand nodes' plans as nested
     properties would dominate the program's run time); the pinned packages stay structured so
     `pulumi preview --diff` reads a driver change as `nvidia-driver-580-open: 535.* => 580.*`."""
@@ -57,6 +57,8 @@ def node_inputs(site: str, spec: NodeSpec) -> dict[str, Any]:
         "digest": plan.digest,
         "expect": spec.expect.model_dump_json(),
         "join": spec.join,
+        # A Kubernetes member is admitted through the cluster's kubeconfig (a secret) once joined.
+        **({"kubeconfig": kubeconfig} if "kubernetes" in spec.join else {}),
     }
 
 
@@ -66,6 +68,8 @@ class OnPremNodesArgs:
     nodes: list[NodeSpec]
     # Each node waits for these (the clusters its members join), and for nothing else.
     after: list[pulumi.Resource] = field(default_factory=list)
+    # The cluster's admin kubeconfig (a Pulumi secret), for members that join Kubernetes.
+    kubeconfig: pulumi.Input[str] | None = None
 
 
 class OnPremNodes(pulumi.ComponentResource):
@@ -76,8 +80,10 @@ class OnPremNodes(pulumi.ComponentResource):
         self.nodes = {
             spec.hostname: Node(
                 f"{name}-{spec.hostname}",
-                node_inputs(args.site, spec),
-                pulumi.ResourceOptions(parent=self, depends_on=args.after),
+                node_inputs(args.site, spec, args.kubeconfig),
+                pulumi.ResourceOptions(
+                    parent=self, depends_on=args.after, additional_secret_outputs=["kubeconfig"]
+                ),
             )
             for spec in args.nodes
         }

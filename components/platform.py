@@ -9,7 +9,9 @@ import pulumi_kubernetes as k8s
 
 from components.provisioning import CEPH_CLIENT
 from gpufleet.plan.k8s import (
+    CACHE_STORAGE_CLASS,
     CEPH_CSI_NAMESPACE,
+    CEPHFS_CSI_NAMESPACE,
     MONITORING_NAMESPACE,
     PRIORITY_CLASS,
     PRIORITY_VALUE,
@@ -20,6 +22,7 @@ from gpufleet.plan.k8s import (
 )
 
 CSI_SECRET = "csi-rbd-secret"
+CEPHFS_SECRET = "csi-cephfs-secret"
 
 
 def helm_release(name: str, chart: Chart, opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
@@ -49,6 +52,8 @@ class CephStorage:
     client_key: pulumi.Input[str]  # a Pulumi secret
     monitors: list[str]
     pool: str
+    fs_name: str  # the CephFS file system the model cache provisions from
+    fs_pool: str
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,9 @@ class KubernetesPlatform(pulumi.ComponentResource):
             # The one value the plan cannot know: the fsid Ceph generated when the cluster was built.
             csi = {"csiConfig": [{"clusterID": args.ceph.fsid, "monitors": args.ceph.monitors}]}
             charts = [
-                c.model_copy(update={"values": {**c.values, **csi}}) if c.name == "ceph-csi-rbd" else c
+                c.model_copy(update={"values": {**c.values, **csi}})
+                if c.name in ("ceph-csi-rbd", "ceph-csi-cephfs")
+                else c
                 for c in args.charts
             ]
         else:
@@ -141,6 +148,7 @@ class KubernetesPlatform(pulumi.ComponentResource):
         )
         if args.ceph is not None:
             self._ceph(name, args.ceph, namespaces[CEPH_CSI_NAMESPACE], child)
+            self._cephfs(name, args.ceph, namespaces[CEPHFS_CSI_NAMESPACE], child)
         monitoring = pulumi.ResourceOptions.merge(
             child, pulumi.ResourceOptions(depends_on=[self.releases["kube-prometheus-stack"]])
         )
@@ -192,5 +200,38 @@ class KubernetesPlatform(pulumi.ComponentResource):
             volume_binding_mode="WaitForFirstConsumer",
             opts=pulumi.ResourceOptions.merge(
                 child, pulumi.ResourceOptions(depends_on=[secret, self.releases["ceph-csi-rbd"]])
+            ),
+        )
+
+    def _cephfs(
+        self, name: str, ceph: CephStorage, namespace: k8s.core.v1.Namespace, child: pulumi.ResourceOptions
+    ) -> None:
+        """The model cache's class: ReadWriteMany subvolumes of the plan's file system."""
+        secret = k8s.core.v1.Secret(
+            f"{name}-cephfs-secret",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=CEPHFS_SECRET, namespace=CEPHFS_CSI_NAMESPACE),
+            string_data={"userID": CEPH_CLIENT, "userKey": ceph.client_key},
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace])),
+        )
+        k8s.storage.v1.StorageClass(
+            f"{name}-cephfs-storageclass",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=CACHE_STORAGE_CLASS),
+            provisioner="cephfs.csi.ceph.com",
+            parameters={
+                "clusterID": ceph.fsid,
+                "fsName": ceph.fs_name,
+                "pool": ceph.fs_pool,
+                **{
+                    f"csi.storage.k8s.io/{use}-secret-{key}": value
+                    for use in ("provisioner", "controller-expand", "node-stage")
+                    for key, value in (("name", CEPHFS_SECRET), ("namespace", CEPHFS_CSI_NAMESPACE))
+                },
+            },
+            reclaim_policy="Delete",
+            allow_volume_expansion=True,
+            # Every replica on any node mounts the one claim; it binds at once.
+            volume_binding_mode="Immediate",
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=[secret, self.releases["ceph-csi-cephfs"]])
             ),
         )

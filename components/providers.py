@@ -8,6 +8,7 @@ to this importable module. The work itself goes through `components.provisioning
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any
 
 from pulumi.dynamic import (
@@ -40,6 +41,9 @@ def undo_pickler_wrapping() -> None:
 NODE_IDENTITY = ("site", "hostname")
 CLUSTER_IDENTITY = ("site",)
 JOINABLE = ("ceph", "kubernetes")
+# A cluster output that is a bootstrap token with a TTL is minted again by any `up` within this
+# long of its expiry (docs/security.md: run `up` more often than TTL minus this).
+REMINT_BEFORE_S = 12 * 3600
 # How long a deleted node's drain may wait on disruption budgets before the delete fails.
 DRAIN_TIMEOUT_S = 1800.0
 
@@ -58,8 +62,9 @@ def _expect(props: dict[str, Any]) -> HostExpect:
 
 class NodeProvider(ResourceProvider):
     """One bare-metal node converged to its own `plan` input at its `address`, rebooted when the
-    plan change needs it, gated against its own `expect` input; `read` reports drift for
-    `pulumi refresh`; `delete` takes it out of Kubernetes and Ceph. No inventory is read."""
+    plan change needs it, gated against its own `expect` input, and (a Kubernetes member) admitted
+    through its `kubeconfig` input once joined; `read` reports drift for `pulumi refresh`; `delete`
+    takes it out of Kubernetes and Ceph. No inventory is read."""
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
@@ -91,6 +96,10 @@ class NodeProvider(ResourceProvider):
             failures.append(
                 CheckFailure("join", f"clusters to join ({', '.join(JOINABLE)}) with their core hosts")
             )
+        elif "kubernetes" in join and not isinstance(news.get("kubeconfig"), str):
+            failures.append(
+                CheckFailure("kubeconfig", "a Kubernetes member is admitted through the cluster's")
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -110,8 +119,9 @@ class NodeProvider(ResourceProvider):
         plan = _plan(props)
         reasons = reboot_reasons(old_plan, plan)
         changed = provisioning.converge_node(
-            props["site"], props["hostname"], props["address"], plan, _expect(props), reasons, props["join"]
-        )
+            props["site"], props["hostname"], props["address"], plan, _expect(props), reasons, props["join"],
+            props.get("kubeconfig"),
+        )  # fmt: skip
         return {**props, "changed": changed, "drift": []}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -148,25 +158,37 @@ class NodeProvider(ResourceProvider):
 class ClusterProvider(ResourceProvider):
     """A site-wide playbook (Ceph or Kubernetes) run through ansible-runner; its facts are outputs.
 
-    It runs on the site's core `hosts` only (members join from their own Node); `read` runs the
-    playbook in check mode and reports what it would change as `drift`."""
+    It runs on the site's core `hosts` only (members join from their own Node), then admits the core
+    hosts in `admit` (Kubernetes: the control planes); `read` runs the playbook in check mode and
+    reports what it would change as `drift`.
 
-    def __init__(self, playbook: str, outputs: tuple[str, ...]) -> None:
+    With `token_ttl_s`, the playbook mints a join token of that TTL on every run: the provider
+    stamps its expiry (`join_token_expires`, epoch seconds) and reports a change once it is
+    within REMINT_BEFORE_S of it, so the token is replaced before it lapses."""
+
+    def __init__(self, playbook: str, outputs: tuple[str, ...], token_ttl_s: int | None = None) -> None:
         self.playbook = playbook
         self.outputs = outputs
+        self.token_ttl_s = token_ttl_s
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(key, "required") for key in ("site", "spec", "digest") if not news.get(key)]
         if not isinstance(news.get("hosts"), list) or not news["hosts"]:
             failures.append(CheckFailure("hosts", "the core hosts the playbook runs on"))
+        admit = news.get("admit", {})
+        if not isinstance(admit, dict) or not set(admit) <= set(news.get("hosts") or []):
+            failures.append(CheckFailure("admit", "core hosts to admit, each with its planned labels"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = _changed(olds, news, list(CLUSTER_IDENTITY))
-        changed = _changed(olds, news, ["spec", "digest", "hosts"])
+        changed = _changed(olds, news, ["spec", "digest", "hosts", "admit"])
         # Drift found by `pulumi refresh`: run the playbook again.
         if olds.get("drift"):
             changed.append("drift")
+        expires = olds.get("join_token_expires")
+        if self.token_ttl_s is not None and (expires is None or time.time() >= expires - REMINT_BEFORE_S):
+            changed.append("join_token_expires")
         return DiffResult(
             changes=bool(replaces or changed),
             replaces=replaces,
@@ -179,7 +201,12 @@ class ClusterProvider(ResourceProvider):
         missing = [k for k in self.outputs if k not in facts]
         if missing:
             raise RuntimeError(f"playbook {self.playbook} exported no {', '.join(missing)}")
-        return {**props, **facts, "drift": []}
+        if self.token_ttl_s is not None:
+            facts["join_token_expires"] = time.time() + self.token_ttl_s
+        # The control planes' own Nodes passed their gates before the playbook ran: admit them now,
+        # so that the platform, which waits for this resource, finds schedulable nodes.
+        admitted = provisioning.admit_nodes(facts["kubeconfig"], props["admit"]) if props.get("admit") else []
+        return {**props, **facts, "admitted": admitted, "drift": []}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(f"{props['site']}/{self.playbook}", self._run(props))

@@ -22,11 +22,13 @@ def _quiet(_host: str, _event: str) -> None:
 
 
 def converge_node(site: str, hostname: str, address: str, plan: NodePlan, expect: HostExpect,
-                  reboot_for: list[str], join: dict[str, list[str]]) -> list[str]:  # fmt: skip
+                  reboot_for: list[str], join: dict[str, list[str]],
+                  kubeconfig: str | None = None) -> list[str]:  # fmt: skip
     """Carry out the node's own plan at its address: the pyinfra deploy, a reboot when the plan
     change or the deploy asks for one (and the wait until the node is back), the gate on the node's
     own state against the given expectations, then (a member) joining its clusters; returns what
-    changed. It joins with the `gpufleet.io/unverified` taint: `gpufleet admit` lets work in."""
+    changed. A member of Kubernetes registers with the `gpufleet.io/unverified` taint and, its gate
+    passed, is admitted through `kubeconfig` (`admit_nodes`)."""
     from gpufleet.provision.nodes import Target, provision_hosts
     from gpufleet.verify import verify_site
 
@@ -45,7 +47,23 @@ def converge_node(site: str, hostname: str, address: str, plan: NodePlan, expect
         raise RuntimeError(f"{hostname}: admission gate failed: {failed}")
     for component, core in join.items():
         join_cluster(site, component, hostname, core)
-    return result.changed + booted.changed
+    admitted = admit_nodes(kubeconfig, {hostname: plan.labels}) if "kubernetes" in join and kubeconfig else []
+    return result.changed + booted.changed + admitted
+
+
+def admit_nodes(kubeconfig: str, labels: dict[str, dict[str, str]]) -> list[str]:
+    """Admit each node (hostname → its planned labels) whose node-level gate has passed and that
+    still carries the unverified taint, through `gpufleet admit`'s adapter: labels by strict
+    server-side apply, the taint off, uncordon. The kubeconfig (a secret) is only ever in a 0600
+    temporary file, never in a message."""
+    from gpufleet.provision.membership import admit_registered, node_api
+
+    with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as f:
+        f.write(kubeconfig)
+        f.flush()
+        api = node_api(Path(f.name))
+        done = [(host, admit_registered(api, host, planned)) for host, planned in labels.items()]
+    return [f"{host}: admitted ({'; '.join(steps)})" for host, steps in done if steps]
 
 
 def pending_changes(site: str, hostname: str, address: str, plan: NodePlan) -> list[str]:

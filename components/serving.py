@@ -16,6 +16,7 @@ from gpufleet.plan.admission import (
     GATEWAY_MAPS,
     GATEWAY_PORT,
     METRICS_PATH,
+    METRICS_PORT,
     TENANTS_SECRET,
 )
 from gpufleet.plan.engine import WEIGHTS_ROOT, weights_path
@@ -42,6 +43,7 @@ LWS_API = "leaderworkerset.x-k8s.io/v1"
 LWS_LEADER_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 # A Spot interruption warning gives two minutes: finish in-flight requests inside that.
 GRACE_S = 90
+COMPONENT = "app.kubernetes.io/component"
 
 
 def quantity(seconds: float) -> str:
@@ -204,7 +206,7 @@ def fetch_job(w: Workload) -> dict[str, Any]:
         "backoffLimit": 3,
         "activeDeadlineSeconds": 6 * 3600,
         "template": {
-            "metadata": {"labels": {**w.labels, "app.kubernetes.io/component": "model-cache"}},
+            "metadata": {"labels": {**w.labels, COMPONENT: "model-cache"}},
             "spec": {
                 "restartPolicy": "Never",
                 "containers": [
@@ -271,6 +273,7 @@ class DeepSeekServing(pulumi.ComponentResource):
         after_config = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config]))
         # The Service takes every serving pod of this capacity: a canary's replica gets its share.
         selector = {k: w.labels[k] for k in ("app.kubernetes.io/name", "gpufleet.io/capacity")}
+        every_pod = dict(selector)
         # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
         # would otherwise own it and reset the HPA's count on every up).
         replicas = {"replicas": w.replicas} if w.autoscale_max is None else {}
@@ -328,14 +331,24 @@ class DeepSeekServing(pulumi.ComponentResource):
                 },
                 opts=child,
             )
-        # Every pod of every group: evicting any pod of a group takes the whole group down
-        # (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata={"name": w.name, **meta},
-            spec={"maxUnavailable": 1, "selector": {"matchLabels": w.labels}},
-            opts=child,
-        )
+        # Every pod of every group, the canary's included (one budget: two would let a drain take
+        # a stable replica and the canary at once): evicting any pod of a group takes the whole
+        # group down (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
+        if not args.canary:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={"name": w.name, **meta},
+                spec={
+                    "maxUnavailable": 1,
+                    # Not the model-cache Job's pods: a Job has no scale, and a budget over it
+                    # with maxUnavailable allows no eviction at all while its pod exists.
+                    "selector": {
+                        "matchLabels": every_pod,
+                        "matchExpressions": [{"key": COMPONENT, "operator": "DoesNotExist"}],
+                    },
+                },
+                opts=child,
+            )
         if w.autoscale_max is not None:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 f"{name}-hpa",
@@ -445,9 +458,12 @@ class AdmissionGateway(pulumi.ComponentResource):
                                 "name": "haproxy",
                                 "image": args.image,
                                 "args": ["-db", "-f", f"{GATEWAY_DIR}/haproxy.cfg"],
-                                "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                                "ports": [
+                                    {"name": "http", "containerPort": GATEWAY_PORT},
+                                    {"name": "metrics", "containerPort": METRICS_PORT},
+                                ],
                                 "readinessProbe": {
-                                    "httpGet": {"path": METRICS_PATH, "port": "http"},
+                                    "httpGet": {"path": METRICS_PATH, "port": "metrics"},
                                     "periodSeconds": 5,
                                 },
                                 "resources": {

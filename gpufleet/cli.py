@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gpufleet.inventory.load import load_inventory, site_file
 from gpufleet.inventory.render import ansible_inventory, pyinfra_inventory_source
@@ -140,29 +141,37 @@ def plan_node_cmd(
         )
         return
     table = Table(title=f"{inv.site.name}/{plan.hostname}  digest {plan.digest}", show_header=False)
-    table.add_row("roles", ", ".join(plan.roles))
-    table.add_row(
+    _text_row(table, "roles", ", ".join(plan.roles))
+    _text_row(
+        table,
         "packages",
         "\n".join(f"{p.name} {p.version or ''}{' (held)' if p.hold else ''}" for p in plan.packages),
     )
-    table.add_row("kernel", " ".join(plan.kernel_cmdline) or "-")
-    table.add_row("sysctl", "\n".join(f"{k} = {v}" for k, v in plan.sysctl.items()) or "-")
-    table.add_row("limits", "\n".join(f"{x.domain} {x.type} {x.item} {x.value}" for x in plan.limits) or "-")
-    table.add_row("services", ", ".join(plan.services))
-    table.add_row("nccl.conf", (plan.nccl_conf or "-").strip())
-    table.add_row("rdma", "\n".join(_rdma_port(p) for p in plan.rdma) or "-")
-    table.add_row(
-        "raid", "\n".join(f"{a.device} RAID{a.level} {' '.join(a.members)}" for a in plan.raid) or "-"
+    _text_row(table, "kernel", " ".join(plan.kernel_cmdline) or "-")
+    _text_row(table, "sysctl", "\n".join(f"{k} = {v}" for k, v in plan.sysctl.items()) or "-")
+    _text_row(
+        table, "limits", "\n".join(f"{x.domain} {x.type} {x.item} {x.value}" for x in plan.limits) or "-"
     )
-    table.add_row("mounts", "\n".join(f"{m.device} {m.path} {m.fstype}" for m in plan.mounts) or "-")
-    table.add_row("labels", "\n".join(f"{k}={v}" for k, v in plan.labels.items()))
-    table.add_row("taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
+    _text_row(table, "services", ", ".join(plan.services))
+    _text_row(table, "nccl.conf", (plan.nccl_conf or "-").strip())
+    _text_row(table, "rdma", "\n".join(_rdma_port(p) for p in plan.rdma) or "-")
+    _text_row(
+        table, "raid", "\n".join(f"{a.device} RAID{a.level} {' '.join(a.members)}" for a in plan.raid) or "-"
+    )
+    _text_row(table, "mounts", "\n".join(f"{m.device} {m.path} {m.fstype}" for m in plan.mounts) or "-")
+    _text_row(table, "labels", "\n".join(f"{k}={v}" for k, v in plan.labels.items()))
+    _text_row(table, "taints", "\n".join(f"{t.key}={t.value}:{t.effect}" for t in plan.taints))
     extra = [t for t in plan.registration_taints if t not in plan.taints]
-    table.add_row("at join", "\n".join(f"{t.key}={t.value}:{t.effect} (until admitted)" for t in extra))
-    table.add_row("perf", _perf_rows(plan.perf) if plan.perf else "-")
+    _text_row(table, "at join", "\n".join(f"{t.key}={t.value}:{t.effect} (until admitted)" for t in extra))
+    _text_row(table, "perf", _perf_rows(plan.perf) if plan.perf else "-")
     env = plan.perf_env
-    table.add_row("perf env", f"{env.path}: {env.requirement} from {env.index_url}" if env else "-")
+    _text_row(table, "perf env", f"{env.path}: {env.requirement} from {env.index_url}" if env else "-")
     out.print(table)
+
+
+def _text_row(table: Table, name: str, value: str) -> None:
+    """A row whose value is shown as written: what comes from an inventory is never Rich markup."""
+    table.add_row(name, Text(value))
 
 
 def _perf_rows(perf: PerfPlan) -> str:
@@ -301,7 +310,14 @@ def verify(
         table = Table("host", "part", "check", "result", "detail", title=f"verify {report.site}")
         style = {"passed": "green", "failed": "red", "skipped": "dim"}
         for r in shown:
-            table.add_row(r.host, r.part, r.check, f"[{style.get(r.outcome, '')}]{r.outcome}[/]", r.message)
+            # What a host printed is shown as text: `[/x]` in a check's output is not markup.
+            table.add_row(
+                r.host,
+                r.part,
+                Text(r.check),
+                Text(r.outcome, style=style.get(r.outcome, "")),
+                Text(r.message),
+            )
         out.print(table)
         counts = Counter(r.outcome for r in report.results if r.outcome != "skipped")
         ran = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no check ran"

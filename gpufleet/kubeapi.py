@@ -108,6 +108,9 @@ class NodeApi:
         taints = self.core.read_node(node, **self._limit()).spec.taints or []
         return [{"key": t.key, "value": t.value, "effect": t.effect} for t in taints]
 
+    def has_taint(self, node: str, key: str, effect: str | None = None) -> bool:
+        return any(t["key"] == key and effect in (None, t["effect"]) for t in self.taints(node))
+
     def add_taint(self, node: str, taint: Taint) -> bool:
         """Add `taint` unless the node has its key and effect; True if it was added."""
         current = self.taints(node)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -456,8 +457,14 @@ def securestring_customer_key(type_: str, props: Mapping[str, Any]) -> list[str]
     return []
 
 
-@cache
 def _environment(stack: str) -> str | None:
+    # Keyed by where inventories and stacks are read from, so a run that moved them (a test's
+    # GPUFLEET_INVENTORIES or working directory) never answers from another place's cache.
+    return _environment_at(stack, os.environ.get("GPUFLEET_INVENTORIES", ""), os.getcwd())
+
+
+@cache
+def _environment_at(stack: str, _inventories: str, _cwd: str) -> str | None:
     from gpufleet.inventory.stacks import load_stack
 
     try:
@@ -483,9 +490,28 @@ def images_by_digest(type_: str, props: Mapping[str, Any]) -> list[str]:
     }
     return [
         f"container {name}: image {image!r} has no digest: append the @sha256:<digest> its registry "
-        f"reports (`crane digest {image}`) to bom.triton_image in the site's nodes.yaml"
+        f"reports (`crane digest {image}`) to {_bom_key(image)} in the site's nodes.yaml"
         for name, image in unpinned
     ]
+
+
+BOM_IMAGES = ("triton_image", "gateway_image")
+
+
+@cache
+def _bom_key(image: str) -> str:
+    """The BOM entry a site names this image in (`bom.<key>`), or a plain pointer to the BOM."""
+    from gpufleet.inventory.load import load_inventory, site_names
+
+    for site in site_names():
+        try:
+            bom = load_inventory(site).bom
+        except (InputError, OSError):
+            continue
+        for key in BOM_IMAGES:
+            if getattr(bom, key) == image:
+                return f"bom.{key}"
+    return "the bom entry that names it"
 
 
 def _plain_places(type_: str, props: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:

@@ -61,9 +61,10 @@ else
   echo "      already there"
 fi
 # vLLM's argument definitions for the engine-configuration tests: the wheel of the version the
-# Triton image carries, read as files (never imported or installed) from .venv/wheels (336 MB).
+# Triton image carries (the production BOM's `vllm`), read as files (never imported or installed)
+# from .venv/wheels (336 MB).
 step "vLLM wheel for the engine-argument tests (pip download, not installed)"
-VLLM=$(.venv/bin/python -c 'from gpufleet.plan.engine import VLLM_VERSION; print(VLLM_VERSION)')
+VLLM=$(.venv/bin/python -c 'from gpufleet.inventory.load import load_inventory; print(load_inventory("dc1").bom.vllm)')
 if ! ls .venv/wheels/vllm-"$VLLM"-*.whl >/dev/null 2>&1; then
   .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: "vllm==$VLLM" -d .venv/wheels
 else

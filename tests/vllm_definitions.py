@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpufleet.plan.engine import VLLM_VERSION
+from gpufleet.inventory.load import load_inventory
 
 ENGINE_ARGS = "vllm/engine/arg_utils.py"
 SPECULATIVE = "vllm/config/speculative.py"
+
+
+# The vLLM the production site's Triton image carries (bom.vllm); scripts/setup.sh fetches its wheel.
+VLLM_VERSION = load_inventory("dc1").bom.vllm
 
 
 def wheel_path() -> Path:

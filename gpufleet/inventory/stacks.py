@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,17 @@ def stack_names() -> list[str]:
     )
 
 
+# Pulumi's own rule for a stack name (alphanumerics, `-`, `_`, `.`; at most 100): the name goes
+# into resource names, stack references and the commands that select the stack.
+STACK_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
 def read_stack_file(path: Path, name: str) -> StackFile:
     """`Pulumi.<name>.yaml`, checked against the project's `Pulumi.yaml` as the engine checks it."""
+    if not STACK_NAME.fullmatch(name):
+        # The name is not echoed as it is: it may hold a newline or markup.
+        source = f"{display(path.parent)}/Pulumi.{ascii(name)[1:-1][:80]}.yaml"
+        raise InputError(source, [Problem((), "not a Pulumi stack name (<= 100 of A-Za-z0-9._-)")])
     source = display(path)
     stack_file = validate(StackFile, read_yaml(path), source)
     check_stack_config(path.parent.parent / "Pulumi.yaml", name, stack_file.config, source)

@@ -11,7 +11,7 @@ from enum import StrEnum
 from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpufleet.model.catalog import GPUModel, Interconnect
 from gpufleet.model.ssh import SshHostKey
@@ -24,6 +24,7 @@ from gpufleet.model.types import (
     DnsName,
     Endpoint,
     Hostname,
+    IndexUrl,
     LabelKey,
     LabelValue,
     Mountpoint,
@@ -31,9 +32,6 @@ from gpufleet.model.types import (
     Url,
     Version,
 )
-
-# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a keyring).
-IndexUrl = Annotated[str, StringConstraints(pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s@]*)?$")]
 
 # Any string no field types more narrowly is still bounded.
 MAX_STR = 255
@@ -221,6 +219,9 @@ class Torch(Strict):
     cuda: str = Field(pattern=r"^[0-9]+\.[0-9]+$", description="CUDA build (the +cuXY wheel), e.g. 13.0")
 
 
+IMAGE = r"^[a-z0-9./-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$"
+
+
 class Bom(Strict):
     kernel: Version | None = None
     nvidia_driver: NvidiaDriver | None = None
@@ -235,9 +236,13 @@ class Bom(Strict):
     # A tag, and the digest the registry reports for it once read there: the digest is never
     # invented, and the policy pack fails a production stack whose images lack one.
     triton_image: str | None = Field(
-        None,
-        pattern=r"^[a-z0-9./-]+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$",
-        description="repository:tag, plus @sha256:<digest> as the registry reports it",
+        None, pattern=IMAGE, description="repository:tag, plus @sha256:<digest> as the registry reports it"
+    )
+    vllm: Version | None = Field(
+        None, description="the vLLM release triton_image carries; the engine check reads its wheel"
+    )
+    gateway_image: str | None = Field(
+        None, pattern=IMAGE, description="the admission gateway's HAProxy image, as triton_image"
     )
     model_revision: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
     burst_ami: str | None = Field(

@@ -79,6 +79,11 @@ DebianSuite = Annotated[str, StringConstraints(pattern=_SUITE)]
 _URL = r"^(https?|file)://[A-Za-z0-9._~:/@%+=,-]+$"
 Url = Annotated[str, StringConstraints(pattern=_URL, max_length=512)]
 
+# pip's index: https, and no user:password@ (pip reads an index's credentials from netrc or a
+# keyring); the path has a URL's unreserved characters only: no brackets, braces, quotes or `$`.
+_INDEX_URL = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/%+=,-]*)?$"
+IndexUrl = Annotated[str, StringConstraints(pattern=_INDEX_URL, max_length=512)]
+
 _VERSION = r"^[0-9][0-9A-Za-z.+~:-]*$"
 Version = Annotated[str, StringConstraints(pattern=_VERSION, max_length=64)]
 
@@ -145,6 +150,7 @@ PATTERN_NAMES = {
     _ENDPOINT: "not host:port (a DNS name or IPv4 address, and a port)",
     _SUITE: "not a Debian suite name (bookworm, noble-updates)",
     _URL: "not a package source URL (http, https or file; no spaces, quotes, braces or $)",
+    _INDEX_URL: "not a Python index URL (https, no user:password@; no spaces, quotes, brackets, braces or $)",
     _VERSION: "not a package version",
     _AWS_TAG: "not an AWS tag value (letters, digits, spaces inside, and _.:/=+@-)",
 }

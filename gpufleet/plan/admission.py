@@ -19,7 +19,9 @@ serving `rate` requests/s waits `SLO` on average. P2 leaves at a quarter of that
 so the queue P0 sees stays well under its SLO.
 
 The burst controller reads what admission did from HAProxy's own Prometheus exporter:
-`SHED_RATE_QUERY` and `DEGRADED_RATE_QUERY` (requests/s shed and sent to the fallback).
+`SHED_RATE_QUERY` and `DEGRADED_RATE_QUERY` (requests/s shed and sent to the fallback). The
+exporter listens on its own port (`METRICS_PORT`, named `metrics` like Triton's, so the one
+PodMonitor scrapes both), never on the API port where anyone could read it without a key.
 """
 
 from __future__ import annotations
@@ -47,11 +49,10 @@ DEGRADED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{FA
 METRICS_PATH = "/metrics"
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
+METRICS_PORT = 8404
 GATEWAY_DIR = "/usr/local/etc/haproxy"
 GATEWAY_MAPS = "/etc/gateway-tenants"
 TENANTS_SECRET = "gateway-tenants"
-# The official image of the release Debian packages, which the tests run.
-GATEWAY_IMAGE = "docker.io/library/haproxy:2.6.12"
 GATEWAY_REPLICAS = 2
 
 
@@ -99,6 +100,7 @@ def haproxy_cfg(
     bind: str,
     tenants_map: str,
     limits_map: str,
+    metrics_bind: str,
     stats_socket: str | None = None,
 ) -> str:
     """The gateway's configuration. Maps (API key -> `tenant class`, API key -> limit) are
@@ -138,9 +140,12 @@ def haproxy_cfg(
         "backend rate",
         f"  stick-table type string len 96 size 100k expire {window * 3}s store http_req_rate({window}s)",
         "",
+        "frontend metrics",
+        f"  bind {metrics_bind}",
+        f"  http-request use-service prometheus-exporter if {{ path {METRICS_PATH} }}",
+        "",
         "frontend api",
         f"  bind {bind}",
-        f"  http-request use-service prometheus-exporter if {{ path {METRICS_PATH} }}",
         # Tenant and class from the API key; unknown keys stop here.
         f"  http-request set-var(txn.who) req.hdr(x-api-key),map({tenants_map})",
         "  http-request deny deny_status 401 unless { var(txn.who) -m found }",
@@ -262,6 +267,7 @@ def gateway_cfg(g: GatewayPlan) -> str:
         g.primary,
         g.fallback,
         bind=f":{GATEWAY_PORT}",
+        metrics_bind=f":{METRICS_PORT}",
         tenants_map=f"{GATEWAY_MAPS}/tenants.map",
         limits_map=f"{GATEWAY_MAPS}/limits.map",
     )

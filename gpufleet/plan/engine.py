@@ -6,8 +6,8 @@ vLLM for DeepSeek-R1/V3 (FP8 block weights, MLA, expert parallelism, MTP, multi-
 docs/serving.md.
 
 `ENGINE_ARG_TYPES` is what a site may set in `site.serving.engine_args`; tests check it, and
-every generated model.json, against the argument definitions in the vLLM wheel of
-`VLLM_VERSION`, so an argument vLLM does not know, or a value of the wrong type, fails CI
+every generated model.json, against the argument definitions in the vLLM wheel of the
+BOM's `vllm` (the release the Triton image carries), so an argument vLLM does not know, or a value of the wrong type, fails CI
 before it fails a pod.
 """
 
@@ -23,9 +23,8 @@ from gpufleet.model.checks import dominant_gpu
 from gpufleet.model.errors import Problem
 from gpufleet.model.site import Inventory
 
-# The vLLM inside the Triton image's `-vllm-python-py3` variant; scripts/setup.sh fetches this
-# wheel so tests read its argument definitions.
-VLLM_VERSION = "0.33.0"
+# The Triton image flavour that carries the vLLM backend (`…:<yy.mm>-vllm-python-py3`).
+VLLM_FLAVOUR = "-vllm-python-py3"
 WEIGHTS_ROOT = "/weights"
 # vLLM's share of each GPU; the rest holds NCCL buffers, CUDA graphs and the sampler.
 GPU_MEMORY_UTILIZATION = 0.90
@@ -92,6 +91,11 @@ ENGINE_ARG_TYPES: dict[str, type] = {
     "disable_log_stats": bool,
     "enable_expert_parallel": bool,
     "enable_eplb": bool,
+}
+# String arguments vLLM reads from a fixed set (`CacheDType` in vllm/config/cache.py): anything
+# else fails every replica at load. tests/unit/test_engine_args.py checks them against the wheel.
+ENGINE_ARG_CHOICES: dict[str, tuple[str, ...]] = {
+    "kv_cache_dtype": ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"),
 }
 
 
@@ -182,6 +186,18 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
     if serving is None or serving.model not in SERVING_MODELS:
         return
     where = ("site", "serving")
+    image = inv.bom.triton_image
+    if image is not None and not image.split("@")[0].endswith(VLLM_FLAVOUR):
+        yield Problem(
+            ("bom", "triton_image"),
+            f"{image} is not Triton's vLLM flavour and the engine is vLLM: name <release>{VLLM_FLAVOUR}",
+        )
+    elif image is not None and inv.bom.vllm is None:
+        yield Problem(("bom", "vllm"), f"name the vLLM release {image} carries: the engine check reads it")
+    if inv.site.burst is not None and inv.bom.gateway_image is None:
+        yield Problem(
+            ("bom", "gateway_image"), "the admission gateway in front of the burst fallback needs its image"
+        )
     if inv.site.environment == "prod" and inv.bom.model_revision is None:
         yield Problem(("bom", "model_revision"), f"production serves {serving.model}: pin its revision")
     for key, value in serving.engine_args.items():
@@ -193,6 +209,8 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
             )
         elif type(value) is not want and not (want is float and type(value) is int):
             yield Problem((*where, "engine_args", key), f"vLLM takes {want.__name__}, got {value!r}")
+        elif key in ENGINE_ARG_CHOICES and value not in ENGINE_ARG_CHOICES[key]:
+            yield Problem((*where, "engine_args", key), f"one of {', '.join(ENGINE_ARG_CHOICES[key])}")
     if serving.canary_from is not None:
         if serving.canary_from == inv.bom.model_revision:
             yield Problem((*where, "canary_from"), "is bom.model_revision itself: nothing to compare against")

@@ -23,6 +23,7 @@ from gpufleet.plan.triton import vllm_repository
 SERVING_NAMESPACE = "serving"
 MONITORING_NAMESPACE = "monitoring"
 CEPH_CSI_NAMESPACE = "ceph-csi-rbd"
+CEPHFS_CSI_NAMESPACE = "ceph-csi-cephfs"
 STORAGE_CLASS = "ceph-rbd"
 PRIORITY_CLASS = "gpufleet-serving"
 PRIORITY_VALUE = 1_000_000
@@ -266,6 +267,21 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
                 },
             )
         )
+        charts.append(
+            Chart(
+                name="ceph-csi-cephfs",
+                namespace=CEPHFS_CSI_NAMESPACE,
+                repo="https://ceph.github.io/csi-charts",
+                chart="ceph-csi-cephfs",
+                version="3.13.1",
+                values={
+                    "storageClass": {"create": False},
+                    "secret": {"create": False},
+                    # It mounts the model cache on the GPU nodes serving runs on.
+                    "nodeplugin": {"tolerations": _tolerate_all()},
+                },
+            )
+        )
     if gpus:
         bom = inv.bom
         charts += [
@@ -365,15 +381,20 @@ def nic_cluster_policy(inv: Inventory) -> CustomResource | None:
 
 
 def triton_pod_monitor() -> CustomResource:
-    """Prometheus scrapes every Triton pod (on-prem and burst) on its metrics port: the HPA's
-    metric, the queue-wait alert and the burst controller's signal all come from here."""
+    """Prometheus scrapes every Triton pod (on-prem and burst) and the admission gateway's on
+    their `metrics` port: the HPA's metric, the queue-wait alert and the burst controller's
+    signal (the gateway's shed and degraded rates among it) all come from here."""
     return CustomResource(
         name="triton",
         api_version="monitoring.coreos.com/v1",
         kind="PodMonitor",
         namespace=SERVING_NAMESPACE,
         spec={
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
+            "selector": {
+                "matchExpressions": [
+                    {"key": "app.kubernetes.io/name", "operator": "In", "values": ["triton", "haproxy"]}
+                ]
+            },
             "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
         },
         needs="kube-prometheus-stack",

@@ -234,7 +234,7 @@ def packages(inv: Inventory, node: Node) -> list[Package]:
     elif node.disks.nvme_scratch:
         pkgs.append(Package(name="xfsprogs"))
     if Role.STORAGE in node.roles:
-        pkgs += [Package(name=n) for n in ("ceph-mon", "ceph-mgr", "ceph-osd")]
+        pkgs += [Package(name=n) for n in ("ceph-mon", "ceph-mgr", "ceph-mds", "ceph-osd")]
     if Role.STORAGE in node.roles or Role.WORKER in node.roles or Role.GPU in node.roles:
         pkgs.append(Package(name="ceph-common"))
     return sorted(pkgs, key=lambda p: p.name)

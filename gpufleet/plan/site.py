@@ -11,6 +11,11 @@ from gpufleet.plan.node import Frozen, plan_node
 
 PGS_PER_OSD = 100
 MAX_MONS = 5
+# The CephFS file system the model cache (the `cephfs` StorageClass) provisions from; its pools
+# are named as `ceph fs volume create` names them.
+CEPHFS_NAME = "models"
+# Metadata is small: a quarter of the data pool's PGs, at least this many.
+CEPHFS_META_MIN_PGS = 8
 
 
 class CrushRule(Frozen):
@@ -27,13 +32,21 @@ class PoolPlan(Frozen):
     application: str
 
 
+class FilesystemPlan(Frozen):
+    name: str
+    metadata_pool: str
+    data_pool: str
+
+
 class CephPlan(Frozen):
     release: str
     mons: list[str]
     mgrs: list[str]
+    mdss: list[str]  # one active, the other standby
     osds: dict[str, list[str]]
     crush_rules: list[CrushRule]
     pools: list[PoolPlan]
+    filesystem: FilesystemPlan
 
 
 class KubernetesPlan(Frozen):
@@ -111,13 +124,29 @@ def _ceph(inv: Inventory) -> CephPlan | None:
         )
         for p in ceph.pools
     ]
+    # The file system's pools keep the first pool's copies and failure domain; their PGs count
+    # both among the site's pools.
+    first = pools[0]
+    data_pgs = _pg_num(osd_count, first.size, len(ceph.pools) + 2)
+    fs = FilesystemPlan(
+        name=CEPHFS_NAME, metadata_pool=f"cephfs.{CEPHFS_NAME}.meta", data_pool=f"cephfs.{CEPHFS_NAME}.data"
+    )
+    pools += [
+        first.model_copy(update={"name": name, "pg_num": pgs, "application": "cephfs"})
+        for name, pgs in (
+            (fs.metadata_pool, max(CEPHFS_META_MIN_PGS, data_pgs // 4)),
+            (fs.data_pool, data_pgs),
+        )
+    ]
     return CephPlan(
         release=inv.bom.ceph,
         mons=mons,
         mgrs=mons[:2],
+        mdss=mons[:2],
         osds=osds,
         crush_rules=[CrushRule(name=f"replicated-{d}", failure_domain=d) for d in rules],
         pools=pools,
+        filesystem=fs,
     )
 
 

@@ -35,16 +35,25 @@ KubeconfigOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show what would change per host; change nothing")]
 
 
+def change_detail(changed: list[str]) -> str:
+    """The changed operations, whole, up to MAX_DETAIL characters, then how many more (`--json`
+    lists them all): no operation's name is cut."""
+    shown: list[str] = []
+    for i, op in enumerate(changed):
+        rest = len(changed) - i
+        if shown and len("; ".join([*shown, op])) + len(f"; +{rest - 1} more (--json)") > MAX_DETAIL:
+            return "; ".join(shown) + f"; +{rest} more (--json)"
+        shown.append(op)
+    return "; ".join(shown)
+
+
 def summary_table(results: list[HostResult], dry_run: bool) -> Table:
     verb = "would change" if dry_run else "changed"
     table = Table("host", "result", "operations", verb, "seconds", "detail")
     for r in results:
         result = "[red]failed[/]" if not r.ok else ("[yellow]changed[/]" if r.changed else "[green]ok[/]")
-        detail = "; ".join(r.changed)
-        if len(detail) > MAX_DETAIL:
-            detail = detail[: MAX_DETAIL - 1] + "…"
         # An error is one line that names its log: never shortened.
-        detail = r.error or detail
+        detail = r.error or change_detail(r.changed)
         table.add_row(r.hostname, result, str(r.ops), str(len(r.changed)), f"{r.seconds:.1f}", detail)
     return table
 
@@ -269,7 +278,7 @@ def register(app: typer.Typer) -> None:
         from gpufleet.provision.membership import drain, node_api
 
         with bad_input():
-            host = _site_host(site, host)
+            host = site_host(site, host)
             api = node_api(kubeconfig.expanduser())
         with api_errors(host):
             report = drain(api, host, timeout)
@@ -290,7 +299,7 @@ def register(app: typer.Typer) -> None:
         from gpufleet.provision.membership import admit, gate_of, node_api
 
         with bad_input():
-            host = _site_host(site, host)
+            host = site_host(site, host)
             inv = load_inventory(site)
             api = node_api(kubeconfig.expanduser())
         with api_errors(host):
@@ -320,9 +329,12 @@ def api_errors(host: str) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _site_host(site: str, host: str) -> str:
+def site_host(site: str, host: str) -> str:
+    """HOST as a node of SITE, or the same one-line error `plan-node` gives, listing the nodes."""
     inv = load_inventory(site)
     names = [n.hostname for n in inv.nodes]
     if host not in names:
-        raise InputError("argument HOST", [Problem((), f"{host!r} is not a node of {inv.site.name}")])
+        raise InputError(
+            f"argument HOST ({site})", [Problem((), f"no node {host!r}; nodes: {', '.join(names)}")]
+        )
     return host

@@ -43,16 +43,27 @@ def admit(api: NodeApi, plan: NodePlan, gate: Callable[[], tuple[bool, list[str]
     ok, failed = gate()
     if not ok:
         return Admission(plan.hostname, False, tuple(failed), ())
+    return Admission(plan.hostname, True, (), _let_in(api, plan.hostname, plan.labels))
+
+
+def _let_in(api: NodeApi, host: str, labels: dict[str, str]) -> tuple[str, ...]:
     done = []
-    api.apply_strict(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": plan.hostname, "labels": plan.labels}}
-    )
-    done.append(f"labels {', '.join(f'{k}={v}' for k, v in sorted(plan.labels.items())) or 'none'}")
-    if api.remove_taint(plan.hostname, READINESS_TAINT.key, READINESS_TAINT.effect):
+    api.apply_strict({"apiVersion": "v1", "kind": "Node", "metadata": {"name": host, "labels": labels}})
+    done.append(f"labels {', '.join(f'{k}={v}' for k, v in sorted(labels.items())) or 'none'}")
+    if api.remove_taint(host, READINESS_TAINT.key, READINESS_TAINT.effect):
         done.append(f"taint {READINESS_TAINT.key} removed")
-    api.uncordon(plan.hostname)
+    api.uncordon(host)
     done.append("uncordoned")
-    return Admission(plan.hostname, True, (), tuple(done))
+    return tuple(done)
+
+
+def admit_registered(api: NodeApi, host: str, labels: dict[str, str]) -> tuple[str, ...]:
+    """What the stack does once a node's own gate has passed: admit it as `admit` does, if it still
+    carries the unverified taint it registered with; a node admitted before is left as it is (a
+    cordon on it is an operator's). Returns what changed, () for a node left alone."""
+    if not any(t["key"] == READINESS_TAINT.key for t in api.taints(host)):
+        return ()
+    return _let_in(api, host, labels)
 
 
 def drain(api: NodeApi, host: str, timeout_s: float) -> DrainReport:

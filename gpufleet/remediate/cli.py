@@ -5,30 +5,35 @@ from __future__ import annotations
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.remediate.faults import Fault, faults_from_dcgm, faults_from_kernel_log
 
+if TYPE_CHECKING:
+    from gpufleet.kubeapi import NodeApi
+
 remediate_app = typer.Typer(
     help="Take GPU nodes with fatal faults out of service; admit them back through the gate."
 )
 
 
-def _kube(kubeconfig: Path | None) -> Any:
+def _kube(kubeconfig: Path | None) -> NodeApi:
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
+    from gpufleet.kubeapi import NodeApi
+
     if kubeconfig is not None:
         k8s_config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        return k8s.CoreV1Api()
+        return NodeApi(k8s.CoreV1Api())
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    return k8s.CoreV1Api()
+    return NodeApi(k8s.CoreV1Api())
 
 
 def _kernel_logs(specs: list[str]) -> list[tuple[str, Path]]:
@@ -123,10 +128,12 @@ def admit(
 ) -> None:
     """Run the admission gate on HOST; only if it passes, lift the taint and uncordon (exit 1 otherwise)."""
     from gpufleet.cli import bad_input, out
+    from gpufleet.provision.cli import site_host
     from gpufleet.remediate.controller import Remediator
     from gpufleet.verify import verify_site
 
     with bad_input():
+        site_host(site, host)
         report = verify_site(site, [host], local=local)
     if not report.ok:
         failed = (

@@ -5,23 +5,21 @@ with), and evict its pods through the eviction API, which refuses (429) what the
 PodDisruptionBudget does not allow: such a pod stays and is tried again next round, so the drain
 never takes more replicas than the budget. DaemonSet and mirror pods stay, as with kubectl drain.
 `admit` lifts the taint and the cordon only for a passing admission-gate report of that node.
+Every Kubernetes call goes through `gpufleet.kubeapi.NodeApi`, the project's one adapter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gpufleet.kubeapi import KubeError, NodeApi
 from gpufleet.plan.node import READINESS_TAINT
 from gpufleet.remediate.faults import Fault, by_node
 from gpufleet.verify.runner import VerifyReport
-
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass
@@ -66,8 +64,8 @@ class Metrics:
 
 
 class Remediator:
-    def __init__(self, core: Any, metrics: Metrics | None = None) -> None:
-        self.core = core  # kubernetes.client.CoreV1Api
+    def __init__(self, nodes: NodeApi, metrics: Metrics | None = None) -> None:
+        self.nodes = nodes
         self.metrics = metrics or Metrics()
         self.quarantined: set[str] = set()
         self.reasons: dict[str, set[str]] = {}  # what took each quarantined node out
@@ -113,10 +111,13 @@ class Remediator:
             self.metrics.errors.inc()
             done.error = f"API {exc.status}: {exc.reason}"
             return done
+        except KubeError as exc:
+            self.metrics.errors.inc()
+            done.error = f"API {exc}"
+            return done
 
     def _returned(self, done: Round) -> Round:
-        taints = self.core.read_node(done.node).spec.taints or []
-        if not any(t.key == READINESS_TAINT.key for t in taints):
+        if not self.nodes.has_taint(done.node, READINESS_TAINT.key, READINESS_TAINT.effect):
             self._release(done.node)
         return done
 
@@ -128,24 +129,9 @@ class Remediator:
 
     def quarantine(self, done: Round) -> Round:
         node = done.node
-        cordoned = self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type=MERGE_PATCH)
-        taints = list(cordoned.spec.taints or [])
-        if not any(t.key == READINESS_TAINT.key for t in taints):
-            ours = {
-                "key": READINESS_TAINT.key,
-                "value": READINESS_TAINT.value,
-                "effect": READINESS_TAINT.effect,
-            }
-            value = [self.core.api_client.sanitize_for_serialization(t) for t in taints] + [ours]
-            # The test on the version makes the whole-list write lose to a concurrent change
-            # (the node controller adds its own unschedulable taint) instead of undoing it.
-            version = cordoned.metadata.resource_version
-            patch = [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": version},
-                {"op": "add", "path": "/spec/taints", "value": value},
-            ]
-            self.core.patch_node(node, patch, _content_type=JSON_PATCH)
-            done.tainted = True
+        self.nodes.cordon(node)
+        # Appended to the list, so the node controller's own unschedulable taint stays.
+        done.tainted = self.nodes.add_taint(node, READINESS_TAINT)
         # Quarantined once cordoned and tainted: a node without the taint counts as returned.
         if node not in self.quarantined:
             self.metrics.cordons.inc()
@@ -157,28 +143,14 @@ class Remediator:
     def drain(self, done: Round) -> Round:
         """Evict what the disruption budget allows from a cordoned, tainted node."""
         node = done.node
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
-        for pod in pods:
-            if not _evictable(pod):
-                continue
-            name, namespace = pod.metadata.name, pod.metadata.namespace
-            body = {
-                "apiVersion": "policy/v1",
-                "kind": "Eviction",
-                "metadata": {"name": name, "namespace": namespace},
-            }
-            try:
-                self.core.create_namespaced_pod_eviction(name, namespace, body)
-            except ApiException as exc:
-                if exc.status == 429:
-                    done.blocked.append(f"{namespace}/{name}")
-                    self.metrics.evictions.labels("blocked").inc()
-                    continue
-                if exc.status == 404:
-                    continue
-                raise
-            done.evicted.append(f"{namespace}/{name}")
-            self.metrics.evictions.labels("evicted").inc()
+        for pod in self.nodes.pods_to_evict(node):
+            result = self.nodes.evict(pod.metadata.namespace, pod.metadata.name)
+            if result.outcome == "blocked":
+                done.blocked.append(result.pod)
+                self.metrics.evictions.labels("blocked").inc()
+            elif result.outcome == "evicted":
+                done.evicted.append(result.pod)
+                self.metrics.evictions.labels("evicted").inc()
         self.metrics.pods_left.labels(node).set(len(done.blocked))
         return done
 
@@ -188,24 +160,7 @@ class Remediator:
         self.metrics.admissions.labels("passed" if passed else "refused").inc()
         if not passed:
             return False
-        current = self.core.read_node(node)
-        for index, taint in enumerate(current.spec.taints or []):
-            if taint.key == READINESS_TAINT.key:
-                patch = [
-                    {"op": "test", "path": f"/spec/taints/{index}/key", "value": READINESS_TAINT.key},
-                    {"op": "remove", "path": f"/spec/taints/{index}"},
-                ]
-                self.core.patch_node(node, patch, _content_type=JSON_PATCH)
-                break
-        self.core.patch_node(node, {"spec": {"unschedulable": False}}, _content_type=MERGE_PATCH)
+        self.nodes.remove_taint(node, READINESS_TAINT.key, READINESS_TAINT.effect)
+        self.nodes.uncordon(node)
         self._release(node)
         return True
-
-
-def _evictable(pod: Any) -> bool:
-    owners = pod.metadata.owner_references or []
-    return (
-        not any(o.kind == "DaemonSet" for o in owners)
-        and "kubernetes.io/config.mirror" not in (pod.metadata.annotations or {})
-        and pod.status.phase not in {"Succeeded", "Failed"}
-    )

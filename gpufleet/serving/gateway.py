@@ -45,7 +45,13 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def write_config(
-    folder: Path, plan: AdmissionPlan, primary: Backend, fallback: Backend, keys: dict[str, Tenant], port: int
+    folder: Path,
+    plan: AdmissionPlan,
+    primary: Backend,
+    fallback: Backend,
+    keys: dict[str, Tenant],
+    port: int,
+    metrics_port: int,
 ) -> Path:
     """haproxy.cfg and its two maps in `folder` (the maps hold API keys: mode 0600)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,7 @@ def write_config(
             primary,
             fallback,
             bind=f"127.0.0.1:{port}",
+            metrics_bind=f"127.0.0.1:{metrics_port}",
             tenants_map=str(folder / "tenants.map"),
             limits_map=str(folder / "limits.map"),
         )
@@ -73,19 +80,24 @@ class Gateway:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    metrics_port: int | None = None  # None: the exporter is on `port`
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + METRICS_PATH, timeout=10) as resp:
+        port = self.port if self.metrics_port is None else self.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{METRICS_PATH}", timeout=10) as resp:
             return str(resp.read().decode())
 
 
 @contextmanager
-def haproxy(config: Path, port: int, workdir: Path, ready_timeout: float = 30) -> Iterator[Gateway]:
-    """HAProxy in the foreground (-db) on a config that binds 127.0.0.1:`port`."""
+def haproxy(
+    config: Path, port: int, workdir: Path, ready_timeout: float = 30, metrics_port: int | None = None
+) -> Iterator[Gateway]:
+    """HAProxy in the foreground (-db) on a config that binds 127.0.0.1:`port` (and its exporter
+    127.0.0.1:`metrics_port`, where that is another port)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "haproxy.log"
     with log_path.open("wb") as log:
@@ -95,7 +107,7 @@ def haproxy(config: Path, port: int, workdir: Path, ready_timeout: float = 30) -
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    gateway = Gateway(process, port, log_path)
+    gateway = Gateway(process, port, log_path, metrics_port)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:

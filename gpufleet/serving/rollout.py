@@ -41,15 +41,18 @@ def _pin(text: str, source: str) -> re.Match[str]:
 
 def history(path: Path) -> list[str]:
     """Distinct pinned revisions in the file's committed history, newest first."""
-    root = Path(
-        subprocess.run(
-            ["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
+    top = subprocess.run(
+        ["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
     )
+    if top.returncode != 0:
+        raise InputError(
+            display(path), [Problem((), "not in a git repository: rollback reads the file's history")]
+        )
+    root = Path(top.stdout.strip())
     rel = path.resolve().relative_to(root.resolve())
     commits = subprocess.run(
         ["git", "-C", str(root), "log", f"-{HISTORY_COMMITS}", "--format=%H", "--", str(rel)],

@@ -96,6 +96,7 @@ def verify_site(
             expect_file.write_text(given[1].model_dump_json())
             env["GPUFLEET_EXPECT"] = str(expect_file)
             target = f"--hosts=ssh://root@{given[0]}"
+            ssh_args = testinfra_ssh_args(site_name)
         elif local:
             env["GPUFLEET_HOST"] = hosts[0]
             target = "--hosts=local://"

@@ -90,6 +90,15 @@ CHARTS: dict[tuple[str, str], ChartFacts] = {
         keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
         opaque=_k("csiConfig[].monitors", "nodeplugin.tolerations"),
     ),
+    ("ceph-csi-cephfs", "3.13.1"): ChartFacts(
+        source=(
+            "ceph/ceph-csi charts/ceph-csi-cephfs/values.yaml at commit 004f647 (its nodeplugin.plugin.image.tag "
+            "is v3.13.1): csiConfig l.35 (items: clusterID, monitors, cephFS), nodeplugin.tolerations, "
+            "storageClass.create, secret.create"
+        ),
+        keys=_k("storageClass.create", "secret.create", "csiConfig[].clusterID"),
+        opaque=_k("csiConfig[].monitors", "nodeplugin.tolerations"),
+    ),
     ("gpu-operator", "v25.3.4"): ChartFacts(
         source=(
             "NVIDIA/gpu-operator v25.3.4 deployments/gpu-operator/values.yaml (read at the tag): "

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from gpufleet.cli import app
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import load_stack
-from gpufleet.plan.admission import GATEWAY_IMAGE
 from gpufleet.preview.plan import _shown, diff_graphs, leaf_changes, policy_violations
 from gpufleet.preview.program import Graph, reveal
 
@@ -81,11 +80,10 @@ def test_against_a_ref_without_the_program_everything_is_created(
     assert f"| {len(graph.resources)} | 0 | 0 | 0 | 0 |" in summary and "structural plan" in summary.lower()
     violations = preview["policyViolations"]
     assert violations and {v["policy"] for v in violations} == {"images-by-digest-in-production"}, violations
-    image = load_stack("dc1-prod").inventory.bom.triton_image
-    assert image is not None
-    assert (
-        all(image in v["message"] or GATEWAY_IMAGE in v["message"] for v in violations) and image in summary
-    )
+    bom = load_stack("dc1-prod").inventory.bom
+    image, gateway = bom.triton_image, bom.gateway_image
+    assert image is not None and gateway is not None
+    assert all(image in v["message"] or gateway in v["message"] for v in violations) and image in summary
     # Secrets: neither the kubeconfig nor the join token anywhere in what was written.
     written = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
     for secret in (reveal(graph.outputs["kubeconfig"]), reveal(graph.outputs["joinToken"])):

@@ -189,7 +189,8 @@ def test_triton_pods_are_scraped(name: str, graphs: dict[str, Graph]) -> None:
         spec_ = r.inputs["spec"]
         pod = spec_["template"] if "template" in spec_ else spec_["leaderWorkerTemplate"]["leaderTemplate"]
         assert monitor.inputs["metadata"]["namespace"] == r.inputs["metadata"]["namespace"]
-        assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        (expr,) = spec["selector"]["matchExpressions"]
+        assert expr["operator"] == "In" and pod["metadata"]["labels"][expr["key"]] in expr["values"]
         ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
         assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics"] and "metrics" in ports
 

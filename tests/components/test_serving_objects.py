@@ -167,7 +167,8 @@ def test_the_lws_schema_rejects_an_unknown_field(graphs: dict[str, Graph]) -> No
 def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     name: str, graphs: dict[str, Graph]
 ) -> None:
-    from gpufleet.plan.admission import GATEWAY_IMAGE, TENANTS_SECRET
+    from gpufleet.inventory.stacks import load_stack
+    from gpufleet.plan.admission import METRICS_PATH, TENANTS_SECRET
 
     graph = graphs[name]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
@@ -177,7 +178,18 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert "server primary-0 deepseek-r1.serving.svc:8000" in text
     assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["containers"][0]["image"] == GATEWAY_IMAGE
+    assert pod["containers"][0]["image"] == load_stack(name).inventory.bom.gateway_image
+    # Prometheus scrapes the gateway (the shed and degraded rates the burst controller reads) on
+    # the exporter's own port, which the API frontend does not serve.
+    (monitor,) = [reveal(r.inputs) for r in graph.by_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")]
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert expr["operator"] == "In" and labels[expr["key"]] in expr["values"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (port,) = [p for p in pod["containers"][0]["ports"] if p["name"] == endpoint["port"]]
+    assert f"bind :{port['containerPort']}" in text and endpoint["path"] == METRICS_PATH
+    api = text.split("frontend api", 1)[1].split("\nbackend", 1)[0]
+    assert "prometheus-exporter" not in api
     assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
         "volumes"
     ]
@@ -233,3 +245,21 @@ def test_a_canary_is_one_replica_of_the_new_revision_beside_the_stable_ones(
         }.items() <= labels.items()
     (hpa,) = _objects(graph, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "deepseek-r1"
+    # One disruption budget over the stable groups and the canary's: with one each, a drain could
+    # take a stable replica and the canary at once (and the eviction API refuses a pod two select).
+    (pdb,) = _objects(graph, "kubernetes:policy/v1:PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    for lws in sets.values():
+        for t in ("leaderTemplate", "workerTemplate"):
+            labels = lws["spec"]["leaderWorkerTemplate"][t]["metadata"]["labels"]
+            assert _selects(pdb["spec"]["selector"], labels)
+    for job in _objects(graph, "kubernetes:batch/v1:Job"):
+        assert not _selects(pdb["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector with matchLabels and the Exists/DoesNotExist expressions these use."""
+    exprs = {"Exists": lambda k: k in labels, "DoesNotExist": lambda k: k not in labels}
+    return selector["matchLabels"].items() <= labels.items() and all(
+        exprs[e["operator"]](e["key"]) for e in selector.get("matchExpressions", [])
+    )

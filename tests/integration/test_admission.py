@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from gpufleet.plan import plan_site
 from gpufleet.plan.admission import (
     DEGRADED_RATE_QUERY,
     FALLBACK,
+    METRICS_PATH,
     PRIMARY,
     SHED,
     SHED_RATE_QUERY,
@@ -83,11 +86,11 @@ def _gateway(triton: TritonServer, tmp: Path, primary_rps: float, fallback_rps: 
     primary = Backend(name=PRIMARY, model=MODEL, servers=[addr], slots=slots, rate_rps=primary_rps)
     fallback = Backend(name=FALLBACK, model="fallback", servers=[addr], slots=slots, rate_rps=fallback_rps)
     plan = plan_admission(2.0, primary, fallback)
-    port = free_port()
-    config = write_config(tmp / "gw", plan, primary, fallback, KEYS, port)
+    port, metrics_port = free_port(), free_port()
+    config = write_config(tmp / "gw", plan, primary, fallback, KEYS, port, metrics_port)
     checked = check_config(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    return plan, haproxy(config, port, tmp / "gw")
+    return plan, haproxy(config, port, tmp / "gw", metrics_port=metrics_port)
 
 
 def test_fallback_turns_on_and_off_at_the_planned_queue_and_p0_is_never_shed(
@@ -139,6 +142,10 @@ def test_fallback_turns_on_and_off_at_the_planned_queue_and_p0_is_never_shed(
         assert call(gw.url, "key-p2", 1).served_by == "primary"
         totals = gauges(gw, "haproxy_backend_http_requests_total")
         assert totals[SHED] == 1 and totals[FALLBACK] == 6
+        # The exporter has its own port: the API port does not show it to a caller without a key.
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(gw.url + METRICS_PATH, timeout=10)
+        assert denied.value.code == 401
     # The burst controller's queries name these same counters.
     assert f'proxy="{SHED}"' in SHED_RATE_QUERY and f'proxy="{FALLBACK}"' in DEGRADED_RATE_QUERY
 

@@ -221,8 +221,19 @@ def test_cluster_ceph_builds_a_healthy_cluster_with_the_planned_pools() -> None:
         assert (have["size"], have["min_size"], have["pg_num"]) == (want.size, want.min_size, want.pg_num)
         assert rules[have["crush_rule"]] == want.crush_rule
         assert want.application in have["application_metadata"]
+    fs = json.loads(ssh(mon, f"ceph fs get {ceph.filesystem.name} --format json"))["mdsmap"]
+    print(ssh(mon, "ceph health detail"), ssh(mon, "ceph fs status"), sep="\n")
+    assert [i["state"] for i in fs["info"].values()] == ["up:active"], fs["info"]
+    assert fs["data_pools"] == [pools[ceph.filesystem.data_pool]["pool_id"]]
+    assert fs["metadata_pool"] == pools[ceph.filesystem.metadata_pool]["pool_id"]
+    mds = json.loads(ssh(mon, "ceph fs dump --format json"))
+    assert sorted([s["name"] for s in mds["standbys"]] + [i["name"] for i in fs["info"].values()]) == sorted(
+        ceph.mdss
+    )
+    assert not {"MDS_ALL_DOWN", "FS_DEGRADED", "MDS_INSUFFICIENT_STANDBY"} & set(status["health"]["checks"])
     keyring = Path(SUITE_ENV["GPUFLEET_OUT"]) / "lab" / "ceph.client.kubernetes.keyring"
     assert keyring.stat().st_mode & 0o777 == 0o600 and "[client.kubernetes]" in keyring.read_text()
+    assert f"allow rw tag cephfs data={ceph.filesystem.name}" in keyring.read_text()
 
 
 def test_cluster_ceph_again_changes_nothing_and_kubernetes_runs_in_check_mode() -> None:
@@ -299,11 +310,26 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
     "schema": [(["schema", "--out", "{tmp}/nodes.schema.json"], 0, "wrote")],
     "stacks": [(["stacks"], 0, "burst-prod")],
     "plan": [(["plan", "lab", "--out", "{tmp}/plan"], 0, "")],
+    # The lab runs no Kubernetes, and a new user has no kubeconfig: one line saying so.
+    "drain": [(["drain", "lab", "lab-st1"], 2, "--kubeconfig")],
+    "admit": [(["admit", "lab", "lab-st1"], 2, "--kubeconfig")],
     "burst simulate": [(["burst", "simulate"], 0, "oracle")],
     # No Pulumi CLI on this machine: the controller says so in one line (bad input, exit 2).
     "burst run": [
         (["burst", "run", "burst-prod", "--iterations", "1"], 2, "the Pulumi CLI is not installed")
     ],
+    "serving promote": [
+        (
+            ["serving", "promote", "dc1-prod", "--triton-metrics", "http://127.0.0.1:9/metrics", "--dry-run"],
+            2,
+            "no canary in progress",
+        )
+    ],
+    # The suite's lab reads a copy of the inventories, outside git: rollback has no history to read.
+    "serving rollback": [
+        (["serving", "rollback", "dc1-prod", "--dry-run"], 2, "rollback reads the file's history")
+    ],
+    "remediate run": [(["remediate", "run", "--rounds", "1"], 2, "give --dcgm URL or --kernel-log")],
     "verify": [
         (["verify", "lab"], 0, "checks ran"),
         (["verify", "lab", "--verbose"], 0, "not in this host's plan"),

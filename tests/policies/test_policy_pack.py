@@ -20,7 +20,6 @@ from pulumi_policy import EnforcementLevel
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 from gpufleet.inventory.stacks import load_stack, stack_names
-from gpufleet.plan.admission import GATEWAY_IMAGE
 from gpufleet.preview.program import (
     RESOURCE_SIG,
     SECRET_SIG,
@@ -118,11 +117,17 @@ def test_every_stack_passes_every_policy_but_the_unread_digest(name: str, record
     failures = {r.urn: v for r in graph.resources if (v := all_violations(r))}
     unpinned = {urn: v.pop(UNPINNED) for urn, v in failures.items() if UNPINNED in v}
     assert {urn: v for urn, v in failures.items() if v} == {}
-    image = load_stack(name).inventory.bom.triton_image
+    bom = load_stack(name).inventory.bom
+    image = bom.triton_image
     if _production(f"urn:pulumi:{name}::gpufleet::t::x") and image and "@sha256:" not in image:
         assert unpinned, "a production stack with a tag-only image must fail the digest rule"
-        tag_only = (image, GATEWAY_IMAGE)
-        assert all(any(i in m for i in tag_only) for ms in unpinned.values() for m in ms)
+        # Each message names the BOM entry that pins its image.
+        keys = {image: "bom.triton_image", bom.gateway_image: "bom.gateway_image"}
+        assert all(
+            any(f"{i!r}" in m and f"to {k} in" in m for i, k in keys.items())
+            for ms in unpinned.values()
+            for m in ms
+        ), unpinned
         for ms in unpinned.values():
             # Once per container and image (an LWS's leader and worker templates name the same
             # ones), saying how to read the digest.

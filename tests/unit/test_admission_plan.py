@@ -71,7 +71,7 @@ def test_dc1_gateway_is_sized_from_its_replicas() -> None:
 def test_the_rendered_config_is_valid_haproxy_and_p0_never_leaves_the_primary(tmp_path: Path) -> None:
     g = _site_gateway()
     keys = {"k0": Tenant(name="bank", priority="P0", requests_per_s=5)}
-    config = write_config(tmp_path, g.admission, g.primary, g.fallback, keys, 8080)
+    config = write_config(tmp_path, g.admission, g.primary, g.fallback, keys, 8080, 8404)
     checked = check_config(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     rules = [

@@ -154,7 +154,7 @@ CASES: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "Python index over http",
         _set("site.package_sources.python_index", "http://pypi.dc1.example.internal/simple/"),
         "site.package_sources.python_index",
-        "should match pattern",
+        "not a Python index URL",
     ),
     (
         "probe torch for another CUDA",
@@ -279,10 +279,16 @@ def test_index_credentials_are_refused_and_never_echoed(
     assert "s3cret-token" not in stdout + stderr and "//***@pypi.dc1" in line
 
 
-def test_unknown_host_is_bad_input() -> None:
-    code, _, stderr = _run(["plan-node", "dc1", "gpu99"])
-    assert code == 2
-    assert "no node 'gpu99'" in stderr and "gpu01" in stderr
+@pytest.mark.parametrize(
+    "command", [["plan-node"], ["drain"], ["admit"], ["remediate", "admit"]], ids=" ".join
+)
+def test_misspelled_host_lists_the_nodes(command: list[str]) -> None:
+    """Every command that takes a HOST says the same line, listing the site's nodes, before it
+    reads a kubeconfig or reaches a host."""
+    code, stdout, stderr = _run([*command, "lab", "lab-w1"])
+    assert code == 2 and not stdout
+    nodes = "lab-cp1, lab-st1, lab-st2, lab-st3"
+    assert stderr.strip() == f"argument HOST (lab): no node 'lab-w1'; nodes: {nodes}"
 
 
 def test_bad_cli_argument_exits_2() -> None:

@@ -14,10 +14,10 @@ import pytest
 from gpufleet.inventory.load import load_inventory
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.aws import plan_burst
-from gpufleet.plan.engine import ENGINE_ARG_TYPES
+from gpufleet.plan.engine import ENGINE_ARG_CHOICES, ENGINE_ARG_TYPES
 from gpufleet.plan.k8s import burst_workload, onprem_workload
 from gpufleet.plan.site import plan_site
-from tests.vllm_definitions import Definitions, load, problems, wheel_path
+from tests.vllm_definitions import VLLM_VERSION, Definitions, load, problems, wheel_path
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,8 @@ def _engines() -> dict[str, dict[str, object]]:
 @pytest.mark.parametrize("name", ["dc1", "dc1-dr", "burst-prod"])
 def test_generated_model_json_is_what_vllm_accepts(name: str, defs: Definitions) -> None:
     engine = _engines()[name]
+    # The wheel checked is the vLLM the site's Triton image carries (bom.vllm).
+    assert load_inventory("dc1-dr" if name == "dc1-dr" else "dc1").bom.vllm == VLLM_VERSION
     assert problems(engine, defs.engine, defs, "model.json") == []
     spec = engine.get("speculative_config")
     if spec is not None:
@@ -82,6 +84,12 @@ def test_every_overridable_argument_is_vllms_with_its_type(defs: Definitions) ->
     samples = {int: 7, float: 0.5, bool: True, str: "fp8"}
     for key, kind in ENGINE_ARG_TYPES.items():
         assert problems({key: samples[kind]}, defs.engine, defs, "engine_args") == [], key
+    # A string a site may set comes from a fixed set, each of which vLLM accepts; a free string
+    # would reach every replica's engine unchecked.
+    assert {k for k, kind in ENGINE_ARG_TYPES.items() if kind is str} == set(ENGINE_ARG_CHOICES)
+    for key, choices in ENGINE_ARG_CHOICES.items():
+        for choice in choices:
+            assert problems({key: choice}, defs.engine, defs, "engine_args") == [], (key, choice)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +150,12 @@ def test_a_wrong_speculative_method_fails(defs: Definitions) -> None:
             lambda d: d["site"]["serving"].update(canary_from="0123456", replicas=1),
             "site.serving.canary_from: a canary needs 2 or more replicas, not 1",
         ),
+        (
+            lambda d: d["bom"].update(triton_image="nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3"),
+            "bom.triton_image: nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3 is not Triton's vLLM flavour",
+        ),
+        (lambda d: d["bom"].pop("vllm"), "bom.vllm: name the vLLM release"),
+        (lambda d: d["bom"].pop("gateway_image"), "bom.gateway_image: the admission gateway"),
         (
             lambda d: d["site"]["serving"].update(max_model_len=200_000),
             "site.serving.max_model_len: deepseek-r1 was trained for 163840 tokens",

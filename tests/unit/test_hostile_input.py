@@ -89,6 +89,14 @@ INJECTIONS: list[tuple[str, str, Any, str, str]] = [
      "site.kubernetes.control_plane_endpoint", "1..65535"),
     ("a newline in a rack", "nodes[3].rack", "r1\nx", "nodes[3].rack", "not a host name"),
     ("a 1 MB value", "nodes[3].hostname", "a" * 1_000_000, "nodes[3].hostname", "at most 63"),
+    # Rich markup, Jinja and a shell in the Python index: `[/x]` crashed `plan-node`'s table.
+    ("markup and Jinja in the Python index", "site.package_sources.python_index",
+     "https://pypi.example/[/x]{{7*7}}$(id)`id`'", "site.package_sources.python_index", "not a Python index URL"),
+    ("credentials in the Python index", "site.package_sources.python_index", "https://u:p@pypi.example/simple/",
+     "site.package_sources.python_index", "not a Python index URL"),
+    # vLLM reads kv_cache_dtype from a fixed set: anything else crash-loops every replica.
+    ("a shell and a newline in kv_cache_dtype", "site.serving.engine_args", {"kv_cache_dtype": 'fp8"\n$(id)[/x]'},
+     "site.serving.engine_args.kv_cache_dtype", "one of"),
 ]  # fmt: skip
 
 # The meaning gaps: types fit, the site does not make sense.
@@ -280,3 +288,54 @@ def test_many_problems_print_a_bounded_report(
     assert len(lines) == MAX_LINES + 1
     assert lines[-1].endswith("more problems not shown")
     assert "inventories/evil/nodes.yaml: nodes[0].bad: unknown key" in lines
+
+
+def test_plan_node_prints_inventory_text_as_text(
+    dc1: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the table shows is never read as Rich markup: an accepted value with `[...]` prints as is."""
+    _set(dc1, "nodes[3].labels", {"team": "a"})
+    site = tmp_path / "inventories" / "evil"
+    site.mkdir(parents=True)
+    (site / "nodes.yaml").write_text(yaml.safe_dump(dc1, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    from gpufleet import cli
+
+    shown: list[str] = []
+    monkeypatch.setattr(cli, "_perf_rows", lambda _perf: shown.append("[/x][bold]x") or "[/x][bold]x")
+    result = CliRunner().invoke(app, ["plan-node", "evil", dc1["nodes"][3]["hostname"]])
+    assert result.exit_code == 0, result.output
+    assert shown and "[/x][bold]x" in result.output
+
+
+def test_verify_prints_what_a_host_said_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check's message is what a host printed: `[/x]` there neither crashes the gate's table nor
+    styles itself as a pass."""
+    import gpufleet.verify as verify
+    from gpufleet.verify.runner import CheckResult, VerifyReport
+
+    said = "nvidia-smi: [/x][green]passed[/green]"
+    report = VerifyReport(
+        site="lab",
+        hosts=["gpu01"],
+        results=[CheckResult(host="gpu01", check="test_gpu[x]", part="gpu", outcome="failed", message=said)],
+        returncode=1,
+    )
+    monkeypatch.setattr(verify, "verify_site", lambda *_a, **_k: report)
+    result = CliRunner().invoke(app, ["verify", "lab", "--local", "--limit", "gpu01"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert said in result.output and "test_gpu[x]" in result.output
+
+
+@pytest.mark.parametrize("name", ["[bold]x", "x $(id)", "x'y", "x\nPulumi.ok.yaml: fine", "a" * 101])
+def test_a_stack_name_has_pulumis_grammar(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack name is the file's name: Pulumi's grammar (A-Za-z0-9._-, <= 100), or exit 2 on one line."""
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / f"Pulumi.{name}.yaml").write_text(GOOD_STACK)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUFLEET_INVENTORIES", str(REPO / "inventories"))
+    result = CliRunner().invoke(app, ["stacks"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("stacks/") and "not a Pulumi stack name" in line, line
+    assert len(line) < 300
