@@ -184,12 +184,6 @@ def parse_surge(text: str) -> Surge:
     return Surge(factor=factor, start_s=parse_duration(start_text), duration_s=duration)
 
 
-def default_surge(trace: Trace) -> Surge:
-    """A x3 surge in the middle of the trace, 20 minutes or a third of the trace if that is shorter."""
-    duration = min(1200.0, trace.duration_s / 3)
-    return Surge(factor=3.0, start_s=(trace.duration_s - duration) / 2, duration_s=duration)
-
-
 # Copies land within this many seconds of the request they copy: close enough that the surge
 # keeps the trace's own second-scale bursts, apart enough not to stack identical instants.
 _JITTER_S = 2.0
