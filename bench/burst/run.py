@@ -167,7 +167,7 @@ def main() -> None:
         f"Site {SITE}: {capacity.onprem_replicas} on-prem replicas of {serving.model} "
         f"({first['onprem_tokens_s']:,.0f} decode tokens/s each at batch 128 and 4k context, "
         f"{first['prefill_tokens_s']:,.0f} prefill tokens/s, from the measured roofline: "
-        "`gpufleet/sim/hardware.py`, the same figures for both traces); burst nodes of the fleet plan "
+        "`gpufleet/burst/hardware.py`, the same figures for both traces); burst nodes of the fleet plan "
         f"(<= {capacity.max_nodes} nodes, ${capacity.max_hourly_usd:g}/h cap, {capacity.boot_to_serve_s:.0f} s "
         "boot-to-serve). SLO per minute: p99 queue wait <= "
         f"{capacity.slo_queue_wait_s:g} s and p99 TTFT <= {slo_ttft:g} s; "
@@ -197,8 +197,8 @@ def main() -> None:
             f"warm start, {meta['outages']} Spot capacity outages (seed 0). Means over {len(SEEDS)} seeds "
             f"(min-max); ratios per seed, then averaged. Plot: [burst_{Path(trace).stem}.png](burst_{Path(trace).stem}.png)",
             "",
-            "| policy | SLO ok % | P0 viol. min | viol. min | p99 wait s | p99 TTFT s | GPU-h | $ | $ / bound-clairvoyant | $ / bound-calendar | cap viol. | actions |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| policy | SLO ok % | P0 viol. min | viol. min | p99 wait s | p99 TTFT s | GPU-h | $ | $ / bound-clairvoyant | $ / bound-calendar | cap viol. | actions | degraded % | shed % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         names = [*BASELINES, *(f"gpufleet/{m}" for m in MODES), *BOUND_NAMES]
         for name in names:
@@ -225,7 +225,8 @@ def main() -> None:
                 f"| {name} | {span('slo_ok_minutes_pct', '.1f')} | {span('p0_violation_minutes', '.1f')} | "
                 f"{span('slo_violation_minutes', '.1f')} | {span('p99_queue_wait_s', '.2f')} | {span('p99_ttft_s', '.2f')} | "
                 f"{span('gpu_hours', '.1f')} | {span('cost_usd', '.2f')} | {ratio_c:.2f} | {ratio_k:.2f} | "
-                f"{sum(v['cap_violations'] for v in vals)} | {span('scale_actions', '.0f')} |"
+                f"{sum(v['cap_violations'] for v in vals)} | {span('scale_actions', '.0f')} | "
+                f"{span('degraded_requests_pct', '.1f')} | {span('shed_requests_pct', '.1f')} |"
             )
         lines.append("")
         plot(

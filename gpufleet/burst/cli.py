@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -174,19 +175,15 @@ def bound_summary(b: BoundResult) -> dict[str, object]:
     capacity model: a bound is not simulated, so it has no wait or TTFT of its own)."""
     minutes = len(b.nodes)
     return {
-        "policy": b.name,
+        **b.summary(),
         "slo_ok_minutes_pct": round(100.0 * (minutes - b.unmet_minutes) / max(minutes, 1), 2),
         "p0_violation_minutes": b.unmet_minutes,
         "slo_violation_minutes": b.unmet_minutes,
         "p99_queue_wait_s": None,
         "p99_ttft_s": None,
-        "gpu_hours": round(b.gpu_hours, 2),
-        "cost_usd": round(b.cost_usd, 2),
-        "cap_violations": 0,
         "scale_actions": sum(1 for a, c in zip(b.nodes, b.nodes[1:], strict=False) if a != c),
         "degraded_requests_pct": 0.0,
         "shed_requests_pct": 0.0,
-        "unmet_minutes": b.unmet_minutes,
     }
 
 
@@ -229,10 +226,9 @@ def _table(results: list[Result], bounds: list[BoundResult], slo_s: float, ttft_
             str(r.scale_actions),
         )
     for b in bounds:
-        unmet = f" ({b.unmet_minutes} min beyond the cap)" if b.unmet_minutes else ""
-        table.add_row(
-            f"{b.name}{unmet}", "-", "-", "-", "-", "-", f"{b.gpu_hours:.1f}", f"{b.cost_usd:.2f}", "0", "-"
-        )
+        plan = math.isfinite(b.cost_usd)  # HiGHS may stop before it has any plan
+        gpu_hours, cost = (f"{b.gpu_hours:.1f}", f"{b.cost_usd:.2f}") if plan else ("-", "-")
+        table.add_row(b.label(), "-", "-", "-", "-", "-", gpu_hours, cost, "0", "-")
     return table
 
 

@@ -270,11 +270,14 @@ class Controller:
         self.window.append(signals)
         decision = self.policy.decide(t, list(self.window), nodes, prices)
         self._observe(signals, nodes, prices, decision)
-        # What the serving stack reports beyond Triton's core counters, when it does.
+        # What the serving stack reports beyond Triton's core counters, when it does, and what the
+        # gateway turned away (counted in the load above).
         for name, value in (
             ("trt_active", reading.trt_active),
             ("kv_cache_used", reading.kv_cache_used),
             ("ttft_p99_s", reading.ttft_p99_s),
+            ("shed_rps", reading.shed_rps),
+            ("degraded_rps", reading.degraded_rps),
         ):
             if value is not None:
                 self.metrics.signal.labels(name=name).set(value)

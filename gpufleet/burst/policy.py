@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from gpufleet.burst.hardware import SHAPES, ReplicaHardware, relative_capacity
+from gpufleet.burst.hardware import SHAPES, ReplicaHardware, relative_capacity, swap_s
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.plan.aws import BurstFleet
 from gpufleet.plan.site import SitePlan
@@ -103,6 +103,8 @@ class CapacityModel:
     # What one on-prem replica's GPUs serve running the burst fleet's distilled model instead, in
     # on-prem replicas (the fleet plan's roofline for a burst type of the same GPU); 0: none known.
     distilled_per_replica: float = 0.0
+    # Seconds a replica serves nothing while it loads the distilled model's weights.
+    distilled_swap_s: float = 0.0
 
     @classmethod
     def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
@@ -121,7 +123,15 @@ class CapacityModel:
             fleet_max_price=fleet_max_price,
             slo_ttft_s=site.serving.slo_ttft_p99_s,
             distilled_per_replica=_distilled(site, fleet),
+            distilled_swap_s=_distilled_swap_s(site, fleet),
         )
+
+    def degrading_pays(self) -> bool:
+        """Whether moving a replica to the distilled model serves more before burst capacity
+        arrives: the replica serves nothing while it loads, then the gain until a boot-to-serve
+        from now must repay that."""
+        gain = self.distilled_per_replica - 1.0
+        return gain * (self.boot_to_serve_s - self.distilled_swap_s) > self.distilled_swap_s
 
     def booting(self, nodes: Sequence[Node]) -> bool:
         return self.burst_capacity(nodes) > self.burst_capacity(nodes, ready_only=True) + 1e-9
@@ -189,6 +199,13 @@ def _node_capacity(site: SitePlan, fleet: BurstFleet) -> dict[str, float]:
         c.name: relative_capacity(ReplicaHardware(fleet.model, c.gpu, fleet.tensor_parallel), c.replicas, own)
         for c in fleet.instances
     }
+
+
+def _distilled_swap_s(site: SitePlan, fleet: BurstFleet) -> float:
+    own = _site_replica(site)
+    if own is None or site.serving is None or site.serving.shape is None:
+        return 0.0
+    return swap_s(fleet.model, own.gpus // fleet.tensor_parallel / site.serving.shape.nodes)
 
 
 def _distilled(site: SitePlan, fleet: BurstFleet) -> float:
@@ -483,14 +500,15 @@ class Gpufleet(FleetPolicy):
         """While capacity boots and the queue says it is short: restrict admission (P2 shed, P1
         rate-limited) and, where the distilled model serves more on the same GPUs, move one more
         on-prem replica to it for P1 and P2 each step the SLO stays missed (at most half of them:
-        P0 keeps the rest). Nothing boots and no pressure: all back to the site's model."""
+        P0 keeps the rest), where that repays its swap before burst capacity arrives. Nothing boots
+        and no pressure: all back to the site's model."""
         m = self.model
         if not window:
             return OPEN, self._degraded
         recent = signals_since(window, t, self.average_s)
         short = bool(m.pressure(window[-1])) or bool(m.breach(recent))
         booting = m.booting(nodes)
-        if booting and m.breach(recent) and m.distilled_per_replica > 1.0:
+        if booting and m.breach(recent) and m.degrading_pays():
             self._degraded = min(self._degraded + 1, m.onprem_replicas // 2)
         elif not booting and not short:
             self._degraded = 0

@@ -8,6 +8,11 @@ and so does time to first response, p99 from Triton's nv_inference_first_respons
 first response is the first token). GPU utilisation is read only as a secondary signal: it sits
 near 100% while batching.
 
+The gateway in front of Triton (HAProxy, gpufleet.plan.admission) adds what Triton never sees:
+requests it shed (429) and requests it sent to the distilled fallback model. Both are demand the
+fleet does not serve, so they count as offered load, pressure to scale out, and never as a reason
+to scale in. Prometheus reads them from the gateway's own exporter.
+
 Parsing and rates are pure; the two readers below only fetch.
 """
 
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet.burst.policy import Signals
+from gpufleet.plan.admission import FALLBACK, SHED, backend_rate_query
 
 
 class SignalError(RuntimeError):
@@ -62,6 +68,9 @@ class Reading:
     # How fast the queue grew (requests/s; negative while it drains): arrivals are what was served
     # plus this. A surge shows here before completions rise: served requests flatten at capacity.
     queue_growth_rps: float = 0.0
+    # Requests/s the gateway shed (429) and sent to the fallback model: demand not served here.
+    shed_rps: float = 0.0
+    degraded_rps: float = 0.0
 
     def __post_init__(self) -> None:
         # A reading is acted on, so one that cannot be true (NaN, infinite, a negative rate or
@@ -75,6 +84,8 @@ class Reading:
             "trt_active",
             "kv_cache_used",
             "ttft_p99_s",
+            "shed_rps",
+            "degraded_rps",
         ):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -85,10 +96,11 @@ class Reading:
             raise SignalError(f"interval_s is {self.interval_s!r}: not a positive number of seconds")
 
     def signals(self, t: float, replica_rps: float, ready_replicas: float) -> Signals:
-        """Offered load in replicas: what was served plus what the queue grew by, over one
-        replica's throughput (from the capacity model: requests per second at full batch)."""
+        """Offered load in replicas: what was served, what the queue grew by, and what the gateway
+        shed or degraded, over one replica's throughput (from the capacity model: requests per
+        second at full batch). Shed and degraded requests only ever add to it."""
         waiting = self.trt_waiting if self.trt_waiting is not None else self.pending
-        arrivals = max(0.0, self.request_rps + self.queue_growth_rps)
+        arrivals = max(0.0, self.request_rps + self.queue_growth_rps) + self.shed_rps + self.degraded_rps
         return Signals(
             t=t,
             load_replicas=arrivals / replica_rps,
@@ -260,6 +272,9 @@ class PrometheusQuery:
             "ttft_p99_s": (
                 f"histogram_quantile(0.99, sum by (le) (rate({TTFT_HISTOGRAM}_bucket{{{sel}}}[{w}]))) / 1000"
             ),
+            # The gateway's exporter, summed over its replicas.
+            "shed_rps": backend_rate_query(SHED, w),
+            "degraded_rps": backend_rate_query(FALLBACK, w),
         }
 
     def reading(self) -> Reading:
@@ -280,6 +295,9 @@ class PrometheusQuery:
             ttft_p99_s=values["ttft_p99_s"],
             # One sample in the window has no slope: no growth to count.
             queue_growth_rps=values["queue_growth_rps"] or 0.0,
+            # No gateway series (none deployed, or not scraped yet): nothing shed or degraded seen.
+            shed_rps=values["shed_rps"] or 0.0,
+            degraded_rps=values["degraded_rps"] or 0.0,
         )
 
     def inflight_by_node(self, label: str = "node") -> dict[str, int]:

@@ -44,8 +44,15 @@ RATE_WINDOW_S = 10
 # How long a shed client should wait before retrying: the time the queue needs to drain to the
 # degrade threshold, at least one second.
 PRIMARY, FALLBACK, SHED, OVER_LIMIT = "primary", "fallback", "shed", "over_limit"
-SHED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{SHED}"}}[1m]))'
-DEGRADED_RATE_QUERY = f'sum(rate(haproxy_backend_http_requests_total{{proxy="{FALLBACK}"}}[1m]))'
+
+
+def backend_rate_query(backend: str, window: str = "1m") -> str:
+    """PromQL: requests/s into one of the gateway's backends, over all gateway replicas."""
+    return f'sum(rate(haproxy_backend_http_requests_total{{proxy="{backend}"}}[{window}]))'
+
+
+SHED_RATE_QUERY = backend_rate_query(SHED)
+DEGRADED_RATE_QUERY = backend_rate_query(FALLBACK)
 METRICS_PATH = "/metrics"
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080

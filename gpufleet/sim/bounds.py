@@ -14,6 +14,10 @@ since, so `serving[p, m] <= billed[p, j]` for every minute j of the boot window 
 nodes as layers (layer h runs while billed >= h) realises any such profile with whole nodes, so
 the optimum of the MILP is the optimum over fleets, at one-minute resolution. What it leaves
 out makes it a lower bound: no interruptions and no launch failures.
+
+HiGHS solves it within `time_limit_s`. A result it could not prove optimal (the limit came first,
+or the model has no solution) says so in `status`, with the relative MIP gap of the best plan
+found: it is never reported as the optimum.
 """
 
 from __future__ import annotations
@@ -38,15 +42,54 @@ BOUND_NAMES = ("bound-clairvoyant", "bound-calendar")
 UNMET_PENALTY = 1e6
 
 
+# HiGHS' time per bound unless the caller gives another: the hour-long traces solve in seconds.
+TIME_LIMIT_S = 120.0
+# scipy.optimize.milp's status codes, as this module reports them.
+STATUS = {0: "optimal", 1: "time limit", 2: "infeasible", 3: "unbounded", 4: "solver error"}
+
+
 @dataclass(frozen=True)
 class BoundResult:
     name: str
+    # What the best plan found costs; NaN when HiGHS found none. The optimum only when `optimal`.
     cost_usd: float
     gpu_hours: float
-    # Burst nodes billed per minute (all pools).
+    # Burst nodes billed per minute (all pools); empty when there is no plan.
     nodes: tuple[int, ...]
     # Minutes whose need no fleet under the cap and the node bound can hold.
     unmet_minutes: int
+    # "optimal", or why not: "time limit", "infeasible", "unbounded", "solver error".
+    status: str = "optimal"
+    # HiGHS' relative gap between the best plan found and its proven bound (0 at the optimum);
+    # None without a plan.
+    mip_gap: float | None = 0.0
+
+    @property
+    def optimal(self) -> bool:
+        return self.status == "optimal"
+
+    def summary(self) -> dict[str, object]:
+        """The bound's `--json` object: a result that is not the optimum says so."""
+        known = math.isfinite(self.cost_usd)
+        return {
+            "policy": self.name,
+            "status": self.status,
+            "mip_gap": None if self.mip_gap is None else round(self.mip_gap, 6),
+            "gpu_hours": round(self.gpu_hours, 2) if known else None,
+            "cost_usd": round(self.cost_usd, 2) if known else None,
+            "cap_violations": 0,
+            "unmet_minutes": self.unmet_minutes,
+        }
+
+    def label(self) -> str:
+        """The bound's name as a table shows it, with why it is not the optimum where it is not."""
+        if self.optimal:
+            return (
+                f"{self.name} ({self.unmet_minutes} min beyond the cap)" if self.unmet_minutes else self.name
+            )
+        # A plan not proved optimal may leave minutes unmet that a better one would meet.
+        gap = f", gap {self.mip_gap:.1%}" if self.mip_gap is not None else ""
+        return f"{self.name} (NOT OPTIMAL: {self.status}{gap})"
 
 
 def minute_prices(
@@ -73,8 +116,12 @@ def cheapest_fleet(
     gpus: Callable[[str], int],
     model: CapacityModel,
     name: str,
+    time_limit_s: float = TIME_LIMIT_S,
 ) -> BoundResult:
-    """The cheapest billed-node plan whose serving nodes hold `need[m]` replicas every minute."""
+    """The cheapest billed-node plan whose serving nodes hold `need[m]` replicas every minute,
+    or the best HiGHS found within `time_limit_s` (its `status` then says it is not the optimum)."""
+    if not time_limit_s > 0:
+        raise ValueError(f"time_limit_s must be positive (got {time_limit_s!r})")
     n_pools, minutes = len(pools), len(need)
     boot = math.ceil(model.boot_to_serve_s / 60)
     count = n_pools * minutes
@@ -105,9 +152,8 @@ def cheapest_fleet(
 
     for p in range(n_pools):
         for m in range(minutes):
-            constraint([(serving(p, m), 1.0), (billed(p, m), -1.0)], -np.inf, 0.0)
             # Warm start: minutes before 0 are not in the plan; nodes serving then are already up.
-            for j in range(max(0, m - boot), m):
+            for j in range(max(0, m - boot), m + 1):
                 constraint([(serving(p, m), 1.0), (billed(p, j), -1.0)], -np.inf, 0.0)
     for m in range(minutes):
         held = [(serving(p, m), capacity(pools[p].instance_type)) for p in range(n_pools)]
@@ -127,20 +173,27 @@ def cheapest_fleet(
     answer = milp(
         cost,
         constraints=LinearConstraint(matrix, lower, upper),
+        # Serving nodes are whole too, though a whole billed plan makes them so anyway: HiGHS
+        # proves the optimum faster with them integer (bench/results/burst_bounds.md).
         integrality=np.concatenate([np.ones(2 * count), np.zeros(minutes)]),
         bounds=Bounds(0, np.concatenate([np.full(2 * count, model.max_nodes), np.full(minutes, np.inf)])),
+        options={"time_limit": time_limit_s},
     )
-    if answer.status != 0 or answer.x is None:
-        raise RuntimeError(f"{name}: HiGHS found no optimum ({answer.message})")
+    status = STATUS.get(answer.status, "solver error")
+    if answer.x is None:
+        return BoundResult(name, math.nan, math.nan, (), 0, status, None)
     plan = np.rint(answer.x[:count]).reshape(n_pools, minutes)
     short = answer.x[2 * count :]
     gpu_minutes = sum(gpus(pools[p].instance_type) * plan[p].sum() for p in range(n_pools))
+    gap = getattr(answer, "mip_gap", None)
     return BoundResult(
         name=name,
         cost_usd=float((plan * price).sum() / 60.0),
         gpu_hours=float(gpu_minutes / 60.0),
         nodes=tuple(int(v) for v in plan.sum(axis=0)),
         unmet_minutes=int((short > 1e-6).sum()),
+        status=status,
+        mip_gap=None if gap is None else float(gap),
     )
 
 

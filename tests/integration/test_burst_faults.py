@@ -2,12 +2,13 @@
 `pulumi` (its ups resize moto's group) and a Prometheus that answers what the test scripts.
 
 More than a thousand random faults: garbage query answers (non-JSON, `[]`, bodies without data,
-matrices, values that are not numbers, NaN, infinities, negative rates, 500s), failed ups, a stack
-lock held by another update or another operation of this controller, and Spot messages that are
-duplicated, reordered, stale, foreign (account, region, group, instance) or not events at all.
-After every step: nothing escaped (not even to the loop's last-resort handler), an unusable signal
-scaled nothing in and ran no up, the fleet and every desired capacity stayed under the cap, the
-stack file declares what the last successful up applied, and no instance was replaced twice.
+matrices, values that are not numbers, NaN, infinities, negative rates, 500s; the gateway's shed
+and degraded rates among them), failed ups, a stack lock held by another update or another
+operation of this controller, and Spot messages that are duplicated, reordered, stale, foreign
+(account, region, group, instance) or not events at all. After every step: nothing escaped (not
+even to the loop's last-resort handler), an unusable signal scaled nothing in and ran no up, the
+fleet and every desired capacity stayed under the cap, the stack file declares what the last
+successful up applied, and no instance was replaced twice.
 
 What this cannot see: moto launches at once and never reclaims, so a reclaim racing a drain is not
 here (test_burst_controller covers drains against their deadlines); the Prometheus is scripted, so
@@ -111,12 +112,14 @@ FAULT_BODIES: dict[str, Any] = {
 
 def _unusable(fault: tuple[str, str | None] | None) -> bool:
     """Whether the reading under this fault must be refused. The one fault that leaves it usable:
-    NaN or no sample for queue wait, pending or GPU utilisation, which PromQL answers when there is
-    nothing to report (no requests, no GPU exporter). The request rate is never optional."""
+    NaN or no sample for queue wait, pending, GPU utilisation or the gateway's shed and degraded
+    rates, which PromQL answers when there is nothing to report (no requests, no GPU exporter, no
+    gateway). The request rate is never optional."""
     if fault is None:
         return False
     kind, query = fault
-    return not (query in {"queue_wait_s", "pending", "gpu_util"} and kind in {"nan", "missing"})
+    optional = {"queue_wait_s", "pending", "gpu_util", "shed_rps", "degraded_rps"}
+    return not (query in optional and kind in {"nan", "missing"})
 
 
 @pytest.fixture
@@ -270,12 +273,15 @@ def test_a_thousand_random_faults(
             "queue_wait_s": str(0.1 if load < 2 else 3.0),
             "pending": str(int(load * 5)),
             "gpu_util": "0.9",
+            # The gateway turns some away while the fleet is short.
+            "shed_rps": str(max(0.0, load - 3.0) * 0.2),
+            "degraded_rps": str(max(0.0, load - 2.0) * 0.3),
         }
         fault: tuple[str, str | None] | None = None
         if rng.random() < 0.6:
             fault = (
                 rng.choice(list(FAULT_BODIES)),
-                rng.choice([None, "rps", "queue_wait_s", "pending", "gpu_util"]),
+                rng.choice([None, "rps", "queue_wait_s", "pending", "gpu_util", "shed_rps", "degraded_rps"]),
             )
             faults[f"metrics:{fault[0]}"] = faults.get(f"metrics:{fault[0]}", 0) + 1
         _ScriptedPrometheus.fault = fault

@@ -1,5 +1,7 @@
 """The burst signal through a real Prometheus (Debian's 2.42, from scripts/setup.sh) scraping a
-real Triton under load: the controller's PromQL is parsed and evaluated by Prometheus itself."""
+real Triton under load, and the real admission gateway (Debian's HAProxy, its own Prometheus
+exporter) in front of it: the controller's PromQL is parsed and evaluated by Prometheus itself,
+on the series those exporters really emit."""
 
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ from pathlib import Path
 import pytest
 
 from gpufleet.burst.signal import PrometheusQuery, SignalError
-from gpufleet.serving.tritonserver import free_port, tritonserver
+from gpufleet.plan.admission import FALLBACK, PRIMARY, SHED, Backend, plan_admission
+from gpufleet.serving.gateway import haproxy, write_config
+from gpufleet.serving.tritonserver import TritonServer, free_port, tritonserver
 from tests.integration.servers import serving
+from tests.integration.test_admission import KEYS, call, triton, wait_queue  # noqa: F401  (fixture)
+from tests.integration.test_admission import MODEL as GATEWAY_MODEL
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
 pytestmark = pytest.mark.integration
@@ -28,11 +34,15 @@ REQUESTS = 80
 CONCURRENCY = 10
 # What pod scraping adds in the cluster: the Kubernetes node a Triton pod runs on.
 NODE = "spot-node-1"
+# P2 requests the gateway degrades to the fallback model, and then sheds.
+DEGRADED = 6
+SHED_COUNT = 8
 
 
 @contextmanager
-def prometheus(target: str, workdir: Path) -> Iterator[str]:
-    """Prometheus on 127.0.0.1 scraping `target` (host:port) every second; stopped by PID."""
+def prometheus(target: str, workdir: Path, *more: str) -> Iterator[str]:
+    """Prometheus on 127.0.0.1 scraping `target` (host:port), and `more` targets, every second;
+    stopped by PID."""
     assert PROMETHEUS.exists(), f"{PROMETHEUS} is missing: run scripts/setup.sh"
     workdir.mkdir(parents=True)
     config = workdir / "prometheus.yml"
@@ -43,7 +53,7 @@ def prometheus(target: str, workdir: Path) -> Iterator[str]:
                 "scrape_configs": [
                     {
                         "job_name": "triton",
-                        "static_configs": [{"targets": [target], "labels": {"node": NODE}}],
+                        "static_configs": [{"targets": [target, *more], "labels": {"node": NODE}}],
                     }
                 ],
             }
@@ -81,9 +91,9 @@ def _scraped(url: str, query: str, value: float) -> None:
 
 
 def test_promql_signals_from_a_real_prometheus_scraping_a_real_triton(tmp_path: Path) -> None:
-    with tritonserver(_repository(tmp_path / "repo"), tmp_path / "triton") as triton:
-        _infer(triton.url)
-        target = f"127.0.0.1:{triton.metrics_port}"
+    with tritonserver(_repository(tmp_path / "repo"), tmp_path / "triton") as server:
+        _infer(server.url)
+        target = f"127.0.0.1:{server.metrics_port}"
         with prometheus(target, tmp_path / "prometheus") as url:
             success = 'sum(nv_inference_request_success{model="sleepy"})'
             _scraped(url, success, 1)
@@ -101,7 +111,7 @@ def test_promql_signals_from_a_real_prometheus_scraping_a_real_triton(tmp_path: 
             start = time.monotonic()
             try:
                 with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-                    latencies = list(pool.map(lambda _: _infer(triton.url), range(REQUESTS)))
+                    latencies = list(pool.map(lambda _: _infer(server.url), range(REQUESTS)))
             finally:
                 stop.set()
                 watcher.join(timeout=10)
@@ -140,3 +150,57 @@ def test_prometheus_rejects_a_bad_query_and_the_reader_says_why(tmp_path: Path) 
             PrometheusQuery(url, 'sleepy"}').reading()
         with pytest.raises(SignalError, match="Prometheus has no nv_inference_request_success"):
             PrometheusQuery(url, "sleepy").reading()
+
+
+def test_shed_and_degraded_rates_from_the_real_gateways_exporter(
+    triton: TritonServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The gateway (rendered by gpufleet.plan.admission) degrades P2 to the fallback model while the
+    primary has a queue, then sheds it with 429 once the fallback's queue is full; Prometheus scrapes
+    its exporter, and the controller's reading counts both as demand Triton never saw."""
+    addr = triton.url.removeprefix("http://")
+    # One request/s at a 2 s SLO: P2 leaves the primary at a queue of 1; the fallback sheds at 1.
+    primary = Backend(name=PRIMARY, model=GATEWAY_MODEL, servers=[addr], slots=1, rate_rps=1)
+    fallback = Backend(name=FALLBACK, model="fallback", servers=[addr], slots=1, rate_rps=1)
+    plan = plan_admission(2.0, primary, fallback)
+    assert plan.degrade_queue["P2"] == 1 and plan.shed_queue == 1
+    port, metrics_port = free_port(), free_port()
+    config = write_config(tmp_path / "gw", plan, primary, fallback, KEYS, port, metrics_port)
+    window_s = 60
+    with (
+        haproxy(config, port, tmp_path / "gw", metrics_port=metrics_port) as gw,
+        prometheus(
+            f"127.0.0.1:{triton.metrics_port}", tmp_path / "prometheus", f"127.0.0.1:{metrics_port}"
+        ) as url,
+    ):
+        # The exporter's series as scraped before anything was turned away: rate() starts from 0.
+        _scraped(url, f'sum(haproxy_backend_http_requests_total{{proxy="{SHED}"}})', 0)
+        held = [_hold(gw.url, "key-p0") for _ in range(3)]  # one in service, two queued
+        wait_queue(gw, PRIMARY, 2)
+        degraded = [call(gw.url, "key-p2", 1) for _ in range(DEGRADED)]
+        held += [_hold(gw.url, "key-p2") for _ in range(2)]  # the fallback: one in service, one queued
+        wait_queue(gw, FALLBACK, 1)
+        shed = [call(gw.url, "key-p2", 1) for _ in range(SHED_COUNT)]
+        for thread in held:
+            thread.join(120)
+        _scraped(url, f'sum(haproxy_backend_http_requests_total{{proxy="{SHED}"}})', SHED_COUNT)
+        _scraped(url, f'sum(haproxy_backend_http_requests_total{{proxy="{FALLBACK}"}})', DEGRADED + 2)
+        reading = PrometheusQuery(url, GATEWAY_MODEL, window=f"{window_s}s").reading()
+    assert all(r.status == 200 and r.served_by == "fallback" for r in degraded), degraded
+    assert all(r.status == 429 for r in shed), shed
+    # rate() over the window: what the exporter counted, extrapolated to the window's edges.
+    assert reading.shed_rps * window_s == pytest.approx(SHED_COUNT, rel=0.5)
+    assert reading.degraded_rps * window_s == pytest.approx(DEGRADED + 2, rel=0.5)
+    # Triton counted the primary's requests only; the gateway's are added to the offered load.
+    signals = reading.signals(t=0.0, replica_rps=1.0, ready_replicas=1)
+    served = max(0.0, reading.request_rps + reading.queue_growth_rps)
+    assert signals.load_replicas == pytest.approx(served + reading.shed_rps + reading.degraded_rps)
+    assert reading.shed_rps + reading.degraded_rps > 0.5 * served
+
+
+def _hold(url: str, key: str) -> threading.Thread:
+    """A long request (400 tokens) that keeps a server slot, on a thread of its own."""
+    thread = threading.Thread(target=call, args=(url, key, 400))
+    thread.start()
+    return thread

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpufleet.burst.hardware import NOMINAL_ANSWER, NOMINAL_PROMPT, ReplicaHardware, request_seconds
+from gpufleet.burst.hardware import (
+    NOMINAL_ANSWER,
+    NOMINAL_PROMPT,
+    ReplicaHardware,
+    request_seconds,
+    weight_load_bytes_s,
+)
 from gpufleet.burst.policy import (
     CapacityModel,
     Decision,
@@ -608,8 +614,11 @@ def test_degradation_moves_replicas_one_step_at_a_time_and_back() -> None:
     assert steps == [1, 2, 2, 2]
     calm = [sig(t, 1.0) for t in (200.0, 215.0)]
     assert policy.decide(215.0, calm, [node(1)], PRICES).degraded == 0
-    # A distilled model that serves less on the same GPUs is never switched to.
+    # A distilled model that serves less on the same GPUs is never switched to, nor one whose
+    # gain repays its swap only after burst capacity would have arrived.
     assert Gpufleet(MODEL).decide(60.0, missed, booting, PRICES).degraded == 0
+    slow = replace(MODEL, distilled_per_replica=1.17, distilled_swap_s=155.0)
+    assert Gpufleet(slow).decide(60.0, missed, booting, PRICES).degraded == 0
 
 
 def test_dc1_knows_what_the_distilled_model_serves_on_its_gpus() -> None:
@@ -618,6 +627,10 @@ def test_dc1_knows_what_the_distilled_model_serves_on_its_gpus() -> None:
     model = CapacityModel.from_plan(plan_site(inv), fleet, None)
     # dc1's replica is 16 H100; the p5.48xlarge (8 H100) serves the distilled 70B at 2 replicas.
     assert model.distilled_per_replica == pytest.approx(model.capacity_of("p5.48xlarge") * 2)
+    # Four TP-4 replicas of the 70B over 2 nodes: each node loads two at the measured cold rate.
+    assert model.distilled_swap_s == pytest.approx(2 * 70.6e9 * 2 / weight_load_bytes_s())
+    # 17% more for a chat turn over the 745 s after the swap does not repay its 155 s of nothing.
+    assert not model.degrading_pays()
 
 
 def test_a_node_ordered_for_a_breach_is_not_drained_while_it_boots() -> None:

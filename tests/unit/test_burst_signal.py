@@ -11,6 +11,7 @@ import math
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ import pytest
 
 from gpufleet.burst.signal import (
     PrometheusQuery,
+    Reading,
     SignalError,
     Snapshot,
     between,
@@ -319,6 +321,11 @@ def test_any_body_prometheus_should_not_send_is_a_signal_error(body: bytes) -> N
         ("gpu_util", math.nan),
         ("kv_cache_used", -math.inf),
         ("ttft_p99_s", math.inf),
+        ("shed_rps", -0.2),
+        ("shed_rps", math.inf),
+        ("shed_rps", math.nan),
+        ("degraded_rps", -1.0),
+        ("degraded_rps", math.nan),
     ],
 )
 def test_a_reading_that_cannot_be_true_is_refused(prometheus: str, field: str, value: float) -> None:
@@ -326,6 +333,7 @@ def test_a_reading_that_cannot_be_true_is_refused(prometheus: str, field: str, v
     queries = PrometheusQuery(prometheus, "deepseek").queries()
     good = {"rps": "10", "queue_wait_s": "0.5", "pending": "3", "gpu_util": "0.9", "kv_cache_used": "0.5"}
     good["ttft_p99_s"] = "0.2"
+    good["shed_rps"] = good["degraded_rps"] = "0.0"
     name = {"request_rps": "rps"}.get(field, field)
     answers = {**good, name: str(value)}
     _FakePrometheus.answers = {queries[k]: _vector(v) for k, v in answers.items()}
@@ -353,3 +361,61 @@ def test_nan_counters_in_triton_text_are_refused() -> None:
     )
     with pytest.raises(SignalError, match="pending is inf"):
         between(before, parse_triton(inf, "deepseek", t=15.0))
+
+
+def test_shed_and_degraded_requests_are_demand_the_fleet_does_not_serve() -> None:
+    """The gateway turned them away or to the fallback model: Triton never counted them."""
+    served = Reading(interval_s=60.0, request_rps=20.0, queue_wait_s=0.5, pending=4, queue_growth_rps=-2.0)
+    turned_away = replace(served, shed_rps=3.0, degraded_rps=5.0)
+    plain = served.signals(t=60.0, replica_rps=10.0, ready_replicas=2).load_replicas
+    assert plain == pytest.approx(1.8)
+    assert turned_away.signals(t=60.0, replica_rps=10.0, ready_replicas=2).load_replicas == pytest.approx(2.6)
+    # A queue draining faster than anything arrives still leaves what the gateway turned away.
+    idle = Reading(interval_s=60.0, request_rps=0.0, queue_wait_s=0.0, pending=0, queue_growth_rps=-5.0)
+    assert replace(idle, shed_rps=1.0).signals(60.0, 10.0, 2).load_replicas == pytest.approx(0.1)
+
+
+def test_shed_and_degraded_rates_come_from_the_gateways_exporter(prometheus: str) -> None:
+    queries = PrometheusQuery(prometheus, "deepseek", window="2m").queries()
+    assert queries["shed_rps"] == 'sum(rate(haproxy_backend_http_requests_total{proxy="shed"}[2m]))'
+    assert queries["degraded_rps"] == 'sum(rate(haproxy_backend_http_requests_total{proxy="fallback"}[2m]))'
+    _FakePrometheus.answers = {
+        "sum(rate(nv_inference_request_success": _vector("10"),
+        queries["shed_rps"]: _vector("0.75"),
+        queries["degraded_rps"]: _vector("2.5"),
+    }
+    reading = PrometheusQuery(prometheus, "deepseek", window="2m").reading()
+    assert (reading.shed_rps, reading.degraded_rps) == (0.75, 2.5)
+    # No gateway series (none deployed, or not scraped yet): nothing turned away is seen.
+    _FakePrometheus.answers = {"sum(rate(nv_inference_request_success": _vector("10")}
+    reading = PrometheusQuery(prometheus, "deepseek").reading()
+    assert (reading.shed_rps, reading.degraded_rps) == (0.0, 0.0)
+
+
+def test_what_the_gateway_turns_away_holds_burst_nodes_a_quiet_triton_would_let_go() -> None:
+    """Triton serves little because the gateway sheds and degrades the rest: no scale-in."""
+    from gpufleet.burst.policy import CapacityModel, Gpufleet, Node, Pool
+
+    model = CapacityModel(
+        onprem_replicas=4,
+        replicas_per_node=1,
+        max_nodes=8,
+        max_hourly_usd=400.0,
+        boot_to_serve_s=900,
+        slo_queue_wait_s=2.0,
+        target_utilisation=0.8,
+    )
+    pool = Pool("p5e.48xlarge", "us-east-1a")
+    nodes = [Node(f"n{i}", pool, True, False, 0.0, 0, 40.0) for i in range(3)]
+    served = Reading(interval_s=15.0, request_rps=20.0, queue_wait_s=0.1, pending=0)
+    turned_away = replace(served, shed_rps=15.0, degraded_rps=25.0)
+
+    def decide(reading: Reading) -> tuple[int, int]:
+        policy = Gpufleet(model, average_s=60.0, quiet_s=120.0, cooldown_s=0.0)
+        window = [reading.signals(t, replica_rps=10.0, ready_replicas=7) for t in range(0, 600, 15)]
+        decision = policy.decide(600.0, window, nodes, {pool: 30.0})
+        return len(decision.launch), len(decision.drain)
+
+    assert decide(served) == (0, 3)  # 2 replicas of load: the three burst nodes go
+    launch, drain = decide(turned_away)
+    assert drain == 0 and launch > 0  # 6 replicas of load: they stay, and more come

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,6 +81,68 @@ def test_a_node_serves_only_a_boot_time_after_it_is_billed() -> None:
     assert bound.nodes == (0, 0, 1, 1, 1, 1)
     assert bound.cost_usd == pytest.approx(4 * 20.0 / 60)
     assert bound.gpu_hours == pytest.approx(4 * 8 / 60)
+
+
+HARD_SIZE = {**SIZE, "g6e.48xlarge": 0.3}
+
+
+def _hard_case() -> tuple[list[float], list[Pool], np.ndarray, CapacityModel]:
+    """Four hours on 18 pools whose prices jump every minute: more than HiGHS proves in seconds."""
+    rng = random.Random(1)
+    pools = [Pool(t, f"us-east-1{z}") for t in HARD_SIZE for z in "abcdef"]
+    minutes = 240
+    need = [max(0.0, 6 * math.sin(m / 20) + rng.uniform(-2, 4)) for m in range(minutes)]
+    price = np.array([[rng.uniform(10, 40) for _ in range(minutes)] for _ in pools])
+    return need, pools, price, replace(_model(max_nodes=8, cap=1e4, boot_s=300.0), node_capacity=HARD_SIZE)
+
+
+def test_a_bound_cut_short_by_its_time_limit_says_so_with_its_gap() -> None:
+    need, pools, price, model = _hard_case()
+    bound = cheapest_fleet(
+        need, pools, price, HARD_SIZE.__getitem__, lambda _: 8, model, "bound-clairvoyant", time_limit_s=1.0
+    )
+    assert bound.status == "time limit" and not bound.optimal
+    # The best plan found so far, with HiGHS' own distance to what it proved.
+    assert bound.mip_gap is not None and bound.mip_gap > 0 and math.isfinite(bound.cost_usd)
+    assert bound.summary()["status"] == "time limit" and bound.summary()["mip_gap"] == round(bound.mip_gap, 6)
+    assert bound.label() == f"bound-clairvoyant (NOT OPTIMAL: time limit, gap {bound.mip_gap:.1%})"
+
+
+def test_a_time_limit_before_any_plan_reports_no_cost() -> None:
+    need, pools, price, model = _hard_case()
+    bound = cheapest_fleet(
+        need, pools, price, HARD_SIZE.__getitem__, lambda _: 8, model, "b", time_limit_s=1e-6
+    )
+    assert bound.status == "time limit" and bound.mip_gap is None and bound.nodes == ()
+    assert bound.summary()["cost_usd"] is None and bound.summary()["gpu_hours"] is None
+    with pytest.raises(ValueError, match="time_limit_s must be positive"):
+        cheapest_fleet(need, pools, price, HARD_SIZE.__getitem__, lambda _: 8, model, "b", time_limit_s=0)
+
+
+def test_an_infeasible_model_is_reported_not_solved() -> None:
+    # A cap below zero: not even an empty fleet fits under it.
+    price = np.full((2, 3), 20.0)
+    bound = cheapest_fleet([1.0] * 3, POOLS, price, SIZE.__getitem__, GPUS.__getitem__, _model(2, -1.0), "b")
+    assert bound.status == "infeasible" and not bound.optimal and bound.mip_gap is None
+    assert math.isnan(bound.cost_usd) and bound.summary()["cost_usd"] is None
+    assert bound.label() == "b (NOT OPTIMAL: infeasible)"
+
+
+def test_an_optimum_says_so() -> None:
+    price = np.full((2, 6), 20.0)
+    bound = cheapest_fleet(
+        [0, 0, 0, 0, 1.0, 1.0], POOLS, price, SIZE.__getitem__, GPUS.__getitem__, _model(2, 100.0), "b"
+    )
+    assert bound.optimal and bound.mip_gap == 0.0 and bound.label() == "b"
+    assert bound.summary() == {
+        "policy": "b",
+        "status": "optimal",
+        "mip_gap": 0.0,
+        "gpu_hours": 0.53,
+        "cost_usd": 1.33,
+        "cap_violations": 0,
+        "unmet_minutes": 0,
+    }
 
 
 def test_the_calendar_holds_a_windows_worst_minute_throughout() -> None:

@@ -245,6 +245,9 @@ def test_simulate_json_has_one_object_per_policy_and_bound_with_the_issues_field
     # Knowing less never costs less.
     assert 0 < clairvoyant["cost_usd"] <= calendar["cost_usd"]
     assert clairvoyant["cap_violations"] == 0 and calendar["unmet_minutes"] >= clairvoyant["unmet_minutes"]
+    # Whether HiGHS proved each bound the optimum, and by what gap.
+    assert clairvoyant["status"] == calendar["status"] == "optimal"
+    assert {"mip_gap", "unmet_minutes"} <= set(clairvoyant)
 
 
 @pytest.mark.parametrize(
