@@ -367,6 +367,8 @@ class Simulation:
     distilled: tuple[ReplicaHardware, int, float, float] | None = None
     # Lever 2: P1's tenants' rate limit at the gateway (weighted requests/s) while admission is restricted.
     p1_limit_rps: float = math.inf
+    # False: the controller has no switch for the levers (it only logs them), as in production today.
+    serving_levers: bool = True
     scrape_s: float = 15.0
     tick_s: float = 15.0
     seed: int = 0
@@ -417,7 +419,7 @@ class Simulation:
             pulumi=SimStack(self),
             replica_rps=self.replica_rps,
             clock=lambda: self.now,
-            levers=self,
+            levers=self if self.serving_levers else None,
         )
         self._drainer = _NoKubernetes(core=None)
 

@@ -313,6 +313,9 @@ def test_restricted_admission_sheds_p2_limits_p1_and_never_touches_p0() -> None:
     shed = [simulation.arrivals[i].klass for i, s in enumerate(simulation._shed) if s]
     assert shed.count("P0") == 0 and shed.count("P2") > 600 and 0 < shed.count("P1") < 660
     assert result.shed_requests_pct == pytest.approx(100 * len(shed) / len(requests))
+    # A controller without a switch for the levers (production today) only logs them.
+    unswitched = replace(simulation, serving_levers=False).run()
+    assert unswitched.shed_requests_pct == 0
 
 
 def test_degraded_replicas_serve_lower_classes_after_their_weights_load() -> None:
