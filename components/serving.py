@@ -11,6 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from gpufleet.plan.admission import (
+    ADMISSION_MAP,
     GATEWAY,
     GATEWAY_DIR,
     GATEWAY_MAPS,
@@ -18,6 +19,7 @@ from gpufleet.plan.admission import (
     METRICS_PATH,
     METRICS_PORT,
     TENANTS_SECRET,
+    admission_map_text,
 )
 from gpufleet.plan.engine import WEIGHTS_ROOT, weights_path
 from gpufleet.plan.k8s import BURST_NVME, PRIORITY_CLASS, QUEUE_METRIC, Workload
@@ -434,7 +436,8 @@ class AdmissionGateway(pulumi.ComponentResource):
         config = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata={"name": GATEWAY, **meta},
-            data={"haproxy.cfg": args.config},
+            # The admission map starts normal; the burst controller switches it at run time.
+            data={"haproxy.cfg": args.config, ADMISSION_MAP: admission_map_text()},
             opts=child,
         )
         k8s.apps.v1.Deployment(

@@ -8,12 +8,16 @@ outlives the retries is reported with the command that clears it.
 
 The direct Auto Scaling path is for emergencies: it sets the group's desired capacity within the
 group's and the site's bounds, and the next Pulumi up makes the stack agree again.
+
+The admission gateways are switched through HAProxy's runtime API: while burst capacity boots,
+P2 is shed and P1 held to part of its rate (the rules are in gpufleet.plan.admission).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +27,8 @@ from typing import Any
 
 from pulumi import automation as auto
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from gpufleet.plan.admission import BOOTING_KEY
 
 BURST_NODES_KEY = "gpufleet:burstNodes"
 
@@ -253,3 +259,48 @@ class AsgActuator:
         self.client.terminate_instance_in_auto_scaling_group(
             InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
         )
+
+
+@dataclass
+class GatewayAdmission:
+    """The admission gateways' runtime API (HAProxy's stats socket at operator level): lower
+    classes are held back while burst capacity boots (gpufleet.plan.admission's `booting` entry).
+    Every call sets every gateway, so one restarted since (back to normal from its file) is put
+    in line again at the next step; a host name stands for every address it resolves to (a
+    headless Service names each replica)."""
+
+    addresses: list[str]  # host:port of each gateway's runtime API
+    map_path: str  # the admission map's file, as the gateways loaded it
+    timeout_s: float = 2.0
+
+    def set_booting(self, booting: bool) -> list[str]:
+        """Set the mode on every gateway; the ones that refused or could not be reached, and why."""
+        command = f"set map {self.map_path} {BOOTING_KEY} {int(booting)}\n"
+        failed = []
+        for address in self.addresses:
+            host, _, port = address.rpartition(":")
+            try:
+                found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                targets = {(str(info[4][0]), int(info[4][1])) for info in found}
+            except (OSError, ValueError) as exc:
+                failed.append(f"{address}: {exc}")
+                continue
+            for target in sorted(targets):
+                try:
+                    answer = _runtime(target, command, self.timeout_s)
+                except OSError as exc:
+                    failed.append(f"{target[0]}:{target[1]}: {exc}")
+                    continue
+                if answer.strip():  # HAProxy answers an empty line when the command took
+                    failed.append(f"{target[0]}:{target[1]}: {answer.strip()}")
+        return failed
+
+
+def _runtime(target: tuple[str, int], command: str, timeout_s: float) -> str:
+    """One command on HAProxy's runtime API; it answers and closes."""
+    with socket.create_connection(target, timeout=timeout_s) as conn:
+        conn.sendall(command.encode())
+        chunks = []
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

@@ -17,6 +17,7 @@ from gpufleet.burst.policy import KnownPeak
 from gpufleet.inventory.load import REPO_ROOT, display, load_inventory, site_file
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
+from gpufleet.plan.admission import ADMISSION_MAP, GATEWAY_DIR
 from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import POLICY_NAMES
 from gpufleet.sim.bounds import BOUND_NAMES, BoundResult
@@ -275,6 +276,17 @@ def run(
     work_dir: Annotated[
         Path, typer.Option("--work-dir", help="the Pulumi project (Pulumi.yaml)")
     ] = REPO_ROOT,
+    gateway_admin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gateway-admin",
+            help="an admission gateway's runtime API, HOST:PORT (a headless Service name reaches "
+            "every replica); while burst capacity boots they shed P2 and hold P1 back; repeatable",
+        ),
+    ] = None,
+    admission_map: Annotated[
+        str, typer.Option("--admission-map", help="the admission map's file as the gateways load it")
+    ] = f"{GATEWAY_DIR}/{ADMISSION_MAP}",
     peak: Annotated[
         list[str] | None,
         typer.Option(
@@ -291,7 +303,7 @@ def run(
     from prometheus_client import start_http_server
     from rich.logging import RichHandler
 
-    from gpufleet.burst.actuate import ActuationError, AsgActuator, PulumiActuator
+    from gpufleet.burst.actuate import ActuationError, AsgActuator, GatewayAdmission, PulumiActuator
     from gpufleet.burst.controller import (
         Controller,
         PrometheusSource,
@@ -375,6 +387,7 @@ def run(
             if drainer is not None and isinstance(source, PrometheusSource)
             else dict
         ),
+        admission=GatewayAdmission(gateway_admin, admission_map) if gateway_admin else None,
     )
     if queue_url and drainer is not None:
         # Warnings are only acted on from this account and region, for this group's instances.

@@ -28,7 +28,13 @@ from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from gpufleet.burst.actuate import ActuationError, Applied, AsgActuator, desired_guard
+from gpufleet.burst.actuate import (
+    ActuationError,
+    Applied,
+    AsgActuator,
+    GatewayAdmission,
+    desired_guard,
+)
 from gpufleet.burst.interrupt import Drainer, Warning
 from gpufleet.burst.policy import Decision, Node, Policy, Pool, Signals
 from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError, Snapshot, TritonMetrics, between
@@ -123,6 +129,18 @@ def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
     return max(AWS_GPU_INSTANCES[t].on_demand_usd_hour for t in instance_types)
 
 
+def tighten_admission(
+    t: float, booting: bool, since: float | None, boot_to_serve_s: float
+) -> tuple[bool, float | None]:
+    """Whether lower-class admission is tightened now, and since when capacity boots: while it
+    boots, up to twice its boot-to-serve time (past that the boot failed, and shedding on would
+    only turn demand away)."""
+    if not booting:
+        return False, None
+    since = t if since is None else since
+    return t - since <= 2 * boot_to_serve_s, since
+
+
 # A node the group owes (desired capacity it has not launched yet) goes by this id prefix.
 LAUNCHING = "launching-"
 
@@ -182,6 +200,14 @@ class Metrics:
         self.signal_errors = Counter(
             "gpufleet_burst_signal_errors", "Signal reads that failed (fleet held)", registry=registry
         )
+        self.admission = Gauge(
+            "gpufleet_burst_admission_tightened",
+            "1 while burst capacity boots and the gateways shed P2 and hold P1 back",
+            registry=registry,
+        )
+        self.gateway_errors = Counter(
+            "gpufleet_burst_gateway_errors", "Gateways the admission switch did not reach", registry=registry
+        )
         self.interruptions = Counter(
             "gpufleet_burst_interruptions",
             "Spot warnings and lifecycle events: handled, ignored (foreign, duplicate, stale) or failed",
@@ -216,6 +242,9 @@ class Controller:
     clock: Callable[[], float] = time.time
     # None: the site has no switch for them; the decision's levers are logged only.
     levers: ServingLevers | None = None
+    # The gateways whose lower-class admission tightens while burst capacity boots.
+    admission: GatewayAdmission | None = None
+    _booting_since: float | None = None
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
@@ -297,8 +326,33 @@ class Controller:
         if self.levers is not None:
             # Before the fleet's up, which may take minutes: admission matters now.
             self.levers.apply(decision.admission, decision.degraded)
-        self._carry_out(decision, len(live))
+        try:
+            self._carry_out(decision, len(live))
+        except STEP_ERRORS:
+            self._admit(t, nodes, decision, launched=False)  # nothing new boots: only what already did
+            raise
+        self._admit(t, nodes, decision, launched=bool(decision.launch))
         return decision
+
+    def _admit(self, t: float, nodes: list[Node], decision: Decision, launched: bool) -> None:
+        """Tighten the gateways' lower-class admission while burst capacity boots and what serves
+        is short of what the policy wants; normal again once it serves, or once its boot has taken
+        twice the boot time (it failed). A replacement booting beside enough capacity holds no one back."""
+        if self.admission is None:
+            return
+        serving = sum(1 for n in nodes if n.ready and not n.draining)
+        booting = (
+            launched or any(not n.ready and not n.draining for n in nodes)
+        ) and decision.desired > serving
+        tighten, self._booting_since = tighten_admission(
+            t, booting, self._booting_since, self.policy.model.boot_to_serve_s
+        )
+        failed = self.admission.set_booting(tighten)
+        self.metrics.admission.set(int(tighten))
+        for failure in failed:
+            self.metrics.gateway_errors.inc()
+            log.error("gateway admission not switched: %s", failure)
+        log.info("gateway admission %s", "tightened: burst capacity boots" if tighten else "normal")
 
     def _carry_out(self, decision: Decision, live: int) -> None:
         launched = [i for i in decision.drain if not i.startswith(LAUNCHING)]

@@ -18,6 +18,13 @@ Queue thresholds come from Little's law: a queue of `rate x SLO` requests in fro
 serving `rate` requests/s waits `SLO` on average. P2 leaves at a quarter of that, P1 at a half,
 so the queue P0 sees stays well under its SLO.
 
+While burst capacity boots, admission tightens for the lower classes: P2 is shed, and P1 keeps
+`BOOT_P1_SHARE` of its rate (what is over it is shed too, so the controller counts it as demand).
+The burst controller switches this through HAProxy's runtime API (`set map` on the admission
+map's `booting` entry, operator level) and back when the capacity serves or its boot fails; the
+map file holds the normal mode, so a restarted gateway starts normal and the controller's next
+step sets it again.
+
 The burst controller reads what admission did from HAProxy's own Prometheus exporter:
 `SHED_RATE_QUERY` and `DEGRADED_RATE_QUERY` (requests/s shed and sent to the fallback). The
 exporter listens on its own port (`METRICS_PORT`, named `metrics` like Triton's, so the one
@@ -53,6 +60,11 @@ def backend_rate_query(backend: str, window: str = "1m") -> str:
 
 SHED_RATE_QUERY = backend_rate_query(SHED)
 DEGRADED_RATE_QUERY = backend_rate_query(FALLBACK)
+# The admission map beside haproxy.cfg: `booting 0|1`, switched at run time by the burst controller.
+ADMISSION_MAP = "admission.map"
+BOOTING_KEY = "booting"
+# While burst capacity boots, P1 keeps this share of its rate limit (rounded up).
+BOOT_P1_SHARE = 0.5
 METRICS_PATH = "/metrics"
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
@@ -108,10 +120,13 @@ def haproxy_cfg(
     tenants_map: str,
     limits_map: str,
     metrics_bind: str,
-    stats_socket: str | None = None,
+    admission_map: str,
+    runtime_api: str | None = None,
 ) -> str:
     """The gateway's configuration. Maps (API key -> `tenant class`, API key -> limit) are
-    separate files: the keys are secrets and never sit in this text."""
+    separate files: the keys are secrets and never sit in this text. `admission_map` is the
+    file of `admission_map_text()`; `runtime_api` binds HAProxy's runtime API at operator level
+    (it can rewrite maps: only the burst controller may reach it)."""
 
     def servers(b: Backend) -> list[str]:
         return [f"  server {b.name}-{i} {addr} maxconn {b.slots}" for i, addr in enumerate(b.servers)]
@@ -120,7 +135,7 @@ def haproxy_cfg(
     lines = [
         "global",
         "  maxconn 4096",
-        *([f"  stats socket {stats_socket} mode 600 level admin"] if stats_socket else []),
+        *([f"  stats socket {runtime_api} level operator"] if runtime_api else []),
         "",
         "resolvers cluster",
         "  parse-resolv-conf",
@@ -168,6 +183,10 @@ def haproxy_cfg(
         "  acl p1 var(txn.class) -m str P1",
         "  acl p2 var(txn.class) -m str P2",
         "  acl over_limit sc_http_req_rate(0),sub(txn.limit) gt 0",
+        # Burst capacity booting (the controller's `booting` entry): P1 held to its share.
+        f"  acl booting str({BOOTING_KEY}),map({admission_map},0) -m int gt 0",
+        f"  http-request set-var(txn.boot_limit) var(txn.limit),mul({round(BOOT_P1_SHARE * 100)}),add(99),div(100)",
+        "  acl over_boot_limit sc_http_req_rate(0),sub(txn.boot_limit) gt 0",
         *(f"  http-request set-priority-class int({PRIORITY_CLASS[p]}) if {p.lower()}" for p in PRIORITIES),
         f"  acl p1_degrade queue({PRIMARY}) ge {plan.degrade_queue['P1']}",
         f"  acl p2_degrade queue({PRIMARY}) ge {plan.degrade_queue['P2']}",
@@ -175,6 +194,8 @@ def haproxy_cfg(
         # No burst node serving the fallback yet: the degraded classes are shed at once.
         f"  acl fallback_full nbsrv({FALLBACK}) eq 0",
         f"  use_backend {OVER_LIMIT} if over_limit",
+        f"  use_backend {SHED} if p2 booting",
+        f"  use_backend {SHED} if p1 booting over_boot_limit",
         f"  use_backend {SHED} if p2 p2_degrade fallback_full",
         f"  use_backend {SHED} if p1 p1_degrade fallback_full",
         f"  use_backend {FALLBACK} if p2 p2_degrade",
@@ -214,6 +235,11 @@ def backend_for(
         slots=max(1, replicas * seqs),
         rate_rps=max(0.001, replicas * seqs * steps_per_s / MEAN_OUTPUT_TOKENS),
     )
+
+
+def admission_map_text(booting: bool = False) -> str:
+    """The admission map's file: normal admission unless the controller says capacity boots."""
+    return f"{BOOTING_KEY} {int(booting)}\n"
 
 
 def tenants_map(keys: dict[str, Tenant]) -> str:
@@ -277,4 +303,5 @@ def gateway_cfg(g: GatewayPlan) -> str:
         metrics_bind=f":{METRICS_PORT}",
         tenants_map=f"{GATEWAY_MAPS}/tenants.map",
         limits_map=f"{GATEWAY_MAPS}/limits.map",
+        admission_map=f"{GATEWAY_DIR}/{ADMISSION_MAP}",
     )

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpufleet.plan.admission import (
+    ADMISSION_MAP,
     METRICS_PATH,
     AdmissionPlan,
     Backend,
     Tenant,
+    admission_map_text,
     haproxy_cfg,
     limits_map,
     tenants_map,
@@ -52,14 +54,17 @@ def write_config(
     keys: dict[str, Tenant],
     port: int,
     metrics_port: int,
+    runtime_port: int | None = None,
 ) -> Path:
-    """haproxy.cfg and its two maps in `folder` (the maps hold API keys: mode 0600)."""
+    """haproxy.cfg, its two maps (they hold API keys: mode 0600) and the admission map in
+    `folder`; HAProxy's runtime API on 127.0.0.1:`runtime_port` where one is given."""
     folder.mkdir(parents=True, exist_ok=True)
     maps = {"tenants.map": tenants_map(keys), "limits.map": limits_map(keys)}
     for name, text in maps.items():
         path = folder / name
         path.touch(mode=0o600)
         path.write_text(text)
+    (folder / ADMISSION_MAP).write_text(admission_map_text())
     config = folder / "haproxy.cfg"
     config.write_text(
         haproxy_cfg(
@@ -70,6 +75,8 @@ def write_config(
             metrics_bind=f"127.0.0.1:{metrics_port}",
             tenants_map=str(folder / "tenants.map"),
             limits_map=str(folder / "limits.map"),
+            admission_map=str(folder / ADMISSION_MAP),
+            runtime_api=None if runtime_port is None else f"ipv4@127.0.0.1:{runtime_port}",
         )
     )
     return config

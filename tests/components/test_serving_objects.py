@@ -168,7 +168,7 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     name: str, graphs: dict[str, Graph]
 ) -> None:
     from gpufleet.inventory.stacks import load_stack
-    from gpufleet.plan.admission import METRICS_PATH, TENANTS_SECRET
+    from gpufleet.plan.admission import ADMISSION_MAP, GATEWAY_DIR, METRICS_PATH, TENANTS_SECRET
 
     graph = graphs[name]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
@@ -194,6 +194,12 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
         "volumes"
     ]
     assert service["spec"]["ports"][0]["port"] == 8080
+    # The admission map the config reads sits beside it and starts normal. The runtime API that
+    # switches it while burst capacity boots is not exposed in the cluster: it can rewrite every
+    # map, the tenants' too (docs/serving.md).
+    assert f"map({GATEWAY_DIR}/{ADMISSION_MAP},0)" in text
+    assert config["data"][ADMISSION_MAP] == "booting 0\n"
+    assert "stats socket" not in text
 
 
 OLD = "0123456789abcdef0123456789abcdef01234567"
