@@ -487,6 +487,7 @@ class Gpufleet(FleetPolicy):
     _bases: deque[tuple[float, float]] = field(default_factory=deque)
     _last_scale_in: float = -math.inf
     _last_scale_up: float = -math.inf
+    _keep_booting: bool = False
     _degraded: int = 0
 
     def decide(
@@ -553,17 +554,17 @@ class Gpufleet(FleetPolicy):
                 self._last_scale_up = t
             return up
         down = m.missing(projected, m.target_utilisation * (1 - self.hysteresis))
+        # What was ordered is not drained while it boots, until a boot and a quiet period have
+        # passed (then its boot failed): the quiet period after a one-minute breach is shorter than
+        # a boot, and draining it then pays a boot for nothing and orders it again at the next one.
+        self._keep_booting = t - self._last_scale_up < self._lead() + self.quiet_s
         scale_in = self._to(
             down, f"{why}; quiet {self.quiet_s:.0f}s -> {down:.2f} replicas on burst", nodes, prices
         )
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = m.pressure(window[-1])
-        # What was ordered is kept until it has served a quiet period: draining it while it boots
-        # (the quiet period after a one-minute breach is shorter than a boot) pays a boot for nothing
-        # and orders it again at the next breach.
-        served = t - self._last_scale_up >= self._lead() + self.quiet_s
         cooled = t - self._last_scale_in >= self.cooldown_s
-        if scale_in.drain and quiet_enough and not saturated and cooled and served:
+        if scale_in.drain and quiet_enough and not saturated and cooled:
             self._last_scale_in = t
             return scale_in
         held_by = f" ({saturated})" if saturated and scale_in.drain else ""
@@ -604,4 +605,6 @@ class Gpufleet(FleetPolicy):
         return self._replace(node, nodes, prices)
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+        if self._keep_booting:
+            nodes = [n for n in nodes if n.ready]
         return fewest_inflight(nodes, count)
