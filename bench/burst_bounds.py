@@ -22,7 +22,7 @@ from bench.report import write  # noqa: E402
 from gpufleet.inventory.load import load_inventory  # noqa: E402
 from gpufleet.sim.bounds import BOUND_NAMES, TIME_LIMIT_S  # noqa: E402
 from gpufleet.sim.scenario import build_scenario  # noqa: E402
-from gpufleet.sim.trace import default_surge, load_trace, repeat  # noqa: E402
+from gpufleet.sim.trace import Surge, horizon, load_trace, repeat  # noqa: E402
 
 DATA = REPO / "bench" / "burst" / "data"
 TRACES = (("azure-code", "azure_llm_2023_code.csv", 1), ("mooncake-x4", "mooncake_synthetic.jsonl", 4))
@@ -44,14 +44,17 @@ def main() -> None:
     slowest = 0.0
     for label, name, times in TRACES:
         trace = repeat(load_trace(DATA / name), times)
+        span = horizon(trace, None)
+        # x3 for 20 minutes (or half what follows the longest boot), after the longest boot.
+        duration = min(1200.0, (span - max(BOOTS_S)) / 2)
+        surge = Surge(3.0, max(BOOTS_S) + (span - max(BOOTS_S) - duration) / 2, duration)
         for seed in SEEDS:
             scenario = build_scenario(
                 load_inventory("dc1"),
                 "inventories/dc1/nodes.yaml",
                 trace,
-                [default_surge(trace)],
-                announce=True,
-                interruptions_per_node_hour=0.05,
+                [surge],
+                horizon_s=span,
                 seed=seed,
             )
             for boot in BOOTS_S:

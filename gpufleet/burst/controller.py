@@ -1,5 +1,10 @@
 """The burst controller loop: signal -> decision -> actuation, with its own Prometheus metrics.
 
+The fleet it acts on is reached through a narrow interface: the Auto Scaling group's API (boto3's
+autoscaling client behind AsgActuator), EC2's Spot price history (SpotPrices) and the burst stack
+(BurstStack). `gpufleet burst run` passes AWS and Pulumi; the simulator (gpufleet.sim.engine) passes
+a simulated group behind the same calls, so the benchmark runs this step, not a copy of it.
+
 Each step reads the load signal, the Spot prices of the offered pools and the burst group's
 instances, asks the policy (the same one the benchmark measures), logs the decision with its
 reason, and carries it out: scale-out by declaring the new node count on the burst stack
@@ -25,9 +30,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from gpufleet.burst.actuate import (
     ActuationError,
+    Applied,
     AsgActuator,
     GatewayAdmission,
-    PulumiActuator,
     desired_guard,
 )
 from gpufleet.burst.interrupt import Drainer, Warning
@@ -40,6 +45,20 @@ log = logging.getLogger("gpufleet.burst")
 
 class Source(Protocol):
     def read(self, t: float) -> Reading | None: ...
+
+
+class BurstStack(Protocol):
+    """Declares the burst node count and applies it: the burst stack's `pulumi up`
+    (PulumiActuator), or the simulated group's (gpufleet.sim.engine.SimStack)."""
+
+    def set_burst_nodes(self, count: int) -> Applied: ...
+
+
+class ServingLevers(Protocol):
+    """What the policy asks of serving beyond Spot capacity: the gateway's admission while capacity
+    boots, and on-prem replicas moved to the distilled model (gpufleet.burst.policy.Decision)."""
+
+    def apply(self, admission: str, degraded: int) -> None: ...
 
 
 @dataclass
@@ -214,13 +233,15 @@ class Controller:
     source: Source
     prices: SpotPrices
     asg: AsgActuator
-    pulumi: PulumiActuator
+    pulumi: BurstStack
     replica_rps: float
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     drainer: Drainer | None = None
     inflight: Callable[[], dict[str, int]] = dict
     window: deque[Signals] = field(default_factory=lambda: deque(maxlen=240))
     clock: Callable[[], float] = time.time
+    # None: the site has no switch for them; the decision's levers are logged only.
+    levers: ServingLevers | None = None
     # The gateways whose lower-class admission tightens while burst capacity boots.
     admission: GatewayAdmission | None = None
     _booting_since: float | None = None
@@ -293,13 +314,18 @@ class Controller:
         action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"
         self.metrics.decisions.labels(action=action).inc()
         log.info(
-            "decision %s: %d -> %d burst nodes (policy wants %d): %s",
+            "decision %s: %d -> %d burst nodes (policy wants %d), admission %s, %d on-prem replicas degraded: %s",
             action,
             len(live),
             len(live) + len(decision.launch) - len(decision.drain),
             decision.desired,
+            decision.admission,
+            decision.degraded,
             decision.reason,
         )
+        if self.levers is not None:
+            # Before the fleet's up, which may take minutes: admission matters now.
+            self.levers.apply(decision.admission, decision.degraded)
         try:
             self._carry_out(decision, len(live))
         except STEP_ERRORS:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gpufleet.burst.hardware import SHAPES, ReplicaHardware, relative_capacity, swap_s
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.plan.aws import BurstFleet
 from gpufleet.plan.site import SitePlan
@@ -99,23 +100,41 @@ class CapacityModel:
     # p99 time to first token; None: the site holds only the queue-wait SLO.
     slo_ttft_s: float | None = None
     node_capacity: Mapping[str, float] = field(default_factory=dict)
+    # What one on-prem replica's GPUs serve running the burst fleet's distilled model instead, in
+    # on-prem replicas (the fleet plan's roofline for a burst type of the same GPU); 0: none known.
+    distilled_per_replica: float = 0.0
+    # Seconds a replica serves nothing while it loads the distilled model's weights.
+    distilled_swap_s: float = 0.0
 
     @classmethod
     def from_plan(cls, site: SitePlan, fleet: BurstFleet, fleet_max_price: float | None) -> CapacityModel:
         """The site's serving and burst plans; `fleet_max_price` as deployed (or as planned)."""
         if site.burst is None or site.serving is None:
             raise ValueError(f"site {site.site} plans no burst or no serving")
+        capacity = _node_capacity(site, fleet)
         return cls(
             onprem_replicas=site.serving.replicas,
-            replicas_per_node=min(fleet.capacity.values()),
-            node_capacity=fleet.capacity,
+            replicas_per_node=min(capacity.values()),
+            node_capacity=capacity,
             max_nodes=site.burst.max_nodes,
             max_hourly_usd=site.burst.max_hourly_usd,
             boot_to_serve_s=site.burst.boot_to_serve_s,
             slo_queue_wait_s=site.serving.slo_queue_wait_p99_s,
             fleet_max_price=fleet_max_price,
             slo_ttft_s=site.serving.slo_ttft_p99_s,
+            distilled_per_replica=_distilled(site, fleet),
+            distilled_swap_s=_distilled_swap_s(site, fleet),
         )
+
+    def degrading_pays(self) -> bool:
+        """Whether moving a replica to the distilled model serves more before burst capacity
+        arrives: the replica serves nothing while it loads, then the gain until a boot-to-serve
+        from now must repay that."""
+        gain = self.distilled_per_replica - 1.0
+        return gain * (self.boot_to_serve_s - self.distilled_swap_s) > self.distilled_swap_s
+
+    def booting(self, nodes: Sequence[Node]) -> bool:
+        return self.burst_capacity(nodes) > self.burst_capacity(nodes, ready_only=True) + 1e-9
 
     def capacity_of(self, instance_type: str) -> float:
         return self.node_capacity.get(instance_type, self.replicas_per_node)
@@ -162,10 +181,49 @@ class CapacityModel:
         return ""
 
 
+def _site_replica(site: SitePlan) -> ReplicaHardware | None:
+    serving = site.serving
+    if serving is None or serving.shape is None or serving.model not in SHAPES:
+        return None
+    return ReplicaHardware(serving.model, serving.shape.gpu, serving.shape.tensor_parallel)
+
+
+def _node_capacity(site: SitePlan, fleet: BurstFleet) -> dict[str, float]:
+    """What each burst type adds in on-prem replicas, from the hardware (gpufleet.burst.hardware:
+    prefill and decode of the nominal request); the fleet plan's decode roofline where the site's
+    model has no known shape."""
+    own = _site_replica(site)
+    if own is None or fleet.model not in SHAPES:
+        return dict(fleet.capacity)
+    return {
+        c.name: relative_capacity(ReplicaHardware(fleet.model, c.gpu, fleet.tensor_parallel), c.replicas, own)
+        for c in fleet.instances
+    }
+
+
+def _distilled_swap_s(site: SitePlan, fleet: BurstFleet) -> float:
+    own = _site_replica(site)
+    if own is None or site.serving is None or site.serving.shape is None:
+        return 0.0
+    return swap_s(fleet.model, own.gpus // fleet.tensor_parallel / site.serving.shape.nodes)
+
+
+def _distilled(site: SitePlan, fleet: BurstFleet) -> float:
+    """What one on-prem replica's GPUs serve running the fleet's distilled model, in on-prem replicas."""
+    own = _site_replica(site)
+    if own is None or fleet.model not in SHAPES or own.gpus % fleet.tensor_parallel:
+        return 0.0
+    distilled = ReplicaHardware(fleet.model, own.gpu, fleet.tensor_parallel)
+    return relative_capacity(distilled, own.gpus // fleet.tensor_parallel, own)
+
+
 @dataclass(frozen=True)
 class Launch:
     pool: Pool
     max_price: float
+
+
+OPEN, RESTRICT = "open", "restrict"
 
 
 @dataclass(frozen=True)
@@ -174,6 +232,11 @@ class Decision:
     reason: str
     launch: tuple[Launch, ...] = ()
     drain: tuple[str, ...] = ()
+    # The gateway while burst capacity boots: OPEN, or RESTRICT (P2 shed, P1 held to its tenants'
+    # rate limits); never restricted once nothing boots.
+    admission: str = "open"
+    # On-prem replicas to serve the lower classes (P1, P2) from the distilled model (lever 1).
+    degraded: int = 0
 
     @property
     def acts(self) -> bool:
@@ -311,16 +374,16 @@ class Policy(Protocol):
     def initial_capacity(self) -> float: ...
 
 
-def _live(nodes: Sequence[Node]) -> int:
+def live_count(nodes: Sequence[Node]) -> int:
     return sum(1 for n in nodes if not n.draining)
 
 
-def _recent(window: Sequence[Signals], t: float, seconds: float) -> list[Signals]:
+def signals_since(window: Sequence[Signals], t: float, seconds: float) -> list[Signals]:
     return [s for s in window if s.t > t - seconds] or list(window[-1:])
 
 
 @dataclass
-class _Base:
+class FleetPolicy:
     model: CapacityModel
 
     name = "base"
@@ -334,7 +397,7 @@ class _Base:
         self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         # The usual autoscalers do not read Spot warnings: the node simply disappears two minutes later.
-        return Decision(_live(nodes), "interruption warning ignored")
+        return Decision(live_count(nodes), "interruption warning ignored")
 
     def _to(self, need: float, reason: str, nodes: Sequence[Node], prices: Mapping[Pool, float]) -> Decision:
         """Launch until the burst fleet holds `need` on-prem replicas of capacity, or drain the
@@ -381,149 +444,18 @@ class _Base:
             avoid=frozenset({node.pool}),
             fleet_max_price=m.fleet_max_price,
             capacity=m.capacity_of,
-            room=max(0, m.max_nodes - _live(nodes)),
+            room=max(0, m.max_nodes - live_count(nodes)),
         )
         reason = (
             f"interruption warning for {node.id}: drain, replace in {', '.join(str(x.pool) for x in launch)}"
             if launch
             else f"interruption warning for {node.id}: drain; no replacement, {capped}"
         )
-        return Decision(_live(nodes), reason, launch, (node.id,))
+        return Decision(live_count(nodes), reason, launch, (node.id,))
 
 
 @dataclass
-class StaticPeak(_Base):
-    """Provision for the known peak, all the time."""
-
-    # On-prem replica equivalents of burst capacity for the peak.
-    peak_need: float = 0.0
-    name = "static-peak"
-    tick_s = 60.0
-
-    def initial_capacity(self) -> float:
-        return self.peak_need
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        return self._to(
-            self.peak_need, f"static: {self.peak_need:.2f} replicas sized for the peak", nodes, prices
-        )
-
-
-@dataclass
-class _Stabilized(_Base):
-    """Kubernetes HPA behaviour: scale up at once, scale down to the highest recommendation of the window."""
-
-    stabilization_s: float = 300.0
-    _history: deque[tuple[float, float]] = field(default_factory=deque)
-
-    def _stabilize(self, t: float, recommended: float, current: float) -> float:
-        self._history.append((t, recommended))
-        while self._history and self._history[0][0] < t - self.stabilization_s:
-            self._history.popleft()
-        if recommended >= current:
-            return recommended
-        return max(r for _, r in self._history)
-
-    def _current(self, nodes: Sequence[Node]) -> float:
-        """Replicas as an HPA counts them: on-prem and every live burst node, booting ones too."""
-        return self.model.onprem_replicas + self.model.burst_capacity(nodes)
-
-    def _recommend(
-        self, t: float, recommended: float, why: str, nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        total = self._stabilize(t, max(self.model.onprem_replicas, recommended), self._current(nodes))
-        need = max(0.0, total - self.model.onprem_replicas)
-        return self._to(need, f"{why} -> {total:.1f} replicas", nodes, prices)
-
-
-@dataclass
-class HpaGpu(_Stabilized):
-    """HPA on GPU utilisation: desired replicas = ceil(sum of utilisation / target), 10% tolerance."""
-
-    target: float = 0.7
-    name = "hpa-gpu70"
-    tick_s = 15.0
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        recent = _recent(window, t, 60.0)
-        util = sum(s.gpu_util for s in recent) / len(recent)
-        busy = util * recent[-1].ready_replicas
-        current = self._current(nodes)
-        # Replicas still booting count as idle, as HPA does for pods that are not ready.
-        ratio = busy / (current * self.target)
-        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
-        why = f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas"
-        return self._recommend(t, recommended, why, nodes, prices)
-
-
-@dataclass
-class KedaQueue(_Stabilized):
-    """KEDA Prometheus scaler on pending requests: desired = ceil(pending / threshold), 30 s polling."""
-
-    threshold: float = 10.0
-    name = "keda-queue"
-    tick_s = 30.0
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        pending = window[-1].pending
-        return self._recommend(
-            t, math.ceil(pending / self.threshold), f"{pending} pending requests", nodes, prices
-        )
-
-
-@dataclass
-class ReactivePending(_Base):
-    """Karpenter-like: launch nodes for what is pending now; consolidate when the rest can carry the load."""
-
-    slots_per_replica: int = 32
-    consolidate_below: float = 0.5
-    name = "reactive-pending"
-    tick_s = 10.0
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        m = self.model
-        live = [n for n in nodes if not n.draining]
-        have = m.burst_capacity(nodes)
-        booting = have - m.burst_capacity(nodes, ready_only=True)
-        pending = window[-1].pending
-        if pending > 0:
-            extra = max(0.0, pending / self.slots_per_replica - booting)
-            return self._to(
-                have + extra, f"{pending} pending requests, {booting:.1f} replicas booting", nodes, prices
-            )
-        recent = _recent(window, t, 300.0)
-        busy = sum(s.gpu_util * s.ready_replicas for s in recent) / len(recent)
-        smallest = min((m.capacity_of(n.pool.instance_type) for n in live), default=0.0)
-        without_one = m.onprem_replicas + have - smallest
-        if live and booting == 0 and busy < self.consolidate_below * without_one:
-            return self._to(
-                have - smallest,
-                f"consolidate: {busy:.1f} busy replicas fit on {without_one:.1f}",
-                nodes,
-                prices,
-            )
-        return Decision(len(live), "nothing pending")
-
-    def on_notice(
-        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        # Karpenter reads the same SQS interruption queue: it cordons the node and launches a replacement.
-        m = self.model
-        size = m.capacity_of(node.pool.instance_type)
-        launch, _ = place(size, nodes, prices, None, avoid=frozenset({node.pool}), capacity=m.capacity_of)
-        return Decision(_live(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
-
-
-@dataclass
-class Gpufleet(_Base):
+class Gpufleet(FleetPolicy):
     """Offered load against the capacity model, held at its peak over the quiet period; a trend
     term for load still climbing; announced peaks; a missed SLO or a full KV cache; quiet-period
     scale-in with hysteresis; the $/hour cap; replacement on interruption warnings.
@@ -554,12 +486,41 @@ class Gpufleet(_Base):
     cap_aware = True
     _bases: deque[tuple[float, float]] = field(default_factory=deque)
     _last_scale_in: float = -math.inf
+    _last_scale_up: float = -math.inf
+    _keep_booting: bool = False
+    _degraded: int = 0
 
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
+        decision = self._scale(t, window, nodes, prices)
+        admission, degraded = self._levers(t, window, nodes)
+        return replace(decision, admission=admission, degraded=degraded)
+
+    def _levers(self, t: float, window: Sequence[Signals], nodes: Sequence[Node]) -> tuple[str, int]:
+        """While capacity boots and the queue says it is short: restrict admission (P2 shed, P1
+        rate-limited) and, where the distilled model serves more on the same GPUs, move one more
+        on-prem replica to it for P1 and P2 each step the SLO stays missed (at most half of them:
+        P0 keeps the rest), where that repays its swap before burst capacity arrives. Nothing boots
+        and no pressure: all back to the site's model."""
         m = self.model
-        recent = _recent(window, t, self.average_s)
+        if not window:
+            return OPEN, self._degraded
+        recent = signals_since(window, t, self.average_s)
+        short = bool(m.pressure(window[-1])) or bool(m.breach(recent))
+        booting = m.booting(nodes)
+        if booting and m.breach(recent) and m.degrading_pays():
+            self._degraded = min(self._degraded + 1, m.onprem_replicas // 2)
+        elif not booting and not short:
+            self._degraded = 0
+        admission = RESTRICT if booting and short else OPEN
+        return admission, self._degraded
+
+    def _scale(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        recent = signals_since(window, t, self.average_s)
         load = sum(s.load_replicas for s in recent) / len(recent)
         base = sum(s.load_replicas / self.factor_at(s.t) for s in recent) / len(recent)
         ahead = self._factor_ahead(t)
@@ -577,7 +538,7 @@ class Gpufleet(_Base):
         # The trend extends the recent peak; a peak held over a longer look-back is a floor to it.
         trend = min(latest + climb * ahead, latest * self.rise_max) if rise >= self.rise_from else latest
         projected = max(held, trend)
-        live = _live(nodes)
+        live = live_count(nodes)
         have = m.burst_capacity(nodes)
         need = m.missing(projected)
         peak_note = f", announced peak x{ahead:g}" if ahead != 1.0 else ""
@@ -588,14 +549,22 @@ class Gpufleet(_Base):
             # comes if this was not enough.
             need, why = have + m.replicas_per_node, f"{why}; {breach}"
         if need > have + 1e-9:
-            return self._to(need, f"{why} -> {need:.2f} replicas on burst", nodes, prices)
+            up = self._to(need, f"{why} -> {need:.2f} replicas on burst", nodes, prices)
+            if up.launch:
+                self._last_scale_up = t
+            return up
         down = m.missing(projected, m.target_utilisation * (1 - self.hysteresis))
+        # What was ordered is not drained while it boots, until a boot and a quiet period have
+        # passed (then its boot failed): the quiet period after a one-minute breach is shorter than
+        # a boot, and draining it then pays a boot for nothing and orders it again at the next one.
+        self._keep_booting = t - self._last_scale_up < self._lead() + self.quiet_s
         scale_in = self._to(
             down, f"{why}; quiet {self.quiet_s:.0f}s -> {down:.2f} replicas on burst", nodes, prices
         )
         quiet_enough = bool(window) and window[0].t <= t - self.quiet_s
         saturated = m.pressure(window[-1])
-        if scale_in.drain and quiet_enough and not saturated and t - self._last_scale_in >= self.cooldown_s:
+        cooled = t - self._last_scale_in >= self.cooldown_s
+        if scale_in.drain and quiet_enough and not saturated and cooled:
             self._last_scale_in = t
             return scale_in
         held_by = f" ({saturated})" if saturated and scale_in.drain else ""
@@ -636,71 +605,6 @@ class Gpufleet(_Base):
         return self._replace(node, nodes, prices)
 
     def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
+        if self._keep_booting:
+            nodes = [n for n in nodes if n.ready]
         return fewest_inflight(nodes, count)
-
-
-@dataclass
-class Oracle(_Base):
-    """Clairvoyant: knows each minute's load ahead, launches exactly one boot time early and
-    releases a node as soon as no minute within the next boot time needs it."""
-
-    future_load: tuple[float, ...] = ()
-    name = "oracle"
-    tick_s = 15.0
-    cap_aware = True
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        first = int(t // 60)
-        last = int((t + self.model.boot_to_serve_s + self.tick_s) // 60)
-        ahead = self.future_load[first : last + 1] or (0.0,)
-        need = self.model.missing(max(ahead))
-        return self._to(
-            need,
-            f"needs {need:.2f} replicas on burst within the next {self.model.boot_to_serve_s:.0f}s",
-            nodes,
-            prices,
-        )
-
-    def on_notice(
-        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        return self._replace(node, nodes, prices)
-
-    def _victims(self, nodes: Sequence[Node], count: int) -> tuple[str, ...]:
-        return fewest_inflight(nodes, count)
-
-
-@dataclass
-class PeakHold(Oracle):
-    """A bound for policies that are told a surge is coming, not which of its minutes spike.
-
-    It knows each surge window and the worst minute's load inside it, but not when that minute
-    comes. Capacity ordered after the window opens serves a boot time later, so a policy that
-    must meet the SLO in every minute holds the worst minute's capacity from one boot time before
-    the window until it ends; outside the windows it is the oracle. Its cost over the oracle's is
-    the price of not knowing the minutes: what no policy with a calendar alone can save."""
-
-    windows: tuple[tuple[float, float], ...] = ()
-    name = "peak-hold"
-
-    def decide(
-        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
-    ) -> Decision:
-        lead = self.model.boot_to_serve_s + self.tick_s
-        held = [
-            max(self.future_load[int(start // 60) : int(end // 60) + 1] or (0.0,))
-            for start, end in self.windows
-            if start - lead <= t < end
-        ]
-        if not held:
-            return super().decide(t, window, nodes, prices)
-        ahead = self.future_load[int(t // 60) : int((t + lead) // 60) + 1] or (0.0,)
-        need = self.model.missing(max(*held, *ahead))
-        return self._to(
-            need, f"holds {need:.2f} replicas on burst for the surge's worst minute", nodes, prices
-        )
-
-
-POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "gpufleet", "oracle")

@@ -1,60 +1,77 @@
-"""Discrete-event simulation of a serving fleet under a burst policy.
+"""Discrete-event simulation of a serving fleet driven by the production burst controller.
 
-Serving model: each replica runs continuous batching. Up to `saturation` requests in flight each
-progress at their own pace (a small batch leaves throughput unused, yet the GPU is busy: that is
-why GPU utilisation reads near 100% long before the replica is full); beyond it they share the
-replica's full throughput, up to `slots` requests; the rest wait in one queue (Triton's queue) and
-go to the least-loaded replica that frees a slot. A request's work is
-its prefill plus its decode in prefill-equivalent tokens over the replica's tokens/s, so long
-prompts and long answers both cost what they should. Queue wait is what the SLO is about.
+One path: every decision comes from `gpufleet.burst.controller.Controller.step` (signal -> decide ->
+actuate) and every Spot warning from `gpufleet.burst.interrupt.handle` with the controller's
+`replacement`, exactly as `gpufleet burst run` wires them. The simulation stands in only where the
+controller meets the outside world:
 
-Burst nodes boot for `boot_to_serve_s`, are billed at their pool's Spot price from launch to
-termination (never above their max price: AWS reclaims instead), may get an interruption warning
-two minutes before being reclaimed, and leave by draining (no new requests, then gone) or at once.
+- Prometheus: `SimPrometheus` answers the controller's own PromQL queries (`PrometheusQuery.queries`)
+  with the HTTP API's JSON body, computed from Triton's counters as the simulated servers keep them
+  (nv_inference_request_success, nv_inference_queue_duration_us, nv_inference_pending_request_count,
+  nv_gpu_utilization, nv_inference_first_response_histogram_ms) and scraped every `scrape_s`; the
+  controller parses them with production's code. It answers nothing for TensorRT-LLM's series,
+  which a vLLM backend does not export.
+- AWS: `SimAutoscaling` and `SimEc2` answer the boto3 calls production's AsgActuator, SpotPrices and
+  fleet_view make (describe_auto_scaling_groups, set_desired_capacity,
+  terminate_instance_in_auto_scaling_group, describe_spot_price_history); the group launches into
+  its overrides in priority order (capacity-optimized-prioritized), balanced over zones, and a pool
+  without Spot capacity fails the launch (the next type is tried; none: retried a minute later).
+- Pulumi: `SimStack.set_burst_nodes` sets the group's desired capacity, as the burst stack's up does.
+- Kubernetes: no API: a retired or warned node is drained by the simulated group (no new requests,
+  those in flight finish, then it goes; a reclaim cuts the rest off and they start over).
+
+Serving (per replica, the model's own speed from gpufleet.burst.hardware): requests wait in one queue
+ordered by class (HAProxy's priority queue: P0 first), go to the replica with the most room when it
+has a sequence slot (vLLM's max_num_seqs) and KV cache for the request's prompt and answer, are
+prefilled one after another at the prefill rate (compute-bound; vLLM's chunked prefill rides along
+the memory-bound decode steps, so decode is not paused for it), then decode together: each step advances every sequence by one
+token and takes the roofline's time for the batch and its KV cache. Queue wait (arrival to dispatch)
+and time to first token (to the end of prefill plus one step) are what the SLOs score.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-from gpufleet.burst.policy import (
-    SPOT_NOTICE_S,
-    CapacityModel,
-    Decision,
-    Node,
-    Policy,
-    Pool,
-    Signals,
-    place,
-)
+from gpufleet.burst.actuate import Applied, AsgActuator
+from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices
+from gpufleet.burst.hardware import MAX_NUM_SEQS, ReplicaHardware
+from gpufleet.burst.interrupt import Drainer, Warning, handle
+from gpufleet.burst.policy import OPEN, SPOT_NOTICE_S, CapacityModel, Policy, Pool
+from gpufleet.burst.signal import PrometheusQuery, histogram_quantile, parse_query_response
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.sim.prices import PriceSeries
 from gpufleet.sim.trace import Request
 
-# Event kinds, in the order they run when they share an instant: prices first (reclaims),
-# then completions and arrivals, then what the controller sees and does.
-_PRICE, _DONE, _ARRIVE, _READY, _NOTICE, _RECLAIM, _SAMPLE, _TICK = range(8)
-# After the trace ends the fleet keeps serving what is queued, for at most this long.
-_DRAIN_LIMIT_S = 3600.0
+GROUP = "gpufleet-burst-sim"
+# Event kinds, in the order they run when they share an instant.
+_PRICE, _PREFILLED, _DONE, _ARRIVE, _READY, _RECONCILE, _SWAPPED, _NOTICE, _RECLAIM, _SCRAPE, _TICK = range(
+    11
+)
+# After the horizon the fleet serves what is queued, for at most this long.
+_DRAIN_LIMIT_S = 1800.0
+# Triton's first-response histogram buckets (ms) as the serving stack configures them.
+TTFT_BUCKETS_MS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, math.inf)
+CLASSES = ("P0", "P1", "P2")
+# HAProxy's rate window (gpufleet.plan.admission): a tenant may burst this many seconds of its rate.
+RATE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
-class ServiceModel:
-    """How fast one replica serves: prefill-equivalent tokens per second, shared by the batch."""
+class Arrival:
+    """A trace request as the gateway sees it: `weight` identical requests of class `klass`."""
 
-    tokens_per_s: float
-    # One generated token costs about this many prompt tokens of throughput: decode is memory-bound.
-    decode_weight: float = 8.0
-    slots: int = 32
-    saturation: int = 8
-
-    def work_s(self, request: Request) -> float:
-        return (request.input_tokens + self.decode_weight * request.output_tokens) / self.tokens_per_s
+    request: Request
+    klass: str
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class Minute:
     load_replicas: float
     ready_replicas: float
     p99_queue_wait_s: float
+    p99_ttft_s: float
     spend_usd_hour: float
 
 
@@ -70,13 +88,18 @@ class Minute:
 class Result:
     policy: str
     slo_ok_minutes_pct: float
+    p0_violation_minutes: int
     slo_violation_minutes: int
     p99_queue_wait_s: float
+    p99_ttft_s: float
     gpu_hours: float
     cost_usd: float
     cap_violations: int
     scale_actions: int
+    degraded_requests_pct: float
+    shed_requests_pct: float
     max_spend_usd_hour: float
+    step_errors: int
     timeline: tuple[Minute, ...]
     decisions: tuple[tuple[float, str], ...]
 
@@ -84,38 +107,81 @@ class Result:
         return {
             "policy": self.policy,
             "slo_ok_minutes_pct": round(self.slo_ok_minutes_pct, 2),
+            "p0_violation_minutes": self.p0_violation_minutes,
             "slo_violation_minutes": self.slo_violation_minutes,
             "p99_queue_wait_s": round(self.p99_queue_wait_s, 3),
+            "p99_ttft_s": round(self.p99_ttft_s, 3),
             "gpu_hours": round(self.gpu_hours, 2),
             "cost_usd": round(self.cost_usd, 2),
             "cap_violations": self.cap_violations,
             "scale_actions": self.scale_actions,
+            "degraded_requests_pct": round(self.degraded_requests_pct, 2),
+            "shed_requests_pct": round(self.shed_requests_pct, 2),
         }
 
 
 class _Replica:
-    __slots__ = ("draining", "heap", "last", "n", "node", "saturation", "speed", "v", "version")
+    """Continuous batching on one replica: a prefill queue, then a decode batch sharing its steps."""
 
-    def __init__(self, node: _SimNode | None, now: float, saturation: int, speed: float = 1.0) -> None:
+    def __init__(
+        self, hw: ReplicaHardware, node: _SimNode | None, now: float, lower_only: bool = False
+    ) -> None:
+        self.hw = hw
         self.node = node
-        self.saturation = saturation
-        # Throughput relative to an on-prem replica (the fleet plan's roofline for burst types).
-        self.speed = speed
-        self.v = 0.0  # virtual time: each in-flight request gets 1/max(n, saturation) of the replica
+        # A distilled replica on on-prem GPUs (lever 1): P1 and P2 only.
+        self.lower_only = lower_only
+        self.kv = hw.kv_tokens
+        self.seqs = 0.0  # sequences admitted (prefill and decode)
+        self.ctx = 0.0  # KV tokens reserved by them
+        self.prefill: deque[int] = deque()
+        self.prefilling = False
+        self.dec_n = 0.0
+        self.dec_ctx = 0.0
+        self.v = 0.0  # tokens each decoding sequence has made (virtual time)
         self.last = now
         self.heap: list[tuple[float, int]] = []
-        self.n = 0
-        self.version = 0
-        self.draining = False
+        self.version = 0  # of the pending decode completion
+        self.node_version = 0  # bumped when the node goes: its pending prefill is void
+        self.busy_s = 0.0
+        self._step_key = (-1.0, -1.0)
+        self._step = 0.0
 
-    def advance(self, now: float) -> float:
-        """Move virtual time to `now`; returns the busy seconds elapsed (the GPU-utilisation signal)."""
+    def room(self, need_seqs: float, need_ctx: float) -> bool:
+        if self.seqs == 0:
+            return True  # a request larger than the whole cache still runs alone
+        return self.seqs + need_seqs <= MAX_NUM_SEQS and self.ctx + need_ctx <= self.kv
+
+    def step_s(self) -> float:
+        if self._step_key != (self.dec_n, self.dec_ctx):
+            self._step_key = (self.dec_n, self.dec_ctx)
+            self._step = self.hw.step_s(max(1, round(self.dec_n)), self.dec_ctx)
+        return self._step
+
+    def advance(self, now: float) -> None:
         dt = now - self.last
         self.last = now
-        if self.n == 0 or dt <= 0:
-            return 0.0
-        self.v += dt * self.speed / max(self.n, self.saturation)
-        return dt
+        if dt <= 0:
+            return
+        if self.prefilling or self.dec_n > 0:
+            self.busy_s += dt
+        if self.dec_n > 0:
+            self.v += dt / self.step_s()
+
+
+@dataclass
+class _OnPrem:
+    """One on-prem replica's GPUs: the site's model, or (degraded) the distilled model's replicas."""
+
+    primary: _Replica
+    distilled: list[_Replica] = field(default_factory=list)
+    mode: str = "primary"  # primary, distilled, or swapping (loading weights: takes nothing new)
+    target: str = "primary"
+    swap: int = 0
+
+    def serving(self) -> list[_Replica]:
+        if self.mode == "primary":
+            return [self.primary]
+        return self.distilled if self.mode == "distilled" else []
 
 
 @dataclass
@@ -124,96 +190,257 @@ class _SimNode:
     pool: Pool
     launched_at: float
     max_price: float
-    ready: bool = False
-    draining: bool = False
+    state: str = "Pending"  # Pending -> InService -> Terminating -> gone
     gone: bool = False
     replicas: list[_Replica] = field(default_factory=list)
+    warned: bool = False
 
-    def view(self) -> Node:
-        return Node(
-            id=self.id,
-            pool=self.pool,
-            ready=self.ready,
-            draining=self.draining,
-            launched_at=self.launched_at,
-            inflight=sum(r.n for r in self.replicas),
-            max_price=self.max_price,
-        )
+
+class SimAutoscaling:
+    """The boto3 autoscaling calls the controller makes, on the simulated group."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def describe_auto_scaling_groups(self, AutoScalingGroupNames: list[str]) -> dict[str, Any]:
+        s = self.sim
+        if AutoScalingGroupNames != [GROUP]:
+            return {"AutoScalingGroups": []}
+        distribution: dict[str, str] = {"SpotAllocationStrategy": "capacity-optimized-prioritized"}
+        if s.spot_max_price is not None:
+            distribution["SpotMaxPrice"] = f"{s.spot_max_price:.4f}"
+        return {
+            "AutoScalingGroups": [
+                {
+                    "AutoScalingGroupName": GROUP,
+                    "DesiredCapacity": s.desired,
+                    "MinSize": 0,
+                    "MaxSize": s.capacity.max_nodes,
+                    "Instances": [
+                        {
+                            "InstanceId": n.id,
+                            "InstanceType": n.pool.instance_type,
+                            "AvailabilityZone": n.pool.az,
+                            "LifecycleState": n.state,
+                        }
+                        for n in s.nodes.values()
+                    ],
+                    "MixedInstancesPolicy": {
+                        "LaunchTemplate": {"Overrides": [{"InstanceType": t} for t in s.instance_types]},
+                        "InstancesDistribution": distribution,
+                    },
+                }
+            ]
+        }
+
+    def set_desired_capacity(
+        self, AutoScalingGroupName: str, DesiredCapacity: int, HonorCooldown: bool
+    ) -> None:
+        self.sim.set_desired(DesiredCapacity)
+
+    def terminate_instance_in_auto_scaling_group(
+        self, InstanceId: str, ShouldDecrementDesiredCapacity: bool
+    ) -> None:
+        node = self.sim.nodes.get(InstanceId)
+        if node is None:
+            raise KeyError(f"no instance {InstanceId}")
+        if ShouldDecrementDesiredCapacity:
+            self.sim.desired -= 1
+        self.sim.drain(node)
+
+
+class SimEc2:
+    """EC2's Spot price history: the current price of each pool of the asked types."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def describe_spot_price_history(self, InstanceTypes: list[str], **_: Any) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(self.sim.now, UTC)
+        return {
+            "SpotPriceHistory": [
+                {
+                    "InstanceType": p.instance_type,
+                    "AvailabilityZone": p.az,
+                    "SpotPrice": f"{price:.4f}",
+                    "Timestamp": stamp,
+                }
+                for p, price in self.sim.prices.at(self.sim.now).items()
+                if p.instance_type in InstanceTypes
+            ]
+        }
+
+
+@dataclass
+class SimStack:
+    """The burst stack: an up declares the group's desired capacity."""
+
+    sim: Simulation
+
+    def set_burst_nodes(self, count: int) -> Applied:
+        self.sim.set_desired(count)
+        return Applied(stack="sim", burst_nodes=count, summary="1 update")
+
+
+class _NoKubernetes(Drainer):
+    """The simulated group drains its own nodes: no Kubernetes node to find."""
+
+    def node_for_instance(self, instance_id: str) -> str | None:
+        return None
+
+
+class SimPrometheus(PrometheusQuery):
+    """Answers the controller's PromQL with the JSON Prometheus' HTTP API returns, computed from
+    the scrapes of the simulated Triton counters within the query's window."""
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__(base_url="http://prometheus.sim", model="sim")
+        self.sim = sim
+        self._names = {query: name for name, query in self.queries().items()}
+
+    def _scalar(self, query: str) -> float | None:
+        return parse_query_response(self.body(query))
+
+    def body(self, query: str) -> bytes:
+        value = self._value(self._names.get(query, ""))
+        result = [] if value is None else [{"metric": {}, "value": [self.sim.now, repr(value)]}]
+        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+
+    def _value(self, name: str) -> float | None:
+        scrapes = [s for s in self.sim.scrapes if s[0] > self.sim.now - 60.0 - 1e-9]
+        if not scrapes:
+            return None
+        first, last = scrapes[0], scrapes[-1]
+        span = last[0] - first[0]
+        if name == "pending":
+            return last[3]
+        if name == "gpu_util":
+            return last[4]
+        if span <= 0:
+            return None  # one sample has no rate: Prometheus returns an empty vector
+        if name == "rps":
+            return (last[1] - first[1]) / span
+        if name == "shed_rps":
+            return (last[6] - first[6]) / span
+        if name == "degraded_rps":
+            return (last[7] - first[7]) / span
+        if name == "queue_wait_s":
+            served = last[1] - first[1]
+            return None if served <= 0 else (last[2] - first[2]) / served / 1e6
+        if name == "queue_growth_rps":
+            xs = [s[0] for s in scrapes]
+            ys = [s[3] for s in scrapes]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            den = sum((x - mx) ** 2 for x in xs)
+            return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+        if name == "ttft_p99_s":
+            delta = [(le, b - a) for le, a, b in zip(TTFT_BUCKETS_MS, first[5], last[5], strict=True)]
+            p99 = histogram_quantile(0.99, delta)
+            return None if p99 is None else p99 / 1000
+        return None
 
 
 @dataclass
 class Simulation:
-    requests: Sequence[Request]
+    arrivals: Sequence[Arrival]
     policy: Policy
     capacity: CapacityModel
-    service: ServiceModel
+    onprem: ReplicaHardware
+    onprem_replicas: int
+    # What a burst node runs: its replica's hardware and how many replicas, by instance type, in
+    # the group's priority order.
+    burst: dict[str, tuple[ReplicaHardware, int]]
     prices: PriceSeries
-    replicas_per_node: dict[str, int]
     horizon_s: float
-    # Each burst replica's throughput relative to an on-prem one, by instance type (default 1).
-    replica_speed: dict[str, float] = field(default_factory=dict)
+    # Requests/s one on-prem replica serves, as the controller is configured (--replica-rps).
+    replica_rps: float
+    # Offered load per minute in on-prem replicas (the timeline's, never shown to a policy).
+    minute_load: Sequence[float]
+    spot_max_price: float | None = None
     interruptions_per_node_hour: float = 0.0
-    sample_s: float = 5.0
+    # Pools without Spot capacity: (pool, from, to) windows in which a launch there fails.
+    outages: Sequence[tuple[Pool, float, float]] = ()
+    # Burst nodes serving at t=0 (warm start), launched into the group's priority order.
+    initial_nodes: int = 0
+    # Lever 1: the distilled model on one on-prem replica's GPUs: its replica hardware, how many,
+    # and the seconds to load it and to load the site's model back; None: no degradation.
+    distilled: tuple[ReplicaHardware, int, float, float] | None = None
+    # Lever 2: P1's tenants' rate limit at the gateway (weighted requests/s) while admission is restricted.
+    p1_limit_rps: float = math.inf
+    # False: the controller has no switch for the levers (it only logs them), as in production today.
+    serving_levers: bool = True
+    scrape_s: float = 15.0
+    tick_s: float = 15.0
     seed: int = 0
+    slo_ttft_s: float = 5.0
+
+    @property
+    def instance_types(self) -> list[str]:
+        return list(self.burst)
 
     def run(self) -> Result:
+        self.now = 0.0
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = 0
-        self._now = 0.0
-        self._queue: deque[int] = deque()
-        self._onprem = [
-            _Replica(None, 0.0, self.service.saturation) for _ in range(self.capacity.onprem_replicas)
-        ]
-        self._nodes: dict[str, _SimNode] = {}
+        # HAProxy's priority queue: P0 first, then P1, then P2, each in arrival order.
+        self.queue: dict[str, deque[int]] = {k: deque() for k in CLASSES}
+        self.admission = OPEN
+        self._bucket = (0.0, self.p1_limit_rps * RATE_WINDOW_S)
+        self._shed = [False] * len(self.arrivals)
+        self._shed_w = self._degraded_w = self._total_w = 0.0
+        self.nodes: dict[str, _SimNode] = {}
+        self.desired = 0
+        self._retrying = False
         self._serial = 0
-        n = len(self.requests)
-        self._work = [self.service.work_s(r) for r in self.requests]
-        self._waits = [math.nan] * n
+        self._onprem = [_OnPrem(_Replica(self.onprem, None, 0.0)) for _ in range(self.onprem_replicas)]
+        n = len(self.arrivals)
+        self._wait = [math.nan] * n
+        self._ttft = [math.nan] * n
         self._done = 0
-        self._window: deque[Signals] = deque(maxlen=max(2, int(1200 / self.sample_s)))
-        self._acc_work = self._acc_busy = self._acc_wait = 0.0
-        self._acc_started = 0
-        self._last_sample = 0.0
+        self._success = self._queue_us = 0.0
+        self._ttft_counts = [0.0] * len(TTFT_BUCKETS_MS)
+        self.scrapes: deque[tuple[float, float, float, float, float, tuple[float, ...], float, float]] = (
+            deque(maxlen=16)
+        )
+        self._busy_mark = 0.0
         self._spend_t = 0.0
         self._cost = self._gpu_s = self._max_spend = 0.0
         self._cap_minutes: set[int] = set()
-        self._actions = 0
-        self._decisions: list[tuple[float, str]] = []
-        minutes = math.ceil(self.horizon_s / 60) or 1
-        self._m_load = [0.0] * minutes
+        minutes = max(1, math.ceil(self.horizon_s / 60))
         self._m_ready = [0.0] * minutes
         self._m_spend = [0.0] * minutes
-
-        for time in self.prices.times[1:]:
-            self._push(time, _PRICE, None)
-        if n:
-            self._push(self.requests[0].arrival_s, _ARRIVE, 0)
-        self._push(self.sample_s, _SAMPLE, None)
-        self._push(self.policy.tick_s, _TICK, None)
-        prices0 = self.prices.at(0.0)
-        initial, _ = place(
-            self.policy.initial_capacity(),
-            [],
-            {p: v for p, v in prices0.items() if p.instance_type in self.replicas_per_node},
-            None,
-            capacity=self.capacity.capacity_of,
-            room=self.capacity.max_nodes,
+        self._decisions: list[tuple[float, str]] = []
+        self._actions = 0
+        self.controller = Controller(
+            policy=self.policy,
+            source=PrometheusSource(SimPrometheus(self)),
+            prices=SpotPrices(SimEc2(self), self.instance_types),
+            asg=AsgActuator(GROUP, self.capacity.max_nodes, SimAutoscaling(self)),
+            pulumi=SimStack(self),
+            replica_rps=self.replica_rps,
+            clock=lambda: self.now,
+            levers=self if self.serving_levers else None,
         )
-        for launch in initial:
-            self._launch(launch.pool, launch.max_price, ready_now=True)
+        self._drainer = _NoKubernetes(core=None)
+
+        for t in self.prices.times[1:]:
+            self._push(t, _PRICE, None)
+        if n:
+            self._push(self.arrivals[0].request.arrival_s, _ARRIVE, 0)
+        # Prometheus has scraped the servers before the controller starts (warm start).
+        self._push(0.0, _SCRAPE, None)
+        self._push(self.tick_s, _TICK, None)
+        self.desired = self.initial_nodes
+        self._reconcile(ready_now=True)
 
         limit = self.horizon_s + _DRAIN_LIMIT_S
         while self._events:
             t, kind, _, payload = heapq.heappop(self._events)
-            if t > limit or (t > self.horizon_s and self._done == n and not self._queue):
+            if t > limit or (t > self.horizon_s and self._done == n and not self._queued()):
                 break
-            self._account(t)
-            self._now = t
+            self.now = t
             self._handle(kind, payload)
-        self._account(min(max(self._now, self.horizon_s), limit))
-        for i, w in enumerate(self._waits):
-            if math.isnan(w):
-                self._waits[i] = limit - self.requests[i].arrival_s
+        self._account(max(self.now, self.horizon_s))
         return self._result(minutes)
 
     # --- events ------------------------------------------------------------------------
@@ -222,252 +449,444 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._events, (t, kind, self._seq, payload))
 
-    def _handle(self, kind: int, payload: object) -> None:
+    def _handle(self, kind: int, payload: Any) -> None:
         if kind == _ARRIVE:
-            assert isinstance(payload, int)
             self._arrive(payload)
-        elif kind == _DONE:
-            assert isinstance(payload, tuple)
+        elif kind == _PREFILLED:
             replica, version = payload
-            if version == replica.version and (replica.node is None or not replica.node.gone):
+            if version == replica.node_version:
+                self._prefilled(replica)
+        elif kind == _DONE:
+            replica, version = payload
+            if version == replica.version:
                 self._complete(replica)
         elif kind == _READY:
-            assert isinstance(payload, _SimNode)
-            if not payload.gone:
+            if not payload.gone and payload.state == "Pending":
                 self._ready(payload)
+        elif kind == _SWAPPED:
+            unit, swap = payload
+            if swap == unit.swap:
+                self._swapped(unit)
+        elif kind == _RECONCILE:
+            self._retrying = False
+            self._reconcile()
         elif kind == _NOTICE:
-            assert isinstance(payload, _SimNode)
-            if not payload.gone:
-                self._apply(self.policy.on_notice(self._now, payload.view(), self._views(), self._prices()))
+            self._notice(payload)
         elif kind == _RECLAIM:
-            assert isinstance(payload, _SimNode)
             self._terminate(payload)
         elif kind == _PRICE:
             self._reprice()
-        elif kind == _SAMPLE:
-            self._sample()
-            if self._now + self.sample_s <= self.horizon_s:
-                self._push(self._now + self.sample_s, _SAMPLE, None)
+        elif kind == _SCRAPE:
+            self._scrape()
+            if self.now + self.scrape_s <= self.horizon_s:
+                self._push(self.now + self.scrape_s, _SCRAPE, None)
         elif kind == _TICK:
-            if self._window:
-                self._apply(self.policy.decide(self._now, list(self._window), self._views(), self._prices()))
-            if self._now + self.policy.tick_s <= self.horizon_s:
-                self._push(self._now + self.policy.tick_s, _TICK, None)
+            decision = self.controller.step(self.now)
+            if decision is not None and decision.acts:
+                self._actions += 1
+                self._decisions.append((self.now, decision.reason))
+            if self.now + self.tick_s <= self.horizon_s:
+                self._push(self.now + self.tick_s, _TICK, None)
 
-    def _prices(self) -> dict[Pool, float]:
-        return {
-            p: v for p, v in self.prices.at(self._now).items() if p.instance_type in self.replicas_per_node
-        }
+    def _notice(self, node: _SimNode) -> None:
+        if node.gone:
+            return
+        warning = Warning("interruption", node.id, self.now, receipt=node.id, event_id=node.id)
+        handled = handle(warning, self._drainer, self.controller.asg, self._replace)
+        self._decisions.append((self.now, f"interruption warning for {node.id}: {handled.replacement}"))
 
-    def _views(self) -> list[Node]:
-        return [node.view() for node in self._nodes.values() if not node.gone]
+    def _replace(self, warning: Warning) -> str:
+        # As the interruption consumer does: the drain goes on whatever the replacement met.
+        try:
+            return self.controller.replacement(warning)
+        except Exception as exc:
+            return f"no replacement: {exc}"
+
+    # --- serving -------------------------------------------------------------------------
 
     def _arrive(self, i: int) -> None:
-        request = self.requests[i]
-        self._acc_work += self._work[i]
-        minute = int(request.arrival_s // 60)
-        if minute < len(self._m_load):
-            self._m_load[minute] += self._work[i] / 60
-        self._queue.append(i)
+        a = self.arrivals[i]
+        self._total_w += a.weight
+        if self._admit(a):
+            self.queue[a.klass].append(i)
+            self._fill()
+        else:
+            self._shed[i] = True
+            self._shed_w += a.weight
+        if i + 1 < len(self.arrivals):
+            self._push(self.arrivals[i + 1].request.arrival_s, _ARRIVE, i + 1)
+
+    def _admit(self, a: Arrival) -> bool:
+        """The gateway: everything while admission is open; restricted, P2 is shed (429) and P1
+        passes within its tenants' rate limit (a token bucket of RATE_WINDOW_S seconds)."""
+        if self.admission == OPEN or a.klass == "P0":
+            return True
+        if a.klass == "P2":
+            return False
+        last, tokens = self._bucket
+        tokens = min(self.p1_limit_rps * RATE_WINDOW_S, tokens + (self.now - last) * self.p1_limit_rps)
+        if tokens >= a.weight:
+            self._bucket = (self.now, tokens - a.weight)
+            return True
+        self._bucket = (self.now, tokens)
+        return False
+
+    def apply(self, admission: str, degraded: int) -> None:
+        """The serving levers the controller sets (gpufleet.burst.controller.ServingLevers)."""
+        if admission != self.admission:
+            self._bucket = (self.now, self.p1_limit_rps * RATE_WINDOW_S)
+        self.admission = admission
+        if self.distilled is None:
+            return
+        want = max(0, min(degraded, len(self._onprem)))
+        for k, unit in enumerate(self._onprem):
+            target = "distilled" if k >= len(self._onprem) - want else "primary"
+            if target != unit.target:
+                self._swap(unit, target)
+
+    def _swap(self, unit: _OnPrem, target: str) -> None:
+        """Load the other model's weights: the unit takes nothing new until they are in (what it
+        has in flight finishes meanwhile)."""
+        assert self.distilled is not None
+        _, _, to_distilled_s, to_primary_s = self.distilled
+        unit.mode, unit.target = "swapping", target
+        unit.swap += 1
+        seconds = to_distilled_s if target == "distilled" else to_primary_s
+        self._push(self.now + seconds, _SWAPPED, (unit, unit.swap))
+
+    def _swapped(self, unit: _OnPrem) -> None:
+        assert self.distilled is not None
+        hw, count, _, _ = self.distilled
+        if unit.target == "primary":
+            unit.primary = _Replica(self.onprem, None, self.now)
+        else:
+            unit.distilled = [_Replica(hw, None, self.now, lower_only=True) for _ in range(count)]
+        unit.mode = unit.target
         self._fill()
-        if i + 1 < len(self.requests):
-            self._push(self.requests[i + 1].arrival_s, _ARRIVE, i + 1)
+
+    def _queued(self) -> bool:
+        return any(self.queue.values())
 
     def _serving(self) -> list[_Replica]:
-        replicas = [r for r in self._onprem]
-        for node in self._nodes.values():
-            if node.ready and not node.draining and not node.gone:
-                replicas.extend(node.replicas)
-        return replicas
+        out = [r for unit in self._onprem for r in unit.serving()]
+        for node in self.nodes.values():
+            if node.state == "InService":
+                out.extend(node.replicas)
+        return out
 
     def _fill(self) -> None:
-        if not self._queue:
+        if not self._queued():
             return
-        replicas = [r for r in self._serving() if r.n < self.service.slots]
-        while self._queue and replicas:
-            # The replica with the most of its throughput to spare per request in flight.
-            replica = min(replicas, key=lambda r: r.n / r.speed)
-            i = self._queue.popleft()
-            self._start(replica, i)
-            if replica.n >= self.service.slots:
-                replicas.remove(replica)
+        replicas = self._serving()
+        primary_open = True
+        for klass in CLASSES:
+            queue = self.queue[klass]
+            while queue:
+                a = self.arrivals[queue[0]]
+                need = a.weight * (a.request.input_tokens + a.request.output_tokens)
+                fit = [
+                    r
+                    for r in replicas
+                    if (r.lower_only or primary_open)
+                    and (klass != "P0" or not r.lower_only)
+                    and r.room(a.weight, need)
+                ]
+                if not fit:
+                    break
+                replica = min(fit, key=lambda r: r.ctx / max(r.kv, 1) + r.seqs / MAX_NUM_SEQS)
+                self._start(replica, queue.popleft(), need)
+            # A class that waits keeps the site's model for itself: lower classes behind it may
+            # only take the distilled replicas.
+            primary_open = primary_open and not queue
 
-    def _start(self, replica: _Replica, i: int) -> None:
-        self._acc_busy += replica.advance(self._now)
-        wait = self._now - self.requests[i].arrival_s
-        self._waits[i] = wait
-        self._acc_wait += wait
-        self._acc_started += 1
-        heapq.heappush(replica.heap, (replica.v + self._work[i], i))
-        replica.n += 1
+    def _start(self, replica: _Replica, i: int, need: float) -> None:
+        a = self.arrivals[i]
+        wait = self.now - a.request.arrival_s
+        self._wait[i] = wait
+        self._queue_us += a.weight * wait * 1e6
+        if replica.lower_only:
+            self._degraded_w += a.weight
+        replica.seqs += a.weight
+        replica.ctx += need
+        replica.prefill.append(i)
+        if not replica.prefilling:
+            self._next_prefill(replica)
+
+    def _next_prefill(self, replica: _Replica) -> None:
+        replica.advance(self.now)
+        if replica.prefill:
+            i = replica.prefill[0]
+            a = self.arrivals[i]
+            replica.prefilling = True
+            seconds = a.weight * a.request.input_tokens / replica.hw.prefill_tokens_s
+            self._push(self.now + seconds, _PREFILLED, (replica, replica.node_version))
+        else:
+            replica.prefilling = False
+
+    def _prefilled(self, replica: _Replica) -> None:
+        replica.advance(self.now)
+        i = replica.prefill.popleft()
+        a = self.arrivals[i]
+        replica.dec_n += a.weight
+        replica.dec_ctx += a.weight * (a.request.input_tokens + a.request.output_tokens)
+        # The group's `weight` identical requests were prefilled one after another: its TTFT is its
+        # middle member's, not the last one's (a real client's copies spread over replicas).
+        single = a.request.input_tokens / replica.hw.prefill_tokens_s
+        ttft = self.now - single * (a.weight - 1) / 2 + replica.step_s() - a.request.arrival_s
+        self._ttft[i] = ttft
+        for b, le in enumerate(TTFT_BUCKETS_MS):
+            if ttft * 1000 <= le:
+                self._ttft_counts[b] += a.weight
+        heapq.heappush(replica.heap, (replica.v + max(1, a.request.output_tokens), i))
+        replica.prefilling = False
         self._schedule(replica)
+        self._next_prefill(replica)
 
     def _schedule(self, replica: _Replica) -> None:
         replica.version += 1
         if replica.heap:
-            share = replica.speed / max(replica.n, replica.saturation)
-            at = self._now + max(0.0, replica.heap[0][0] - replica.v) / share
+            at = self.now + max(0.0, replica.heap[0][0] - replica.v) * replica.step_s()
             self._push(at, _DONE, (replica, replica.version))
 
     def _complete(self, replica: _Replica) -> None:
-        self._acc_busy += replica.advance(self._now)
+        replica.advance(self.now)
         while replica.heap and replica.heap[0][0] <= replica.v + 1e-9:
-            heapq.heappop(replica.heap)
-            replica.n -= 1
+            _, i = heapq.heappop(replica.heap)
+            a = self.arrivals[i]
+            need = a.weight * (a.request.input_tokens + a.request.output_tokens)
+            replica.dec_n -= a.weight
+            replica.dec_ctx -= need
+            replica.seqs -= a.weight
+            replica.ctx -= need
+            self._success += a.weight
             self._done += 1
         self._schedule(replica)
         node = replica.node
-        if node is not None and node.draining:
-            if all(r.n == 0 for r in node.replicas):
+        if node is not None and node.state == "Terminating":
+            if all(r.seqs <= 1e-9 for r in node.replicas):
                 self._terminate(node)
             return
         self._fill()
 
-    # --- fleet ---------------------------------------------------------------------------
+    # --- the group -----------------------------------------------------------------------
 
-    def _launch(self, pool: Pool, max_price: float, ready_now: bool = False) -> None:
+    def set_desired(self, count: int) -> None:
+        self.desired = count
+        self._reconcile()
+
+    def _live(self) -> list[_SimNode]:
+        return [n for n in self.nodes.values() if n.state != "Terminating"]
+
+    def _reconcile(self, ready_now: bool = False) -> None:
+        """The group's own loop: launch what desired capacity lacks, end what exceeds it."""
+        live = self._live()
+        for node in sorted(live, key=lambda n: (n.state == "InService", n.launched_at))[
+            : max(0, len(live) - self.desired)
+        ]:
+            self.drain(node)
+        owed = self.desired - len(self._live())
+        for _ in range(owed):
+            pool = self._pool_for_launch()
+            if pool is None:
+                if not self._retrying:
+                    self._retrying = True
+                    self._push(self.now + 60.0, _RECONCILE, None)
+                return
+            self._launch(pool, ready_now)
+
+    def _pool_for_launch(self) -> Pool | None:
+        prices = self.prices.at(self.now)
+        spread = {p: 0 for p in prices}
+        for n in self._live():
+            spread[n.pool] = spread.get(n.pool, 0) + 1
+        for kind in self.instance_types:
+            pools = [
+                p
+                for p in prices
+                if p.instance_type == kind and not self._out(p) and prices[p] <= self._max_price(p) + 1e-9
+            ]
+            if pools:
+                return min(pools, key=lambda p: (spread[p], p.az))
+        return None
+
+    def _out(self, pool: Pool) -> bool:
+        return any(p == pool and start <= self.now < end for p, start, end in self.outages)
+
+    def _max_price(self, pool: Pool) -> float:
+        if self.spot_max_price is not None:
+            return self.spot_max_price
+        return max(AWS_GPU_INSTANCES[t].on_demand_usd_hour for t in self.instance_types)
+
+    def _launch(self, pool: Pool, ready_now: bool) -> None:
+        self._account(self.now)
         self._serial += 1
-        node = _SimNode(id=f"burst-{self._serial}", pool=pool, launched_at=self._now, max_price=max_price)
-        self._nodes[node.id] = node
+        node = _SimNode(
+            id=f"i-{self._serial:08x}", pool=pool, launched_at=self.now, max_price=self._max_price(pool)
+        )
+        self.nodes[node.id] = node
         if ready_now:
             self._ready(node)
         else:
-            self._push(self._now + self.capacity.boot_to_serve_s, _READY, node)
-        per_second = self.interruptions_per_node_hour / 3600
-        if per_second > 0:
-            # Seeded per node serial, so every policy meets the same interruption draws.
-            rng = random.Random(f"{self.seed}-{self._serial}")
-            at = self._now + rng.expovariate(per_second)
+            self._push(self.now + self.capacity.boot_to_serve_s, _READY, node)
+        rate = self.interruptions_per_node_hour / 3600
+        if rate > 0:
+            # Seeded per launch serial: every policy meets the same draws.
+            at = self.now + random.Random(f"{self.seed}-{self._serial}").expovariate(rate)
             if at < self.horizon_s:
                 self._push(at, _NOTICE, node)
                 self._push(at + SPOT_NOTICE_S, _RECLAIM, node)
 
     def _ready(self, node: _SimNode) -> None:
-        node.ready = True
-        kind = node.pool.instance_type
-        node.replicas = [
-            _Replica(node, self._now, self.service.saturation, self.replica_speed.get(kind, 1.0))
-            for _ in range(self.replicas_per_node[kind])
-        ]
-        if node.draining:
-            self._terminate(node)
-            return
+        self._account(self.now)
+        node.state = "InService"
+        hw, count = self.burst[node.pool.instance_type]
+        node.replicas = [_Replica(hw, node, self.now) for _ in range(count)]
         self._fill()
 
-    def _drain(self, node: _SimNode) -> None:
-        node.draining = True
-        if not node.ready or all(r.n == 0 for r in node.replicas):
+    def drain(self, node: _SimNode) -> None:
+        self._account(self.now)
+        if node.gone:
+            return
+        node.state = "Terminating"
+        if all(r.seqs <= 1e-9 for r in node.replicas):
             self._terminate(node)
 
     def _terminate(self, node: _SimNode) -> None:
+        self._account(self.now)
         if node.gone:
             return
         node.gone = True
-        requeue: list[int] = []
         for replica in node.replicas:
-            requeue.extend(i for _, i in replica.heap)
-            replica.heap.clear()
-            replica.n = 0
             replica.version += 1
-        # Requests cut off mid-flight start over at the head of the queue.
-        for i in sorted(requeue, key=lambda i: self.requests[i].arrival_s, reverse=True):
-            self._queue.appendleft(i)
-        del self._nodes[node.id]
+            replica.node_version += 1
+            # Cut off: prefilling and decoding requests start over in the queue.
+            for i in sorted([*replica.prefill, *(i for _, i in replica.heap)], reverse=True):
+                self.queue[self.arrivals[i].klass].appendleft(i)
+        del self.nodes[node.id]
+        self._reconcile()
         self._fill()
 
-    def _apply(self, decision: Decision) -> None:
-        if decision.acts:
-            self._actions += 1
-            self._decisions.append((self._now, decision.reason))
-        for node_id in decision.drain:
-            if node_id in self._nodes:
-                self._drain(self._nodes[node_id])
-        for launch in decision.launch:
-            self._launch(launch.pool, launch.max_price)
-
     def _reprice(self) -> None:
-        prices = self.prices.at(self._now)
-        for node in list(self._nodes.values()):
+        self._account(self.now)
+        prices = self.prices.at(self.now)
+        for node in list(self.nodes.values()):
             # AWS reclaims a Spot node whose pool price passes its max price rather than bill more.
             if prices[node.pool] > node.max_price + 1e-9:
                 self._terminate(node)
 
-    # --- accounting ------------------------------------------------------------------------
+    # --- metrics -------------------------------------------------------------------------
+
+    def _scrape(self) -> None:
+        serving = self._serving()
+        for r in serving:
+            r.advance(self.now)
+        busy = sum(r.busy_s for r in serving)
+        interval = self.now - self._busy_mark
+        self._busy_mark = self.now
+        util = min(1.0, busy / (interval * len(serving))) if serving and interval > 0 else 0.0
+        for r in serving:
+            r.busy_s = 0.0
+        pending = sum(self.arrivals[i].weight for q in self.queue.values() for i in q)
+        self.scrapes.append(
+            (
+                self.now,
+                self._success,
+                self._queue_us,
+                pending,
+                util,
+                tuple(self._ttft_counts),
+                self._shed_w,
+                self._degraded_w,
+            )
+        )
 
     def _account(self, t: float) -> None:
-        """Bill the interval since the last event at the prices and fleet that held during it."""
+        """Bill and log the time since the last change of fleet or prices (called before each)."""
         start, end = self._spend_t, min(t, self.horizon_s)
         self._spend_t = max(self._spend_t, t)
         if end <= start:
             return
         prices = self.prices.at(start)
-        live = list(self._nodes.values())
+        live = list(self.nodes.values())
         spend = sum(prices[n.pool] for n in live)
         gpus = sum(AWS_GPU_INSTANCES[n.pool.instance_type].gpus for n in live)
-        ready = self.capacity.onprem_replicas + sum(
-            r.speed for n in live if n.ready and not n.draining for r in n.replicas
+        ready = self.onprem_replicas + sum(
+            self.capacity.capacity_of(n.pool.instance_type) for n in live if n.state == "InService"
         )
         self._cost += spend * (end - start) / 3600
         self._gpu_s += gpus * (end - start)
         self._max_spend = max(self._max_spend, spend)
-        first, last = int(start // 60), math.ceil(end / 60)
-        for minute in range(first, min(last, len(self._m_spend))):
+        for minute in range(int(start // 60), min(math.ceil(end / 60), len(self._m_spend))):
             overlap = min(end, (minute + 1) * 60) - max(start, minute * 60)
             self._m_spend[minute] += spend * overlap / 60
             self._m_ready[minute] += ready * overlap / 60
             if spend > self.capacity.max_hourly_usd + 1e-6 and overlap > 0:
                 self._cap_minutes.add(minute)
 
-    def _sample(self) -> None:
-        interval = self._now - self._last_sample
-        self._last_sample = self._now
-        serving = self._serving()
-        for replica in serving:
-            self._acc_busy += replica.advance(self._now)
-        wait = self._acc_wait / self._acc_started if self._acc_started else 0.0
-        if self._queue:
-            wait = max(wait, self._now - self.requests[self._queue[0]].arrival_s)
-        self._window.append(
-            Signals(
-                t=self._now,
-                load_replicas=self._acc_work / interval,
-                queue_wait_s=wait,
-                pending=len(self._queue),
-                gpu_util=min(1.0, self._acc_busy / (interval * len(serving))) if serving else 0.0,
-                ready_replicas=sum(r.speed for r in serving),
-            )
-        )
-        self._acc_work = self._acc_busy = self._acc_wait = 0.0
-        self._acc_started = 0
-
     def _result(self, minutes: int) -> Result:
-        by_minute: list[list[float]] = [[] for _ in range(minutes)]
-        for request, wait in zip(self.requests, self._waits, strict=True):
-            minute = int(request.arrival_s // 60)
-            if minute < minutes:
-                by_minute[minute].append(wait)
-        p99s = [_p99(ws) if ws else 0.0 for ws in by_minute]
-        counted = [p for p, ws in zip(p99s, by_minute, strict=True) if ws]
-        slo = self.capacity.slo_queue_wait_s
-        violations = sum(1 for p in counted if p > slo)
+        end = self.horizon_s + _DRAIN_LIMIT_S
+        waits = [
+            end - a.request.arrival_s if math.isnan(w) else w
+            for a, w in zip(self.arrivals, self._wait, strict=True)
+        ]
+        ttfts = [
+            end - a.request.arrival_s if math.isnan(w) else w
+            for a, w in zip(self.arrivals, self._ttft, strict=True)
+        ]
+        every: list[list[int]] = [[] for _ in range(minutes)]
+        for i, a in enumerate(self.arrivals):
+            minute = int(a.request.arrival_s // 60)
+            if minute < minutes and not self._shed[i]:
+                every[minute].append(i)
+        slo_wait, slo_ttft = self.capacity.slo_queue_wait_s, self.slo_ttft_s
+
+        def missed(ids: list[int]) -> bool:
+            return _p99([waits[i] for i in ids]) > slo_wait or _p99([ttfts[i] for i in ids]) > slo_ttft
+
+        counted = [ids for ids in every if ids]
+        violations = sum(1 for ids in counted if missed(ids))
+        p0 = sum(
+            1
+            for ids in counted
+            if (mine := [i for i in ids if self.arrivals[i].klass == "P0"]) and missed(mine)
+        )
         timeline = tuple(
-            Minute(m, self._m_load[m], self._m_ready[m], p99s[m], self._m_spend[m]) for m in range(minutes)
+            Minute(
+                m,
+                self.minute_load[m] if m < len(self.minute_load) else 0.0,
+                self._m_ready[m],
+                _p99([waits[i] for i in every[m]]) if every[m] else 0.0,
+                _p99([ttfts[i] for i in every[m]]) if every[m] else 0.0,
+                self._m_spend[m],
+            )
+            for m in range(minutes)
+        )
+        errors = sum(
+            self.controller.registry.get_sample_value(f"gpufleet_burst_{name}_total") or 0.0
+            for name in ("actuation_errors", "signal_errors")
         )
         return Result(
             policy=self.policy.name,
             slo_ok_minutes_pct=100.0 * (len(counted) - violations) / len(counted) if counted else 100.0,
+            p0_violation_minutes=p0,
             slo_violation_minutes=violations,
-            p99_queue_wait_s=_p99(self._waits) if self._waits else 0.0,
+            p99_queue_wait_s=_p99([w for w, shed in zip(waits, self._shed, strict=True) if not shed]),
+            p99_ttft_s=_p99([w for w, shed in zip(ttfts, self._shed, strict=True) if not shed]),
             gpu_hours=self._gpu_s / 3600,
             cost_usd=self._cost,
             cap_violations=len(self._cap_minutes),
             scale_actions=self._actions,
+            degraded_requests_pct=100.0 * self._degraded_w / self._total_w if self._total_w else 0.0,
+            shed_requests_pct=100.0 * self._shed_w / self._total_w if self._total_w else 0.0,
             max_spend_usd_hour=self._max_spend,
+            step_errors=int(errors),
             timeline=timeline,
             decisions=tuple(self._decisions),
         )
 
 
 def _p99(values: Sequence[float]) -> float:
+    if not values:
+        return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]

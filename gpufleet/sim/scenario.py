@@ -1,101 +1,115 @@
-"""A simulation scenario from a site, a trace and surges: the capacity model every policy shares."""
+"""A simulation scenario: a site, a trace, surges, a calendar, prices and Spot capacity.
+
+Every figure that sizes serving comes from hardware (gpufleet.burst.hardware), the same for every
+trace. What a scenario sets, and documents, instead:
+
+- Volume. A public trace is one service's sample (the Azure code trace: 2.5 requests/s), far below
+  what a site of 64 H100s serves. The site is taken to serve as many tenants like it as fill its
+  on-prem replicas to BASE_UTILISATION of their nominal capacity on average: the trace is played as
+  copies shifted in time, each request standing for `weight` (at most MAX_WEIGHT) identical
+  requests. The rule is one and the same for every trace; only the trace's mean sets the volume.
+- Classes: each request is P0, P1 or P2 with CLASS_SHARES, seeded.
+- Warm start: the burst group starts with the nodes the base load's busiest minute needs, ready,
+  for every policy alike; no surge may start inside the first boot-to-serve time.
+- Calendar (what gpufleet's policy is told): exact, the factor wrong by FACTOR_ERROR (under-stated
+  on even seeds, over-stated on odd ones), the start wrong by START_ERROR_S (late on even seeds,
+  early on odd ones), or none.
+- Spot capacity: each pool runs out now and then (OUTAGES_PER_POOL_HOUR, each OUTAGE_S long),
+  when a launch there fails and the group tries its next type.
+- Prices: gpufleet.sim.prices.random_walk's documented parameters.
+- Levers: P1's rate limit at the gateway is P1's share of the ordinary traffic; the distilled
+  model on an on-prem replica's GPUs is the burst fleet's, at its tensor parallelism, loaded at the
+  measured cold weight-load rate (gpufleet.burst.hardware.swap_s) in both directions.
+"""
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gpufleet.burst.policy import (
-    POLICY_NAMES,
-    CapacityModel,
-    Gpufleet,
-    HpaGpu,
-    KedaQueue,
-    KnownPeak,
-    Oracle,
-    PeakHold,
-    Policy,
-    ReactivePending,
-    StaticPeak,
-)
+from gpufleet.burst.hardware import ReplicaHardware, request_seconds, swap_s
+from gpufleet.burst.policy import CapacityModel, KnownPeak, Policy, Pool
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
 from gpufleet.plan.aws import BurstFleet, plan_fleet
 from gpufleet.plan.site import plan_site
+from gpufleet.sim.baselines import make_policy
 from gpufleet.sim.bounds import BOUND_NAMES, BoundResult, calendar_need, cheapest_fleet, minute_prices
-from gpufleet.sim.engine import Result, ServiceModel, Simulation
+from gpufleet.sim.engine import Arrival, Result, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for, random_walk
-from gpufleet.sim.trace import Surge, Trace, apply_surges
+from gpufleet.sim.trace import Request, Surge, Trace, apply_surges
 
-# On-prem is sized for the ordinary trace: the slowest replica with which the on-prem fleet alone
-# keeps every minute of the trace without surges inside the SLO, plus this much headroom. That is
-# what fixes a replica's tokens/s from the trace's own token counts.
-ONPREM_HEADROOM = 1.1
-_CALIBRATION_STEPS = 12
+BASE_UTILISATION = 0.7
+# A simulated request stands for at most this many identical ones (more copies: slower runs).
+MAX_WEIGHT = 6.0
+CLASS_SHARES = (("P0", 0.2), ("P1", 0.4), ("P2", 0.4))
+FACTOR_ERROR = 1 / 3
+START_ERROR_S = 600.0
+OUTAGES_PER_POOL_HOUR = 0.25
+OUTAGE_S = (600.0, 1800.0)
+INTERRUPTIONS_PER_NODE_HOUR = 0.05
+ANNOUNCE_MODES = ("exact", "factor-wrong", "start-wrong", "none")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    trace: Trace
+    arrivals: tuple[Arrival, ...]
     capacity: CapacityModel
-    service: ServiceModel
-    # What burst nodes serve and how many replicas each type holds: the deployed fleet plan's.
+    onprem: ReplicaHardware
     fleet: BurstFleet
+    burst: dict[str, tuple[ReplicaHardware, int]]
     prices: PriceSeries
-    # Every surge in the trace; `announced` says whether gpufleet's policy is told of them.
     surges: tuple[KnownPeak, ...]
-    announced: bool
+    # What gpufleet's calendar holds (per the announce mode).
+    peaks: tuple[KnownPeak, ...]
     horizon_s: float
     minute_load: tuple[float, ...]
+    base_peak_load: float
+    replica_rps: float
+    weight: float
+    initial_nodes: int
+    distilled: tuple[ReplicaHardware, int, float, float] | None
+    p1_limit_rps: float
+    spot_max_price: float | None
+    outages: tuple[tuple[Pool, float, float], ...]
+    slo_ttft_s: float
     interruptions_per_node_hour: float
     seed: int
 
-    @property
-    def peaks(self) -> tuple[KnownPeak, ...]:
-        """What gpufleet's calendar holds."""
-        return self.surges if self.announced else ()
-
-    def policy(self, name: str) -> Policy:
-        m = self.capacity
-        if name == "static-peak":
-            return StaticPeak(m, peak_need=m.missing(max(self.minute_load)))
-        if name == "hpa-gpu70":
-            return HpaGpu(m)
-        if name == "keda-queue":
-            return KedaQueue(m)
-        if name == "reactive-pending":
-            return ReactivePending(m, slots_per_replica=self.service.slots)
-        if name == "gpufleet":
-            return Gpufleet(m, peaks=self.peaks)
-        if name == "oracle":
-            return Oracle(m, future_load=self.minute_load)
-        if name == PeakHold.name:
-            return PeakHold(
-                m, future_load=self.minute_load, windows=tuple((p.start_s, p.end_s) for p in self.surges)
-            )
-        raise ValueError(f"unknown policy {name!r}; one of {', '.join((*POLICY_NAMES, PeakHold.name))}")
-
     def run(self, name: str) -> Result:
+        m = self.capacity
+        policy = make_policy(name, m, peak_need=m.missing(max(self.minute_load)), peaks=self.peaks)
+        return self.simulation(policy).run()
+
+    def simulation(self, policy: Policy) -> Simulation:
         return Simulation(
-            requests=self.trace.requests,
-            policy=self.policy(name),
+            arrivals=self.arrivals,
+            policy=policy,
             capacity=self.capacity,
-            service=self.service,
+            onprem=self.onprem,
+            onprem_replicas=self.capacity.onprem_replicas,
+            burst=self.burst,
             prices=self.prices,
-            replicas_per_node=replicas_per_node(self.fleet),
-            replica_speed=replica_speed(self.fleet),
             horizon_s=self.horizon_s,
+            replica_rps=self.replica_rps,
+            minute_load=self.minute_load,
+            spot_max_price=self.spot_max_price,
             interruptions_per_node_hour=self.interruptions_per_node_hour,
+            outages=self.outages,
+            initial_nodes=self.initial_nodes,
+            distilled=self.distilled,
+            p1_limit_rps=self.p1_limit_rps,
             seed=self.seed,
-        ).run()
+            slo_ttft_s=self.slo_ttft_s,
+        )
 
     def bound(self, name: str) -> BoundResult:
-        """The exact cost bound `name` (see gpufleet.sim.bounds) for this scenario's need per
-        minute, pools, prices, boot time, node bound and cap."""
-        types = replicas_per_node(self.fleet)
-        pools = [p for p in self.prices.pools if p.instance_type in types]
+        """The exact cost bound `name` (gpufleet.sim.bounds) for this scenario's need per minute,
+        pools, prices, boot time, node bound and cap."""
+        pools = [p for p in self.prices.pools if p.instance_type in self.burst]
         price = minute_prices(self.prices, pools, len(self.minute_load))
         need = [self.capacity.missing(load) for load in self.minute_load]
         if name == "bound-calendar":
@@ -113,47 +127,52 @@ class Scenario:
         )
 
 
-def calibrate(trace: Trace, capacity: CapacityModel, prices: PriceSeries, fleet: BurstFleet) -> ServiceModel:
-    """Bisect a replica's tokens/s on an on-prem-only replay of the trace without surges."""
-
-    def meets_slo(tokens_per_s: float) -> bool:
-        result = Simulation(
-            requests=trace.requests,
-            policy=StaticPeak(capacity),
-            capacity=capacity,
-            service=ServiceModel(tokens_per_s=tokens_per_s),
-            prices=prices,
-            replicas_per_node=replicas_per_node(fleet),
-            horizon_s=60.0 * math.ceil(max(trace.duration_s, 1.0) / 60),
-        ).run()
-        return result.slo_violation_minutes == 0
-
-    probe = ServiceModel(tokens_per_s=1.0)
-    total = sum(probe.work_s(r) for r in trace.requests)
-    # From "all the work in one second" (always enough) down to "spread evenly" (never enough).
-    hi = total
-    lo = total / max(trace.duration_s, 1.0) / max(capacity.onprem_replicas, 1)
-    for _ in range(_CALIBRATION_STEPS):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if meets_slo(mid) else (mid, hi)
-    return ServiceModel(tokens_per_s=hi * ONPREM_HEADROOM)
+def replica_seconds(hw: ReplicaHardware, request: Request) -> float:
+    """Seconds of one replica's nominal capacity a request takes: its prefill and its decode."""
+    return request_seconds(hw, request.input_tokens, request.output_tokens)
 
 
-def replicas_per_node(fleet: BurstFleet) -> dict[str, int]:
-    return {choice.name: choice.replicas for choice in fleet.instances}
+def calendar(surges: Sequence[Surge], mode: str, seed: int) -> tuple[KnownPeak, ...]:
+    """What the calendar says of `surges` in announce mode `mode`."""
+    sign = -1.0 if seed % 2 == 0 else 1.0
+    if mode == "none":
+        return ()
+    if mode == "exact":
+        return tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges)
+    if mode == "factor-wrong":
+        return tuple(
+            KnownPeak(s.start_s, s.end_s, max(1.0, s.factor * (1 + sign * FACTOR_ERROR))) for s in surges
+        )
+    if mode == "start-wrong":
+        shift = -sign * START_ERROR_S
+        return tuple(KnownPeak(s.start_s + shift, s.end_s + shift, s.factor) for s in surges)
+    raise ValueError(f"unknown announce mode {mode!r}; one of {', '.join(ANNOUNCE_MODES)}")
 
 
-def replica_speed(fleet: BurstFleet) -> dict[str, float]:
-    """A burst replica's throughput in on-prem replicas, by instance type (the fleet plan's roofline)."""
-    return {choice.name: choice.capacity / choice.replicas for choice in fleet.instances}
+def outages(pools: Sequence[Pool], horizon_s: float, seed: int) -> tuple[tuple[Pool, float, float], ...]:
+    rng = random.Random(f"outages-{seed}")
+    out = []
+    for pool in pools:
+        t = rng.expovariate(OUTAGES_PER_POOL_HOUR / 3600)
+        while t < horizon_s:
+            length = rng.uniform(*OUTAGE_S)
+            out.append((pool, t, t + length))
+            t += length + rng.expovariate(OUTAGES_PER_POOL_HOUR / 3600)
+    return tuple(out)
 
 
-def minute_loads(trace: Trace, service: ServiceModel, horizon_s: float) -> list[float]:
-    """Offered load per minute, in replicas."""
-    loads = [0.0] * max(1, int(horizon_s // 60))
-    for request in trace.requests:
-        loads[min(len(loads) - 1, int(request.arrival_s // 60))] += service.work_s(request) / 60
-    return loads
+def tenants(trace: Trace, copies: int, seed: int) -> Trace:
+    """`copies` copies of the trace, each but the first shifted round the trace's length."""
+    rng = random.Random(f"tenants-{seed}")
+    period = max(trace.duration_s, 1.0)
+    out = list(trace.requests)
+    for _ in range(copies - 1):
+        shift = rng.uniform(0, period)
+        out += [
+            Request((r.arrival_s + shift) % period, r.input_tokens, r.output_tokens) for r in trace.requests
+        ]
+    out.sort()
+    return Trace(trace.name, tuple(out))
 
 
 def build_scenario(
@@ -162,39 +181,105 @@ def build_scenario(
     trace: Trace,
     surges: Sequence[Surge],
     *,
-    announce: bool = True,
-    interruptions_per_node_hour: float = 0.0,
+    horizon_s: float,
+    announce: str = "exact",
+    boot_budget_s: float | None = None,
+    interruptions_per_node_hour: float = INTERRUPTIONS_PER_NODE_HOUR,
+    launch_failures: bool = True,
     seed: int = 0,
 ) -> Scenario:
-    """`source` names the site file, for errors about what the site lacks."""
+    """`trace` covers `horizon_s` (see gpufleet.sim.trace.cover); `source` names the site file."""
     plan = plan_site(inv)
-    if plan.burst is None or plan.serving is None:
+    if plan.burst is None or plan.serving is None or plan.serving.shape is None:
         missing = "burst" if plan.burst is None else "serving"
         raise InputError(
             source, [Problem(("site", missing), f"the site has no {missing} section to simulate")]
         )
     fleet = plan_fleet(inv, source)
-    surged = apply_surges(trace, list(surges), seed=seed)
-    horizon = 60.0 * math.ceil(max(trace.duration_s, surged.duration_s, 1.0) / 60)
-    pools = pools_for(plan.burst.region, sorted(fleet.instance_types))
-    prices = random_walk(pools, horizon, seed=seed)
-    # As deployed: SpotBurst sets the group's SpotMaxPrice from the same plan.
     capacity = CapacityModel.from_plan(plan, fleet, plan.burst.spot_max_price_usd)
-    service = calibrate(trace, capacity, prices, fleet)
-    # Plan each minute's load at the utilisation at which on-prem alone met the SLO on the
-    # ordinary trace's busiest minute: that is what the capacity model has shown to be safe.
-    proven = max(minute_loads(trace, service, horizon)) / max(capacity.onprem_replicas, 1)
-    capacity = replace(capacity, target_utilisation=min(0.9, max(0.3, proven)))
+    if boot_budget_s is not None:
+        capacity = replace(capacity, boot_to_serve_s=boot_budget_s)
+    for s in surges:
+        if s.start_s < capacity.boot_to_serve_s or s.end_s > horizon_s:
+            raise InputError(
+                "--surge",
+                [
+                    Problem(
+                        (),
+                        f"x{s.factor:g} at {s.start_s:.0f}s for {s.duration_s:.0f}s must start after the "
+                        f"first boot-to-serve time ({capacity.boot_to_serve_s:.0f}s, the warm start) and "
+                        f"end within the {horizon_s:.0f}s horizon",
+                    )
+                ],
+            )
+    shape = plan.serving.shape
+    onprem = ReplicaHardware(plan.serving.model, shape.gpu, shape.tensor_parallel)
+    burst = {
+        c.name: (ReplicaHardware(fleet.model, c.gpu, fleet.tensor_parallel), c.replicas)
+        for c in fleet.instances
+    }
+    mean_work = sum(replica_seconds(onprem, r) for r in trace.requests) / len(trace.requests)
+    volume = BASE_UTILISATION * capacity.onprem_replicas * horizon_s / (len(trace.requests) * mean_work)
+    copies = max(1, math.ceil(volume / MAX_WEIGHT))
+    weight = volume / copies
+    base = tenants(trace, copies, seed)
+    surged = apply_surges(base, list(surges), seed=seed)
+    rng = random.Random(f"classes-{seed}")
+    arrivals = tuple(Arrival(r, _klass(rng.random()), weight) for r in surged.requests)
+    minutes = max(1, math.ceil(horizon_s / 60))
+
+    def per_minute(requests: Sequence[Request]) -> list[float]:
+        load = [0.0] * minutes
+        for r in requests:
+            load[min(minutes - 1, int(r.arrival_s // 60))] += weight * replica_seconds(onprem, r) / 60
+        return load
+
+    base_load = per_minute(base.requests)
+    per_onprem = shape.tensor_parallel // fleet.tensor_parallel
+    distilled = (
+        (
+            ReplicaHardware(fleet.model, shape.gpu, fleet.tensor_parallel),
+            per_onprem,
+            swap_s(fleet.model, per_onprem / shape.nodes),
+            swap_s(plan.serving.model, 1 / shape.nodes),
+        )
+        if capacity.distilled_per_replica > 0 and per_onprem > 0
+        else None
+    )
+    first_type = fleet.instances[0].name
+    initial = math.ceil(capacity.missing(max(base_load)) / capacity.capacity_of(first_type) - 1e-9)
+    pools = pools_for(plan.burst.region, fleet.instance_types)
     return Scenario(
-        trace=surged,
+        arrivals=arrivals,
         capacity=capacity,
-        service=service,
+        onprem=onprem,
         fleet=fleet,
-        prices=prices,
+        burst=burst,
+        prices=random_walk(pools, horizon_s, seed=seed),
         surges=tuple(KnownPeak(s.start_s, s.end_s, s.factor) for s in surges),
-        announced=announce,
-        horizon_s=horizon,
-        minute_load=tuple(minute_loads(surged, service, horizon)),
+        peaks=calendar(surges, announce, seed),
+        horizon_s=horizon_s,
+        minute_load=tuple(per_minute(surged.requests)),
+        base_peak_load=max(base_load),
+        # What an operator sets --replica-rps to: one replica's nominal capacity over the mean
+        # request of the site's ordinary traffic.
+        replica_rps=1.0 / mean_work,
+        weight=weight,
+        initial_nodes=min(initial, capacity.max_nodes),
+        distilled=distilled,
+        # P1's tenants' limits: their share of the ordinary traffic.
+        p1_limit_rps=dict(CLASS_SHARES)["P1"] * weight * len(base.requests) / horizon_s,
+        spot_max_price=plan.burst.spot_max_price_usd,
+        outages=outages(pools, horizon_s, seed) if launch_failures else (),
+        slo_ttft_s=plan.serving.slo_ttft_p99_s,
         interruptions_per_node_hour=interruptions_per_node_hour,
         seed=seed,
     )
+
+
+def _klass(x: float) -> str:
+    for name, share in CLASS_SHARES:
+        if x < share:
+            return name
+        x -= share
+    return CLASS_SHARES[-1][0]

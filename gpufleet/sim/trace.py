@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -183,12 +184,6 @@ def parse_surge(text: str) -> Surge:
     return Surge(factor=factor, start_s=parse_duration(start_text), duration_s=duration)
 
 
-def default_surge(trace: Trace) -> Surge:
-    """A x3 surge in the middle of the trace, 20 minutes or a third of the trace if that is shorter."""
-    duration = min(1200.0, trace.duration_s / 3)
-    return Surge(factor=3.0, start_s=(trace.duration_s - duration) / 2, duration_s=duration)
-
-
 # Copies land within this many seconds of the request they copy: close enough that the surge
 # keeps the trace's own second-scale bursts, apart enough not to stack identical instants.
 _JITTER_S = 2.0
@@ -230,3 +225,18 @@ def repeat(trace: Trace, times: int) -> Trace:
             for r in trace.requests
         ),
     )
+
+
+def cover(trace: Trace, horizon_s: float) -> Trace:
+    """The trace played end to end as often as it takes to fill `horizon_s`, cut there."""
+    period = trace.duration_s + (trace.duration_s / max(len(trace.requests) - 1, 1))
+    times = max(1, math.ceil(horizon_s / max(period, 1e-9)))
+    played = repeat(trace, times)
+    return Trace(trace.name, tuple(r for r in played.requests if r.arrival_s < horizon_s))
+
+
+def horizon(trace: Trace, hours: float | None) -> float:
+    """`hours` hours, or the trace's own length in whole minutes."""
+    if hours is not None:
+        return hours * 3600.0
+    return 60.0 * math.ceil(max(trace.duration_s, 1.0) / 60)

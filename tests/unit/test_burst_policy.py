@@ -11,16 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpufleet.burst.hardware import (
+    NOMINAL_ANSWER,
+    NOMINAL_PROMPT,
+    ReplicaHardware,
+    request_seconds,
+    weight_load_bytes_s,
+)
 from gpufleet.burst.policy import (
     CapacityModel,
     Decision,
     Gpufleet,
-    HpaGpu,
-    KedaQueue,
     KnownPeak,
     Node,
-    Oracle,
-    PeakHold,
     Pool,
     Signals,
     committed_usd,
@@ -28,9 +31,10 @@ from gpufleet.burst.policy import (
     place,
 )
 from gpufleet.inventory.load import load_inventory
-from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
 from gpufleet.plan.aws import plan_fleet
 from gpufleet.plan.site import plan_site
+from gpufleet.sim.baselines import HpaGpu, KedaQueue, StaticPeak
 
 MODEL = CapacityModel(
     onprem_replicas=4,
@@ -221,31 +225,6 @@ def test_keda_desires_pending_over_threshold() -> None:
     assert (
         policy.decide(30.0, [sig(30.0, 0.0, pending=75)], [], PRICES).desired == 4
     )  # 8 replicas - 4 on-prem
-
-
-def test_oracle_launches_one_boot_time_ahead_and_no_earlier() -> None:
-    loads = [0.0] * 60
-    loads[30:40] = [6.0] * 10  # minutes 30..39 need 4 nodes
-    oracle = Oracle(MODEL, future_load=tuple(loads))
-    assert oracle.decide(1800.0 - 900 - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    assert oracle.decide(1800.0 - 900, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert oracle.decide(2400.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
-
-
-def test_peak_hold_holds_the_surges_worst_minute_through_its_window() -> None:
-    # A surge from minute 30 to 50 whose only heavy minute is 45 (4 nodes); the rest on-prem carries.
-    loads = [3.2] * 60
-    loads[45] = 6.0
-    hold = PeakHold(MODEL, future_load=tuple(loads), windows=((1800.0, 3000.0),))
-    oracle = Oracle(MODEL, future_load=tuple(loads))
-    opens = 1800.0 - 900 - hold.tick_s
-    assert hold.decide(opens - 60, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    # One boot time before the window it orders the worst minute's capacity; the oracle waits
-    # until one boot time before minute 45.
-    assert hold.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert oracle.decide(opens, [sig(0.0, 0.0)], [], PRICES).desired == 0
-    assert hold.decide(2940.0, [sig(0.0, 0.0)], [], PRICES).desired == 4
-    assert hold.decide(3000.0, [sig(0.0, 0.0)], [], PRICES).desired == 0
 
 
 def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:
@@ -496,11 +475,22 @@ def test_dc1_burst_capacity_follows_the_roofline() -> None:
     assert cap["g6e.12xlarge"] / (cap["p5.48xlarge"] / 2) == pytest.approx(0.864 / 3.35, rel=1e-2)
     # Against dc1's own replica (DeepSeek-R1 on 2 x 8 H100): an L40S node adds a third of one.
     assert cap["g6e.12xlarge"] == pytest.approx(4 * 0.864 / 141.2 / (16 * 3.35 / 671), rel=1e-2)
-    model = CapacityModel.from_plan(plan_site(load_inventory("dc1")), fleet, None)
-    assert (
-        model.replicas_per_node == min(cap.values())
-        and model.capacity_of("p5en.48xlarge") == cap["p5en.48xlarge"]
+
+
+def test_the_controllers_capacity_model_comes_from_the_hardware() -> None:
+    inv = load_inventory("dc1")
+    fleet = plan_fleet(inv, "inventories/dc1/nodes.yaml")
+    model = CapacityModel.from_plan(plan_site(inv), fleet, None)
+    site = ReplicaHardware("deepseek-r1", GPUModel.H100_SXM, 16)
+    h200 = ReplicaHardware("deepseek-r1-distill-llama-70b", GPUModel.H200, 4)
+    seconds = request_seconds(site, NOMINAL_PROMPT, NOMINAL_ANSWER)
+    assert model.capacity_of("p5en.48xlarge") == pytest.approx(
+        2 * seconds / request_seconds(h200, NOMINAL_PROMPT, NOMINAL_ANSWER)
     )
+    assert model.replicas_per_node == min(model.node_capacity.values())
+    # A dense 70B prefills at 2 x 70.6B FLOPs a token, DeepSeek-R1 at 2 x 37B: for a chat turn an
+    # H200 node adds well under one of dc1's replicas, not the 3.4 the decode roofline says.
+    assert model.capacity_of("p5en.48xlarge") < 1 < fleet.capacity["p5en.48xlarge"]
 
 
 def test_place_buys_capacity_cheapest_per_replica() -> None:
@@ -519,11 +509,11 @@ def test_under_a_node_bound_small_nodes_give_way_to_big_enough_ones() -> None:
 
 
 def test_scale_in_drains_only_what_the_rest_can_spare() -> None:
-    policy = Oracle(MIXED, future_load=(0.8 * (4 + 3.5),) * 60)
+    policy = StaticPeak(MIXED, peak_need=3.5)
     nodes = [node(1, BIG), node(2, SMALL), node(3, SMALL)]
     decision = policy.decide(0.0, [sig(0.0, 1.0)], nodes, {BIG: 34.0, SMALL: 5.0})
-    # 3.5 replicas needed of 4.0 held: one small node can go, the big one cannot.
-    assert decision.drain == ("n2",) and decision.desired == 2
+    # 3.5 replicas needed of 4.0 held: one small node can go (the newest), the big one cannot.
+    assert decision.drain == ("n3",) and decision.desired == 2
 
 
 def test_the_trend_extends_the_recent_peak_not_the_lead_long_one() -> None:
@@ -600,3 +590,58 @@ def test_booting_nodes_count_at_the_type_the_group_reports() -> None:
         }
     )
     assert capacity.burst_capacity(fleet_view(group, {}, {}, 90.0)) == 6.0
+
+
+def test_admission_is_restricted_only_while_capacity_boots() -> None:
+    policy = Gpufleet(MODEL)
+    slow = [sig(t, 3.0, wait=3.0, pending=40) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    booting = [node(1, ready=False)]
+    assert policy.decide(60.0, slow, booting, PRICES).admission == "restrict"
+    # The same queue with every node serving: more capacity is not on its way, nothing is shed.
+    assert Gpufleet(MODEL).decide(60.0, slow, [node(1)], PRICES).admission == "open"
+    # Booting, but the queue is fine: nothing is shed either.
+    calm = [sig(t, 3.0) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    assert Gpufleet(MODEL).decide(60.0, calm, booting, PRICES).admission == "open"
+
+
+def test_degradation_moves_replicas_one_step_at_a_time_and_back() -> None:
+    model = replace(MODEL, distilled_per_replica=4.75)
+    policy = Gpufleet(model)
+    missed = [sig(t, 3.0, wait=3.0, pending=40) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
+    booting = [node(1, ready=False)]
+    steps = [policy.decide(60.0 + 15 * k, missed, booting, PRICES).degraded for k in range(4)]
+    # One more each step the SLO stays missed, never more than half: P0 keeps the site's model.
+    assert steps == [1, 2, 2, 2]
+    calm = [sig(t, 1.0) for t in (200.0, 215.0)]
+    assert policy.decide(215.0, calm, [node(1)], PRICES).degraded == 0
+    # A distilled model that serves less on the same GPUs is never switched to, nor one whose
+    # gain repays its swap only after burst capacity would have arrived.
+    assert Gpufleet(MODEL).decide(60.0, missed, booting, PRICES).degraded == 0
+    slow = replace(MODEL, distilled_per_replica=1.17, distilled_swap_s=155.0)
+    assert Gpufleet(slow).decide(60.0, missed, booting, PRICES).degraded == 0
+
+
+def test_dc1_knows_what_the_distilled_model_serves_on_its_gpus() -> None:
+    inv = load_inventory("dc1")
+    fleet = plan_fleet(inv, "inventories/dc1/nodes.yaml")
+    model = CapacityModel.from_plan(plan_site(inv), fleet, None)
+    # dc1's replica is 16 H100; the p5.48xlarge (8 H100) serves the distilled 70B at 2 replicas.
+    assert model.distilled_per_replica == pytest.approx(model.capacity_of("p5.48xlarge") * 2)
+    # Four TP-4 replicas of the 70B over 2 nodes: each node loads two at the measured cold rate.
+    assert model.distilled_swap_s == pytest.approx(2 * 70.6e9 * 2 / weight_load_bytes_s())
+    # 17% more for a chat turn over the 745 s after the swap does not repay its 155 s of nothing.
+    assert not model.degrading_pays()
+
+
+def test_a_node_ordered_for_a_breach_is_not_drained_while_it_boots() -> None:
+    policy = Gpufleet(MODEL)
+    missed = [sig(t, 1.0, wait=3.0) for t in range(0, 61, 15)]
+    up = policy.decide(60.0, missed, [], PRICES)
+    assert len(up.launch) == 1
+    booting = [node(1, ready=False)]
+    # Quiet for well over the quiet period, yet the node still boots: it stays.
+    calm = [sig(float(t), 1.0) for t in range(60, 721, 15)]
+    assert policy.decide(720.0, calm, booting, PRICES).drain == ()
+    # Once it has served a quiet period after its boot, it may go.
+    later = [sig(float(t), 1.0) for t in range(1000, 1321, 15)]
+    assert policy.decide(1320.0, later, [node(1)], PRICES).drain == ("n1",)

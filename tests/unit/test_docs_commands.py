@@ -54,6 +54,8 @@ PLACEHOLDERS = {
     "NAME": "gpufleet",
     "F@START:DUR": "3@20m:20m",
     "F@ISO+DUR": "3@2026-11-27T18:00+20m",
+    "H": "2",
+    "S": "300",
 }
 ANGLE_PLACEHOLDERS = {"site": "dc1", "stack": "dc1-prod", "host": "gpu01"}
 # The general shape of every command, not a command: nothing to parse.
@@ -230,7 +232,7 @@ WRONG = [
     "gpufleet plan-node dc1",  # missing HOST
     "gpufleet cluster dc1 cephx",  # not a component
     "gpufleet inventory dc1 --format yaml",  # not a format
-    "gpufleet burst simulate --repeat two",  # not an int
+    "gpufleet burst simulate --hours two",  # not a number
     "gpufleet validate dc1 lab",  # one argument too many
     "gpufleet cluster SITE [ceph|kubernetess|all]",  # one bad alternative in usage syntax
 ]

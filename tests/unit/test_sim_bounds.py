@@ -165,23 +165,3 @@ def test_minute_prices_weigh_a_change_inside_the_minute() -> None:
     pool = POOLS[0]
     series = PriceSeries((0.0, 90.0), ({pool: 10.0}, {pool: 40.0}))
     assert minute_prices(series, [pool], 3).tolist() == [[10.0, 25.0, 40.0]]
-
-
-def test_simulate_reports_both_bounds_beside_the_policies() -> None:
-    import json
-
-    from typer.testing import CliRunner
-
-    from gpufleet.cli import app
-
-    result = CliRunner().invoke(
-        app, ["burst", "simulate", "--site", "dc1", "--policy", "static-peak", "--json"]
-    )
-    assert result.exit_code == 0, result.output
-    rows = {row["policy"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {"static-peak", "bound-clairvoyant", "bound-calendar"}
-    clairvoyant, calendar = rows["bound-clairvoyant"], rows["bound-calendar"]
-    # Knowing less never costs less; holding the worst minute all the time costs at least as much.
-    assert 0 < clairvoyant["cost_usd"] <= calendar["cost_usd"] <= rows["static-peak"]["cost_usd"]
-    assert clairvoyant["unmet_minutes"] == 0 and clairvoyant["cap_violations"] == 0
-    assert clairvoyant["status"] == calendar["status"] == "optimal"

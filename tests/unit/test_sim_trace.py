@@ -10,7 +10,17 @@ from typer.testing import CliRunner
 
 from gpufleet.cli import app
 from gpufleet.model.errors import InputError
-from gpufleet.sim.trace import Request, Surge, Trace, apply_surges, load_trace, parse_surge, repeat
+from gpufleet.sim.trace import (
+    Request,
+    Surge,
+    Trace,
+    apply_surges,
+    cover,
+    horizon,
+    load_trace,
+    parse_surge,
+    repeat,
+)
 from tests.conftest import REPO
 
 DATA = REPO / "bench" / "burst" / "data"
@@ -133,7 +143,8 @@ def test_surge_syntax(text: str, surge: Surge) -> None:
 def test_bad_surge(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_surge(text)
-    result = CliRunner().invoke(app, ["burst", "simulate", "--surge", text])
+    trace = Path(__file__).resolve().parents[2] / "bench" / "burst" / "data" / "mooncake_synthetic.jsonl"
+    result = CliRunner().invoke(app, ["burst", "simulate", "--trace", str(trace), "--surge", text])
     assert result.exit_code == 2
     assert result.stderr.startswith("--surge: ")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -165,3 +176,11 @@ def test_repeat_plays_back_to_back() -> None:
     twice = repeat(trace, 2)
     assert len(twice.requests) == 20
     assert twice.requests[10].arrival_s == pytest.approx(10.0)
+
+
+def test_hours_replay_the_trace_end_to_end_and_cut_at_the_horizon() -> None:
+    trace = Trace("t", tuple(Request(float(t), 10, 1) for t in range(0, 600, 10)))
+    played = cover(trace, 1500.0)
+    assert len(played.requests) == 150 and played.requests[-1].arrival_s < 1500
+    assert [r.arrival_s for r in played.requests[60:62]] == [600.0, 610.0]
+    assert horizon(trace, None) == 600.0 and horizon(trace, 2.0) == 7200.0

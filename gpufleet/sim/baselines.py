@@ -1,0 +1,181 @@
+"""The baselines gpufleet's burst policy is measured against, and the one registry of policies.
+
+Each is what a team would deploy instead: provisioning for the peak, Kubernetes' HPA on GPU
+utilisation, KEDA on pending requests, a Karpenter-like reactive provisioner. They implement the
+same policy interface as gpufleet's (`gpufleet.burst.policy.FleetPolicy`) and run in the simulator
+through the same controller step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gpufleet.burst.policy import (
+    CapacityModel,
+    Decision,
+    FleetPolicy,
+    Gpufleet,
+    KnownPeak,
+    Node,
+    Policy,
+    Pool,
+    Signals,
+    live_count,
+    place,
+    signals_since,
+)
+
+
+@dataclass
+class StaticPeak(FleetPolicy):
+    """Provision for the known peak, all the time."""
+
+    # On-prem replica equivalents of burst capacity for the peak.
+    peak_need: float = 0.0
+    name = "static-peak"
+    tick_s = 60.0
+
+    def initial_capacity(self) -> float:
+        return self.peak_need
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        return self._to(
+            self.peak_need, f"static: {self.peak_need:.2f} replicas sized for the peak", nodes, prices
+        )
+
+
+@dataclass
+class _Stabilized(FleetPolicy):
+    """Kubernetes HPA behaviour: scale up at once, scale down to the highest recommendation of the window."""
+
+    stabilization_s: float = 300.0
+    _history: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def _stabilize(self, t: float, recommended: float, current: float) -> float:
+        self._history.append((t, recommended))
+        while self._history and self._history[0][0] < t - self.stabilization_s:
+            self._history.popleft()
+        if recommended >= current:
+            return recommended
+        return max(r for _, r in self._history)
+
+    def _current(self, nodes: Sequence[Node]) -> float:
+        """Replicas as an HPA counts them: on-prem and every live burst node, booting ones too."""
+        return self.model.onprem_replicas + self.model.burst_capacity(nodes)
+
+    def _recommend(
+        self, t: float, recommended: float, why: str, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        total = self._stabilize(t, max(self.model.onprem_replicas, recommended), self._current(nodes))
+        need = max(0.0, total - self.model.onprem_replicas)
+        return self._to(need, f"{why} -> {total:.1f} replicas", nodes, prices)
+
+
+@dataclass
+class HpaGpu(_Stabilized):
+    """HPA on GPU utilisation: desired replicas = ceil(sum of utilisation / target), 10% tolerance."""
+
+    target: float = 0.7
+    name = "hpa-gpu70"
+    tick_s = 15.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        recent = signals_since(window, t, 60.0)
+        util = sum(s.gpu_util for s in recent) / len(recent)
+        busy = util * recent[-1].ready_replicas
+        current = self._current(nodes)
+        # Replicas still booting count as idle, as HPA does for pods that are not ready.
+        ratio = busy / (current * self.target)
+        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
+        why = f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas"
+        return self._recommend(t, recommended, why, nodes, prices)
+
+
+@dataclass
+class KedaQueue(_Stabilized):
+    """KEDA Prometheus scaler on pending requests: desired = ceil(pending / threshold), 30 s polling."""
+
+    threshold: float = 10.0
+    name = "keda-queue"
+    tick_s = 30.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        pending = window[-1].pending
+        return self._recommend(
+            t, math.ceil(pending / self.threshold), f"{pending} pending requests", nodes, prices
+        )
+
+
+@dataclass
+class ReactivePending(FleetPolicy):
+    """Karpenter-like: launch nodes for what is pending now; consolidate when the rest can carry the load."""
+
+    slots_per_replica: int = 32
+    consolidate_below: float = 0.5
+    name = "reactive-pending"
+    tick_s = 10.0
+
+    def decide(
+        self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        m = self.model
+        live = [n for n in nodes if not n.draining]
+        have = m.burst_capacity(nodes)
+        booting = have - m.burst_capacity(nodes, ready_only=True)
+        pending = window[-1].pending
+        if pending > 0:
+            extra = max(0.0, pending / self.slots_per_replica - booting)
+            return self._to(
+                have + extra, f"{pending} pending requests, {booting:.1f} replicas booting", nodes, prices
+            )
+        recent = signals_since(window, t, 300.0)
+        busy = sum(s.gpu_util * s.ready_replicas for s in recent) / len(recent)
+        smallest = min((m.capacity_of(n.pool.instance_type) for n in live), default=0.0)
+        without_one = m.onprem_replicas + have - smallest
+        if live and booting == 0 and busy < self.consolidate_below * without_one:
+            return self._to(
+                have - smallest,
+                f"consolidate: {busy:.1f} busy replicas fit on {without_one:.1f}",
+                nodes,
+                prices,
+            )
+        return Decision(len(live), "nothing pending")
+
+    def on_notice(
+        self, t: float, node: Node, nodes: Sequence[Node], prices: Mapping[Pool, float]
+    ) -> Decision:
+        # Karpenter reads the same SQS interruption queue: it cordons the node and launches a replacement.
+        m = self.model
+        size = m.capacity_of(node.pool.instance_type)
+        launch, _ = place(size, nodes, prices, None, avoid=frozenset({node.pool}), capacity=m.capacity_of)
+        return Decision(live_count(nodes), f"interruption warning for {node.id}: replace", launch, (node.id,))
+
+
+POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "gpufleet")
+
+
+def make_policy(
+    name: str, model: CapacityModel, *, peak_need: float = 0.0, peaks: tuple[KnownPeak, ...] = ()
+) -> Policy:
+    """The policy `name`: `peak_need` is static-peak's burst capacity (on-prem replicas), `peaks`
+    gpufleet's calendar."""
+    if name == "static-peak":
+        return StaticPeak(model, peak_need=peak_need)
+    if name == "hpa-gpu70":
+        return HpaGpu(model)
+    if name == "keda-queue":
+        return KedaQueue(model)
+    if name == "reactive-pending":
+        return ReactivePending(model)
+    if name == "gpufleet":
+        return Gpufleet(model, peaks=peaks)
+    raise ValueError(f"unknown policy {name!r}; one of {', '.join(POLICY_NAMES)}")
