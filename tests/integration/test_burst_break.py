@@ -11,7 +11,11 @@ AWS, Pulumi and the prices are never reached on that path, so they are left out.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import pytest
 from gpufleet.burst.actuate import GatewayAdmission, _runtime
 from gpufleet.burst.controller import Controller
 from gpufleet.burst.policy import CapacityModel, Gpufleet
-from gpufleet.burst.signal import Reading, SignalError
+from gpufleet.burst.signal import PrometheusQuery, Reading, SignalError
 from gpufleet.plan.admission import ADMISSION_MAP, FALLBACK, PRIMARY, Backend, Tenant, plan_admission
 from gpufleet.serving.gateway import haproxy, write_config
 from gpufleet.serving.tritonserver import free_port
@@ -111,3 +115,43 @@ def test_a_restarted_controller_releases_what_its_predecessor_tightened(admissio
         assert _booting(admission) == "1", t  # it may be a boot still under way
     assert controller.step(start + 2 * BOOT_S + 1) is None
     assert _booting(admission) == "0"
+
+
+class _Drip(BaseHTTPRequestHandler):
+    """A Prometheus that answers at once and then sends its body a byte at a time, each byte
+    within the client's per-read timeout: only a deadline on the whole answer ends it."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3"]}]},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for byte in body:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(0.2)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_a_prometheus_that_drips_its_answer_is_cut_off_at_the_timeout() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        query = PrometheusQuery(f"http://127.0.0.1:{server.server_address[1]}", "deepseek", timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(SignalError, match="timed out"):
+            query.reading()
+        # One query's deadline, not the body's 20 s of drip times the eleven queries.
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
