@@ -245,6 +245,9 @@ class Controller:
     # The gateways whose lower-class admission tightens while burst capacity boots.
     admission: GatewayAdmission | None = None
     _booting_since: float | None = None
+    # Whether this process last set the gateways tightened; None until it first sets them (they
+    # may hold a tightening from a controller that crashed).
+    _tightened: bool | None = None
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
@@ -255,7 +258,9 @@ class Controller:
         signal it cannot trust holds the fleet (never a scale-in), a failed actuation leaves the
         fleet as it was and the next step tries again."""
         try:
-            return self._step(t)
+            decision = self._step(t)
+            if decision is not None:
+                return decision
         except SignalError as exc:
             # Without a signal there is nothing to decide on: hold the fleet as it is.
             self.metrics.signal_errors.inc()
@@ -266,7 +271,27 @@ class Controller:
         except Exception:  # the loop outlives what no one foresaw, and says so loudly
             self.metrics.errors.inc()
             log.exception("step failed on an unexpected error, fleet unchanged")
+        self._release_overdue(t)
         return None
+
+    def _release_overdue(self, t: float) -> None:
+        """A step that decided nothing still ends a tightening past twice the boot time: neither a
+        signal that stays bad nor a restart (the gateways may hold one from before it, this
+        process counts from its first step) holds lower classes back for good."""
+        if self.admission is None or self._tightened is False:
+            return
+        if self._booting_since is None:
+            self._booting_since = t
+        if t - self._booting_since <= 2 * self.policy.model.boot_to_serve_s:
+            return
+        failed = self.admission.set_booting(False)
+        for failure in failed:
+            self.metrics.gateway_errors.inc()
+            log.error("gateway admission not released: %s", failure)
+        if not failed:
+            self._tightened = False
+            self.metrics.admission.set(0)
+            log.info("gateway admission normal: no decision for twice the boot time")
 
     def _group(self) -> dict[str, Any]:
         groups = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
@@ -348,6 +373,7 @@ class Controller:
             t, booting, self._booting_since, self.policy.model.boot_to_serve_s
         )
         failed = self.admission.set_booting(tighten)
+        self._tightened = tighten
         self.metrics.admission.set(int(tighten))
         for failure in failed:
             self.metrics.gateway_errors.inc()

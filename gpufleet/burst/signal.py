@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -219,10 +220,25 @@ def between(before: Snapshot, after: Snapshot) -> Reading:
     )
 
 
+# An answer larger than this is not one of the controller's queries: refused, not held in memory.
+MAX_ANSWER_BYTES = 8 << 20
+
+
 def _get(url: str, timeout: float) -> bytes:
+    """The body of one answer, whole within `timeout` (the socket's own timeout bounds each read
+    only: a body sent a byte at a time would hold the loop for as long as it lasted)."""
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return bytes(resp.read())
+            chunks, size = [], 0
+            while chunk := resp.read1(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise SignalError(f"cannot read {url}: answer over {MAX_ANSWER_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise SignalError(f"cannot read {url}: answer timed out after {timeout:g} s")
+            return b"".join(chunks)
     except urllib.error.HTTPError as exc:
         # Prometheus explains a bad query in the body of its 400/422 answer.
         body = exc.read()
