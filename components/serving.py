@@ -100,7 +100,9 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
         "name": "triton" if serves else "ray-worker",
         "image": w.image,
         "command": command,
-        "env": [{"name": "GPUFLEET_ROLE", "value": role}],
+        # Weights come from the model cache only: a file missing there fails the pod, never a
+        # download from the Hub (vLLM loads config and tokenizer with local_files_only).
+        "env": [{"name": "GPUFLEET_ROLE", "value": role}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
         "resources": resources,
         "volumeMounts": mounts,
     }

@@ -50,7 +50,8 @@ MAX_NUM_SEQS_CAP = 256
 MEAN_CONTEXT_FRACTION = 0.25
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 # DeepSeek-V3/R1 ship one multi-token-prediction layer: one draft token per step, accepted
-# about 80-90% of the time in DeepSeek's report, which is what vLLM's deepseek_mtp runs.
+# about 80-90% of the time in DeepSeek's report, which is what vLLM runs as method "mtp"
+# (0.27.1 rewrites "deepseek_mtp" to "mtp" with a deprecation warning).
 MTP_DRAFT_TOKENS = 1
 
 
@@ -102,6 +103,8 @@ ENGINE_ARG_TYPES: dict[str, type] = {
     "enable_expert_parallel": bool,
     "enable_eplb": bool,
 }
+# Integer arguments vLLM bounds with `Field(ge=1)` / `gt=0` (SchedulerConfig, CacheConfig).
+ENGINE_ARG_MIN_ONE = ("max_num_seqs", "max_num_batched_tokens", "block_size")
 # String arguments vLLM reads from a fixed set (`CacheDType` in vllm/config/cache.py): anything
 # else fails every replica at load. tests/unit/test_engine_args.py checks them against the wheel.
 ENGINE_ARG_CHOICES: dict[str, tuple[str, ...]] = {
@@ -119,28 +122,42 @@ def fp8_capable(gpu: GPUModel) -> bool:
     return (major, minor) >= FP8_MIN_COMPUTE_CAPABILITY
 
 
-def kv_budget_gib(model: str, gpu: GPUModel, tensor_parallel: int) -> float:
-    """KV-cache room per GPU once the weights and a step's activations are resident."""
+def kv_budget_gib(
+    model: str, gpu: GPUModel, tensor_parallel: int, utilization: float = GPU_MEMORY_UTILIZATION
+) -> float:
+    """KV-cache room per GPU once the weights and a step's activations are resident, in the
+    share of the GPU vLLM takes (`gpu_memory_utilization`, the site's override where it sets one)."""
     spec = SERVING_MODELS[model]
     weights = spec.params_b * spec.bytes_per_param * 1e9 / 2**30 / tensor_parallel
-    return GPU_CATALOG[gpu].memory_gib * GPU_MEMORY_UTILIZATION - weights - ACTIVATION_RESERVE_GIB
+    return GPU_CATALOG[gpu].memory_gib * utilization - weights - ACTIVATION_RESERVE_GIB
 
 
-def kv_tokens(model: str, gpus: list[GPUModel], tensor_parallel: int, nodes: int) -> int:
+def kv_tokens(
+    model: str,
+    gpus: list[GPUModel],
+    tensor_parallel: int,
+    nodes: int,
+    utilization: float = GPU_MEMORY_UTILIZATION,
+) -> int:
     """Tokens of KV cache a replica holds, on the smallest of the GPUs it may land on."""
     layout = KV_LAYOUTS[model]
     kv_bytes = 1 if all(fp8_capable(g) for g in gpus) else 2
     per_gpu_tp = tensor_parallel // nodes
     per_token = layout.bytes_per_token_per_gpu(per_gpu_tp, nodes, kv_bytes)
-    budget = min(kv_budget_gib(model, g, tensor_parallel) for g in gpus)
+    budget = min(kv_budget_gib(model, g, tensor_parallel, utilization) for g in gpus)
     return max(0, int(budget * 2**30 / per_token))
 
 
 def max_num_seqs(
-    model: str, gpus: list[GPUModel], tensor_parallel: int, nodes: int, max_model_len: int
+    model: str,
+    gpus: list[GPUModel],
+    tensor_parallel: int,
+    nodes: int,
+    max_model_len: int,
+    utilization: float = GPU_MEMORY_UTILIZATION,
 ) -> int:
     mean_context = max(1, int(max_model_len * MEAN_CONTEXT_FRACTION))
-    fits = kv_tokens(model, gpus, tensor_parallel, nodes) // mean_context
+    fits = kv_tokens(model, gpus, tensor_parallel, nodes, utilization) // mean_context
     return max(1, min(MAX_NUM_SEQS_CAP, fits))
 
 
@@ -163,6 +180,7 @@ def engine_args(
     spec = SERVING_MODELS[model]
     fp8 = all(fp8_capable(g) for g in gpus)
     path = weights_path(hf_repo, revision)
+    utilization = float(overrides.get("gpu_memory_utilization", GPU_MEMORY_UTILIZATION))
     args: dict[str, Any] = {
         "model": path,
         "served_model_name": model,
@@ -175,18 +193,18 @@ def engine_args(
         "distributed_executor_backend": "ray" if nodes > 1 else "mp",
         "enable_expert_parallel": layout.moe,
         "max_model_len": max_model_len,
-        "max_num_seqs": max_num_seqs(model, gpus, tensor_parallel, nodes, max_model_len),
+        "max_num_seqs": max_num_seqs(model, gpus, tensor_parallel, nodes, max_model_len, utilization),
         "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
         "enable_chunked_prefill": True,
         "enable_prefix_caching": True,
-        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+        "gpu_memory_utilization": utilization,
         "kv_cache_dtype": "fp8" if fp8 else "auto",
     }
     if spec.bytes_per_param == 1:
         # DeepSeek's checkpoint is FP8 with 128x128 block scales; saying so refuses a BF16 copy.
         args["quantization"] = "fp8"
     if layout.mtp:
-        args["speculative_config"] = {"method": "deepseek_mtp", "num_speculative_tokens": MTP_DRAFT_TOKENS}
+        args["speculative_config"] = {"method": "mtp", "num_speculative_tokens": MTP_DRAFT_TOKENS}
     return {**args, **overrides}
 
 
@@ -223,8 +241,10 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
         )
     if inv.site.environment == "prod" and inv.bom.model_revision is None:
         yield Problem(("bom", "model_revision"), f"production serves {serving.model}: pin its revision")
+    mistyped = set()
     for key, value in serving.engine_args.items():
         want = ENGINE_ARG_TYPES.get(key)
+        mistyped.add(key)
         if want is None:
             yield Problem(
                 (*where, "engine_args", key),
@@ -234,6 +254,18 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
             yield Problem((*where, "engine_args", key), f"vLLM takes {want.__name__}, got {value!r}")
         elif key in ENGINE_ARG_CHOICES and value not in ENGINE_ARG_CHOICES[key]:
             yield Problem((*where, "engine_args", key), f"one of {', '.join(ENGINE_ARG_CHOICES[key])}")
+        elif want is int and key in ENGINE_ARG_MIN_ONE and int(value) < 1:
+            yield Problem((*where, "engine_args", key), f"vLLM takes 1 or more, got {value}")
+        elif key == "gpu_memory_utilization" and not 0 < float(value) <= 1:
+            yield Problem(
+                (*where, "engine_args", key), f"vLLM takes a fraction of each GPU in (0, 1], got {value}"
+            )
+        else:
+            mistyped.discard(key)
+    # The engine arguments every replica starts with (the site's overrides over the plan's),
+    # for vLLM's cross-argument rules (SchedulerConfig.verify_max_model_len, CacheConfig).
+    args = {k: v for k, v in serving.engine_args.items() if k not in mistyped}
+    utilization = float(args.get("gpu_memory_utilization", GPU_MEMORY_UTILIZATION))
     if serving.canary_from is not None:
         if serving.canary_from == inv.bom.model_revision:
             yield Problem((*where, "canary_from"), "is bom.model_revision itself: nothing to compare against")
@@ -259,17 +291,37 @@ def check_serving(inv: Inventory) -> Iterator[Problem]:
             (*where, "tensor_parallel"),
             f"{tp} GPUs per replica does not divide the nodes' {'/'.join(map(str, sorted(counts)))} {gpu.value} GPUs",
         )
-    elif kv_budget_gib(serving.model, gpu, tp) <= 0:
+    elif kv_budget_gib(serving.model, gpu, tp, utilization) <= 0:
         spec = SERVING_MODELS[serving.model]
         need = math.ceil(spec.params_b * spec.bytes_per_param * 1e9 / 2**30)
         yield Problem(
             (*where, "tensor_parallel"),
-            f"{serving.model} ({need} GiB of weights) does not fit {tp} x {gpu.value} with room for a KV cache",
+            f"{serving.model} ({need} GiB of weights) does not fit {tp} x {gpu.value} with room for a KV cache"
+            f" in {utilization:g} of each GPU",
         )
     elif (
-        room := kv_tokens(serving.model, [gpu], tp, max(1, tp // GPUS_PER_NODE_MAX))
+        room := kv_tokens(serving.model, [gpu], tp, max(1, tp // GPUS_PER_NODE_MAX), utilization)
     ) < serving.max_model_len:
         yield Problem(
             (*where, "max_model_len"),
             f"one {serving.max_model_len}-token request does not fit the KV cache of {tp} x {gpu.value} ({room} tokens)",
         )
+    else:
+        nodes = max(1, tp // GPUS_PER_NODE_MAX)
+        seqs = int(
+            args.get(
+                "max_num_seqs",
+                max_num_seqs(serving.model, [gpu], tp, nodes, serving.max_model_len, utilization),
+            )
+        )
+        batched = int(args.get("max_num_batched_tokens", MAX_NUM_BATCHED_TOKENS))
+        if batched < seqs:
+            yield Problem(
+                (*where, "engine_args", "max_num_batched_tokens"),
+                f"vLLM refuses {batched} tokens per step below max_num_seqs ({seqs})",
+            )
+        if not args.get("enable_chunked_prefill", True) and batched < serving.max_model_len:
+            yield Problem(
+                (*where, "engine_args", "enable_chunked_prefill"),
+                f"off, vLLM refuses max_num_batched_tokens ({batched}) below max_model_len ({serving.max_model_len})",
+            )

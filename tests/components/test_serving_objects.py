@@ -151,6 +151,11 @@ def test_one_cache_download_per_site_and_read_only_replicas(
         for c in spec["initContainers"] + spec["containers"]:
             assert all(m["readOnly"] for m in c["volumeMounts"] if m["name"] == "weights")
             assert "huggingface" not in str(c["command"]), "a serving pod downloads weights"
+        # The engine and its Ray workers resolve the local path only: a file missing from the
+        # cache fails the pod instead of fetching from the Hub (vLLM passes HF_HUB_OFFLINE on as
+        # local_files_only to its config and tokenizer loads).
+        for c in spec["containers"]:
+            assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"], c["name"]
         assert f"{inv.bom.model_revision}/.verified" in spec["initContainers"][0]["command"][-1]
 
 

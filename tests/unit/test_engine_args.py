@@ -70,7 +70,9 @@ def test_the_shapes_of_dc1_and_dc1_dr() -> None:
             and e["kv_cache_dtype"] == "fp8"
             and e["enable_expert_parallel"] is True
         )
-        assert e["speculative_config"] == {"method": "deepseek_mtp", "num_speculative_tokens": 1}
+        # vLLM 0.27.1 rewrites every MTPModelTypes name but "mtp" to "mtp" with a deprecation
+        # warning (SpeculativeConfig.__post_init__): name the method it keeps.
+        assert e["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
         assert isinstance(e["model"], str) and e["model"].endswith(
             "/56d4cbbb4d29f4355bab4b9a39ccb717a14ad5ad"
         )
@@ -165,6 +167,29 @@ def test_a_wrong_speculative_method_fails(defs: Definitions) -> None:
             "bom.triton_image: no recorded vLLM for Triton 26.10",
         ),
         (lambda d: d["bom"].pop("gateway_image"), "bom.gateway_image: the admission gateway"),
+        # vLLM's own bounds and cross-argument rules (CacheConfig: 0 < gpu_memory_utilization <= 1;
+        # SchedulerConfig.verify_max_model_len): each of these starts no replica.
+        (
+            lambda d: d["site"]["serving"].update(engine_args={"gpu_memory_utilization": 90}),
+            "site.serving.engine_args.gpu_memory_utilization: vLLM takes a fraction of each GPU in (0, 1], got 90",
+        ),
+        (
+            lambda d: d["site"]["serving"].update(engine_args={"max_num_seqs": 0}),
+            "site.serving.engine_args.max_num_seqs: vLLM takes 1 or more, got 0",
+        ),
+        (
+            lambda d: d["site"]["serving"].update(engine_args={"max_num_batched_tokens": 128}),
+            "site.serving.engine_args.max_num_batched_tokens: vLLM refuses 128 tokens per step below max_num_seqs",
+        ),
+        (
+            lambda d: d["site"]["serving"].update(engine_args={"enable_chunked_prefill": False}),
+            "site.serving.engine_args.enable_chunked_prefill: off, vLLM refuses max_num_batched_tokens (8192) below max_model_len (32768)",
+        ),
+        # Half of each H100 holds less than the 16-way share of the weights plus a step's activations.
+        (
+            lambda d: d["site"]["serving"].update(engine_args={"gpu_memory_utilization": 0.5}),
+            "site.serving.tensor_parallel: deepseek-r1 (625 GiB of weights) does not fit 16 x H100-SXM-80GB with room for a KV cache in 0.5 of each GPU",
+        ),
         (
             lambda d: d["site"]["serving"].update(max_model_len=200_000),
             "site.serving.max_model_len: deepseek-r1 was trained for 163840 tokens",
@@ -195,3 +220,20 @@ def test_a_serving_plan_no_engine_can_run_is_one_line_naming_the_key(
     assert run.returncode == 2, run.stdout + run.stderr
     lines = [x for x in (run.stdout + run.stderr).splitlines() if x.strip()]
     assert len(lines) == 1 and line in lines[0], lines
+
+
+def test_a_site_gpu_memory_utilization_sizes_the_batch() -> None:
+    """max_num_seqs is sized from the share of each GPU vLLM will actually take."""
+    import yaml
+
+    from gpufleet.inventory.load import inventory_from_data, site_file
+
+    doc = yaml.safe_load(site_file("dc1").read_text())
+    base = _engines()["dc1"]
+    doc["site"]["serving"]["engine_args"] = {"gpu_memory_utilization": 0.8}
+    inv = inventory_from_data(doc, "nodes.yaml")
+    w = onprem_workload(inv, plan_site(inv))
+    assert w is not None
+    lower = json.loads(w.model_files["1/model.json"])
+    assert lower["gpu_memory_utilization"] == 0.8
+    assert 1 <= int(lower["max_num_seqs"]) < int(base["max_num_seqs"])  # type: ignore[call-overload]
