@@ -17,7 +17,9 @@ from gpufleet.burst.controller import Controller
 from gpufleet.burst.hardware import ReplicaHardware
 from gpufleet.burst.policy import CapacityModel, Gpufleet, Pool
 from gpufleet.cli import app
+from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
+from gpufleet.plan.burst import boot_to_serve_s
 from gpufleet.sim.baselines import StaticPeak
 from gpufleet.sim.engine import Arrival, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for
@@ -265,7 +267,8 @@ def test_simulate_json_has_one_object_per_policy_and_bound_with_the_issues_field
         ),
         (
             ["--surge", "3@5m:10m"],
-            "--surge: x3 at 300s for 600s must start after the first boot-to-serve time (900s, the warm start) and end within the 3600s horizon",
+            "--surge: x3 at 300s for 600s must start after the first boot-to-serve time "
+            f"({boot_to_serve_s(load_inventory('dc1'))}s, the warm start) and end within the 3600s horizon",
         ),
     ],
 )
