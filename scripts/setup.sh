@@ -15,6 +15,17 @@ step() {
   step_started=$SECONDS
   echo "[$step_no/$STEPS] $*"
 }
+# A long quiet command (pip) says every 20 s that it is still going, so setup is never silent.
+with_heartbeat() {
+  local started=$SECONDS beat
+  ( while sleep 20; do echo "      still going, $((SECONDS - started)) s"; done ) &
+  beat=$!
+  local rc=0
+  "$@" || rc=$?
+  kill "$beat" 2>/dev/null || true
+  wait "$beat" 2>/dev/null || true
+  return "$rc"
+}
 # The lab: nspawn hosts from mmdebstrap, a signed local apt mirror, ssh.
 LAB_PACKAGES="mmdebstrap systemd-container openssh-client dpkg-dev apt-utils gnupg iproute2 util-linux"
 step "system packages for the lab (apt): $LAB_PACKAGES"
@@ -26,9 +37,11 @@ else
 fi
 step "Python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
+# Newer pip is a nicety (the venv's own handles editable installs): a flaky index must not stop setup.
+with_heartbeat .venv/bin/python -m pip install --quiet --retries 2 --timeout 20 --upgrade pip ||
+  echo "      pip not upgraded (index unreachable); the venv's own pip carries on"
 step "gpufleet and its dependencies (pip install -e '.[dev]': Pulumi, pyinfra, Ansible, testinfra, ...)"
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+with_heartbeat .venv/bin/python -m pip install --quiet -e '.[dev]'
 # Prometheus for the burst signal tests (PromQL against a real server scraping a real Triton):
 # Debian's binary, unpacked into .venv/bin, so no service is installed or started.
 step "Prometheus binary for the signal tests (Debian's package, into .venv/bin)"
@@ -66,7 +79,7 @@ fi
 step "vLLM wheel for the engine-argument tests (pip download, not installed)"
 VLLM=$(.venv/bin/python -c 'from gpufleet.inventory.load import load_inventory; print(load_inventory("dc1").bom.vllm)')
 if ! ls .venv/wheels/vllm-"$VLLM"-*.whl >/dev/null 2>&1; then
-  .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: "vllm==$VLLM" -d .venv/wheels
+  with_heartbeat .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: "vllm==$VLLM" -d .venv/wheels
 else
   echo "      already there"
 fi

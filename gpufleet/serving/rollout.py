@@ -32,6 +32,10 @@ class Rollback:
 
 def _pin(text: str, source: str) -> re.Match[str]:
     found = list(_PIN.finditer(text))
+    if not found:  # the lab, or a site before its first model
+        raise InputError(
+            source, [Problem(KEY, "no pinned model revision: the site serves no model to roll back")]
+        )
     if len(found) != 1:
         raise InputError(
             source, [Problem(KEY, f"expected one pinned model_revision line, found {len(found)}")]

@@ -348,7 +348,9 @@ README_ROWS: dict[str, list[tuple[list[str], int, str]]] = {
     # The lab runs no Kubernetes, and a new user has no kubeconfig: one line saying so.
     "drain": [(["drain", "lab", "lab-st1"], 2, "--kubeconfig")],
     "admit": [(["admit", "lab", "lab-st1"], 2, "--kubeconfig")],
-    "burst simulate": [(["burst", "simulate"], 0, "oracle")],
+    "burst simulate": [
+        (["burst", "simulate", "--trace", "bench/burst/data/azure_llm_2023_code.csv"], 0, "bound-calendar")
+    ],
     # No Pulumi CLI on this machine: the controller says so in one line (bad input, exit 2).
     "burst run": [
         (["burst", "run", "burst-prod", "--iterations", "1"], 2, "the Pulumi CLI is not installed")

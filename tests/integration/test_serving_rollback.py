@@ -39,10 +39,10 @@ def _site(tmp_path: Path, revisions: list[str]) -> Path:
     return path
 
 
-def _rollback(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _rollback(path: Path, *extra: str, stack: str = "dc1-prod") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GPUFLEET_INVENTORIES": str(path.parents[1])}
     return subprocess.run(
-        [sys.executable, "-m", "gpufleet.cli", "serving", "rollback", "dc1-prod", *extra],
+        [sys.executable, "-m", "gpufleet.cli", "serving", "rollback", stack, *extra],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -72,6 +72,22 @@ def test_a_single_revision_has_nothing_to_roll_back_to(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         f"{path}: bom.model_revision: {REVS[0]} is the only revision in this file's history"
+    ]
+
+
+def test_a_site_without_a_pinned_model_says_it_serves_none(tmp_path: Path) -> None:
+    repo = tmp_path / "site-repo"
+    path = repo / "inventories" / "lab" / "nodes.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(site_file("lab").read_text())
+    assert "model_revision:" not in path.read_text(), "the lab pins a model now: fix the test"
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "lab")
+    run = _rollback(path, "--dry-run", stack="lab")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"{path}: bom.model_revision: no pinned model revision: the site serves no model to roll back"
     ]
 
 
