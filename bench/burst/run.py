@@ -257,7 +257,7 @@ def main() -> None:
             slo_ttft,
             capacity.max_hourly_usd,
         )
-        targets += target_rows(trace, rows)
+        targets += target_rows(trace, rows, capacity.boot_to_serve_s)
     cpu = sum(d["cpu_s"] for d in done)
     lines += [
         "## Targets (issue 13), per trace over the 5 seeds",
@@ -304,7 +304,7 @@ def main() -> None:
     write("burst.md", lines)
 
 
-def target_rows(trace: str, rows: list[dict[str, Any]]) -> list[str]:
+def target_rows(trace: str, rows: list[dict[str, Any]], boot_s: float) -> list[str]:
     out = []
 
     def row(scenario: str, target: str, measured: str, ok: bool) -> None:
@@ -330,7 +330,9 @@ def target_rows(trace: str, rows: list[dict[str, Any]]) -> list[str]:
     p0 = [r["gpufleet/none"]["p0_violation_minutes"] for r in rows]
     cost = [r["gpufleet/none"]["cost_usd"] / r["static-peak"]["cost_usd"] for r in rows]
     row(
-        "unannounced x3 for 20 min, 900 s boot",
+        # The issue states this target at a 900 s Spot boot; the site's budget of parts (the baked
+        # image and the weights on NVMe) gives dc1 a shorter one, and that is what ran.
+        f"unannounced x3 for 20 min, {boot_s:.0f} s boot (the issue's: 900 s)",
         "<= 2 P0 violation minutes per surge, cost <= 0.7x static-peak",
         f"{max(p0)} P0 min at {max(cost):.2f}x",
         max(p0) <= 2 and max(cost) <= 0.7,
