@@ -361,6 +361,8 @@ def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
     for series in result:
         try:
             labels, (_, text) = series.get("metric", {}), series["value"]
+            if not isinstance(text, str):  # Prometheus sends every sample value as a string
+                raise TypeError(text)
             value = float(text)
         except (AttributeError, KeyError, TypeError, ValueError):
             raise SignalError(
@@ -374,6 +376,10 @@ def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
 
 
 def parse_query_response(body: bytes) -> float | None:
-    """The single value of an instant-vector answer; None when the vector is empty or NaN."""
+    """The single value of an instant-vector answer; None when the vector is empty or NaN. More
+    than one series (a query that lost its `sum`, duplicate series) is a SignalError: taking the
+    first would read an arbitrary part of the load."""
     series = parse_vector(body)
+    if len(series) > 1:
+        raise SignalError(f"Prometheus answered {len(series)} series where the query asks for one")
     return series[0][1] if series else None

@@ -302,6 +302,12 @@ def test_without_the_histogram_there_is_no_ttft() -> None:
         b'{"status":"success","data":{"resultType":"vector","result":[{"metric":[],"value":[1,"2"]}]}}',
         b"\xff\xfe",
         b"null",
+        # A value Prometheus would send as a string, sent as JSON true or a number.
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,true]}]}}',
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,5]}]}}',
+        # Two series for a query that sums to one (found by the attacker review: the first was taken).
+        b'{"status":"success","data":{"resultType":"vector","result":'
+        b'[{"metric":{},"value":[1,"5"]},{"metric":{},"value":[1,"0"]}]}}',
     ],
 )
 def test_any_body_prometheus_should_not_send_is_a_signal_error(body: bytes) -> None:
