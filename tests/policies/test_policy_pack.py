@@ -154,6 +154,9 @@ def recorded_one(recorded: dict[str, Graph], stack: str, type_: str) -> dict[str
     if type_ == ROLE_POLICY:
         # The node's policy (the image builder's registers first: it waits on fewer outputs).
         found = [r for r in found if r.name.endswith("-node-policy")]
+    if type_ == SG:
+        # The nodes' group (the resolver's and the image builder's register in no fixed order).
+        found = [r for r in found if r.name.endswith("-nodes")]
     if not found:
         # A type the stacks do not use: the probe starts from the smallest valid resource of it.
         return copy.deepcopy(ABSENT[type_])
