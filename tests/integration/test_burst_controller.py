@@ -47,7 +47,12 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     kube,
     moto_url,
 )
-from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
+from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
+    STACK,
+    project,
+    pulumi_root,
+    upped_nodes,
+)
 from tests.integration.test_burst_signal_prometheus import _scraped, prometheus
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
@@ -101,11 +106,6 @@ def _controller(
     )
 
 
-def _ups(pulumi_root: Path) -> list[str]:  # noqa: F811
-    path = pulumi_root.parent / "state" / "ups.jsonl"
-    return [json.loads(line)["nodes"] for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_controller_scales_out_under_load_and_in_when_quiet(
     triton: Any,
     asg: Any,  # noqa: F811
@@ -155,7 +155,7 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
     assert len(busy.launch) == nodes - 2 > 0, busy.reason
     # The up resized the group; the next step sees the new instances and orders nothing more.
     assert still_busy is not None and not still_busy.acts, still_busy.reason
-    assert _ups(pulumi_root) == [str(nodes)]
+    assert upped_nodes(pulumi_root) == [str(nodes)]
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
     assert group["DesiredCapacity"] == nodes and len(group["Instances"]) == nodes
     busy_group = group
@@ -175,7 +175,7 @@ def test_controller_scales_out_under_load_and_in_when_quiet(
             break
     assert sorted(drained) == sorted(i["InstanceId"] for i in busy_group["Instances"])
     assert group["DesiredCapacity"] == 0, "the chosen instances were retired from the group"
-    assert _ups(pulumi_root)[-1] == "0"
+    assert upped_nodes(pulumi_root)[-1] == "0"
     text = generate_latest(controller.registry).decode()
     assert 'gpufleet_burst_decisions_total{action="scale_in"}' in text
 
@@ -279,7 +279,7 @@ def test_a_failing_signal_holds_the_fleet(
     )
     assert controller.step(time.monotonic()) is None
     assert "gpufleet_burst_signal_errors_total 1.0" in generate_latest(controller.registry).decode()
-    assert _ups(pulumi_root) == []
+    assert upped_nodes(pulumi_root) == []
 
 
 def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: Path) -> None:  # noqa: F811

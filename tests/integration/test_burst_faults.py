@@ -49,7 +49,12 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     kube,
     moto_url,
 )
-from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
+from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
+    STACK,
+    project,
+    pulumi_root,
+    upped_nodes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -150,11 +155,6 @@ def _group(asg: Any) -> dict[str, Any]:  # noqa: F811
 def _declared(project: Path) -> str:  # noqa: F811
     doc = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())
     return str(doc["config"][BURST_NODES_KEY])
-
-
-def _applied(pulumi_root: Path) -> list[str]:  # noqa: F811
-    path = pulumi_root.parent / "state" / "ups.jsonl"
-    return [json.loads(line)["nodes"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_a_thousand_random_faults(
@@ -294,7 +294,7 @@ def test_a_thousand_random_faults(
         stack_lock.parent.mkdir(exist_ok=True)
         if pulumi_fault == "stack-lock":
             stack_lock.write_text("{}")
-        ups_before = len(_applied(pulumi_root))
+        ups_before = len(upped_nodes(pulumi_root))
         desired_before = int(_group(asg)["DesiredCapacity"])
         members_before = {x["InstanceId"] for x in _group(asg)["Instances"]}
         hold = threading.Event()
@@ -316,7 +316,7 @@ def test_a_thousand_random_faults(
         members = [x["InstanceId"] for x in group["Instances"]]
         if invalid:
             assert decision is None, f"step {i}: acted on {fault}: {decision}"
-            assert len(_applied(pulumi_root)) == ups_before, f"step {i}: an up on {fault}"
+            assert len(upped_nodes(pulumi_root)) == ups_before, f"step {i}: an up on {fault}"
             assert int(group["DesiredCapacity"]) >= desired_before, f"step {i}: scaled in on {fault}"
             assert members_before <= set(members), f"step {i}: retired a node on {fault}"
         # Spot messages, handled between steps as the consumer thread would.
@@ -336,7 +336,7 @@ def test_a_thousand_random_faults(
         live = [x for x in group["Instances"] if x["LifecycleState"] != "Terminated"]
         assert int(group["DesiredCapacity"]) <= CAP_NODES, f"step {i}: desired over the cap"
         assert len(live) * reserve <= capacity.max_hourly_usd, f"step {i}: {len(live)} nodes over the cap"
-        applied = _applied(pulumi_root)
+        applied = upped_nodes(pulumi_root)
         if applied:
             declared = applied[-1]
         assert _declared(project) == declared, f"step {i}: the stack file holds a size no up applied"

@@ -179,8 +179,14 @@ def _argv(pulumi_root: Path) -> list[list[str]]:
 
 
 def _ups(pulumi_root: Path) -> list[dict[str, object]]:
+    """Every `pulumi up` the fake pulumi ran, in order (its record of each)."""
     path = pulumi_root.parent / "state" / "ups.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def upped_nodes(pulumi_root: Path) -> list[str]:
+    """The burstNodes each `pulumi up` applied, in order."""
+    return [str(up["nodes"]) for up in _ups(pulumi_root)]
 
 
 def test_sets_burst_nodes_in_stack_config_and_runs_up(project: Path, pulumi_root: Path) -> None:
