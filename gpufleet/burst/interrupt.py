@@ -31,6 +31,9 @@ REBALANCE = "EC2 Instance Rebalance Recommendation"
 TERMINATE_HOOK = "EC2 Instance-terminate Lifecycle Action"
 # Leave this much of the notice for the node to actually go: kubelet, the load balancer, the reclaim.
 DRAIN_MARGIN_S = 30.0
+# An event dated further ahead of this clock than NTP lets two clocks drift is forged or broken: its
+# deadline would hold a drain (and its worker) that long.
+CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,17 @@ class Warning:
         return self.at + SPOT_NOTICE_S - DRAIN_MARGIN_S
 
 
+def _json(body: str) -> Any:
+    """The body's JSON; None when it is not JSON (nesting deeper than the parser recurses included)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
 def parse_event(body: str, receipt: str) -> Warning | None:
     """An EventBridge event as SQS delivers it; None for events this controller does not act on."""
-    try:
-        event = json.loads(body)
-    except json.JSONDecodeError:
-        return None
+    event = _json(body)
     if not isinstance(event, dict) or not isinstance(event.get("detail"), dict):
         return None
     detail, kind_text = event["detail"], str(event.get("detail-type"))
@@ -129,8 +137,14 @@ class WarningQueue:
         for message in answer.get("Messages", []):
             warning = parse_event(message["Body"], message["ReceiptHandle"])
             if warning is None:
-                # Not ours to act on (another event type): drop it so it does not come back forever.
-                self.ignored.append("not a Spot warning or lifecycle event")
+                # Not ours to act on: drop it so it does not come back forever, and say so.
+                body = message["Body"]
+                is_event = isinstance(_json(body), dict)
+                why = "not a Spot warning or lifecycle event" if is_event else "not a JSON object"
+                log.warning(
+                    "dropped message %s (%d characters): %s", message.get("MessageId"), len(body), why
+                )
+                self.ignored.append(why)
                 self.done(message["ReceiptHandle"])
             else:
                 # Without an event id, SQS's own message id still tells a redelivery.
@@ -255,6 +269,8 @@ class Interruptions:
         if warning.action is None and warning.instance_id not in members:
             return f"{warning.instance_id} is not in group {self.asg.group}"
         notice = self.hook_timeout_s if warning.action is not None else SPOT_NOTICE_S
+        if warning.at - self.clock() > CLOCK_SKEW_S:
+            return f"dated {warning.at - self.clock():.0f}s ahead of this clock"
         if self.clock() - warning.at > notice:
             return f"stale: {self.clock() - warning.at:.0f}s old, past its {notice:.0f}s notice"
         with self._guard:
