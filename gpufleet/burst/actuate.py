@@ -4,7 +4,9 @@ The default path sets `gpufleet:burstNodes` in the burst stack's config and runs
 so capacity stays declared, reviewable and reproducible. One operation at a time per stack: a
 process lock (and an advisory file lock across processes) keeps this controller from ever running
 two ups; a lock held by someone else (another `pulumi up`) is retried with backoff, and a lock that
-outlives the retries is reported with the command that clears it.
+outlives the retries is reported with the command that clears it. The Automation API gives an up
+no timeout: past `operation_timeout_s` the step gets an error and the operation goes on alone,
+holding the stack until it ends, so a hung up never stops the loop.
 
 The direct Auto Scaling path is for emergencies: it sets the group's desired capacity within the
 group's and the site's bounds, and the next Pulumi up makes the stack agree again.
@@ -16,10 +18,13 @@ P2 is shed and P1 held to part of its rate (the rules are in gpufleet.plan.admis
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,8 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 from gpufleet.plan.admission import BOOTING_KEY
 
 BURST_NODES_KEY = "gpufleet:burstNodes"
+
+log = logging.getLogger("gpufleet.burst")
 
 
 class ActuationError(RuntimeError):
@@ -102,6 +109,8 @@ class PulumiActuator:
     # How long to wait out someone else's update before calling its lock stale.
     lock_timeout_s: float = 600.0
     backoff_max_s: float = 30.0
+    # How long a caller waits for one operation, lock waits included.
+    operation_timeout_s: float = 900.0
     on_output: Callable[[str], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
@@ -124,15 +133,54 @@ class PulumiActuator:
     def outputs(self) -> dict[str, object]:
         """The burst stack's outputs (asgName, queueUrl, ...), as its last `up` left them."""
         try:
-            return {key: out.value for key, out in self._stack().outputs().items()}
-        except auto.CommandError as exc:
+            outputs = self._within("reading its outputs", lambda: self._stack().outputs())
+            return {key: out.value for key, out in outputs.items()}
+        except (auto.CommandError, ValueError, LookupError, TypeError, AttributeError) as exc:
+            # The CLI's answer not JSON, or JSON that is not an object of outputs.
             raise ActuationError(f"cannot read the outputs of stack {self.stack}: {exc}") from None
+
+    def _within(self, what: str, operation: Callable[[], Any]) -> Any:
+        """Run `operation` on a thread of its own and wait at most `operation_timeout_s` for it;
+        past that it goes on alone (whatever locks it holds, it holds until it ends) and says how it
+        ended in the log."""
+        done: Future[Any] = Future()
+        abandoned = threading.Event()
+
+        def run() -> None:
+            try:
+                done.set_result(operation())
+            except BaseException as exc:  # handed to the caller, or logged once it has left
+                done.set_exception(exc)
+            if abandoned.is_set():
+                failure = done.exception()
+                if failure is None:
+                    log.warning(
+                        "stack %s: %s ended after its caller left: %s", self.stack, what, done.result()
+                    )
+                else:
+                    log.error("stack %s: %s ended after its caller left: %s", self.stack, what, failure)
+
+        threading.Thread(target=run, name=f"pulumi-{self.stack}", daemon=True).start()
+        try:
+            return done.result(timeout=self.operation_timeout_s)
+        except TimeoutError:
+            abandoned.set()
+            raise ActuationError(
+                f"stack {self.stack}: {what} still runs after {self.operation_timeout_s:.0f}s; it goes "
+                "on in the background, and the stack takes no other operation from this controller until it ends"
+            ) from None
 
     def set_burst_nodes(self, count: int) -> Applied:
         """Declare `count` burst nodes and run `pulumi up`. If the up fails, the stack file gets
         its previous value back: it must never declare a size that was not applied."""
         if count < 0:
             raise ValueError(f"burst nodes must be >= 0 (got {count})")
+        applied: Applied = self._within(
+            f"pulumi up for {count} burst nodes", lambda: self._set_burst_nodes(count)
+        )
+        return applied
+
+    def _set_burst_nodes(self, count: int) -> Applied:
         with one_operation(self.stack, self.lock_dir):
             try:
                 stack = self._stack()
@@ -142,11 +190,21 @@ class PulumiActuator:
                 raise ActuationError(
                     f"stack {self.stack}: cannot declare {count} burst nodes: {_error(exc)}"
                 ) from None
+            # Names this update in the stack's history: whether it applied can be asked there.
+            message = f"gpufleet burst: {BURST_NODES_KEY}={count} ({uuid.uuid4().hex[:12]})"
             try:
-                result = self._up(stack)
+                result = self._up(stack, message)
             except StaleLock as exc:
                 raise StaleLock(f"{exc}; {self._restore(stack, previous)}") from None
             except auto.CommandError as exc:
+                if self._succeeded(stack, message):
+                    # The Automation API reads outputs and summary after the up, in the same call:
+                    # the up applied, and the stack file keeps what it applied.
+                    return Applied(
+                        stack=self.stack,
+                        burst_nodes=count,
+                        summary=f"applied; its summary could not be read: {_error(exc)}",
+                    )
                 restored = self._restore(stack, previous)
                 raise ActuationError(
                     f"stack {self.stack}: pulumi up for {count} burst nodes failed: {_error(exc)}; {restored}"
@@ -154,6 +212,15 @@ class PulumiActuator:
         changes = result.summary.resource_changes or {}
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(changes.items())) or "no changes"
         return Applied(stack=self.stack, burst_nodes=count, summary=summary)
+
+    def _succeeded(self, stack: auto.Stack, message: str) -> bool:
+        """Whether the stack's last update is the one named `message`, and it succeeded; False when
+        the history cannot be read either (then it is taken as not applied)."""
+        try:
+            last = stack.history(page_size=1, show_secrets=False)
+        except (auto.CommandError, ValueError, KeyError, TypeError):
+            return False
+        return bool(last) and last[0].message == message and last[0].result == "succeeded"
 
     def _declared(self, stack: auto.Stack) -> str | None:
         try:
@@ -176,7 +243,7 @@ class PulumiActuator:
             )
         return f"{BURST_NODES_KEY} restored to {previous if previous is not None else 'unset'}"
 
-    def _up(self, stack: auto.Stack) -> Any:
+    def _up(self, stack: auto.Stack, message: str) -> Any:
         retrying = Retrying(
             retry=retry_if_exception_type(auto.ConcurrentUpdateError),
             wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max_s),
@@ -185,7 +252,7 @@ class PulumiActuator:
         try:
             for attempt in retrying:
                 with attempt:
-                    return stack.up(on_output=self.on_output)
+                    return stack.up(on_output=self.on_output, message=message)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             holder = _lock_holder(str(last))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
@@ -233,6 +236,83 @@ def _table(results: list[Result], bounds: list[BoundResult], slo_s: float, ttft_
     return table
 
 
+_URL = re.compile(r"https?://[^\s/?#@]+(/\S*)?")
+# A Triton model is a folder of the model repository; the name goes into PromQL between quotes.
+_MODEL = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_INTERVAL_S = 3600.0
+T = TypeVar("T")
+
+
+def _refuse(option: str, message: str) -> InputError:
+    return InputError(option, [Problem((), message)])
+
+
+def check_run_values(
+    replica_rps: float,
+    interval: float,
+    metrics_port: int,
+    metrics_address: str,
+    urls: dict[str, str | None],
+    model: str | None,
+    gateway_admin: list[str],
+    admission_map: str,
+) -> None:
+    """What Typer's types let through for `burst run` and the loop would only meet later (a NaN
+    or infinite rate, a port out of range, a URL without a scheme): refused before anything runs."""
+    if not math.isfinite(replica_rps):
+        raise _refuse("--replica-rps", f"must be a finite number of requests/s (got {replica_rps:g})")
+    if not 1.0 <= interval <= MAX_INTERVAL_S:
+        raise _refuse("--interval", f"must be in [1, {MAX_INTERVAL_S:.0f}] seconds (got {interval:g})")
+    if not 1 <= metrics_port <= 65535:
+        raise _refuse("--metrics-port", f"must be a TCP port, 1 to 65535 (got {metrics_port})")
+    for option, url in urls.items():
+        if url is not None and not _URL.fullmatch(url):
+            raise _refuse(option, f"not an http:// or https:// URL (got {url!r})")
+    if model is not None and not _MODEL.fullmatch(model):
+        raise _refuse("--model", f"not a Triton model name (1 to 128 of A-Za-z0-9_.-; got {model!r})")
+    for address in gateway_admin:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _refuse("--gateway-admin", f"not HOST:PORT (got {address!r})")
+    if not admission_map or any(c.isspace() or c == ";" for c in admission_map):
+        # It is sent inside HAProxy runtime commands, where `;` starts another command.
+        raise _refuse("--admission-map", f"a file path without spaces or ';' (got {admission_map!r})")
+    try:
+        socket.getaddrinfo(metrics_address, metrics_port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise _refuse("--metrics-address", f"cannot resolve {metrics_address!r}: {exc}") from None
+    try:
+        with socket.create_server((metrics_address, metrics_port)):
+            pass
+    except (OSError, OverflowError) as exc:
+        raise _refuse("--metrics-port", f"cannot listen on {metrics_address}:{metrics_port}: {exc}") from None
+
+
+def stack_output(
+    outputs: dict[str, object], key: str, option: str, stack: str, url: bool = False
+) -> str | None:
+    """One of the burst stack's outputs as the name or URL it must be; None when it exports none."""
+    if key not in outputs:
+        return None
+    value = outputs[key]
+    if not isinstance(value, str) or not value or (url and not _URL.fullmatch(value)):
+        kind = "an http(s) URL" if url else "a non-empty name"
+        raise _refuse(option, f"not given, and stack {stack}'s output {key} is not {kind} (got {value!r})")
+    return value
+
+
+def at_start(option: str, what: str, call: Callable[[], T]) -> T:
+    """A call the controller needs before its first step (AWS, Kubernetes): its failure is one line."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from kubernetes.config import ConfigException
+
+    try:
+        return call()
+    except (BotoCoreError, ClientError, ConfigException, OSError, ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        raise _refuse(option, f"{what}: {message}") from None
+
+
 @burst_app.command()
 def run(
     stack: Annotated[str, typer.Argument(help="burst stack (stacks/Pulumi.<stack>.yaml, layer burst)")],
@@ -316,14 +396,30 @@ def run(
     from gpufleet.burst.policy import CapacityModel, Gpufleet
     from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
     from gpufleet.cli import bad_input
-    from gpufleet.inventory.stacks import load_stack, stacks_dir
+    from gpufleet.inventory.stacks import load_stack
     from gpufleet.plan.aws import DRAIN_HEARTBEAT_S, plan_fleet
     from gpufleet.plan.site import plan_site
 
     with bad_input():
+        check_run_values(
+            replica_rps,
+            interval,
+            metrics_port,
+            metrics_address,
+            {
+                "--aws-endpoint": aws_endpoint,
+                "--prometheus": prometheus,
+                "--triton-metrics": triton_metrics,
+                "--interruption-queue": queue_url,
+            },
+            model,
+            gateway_admin or [],
+            admission_map,
+        )
         known_peaks = tuple(parse_peak(text) for text in peak or [])
-        loaded = load_stack(stack)
-        source_file = display(stacks_dir() / f"Pulumi.{stack}.yaml")
+        # The stack file the ups will change: --work-dir's, checked as Pulumi will read it.
+        loaded = load_stack(stack, work_dir / "stacks")
+        source_file = display(work_dir / "stacks" / f"Pulumi.{stack}.yaml")
         if loaded.config.layer != "burst":
             raise InputError(
                 source_file, [Problem(("config", "gpufleet:layer"), "not a burst stack (got 'onprem')")]
@@ -344,23 +440,29 @@ def run(
                 outputs = pulumi.outputs()
             except ActuationError as exc:
                 raise InputError("--asg", [Problem((), f"not given, and {exc}")]) from None
-            group = group or (str(outputs["asgName"]) if "asgName" in outputs else None)
+            group = group or stack_output(outputs, "asgName", "--asg", stack)
             if group is None:
                 raise InputError("--asg", [Problem((), f"not given, and stack {stack} exports no asgName")])
-            queue_url = queue_url or (str(outputs["queueUrl"]) if "queueUrl" in outputs else None)
+            queue_url = queue_url or stack_output(
+                outputs, "queueUrl", "--interruption-queue", stack, url=True
+            )
     aws = {"region_name": plan.burst.region, "endpoint_url": aws_endpoint}
-    autoscaling = boto3.client("autoscaling", **aws)
-    asg = AsgActuator(group, plan.burst.max_nodes, autoscaling)
-    types = sorted(fleet.instance_types)
-    # Every node reserves the most AWS may bill it against the cap: the group's Spot max price.
-    described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg.group])[
-        "AutoScalingGroups"
-    ]
-    if not described:
-        with bad_input():
+    # AWS unreachable, or refusing these credentials, before the first step: one line, not a traceback.
+    aws_option = "--aws-endpoint" if aws_endpoint else "--asg"
+    with bad_input():
+        autoscaling = at_start(aws_option, "AWS", lambda: boto3.client("autoscaling", **aws))
+        asg = AsgActuator(group, plan.burst.max_nodes, autoscaling)
+        # Every node reserves the most AWS may bill it against the cap: the group's Spot max price.
+        described = at_start(
+            aws_option,
+            f"cannot describe Auto Scaling group {group!r}",
+            lambda: autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg.group]),
+        )["AutoScalingGroups"]
+        if not described:
             raise InputError(
                 "--asg", [Problem((), f"no Auto Scaling group {asg.group!r} in {plan.burst.region}")]
             )
+    types = sorted(fleet.instance_types)
     capacity = CapacityModel.from_plan(plan, fleet, group_max_price(described[0], types))
     source: TritonSource | PrometheusSource = (
         TritonSource(TritonMetrics(triton_metrics, model or plan.serving.model))
@@ -372,7 +474,12 @@ def run(
         try:
             k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+            with bad_input():
+                at_start(
+                    "--interruption-queue",
+                    "draining warned nodes needs the Kubernetes API (no in-cluster account, no kubeconfig)",
+                    k8s_config.load_kube_config,
+                )
         drainer = Drainer(k8s.CoreV1Api())
     controller = Controller(
         policy=Gpufleet(capacity, peaks=known_peaks),
@@ -391,7 +498,14 @@ def run(
     )
     if queue_url and drainer is not None:
         # Warnings are only acted on from this account and region, for this group's instances.
-        account = str(boto3.client("sts", **aws).get_caller_identity()["Account"])
+        with bad_input():
+            account = str(
+                at_start(
+                    aws_option,
+                    "cannot tell this account (STS)",
+                    lambda: boto3.client("sts", **aws).get_caller_identity(),
+                )["Account"]
+            )
         interruptions = Interruptions(
             queue=WarningQueue(boto3.client("sqs", **aws), queue_url, wait_s=5),
             drainer=drainer,
@@ -403,8 +517,14 @@ def run(
             workers=max(4, plan.burst.max_nodes),
             on_event=controller.count_interruption,
         )
+    with bad_input():
+        at_start(
+            "--metrics-port",
+            f"cannot listen on {metrics_address}:{metrics_port}",
+            lambda: start_http_server(metrics_port, addr=metrics_address, registry=controller.registry),
+        )
+    if interruptions is not None:
         interruptions.start()
-    start_http_server(metrics_port, addr=metrics_address, registry=controller.registry)
     logging.getLogger("gpufleet.burst").info(
         "controller for %s: metrics on http://%s:%d/metrics, deciding every %.0fs",
         stack,

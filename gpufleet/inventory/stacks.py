@@ -55,8 +55,9 @@ def read_stack_file(path: Path, name: str) -> StackFile:
     return stack_file
 
 
-def load_stack(name: str) -> Stack:
-    path = stacks_dir() / f"Pulumi.{name}.yaml"
+def load_stack(name: str, folder: Path | None = None) -> Stack:
+    """The stack `name` from `folder` (default: the project's stacks/)."""
+    path = (folder or stacks_dir()) / f"Pulumi.{name}.yaml"
     stack_file = read_stack_file(path, name)
     return stack_from_config(name, stack_file.gpufleet(), display(path))
 

@@ -11,13 +11,16 @@ body (256 KiB, XML characters only) are not exercised: the parser is also fed bo
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from gpufleet.burst.actuate import AsgActuator
+from gpufleet.burst.actuate import BURST_NODES_KEY, ActuationError, AsgActuator, PulumiActuator, StackBusy
 from gpufleet.burst.interrupt import INTERRUPTION, Drainer, Interruptions, WarningQueue, parse_event
 from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     ACCOUNT,
@@ -30,6 +33,12 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     asg,
     kube,
     moto_url,
+)
+from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
+    STACK,
+    project,
+    pulumi_root,
+    upped_nodes,
 )
 
 pytestmark = pytest.mark.integration
@@ -109,3 +118,220 @@ def test_a_warning_from_the_future_is_not_drained_against_its_forged_deadline(
     assert doomed in _instances(asg)
     assert [c for c in kube.calls if c[0] != "GET"] == [], "nothing cordoned"
     consumer.stop()
+
+
+# --- Pulumi -----------------------------------------------------------------------------------
+
+
+def test_an_up_that_hangs_returns_the_step_and_holds_the_stack(project: Path, pulumi_root: Path) -> None:  # noqa: F811
+    """`pulumi up` has no timeout in the Automation API: an up that hung held the loop (its signal,
+    its metrics, the gateways' release) for as long as it hung."""
+    actuator = PulumiActuator(
+        stack=STACK,
+        work_dir=project,
+        pulumi_root=pulumi_root,
+        lock_dir=project / ".locks",
+        operation_timeout_s=2.0,
+        env={"FAKE_PULUMI_UP_SECONDS": "8"},
+    )
+    started = time.monotonic()
+    with pytest.raises(ActuationError, match=r"pulumi up for 5 burst nodes still runs after 2s"):
+        actuator.set_burst_nodes(5)
+    assert time.monotonic() - started < 6
+    # It goes on alone, and nothing else runs on the stack meanwhile.
+    with pytest.raises(StackBusy):
+        actuator.set_burst_nodes(6)
+    deadline = time.monotonic() + 30
+    while not upped_nodes(pulumi_root):
+        assert time.monotonic() < deadline, "the hung up never ended"
+        time.sleep(0.1)
+    assert upped_nodes(pulumi_root) == ["5"]
+    # Once it has ended, the stack takes the next operation.
+    actuator.env["FAKE_PULUMI_UP_SECONDS"] = "0.2"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            actuator.set_burst_nodes(4)
+            break
+        except StackBusy:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert upped_nodes(pulumi_root) == ["5", "4"]
+
+
+def test_an_up_that_applied_is_not_undone_when_reading_its_outputs_fails(
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """The Automation API reads the outputs and the summary after the up, in the same call: a
+    backend hiccup there raised like a failed up, and the stack file got the old size back
+    while the group had the new one (the next `pulumi up` by anyone would have undone it)."""
+    (pulumi_root.parent / "state" / "fail_outputs").write_text("")
+    actuator = PulumiActuator(
+        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+    )
+    applied = actuator.set_burst_nodes(5)
+    assert upped_nodes(pulumi_root) == ["5"]
+    assert applied.burst_nodes == 5 and "could not be read" in applied.summary
+    declared = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    assert declared[BURST_NODES_KEY] == "5"
+
+
+@pytest.mark.parametrize("answer", ["{not json", "[1, 2]", '"text"'])
+def test_outputs_that_are_not_an_object_are_an_actuation_error(
+    answer: str,
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    (pulumi_root.parent / "state" / "outputs.json").write_text(answer)
+    actuator = PulumiActuator(
+        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+    )
+    with pytest.raises(ActuationError, match=f"cannot read the outputs of stack {STACK}"):
+        actuator.outputs()
+
+
+# --- `gpufleet burst run` ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--replica-rps", "inf"], "--replica-rps"),  # load/inf is 0: every node drained
+        (["--interval", "1e308"], "--interval"),  # time.sleep overflowed after the first step
+        (["--metrics-port", "70000"], "--metrics-port"),
+        (["--metrics-port", "-5"], "--metrics-port"),
+        (["--metrics-address", "no such host"], "--metrics-address"),
+        (["--aws-endpoint", "not a url"], "--aws-endpoint"),
+        (["--aws-endpoint", "http://127.0.0.1:1"], "--aws-endpoint"),  # nothing listens
+        (["--gateway-admin", "gateway-without-port"], "--gateway-admin"),
+        (["--gateway-admin", "127.0.0.1:1", "--admission-map", "x; shutdown frontend fe"], "--admission-map"),
+        (["--prometheus", "ftp://prometheus"], "--prometheus"),
+        (["--triton-metrics", "triton:8002/metrics"], "--triton-metrics"),
+        (["--model", 'x"} or vector(1) #'], "--model"),
+        (["--interruption-queue", "https://sqs.us-east-1.amazonaws.com/1/q"], "--interruption-queue"),
+        (["--interruption-queue", "warnings"], "--interruption-queue"),
+    ],
+)
+def test_burst_run_refuses_a_bad_value_with_one_line(
+    args: list[str],
+    option: str,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No cluster to drain in: no in-cluster service account, no kubeconfig.
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(project / "no-kubeconfig"))
+    result = _burst_run(args, moto_url, project, pulumi_root, {"asgName": GROUP})
+    _refused(result, option, asg, pulumi_root)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "option"),
+    [
+        ('{"asgName": ""}', "--asg"),
+        ('{"asgName": 5}', "--asg"),
+        ('{"asgName": ["burst-prod-spot"]}', "--asg"),
+        ("{not json", "--asg"),
+        (json.dumps({"asgName": GROUP, "queueUrl": 7}), "--interruption-queue"),
+    ],
+)
+def test_burst_run_refuses_stack_outputs_of_the_wrong_type(
+    outputs: str,
+    option: str,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    (pulumi_root.parent / "state" / "outputs.json").write_text(outputs)
+    _refused(_burst_run([], moto_url, project, pulumi_root, None), option, asg, pulumi_root)
+
+
+@pytest.mark.parametrize("value", ["-3", "many", "1000000000"])
+def test_burst_run_checks_the_stack_file_it_will_change(
+    value: str,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """A burstNodes edited by hand in --work-dir's stack file: the repository's copy was checked."""
+    path = project / "stacks" / f"Pulumi.{STACK}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"][BURST_NODES_KEY] = value
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = _burst_run([], moto_url, project, pulumi_root, {"asgName": GROUP})
+    _refused(result, f"{project.name}/stacks/Pulumi.{STACK}.yaml", asg, pulumi_root)
+    assert "gpufleet:burstNodes" in result.stderr
+
+
+def _burst_run(
+    args: list[str],
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    outputs: dict[str, object] | None,
+) -> Any:
+    from typer.testing import CliRunner
+
+    from gpufleet.cli import app
+    from gpufleet.serving.tritonserver import free_port
+
+    if outputs is not None:
+        (pulumi_root.parent / "state" / "outputs.json").write_text(json.dumps(outputs))
+    given = dict(zip(args[::2], args[1::2], strict=False))
+    defaults = {
+        "--aws-endpoint": moto_url,
+        "--metrics-port": str(free_port()),
+        "--triton-metrics": "http://127.0.0.1:1/metrics",
+    }
+    if "--prometheus" in given:
+        defaults.pop("--triton-metrics")
+    extra = [x for k, v in defaults.items() if k not in given for x in (k, v)]
+    return CliRunner().invoke(
+        app,
+        [
+            "burst",
+            "run",
+            STACK,
+            *args,
+            *extra,
+            "--iterations",
+            "1",
+            "--pulumi-root",
+            str(pulumi_root),
+            "--work-dir",
+            str(project),
+        ],
+        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "COLUMNS": "200"},
+    )
+
+
+def _refused(result: Any, option: str, asg: Any, pulumi_root: Path) -> None:  # noqa: F811
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and option in lines[0].split(": ")[0], result.stderr
+    assert "Traceback" not in result.output
+    assert upped_nodes(pulumi_root) == [], "nothing applied"
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 2, "nothing changed"
+
+
+def test_burst_run_refuses_a_metrics_port_in_use(
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """It failed with a traceback after the interruption consumer had started."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = _burst_run(["--metrics-port", port], moto_url, project, pulumi_root, {"asgName": GROUP})
+    _refused(result, "--metrics-port", asg, pulumi_root)

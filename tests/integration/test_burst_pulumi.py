@@ -4,7 +4,7 @@ The Pulumi CLI cannot be obtained here. The fake below stands at the process bou
 Automation API drives: it records every argv and answers like the real CLI for the commands a
 select + config set + up makes (version check, `stack select`, `config set` written into the
 stack's YAML as the CLI writes it, `up`, `stack output --json`, `stack history --json`), including
-the DIY backend's lock-conflict message. Anything else fails loudly, so a change in what the
+the DIY backend's lock-conflict message and a `stack output` the backend fails once (`fail_outputs`). Anything else fails loudly, so a change in what the
 Automation API sends shows here. Given FAKE_PULUMI_ASG_URL and FAKE_PULUMI_ASG_GROUP (moto's
 server and a group in it), `up` also sets that group's desired capacity to burstNodes, as the
 SpotBurst component does, so the controller test runs the whole loop.
@@ -127,10 +127,16 @@ elif argv[0] == "up":
     print(f"Updating ({stack})\n")
     print(f" ~  aws:autoscaling:Group {stack}-spot update [diff: ~desiredCapacity]")
     print("Resources:\n    ~ 1 updated\n    12 unchanged\n\nDuration: 1s")
-    history = {"kind": "update", "startTime": now(), "endTime": now(), "message": "", "environment": {"exec.kind": "auto.local"},
+    history = {"kind": "update", "startTime": now(), "endTime": now(), "message": flag("--message") or "", "environment": {"exec.kind": "auto.local"},
                "config": {}, "result": "succeeded", "version": 7, "resourceChanges": {"same": 12, "update": 1}}
     open(os.path.join(state, "history.json"), "w").write(json.dumps([history]))
 elif argv[:3] == ["stack", "output", "--json"]:
+    failing = os.path.join(state, "fail_outputs")
+    if os.path.exists(failing):
+        # The backend unreachable for a moment (Pulumi Cloud's 5xx, a DIY bucket's timeout).
+        os.remove(failing)
+        sys.stderr.write("error: could not get stack outputs: 502 Bad Gateway\n")
+        sys.exit(255)
     path = os.path.join(state, "outputs.json")
     print(open(path).read() if os.path.exists(path) else "{}")
 elif argv[:3] == ["stack", "history", "--json"]:
