@@ -304,11 +304,21 @@ class Controller:
     def _fleet(self, inflight: dict[str, int]) -> tuple[list[Node], dict[Pool, float]]:
         prices = self.prices.current()
         group = self._group()
+        # The group launches every node at its own max price, new ones too: the policy must
+        # reserve that for launches as well as for the nodes it sees. Read every step: raised (or
+        # removed, so AWS bills up to on-demand) since the start, it is what AWS may bill now; never
+        # lowered, as nodes launched before keep the max price they were launched at.
         reserve = self.policy.model.fleet_max_price
-        if reserve is None:
-            # The group launches every node at its own max price, new ones too: the policy must
-            # reserve that for launches as well as for the nodes it sees.
-            reserve = group_max_price(group, self.prices.instance_types)
+        current = group_max_price(group, self.prices.instance_types)
+        # The group states its price to 4 decimals (components/burst.py): no rise within that.
+        if reserve is None or current > float(f"{reserve:.4f}"):
+            if reserve is not None:
+                log.warning(
+                    "the burst group's max price rose to %.4f $/h (was %.4f): reserved from now",
+                    current,
+                    reserve,
+                )
+            reserve = current
             self.policy.model = replace(self.policy.model, fleet_max_price=reserve)
         return fleet_view(group, prices, inflight, reserve), prices
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_FLOOR, Decimal
 
 from gpufleet.model.catalog import GPUS_PER_NODE_MAX, SERVING_MODELS, ReplicaShape, replica_shape
 from gpufleet.model.checks import dominant_gpu
@@ -242,8 +243,12 @@ def spot_max_price(burst: Burst) -> float | None:
 
     Without one AWS may bill up to on-demand, and a fleet sized under today's prices could
     cross the cap tomorrow; with one, `max_nodes` nodes never cost more than `max_hourly_usd`.
+    The group is given it to 4 decimals (components/burst.py): rounded down here, not up there.
     """
-    return burst.max_hourly_usd / burst.max_nodes if burst.max_nodes else None
+    if not burst.max_nodes:
+        return None
+    share = Decimal(repr(burst.max_hourly_usd)) / burst.max_nodes
+    return float(share.quantize(Decimal("0.0001"), rounding=ROUND_FLOOR))
 
 
 def _burst(inv: Inventory) -> BurstPlan | None:

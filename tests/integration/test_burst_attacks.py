@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 from gpufleet.burst.actuate import BURST_NODES_KEY, ActuationError, AsgActuator, PulumiActuator, StackBusy
+from gpufleet.burst.controller import Controller, SpotPrices, group_max_price
 from gpufleet.burst.interrupt import INTERRUPTION, Drainer, Interruptions, WarningQueue, parse_event
+from gpufleet.burst.policy import CapacityModel, Gpufleet
+from gpufleet.burst.signal import Reading
 from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     ACCOUNT,
     GROUP,
@@ -335,3 +338,61 @@ def test_burst_run_refuses_a_metrics_port_in_use(
         port = str(taken.getsockname()[1])
         result = _burst_run(["--metrics-port", port], moto_url, project, pulumi_root, {"asgName": GROUP})
     _refused(result, "--metrics-port", asg, pulumi_root)
+
+
+# --- the $/hour cap ---------------------------------------------------------------------------
+
+
+class _Busy:
+    """A load far past what the fleet serves, as Triton's counters would show it."""
+
+    def read(self, t: float) -> Reading:
+        return Reading(interval_s=15.0, request_rps=50.0, queue_wait_s=30.0, pending=400.0, gpu_util=1.0)
+
+
+def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """The controller read the group's Spot max price once, at start. Here the group's SpotMaxPrice
+    was removed since (AWS then bills up to on-demand, twice what was read): it went on sizing
+    the fleet at the old price, to twice the cap."""
+    types = ["p5en.48xlarge", "p5e.48xlarge"]
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    now_billed = group_max_price(group, types)
+    read_at_start = now_billed / 2
+    capacity = CapacityModel(
+        onprem_replicas=1,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=4.5 * read_at_start,  # room for 4 nodes at the old price, 2 at today's
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+        fleet_max_price=read_at_start,
+    )
+    controller = Controller(
+        policy=Gpufleet(capacity, average_s=1.0, cooldown_s=0.0),
+        source=_Busy(),
+        prices=SpotPrices(_aws("ec2", moto_url), types),
+        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK,
+            work_dir=project,
+            pulumi_root=pulumi_root,
+            lock_dir=project / ".locks",
+            env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP},
+        ),
+        replica_rps=1.0,
+    )
+    for i in range(3):
+        controller.step(1000.0 + 15 * i)
+    desired = int(
+        asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
+            "DesiredCapacity"
+        ]
+    )
+    assert desired * now_billed <= capacity.max_hourly_usd, (
+        f"{desired} nodes may bill {desired * now_billed:.0f} $/h"
+    )

@@ -155,6 +155,22 @@ def test_site_plan_kubernetes_and_serving() -> None:
     assert plan.burst.spot_max_price_usd == 50.0
 
 
+@pytest.mark.parametrize(("cap", "nodes"), [(400.0, 6), (1000.0, 3), (100.0, 7), (0.3, 1), (333.33, 9)])
+def test_spot_max_price_never_lets_a_full_fleet_pass_the_cap(cap: float, nodes: int) -> None:
+    """The group states its max price to 4 decimals: 400/6 was written 66.6667 (rounded up), and
+    six nodes could bill 400.0002 $/h against a 400 cap (the controller, reading it back, never
+    ran the sixth)."""
+    from gpufleet.plan.site import spot_max_price
+
+    burst = load_inventory("dc1").site.burst
+    assert burst is not None
+    price = spot_max_price(burst.model_copy(update={"max_hourly_usd": cap, "max_nodes": nodes}))
+    assert price is not None
+    assert price == round(price, 4), "the price the group is given is the price planned"
+    assert nodes * float(f"{price:.4f}") <= cap
+    assert cap - nodes * price < nodes * 0.0001, "no more than the 4th decimal given up"
+
+
 @pytest.mark.parametrize(
     ("model", "gpu", "tp", "nodes"),
     [
