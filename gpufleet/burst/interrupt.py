@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -61,6 +62,15 @@ class Warning:
         return self.at + SPOT_NOTICE_S - DRAIN_MARGIN_S
 
 
+# EC2's instance ids. What else an event names goes into the log: one printable line each, or a
+# forged message writes log lines of its own.
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+
+
+def _one_line(*texts: str) -> bool:
+    return all(text.isprintable() and len(text) <= 256 for text in texts)
+
+
 def _json(body: str) -> Any:
     """The body's JSON; None when it is not JSON (nesting deeper than the parser recurses included)."""
     try:
@@ -85,7 +95,9 @@ def parse_event(body: str, receipt: str) -> Warning | None:
     event_id, account, region = (str(event.get(k, "")) for k in ("id", "account", "region"))
     if event.get("source") == "aws.ec2" and kind_text in (INTERRUPTION, REBALANCE):
         instance = detail.get("instance-id")
-        if not isinstance(instance, str):
+        if not isinstance(instance, str) or not _INSTANCE_ID.fullmatch(instance):
+            return None
+        if not _one_line(event_id, account, region):
             return None
         kind = "interruption" if kind_text == INTERRUPTION else "rebalance"
         return Warning(
@@ -100,6 +112,10 @@ def parse_event(body: str, receipt: str) -> Warning | None:
     if event.get("source") == "aws.autoscaling" and kind_text == TERMINATE_HOOK:
         fields = ("EC2InstanceId", "LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")
         if not all(isinstance(detail.get(f), str) for f in fields):
+            return None
+        if not _INSTANCE_ID.fullmatch(detail["EC2InstanceId"]):
+            return None
+        if not _one_line(*(detail[f] for f in fields[1:]), event_id, account, region):
             return None
         action = LifecycleAction(
             hook=detail["LifecycleHookName"],

@@ -79,6 +79,34 @@ def test_deeply_nested_json_is_not_an_event(body: str) -> None:
     assert parse_event(body, "r") is None
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("instance", "i-0123456789abcdef0\n[19:40:00] WARNING  spot interruption for i-0aaa handled"),
+        ("instance", "i-\udc80"),
+        ("instance", "../../etc/passwd"),
+        ("account", "123456789012\nforged"),
+        ("region", "us-east-1\u202eforged"),
+        ("id", "x" * 10_000),
+    ],
+)
+def test_an_event_whose_fields_would_forge_log_lines_is_not_an_event(field: str, value: str) -> None:
+    """What an event names goes into the log: a newline in it wrote a line of the attacker's."""
+    now = datetime.now(UTC)
+    fields = {"instance": "i-0123456789abcdef0", "account": ACCOUNT, "region": REGION, "id": "e-1"}
+    fields[field] = value
+    body = _event(
+        INTERRUPTION,
+        fields["instance"],
+        now,
+        event_id=fields["id"],
+        account=fields["account"],
+        region=fields["region"],
+    )
+    assert parse_event(body, "r") is None
+    assert parse_event(_event(INTERRUPTION, "i-0123456789abcdef0", now), "r") is not None
+
+
 def test_a_poison_message_is_dropped_with_its_reason_and_spares_its_batch(
     asg: Any,  # noqa: F811
     kube: Any,  # noqa: F811
