@@ -186,7 +186,8 @@ class PulumiActuator:
                 stack = self._stack()
                 previous = self._declared(stack)
                 stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=str(count)))
-            except auto.CommandError as exc:
+            except (auto.CommandError, auto.InvalidVersionError, OSError, ValueError) as exc:
+                # Nothing declared yet: the CLI failed, is too old, could not start, or answered garbage.
                 raise ActuationError(
                     f"stack {self.stack}: cannot declare {count} burst nodes: {_error(exc)}"
                 ) from None
@@ -196,19 +197,28 @@ class PulumiActuator:
                 result = self._up(stack, message)
             except StaleLock as exc:
                 raise StaleLock(f"{exc}; {self._restore(stack, previous)}") from None
-            except auto.CommandError as exc:
+            except (auto.CommandError, OSError) as exc:
+                # A failed command or one that could not start; the Automation API also reads outputs
+                # and summary after the up, in the same call: if the up applied, the stack's history
+                # says so, and the stack file keeps what it applied.
+                why = _error(exc)
                 if self._succeeded(stack, message):
-                    # The Automation API reads outputs and summary after the up, in the same call:
-                    # the up applied, and the stack file keeps what it applied.
                     return Applied(
                         stack=self.stack,
                         burst_nodes=count,
-                        summary=f"applied; its summary could not be read: {_error(exc)}",
+                        summary=f"applied; its summary could not be read: {why}",
                     )
                 restored = self._restore(stack, previous)
                 raise ActuationError(
-                    f"stack {self.stack}: pulumi up for {count} burst nodes failed: {_error(exc)}; {restored}"
+                    f"stack {self.stack}: pulumi up for {count} burst nodes failed: {why}; {restored}"
                 ) from None
+            except (ValueError, LookupError, TypeError) as exc:
+                # Only an up that exited 0 gets its output parsed: it applied, its summary is unreadable.
+                return Applied(
+                    stack=self.stack,
+                    burst_nodes=count,
+                    summary=f"applied; its summary could not be read: {type(exc).__name__}: {exc}",
+                )
         changes = result.summary.resource_changes or {}
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(changes.items())) or "no changes"
         return Applied(stack=self.stack, burst_nodes=count, summary=summary)
@@ -236,7 +246,7 @@ class PulumiActuator:
                 stack.remove_config(BURST_NODES_KEY)
             else:
                 stack.set_config(BURST_NODES_KEY, auto.ConfigValue(value=previous))
-        except auto.CommandError as exc:
+        except (auto.CommandError, OSError) as exc:
             return (
                 f"the stack file still declares the failed size and could not be restored ({_error(exc)}): "
                 f"pulumi config set {BURST_NODES_KEY} {previous} --stack {self.stack}"
@@ -263,7 +273,7 @@ class PulumiActuator:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 
-def _error(exc: auto.CommandError) -> str:
+def _error(exc: Exception) -> str:
     """The CLI's own error lines (stderr), not the whole command dump."""
     text = str(exc).strip()
     lines = [line[line.index("error:") :].strip() for line in text.splitlines() if "error:" in line]

@@ -208,6 +208,48 @@ def test_an_up_that_applied_is_not_undone_when_reading_its_outputs_fails(
     assert declared[BURST_NODES_KEY] == "5"
 
 
+def test_an_up_whose_outputs_are_garbage_applied_and_says_so(
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """The up exited 0 and the Automation API then failed to parse what `stack output` printed:
+    the ValueError reached the loop's last-resort handler as an unexpected error."""
+    (pulumi_root.parent / "state" / "outputs.json").write_text("{not json")
+    actuator = PulumiActuator(
+        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+    )
+    applied = actuator.set_burst_nodes(3)
+    assert upped_nodes(pulumi_root) == ["3"]
+    assert "could not be read" in applied.summary
+    declared = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    assert declared[BURST_NODES_KEY] == "3"
+
+
+def test_an_up_that_could_not_start_leaves_the_stack_file_as_it_was(
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI could not be started for the up (no file descriptors left, the binary gone): an
+    OSError, not a CommandError, left the stack file declaring a size no up applied."""
+    from pulumi import automation as auto
+
+    path = project / "stacks" / f"Pulumi.{STACK}.yaml"
+    before = yaml.safe_load(path.read_text())["config"][BURST_NODES_KEY]
+
+    def cannot_start(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(auto.Stack, "up", cannot_start)
+    actuator = PulumiActuator(
+        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+    )
+    with pytest.raises(ActuationError, match=r"Too many open files.*restored"):
+        actuator.set_burst_nodes(5)
+    assert str(yaml.safe_load(path.read_text())["config"][BURST_NODES_KEY]) == str(before)
+    assert upped_nodes(pulumi_root) == []
+
+
 @pytest.mark.parametrize("answer", ["{not json", "[1, 2]", '"text"'])
 def test_outputs_that_are_not_an_object_are_an_actuation_error(
     answer: str,
