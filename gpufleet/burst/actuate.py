@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 from pulumi import automation as auto
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -332,10 +334,29 @@ class AsgActuator:
             return desired + count
 
     def retire(self, instance_id: str) -> None:
-        """Take one chosen instance out (after its drain), lowering desired capacity with it."""
-        self.client.terminate_instance_in_auto_scaling_group(
-            InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
-        )
+        """Take one chosen instance out (after its drain), lowering desired capacity with it. One
+        already on its way out is retired: a scale-in and a Spot warning for the same node both
+        retire it, and the group lowered its desired capacity for the first."""
+        try:
+            self.client.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
+            )
+        except (BotoCoreError, ClientError, ResponseParserError):
+            if not self._leaving(instance_id):
+                raise
+
+    def _leaving(self, instance_id: str) -> bool:
+        """Whether the instance is no longer, or no longer for long, in the group."""
+        groups = self.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])[
+            "AutoScalingGroups"
+        ]
+        states = [
+            i.get("LifecycleState", "")
+            for g in groups
+            for i in g.get("Instances", [])
+            if i.get("InstanceId") == instance_id
+        ]
+        return bool(groups) and all(s.startswith("Terminat") for s in states)
 
 
 @dataclass

@@ -304,11 +304,21 @@ def stack_output(
 def at_start(option: str, what: str, call: Callable[[], T]) -> T:
     """A call the controller needs before its first step (AWS, Kubernetes): its failure is one line."""
     from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
     from kubernetes.config import ConfigException
 
+    errors = (
+        BotoCoreError,
+        ClientError,
+        ResponseParserError,
+        ConfigException,
+        OSError,
+        ValueError,
+        TypeError,
+    )
     try:
         return call()
-    except (BotoCoreError, ClientError, ConfigException, OSError, ValueError, TypeError) as exc:
+    except errors as exc:
         message = " ".join(str(exc).split())
         raise _refuse(option, f"{what}: {message}") from None
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -220,6 +221,7 @@ class Metrics:
 SERVICE_ERRORS: tuple[type[Exception], ...] = (
     BotoCoreError,
     ClientError,
+    ResponseParserError,  # an answer that is not AWS's (a proxy's error page); not a BotoCoreError
     OpenApiException,
     Urllib3Error,
     OSError,

@@ -12,8 +12,10 @@ body (256 KiB, XML characters only) are not exercised: the parser is also fed bo
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -466,3 +468,132 @@ def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
     assert desired * now_billed <= capacity.max_hourly_usd, (
         f"{desired} nodes may bill {desired * now_billed:.0f} $/h"
     )
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+class _Idle:
+    def read(self, t: float) -> Reading:
+        return Reading(interval_s=15.0, request_rps=0.0, queue_wait_s=0.0, pending=0.0, gpu_util=0.0)
+
+
+def test_a_scale_in_whose_node_a_spot_warning_retired_first_does_not_grow_the_group(
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+) -> None:
+    """A scale-in drains a node while its interruption warning's handler drains it too and retires
+    it first. The scale-in's own retirement then failed, the node was counted as staying, and the
+    up declared one node more than the policy kept: the group launched a node nobody asked for."""
+    types = ["p5en.48xlarge", "p5e.48xlarge"]
+    AsgActuator(GROUP, 6, asg).set_desired(3)
+    instances = _instances(asg)
+    for i, instance in enumerate(instances):
+        _node(kube, f"n{i}", instance)
+    drainer = Drainer(kube.core, poll_s=0.05)
+    raced: list[str] = []
+    plain_drain = drainer.drain
+
+    def drain_raced_by_a_warning(node: str, deadline: float) -> Any:
+        report = plain_drain(node, deadline)
+        if not raced:
+            # The warning's handler got there first: its drain ended, it retired the instance.
+            raced.append(drainer.instances_by_node()[node])
+            AsgActuator(GROUP, 6, asg).retire(raced[0])
+        return report
+
+    drainer.drain = drain_raced_by_a_warning  # type: ignore[method-assign]
+    capacity = CapacityModel(
+        onprem_replicas=1,
+        replicas_per_node=1,
+        max_nodes=6,
+        max_hourly_usd=1000.0,
+        boot_to_serve_s=60.0,
+        slo_queue_wait_s=2.0,
+    )
+    controller = Controller(
+        policy=Gpufleet(capacity, average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
+        source=_Idle(),
+        prices=SpotPrices(_aws("ec2", moto_url), types),
+        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
+        pulumi=PulumiActuator(
+            stack=STACK,
+            work_dir=project,
+            pulumi_root=pulumi_root,
+            lock_dir=project / ".locks",
+            env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP},
+        ),
+        replica_rps=1.0,
+        drainer=drainer,
+    )
+    decision = None
+    for i in range(6):
+        decision = controller.step(1000.0 + 15 * i) or decision
+        if decision is not None and decision.drain:
+            break
+    assert decision is not None and decision.drain, "the idle fleet was scaled in"
+    assert raced, "the race was run"
+    kept = len(instances) - len(decision.drain)
+    assert upped_nodes(pulumi_root)[-1] == str(kept), "the up declared what the policy kept"
+    assert len(_instances(asg)) == kept
+
+
+class _ProxyPage(BaseHTTPRequestHandler):
+    """What a proxy in front of AWS answers when it refuses (Apache's page): not AWS's XML."""
+
+    def do_POST(self) -> None:
+        body = (
+            b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html><head>\n'
+            b"<title>403 Forbidden</title>\n</head><body>\n<h1>Forbidden</h1>\n</body></html>\n"
+        )
+        self.send_response(403)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_an_aws_answer_that_is_not_aws_s_is_a_service_error(
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's ResponseParserError is not a BotoCoreError: it reached the loop's last resort,
+    and in a scale-in it stopped every retirement after the first."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+        capacity = CapacityModel(
+            onprem_replicas=1,
+            replicas_per_node=1,
+            max_nodes=6,
+            max_hourly_usd=1000.0,
+            boot_to_serve_s=60.0,
+            slo_queue_wait_s=2.0,
+        )
+        controller = Controller(
+            policy=Gpufleet(capacity),
+            source=_Idle(),
+            prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
+            asg=AsgActuator(GROUP, 6, _aws("autoscaling", proxy)),
+            pulumi=PulumiActuator(
+                stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
+            ),
+            replica_rps=1.0,
+        )
+        assert controller.step(1000.0) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "step failed, fleet unchanged: ResponseParserError" in caplog.text
+    assert "unexpected error" not in caplog.text
+    assert upped_nodes(pulumi_root) == []
