@@ -42,12 +42,18 @@ class Trace:
 
 
 CSV_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+# What a trace may span: the simulator's longest horizon (`--hours` is at most 24); at least a second,
+# as a trace is replayed end to end to fill the horizon (one of no length never fills it).
+MAX_TRACE_S = 24 * 3600.0
+MIN_TRACE_S = 1.0
 
 
 class _JsonlRow(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    timestamp: float = Field(ge=0, description="milliseconds from the start of the trace")
+    timestamp: float = Field(
+        ge=0, allow_inf_nan=False, description="milliseconds from the start of the trace"
+    )
     input_length: int = Field(ge=0)
     output_length: int = Field(ge=0)
     hash_ids: list[int] | None = None
@@ -67,6 +73,13 @@ def load_trace(path: Path) -> Trace:
         raise InputError(source, [Problem((), "trace has no requests")])
     requests.sort()
     start = requests[0].arrival_s
+    span = requests[-1].arrival_s - start
+    if span < MIN_TRACE_S:
+        raise InputError(
+            source, [Problem((), "trace spans no time: its requests all arrive within a second")]
+        )
+    if span > MAX_TRACE_S:
+        raise InputError(source, [Problem((), f"trace spans {span / 3600:.3g} h: at most 24 h")])
     return Trace(
         name=path.stem,
         requests=tuple(Request(r.arrival_s - start, r.input_tokens, r.output_tokens) for r in requests),
@@ -120,6 +133,8 @@ def _read_jsonl(text: str, source: str) -> list[Request]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(where, [Problem((), f"not JSON: {exc.msg} at column {exc.colno}")]) from None
+        except RecursionError:
+            raise InputError(where, [Problem((), "not JSON: nested deeper than the parser goes")]) from None
         try:
             row = _JsonlRow.model_validate(data)
         except ValidationError as exc:

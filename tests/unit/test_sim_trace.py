@@ -81,6 +81,23 @@ BAD = [
         '{"timestamp": 0, "input_length": 1, "output_length": 1, "x": 2}\n',
         "a.jsonl:1: x: unknown key",
     ),
+    # Found by the attacker review: each of these hung the simulator, or raised through the CLI.
+    ("a.jsonl", "[" * 100_000 + "\n", "a.jsonl:1: not JSON: nested"),
+    (
+        "a.jsonl",
+        '{"timestamp": 0, "input_length": 1, "output_length": 1}\n'
+        '{"timestamp": 1e308, "input_length": 1, "output_length": 1}\n',
+        "a.jsonl: trace spans ",
+    ),
+    (
+        "a.jsonl",
+        '{"timestamp": 0, "input_length": 1, "output_length": 1}\n'
+        '{"timestamp": Infinity, "input_length": 1, "output_length": 1}\n',
+        "a.jsonl:2: timestamp: ",
+    ),
+    ("a.csv", CSV_HEADER + "0001-01-01 00:00:00,1,1\n9999-12-31 23:59:59,1,1\n", "a.csv: trace spans "),
+    ("a.csv", CSV_HEADER + "2023-11-16 18:17:03.1,1,1\n", "a.csv: trace spans no time"),
+    ("a.csv", CSV_HEADER + "2023-11-16 18:17:03.1,1,1\n" * 3, "a.csv: trace spans no time"),
     ("a.jsonl", "\n\n", "a.jsonl: trace is empty"),
     ("a.csv", CSV_HEADER, "a.csv: trace has no requests"),
 ]
