@@ -274,7 +274,7 @@ class Interruptions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def why_not(self, warning: Warning, members: set[str]) -> str:
+    def why_not(self, warning: Warning, members: dict[str, str]) -> str:
         """Why this warning is not acted on; "" when it is."""
         if warning.account != self.account:
             return f"account {warning.account or '?'} is not {self.account}"
@@ -284,6 +284,9 @@ class Interruptions:
             return f"lifecycle event of group {warning.action.group}"
         if warning.action is None and warning.instance_id not in members:
             return f"{warning.instance_id} is not in group {self.asg.group}"
+        if warning.action is not None and not members.get(warning.instance_id, "").startswith("Terminating"):
+            # The hook holds the instance in Terminating:Wait; one in service was never let go.
+            return f"{warning.instance_id} is not terminating in group {self.asg.group}"
         notice = self.hook_timeout_s if warning.action is not None else SPOT_NOTICE_S
         if warning.at - self.clock() > CLOCK_SKEW_S:
             return f"dated {warning.at - self.clock():.0f}s ahead of this clock"
@@ -320,11 +323,14 @@ class Interruptions:
             futures.append(self._pool.submit(self._handle, warning))
         return futures
 
-    def _members(self) -> set[str]:
+    def _members(self) -> dict[str, str]:
+        """The group's instances and their lifecycle states."""
         groups = self.asg.client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.asg.group])[
             "AutoScalingGroups"
         ]
-        return {i["InstanceId"] for g in groups for i in g.get("Instances", [])}
+        return {
+            i["InstanceId"]: str(i.get("LifecycleState", "")) for g in groups for i in g.get("Instances", [])
+        }
 
     def _replace_once(self, warning: Warning) -> str:
         """A rebalance recommendation and the interruption that follows it need one replacement."""

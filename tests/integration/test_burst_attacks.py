@@ -33,6 +33,7 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     REGION,
     _aws,
     _event,
+    _hook_event,
     _instances,
     _node,
     asg,
@@ -107,6 +108,90 @@ def test_an_event_whose_fields_would_forge_log_lines_is_not_an_event(field: str,
     )
     assert parse_event(body, "r") is None
     assert parse_event(_event(INTERRUPTION, "i-0123456789abcdef0", now), "r") is not None
+
+
+def test_a_forged_lifecycle_event_of_our_own_group_does_not_drain_a_serving_node(
+    asg: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+) -> None:
+    """A termination hook event names an instance the group holds in Terminating:Wait. One naming
+    an instance in service (forged, or replayed after the group changed its mind) drained it: the
+    node stayed cordoned and empty, and completing the action then failed."""
+    consumer, sqs, queue_url = _consumer(asg, kube, moto_url)
+    serving = _instances(asg)[0]
+    _node(kube, "n1", serving)
+    kube.add_pod("serving", "triton-0", "n1")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_hook_event(serving, GROUP, datetime.now(UTC), "forged"))
+    assert consumer.poll() == []
+    assert kube.pod_names() == ["serving/triton-0"]
+    assert [c for c in kube.calls if c[0] != "GET"] == [], "nothing cordoned"
+    consumer.stop()
+
+
+def test_the_groups_own_termination_hook_is_still_drained(kube: Any, moto_url: str) -> None:  # noqa: F811
+    """The other side of the check above: an instance in Terminating:Wait is drained and let go.
+    moto's hooks never fire, so the group's answer and CompleteLifecycleAction are botocore's
+    Stubber, checked against the AWS API model; the queue is moto's."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "autoscaling", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    instance = "i-0123456789abcdef0"
+    _node(kube, "n9", instance)
+    kube.add_pod("serving", "triton-9", "n9")
+    sqs = _aws("sqs", moto_url)
+    queue_url = sqs.create_queue(QueueName=f"hook-{time.monotonic_ns()}")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_hook_event(instance, GROUP, datetime.now(UTC), "real"))
+    group = {
+        "AutoScalingGroupName": GROUP,
+        "MinSize": 0,
+        "MaxSize": 6,
+        "DesiredCapacity": 1,
+        "DefaultCooldown": 300,
+        "AvailabilityZones": [f"{REGION}a"],
+        "HealthCheckType": "EC2",
+        "CreatedTime": datetime.now(UTC),
+        "Instances": [
+            {
+                "InstanceId": instance,
+                "AvailabilityZone": f"{REGION}a",
+                "LifecycleState": "Terminating:Wait",
+                "HealthStatus": "Healthy",
+                "ProtectedFromScaleIn": False,
+            }
+        ],
+    }
+    with Stubber(client) as stub:
+        stub.add_response(
+            "describe_auto_scaling_groups", {"AutoScalingGroups": [group]}, {"AutoScalingGroupNames": [GROUP]}
+        )
+        stub.add_response(
+            "complete_lifecycle_action",
+            {},
+            {
+                "LifecycleHookName": "burst-prod-drain",
+                "AutoScalingGroupName": GROUP,
+                "LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+                "LifecycleActionResult": "CONTINUE",
+                "InstanceId": instance,
+            },
+        )
+        consumer = Interruptions(
+            queue=WarningQueue(sqs, queue_url, wait_s=0),
+            drainer=Drainer(kube.core, poll_s=0.05),
+            asg=AsgActuator(GROUP, max_nodes=6, client=client),
+            replace_for=lambda warning: "no replacement: not under test",
+            account=ACCOUNT,
+            region=REGION,
+        )
+        (handled,) = [f.result(timeout=60) for f in consumer.poll()]
+        stub.assert_no_pending_responses()
+    assert handled is not None and handled.drain is not None
+    assert handled.drain.evicted == ("serving/triton-9",)
+    consumer.stop()
 
 
 def test_a_poison_message_is_dropped_with_its_reason_and_spares_its_batch(
