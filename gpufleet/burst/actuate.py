@@ -127,6 +127,9 @@ class PulumiActuator:
                 f"the Pulumi CLI is not installed (no {where}; see pulumi.com/docs/install, "
                 "or --pulumi-root DIR)"
             ) from None
+        except auto.InvalidVersionError as exc:  # too old, or not Pulumi at all
+            where = f"{self.pulumi_root}/bin/pulumi" if self.pulumi_root else "`pulumi` on PATH"
+            raise ActuationError(f"the Pulumi CLI {where} cannot be used: {exc}") from None
         options = auto.LocalWorkspaceOptions(
             work_dir=str(self.work_dir), pulumi_command=command, env_vars=self.env
         )

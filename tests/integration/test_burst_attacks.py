@@ -449,6 +449,8 @@ def _burst_run(
         "--aws-endpoint": moto_url,
         "--metrics-port": str(free_port()),
         "--triton-metrics": "http://127.0.0.1:1/metrics",
+        "--pulumi-root": str(pulumi_root),
+        "--work-dir": str(project),
     }
     if "--prometheus" in given:
         defaults.pop("--triton-metrics")
@@ -463,10 +465,6 @@ def _burst_run(
             *extra,
             "--iterations",
             "1",
-            "--pulumi-root",
-            str(pulumi_root),
-            "--work-dir",
-            str(project),
         ],
         env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "COLUMNS": "200"},
     )
@@ -682,3 +680,22 @@ def test_an_aws_answer_that_is_not_aws_s_is_a_service_error(
     assert "step failed, fleet unchanged: ResponseParserError" in caplog.text
     assert "unexpected error" not in caplog.text
     assert upped_nodes(pulumi_root) == []
+
+
+@pytest.mark.parametrize("version", ["v2.0.0", "not a version"])
+def test_burst_run_with_a_pulumi_cli_it_cannot_use_says_so_in_one_line(
+    version: str,
+    asg: Any,  # noqa: F811
+    moto_url: str,  # noqa: F811
+    project: Path,  # noqa: F811
+    pulumi_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The Automation API's InvalidVersionError is not a CommandError: it went out as a traceback."""
+    old = tmp_path / "old-pulumi"
+    (old / "bin").mkdir(parents=True)
+    (old / "bin" / "pulumi").write_text(f"#!/bin/sh\necho '{version}'\n")
+    (old / "bin" / "pulumi").chmod(0o755)
+    result = _burst_run(["--pulumi-root", str(old)], moto_url, project, pulumi_root, {"asgName": GROUP})
+    _refused(result, "--asg", asg, pulumi_root)
+    assert "Pulumi CLI" in result.stderr
