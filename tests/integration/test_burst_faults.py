@@ -5,7 +5,8 @@ More than a thousand random faults: garbage query answers (non-JSON, `[]`, bodie
 matrices, values that are not numbers, NaN, infinities, negative rates, 500s; the gateway's shed
 and degraded rates among them), failed ups, a stack lock held by another update or another
 operation of this controller, and Spot messages that are duplicated, reordered, stale, foreign
-(account, region, group, instance) or not events at all. After every step: nothing escaped (not
+(account, region, group, instance), dated ahead, with fields that would forge log lines, or not
+events at all (deep JSON among them). After every step: nothing escaped (not
 even to the loop's last-resort handler), an unusable signal scaled nothing in and ran no up, the
 fleet and every desired capacity stayed under the cap, the stack file declares what the last
 successful up applied, and no instance was replaced twice.
@@ -232,6 +233,8 @@ def test_a_thousand_random_faults(
                 "other-group",
                 "own-hook",
                 "stranger",
+                "future",
+                "forged-field",
                 "garbage",
             ]
         )
@@ -259,8 +262,22 @@ def test_a_thousand_random_faults(
             return [_hook_event(some, GROUP, now, event_id=f"own-{serial}")]
         if kind == "stranger":
             return [_event(INTERRUPTION, f"i-{serial:017x}", now, event_id=f"str-{serial}")]
+        if kind == "future":
+            # Dated ahead: its deadline would hold a drain that long.
+            return [_event(INTERRUPTION, some, now + timedelta(days=rng.randint(1, 3650)), f"fut-{serial}")]
+        if kind == "forged-field":
+            return [_event(INTERRUPTION, f"{some}\n[00:00:00] forged log line", now, event_id=f"ff-{serial}")]
         return [
-            rng.choice(["{", "[]", "null", '{"detail": 5}', json.dumps({"source": "aws.ec2", "detail": {}})])
+            rng.choice(
+                [
+                    "{",
+                    "[]",
+                    "null",
+                    '{"detail": 5}',
+                    json.dumps({"source": "aws.ec2", "detail": {}}),
+                    "[" * 50_000,  # nested past the parser: RecursionError, not a decode error
+                ]
+            )
         ]
 
     for i in range(STEPS):
