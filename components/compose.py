@@ -21,6 +21,7 @@ from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
 from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
 from gpufleet.plan.aws import plan_burst, plan_fleet
+from gpufleet.plan.degrade import degraded_workload
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
@@ -175,6 +176,17 @@ def onprem(stack: Stack) -> None:
                 ),
                 pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform, serving]),
             )
+            degraded = degraded_workload(inv, plan, fleet)
+            if degraded is not None:  # lever 1: scaled from 0 by the burst controller
+                DeepSeekServing(
+                    "serving-degraded",
+                    DeepSeekServingArgs(workload=degraded, standby=True),
+                    pulumi.ResourceOptions(
+                        providers=[platform.provider],
+                        depends_on=[platform, serving],
+                        transformations=[awaited(ONPREM_SERVING_AWAIT)],
+                    ),
+                )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("joinToken", cluster.join_token)
     pulumi.export("caCertHash", cluster.ca_cert_hash)

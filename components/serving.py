@@ -254,6 +254,10 @@ class DeepSeekServingArgs:
     # A canary replica: the stable workload's Service and cache volume serve it too; it adds only
     # its own revision's cache Job.
     canary: bool = False
+    # Replicas the burst controller sets (its Degrader, through the scale subresource): created
+    # at the workload's count (0), never reset by an up; no Service or budget of its own (its pods
+    # join the Service their labels match).
+    standby: bool = False
 
 
 class DeepSeekServing(pulumi.ComponentResource):
@@ -281,6 +285,13 @@ class DeepSeekServing(pulumi.ComponentResource):
         # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
         # would otherwise own it and reset the HPA's count on every up).
         replicas = {"replicas": w.replicas} if w.autoscale_max is None else {}
+        if args.standby:
+            # Pulumi's server-side apply leaves out an ignored field another manager owns: the
+            # controller's count stays (pulumi-kubernetes >= 4.9, which pyproject requires).
+            after_config = pulumi.ResourceOptions.merge(
+                after_config, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
+        own_objects = not (args.canary or args.standby)
         if w.multi_node:
             selector[LWS_LEADER_LABEL] = "0"
             workload: pulumi.CustomResource = k8s.apiextensions.CustomResource(
@@ -321,7 +332,7 @@ class DeepSeekServing(pulumi.ComponentResource):
                 opts=after_config,
             )
             target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name}
-        if not args.canary:
+        if own_objects:
             k8s.core.v1.Service(
                 f"{name}-service",
                 metadata={"name": w.name, **meta},
@@ -338,7 +349,7 @@ class DeepSeekServing(pulumi.ComponentResource):
         # Every pod of every group, the canary's included (one budget: two would let a drain take
         # a stable replica and the canary at once): evicting any pod of a group takes the whole
         # group down (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
-        if not args.canary:
+        if own_objects:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={"name": w.name, **meta},

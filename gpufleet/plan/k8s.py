@@ -113,6 +113,9 @@ class Workload(Frozen):
     autoscale_max: int | None  # None: no HPA; replicas follow the plan or stack config (burst)
     queue_target_seconds: float
     engine: dict[str, Any]  # vLLM engine arguments (model.json)
+    # `app.kubernetes.io/component` of its pods: set, they are outside the serving disruption
+    # budgets (gpufleet.plan.degrade's distilled replicas on on-prem GPUs).
+    component: str | None = None
 
     @property
     def model_files(self) -> dict[str, str]:
@@ -129,6 +132,7 @@ class Workload(Frozen):
             "app.kubernetes.io/name": "triton",
             "app.kubernetes.io/instance": self.name,
             "gpufleet.io/capacity": self.capacity,
+            **({"app.kubernetes.io/component": self.component} if self.component else {}),
         }
 
 

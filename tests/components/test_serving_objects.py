@@ -18,6 +18,7 @@ import yaml
 
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import Stack
+from gpufleet.plan.degrade import DEGRADED_COMPONENT
 from gpufleet.plan.k8s import onprem_workload
 from gpufleet.plan.launch import (
     RAY_PORT,
@@ -53,11 +54,13 @@ def _lws_schema() -> dict[str, Any]:
 
 
 def _objects(graph: Graph, type_: str, app: str = "triton") -> list[dict[str, Any]]:
-    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy)."""
+    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy); not the
+    distilled model's standby objects (lever 1: tests/components/test_degraded_serving.py)."""
     return [
         reveal(r.inputs)
         for r in graph.by_type(type_)
         if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app
+        and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") != DEGRADED_COMPONENT
     ]
 
 
@@ -136,6 +139,7 @@ def test_one_cache_download_per_site_and_read_only_replicas(
         for r in graph.resources
         if r.type.endswith(("LeaderWorkerSet", "apps/v1:Deployment"))
         and r.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == "triton"
+        and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") != DEGRADED_COMPONENT
     ]
     specs = []
     for spec in pods:

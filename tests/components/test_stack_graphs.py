@@ -19,7 +19,8 @@ import pytest
 from deploys.node import containerd_config
 from gpufleet.inventory.stacks import Stack, stack_names
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
-from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst
+from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst, plan_fleet
+from gpufleet.plan.degrade import degraded_workload
 from gpufleet.plan.k8s import (
     QUEUE_METRIC,
     burst_workload,
@@ -105,6 +106,18 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                     "kubernetes:core/v1:Service": 1,
                 }
             )
+            degraded = degraded_workload(inv, plan, plan_fleet(inv, source(stack)))
+            if degraded is not None:  # lever 1: the distilled model on on-prem GPUs, replicas 0
+                cache = int(degraded.cache_storage_class is not None)
+                expected += Counter(
+                    {
+                        "gpufleet:serving:DeepSeekServing": 1,
+                        "kubernetes:core/v1:ConfigMap": 1 + cache,
+                        "kubernetes:core/v1:PersistentVolumeClaim": cache,
+                        "kubernetes:batch/v1:Job": cache,
+                        "kubernetes:apps/v1:Deployment": 1,
+                    }
+                )
     return +expected
 
 
