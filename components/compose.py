@@ -10,6 +10,7 @@ import pulumi_kubernetes as k8s
 
 from components.burst import SpotBurst, SpotBurstArgs
 from components.cluster import ClusterRoles, ClusterRolesArgs
+from components.controller import BurstController, BurstControllerArgs
 from components.onprem import NodeSpec, OnPremNodes, OnPremNodesArgs
 from components.platform import (
     CephStorage,
@@ -21,7 +22,8 @@ from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
 from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
 from gpufleet.plan.aws import plan_burst, plan_fleet
-from gpufleet.plan.degrade import degraded_workload
+from gpufleet.plan.controller import plan_controller
+from gpufleet.plan.degrade import degraded_workload, plan_degrade
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
@@ -224,6 +226,12 @@ def burst(stack: Stack, source: str) -> None:
             in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
         ),
     )
+    # The controller itself, where the site names its image; the gateways' runtime API
+    # (--gateway-admin) joins its arguments once the gateway publishes one in the cluster.
+    degrade = plan_degrade(inv, plan_site(inv), aws_plan.fleet)
+    controller = plan_controller(inv, stack.name, degrade, gateway_admin=[])
+    if controller is not None:
+        BurstController("controller", BurstControllerArgs(plan=controller), in_cluster)
     pulumi.export("asgName", spot.asg_name)
     pulumi.export("queueUrl", spot.queue_url)
     pulumi.export("controllerPolicyArn", spot.controller_policy_arn)

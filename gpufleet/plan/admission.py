@@ -76,6 +76,8 @@ GATEWAY_DIR = "/usr/local/etc/haproxy"
 GATEWAY_MAPS = "/etc/gateway-tenants"
 TENANTS_SECRET = "gateway-tenants"
 GATEWAY_REPLICAS = 2
+# The burst controller's pods (gpufleet.plan.controller): the one client of the gateways' runtime API.
+CONTROLLER_LABELS = {"app.kubernetes.io/name": "gpufleet-burst-controller"}
 
 
 # Tenants and their API keys reach HAProxy as map files (`key value...` per line, whitespace
