@@ -20,7 +20,7 @@ from components.platform import (
 from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, site_gateway
 from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.controller import plan_controller
 from gpufleet.plan.degrade import degraded_workload, plan_degrade
@@ -161,13 +161,8 @@ def onprem(stack: Stack) -> None:
             assert inv.bom.gateway_image is not None  # check_serving requires it with a burst
             # Admission in front of the on-prem model, with the burst nodes' model as fallback.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
-            gateway = plan_gateway(
-                plan.serving.slo_queue_wait_p99_s,
-                workload,
-                plan.serving.shape.gpu,
-                burst_workload(inv, plan, fleet, 0),
-                fleet.instances[0].gpu,
-            )
+            gateway = site_gateway(inv, plan, fleet)
+            assert gateway is not None  # a site with burst and a serving shape has one
             AdmissionGateway(
                 "gateway",
                 AdmissionGatewayArgs(

@@ -40,8 +40,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints
 
 from gpufleet.model.catalog import GPUModel, decode_rate
-from gpufleet.plan.k8s import TRITON_HTTP, Workload
+from gpufleet.model.site import Inventory
+from gpufleet.plan.aws import BurstFleet
+from gpufleet.plan.k8s import TRITON_HTTP, Workload, burst_workload, onprem_workload
 from gpufleet.plan.node import Frozen
+from gpufleet.plan.site import SitePlan
 
 Priority = Literal["P0", "P1", "P2"]
 PRIORITIES: tuple[Priority, ...] = ("P0", "P1", "P2")
@@ -273,11 +276,20 @@ def tenants_map(keys: dict[str, Tenant]) -> str:
     return "".join(f"{key} {t.name} {t.priority}\n" for key, t in _keys(keys))
 
 
+def limit_per_window(requests_per_s: float) -> int:
+    """A tenant's limits-map entry: requests allowed per rate window."""
+    return max(1, math.floor(requests_per_s * RATE_WINDOW_S))
+
+
+def boot_limit(limit: int) -> int:
+    """What P1 keeps of its limit while capacity boots: BOOT_P1_SHARE of it, rounded up, as the
+    rendered `mul,add(99),div(100)` computes it (gpufleet.sim's gateway applies this)."""
+    return (limit * round(BOOT_P1_SHARE * 100) + 99) // 100
+
+
 def limits_map(keys: dict[str, Tenant]) -> str:
     """API key -> requests allowed per rate window."""
-    return "".join(
-        f"{key} {max(1, math.floor(t.requests_per_s * RATE_WINDOW_S))}\n" for key, t in _keys(keys)
-    )
+    return "".join(f"{key} {limit_per_window(t.requests_per_s)}\n" for key, t in _keys(keys))
 
 
 class GatewayPlan(Frozen):
@@ -316,6 +328,21 @@ def plan_gateway(
         admission=plan_admission(slo_queue_wait_s, p, f),
         primary=p,
         fallback=f,
+    )
+
+
+def site_gateway(inv: Inventory, plan: SitePlan, fleet: BurstFleet) -> GatewayPlan | None:
+    """The gateway a site with burst capacity runs in front of its on-prem model, as the on-prem
+    stack renders it and the burst simulator routes by it; None: the site has none."""
+    primary = onprem_workload(inv, plan)
+    if inv.site.burst is None or plan.serving is None or plan.serving.shape is None or primary is None:
+        return None
+    return plan_gateway(
+        plan.serving.slo_queue_wait_p99_s,
+        primary,
+        plan.serving.shape.gpu,
+        burst_workload(inv, plan, fleet, 0),
+        fleet.instances[0].gpu,
     )
 
 
