@@ -199,3 +199,19 @@ def test_dc1_dr_moves_its_deployment_through_the_same_calls() -> None:
     # 8 H200 per R1 replica: two TP-4 replicas of the 70B.
     assert fake.writes == [(f"hpa/{PRIMARY}", (2, 3)), (PRIMARY, 3), (DISTILLED, 2)]
     assert not fake.unrecorded
+
+
+def test_degrade_on_a_site_with_nothing_to_degrade_to_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import gpufleet.plan.degrade
+    from gpufleet.cli import app
+
+    # As for a site whose Spot fleet serves the site's own model (no distilled model to move to).
+    monkeypatch.setattr(gpufleet.plan.degrade, "plan_degrade", lambda *a: None)
+    result = CliRunner().invoke(app, ["burst", "run", "burst-prod", "--degrade", "--asg", "g"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "--degrade: site dc1 has nothing to degrade to: its burst fleet serves the site's own model, or a "
+        "model whose tensor parallelism does not divide a replica's GPUs"
+    ]
