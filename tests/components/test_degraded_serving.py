@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from components.serving import LWS_LEADER_LABEL
 from gpufleet.plan.aws import plan_fleet
 from gpufleet.plan.degrade import degraded_workload
 from gpufleet.plan.site import plan_site
@@ -73,28 +74,44 @@ def test_the_distilled_deployment_starts_at_zero_and_is_left_to_the_controller(
         assert not _named(graphs[name], f"kubernetes:{type_}", w.name), type_
 
 
-def test_dc1s_distilled_pods_serve_in_the_fallback_and_never_in_the_primary(graphs: dict[str, Graph]) -> None:
+def test_dc1s_distilled_pods_serve_where_the_burst_pods_do_and_never_in_the_primary(
+    graphs: dict[str, Graph],
+) -> None:
     onprem, burst = graphs["dc1-prod"], graphs["burst-prod"]
-    (reg,) = [
-        r
-        for r in onprem.by_type(DEPLOYMENT)
-        if r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") == "degraded"
-    ]
-    labels = reveal(reg.inputs)["spec"]["template"]["metadata"]["labels"]
+
+    def pod_labels(g: Graph, component: str | None) -> dict[str, str]:
+        (reg,) = [
+            r
+            for r in g.by_type(DEPLOYMENT)
+            if r.inputs["metadata"]["labels"].get("app.kubernetes.io/name") == "triton"
+            and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        ]
+        return dict(reveal(reg.inputs)["spec"]["template"]["metadata"]["labels"])
+
+    labels, spot = pod_labels(onprem, "degraded"), pod_labels(burst, None)
+    (lws,) = onprem.by_type("kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
+    primary = reveal(lws.inputs)["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+    primary = {**primary, LWS_LEADER_LABEL: "0"}  # the LWS controller labels each group's leader so
     services = {
         s.inputs["metadata"]["name"]: reveal(s.inputs)["spec"]["selector"]
         for g in (onprem, burst)
         for s in g.by_type("kubernetes:core/v1:Service")
     }
-    served_by = sorted(n for n, sel in services.items() if sel and selects(sel, labels))
-    fallback = next(s.inputs["metadata"]["name"] for s in burst.by_type("kubernetes:core/v1:Service"))
-    assert served_by == [fallback], "the burst model's Service (the gateway's fallback) and no other"
+
+    def served_by(pod: dict[str, str]) -> set[str]:
+        return {n for n, sel in services.items() if sel and selects(sel, pod)}
+
+    # Every Service the burst nodes' replicas serve in (the gateway's fallback), and no other:
+    # never the primary's, which P0 reaches.
+    assert served_by(labels) == served_by(spot) != set()
+    assert not served_by(labels) & served_by(primary) and served_by(primary)
     # Outside every disruption budget: a distilled pod loading its weights must not hold back the
     # drain of a Spot node (two minutes) or of an on-prem node.
     for g in (onprem, burst):
         for pdb in g.by_type("kubernetes:policy/v1:PodDisruptionBudget"):
             assert not selects(reveal(pdb.inputs)["spec"]["selector"], labels), pdb.name
-    # And the primary's workload (the HPA's target) selects none of them.
-    (lws,) = onprem.by_type("kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet")
-    lws_labels = reveal(lws.inputs)["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
-    assert lws_labels["app.kubernetes.io/instance"] != labels["app.kubernetes.io/instance"]
+    # And neither the primary's workload (the HPA's target) nor the burst one owns them.
+    assert labels["app.kubernetes.io/instance"] not in {
+        primary["app.kubernetes.io/instance"],
+        spot["app.kubernetes.io/instance"],
+    }
