@@ -173,10 +173,20 @@ class KubernetesDegrader:
         return f"{target.kind} {p.namespace}/{target.name}"
 
 
-def _replicas(scale: dict[str, Any]) -> int:
-    value = (scale.get("spec") or {}).get("replicas", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"scale of {scale.get('metadata', {}).get('name')!r} has spec.replicas {value!r}")
+def _replicas(scale: Any) -> int:
+    """`spec.replicas` of a Scale the server sent (absent: 0, the field's omitempty), which must
+    carry the resourceVersion a write is checked against; any other shape is refused."""
+    spec = scale.get("spec") if isinstance(scale, dict) else None
+    meta = scale.get("metadata") if isinstance(scale, dict) else None
+    value = spec.get("replicas", 0) if isinstance(spec, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 0
+        or not isinstance(meta, dict)
+        or not isinstance(meta.get("resourceVersion"), str)
+    ):
+        raise ValueError(f"not a Scale the API server sends: {str(scale)[:80]}")
     return value
 
 

@@ -215,3 +215,40 @@ def test_degrade_on_a_site_with_nothing_to_degrade_to_is_bad_input(monkeypatch: 
         "--degrade: site dc1 has nothing to degrade to: its burst fleet serves the site's own model, or a "
         "model whose tensor parallelism does not divide a replica's GPUs"
     ]
+
+
+GARBAGE: list[object] = [
+    {},
+    {"spec": {"replicas": "abc"}, "metadata": {"resourceVersion": "1"}},
+    {"spec": {"replicas": -1}, "metadata": {"resourceVersion": "1"}},
+    {"spec": {"replicas": True}, "metadata": {"resourceVersion": "1"}},
+    {"spec": None, "metadata": None},
+    {"spec": {"replicas": 2}},  # no resourceVersion: nothing to write against
+    [],
+    "x",
+]
+
+
+@pytest.mark.parametrize("body", GARBAGE, ids=range(len(GARBAGE)))
+def test_an_answer_of_any_shape_is_a_line_never_an_exception(dc1, body: object) -> None:  # type: ignore[no-untyped-def]
+    fake, degrader = dc1
+    answers = {"n": 0}
+    real = fake._scale_body
+
+    def garbage(group: str, plural: str, name: str) -> object:
+        answers["n"] += 1
+        return body if name == PRIMARY else real(group, plural, name)
+
+    fake._scale_body = garbage  # type: ignore[method-assign,assignment]
+    failures = degrader.set_degraded(1)
+    assert answers["n"] >= 1
+    assert len(failures) == 1 and failures[0].startswith("degrade to 1: "), failures
+    assert fake.replicas(DISTILLED) == 0, "nothing grows on an answer it cannot read"
+    assert fake.replicas(PRIMARY) == 4
+
+
+def test_a_scale_at_zero_may_leave_its_count_out() -> None:
+    """autoscaling/v1 ScaleSpec.replicas is `omitempty`: the server sends `spec: {}` at 0."""
+    from gpufleet.burst.degrade import _replicas
+
+    assert _replicas({"spec": {}, "metadata": {"resourceVersion": "7"}}) == 0
