@@ -252,3 +252,67 @@ def test_a_scale_at_zero_may_leave_its_count_out() -> None:
     from gpufleet.burst.degrade import _replicas
 
     assert _replicas({"spec": {}, "metadata": {"resourceVersion": "7"}}) == 0
+
+
+def test_the_controllers_step_moves_the_cluster_and_counts_what_failed(dc1) -> None:  # type: ignore[no-untyped-def]
+    """The production Controller (gpufleet.burst.controller) with this Degrader: the decision's
+    count reaches the cluster on the step; a failed write is counted, logged, and the step goes on."""
+    from dataclasses import dataclass
+
+    from gpufleet.burst.actuate import AsgActuator
+    from gpufleet.burst.controller import Controller
+    from gpufleet.burst.policy import CapacityModel, Decision
+    from gpufleet.burst.signal import Reading
+
+    fake, degrader = dc1
+    inv = load_inventory("dc1")
+    model = CapacityModel.from_plan(plan_site(inv), plan_fleet(inv, "dc1"), 50.0)
+
+    @dataclass
+    class Asks:  # the policy's decision, as the test sets it
+        model: CapacityModel
+        degraded: int = 0
+        name: str = "asks"
+        tick_s: float = 15.0
+        cap_aware: bool = True
+
+        def decide(self, t: float, window: object, nodes: object, prices: object) -> Decision:
+            return Decision(desired=0, reason="test", degraded=self.degraded)
+
+    class Group:
+        def describe_auto_scaling_groups(self, **_: object) -> dict[str, object]:
+            return {"AutoScalingGroups": [{"Instances": [], "DesiredCapacity": 0}]}
+
+    class Source:
+        def read(self, t: float) -> Reading:
+            return Reading(interval_s=15, request_rps=1.0, queue_wait_s=0.1, pending=0)
+
+    class Prices:
+        instance_types = ("p5.48xlarge",)
+
+        def current(self) -> dict[object, float]:
+            return {}
+
+    policy = Asks(model)
+    controller = Controller(
+        policy=policy,  # type: ignore[arg-type]
+        source=Source(),
+        prices=Prices(),  # type: ignore[arg-type]
+        asg=AsgActuator("g", 8, Group()),
+        pulumi=None,  # type: ignore[arg-type]
+        replica_rps=2.0,
+        degrade=degrader,
+    )
+    policy.degraded = 2
+    assert controller.step(0.0) is not None
+    assert fake.replicas(PRIMARY) == 2 and fake.replicas(DISTILLED) == 8
+    errors = controller.registry.get_sample_value("gpufleet_burst_degrade_errors_total")
+    assert errors == 0
+    path = f"/apis/apps/v1/namespaces/serving/deployments/{DISTILLED}/scale"
+    fake.faults[("PATCH", path)] = [503, 503, 503]
+    policy.degraded = 0
+    assert controller.step(15.0) is not None, "the step carries on past a failed degradation"
+    assert controller.registry.get_sample_value("gpufleet_burst_degrade_errors_total") == 1
+    assert fake.replicas(DISTILLED) == 8 and fake.hpas[PRIMARY]["max"] == 2, "nothing grows back over it"
+    assert controller.step(30.0) is not None
+    assert fake.replicas(DISTILLED) == 0 and fake.hpas[PRIMARY]["max"] == 4, "the next step finishes it"
