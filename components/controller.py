@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from gpufleet.plan.controller import ControllerPlan, controller_deployment
+from gpufleet.plan.controller import ControllerPlan, controller_deployment, controller_pod_monitor
 
 
 @dataclass(frozen=True)
@@ -57,5 +57,13 @@ class BurstController(pulumi.ComponentResource):
             metadata=namespaced,
             spec=controller_deployment(p),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=grants)),
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-monitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="PodMonitor",
+            metadata=namespaced,
+            spec=controller_pod_monitor(p),
+            opts=child,
         )
         self.register_outputs({"deployment": f"{p.namespace}/{p.name}"})

@@ -164,3 +164,12 @@ def controller_deployment(p: ControllerPlan) -> dict[str, Any]:
             },
         },
     }
+
+
+def controller_pod_monitor(p: ControllerPlan) -> dict[str, Any]:
+    """Prometheus (kube-prometheus-stack) scrapes the controller's own metrics: its decisions,
+    actuation, gateway and degradation errors."""
+    return {
+        "selector": {"matchLabels": p.labels},
+        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+    }

@@ -27,6 +27,7 @@ from gpufleet.plan.controller import AWS_SECRET, PULUMI_SECRET, ControllerPlan, 
 from gpufleet.plan.degrade import plan_degrade
 from gpufleet.plan.site import plan_site
 from gpufleet.preview.program import Graph, evaluate, reveal
+from tests.crds import known_kinds, validate_custom
 from tests.k8sapi import KubeApiFake
 from tests.k8sscale import ScaleApiFake
 
@@ -70,11 +71,23 @@ def _objects(graph: Graph) -> dict[str, dict[str, Any]]:
 def test_every_object_is_valid_for_dc1s_kubernetes(graph: Graph) -> None:
     objects = _objects(graph)
     assert sorted(objects) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodMonitor", "Role", "RoleBinding",
+        "ServiceAccount",
     ]  # fmt: skip
     version = load_inventory("dc1").bom.kubernetes
     for obj in objects.values():
-        kubernetes_validate.validate(obj, version, strict=True)
+        if (obj["apiVersion"], obj["kind"]) in known_kinds():
+            validate_custom(obj, version)
+        else:
+            kubernetes_validate.validate(obj, version, strict=True)
+    # Prometheus scrapes its metrics port.
+    monitor, pod = objects["PodMonitor"], objects["Deployment"]["spec"]["template"]
+    assert (
+        monitor["kind"] == "PodMonitor"
+        and monitor["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    )
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in [p["name"] for p in pod["spec"]["containers"][0]["ports"]]
 
 
 def test_one_replica_replaced_never_doubled_with_the_controllers_labels(graph: Graph) -> None:
