@@ -19,7 +19,7 @@ from components.platform import (
 from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway, pods_service
 from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
@@ -156,13 +156,14 @@ def onprem(stack: Stack) -> None:
             )
         if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
             assert inv.bom.gateway_image is not None  # check_serving requires it with a burst
-            # Admission in front of the on-prem model, with the burst nodes' model as fallback.
+            # Admission in front of the on-prem model, with the burst nodes' model as fallback:
+            # room for a server per replica of the largest burst fleet.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
             gateway = plan_gateway(
                 plan.serving.slo_queue_wait_p99_s,
                 workload,
                 plan.serving.shape.gpu,
-                burst_workload(inv, plan, fleet, 0),
+                burst_workload(inv, plan, fleet, inv.site.burst.max_nodes),
                 fleet.instances[0].gpu,
             )
             AdmissionGateway(
@@ -207,7 +208,8 @@ def burst(stack: Stack, source: str) -> None:
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
     DeepSeekServing(
         "burst-serving",
-        DeepSeekServingArgs(workload=workload),
+        # Its ready pods, one DNS record each: the gateway's fallback servers.
+        DeepSeekServingArgs(workload=workload, pods_service=pods_service(workload)),
         pulumi.ResourceOptions.merge(
             in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
         ),
