@@ -136,7 +136,7 @@ class Backend(Frozen):
 class AdmissionPlan(Frozen):
     slo_queue_wait_s: float
     degrade_queue: dict[Priority, int]  # primary queue length past which the class goes to fallback
-    # Fallback queue per serving server (HAProxy's avg_queue) past which degraded requests are shed.
+    # Fallback queue per serving server at which degraded requests are shed.
     shed_queue: int
     retry_after_s: int
     p0_queue_timeout_s: int
@@ -144,8 +144,8 @@ class AdmissionPlan(Frozen):
 
 def plan_admission(slo_queue_wait_s: float, primary: Backend, fallback: Backend) -> AdmissionPlan:
     """Queue thresholds from each backend's service rate and the queue-wait SLO. The primary is
-    one server (its rate the whole Service's); the fallback's threshold is per server, compared
-    with its queue over the servers that serve (`avg_queue`): it holds however many serve."""
+    one server (its rate the whole Service's); the fallback's threshold is per server: the
+    fallback is full at `shed_queue` requests queued per server that serves, however many do."""
     slo_queue = primary.rate_rps * slo_queue_wait_s
     degrade = {p: max(1, math.floor(slo_queue * f)) for p, f in DEGRADE_FRACTION.items() if f is not None}
     return AdmissionPlan(
@@ -258,7 +258,10 @@ def haproxy_cfg(
         *(f"  http-request set-priority-class int({PRIORITY_CLASS[p]}) if {p.lower()}" for p in PRIORITIES),
         f"  acl p1_degrade queue({PRIMARY}) ge {plan.degrade_queue['P1']}",
         f"  acl p2_degrade queue({PRIMARY}) ge {plan.degrade_queue['P2']}",
-        f"  acl fallback_full avg_queue({FALLBACK}) ge {plan.shed_queue}",
+        # Full once its queue holds `shed_queue` per serving replica: queue - n x shed_queue >= 0
+        # (avg_queue rounds up: with a bound of 1, one request queued before 16 replicas would shed).
+        f"  http-request set-var(txn.fallback_room) nbsrv({FALLBACK}),mul({plan.shed_queue})",
+        f"  acl fallback_full queue({FALLBACK}),sub(txn.fallback_room) ge 0",
         # No burst node serving the fallback yet: the degraded classes are shed at once.
         f"  acl fallback_full nbsrv({FALLBACK}) eq 0",
         f"  use_backend {OVER_LIMIT} if over_limit",

@@ -119,7 +119,8 @@ def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
     template = f"server-template fallback- 16 {g.fallback.srv_name} maxconn {g.fallback.slots} check"
     assert any(line.startswith(template) for line in lines), text
     assert not any(line.startswith("server fallback") for line in lines)
-    assert f"acl fallback_full avg_queue({FALLBACK}) ge {g.admission.shed_queue}" in lines
+    room = f"http-request set-var(txn.fallback_room) nbsrv({FALLBACK}),mul({g.admission.shed_queue})"
+    assert room in lines and f"acl fallback_full queue({FALLBACK}),sub(txn.fallback_room) ge 0" in lines
     assert f"acl fallback_full nbsrv({FALLBACK}) eq 0" in lines
     assert f"stats socket ipv4@:{RUNTIME_API_PORT} level operator" in lines and "level admin" not in text
     assert "parse-resolv-conf" in lines and "accepted_payload_size 8192" in lines
@@ -131,7 +132,7 @@ def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
     checked = check_config(conf / "haproxy.cfg")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # HAProxy refuses what it does not know: the check can fail.
-    (conf / "bad.cfg").write_text((conf / "haproxy.cfg").read_text().replace("avg_queue(", "avg_queues("))
+    (conf / "bad.cfg").write_text((conf / "haproxy.cfg").read_text().replace("nbsrv(", "nbsrvs("))
     assert check_config(conf / "bad.cfg").returncode != 0
 
 
