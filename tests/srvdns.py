@@ -24,7 +24,8 @@ TTL = 5  # CoreDNS's kubernetes plugin answers with 5 s
 
 @dataclass
 class Records:
-    """SRV name -> [(target, address, port)]; a name with none, and every other, is NXDOMAIN."""
+    """SRV name -> [(target, address, port)]; a name with none, and every other, is NXDOMAIN (as
+    CoreDNS answers for a headless Service without ready endpoints: coredns/coredns#1814)."""
 
     srv: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
