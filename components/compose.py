@@ -20,7 +20,13 @@ from components.platform import (
 from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, site_gateway
+from gpufleet.plan.admission import (
+    GATEWAY_REPLICAS,
+    gateway_admin_address,
+    gateway_cfg,
+    pods_service,
+    site_gateway,
+)
 from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.controller import plan_controller
 from gpufleet.plan.degrade import degraded_workload, plan_degrade
@@ -159,7 +165,8 @@ def onprem(stack: Stack) -> None:
             )
         if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
             assert inv.bom.gateway_image is not None  # check_serving requires it with a burst
-            # Admission in front of the on-prem model, with the burst nodes' model as fallback.
+            # Admission in front of the on-prem model, with the burst nodes' model as fallback:
+            # room for a server per replica of the largest burst fleet.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
             gateway = site_gateway(inv, plan, fleet)
             assert gateway is not None  # a site with burst and a serving shape has one
@@ -216,15 +223,16 @@ def burst(stack: Stack, source: str) -> None:
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
     DeepSeekServing(
         "burst-serving",
-        DeepSeekServingArgs(workload=workload),
+        # Its ready pods, one DNS record each: the gateway's fallback servers.
+        DeepSeekServingArgs(workload=workload, pods_service=pods_service(workload)),
         pulumi.ResourceOptions.merge(
             in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
         ),
     )
-    # The controller itself, where the site names its image; the gateways' runtime API
-    # (--gateway-admin) joins its arguments once the gateway publishes one in the cluster.
+    # The controller itself, where the site names its image, switching every gateway replica's
+    # admission through their runtime API (the headless `gateway-admin` Service names each).
     degrade = plan_degrade(inv, plan_site(inv), aws_plan.fleet)
-    controller = plan_controller(inv, stack.name, degrade, gateway_admin=[])
+    controller = plan_controller(inv, stack.name, degrade, gateway_admin=[gateway_admin_address()])
     if controller is not None:
         BurstController("controller", BurstControllerArgs(plan=controller), in_cluster)
     pulumi.export("asgName", spot.asg_name)

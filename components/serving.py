@@ -12,12 +12,16 @@ import pulumi_kubernetes as k8s
 
 from gpufleet.plan.admission import (
     ADMISSION_MAP,
+    CONTROLLER_LABELS,
+    FALLBACK_PORT_NAME,
     GATEWAY,
+    GATEWAY_ADMIN,
     GATEWAY_DIR,
     GATEWAY_MAPS,
     GATEWAY_PORT,
     METRICS_PATH,
     METRICS_PORT,
+    RUNTIME_API_PORT,
     TENANTS_SECRET,
     admission_map_text,
 )
@@ -258,6 +262,9 @@ class DeepSeekServingArgs:
     # at the workload's count (0), never reset by an up; no Service or budget of its own (its pods
     # join the Service their labels match).
     standby: bool = False
+    # A headless Service of this name publishes each ready serving pod (one DNS SRV record each):
+    # the burst workload's, where the gateway's fallback finds its servers.
+    pods_service: str | None = None
 
 
 class DeepSeekServing(pulumi.ComponentResource):
@@ -342,6 +349,26 @@ class DeepSeekServing(pulumi.ComponentResource):
                         {"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
                         {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
                         {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"},
+                    ],
+                },
+                opts=child,
+            )
+        if args.pods_service is not None:
+            k8s.core.v1.Service(
+                f"{name}-pods",
+                metadata={"name": args.pods_service, **meta},
+                spec={
+                    "clusterIP": "None",
+                    # Only ready pods: a record is a replica that serves.
+                    "publishNotReadyAddresses": False,
+                    "selector": selector,
+                    "ports": [
+                        {
+                            "name": FALLBACK_PORT_NAME,
+                            "port": TRITON_HTTP,
+                            "targetPort": "http",
+                            "protocol": "TCP",
+                        }
                     ],
                 },
                 opts=child,
@@ -477,6 +504,7 @@ class AdmissionGateway(pulumi.ComponentResource):
                                 "ports": [
                                     {"name": "http", "containerPort": GATEWAY_PORT},
                                     {"name": "metrics", "containerPort": METRICS_PORT},
+                                    {"name": "runtime", "containerPort": RUNTIME_API_PORT},
                                 ],
                                 "readinessProbe": {
                                     "httpGet": {"path": METRICS_PATH, "port": "metrics"},
@@ -514,4 +542,48 @@ class AdmissionGateway(pulumi.ComponentResource):
             },
             opts=child,
         )
-        self.register_outputs({"service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}"})
+        # The runtime API (operator level: it can rewrite every map, the tenants' keys too) is in
+        # no Service a client uses: this headless one names each replica for the burst controller
+        # (`--gateway-admin gateway-admin.<namespace>.svc.cluster.local:9999`), and the policy
+        # below admits only the controller's pods to the port.
+        k8s.core.v1.Service(
+            f"{name}-admin",
+            metadata={"name": GATEWAY_ADMIN, **meta},
+            spec={
+                "clusterIP": "None",
+                "selector": labels,
+                "ports": [
+                    {"name": "runtime", "port": RUNTIME_API_PORT, "targetPort": "runtime", "protocol": "TCP"}
+                ],
+            },
+            opts=child,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "podSelector": {"matchLabels": labels},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    # Clients and Prometheus, from anywhere as before.
+                    {
+                        "ports": [
+                            {"protocol": "TCP", "port": GATEWAY_PORT},
+                            {"protocol": "TCP", "port": METRICS_PORT},
+                        ]
+                    },
+                    # The runtime API: the burst controller's pods in this namespace only.
+                    {
+                        "from": [{"podSelector": {"matchLabels": CONTROLLER_LABELS}}],
+                        "ports": [{"protocol": "TCP", "port": RUNTIME_API_PORT}],
+                    },
+                ],
+            },
+            opts=child,
+        )
+        self.register_outputs(
+            {
+                "service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}",
+                "admin": f"{GATEWAY_ADMIN}.{args.namespace}.svc:{RUNTIME_API_PORT}",
+            }
+        )

@@ -103,7 +103,9 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                     "gpufleet:serving:AdmissionGateway": 1,
                     "kubernetes:core/v1:ConfigMap": 1,
                     "kubernetes:apps/v1:Deployment": 1,
-                    "kubernetes:core/v1:Service": 1,
+                    # Clients' Service, and the runtime API's headless one for the controller.
+                    "kubernetes:core/v1:Service": 2,
+                    "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1,
                 }
             )
             degraded = degraded_workload(inv, plan, plan_fleet(inv, source(stack)))
@@ -170,7 +172,8 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "gpufleet:serving:DeepSeekServing": 1,
             "kubernetes:core/v1:ConfigMap": 1,
             "kubernetes:apps/v1:Deployment": 1,
-            "kubernetes:core/v1:Service": 1,
+            # The model's Service, and the headless one whose records are the gateway's fallback.
+            "kubernetes:core/v1:Service": 2,
             "kubernetes:policy/v1:PodDisruptionBudget": 1,
         }
     )

@@ -237,11 +237,13 @@ def _rendered(cfg: str) -> dict[str, Any]:
         assert len(found) == 1, (section, pattern, found)
         return found[0]
 
-    shed = one("frontend api", r"acl fallback_full (avg_)?queue\(fallback\) ge (\d+)")
+    # Full at shed_queue queued per serving fallback server: queue - nbsrv x shed_queue >= 0.
+    shed = one("frontend api", r"set-var\(txn\.fallback_room\) nbsrv\(fallback\),mul\((\d+)\)$")
+    one("frontend api", r"^acl fallback_full queue\(fallback\),sub\(txn\.fallback_room\) ge 0$")
     return {
         "P1": int(one("frontend api", r"acl p1_degrade queue\(primary\) ge (\d+)")[1]),
         "P2": int(one("frontend api", r"acl p2_degrade queue\(primary\) ge (\d+)")[1]),
-        "shed_queue": int(shed[2]),
+        "shed_queue": int(shed[1]),
         "boot_share": int(one("frontend api", r"var\(txn\.limit\),mul\((\d+)\),add\(99\),div\(100\)")[1]),
         "primary_timeout": int(one("defaults", r"^timeout queue (\d+)s$")[1]),
         "fallback_timeout": int(one(f"backend {FALLBACK}", r"^timeout queue (\d+)s$")[1]),
