@@ -10,6 +10,7 @@ import pulumi_kubernetes as k8s
 
 from components.burst import SpotBurst, SpotBurstArgs
 from components.cluster import ClusterRoles, ClusterRolesArgs
+from components.controller import BurstController, BurstControllerArgs
 from components.onprem import NodeSpec, OnPremNodes, OnPremNodesArgs
 from components.platform import (
     CephStorage,
@@ -19,8 +20,16 @@ from components.platform import (
 from components.serving import AdmissionGateway, AdmissionGatewayArgs, DeepSeekServing, DeepSeekServingArgs
 from gpufleet.inventory.stacks import Stack, qualified_stack
 from gpufleet.model.site import Node
-from gpufleet.plan.admission import GATEWAY_REPLICAS, gateway_cfg, plan_gateway
+from gpufleet.plan.admission import (
+    GATEWAY_REPLICAS,
+    gateway_admin_address,
+    gateway_cfg,
+    pods_service,
+    site_gateway,
+)
 from gpufleet.plan.aws import plan_burst, plan_fleet
+from gpufleet.plan.controller import plan_controller
+from gpufleet.plan.degrade import degraded_workload, plan_degrade
 from gpufleet.plan.expect import host_expectations
 from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
@@ -156,15 +165,11 @@ def onprem(stack: Stack) -> None:
             )
         if inv.site.burst is not None and plan.serving is not None and plan.serving.shape is not None:
             assert inv.bom.gateway_image is not None  # check_serving requires it with a burst
-            # Admission in front of the on-prem model, with the burst nodes' model as fallback.
+            # Admission in front of the on-prem model, with the burst nodes' model as fallback:
+            # room for a server per replica of the largest burst fleet.
             fleet = plan_fleet(inv, f"stacks/Pulumi.{stack.name}.yaml")
-            gateway = plan_gateway(
-                plan.serving.slo_queue_wait_p99_s,
-                workload,
-                plan.serving.shape.gpu,
-                burst_workload(inv, plan, fleet, 0),
-                fleet.instances[0].gpu,
-            )
+            gateway = site_gateway(inv, plan, fleet)
+            assert gateway is not None  # a site with burst and a serving shape has one
             AdmissionGateway(
                 "gateway",
                 AdmissionGatewayArgs(
@@ -175,6 +180,17 @@ def onprem(stack: Stack) -> None:
                 ),
                 pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform, serving]),
             )
+            degraded = degraded_workload(inv, plan, fleet)
+            if degraded is not None:  # lever 1: scaled from 0 by the burst controller
+                DeepSeekServing(
+                    "serving-degraded",
+                    DeepSeekServingArgs(workload=degraded, standby=True),
+                    pulumi.ResourceOptions(
+                        providers=[platform.provider],
+                        depends_on=[platform, serving],
+                        transformations=[awaited(ONPREM_SERVING_AWAIT)],
+                    ),
+                )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("joinToken", cluster.join_token)
     pulumi.export("caCertHash", cluster.ca_cert_hash)
@@ -207,11 +223,18 @@ def burst(stack: Stack, source: str) -> None:
     workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
     DeepSeekServing(
         "burst-serving",
-        DeepSeekServingArgs(workload=workload),
+        # Its ready pods, one DNS record each: the gateway's fallback servers.
+        DeepSeekServingArgs(workload=workload, pods_service=pods_service(workload)),
         pulumi.ResourceOptions.merge(
             in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
         ),
     )
+    # The controller itself, where the site names its image, switching every gateway replica's
+    # admission through their runtime API (the headless `gateway-admin` Service names each).
+    degrade = plan_degrade(inv, plan_site(inv), aws_plan.fleet)
+    controller = plan_controller(inv, stack.name, degrade, gateway_admin=[gateway_admin_address()])
+    if controller is not None:
+        BurstController("controller", BurstControllerArgs(plan=controller), in_cluster)
     pulumi.export("asgName", spot.asg_name)
     pulumi.export("queueUrl", spot.queue_url)
     pulumi.export("controllerPolicyArn", spot.controller_policy_arn)

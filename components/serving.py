@@ -12,12 +12,16 @@ import pulumi_kubernetes as k8s
 
 from gpufleet.plan.admission import (
     ADMISSION_MAP,
+    CONTROLLER_LABELS,
+    FALLBACK_PORT_NAME,
     GATEWAY,
+    GATEWAY_ADMIN,
     GATEWAY_DIR,
     GATEWAY_MAPS,
     GATEWAY_PORT,
     METRICS_PATH,
     METRICS_PORT,
+    RUNTIME_API_PORT,
     TENANTS_SECRET,
     admission_map_text,
 )
@@ -254,6 +258,13 @@ class DeepSeekServingArgs:
     # A canary replica: the stable workload's Service and cache volume serve it too; it adds only
     # its own revision's cache Job.
     canary: bool = False
+    # Replicas the burst controller sets (its Degrader, through the scale subresource): created
+    # at the workload's count (0), never reset by an up; no Service or budget of its own (its pods
+    # join the Service their labels match).
+    standby: bool = False
+    # A headless Service of this name publishes each ready serving pod (one DNS SRV record each):
+    # the burst workload's, where the gateway's fallback finds its servers.
+    pods_service: str | None = None
 
 
 class DeepSeekServing(pulumi.ComponentResource):
@@ -281,6 +292,13 @@ class DeepSeekServing(pulumi.ComponentResource):
         # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
         # would otherwise own it and reset the HPA's count on every up).
         replicas = {"replicas": w.replicas} if w.autoscale_max is None else {}
+        if args.standby:
+            # Pulumi's server-side apply leaves out an ignored field another manager owns: the
+            # controller's count stays (pulumi-kubernetes >= 4.9, which pyproject requires).
+            after_config = pulumi.ResourceOptions.merge(
+                after_config, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
+        own_objects = not (args.canary or args.standby)
         if w.multi_node:
             selector[LWS_LEADER_LABEL] = "0"
             workload: pulumi.CustomResource = k8s.apiextensions.CustomResource(
@@ -321,7 +339,7 @@ class DeepSeekServing(pulumi.ComponentResource):
                 opts=after_config,
             )
             target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name}
-        if not args.canary:
+        if own_objects:
             k8s.core.v1.Service(
                 f"{name}-service",
                 metadata={"name": w.name, **meta},
@@ -335,10 +353,30 @@ class DeepSeekServing(pulumi.ComponentResource):
                 },
                 opts=child,
             )
+        if args.pods_service is not None:
+            k8s.core.v1.Service(
+                f"{name}-pods",
+                metadata={"name": args.pods_service, **meta},
+                spec={
+                    "clusterIP": "None",
+                    # Only ready pods: a record is a replica that serves.
+                    "publishNotReadyAddresses": False,
+                    "selector": selector,
+                    "ports": [
+                        {
+                            "name": FALLBACK_PORT_NAME,
+                            "port": TRITON_HTTP,
+                            "targetPort": "http",
+                            "protocol": "TCP",
+                        }
+                    ],
+                },
+                opts=child,
+            )
         # Every pod of every group, the canary's included (one budget: two would let a drain take
         # a stable replica and the canary at once): evicting any pod of a group takes the whole
         # group down (RecreateGroupOnPodRestart), so one eviction at a time is one replica at a time.
-        if not args.canary:
+        if own_objects:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={"name": w.name, **meta},
@@ -466,6 +504,7 @@ class AdmissionGateway(pulumi.ComponentResource):
                                 "ports": [
                                     {"name": "http", "containerPort": GATEWAY_PORT},
                                     {"name": "metrics", "containerPort": METRICS_PORT},
+                                    {"name": "runtime", "containerPort": RUNTIME_API_PORT},
                                 ],
                                 "readinessProbe": {
                                     "httpGet": {"path": METRICS_PATH, "port": "metrics"},
@@ -503,4 +542,48 @@ class AdmissionGateway(pulumi.ComponentResource):
             },
             opts=child,
         )
-        self.register_outputs({"service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}"})
+        # The runtime API (operator level: it can rewrite every map, the tenants' keys too) is in
+        # no Service a client uses: this headless one names each replica for the burst controller
+        # (`--gateway-admin gateway-admin.<namespace>.svc.cluster.local:9999`), and the policy
+        # below admits only the controller's pods to the port.
+        k8s.core.v1.Service(
+            f"{name}-admin",
+            metadata={"name": GATEWAY_ADMIN, **meta},
+            spec={
+                "clusterIP": "None",
+                "selector": labels,
+                "ports": [
+                    {"name": "runtime", "port": RUNTIME_API_PORT, "targetPort": "runtime", "protocol": "TCP"}
+                ],
+            },
+            opts=child,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata={"name": GATEWAY, **meta},
+            spec={
+                "podSelector": {"matchLabels": labels},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    # Clients and Prometheus, from anywhere as before.
+                    {
+                        "ports": [
+                            {"protocol": "TCP", "port": GATEWAY_PORT},
+                            {"protocol": "TCP", "port": METRICS_PORT},
+                        ]
+                    },
+                    # The runtime API: the burst controller's pods in this namespace only.
+                    {
+                        "from": [{"podSelector": {"matchLabels": CONTROLLER_LABELS}}],
+                        "ports": [{"protocol": "TCP", "port": RUNTIME_API_PORT}],
+                    },
+                ],
+            },
+            opts=child,
+        )
+        self.register_outputs(
+            {
+                "service": f"{GATEWAY}.{args.namespace}.svc:{GATEWAY_PORT}",
+                "admin": f"{GATEWAY_ADMIN}.{args.namespace}.svc:{RUNTIME_API_PORT}",
+            }
+        )

@@ -99,7 +99,7 @@ def run_job(job: Job) -> dict[str, Any]:
         if mode == "none":
             # The levers measured: none switched, and degradation forced (as if its swap were free
             # to the policy's reckoning; the simulated swap still takes its measured time).
-            off = replace(scenario.simulation(policy_for(scenario, scenario.capacity)), serving_levers=False)
+            off = replace(scenario.simulation(policy_for(scenario, scenario.capacity)), levers=False)
             out["runs"]["gpufleet/none, no levers"] = off.run().summary()
             forced = replace(scenario.capacity, distilled_swap_s=0.0)
             out["runs"]["gpufleet/none, degradation forced"] = (

@@ -384,6 +384,14 @@ def run(
             help="an announced peak, FACTOR@START+DURATION, START in UTC: 3@2026-11-27T18:00+20m; repeatable",
         ),
     ] = None,
+    degrade: Annotated[
+        bool,
+        typer.Option(
+            "--degrade",
+            help="move on-prem replicas to the burst model for P1/P2 while capacity boots (lever 1): "
+            "the site's serving workloads, named from the inventory, scaled through the Kubernetes API",
+        ),
+    ] = False,
 ) -> None:
     """The burst controller: reads the load signal, decides, and declares burstNodes on the stack."""
     # Imported here: gpufleet.cli imports this module to register the sub-app.
@@ -402,12 +410,14 @@ def run(
         group_max_price,
         inflight_by_instance,
     )
+    from gpufleet.burst.degrade import KubernetesDegrader
     from gpufleet.burst.interrupt import Drainer, Interruptions, WarningQueue
     from gpufleet.burst.policy import CapacityModel, Gpufleet
     from gpufleet.burst.signal import PrometheusQuery, TritonMetrics
     from gpufleet.cli import bad_input
     from gpufleet.inventory.stacks import load_stack
     from gpufleet.plan.aws import DRAIN_HEARTBEAT_S, plan_fleet
+    from gpufleet.plan.degrade import plan_degrade
     from gpufleet.plan.site import plan_site
 
     with bad_input():
@@ -441,6 +451,18 @@ def run(
                 [Problem(("config", "gpufleet:site"), "the site has no serving or burst section")],
             )
         fleet = plan_fleet(loaded.inventory, source_file)
+        degrade_plan = plan_degrade(loaded.inventory, plan, fleet) if degrade else None
+        if degrade and degrade_plan is None:
+            raise InputError(
+                "--degrade",
+                [
+                    Problem(
+                        (),
+                        f"site {plan.site} has nothing to degrade to: its burst fleet serves the site's own "
+                        "model, or a model whose tensor parallelism does not divide a replica's GPUs",
+                    )
+                ],
+            )
     logging.basicConfig(level=logging.INFO, handlers=[RichHandler(show_path=False)], format="%(message)s")
     pulumi = PulumiActuator(stack=stack, work_dir=work_dir, pulumi_root=pulumi_root)
     if group is None or queue_url is None:
@@ -479,18 +501,22 @@ def run(
         if triton_metrics
         else PrometheusSource(PrometheusQuery(prometheus, model or plan.serving.model))
     )
-    drainer = interruptions = None
-    if queue_url:
+    drainer = interruptions = degrader = None
+    if queue_url or degrade_plan is not None:
         try:
             k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             with bad_input():
                 at_start(
-                    "--interruption-queue",
-                    "draining warned nodes needs the Kubernetes API (no in-cluster account, no kubeconfig)",
+                    "--interruption-queue" if queue_url else "--degrade",
+                    f"{'draining warned nodes' if queue_url else 'degrading'} needs the Kubernetes API "
+                    "(no in-cluster account, no kubeconfig)",
                     k8s_config.load_kube_config,
                 )
+    if queue_url:
         drainer = Drainer(k8s.CoreV1Api())
+    if degrade_plan is not None:
+        degrader = KubernetesDegrader(degrade_plan, k8s.CustomObjectsApi())
     controller = Controller(
         policy=Gpufleet(capacity, peaks=known_peaks),
         source=source,
@@ -505,6 +531,7 @@ def run(
             else dict
         ),
         admission=GatewayAdmission(gateway_admin, admission_map) if gateway_admin else None,
+        degrade=degrader,
     )
     if queue_url and drainer is not None:
         # Warnings are only acted on from this account and region, for this group's instances.

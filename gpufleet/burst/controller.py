@@ -33,7 +33,6 @@ from gpufleet.burst.actuate import (
     ActuationError,
     Applied,
     AsgActuator,
-    GatewayAdmission,
     desired_guard,
 )
 from gpufleet.burst.interrupt import Drainer, Warning
@@ -55,11 +54,19 @@ class BurstStack(Protocol):
     def set_burst_nodes(self, count: int) -> Applied: ...
 
 
-class ServingLevers(Protocol):
-    """What the policy asks of serving beyond Spot capacity: the gateway's admission while capacity
-    boots, and on-prem replicas moved to the distilled model (gpufleet.burst.policy.Decision)."""
+class Admission(Protocol):
+    """The gateways' lower-class admission (gpufleet.plan.admission's `booting` entry): production's
+    GatewayAdmission through HAProxy's runtime API, or the simulator's gateway."""
 
-    def apply(self, admission: str, degraded: int) -> None: ...
+    def set_booting(self, booting: bool) -> list[str]: ...
+
+
+class Degrader(Protocol):
+    """On-prem replicas moved to the distilled model for P1 and P2 (lever 1, the policy's
+    `Decision.degraded`); the distilled pods join the gateway's fallback backend. Returns what it
+    could not do, as Admission does."""
+
+    def set_degraded(self, count: int) -> list[str]: ...
 
 
 @dataclass
@@ -209,6 +216,11 @@ class Metrics:
         self.gateway_errors = Counter(
             "gpufleet_burst_gateway_errors", "Gateways the admission switch did not reach", registry=registry
         )
+        self.degrade_errors = Counter(
+            "gpufleet_burst_degrade_errors",
+            "On-prem degradation changes that failed (replicas not moved to or from the distilled model)",
+            registry=registry,
+        )
         self.interruptions = Counter(
             "gpufleet_burst_interruptions",
             "Spot warnings and lifecycle events: handled, ignored (foreign, duplicate, stale) or failed",
@@ -242,10 +254,10 @@ class Controller:
     inflight: Callable[[], dict[str, int]] = dict
     window: deque[Signals] = field(default_factory=lambda: deque(maxlen=240))
     clock: Callable[[], float] = time.time
-    # None: the site has no switch for them; the decision's levers are logged only.
-    levers: ServingLevers | None = None
-    # The gateways whose lower-class admission tightens while burst capacity boots.
-    admission: GatewayAdmission | None = None
+    # The gateways whose lower-class admission tightens while burst capacity boots; None: none.
+    admission: Admission | None = None
+    # What moves on-prem replicas to the distilled model; None: the decision's count is logged only.
+    degrade: Degrader | None = None
     _booting_since: float | None = None
     # Whether this process last set the gateways tightened; None until it first sets them (they
     # may hold a tightening from a controller that crashed).
@@ -351,18 +363,19 @@ class Controller:
         action = "scale_up" if decision.launch else "scale_in" if decision.drain else "hold"
         self.metrics.decisions.labels(action=action).inc()
         log.info(
-            "decision %s: %d -> %d burst nodes (policy wants %d), admission %s, %d on-prem replicas degraded: %s",
+            "decision %s: %d -> %d burst nodes (policy wants %d), %d on-prem replicas degraded: %s",
             action,
             len(live),
             len(live) + len(decision.launch) - len(decision.drain),
             decision.desired,
-            decision.admission,
             decision.degraded,
             decision.reason,
         )
-        if self.levers is not None:
-            # Before the fleet's up, which may take minutes: admission matters now.
-            self.levers.apply(decision.admission, decision.degraded)
+        if self.degrade is not None:
+            # Before the fleet's up, which may take minutes: the swap starts now.
+            for failure in self.degrade.set_degraded(decision.degraded):
+                self.metrics.degrade_errors.inc()
+                log.error("on-prem degradation not set: %s", failure)
         try:
             self._carry_out(decision, len(live))
         except STEP_ERRORS:

@@ -223,19 +223,15 @@ class Launch:
     max_price: float
 
 
-OPEN, RESTRICT = "open", "restrict"
-
-
 @dataclass(frozen=True)
 class Decision:
     desired: int
     reason: str
     launch: tuple[Launch, ...] = ()
     drain: tuple[str, ...] = ()
-    # The gateway while burst capacity boots: OPEN, or RESTRICT (P2 shed, P1 held to its tenants'
-    # rate limits); never restricted once nothing boots.
-    admission: str = "open"
-    # On-prem replicas to serve the lower classes (P1, P2) from the distilled model (lever 1).
+    # On-prem replicas to serve the lower classes (P1, P2) from the distilled model (lever 1),
+    # carried out by the controller's Degrader. Admission is not the policy's: the controller
+    # tightens the gateways while capacity boots (gpufleet.burst.controller.tighten_admission).
     degraded: int = 0
 
     @property
@@ -494,18 +490,16 @@ class Gpufleet(FleetPolicy):
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         decision = self._scale(t, window, nodes, prices)
-        admission, degraded = self._levers(t, window, nodes)
-        return replace(decision, admission=admission, degraded=degraded)
+        return replace(decision, degraded=self._degrade(t, window, nodes))
 
-    def _levers(self, t: float, window: Sequence[Signals], nodes: Sequence[Node]) -> tuple[str, int]:
-        """While capacity boots and the queue says it is short: restrict admission (P2 shed, P1
-        rate-limited) and, where the distilled model serves more on the same GPUs, move one more
-        on-prem replica to it for P1 and P2 each step the SLO stays missed (at most half of them:
-        P0 keeps the rest), where that repays its swap before burst capacity arrives. Nothing boots
-        and no pressure: all back to the site's model."""
+    def _degrade(self, t: float, window: Sequence[Signals], nodes: Sequence[Node]) -> int:
+        """While capacity boots and the SLO stays missed, where the distilled model serves more on
+        the same GPUs: move one more on-prem replica to it for P1 and P2 each step (at most half
+        of them: P0 keeps the rest), where that repays its swap before burst capacity arrives.
+        Nothing boots and no pressure: all back to the site's model."""
         m = self.model
         if not window:
-            return OPEN, self._degraded
+            return self._degraded
         recent = signals_since(window, t, self.average_s)
         short = bool(m.pressure(window[-1])) or bool(m.breach(recent))
         booting = m.booting(nodes)
@@ -513,8 +507,7 @@ class Gpufleet(FleetPolicy):
             self._degraded = min(self._degraded + 1, m.onprem_replicas // 2)
         elif not booting and not short:
             self._degraded = 0
-        admission = RESTRICT if booting and short else OPEN
-        return admission, self._degraded
+        return self._degraded
 
     def _scale(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]

@@ -283,6 +283,12 @@ class Bom(Strict):
     gateway_image: str | None = Field(
         None, pattern=IMAGE, description="the admission gateway's HAProxy image, as triton_image"
     )
+    controller_image: str | None = Field(
+        None,
+        pattern=IMAGE,
+        description="the burst controller's image (this repository, its virtualenv and the Pulumi CLI), "
+        "as triton_image; unset: the controller is not deployed in the cluster",
+    )
     model_revision: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
     burst_ami: str | None = Field(
         None,

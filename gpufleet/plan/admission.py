@@ -10,9 +10,14 @@ from the serving plan and renders `haproxy.cfg`; `haproxy -c` checks the renderi
 - Priority queueing: `set-priority-class` orders HAProxy's queue for the primary backend: a P0
   request waits only behind other P0 requests.
 - Fallback, then shed: with the primary's queue past a class's degrade threshold, P1/P2 go to
-  the distilled fallback model; with the fallback's queue also past its bound, they are shed
-  with 429 and `Retry-After`. P0 always goes to the primary and is never shed while capacity
-  exists: it waits in the queue up to `timeout queue`.
+  the distilled fallback model; with the fallback's queue per serving replica also past its
+  bound (or no replica serving), they are shed with 429 and `Retry-After`. P0 always goes to the
+  primary and is never shed while capacity exists: it waits in the queue up to `timeout queue`.
+- The primary is one server, the on-prem model's Service (its replicas are fixed by the plan).
+  The fallback is one server per ready burst replica: HAProxy reads them from the DNS SRV
+  records of the burst pods' headless Service (`server-template`, up to the most replicas the
+  burst fleet can hold), each taking one replica's sequences, so every Spot node the controller
+  pays for takes its share as soon as its pod is ready.
 
 Queue thresholds come from Little's law: a queue of `rate x SLO` requests in front of a backend
 serving `rate` requests/s waits `SLO` on average. P2 leaves at a quarter of that, P1 at a half,
@@ -40,8 +45,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints
 
 from gpufleet.model.catalog import GPUModel, decode_rate
-from gpufleet.plan.k8s import TRITON_HTTP, Workload
+from gpufleet.model.site import Inventory
+from gpufleet.plan.aws import BurstFleet
+from gpufleet.plan.degrade import plan_degrade
+from gpufleet.plan.k8s import SERVING_NAMESPACE, TRITON_HTTP, Workload, burst_workload, onprem_workload
 from gpufleet.plan.node import Frozen
+from gpufleet.plan.site import SitePlan
 
 Priority = Literal["P0", "P1", "P2"]
 PRIORITIES: tuple[Priority, ...] = ("P0", "P1", "P2")
@@ -76,6 +85,25 @@ GATEWAY_DIR = "/usr/local/etc/haproxy"
 GATEWAY_MAPS = "/etc/gateway-tenants"
 TENANTS_SECRET = "gateway-tenants"
 GATEWAY_REPLICAS = 2
+# HAProxy's runtime API in the cluster (operator level: it can rewrite every map, the tenants' API
+# keys and classes too). In no Service a client reaches: a headless Service of its own names each
+# gateway replica for the burst controller, and a NetworkPolicy admits only pods with
+# CONTROLLER_LABELS (in the gateway's namespace) to this port.
+RUNTIME_API_PORT = 9999
+GATEWAY_ADMIN = "gateway-admin"
+# The burst controller's pod labels, as its Deployment sets them.
+CONTROLLER_LABELS = {"app.kubernetes.io/name": "gpufleet-burst-controller"}
+# kubeadm's default DNS domain (the sites' kubeadm-init sets none). HAProxy's resolvers do not
+# apply resolv.conf's search list, so every name it resolves at run time is fully qualified.
+CLUSTER_DOMAIN = "cluster.local"
+# The burst pods' headless Service: only ready pods are published, one SRV record each.
+FALLBACK_PORT_NAME = "http"
+# DNS answers of up to this many bytes over UDP (HAProxy announces it through EDNS0; CoreDNS
+# truncates past it, and HAProxy takes no TCP retry). One SRV record and its pod's address take
+# at most SRV_RECORD_BYTES (measured in tests), so a fleet of up to MAX_FALLBACK_SERVERS fits.
+DNS_PAYLOAD_BYTES = 8192
+SRV_RECORD_BYTES = 140
+MAX_FALLBACK_SERVERS = (DNS_PAYLOAD_BYTES - 512) // SRV_RECORD_BYTES
 
 
 # Tenants and their API keys reach HAProxy as map files (`key value...` per line, whitespace
@@ -100,21 +128,28 @@ class Tenant(Frozen):
 class Backend(Frozen):
     name: str
     model: str
-    servers: list[str]  # host:port
-    slots: int  # concurrent requests each server takes (the engine's max_num_seqs)
-    rate_rps: float  # requests/s the whole backend serves at its SLO
+    servers: list[str]  # host:port, one `server` line each
+    slots: int  # concurrent requests each server takes (its replicas' max_num_seqs)
+    rate_rps: float  # requests/s each server serves at its SLO
+    # One server per SRV record of this name (`_http._tcp.<headless Service>`), up to
+    # `max_servers`: HAProxy adds and removes them as the records come and go.
+    srv_name: str | None = None
+    max_servers: int = 0
 
 
 class AdmissionPlan(Frozen):
     slo_queue_wait_s: float
     degrade_queue: dict[Priority, int]  # primary queue length past which the class goes to fallback
-    shed_queue: int  # fallback queue length past which degraded requests are shed
+    # Fallback queue per serving server at which degraded requests are shed.
+    shed_queue: int
     retry_after_s: int
     p0_queue_timeout_s: int
 
 
 def plan_admission(slo_queue_wait_s: float, primary: Backend, fallback: Backend) -> AdmissionPlan:
-    """Queue thresholds from each backend's service rate and the queue-wait SLO."""
+    """Queue thresholds from each backend's service rate and the queue-wait SLO. The primary is
+    one server (its rate the whole Service's); the fallback's threshold is per server: the
+    fallback is full at `shed_queue` requests queued per server that serves, however many do."""
     slo_queue = primary.rate_rps * slo_queue_wait_s
     degrade = {p: max(1, math.floor(slo_queue * f)) for p, f in DEGRADE_FRACTION.items() if f is not None}
     return AdmissionPlan(
@@ -138,14 +173,25 @@ def haproxy_cfg(
     metrics_bind: str,
     admission_map: str,
     runtime_api: str | None = None,
+    nameservers: list[str] | None = None,
 ) -> str:
     """The gateway's configuration. Maps (API key -> `tenant class`, API key -> limit) are
     separate files: the keys are secrets and never sit in this text. `admission_map` is the
     file of `admission_map_text()`; `runtime_api` binds HAProxy's runtime API at operator level
-    (it can rewrite maps: only the burst controller may reach it)."""
+    (it can rewrite maps: only the burst controller may reach it). Names resolve through
+    resolv.conf's nameservers (the cluster's DNS), or `nameservers` (address:port) where given."""
 
     def servers(b: Backend) -> list[str]:
-        return [f"  server {b.name}-{i} {addr} maxconn {b.slots}" for i, addr in enumerate(b.servers)]
+        lines = [f"  server {b.name}-{i} {addr} maxconn {b.slots}" for i, addr in enumerate(b.servers)]
+        if b.srv_name is not None:
+            # Servers fallback-1..N, in maintenance until a record names them (init-addr none).
+            # Health checks take a replica out within seconds of failing its readiness, before
+            # its record goes (a Spot node lost without a drain).
+            lines.append(
+                f"  server-template {b.name}- {b.max_servers} {b.srv_name} maxconn {b.slots} "
+                "check inter 2s fall 2 rise 1"
+            )
+        return lines
 
     window = RATE_WINDOW_S
     lines = [
@@ -154,8 +200,18 @@ def haproxy_cfg(
         *([f"  stats socket {runtime_api} level operator"] if runtime_api else []),
         "",
         "resolvers cluster",
-        "  parse-resolv-conf",
-        "  hold valid 10s",
+        *(
+            ["  parse-resolv-conf"]
+            if nameservers is None
+            else [f"  nameserver ns{i} {addr}" for i, addr in enumerate(nameservers)]
+        ),
+        f"  accepted_payload_size {DNS_PAYLOAD_BYTES}",
+        # CoreDNS answers Services with a 5 s TTL: ask again as often, also while a headless
+        # Service has no ready pod (NXDOMAIN), so the first burst replica serves within 5 s.
+        "  hold valid 5s",
+        "  hold nx 5s",
+        # A record gone (its pod no longer ready) takes its server out at once.
+        "  hold obsolete 0s",
         "",
         "defaults",
         "  mode http",
@@ -206,7 +262,10 @@ def haproxy_cfg(
         *(f"  http-request set-priority-class int({PRIORITY_CLASS[p]}) if {p.lower()}" for p in PRIORITIES),
         f"  acl p1_degrade queue({PRIMARY}) ge {plan.degrade_queue['P1']}",
         f"  acl p2_degrade queue({PRIMARY}) ge {plan.degrade_queue['P2']}",
-        f"  acl fallback_full queue({FALLBACK}) ge {plan.shed_queue}",
+        # Full once its queue holds `shed_queue` per serving replica: queue - n x shed_queue >= 0
+        # (avg_queue rounds up: with a bound of 1, one request queued before 16 replicas would shed).
+        f"  http-request set-var(txn.fallback_room) nbsrv({FALLBACK}),mul({plan.shed_queue})",
+        f"  acl fallback_full queue({FALLBACK}),sub(txn.fallback_room) ge 0",
         # No burst node serving the fallback yet: the degraded classes are shed at once.
         f"  acl fallback_full nbsrv({FALLBACK}) eq 0",
         f"  use_backend {OVER_LIMIT} if over_limit",
@@ -226,6 +285,7 @@ def haproxy_cfg(
         f"backend {FALLBACK}",
         "  balance leastconn",
         f"  timeout queue {max(1, math.ceil(plan.slo_queue_wait_s))}s",
+        *(["  option httpchk GET /v2/health/ready"] if fallback.srv_name is not None else []),
         # Same API, the distilled model's name in the path.
         f"  http-request set-path %[path,regsub(^/v2/models/[^/]+/,/v2/models/{fallback.model}/)]",
         "  http-response set-header X-Served-By fallback",
@@ -239,18 +299,38 @@ MEAN_OUTPUT_TOKENS = 512
 
 
 def backend_for(
-    name: str, host: str, port: int, engine: dict[str, Any], replicas: int, steps_per_s: float
+    name: str,
+    engine: dict[str, Any],
+    replicas: int,
+    steps_per_s: float,
+    *,
+    servers: list[str] | None = None,
+    srv: str | None = None,
+    max_servers: int = 0,
 ) -> Backend:
-    """A Service of `replicas` engine replicas: slots are their sequences in flight, the rate what
-    their decode steps produce at `MEAN_OUTPUT_TOKENS` per request."""
+    """`servers` each of `replicas` engine replicas (a Service), or one replica per SRV record of
+    `srv`: slots are a server's sequences in flight, its rate what their decode steps produce at
+    `MEAN_OUTPUT_TOKENS` per request."""
     seqs = int(engine["max_num_seqs"])
     return Backend(
         name=name,
         model=str(engine["served_model_name"]),
-        servers=[f"{host}:{port}"],
+        servers=servers or [],
         slots=max(1, replicas * seqs),
         rate_rps=max(0.001, replicas * seqs * steps_per_s / MEAN_OUTPUT_TOKENS),
+        srv_name=srv,
+        max_servers=max_servers,
     )
+
+
+def pods_service(w: Workload) -> str:
+    """The headless Service of a workload's ready pods: the gateway's fallback discovers them."""
+    return f"{w.name}-pods"
+
+
+def srv_name(service: str, namespace: str, port_name: str = FALLBACK_PORT_NAME) -> str:
+    """The SRV name Kubernetes DNS gives a headless Service's named TCP port."""
+    return f"_{port_name}._tcp.{service}.{namespace}.svc.{CLUSTER_DOMAIN}"
 
 
 def _keys(keys: dict[str, Tenant]) -> list[tuple[str, Tenant]]:
@@ -271,11 +351,20 @@ def tenants_map(keys: dict[str, Tenant]) -> str:
     return "".join(f"{key} {t.name} {t.priority}\n" for key, t in _keys(keys))
 
 
+def limit_per_window(requests_per_s: float) -> int:
+    """A tenant's limits-map entry: requests allowed per rate window."""
+    return max(1, math.floor(requests_per_s * RATE_WINDOW_S))
+
+
+def boot_limit(limit: int) -> int:
+    """What P1 keeps of its limit while capacity boots: BOOT_P1_SHARE of it, rounded up, as the
+    rendered `mul,add(99),div(100)` computes it (gpufleet.sim's gateway applies this)."""
+    return (limit * round(BOOT_P1_SHARE * 100) + 99) // 100
+
+
 def limits_map(keys: dict[str, Tenant]) -> str:
     """API key -> requests allowed per rate window."""
-    return "".join(
-        f"{key} {max(1, math.floor(t.requests_per_s * RATE_WINDOW_S))}\n" for key, t in _keys(keys)
-    )
+    return "".join(f"{key} {limit_per_window(t.requests_per_s)}\n" for key, t in _keys(keys))
 
 
 class GatewayPlan(Frozen):
@@ -291,24 +380,34 @@ def plan_gateway(
     fallback: Workload,
     fallback_gpu: GPUModel,
 ) -> GatewayPlan:
-    """The site's gateway: the on-prem model as primary, the burst nodes' distilled model as
-    fallback. The fallback is sized as one replica: burst capacity comes and goes, and a queue
-    sized for more than is there would wait past the SLO."""
+    """The site's gateway: the on-prem model's Service as primary, the burst nodes' distilled
+    replicas as fallback, one server each. `fallback` is the burst workload at the site's
+    `burst.max_nodes`: its replicas are the most the fleet can hold, the servers HAProxy keeps
+    room for. Each fallback server takes one replica's sequences and is shed past one replica's
+    queue: capacity comes and goes, and a queue sized for more than serves would wait past the SLO."""
+    if fallback.replicas < 1:
+        raise ValueError(
+            f"fallback {fallback.name}: no replica; pass the burst workload at the site's burst.max_nodes"
+        )
+    if fallback.replicas > MAX_FALLBACK_SERVERS:
+        raise ValueError(
+            f"fallback {fallback.name}: {fallback.replicas} replicas, more than the "
+            f"{MAX_FALLBACK_SERVERS} whose DNS records fit one answer; lower site.burst.max_nodes"
+        )
     p = backend_for(
         PRIMARY,
-        f"{primary.name}.{primary.namespace}.svc",
-        TRITON_HTTP,
         primary.engine,
         primary.replicas,
         decode_rate(primary.model, primary_gpu, primary.tensor_parallel),
+        servers=[f"{primary.name}.{primary.namespace}.svc.{CLUSTER_DOMAIN}:{TRITON_HTTP}"],
     )
     f = backend_for(
         FALLBACK,
-        f"{fallback.name}.{fallback.namespace}.svc",
-        TRITON_HTTP,
         fallback.engine,
         1,
         decode_rate(fallback.model, fallback_gpu, fallback.tensor_parallel),
+        srv=srv_name(pods_service(fallback), fallback.namespace),
+        max_servers=fallback.replicas,
     )
     return GatewayPlan(
         admission=plan_admission(slo_queue_wait_s, p, f),
@@ -317,8 +416,35 @@ def plan_gateway(
     )
 
 
+def site_gateway(inv: Inventory, plan: SitePlan, fleet: BurstFleet) -> GatewayPlan | None:
+    """The gateway a site with burst capacity runs in front of its on-prem model, as the on-prem
+    stack renders it and the burst simulator routes by it; None: the site has none."""
+    primary = onprem_workload(inv, plan)
+    if inv.site.burst is None or plan.serving is None or plan.serving.shape is None or primary is None:
+        return None
+    # A fallback server for every replica of the largest burst fleet and every distilled replica
+    # the Degrader may start on on-prem GPUs (their pods join the same headless Service).
+    burst = burst_workload(inv, plan, fleet, inv.site.burst.max_nodes)
+    degrade = plan_degrade(inv, plan, fleet)
+    degraded = degrade.max_degraded * degrade.per_onprem if degrade else 0
+    return plan_gateway(
+        plan.serving.slo_queue_wait_p99_s,
+        primary,
+        plan.serving.shape.gpu,
+        burst.model_copy(update={"replicas": burst.replicas + degraded}),
+        fleet.instances[0].gpu,
+    )
+
+
+def gateway_admin_address(namespace: str = SERVING_NAMESPACE) -> str:
+    """HOST:PORT of every gateway replica's runtime API for `gpufleet burst run --gateway-admin`:
+    the headless Service resolves to each replica."""
+    return f"{GATEWAY_ADMIN}.{namespace}.svc.{CLUSTER_DOMAIN}:{RUNTIME_API_PORT}"
+
+
 def gateway_cfg(g: GatewayPlan) -> str:
-    """The in-cluster gateway's haproxy.cfg: maps from the mounted Secret."""
+    """The in-cluster gateway's haproxy.cfg: maps from the mounted Secret, the runtime API on
+    `RUNTIME_API_PORT` (reachable by the burst controller only: a NetworkPolicy)."""
     return haproxy_cfg(
         g.admission,
         g.primary,
@@ -328,4 +454,5 @@ def gateway_cfg(g: GatewayPlan) -> str:
         tenants_map=f"{GATEWAY_MAPS}/tenants.map",
         limits_map=f"{GATEWAY_MAPS}/limits.map",
         admission_map=f"{GATEWAY_DIR}/{ADMISSION_MAP}",
+        runtime_api=f"ipv4@:{RUNTIME_API_PORT}",
     )

@@ -32,6 +32,9 @@ TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 # The per-pod queue-wait metric prometheus-adapter serves to the HPA: Triton's cumulative
 # queue time over its successful requests, in seconds.
 QUEUE_METRIC = "triton_queue_wait_seconds"
+# kube-prometheus-stack's Prometheus Service (release `kube-prometheus-stack` below).
+PROMETHEUS_SERVICE, PROMETHEUS_PORT = "http://kube-prometheus-stack-prometheus.monitoring.svc", 9090
+PROMETHEUS_URL = f"{PROMETHEUS_SERVICE}:{PROMETHEUS_PORT}"
 # The HPA holds the mean queue wait at a quarter of the p99 SLO: p99 sits well above the mean.
 QUEUE_TARGET_SLO_FRACTION = 0.25
 # How Pulumi awaits serving workloads (its default for a Deployment is 10 minutes). On-prem: a
@@ -113,6 +116,9 @@ class Workload(Frozen):
     autoscale_max: int | None  # None: no HPA; replicas follow the plan or stack config (burst)
     queue_target_seconds: float
     engine: dict[str, Any]  # vLLM engine arguments (model.json)
+    # `app.kubernetes.io/component` of its pods: set, they are outside the serving disruption
+    # budgets (gpufleet.plan.degrade's distilled replicas on on-prem GPUs).
+    component: str | None = None
 
     @property
     def model_files(self) -> dict[str, str]:
@@ -129,6 +135,7 @@ class Workload(Frozen):
             "app.kubernetes.io/name": "triton",
             "app.kubernetes.io/instance": self.name,
             "gpufleet.io/capacity": self.capacity,
+            **({"app.kubernetes.io/component": self.component} if self.component else {}),
         }
 
 
@@ -243,7 +250,7 @@ def platform_charts(inv: Inventory, plan: SitePlan) -> list[Chart]:
             chart="prometheus-adapter",
             version="4.14.1",
             values={
-                "prometheus": {"url": "http://kube-prometheus-stack-prometheus.monitoring.svc", "port": 9090},
+                "prometheus": {"url": PROMETHEUS_SERVICE, "port": PROMETHEUS_PORT},
                 "rules": {"default": False, "custom": [_queue_metric_rule()]},
             },
             needs=("kube-prometheus-stack",),

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import runpy
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class Registration:
     additional_secret_outputs: list[str]
     # "register", or "read" for a resource the program only reads (a StackReference).
     operation: str = "register"
+    # Input paths `pulumi up` leaves as they are (ResourceOptions.ignore_changes).
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +140,7 @@ class RecordingMonitor(MockMonitor):
                     dependencies=list(request.dependencies),
                     provider=request.provider,
                     additional_secret_outputs=list(request.additionalSecretOutputs),
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response

@@ -54,9 +54,11 @@ def write_config(
     port: int,
     metrics_port: int,
     runtime_port: int | None = None,
+    nameservers: list[str] | None = None,
 ) -> Path:
     """haproxy.cfg, its two maps (they hold API keys: mode 0600) and the admission map in
-    `folder`; HAProxy's runtime API on 127.0.0.1:`runtime_port` where one is given."""
+    `folder`; HAProxy's runtime API on 127.0.0.1:`runtime_port` where one is given; names
+    resolved through `nameservers` (address:port) where given, else resolv.conf's."""
     write_maps(keys, folder)
     (folder / ADMISSION_MAP).write_text(admission_map_text())
     config = folder / "haproxy.cfg"
@@ -71,6 +73,7 @@ def write_config(
             limits_map=str(folder / "limits.map"),
             admission_map=str(folder / ADMISSION_MAP),
             runtime_api=None if runtime_port is None else f"ipv4@127.0.0.1:{runtime_port}",
+            nameservers=nameservers,
         )
     )
     return config

@@ -20,13 +20,40 @@ controller meets the outside world:
 - Kubernetes: no API: a retired or warned node is drained by the simulated group (no new requests,
   those in flight finish, then it goes; a reclaim cuts the rest off and they start over).
 
-Serving (per replica, the model's own speed from gpufleet.burst.hardware): requests wait in one queue
-ordered by class (HAProxy's priority queue: P0 first), go to the replica with the most room when it
-has a sequence slot (vLLM's max_num_seqs) and KV cache for the request's prompt and answer, are
-prefilled one after another at the prefill rate (compute-bound; vLLM's chunked prefill rides along
-the memory-bound decode steps, so decode is not paused for it), then decode together: each step advances every sequence by one
-token and takes the roofline's time for the batch and its KV cache. Queue wait (arrival to dispatch)
-and time to first token (to the end of prefill plus one step) are what the SLOs score.
+The gateway is production's: the site's own `GatewayPlan` (gpufleet.plan.admission.site_gateway,
+the one the on-prem stack renders into haproxy.cfg), its rules applied in haproxy.cfg's order to
+each arrival (`_route`):
+1. over the tenant's limit (HAProxy's `http_req_rate` over RATE_WINDOW_S, every request counted,
+   the refused ones too): 429;
+2. while the controller says capacity boots (`set_booting`, the admission map): P2 shed, P1 shed
+   over BOOT_P1_SHARE of its limit;
+3. P1/P2 with `queue(primary)` at their class's degrade threshold: shed when the fallback has no
+   server or its queue per server (`avg_queue`) is at `shed_queue`, else to the fallback;
+4. the rest, P0 always, to the primary.
+The primary backend is the on-prem replicas serving the site's model: one Service server with
+`maxconn` = its planned slots (replicas x max_num_seqs). The fallback is one server per serving
+replica of the distilled model (each ready burst replica, and each on-prem replica degraded to it),
+`maxconn` = one replica's slots. A backend's HAProxy queue is what it holds past its `maxconn`;
+what is inside `maxconn` and not yet running waits in the engines (for sequence slots or KV).
+Each backend queues by class (HAProxy's priority queue: P0, then P1, then P2; a class whose head
+cannot start holds the classes behind it). A request still in HAProxy's queue after `timeout
+queue` (the primary: p0_queue_timeout_s; the fallback: ceil(SLO)) fails (503): it is scored with
+that wait and no first token. A request routed is never routed again.
+
+Serving (per replica, the model's own speed from gpufleet.burst.hardware): a request starts on the
+backend's replica with the most room when it has a sequence slot (the engine's max_num_seqs, the
+backend's slots; a weighted group takes one when its middle member fits) and KV cache for its
+prompt and answer, is prefilled one after another at the prefill rate (compute-bound; vLLM's
+chunked prefill rides along the memory-bound decode steps, so decode is not paused for it), then
+decodes with the others: each step advances every sequence by one token and takes the roofline's
+time for the batch and its KV cache. Queue wait (arrival to start) and time to first token (to the
+end of prefill plus one step) are what the SLOs score.
+
+What this cannot see: Triton's queue duration in the simulated counters is the whole wait,
+HAProxy's queue included (production's Triton sees only the part inside `maxconn`; its pending
+count is modelled as that part); a cut-off request on a reclaimed node starts over in the
+fallback's queue (production's client gets an error and retries); HAProxy's queue and the engine's
+are both taken as priority-ordered.
 """
 
 from __future__ import annotations
@@ -36,33 +63,53 @@ import json
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpufleet.burst.actuate import Applied, AsgActuator
 from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices
-from gpufleet.burst.hardware import MAX_NUM_SEQS, ReplicaHardware
+from gpufleet.burst.hardware import ReplicaHardware
 from gpufleet.burst.interrupt import Drainer, Warning, handle
-from gpufleet.burst.policy import OPEN, SPOT_NOTICE_S, CapacityModel, Policy, Pool
+from gpufleet.burst.policy import SPOT_NOTICE_S, CapacityModel, Policy, Pool
 from gpufleet.burst.signal import PrometheusQuery, histogram_quantile, parse_query_response
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
+from gpufleet.plan.admission import (
+    FALLBACK,
+    OVER_LIMIT,
+    PRIMARY,
+    RATE_WINDOW_S,
+    SHED,
+    GatewayPlan,
+    boot_limit,
+    limit_per_window,
+)
 from gpufleet.sim.prices import PriceSeries
 from gpufleet.sim.trace import Request
 
 GROUP = "gpufleet-burst-sim"
 # Event kinds, in the order they run when they share an instant.
-_PRICE, _PREFILLED, _DONE, _ARRIVE, _READY, _RECONCILE, _SWAPPED, _NOTICE, _RECLAIM, _SCRAPE, _TICK = range(
-    11
-)
+(
+    _PRICE,
+    _PREFILLED,
+    _DONE,
+    _ARRIVE,
+    _TIMEOUT,
+    _READY,
+    _RECONCILE,
+    _SWAPPED,
+    _NOTICE,
+    _RECLAIM,
+    _SCRAPE,
+    _TICK,
+) = range(12)
 # After the horizon the fleet serves what is queued, for at most this long.
 _DRAIN_LIMIT_S = 1800.0
 # Triton's first-response histogram buckets (ms) as the serving stack configures them.
 TTFT_BUCKETS_MS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, math.inf)
 CLASSES = ("P0", "P1", "P2")
-# HAProxy's rate window (gpufleet.plan.admission): a tenant may burst this many seconds of its rate.
-RATE_WINDOW_S = 10.0
+BACKENDS = (PRIMARY, FALLBACK)
 
 
 @dataclass(frozen=True)
@@ -72,6 +119,19 @@ class Arrival:
     request: Request
     klass: str
     weight: float = 1.0
+
+
+class Routed(NamedTuple):
+    """One arrival as the gateway's log would have it: the fetches its rules read, and the backend."""
+
+    klass: str
+    rate: float  # sc_http_req_rate(0): the tenant's requests in the rate window, this one included
+    limit: int
+    booting: bool
+    queue_primary: float  # queue(primary)
+    fallback_servers: int  # nbsrv(fallback)
+    avg_queue_fallback: float  # avg_queue(fallback)
+    backend: str  # primary, fallback, shed or over_limit
 
 
 @dataclass(frozen=True)
@@ -98,6 +158,7 @@ class Result:
     scale_actions: int
     degraded_requests_pct: float
     shed_requests_pct: float
+    failed_requests_pct: float
     max_spend_usd_hour: float
     step_errors: int
     timeline: tuple[Minute, ...]
@@ -117,6 +178,7 @@ class Result:
             "scale_actions": self.scale_actions,
             "degraded_requests_pct": round(self.degraded_requests_pct, 2),
             "shed_requests_pct": round(self.shed_requests_pct, 2),
+            "failed_requests_pct": round(self.failed_requests_pct, 2),
         }
 
 
@@ -124,12 +186,12 @@ class _Replica:
     """Continuous batching on one replica: a prefill queue, then a decode batch sharing its steps."""
 
     def __init__(
-        self, hw: ReplicaHardware, node: _SimNode | None, now: float, lower_only: bool = False
+        self, hw: ReplicaHardware, node: _SimNode | None, now: float, backend: str, max_seqs: int
     ) -> None:
         self.hw = hw
         self.node = node
-        # A distilled replica on on-prem GPUs (lever 1): P1 and P2 only.
-        self.lower_only = lower_only
+        self.backend = backend  # the gateway backend whose server it is
+        self.max_seqs = max_seqs  # the engine's max_num_seqs
         self.kv = hw.kv_tokens
         self.seqs = 0.0  # sequences admitted (prefill and decode)
         self.ctx = 0.0  # KV tokens reserved by them
@@ -149,7 +211,9 @@ class _Replica:
     def room(self, need_seqs: float, need_ctx: float) -> bool:
         if self.seqs == 0:
             return True  # a request larger than the whole cache still runs alone
-        return self.seqs + need_seqs <= MAX_NUM_SEQS and self.ctx + need_ctx <= self.kv
+        # A group of `weight` requests starts when its middle member has a slot: on average the
+        # replica runs max_num_seqs sequences, as its single requests would.
+        return self.seqs + need_seqs / 2 <= self.max_seqs and self.ctx + need_ctx <= self.kv
 
     def step_s(self) -> float:
         if self._step_key != (self.dec_n, self.dec_ctx):
@@ -356,6 +420,10 @@ class Simulation:
     replica_rps: float
     # Offered load per minute in on-prem replicas (the timeline's, never shown to a policy).
     minute_load: Sequence[float]
+    # The site's gateway (gpufleet.plan.admission.site_gateway): thresholds, timeouts, slots.
+    gateway: GatewayPlan
+    # Each class's tenant limit at the gateway, requests/s (its limits map: x RATE_WINDOW_S).
+    tenant_limit_rps: Mapping[str, float]
     spot_max_price: float | None = None
     interruptions_per_node_hour: float = 0.0
     # Pools without Spot capacity: (pool, from, to) windows in which a launch there fails.
@@ -365,10 +433,8 @@ class Simulation:
     # Lever 1: the distilled model on one on-prem replica's GPUs: its replica hardware, how many,
     # and the seconds to load it and to load the site's model back; None: no degradation.
     distilled: tuple[ReplicaHardware, int, float, float] | None = None
-    # Lever 2: P1's tenants' rate limit at the gateway (weighted requests/s) while admission is restricted.
-    p1_limit_rps: float = math.inf
-    # False: the controller has no switch for the levers (it only logs them), as in production today.
-    serving_levers: bool = True
+    # False: the controller has no admission switch and no degrader (it only logs the count).
+    levers: bool = True
     scrape_s: float = 15.0
     tick_s: float = 15.0
     seed: int = 0
@@ -382,17 +448,25 @@ class Simulation:
         self.now = 0.0
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = 0
-        # HAProxy's priority queue: P0 first, then P1, then P2, each in arrival order.
-        self.queue: dict[str, deque[int]] = {k: deque() for k in CLASSES}
-        self.admission = OPEN
-        self._bucket = (0.0, self.p1_limit_rps * RATE_WINDOW_S)
+        # Per backend, HAProxy's priority queue: P0 first, then P1, then P2, each in arrival order.
+        self.queue: dict[str, dict[str, deque[int]]] = {b: {k: deque() for k in CLASSES} for b in BACKENDS}
+        self._waiting = {b: 0.0 for b in BACKENDS}  # weight queued (HAProxy's and the engines')
+        self._inflight = {b: 0.0 for b in BACKENDS}  # weight started on the backend's replicas
+        self._where: list[str | None] = [None] * len(self.arrivals)  # the backend it waits for
+        self._enqueued = [0] * len(self.arrivals)  # times queued: a timeout of an earlier one is void
+        self.booting = False
+        self.routes: list[Routed] = []
+        self.started_on: list[str | None] = [None] * len(self.arrivals)  # the backend of its replica
+        # HAProxy's rate counters per tenant (one per class): period start, this period's and the last's.
+        self._rate = {k: (0.0, 0.0, 0.0) for k in CLASSES}
         self._shed = [False] * len(self.arrivals)
-        self._shed_w = self._degraded_w = self._total_w = 0.0
+        self._failed = [False] * len(self.arrivals)
+        self._shed_w = self._limited_w = self._failed_w = self._degraded_w = self._total_w = 0.0
         self.nodes: dict[str, _SimNode] = {}
         self.desired = 0
         self._retrying = False
         self._serial = 0
-        self._onprem = [_OnPrem(_Replica(self.onprem, None, 0.0)) for _ in range(self.onprem_replicas)]
+        self._onprem = [_OnPrem(self._primary_replica()) for _ in range(self.onprem_replicas)]
         n = len(self.arrivals)
         self._wait = [math.nan] * n
         self._ttft = [math.nan] * n
@@ -419,7 +493,8 @@ class Simulation:
             pulumi=SimStack(self),
             replica_rps=self.replica_rps,
             clock=lambda: self.now,
-            levers=self if self.serving_levers else None,
+            admission=self if self.levers else None,
+            degrade=self if self.levers else None,
         )
         self._drainer = _NoKubernetes(core=None)
 
@@ -460,6 +535,10 @@ class Simulation:
             replica, version = payload
             if version == replica.version:
                 self._complete(replica)
+        elif kind == _TIMEOUT:
+            i, enqueued = payload
+            if enqueued == self._enqueued[i]:
+                self._timeout(i)
         elif kind == _READY:
             if not payload.gone and payload.state == "Pending":
                 self._ready(payload)
@@ -507,42 +586,131 @@ class Simulation:
     def _arrive(self, i: int) -> None:
         a = self.arrivals[i]
         self._total_w += a.weight
-        if self._admit(a):
-            self.queue[a.klass].append(i)
-            self._fill()
-        else:
+        backend = self._route(a)
+        if backend == OVER_LIMIT:
+            self._shed[i] = True
+            self._limited_w += a.weight
+        elif backend == SHED:
             self._shed[i] = True
             self._shed_w += a.weight
+        else:
+            if backend == FALLBACK:
+                self._degraded_w += a.weight
+            self._enqueue(i, backend)
+            self._fill()
         if i + 1 < len(self.arrivals):
             self._push(self.arrivals[i + 1].request.arrival_s, _ARRIVE, i + 1)
 
-    def _admit(self, a: Arrival) -> bool:
-        """The gateway: everything while admission is open; restricted, P2 is shed (429) and P1
-        passes within its tenants' rate limit (a token bucket of RATE_WINDOW_S seconds)."""
-        if self.admission == OPEN or a.klass == "P0":
-            return True
-        if a.klass == "P2":
-            return False
-        last, tokens = self._bucket
-        tokens = min(self.p1_limit_rps * RATE_WINDOW_S, tokens + (self.now - last) * self.p1_limit_rps)
-        if tokens >= a.weight:
-            self._bucket = (self.now, tokens - a.weight)
-            return True
-        self._bucket = (self.now, tokens)
-        return False
+    def _route(self, a: Arrival) -> str:
+        """haproxy.cfg's `use_backend` rules, in its order (gpufleet.plan.admission.haproxy_cfg)."""
+        limit = limit_per_window(self.tenant_limit_rps[a.klass])
+        rate = self._track(a)
+        queue = self.haproxy_queue(PRIMARY)
+        servers = self.fallback_servers()
+        avg = self.haproxy_queue(FALLBACK) / servers if servers else 0.0
+        threshold = self.gateway.admission.degrade_queue.get(a.klass)  # type: ignore[call-overload]
+        if rate > limit:
+            backend = OVER_LIMIT
+        elif self.booting and (a.klass == "P2" or (a.klass == "P1" and rate > boot_limit(limit))):
+            backend = SHED  # `p2 booting`, `p1 booting over_boot_limit`
+        elif threshold is not None and queue >= threshold:
+            full = servers == 0 or avg >= self.gateway.admission.shed_queue
+            backend = SHED if full else FALLBACK
+        else:
+            backend = PRIMARY
+        self.routes.append(Routed(a.klass, rate, limit, self.booting, queue, servers, avg, backend))
+        return backend
 
-    def apply(self, admission: str, degraded: int) -> None:
-        """The serving levers the controller sets (gpufleet.burst.controller.ServingLevers)."""
-        if admission != self.admission:
-            self._bucket = (self.now, self.p1_limit_rps * RATE_WINDOW_S)
-        self.admission = admission
-        if self.distilled is None:
+    def _track(self, a: Arrival) -> float:
+        """`track-sc0` then `sc_http_req_rate(0)`: HAProxy's rate over RATE_WINDOW_S periods, this
+        period's count plus the last one's for the part of the window it still covers."""
+        start, current, previous = self._rate[a.klass]
+        periods = math.floor((self.now - start) / RATE_WINDOW_S)
+        if periods >= 1:
+            start += periods * RATE_WINDOW_S
+            current, previous = 0.0, current if periods == 1 else 0.0
+        current += a.weight
+        self._rate[a.klass] = (start, current, previous)
+        return current + previous * (1 - (self.now - start) / RATE_WINDOW_S)
+
+    def slots(self, backend: str) -> float:
+        """Concurrent requests HAProxy passes to the backend: its servers' maxconn summed."""
+        if backend == PRIMARY:
+            return self.gateway.primary.slots
+        return self.fallback_servers() * self.gateway.fallback.slots
+
+    def fallback_servers(self) -> int:
+        """`nbsrv(fallback)`: replicas serving the distilled model, on burst nodes or degraded on-prem."""
+        return sum(1 for r in self._serving() if r.backend == FALLBACK)
+
+    def haproxy_queue(self, backend: str) -> float:
+        """`queue(backend)`: what waits in HAProxy's queue, past the servers' maxconn."""
+        return max(0.0, self._inflight[backend] + self._waiting[backend] - self.slots(backend))
+
+    def queue_timeout_s(self, backend: str) -> float:
+        if backend == PRIMARY:
+            return self.gateway.admission.p0_queue_timeout_s
+        return max(1, math.ceil(self.gateway.admission.slo_queue_wait_s))
+
+    def _enqueue(self, i: int, backend: str, front: bool = False) -> None:
+        a = self.arrivals[i]
+        queue = self.queue[backend][a.klass]
+        queue.appendleft(i) if front else queue.append(i)
+        self._waiting[backend] += a.weight
+        self._where[i] = backend
+        self._enqueued[i] += 1
+        self._push(self.now + self.queue_timeout_s(backend), _TIMEOUT, (i, self._enqueued[i]))
+
+    def _dequeue(self, i: int) -> None:
+        backend = self._where[i]
+        assert backend is not None
+        a = self.arrivals[i]
+        queue = self.queue[backend][a.klass]
+        if queue[0] == i:
+            queue.popleft()
+        else:
+            queue.remove(i)
+        self._waiting[backend] -= a.weight
+        self._where[i] = None
+
+    def _timeout(self, i: int) -> None:
+        """`timeout queue`: a request still in HAProxy's queue (not yet inside the servers' maxconn,
+        by its place in the priority order) fails with 503."""
+        backend = self._where[i]
+        if backend is None:
             return
-        want = max(0, min(degraded, len(self._onprem)))
+        a = self.arrivals[i]
+        ahead = sum(
+            self.arrivals[j].weight for k in CLASSES[: CLASSES.index(a.klass)] for j in self.queue[backend][k]
+        )
+        for j in self.queue[backend][a.klass]:
+            ahead += self.arrivals[j].weight
+            if j == i:
+                break
+        if ahead <= max(0.0, self.slots(backend) - self._inflight[backend]) + 1e-9:
+            return  # inside maxconn: the engine holds it, and `timeout server` is far off
+        self._dequeue(i)
+        self._failed[i] = True
+        self._failed_w += a.weight
+        self._wait[i] = self.now - a.request.arrival_s
+
+    def set_booting(self, booting: bool) -> list[str]:
+        """The controller's admission switch (the admission map's `booting` entry)."""
+        self.booting = booting
+        return []
+
+    def set_degraded(self, count: int) -> list[str]:
+        """The controller's degrader: `count` on-prem replicas to the distilled model."""
+        if self.distilled is None:
+            return (
+                [f"no distilled model fits the on-prem GPUs: {count} replicas not degraded"] if count else []
+            )
+        want = max(0, min(count, len(self._onprem)))
         for k, unit in enumerate(self._onprem):
             target = "distilled" if k >= len(self._onprem) - want else "primary"
             if target != unit.target:
                 self._swap(unit, target)
+        return []
 
     def _swap(self, unit: _OnPrem, target: str) -> None:
         """Load the other model's weights: the unit takes nothing new until they are in (what it
@@ -554,18 +722,24 @@ class Simulation:
         seconds = to_distilled_s if target == "distilled" else to_primary_s
         self._push(self.now + seconds, _SWAPPED, (unit, unit.swap))
 
+    def _primary_replica(self) -> _Replica:
+        seqs = max(1, self.gateway.primary.slots // max(1, self.onprem_replicas))
+        return _Replica(self.onprem, None, self.now, PRIMARY, seqs)
+
     def _swapped(self, unit: _OnPrem) -> None:
         assert self.distilled is not None
         hw, count, _, _ = self.distilled
         if unit.target == "primary":
-            unit.primary = _Replica(self.onprem, None, self.now)
+            unit.primary = self._primary_replica()
         else:
-            unit.distilled = [_Replica(hw, None, self.now, lower_only=True) for _ in range(count)]
+            unit.distilled = [
+                _Replica(hw, None, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
+            ]
         unit.mode = unit.target
         self._fill()
 
     def _queued(self) -> bool:
-        return any(self.queue.values())
+        return any(q for b in BACKENDS for q in self.queue[b].values())
 
     def _serving(self) -> list[_Replica]:
         out = [r for unit in self._onprem for r in unit.serving()]
@@ -577,35 +751,30 @@ class Simulation:
     def _fill(self) -> None:
         if not self._queued():
             return
-        replicas = self._serving()
-        primary_open = True
-        for klass in CLASSES:
-            queue = self.queue[klass]
-            while queue:
-                a = self.arrivals[queue[0]]
-                need = a.weight * (a.request.input_tokens + a.request.output_tokens)
-                fit = [
-                    r
-                    for r in replicas
-                    if (r.lower_only or primary_open)
-                    and (klass != "P0" or not r.lower_only)
-                    and r.room(a.weight, need)
-                ]
-                if not fit:
-                    break
-                replica = min(fit, key=lambda r: r.ctx / max(r.kv, 1) + r.seqs / MAX_NUM_SEQS)
-                self._start(replica, queue.popleft(), need)
-            # A class that waits keeps the site's model for itself: lower classes behind it may
-            # only take the distilled replicas.
-            primary_open = primary_open and not queue
+        serving = self._serving()
+        for backend in BACKENDS:
+            replicas = [r for r in serving if r.backend == backend]
+            for klass in CLASSES:
+                queue = self.queue[backend][klass]
+                while queue:
+                    a = self.arrivals[queue[0]]
+                    need = a.weight * (a.request.input_tokens + a.request.output_tokens)
+                    fit = [r for r in replicas if r.room(a.weight, need)]
+                    if not fit:
+                        break
+                    replica = min(fit, key=lambda r: r.ctx / max(r.kv, 1) + r.seqs / r.max_seqs)
+                    self._start(replica, queue[0], need)
+                if queue:
+                    break  # the priority queue: a class that waits holds the ones behind it
 
     def _start(self, replica: _Replica, i: int, need: float) -> None:
         a = self.arrivals[i]
         wait = self.now - a.request.arrival_s
         self._wait[i] = wait
         self._queue_us += a.weight * wait * 1e6
-        if replica.lower_only:
-            self._degraded_w += a.weight
+        self._dequeue(i)
+        self.started_on[i] = replica.backend
+        self._inflight[replica.backend] += a.weight
         replica.seqs += a.weight
         replica.ctx += need
         replica.prefill.append(i)
@@ -658,6 +827,7 @@ class Simulation:
             replica.dec_ctx -= need
             replica.seqs -= a.weight
             replica.ctx -= need
+            self._inflight[replica.backend] -= a.weight
             self._success += a.weight
             self._done += 1
         self._schedule(replica)
@@ -740,7 +910,9 @@ class Simulation:
         self._account(self.now)
         node.state = "InService"
         hw, count = self.burst[node.pool.instance_type]
-        node.replicas = [_Replica(hw, node, self.now) for _ in range(count)]
+        node.replicas = [
+            _Replica(hw, node, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
+        ]
         self._fill()
 
     def drain(self, node: _SimNode) -> None:
@@ -761,7 +933,8 @@ class Simulation:
             replica.node_version += 1
             # Cut off: prefilling and decoding requests start over in the queue.
             for i in sorted([*replica.prefill, *(i for _, i in replica.heap)], reverse=True):
-                self.queue[self.arrivals[i].klass].appendleft(i)
+                self._inflight[replica.backend] -= self.arrivals[i].weight
+                self._enqueue(i, replica.backend, front=True)
         del self.nodes[node.id]
         self._reconcile()
         self._fill()
@@ -786,7 +959,8 @@ class Simulation:
         util = min(1.0, busy / (interval * len(serving))) if serving and interval > 0 else 0.0
         for r in serving:
             r.busy_s = 0.0
-        pending = sum(self.arrivals[i].weight for q in self.queue.values() for i in q)
+        # Triton's pending count: what waits inside the servers' maxconn (the rest is HAProxy's).
+        pending = sum(min(self._waiting[b], max(0.0, self.slots(b) - self._inflight[b])) for b in BACKENDS)
         self.scrapes.append(
             (
                 self.now,
@@ -877,7 +1051,11 @@ class Simulation:
             cap_violations=len(self._cap_minutes),
             scale_actions=self._actions,
             degraded_requests_pct=100.0 * self._degraded_w / self._total_w if self._total_w else 0.0,
-            shed_requests_pct=100.0 * self._shed_w / self._total_w if self._total_w else 0.0,
+            # Every 429: the shed backend's and the tenant limits'.
+            shed_requests_pct=100.0 * (self._shed_w + self._limited_w) / self._total_w
+            if self._total_w
+            else 0.0,
+            failed_requests_pct=100.0 * self._failed_w / self._total_w if self._total_w else 0.0,
             max_spend_usd_hour=self._max_spend,
             step_errors=int(errors),
             timeline=timeline,

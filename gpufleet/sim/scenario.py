@@ -17,9 +17,16 @@ trace. What a scenario sets, and documents, instead:
 - Spot capacity: each pool runs out now and then (OUTAGES_PER_POOL_HOUR, each OUTAGE_S long),
   when a launch there fails and the group tries its next type.
 - Prices: gpufleet.sim.prices.random_walk's documented parameters.
-- Levers: P1's rate limit at the gateway is P1's share of the ordinary traffic; the distilled
-  model on an on-prem replica's GPUs is the burst fleet's, at its tensor parallelism, loaded at the
-  measured cold weight-load rate (gpufleet.burst.hardware.swap_s) in both directions.
+- Gateway: the site's own (gpufleet.plan.admission.site_gateway, what the on-prem stack renders
+  into haproxy.cfg): primary the on-prem model, fallback the burst nodes' distilled model; see
+  gpufleet.sim.engine for its rules. One tenant per class. TENANT_LIMIT: each tenant's limit is
+  its class's share of the ordinary traffic's busiest rate window (RATE_WINDOW_S) times SURGE_SOLD
+  (3, the largest surge the site sells), so ordinary traffic and a sold surge pass (a limit of 3x
+  the mean rate would not: the Azure trace's busiest 10 s send 2.6x its mean); the booting limit
+  is BOOT_P1_SHARE of it (gpufleet.plan.admission.boot_limit).
+- Degradation: the distilled model on an on-prem replica's GPUs is the burst fleet's, at its
+  tensor parallelism, loaded at the measured cold weight-load rate
+  (gpufleet.burst.hardware.swap_s) in both directions; its replicas join the fallback.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from gpufleet.burst.policy import CapacityModel, KnownPeak, Policy, Pool
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
 from gpufleet.model.errors import InputError, Problem
 from gpufleet.model.site import Inventory
+from gpufleet.plan.admission import RATE_WINDOW_S, GatewayPlan, site_gateway
 from gpufleet.plan.aws import BurstFleet, plan_fleet
 from gpufleet.plan.site import plan_site
 from gpufleet.sim.baselines import make_policy
@@ -51,6 +59,8 @@ START_ERROR_S = 600.0
 OUTAGES_PER_POOL_HOUR = 0.25
 OUTAGE_S = (600.0, 1800.0)
 INTERRUPTIONS_PER_NODE_HOUR = 0.05
+# The largest surge the site sells: a tenant's limit is this many times its class's mean rate.
+SURGE_SOLD = 3.0
 ANNOUNCE_MODES = ("exact", "factor-wrong", "start-wrong", "none")
 
 
@@ -72,7 +82,8 @@ class Scenario:
     weight: float
     initial_nodes: int
     distilled: tuple[ReplicaHardware, int, float, float] | None
-    p1_limit_rps: float
+    gateway: GatewayPlan
+    tenant_limit_rps: dict[str, float]
     spot_max_price: float | None
     outages: tuple[tuple[Pool, float, float], ...]
     slo_ttft_s: float
@@ -101,7 +112,8 @@ class Scenario:
             outages=self.outages,
             initial_nodes=self.initial_nodes,
             distilled=self.distilled,
-            p1_limit_rps=self.p1_limit_rps,
+            gateway=self.gateway,
+            tenant_limit_rps=self.tenant_limit_rps,
             seed=self.seed,
             slo_ttft_s=self.slo_ttft_s,
         )
@@ -196,6 +208,9 @@ def build_scenario(
             source, [Problem(("site", missing), f"the site has no {missing} section to simulate")]
         )
     fleet = plan_fleet(inv, source)
+    gateway = site_gateway(inv, plan, fleet)
+    if gateway is None:
+        raise InputError(source, [Problem(("site", "serving"), "the site renders no gateway to simulate")])
     capacity = CapacityModel.from_plan(plan, fleet, plan.burst.spot_max_price_usd)
     if boot_budget_s is not None:
         capacity = replace(capacity, boot_to_serve_s=boot_budget_s)
@@ -235,6 +250,11 @@ def build_scenario(
         return load
 
     base_load = per_minute(base.requests)
+    # TENANT_LIMIT's base: requests/s in the ordinary traffic's busiest rate window.
+    windows: dict[int, int] = {}
+    for r in base.requests:
+        windows[int(r.arrival_s // RATE_WINDOW_S)] = windows.get(int(r.arrival_s // RATE_WINDOW_S), 0) + 1
+    busiest = weight * max(windows.values(), default=1) / RATE_WINDOW_S
     per_onprem = shape.tensor_parallel // fleet.tensor_parallel
     distilled = (
         (
@@ -267,8 +287,8 @@ def build_scenario(
         weight=weight,
         initial_nodes=min(initial, capacity.max_nodes),
         distilled=distilled,
-        # P1's tenants' limits: their share of the ordinary traffic.
-        p1_limit_rps=dict(CLASS_SHARES)["P1"] * weight * len(base.requests) / horizon_s,
+        gateway=gateway,
+        tenant_limit_rps={k: SURGE_SOLD * share * busiest for k, share in CLASS_SHARES},
         spot_max_price=plan.burst.spot_max_price_usd,
         outages=outages(pools, horizon_s, seed) if launch_failures else (),
         slo_ttft_s=plan.serving.slo_ttft_p99_s,

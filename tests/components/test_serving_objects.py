@@ -8,6 +8,7 @@ scripts are checked as data and by bash's own parser (`bash -n`).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 
 from gpufleet.inventory.load import REPO_ROOT
 from gpufleet.inventory.stacks import Stack
+from gpufleet.plan.degrade import DEGRADED_COMPONENT
 from gpufleet.plan.k8s import onprem_workload
 from gpufleet.plan.launch import (
     RAY_PORT,
@@ -53,11 +55,13 @@ def _lws_schema() -> dict[str, Any]:
 
 
 def _objects(graph: Graph, type_: str, app: str = "triton") -> list[dict[str, Any]]:
-    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy)."""
+    """Objects of one type that belong to `app` (Triton's, or the gateway's: haproxy); not the
+    distilled model's standby objects (lever 1: tests/components/test_degraded_serving.py)."""
     return [
         reveal(r.inputs)
         for r in graph.by_type(type_)
         if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app
+        and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") != DEGRADED_COMPONENT
     ]
 
 
@@ -136,6 +140,7 @@ def test_one_cache_download_per_site_and_read_only_replicas(
         for r in graph.resources
         if r.type.endswith(("LeaderWorkerSet", "apps/v1:Deployment"))
         and r.inputs["metadata"]["labels"]["app.kubernetes.io/name"] == "triton"
+        and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") != DEGRADED_COMPONENT
     ]
     specs = []
     for spec in pods:
@@ -183,15 +188,37 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     name: str, graphs: dict[str, Graph]
 ) -> None:
     from gpufleet.inventory.stacks import load_stack
-    from gpufleet.plan.admission import ADMISSION_MAP, GATEWAY_DIR, METRICS_PATH, TENANTS_SECRET
+    from gpufleet.plan.admission import ADMISSION_MAP, GATEWAY, GATEWAY_DIR, METRICS_PATH, TENANTS_SECRET
+    from gpufleet.plan.aws import plan_fleet
+    from gpufleet.plan.degrade import plan_degrade
+    from gpufleet.plan.k8s import burst_workload
+    from gpufleet.plan.site import plan_site
 
     graph = graphs[name]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
     (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
-    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    (service,) = [
+        s
+        for s in _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+        if s["metadata"]["name"] == GATEWAY
+    ]
     text = config["data"]["haproxy.cfg"]
-    assert "server primary-0 deepseek-r1.serving.svc:8000" in text
-    assert "server fallback-0 deepseek-r1-distill-llama-70b-burst.serving.svc:8000" in text
+    assert "server primary-0 deepseek-r1.serving.svc.cluster.local:8000" in text
+    # One server per ready distilled replica: room for the largest burst fleet (8 nodes x 2 on
+    # dc1) and every replica the Degrader may start on on-prem GPUs (the SRV records: test below).
+    inv = load_stack(name).inventory
+    site = plan_site(inv)
+    fleet = plan_fleet(inv, f"stacks/Pulumi.{name}.yaml")
+    degrade = plan_degrade(inv, site, fleet)
+    assert inv.site.burst is not None
+    servers = burst_workload(inv, site, fleet, inv.site.burst.max_nodes).replicas + (
+        degrade.max_degraded * degrade.per_onprem if degrade else 0
+    )
+    assert servers > inv.site.burst.max_nodes
+    assert (
+        f"server-template fallback- {servers} _http._tcp.deepseek-r1-distill-llama-70b-burst-pods.serving.svc.cluster.local"
+        in text
+    )
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == load_stack(name).inventory.bom.gateway_image
     # Prometheus scrapes the gateway (the shed and degraded rates the burst controller reads) on
@@ -208,13 +235,98 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     assert {"name": "tenants", "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o400}} in pod[
         "volumes"
     ]
-    assert service["spec"]["ports"][0]["port"] == 8080
-    # The admission map the config reads sits beside it and starts normal. The runtime API that
-    # switches it while burst capacity boots is not exposed in the cluster: it can rewrite every
-    # map, the tenants' too (docs/serving.md).
+    assert [p["port"] for p in service["spec"]["ports"]] == [8080]  # clients: the API port alone
+    # The admission map the config reads sits beside it and starts normal; the runtime API that
+    # switches it while burst capacity boots: the next test.
     assert f"map({GATEWAY_DIR}/{ADMISSION_MAP},0)" in text
     assert config["data"][ADMISSION_MAP] == "booting 0\n"
-    assert "stats socket" not in text
+
+
+def _admits(policy: dict[str, Any], port: int, labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's ingress rules let a pod with `labels` in the policy's namespace
+    reach `port` (a rule without `from` admits every source; without `ports`, every port)."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = [p["port"] for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        sources = rule.get("from")
+        if sources is None or any(
+            "namespaceSelector" not in s and "ipBlock" not in s and _selects(s["podSelector"], labels)
+            for s in sources
+        ):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", ["dc1-prod", "dc1-dr"])
+def test_only_the_burst_controller_reaches_the_gateways_runtime_api(
+    name: str, graphs: dict[str, Graph]
+) -> None:
+    """The runtime API (operator level: it rewrites maps, the tenants' keys too) listens on its
+    own port, which the clients' Service does not carry; a headless Service names each replica
+    for the controller, and the NetworkPolicy over the gateway pods admits the controller's
+    labels there and no one else, while clients and Prometheus still reach theirs. The objects
+    pass the official schema in test_stack_graphs; here what they mean."""
+    from gpufleet.plan.admission import (
+        CONTROLLER_LABELS,
+        GATEWAY,
+        GATEWAY_ADMIN,
+        GATEWAY_PORT,
+        METRICS_PORT,
+        RUNTIME_API_PORT,
+    )
+
+    graph = graphs[name]
+    (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
+    (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
+    services = {s["metadata"]["name"]: s for s in _objects(graph, "kubernetes:core/v1:Service", "haproxy")}
+    (policy,) = _objects(graph, "kubernetes:networking.k8s.io/v1:NetworkPolicy", "haproxy")
+    text = config["data"]["haproxy.cfg"]
+    assert f"  stats socket ipv4@:{RUNTIME_API_PORT} level operator" in text.splitlines()
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert {"name": "runtime", "containerPort": RUNTIME_API_PORT} in container["ports"]
+    assert sorted(services) == [GATEWAY, GATEWAY_ADMIN]
+    assert all(p["port"] != RUNTIME_API_PORT for p in services[GATEWAY]["spec"]["ports"])
+    admin = services[GATEWAY_ADMIN]["spec"]
+    assert admin["clusterIP"] == "None" and [p["port"] for p in admin["ports"]] == [RUNTIME_API_PORT]
+    assert _selects({"matchLabels": admin["selector"]}, template["metadata"]["labels"])
+    # The policy covers the gateway pods, ingress only, in their namespace.
+    assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert _selects(policy["spec"]["podSelector"], template["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    anyone = {"app.kubernetes.io/name": "some-client"}
+    assert _admits(policy, RUNTIME_API_PORT, CONTROLLER_LABELS)
+    for intruder in (anyone, template["metadata"]["labels"], {"app.kubernetes.io/name": "triton"}):
+        assert not _admits(policy, RUNTIME_API_PORT, intruder)
+    assert _admits(policy, GATEWAY_PORT, anyone) and _admits(policy, METRICS_PORT, anyone)
+    assert not _admits(policy, 22, anyone)
+
+
+def test_the_burst_replicas_records_are_the_gateways_fallback(graphs: dict[str, Graph]) -> None:
+    """The burst stack's headless Service publishes each ready burst pod (not the not-ready: a
+    record is a replica that serves) under the SRV name dc1-prod's gateway discovers."""
+    from gpufleet.plan.admission import CLUSTER_DOMAIN
+
+    (deployment,) = _objects(graphs["burst-prod"], "kubernetes:apps/v1:Deployment")
+    services = {
+        s["metadata"]["name"]: s for s in _objects(graphs["burst-prod"], "kubernetes:core/v1:Service")
+    }
+    headless = [s for s in services.values() if s["spec"].get("clusterIP") == "None"]
+    (pods,) = headless
+    spec = pods["spec"]
+    assert spec["publishNotReadyAddresses"] is False
+    assert _selects({"matchLabels": spec["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
+    (port,) = spec["ports"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port["protocol"] == "TCP" and named[port["targetPort"]] == port["port"] == 8000
+    srv = f"_{port['name']}._tcp.{pods['metadata']['name']}.{pods['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"
+    (config,) = _objects(graphs["dc1-prod"], "kubernetes:core/v1:ConfigMap", "haproxy")
+    # The count of servers: test_the_gateway_runs_the_planned_config_with_keys_from_a_secret.
+    assert re.search(
+        rf"^  server-template fallback- \d+ {re.escape(srv)} ", config["data"]["haproxy.cfg"], re.M
+    )
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -238,7 +350,7 @@ def test_prometheus_scrapes_the_gateway_exporter_on_its_own_port(
     and gateway pods of its namespace; each of them names the endpoint's port; the gateway's is
     the exporter's own bind, which the API frontend never serves; the Service's and probes' port
     names are the container's."""
-    from gpufleet.plan.admission import GATEWAY_PORT, METRICS_PATH
+    from gpufleet.plan.admission import GATEWAY, GATEWAY_PORT, METRICS_PATH
     from tests.crds import validate_custom
 
     graph = graphs[name]
@@ -270,7 +382,11 @@ def test_prometheus_scrapes_the_gateway_exporter_on_its_own_port(
         assert (endpoint["port"] in ports) == ("http" in ports), t["metadata"]["labels"]
     (config,) = _objects(graph, "kubernetes:core/v1:ConfigMap", "haproxy")
     (deployment,) = _objects(graph, "kubernetes:apps/v1:Deployment", "haproxy")
-    (service,) = _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+    (service,) = [
+        s
+        for s in _objects(graph, "kubernetes:core/v1:Service", "haproxy")
+        if s["metadata"]["name"] == GATEWAY
+    ]
     text = config["data"]["haproxy.cfg"]
     frontends = {block.split("\n", 1)[0].strip(): block for block in text.split("\nfrontend ")[1:]}
     (container,) = deployment["spec"]["template"]["spec"]["containers"]

@@ -19,7 +19,8 @@ import pytest
 from deploys.node import containerd_config
 from gpufleet.inventory.stacks import Stack, stack_names
 from gpufleet.model.catalog import AWS_GPU_INSTANCES
-from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst
+from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst, plan_fleet
+from gpufleet.plan.degrade import degraded_workload
 from gpufleet.plan.k8s import (
     QUEUE_METRIC,
     burst_workload,
@@ -102,9 +103,23 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                     "gpufleet:serving:AdmissionGateway": 1,
                     "kubernetes:core/v1:ConfigMap": 1,
                     "kubernetes:apps/v1:Deployment": 1,
-                    "kubernetes:core/v1:Service": 1,
+                    # Clients' Service, and the runtime API's headless one for the controller.
+                    "kubernetes:core/v1:Service": 2,
+                    "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1,
                 }
             )
+            degraded = degraded_workload(inv, plan, plan_fleet(inv, source(stack)))
+            if degraded is not None:  # lever 1: the distilled model on on-prem GPUs, replicas 0
+                cache = int(degraded.cache_storage_class is not None)
+                expected += Counter(
+                    {
+                        "gpufleet:serving:DeepSeekServing": 1,
+                        "kubernetes:core/v1:ConfigMap": 1 + cache,
+                        "kubernetes:core/v1:PersistentVolumeClaim": cache,
+                        "kubernetes:batch/v1:Job": cache,
+                        "kubernetes:apps/v1:Deployment": 1,
+                    }
+                )
     return +expected
 
 
@@ -157,7 +172,8 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "gpufleet:serving:DeepSeekServing": 1,
             "kubernetes:core/v1:ConfigMap": 1,
             "kubernetes:apps/v1:Deployment": 1,
-            "kubernetes:core/v1:Service": 1,
+            # The model's Service, and the headless one whose records are the gateway's fallback.
+            "kubernetes:core/v1:Service": 2,
             "kubernetes:policy/v1:PodDisruptionBudget": 1,
         }
     )

@@ -1,19 +1,30 @@
-"""Admission thresholds from the serving plan, and the rendered haproxy.cfg through `haproxy -c`."""
+"""Admission thresholds from the serving plan, and the rendered haproxy.cfg through `haproxy -c`
+(Debian's 2.6, the gateway image's major version)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from dnslib import DNSRecord
 
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.admission import (
+    ADMISSION_MAP,
+    DNS_PAYLOAD_BYTES,
     FALLBACK,
+    GATEWAY_DIR,
+    GATEWAY_MAPS,
+    MAX_FALLBACK_SERVERS,
     PRIMARY,
+    RUNTIME_API_PORT,
     SHED,
+    SRV_RECORD_BYTES,
     Backend,
     GatewayPlan,
     Tenant,
+    admission_map_text,
+    gateway_cfg,
     plan_admission,
     plan_gateway,
 )
@@ -21,6 +32,8 @@ from gpufleet.plan.aws import plan_burst
 from gpufleet.plan.k8s import burst_workload, onprem_workload
 from gpufleet.plan.site import plan_site
 from gpufleet.serving.gateway import check_config, write_config
+from gpufleet.serving.tenants import write_maps
+from tests.srvdns import Records
 
 
 def _backend(name: str, rate: float) -> Backend:
@@ -55,17 +68,98 @@ def _site_gateway() -> GatewayPlan:
         plan.serving.slo_queue_wait_p99_s,
         onprem,
         plan.serving.shape.gpu,
-        burst_workload(inv, plan, fleet, 1),
+        burst_workload(inv, plan, fleet, inv.site.burst.max_nodes if inv.site.burst else 0),
         fleet.instances[0].gpu,
     )
 
 
 def test_dc1_gateway_is_sized_from_its_replicas() -> None:
     g = _site_gateway()
-    # 4 replicas x 215 sequences of DeepSeek-R1 on 2 x 8 H100; the distilled model on burst nodes.
-    assert g.primary.slots == 4 * 215 and g.primary.servers == ["deepseek-r1.serving.svc:8000"]
-    assert g.fallback.model == "deepseek-r1-distill-llama-70b"
+    # 4 replicas x 215 sequences of DeepSeek-R1 on 2 x 8 H100, one Service, fully qualified
+    # (HAProxy's resolvers apply no search list).
+    assert g.primary.slots == 4 * 215 and g.primary.servers == ["deepseek-r1.serving.svc.cluster.local:8000"]
     assert g.admission.degrade_queue["P2"] < g.admission.degrade_queue["P1"] <= g.primary.rate_rps * 2.0
+    # The distilled model on burst nodes: a server per ready replica, room for the largest fleet
+    # (8 nodes x 2 replicas of TP 4 on an 8-GPU type), each one replica's sequences.
+    f = g.fallback
+    assert f.model == "deepseek-r1-distill-llama-70b" and f.servers == [] and f.max_servers == 8 * 2
+    assert f.srv_name == "_http._tcp.deepseek-r1-distill-llama-70b-burst-pods.serving.svc.cluster.local"
+    stack = load_stack("burst-prod")
+    engine = burst_workload(stack.inventory, plan_site(stack.inventory), _fleet(), 1).engine
+    assert f.slots == engine["max_num_seqs"]
+    # The shed bound is per server: half an SLO of one replica's rate.
+    assert g.admission.shed_queue == max(1, int(f.rate_rps * 2.0 * 0.5))
+
+
+def _fleet():  # type: ignore[no-untyped-def]
+    stack = load_stack("burst-prod")
+    return plan_burst(stack.inventory, stack.config, "stacks/Pulumi.burst-prod.yaml").fleet
+
+
+def test_a_fallback_without_replicas_is_refused() -> None:
+    stack = load_stack("burst-prod")
+    inv = stack.inventory
+    plan = plan_site(inv)
+    onprem = onprem_workload(inv, plan)
+    assert onprem is not None and plan.serving is not None and plan.serving.shape is not None
+    fleet = _fleet()
+    with pytest.raises(ValueError, match=r"burst\.max_nodes"):
+        plan_gateway(
+            2.0, onprem, plan.serving.shape.gpu, burst_workload(inv, plan, fleet, 0), fleet.instances[0].gpu
+        )
+
+
+def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
+    """The exact text the gateway's ConfigMap carries, its mount paths moved under tmp_path so that
+    `haproxy -c` finds the maps: fallback servers discovered from SRV records, shed per server,
+    the runtime API on its own port at operator level."""
+    g = _site_gateway()
+    text = gateway_cfg(g)
+    lines = [line.strip() for line in text.splitlines()]
+    template = f"server-template fallback- 16 {g.fallback.srv_name} maxconn {g.fallback.slots} check"
+    assert any(line.startswith(template) for line in lines), text
+    assert not any(line.startswith("server fallback") for line in lines)
+    room = f"http-request set-var(txn.fallback_room) nbsrv({FALLBACK}),mul({g.admission.shed_queue})"
+    assert room in lines and f"acl fallback_full queue({FALLBACK}),sub(txn.fallback_room) ge 0" in lines
+    assert f"acl fallback_full nbsrv({FALLBACK}) eq 0" in lines
+    assert f"stats socket ipv4@:{RUNTIME_API_PORT} level operator" in lines and "level admin" not in text
+    assert "parse-resolv-conf" in lines and "accepted_payload_size 8192" in lines
+    maps, conf = tmp_path / "maps", tmp_path / "conf"
+    conf.mkdir()
+    write_maps({"k0": Tenant(name="bank", priority="P0", requests_per_s=5)}, maps)
+    (conf / ADMISSION_MAP).write_text(admission_map_text())
+    (conf / "haproxy.cfg").write_text(text.replace(GATEWAY_MAPS, str(maps)).replace(GATEWAY_DIR, str(conf)))
+    checked = check_config(conf / "haproxy.cfg")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # HAProxy refuses what it does not know: the check can fail.
+    (conf / "bad.cfg").write_text((conf / "haproxy.cfg").read_text().replace("nbsrv(", "nbsrvs("))
+    assert check_config(conf / "bad.cfg").returncode != 0
+
+
+def test_the_largest_fleets_srv_answer_fits_one_udp_answer() -> None:
+    """CoreDNS truncates an answer past the size HAProxy announces, and HAProxy (UDP only with
+    parse-resolv-conf) would then see no server. The answer for every server dc1's fleet can
+    hold, named as Kubernetes names pods (dashed IPv4 under the Service), with each address in
+    the additional section, fits, and so does the most the plan allows."""
+    g = _site_gateway()
+    assert g.fallback.srv_name is not None
+    service = g.fallback.srv_name.split(".", 2)[2] + "."
+    pods = [
+        (f"10-233-{i // 250}-{i % 250 + 1}.{service}", f"10.233.{i // 250}.{i % 250 + 1}", 8000)
+        for i in range(g.fallback.max_servers)
+    ]
+
+    def size(n: int) -> int:
+        records = Records()
+        records.set(g.fallback.srv_name + ".", pods[:n])
+        answer = records.answer(DNSRecord.question(g.fallback.srv_name, "SRV"))
+        assert len(answer.rr) == len(answer.ar) == n
+        return len(answer.pack())
+
+    assert g.fallback.max_servers == 16 and size(16) < DNS_PAYLOAD_BYTES
+    # Per record (SRV and its address) within the plan's bound, header and question within 512.
+    assert (size(16) - size(1)) / 15 <= SRV_RECORD_BYTES and size(1) <= 512
+    assert 512 + MAX_FALLBACK_SERVERS * SRV_RECORD_BYTES <= DNS_PAYLOAD_BYTES
 
 
 def test_the_rendered_config_is_valid_haproxy_and_p0_never_leaves_the_primary(tmp_path: Path) -> None:

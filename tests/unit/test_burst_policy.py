@@ -592,18 +592,6 @@ def test_booting_nodes_count_at_the_type_the_group_reports() -> None:
     assert capacity.burst_capacity(fleet_view(group, {}, {}, 90.0)) == 6.0
 
 
-def test_admission_is_restricted_only_while_capacity_boots() -> None:
-    policy = Gpufleet(MODEL)
-    slow = [sig(t, 3.0, wait=3.0, pending=40) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
-    booting = [node(1, ready=False)]
-    assert policy.decide(60.0, slow, booting, PRICES).admission == "restrict"
-    # The same queue with every node serving: more capacity is not on its way, nothing is shed.
-    assert Gpufleet(MODEL).decide(60.0, slow, [node(1)], PRICES).admission == "open"
-    # Booting, but the queue is fine: nothing is shed either.
-    calm = [sig(t, 3.0) for t in (0.0, 15.0, 30.0, 45.0, 60.0)]
-    assert Gpufleet(MODEL).decide(60.0, calm, booting, PRICES).admission == "open"
-
-
 def test_degradation_moves_replicas_one_step_at_a_time_and_back() -> None:
     model = replace(MODEL, distilled_per_replica=4.75)
     policy = Gpufleet(model)

@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from gpufleet.burst.controller import Controller
-from gpufleet.burst.hardware import ReplicaHardware
+from gpufleet.burst.hardware import MAX_NUM_SEQS, ReplicaHardware
 from gpufleet.burst.policy import CapacityModel, Gpufleet, Pool
 from gpufleet.cli import app
 from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
+from gpufleet.plan.admission import AdmissionPlan, Backend, GatewayPlan
 from gpufleet.plan.burst import boot_to_serve_s
 from gpufleet.sim.baselines import StaticPeak
 from gpufleet.sim.engine import Arrival, Simulation
@@ -49,6 +50,34 @@ def model(**kw: Any) -> CapacityModel:
     return CapacityModel(**base)
 
 
+def gateway(onprem_replicas: int, **kw: Any) -> GatewayPlan:
+    """A gateway as plan_gateway shapes it: one primary server of every on-prem slot, fallback
+    servers of one replica's slots; thresholds given (the site's own are tested in test_sim_gateway)."""
+    admission: dict[str, Any] = {
+        "slo_queue_wait_s": 2.0,
+        "degrade_queue": {"P1": 40, "P2": 20},
+        "shed_queue": 4,
+        "retry_after_s": 2,
+        "p0_queue_timeout_s": 20,
+    }
+    admission.update(kw)
+    return GatewayPlan(
+        admission=AdmissionPlan(**admission),
+        primary=Backend(
+            name="primary",
+            model="m",
+            servers=["p:8000"],
+            slots=max(1, onprem_replicas) * MAX_NUM_SEQS,
+            rate_rps=20.0,
+        ),
+        fallback=Backend(name="fallback", model="d", servers=["f:8000"], slots=MAX_NUM_SEQS, rate_rps=20.0),
+    )
+
+
+# Limits that never bind (the tenant-limit rule has its own test).
+NO_LIMITS = {"P0": 1e6, "P1": 1e6, "P2": 1e6}
+
+
 def sim(requests: list[Request], policy: Any, capacity: CapacityModel, **kw: Any) -> Simulation:
     args: dict[str, Any] = {
         "arrivals": [Arrival(r, "P0" if i % 5 == 0 else "P2") for i, r in enumerate(requests)],
@@ -61,6 +90,8 @@ def sim(requests: list[Request], policy: Any, capacity: CapacityModel, **kw: Any
         "horizon_s": 900.0,
         "replica_rps": 20.0,
         "minute_load": [],
+        "gateway": gateway(capacity.onprem_replicas),
+        "tenant_limit_rps": NO_LIMITS,
     }
     args.update(kw)
     return Simulation(**args)
@@ -291,57 +322,40 @@ def test_simulate_a_site_without_burst_exits_2_naming_the_key() -> None:
     )
 
 
-class Levers(StaticPeak):
-    """A policy asking for the given serving levers (and static-peak's fleet)."""
+class Degrading(StaticPeak):
+    """A policy asking for `degraded` on-prem replicas on the distilled model (and static-peak's fleet)."""
 
-    def __init__(self, capacity: CapacityModel, admission: str, degraded: int) -> None:
+    def __init__(self, capacity: CapacityModel, degraded: int) -> None:
         super().__init__(capacity, peak_need=0.0)
-        self.levers = (admission, degraded)
+        self.degraded = degraded
 
     def decide(self, *args: Any) -> Any:
-        return replace(super().decide(*args), admission=self.levers[0], degraded=self.levers[1])
+        return replace(super().decide(*args), degraded=self.degraded)
 
 
-def test_restricted_admission_sheds_p2_limits_p1_and_never_touches_p0() -> None:
-    capacity = model()
-    requests = overload(2000)
-    simulation = sim(
-        requests,
-        Levers(capacity, "restrict", 0),
-        capacity,
-        arrivals=[Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)],
-        p1_limit_rps=0.5,
-    )
-    result = simulation.run()
-    shed = [simulation.arrivals[i].klass for i, s in enumerate(simulation._shed) if s]
-    assert shed.count("P0") == 0 and shed.count("P2") > 600 and 0 < shed.count("P1") < 660
-    assert result.shed_requests_pct == pytest.approx(100 * len(shed) / len(requests))
-    # A controller without a switch for the levers (production today) only logs them.
-    unswitched = replace(simulation, serving_levers=False).run()
-    assert unswitched.shed_requests_pct == 0
-
-
-def test_degraded_replicas_serve_lower_classes_after_their_weights_load() -> None:
+def test_degraded_replicas_join_the_fallback_after_their_weights_load() -> None:
     capacity = model(onprem_replicas=2)
     requests = overload(2000)
     distilled = (SMALL, 2, 120.0, 60.0)
-    simulation = sim(
-        requests,
-        Levers(capacity, "open", 1),
-        capacity,
-        arrivals=[Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)],
-        distilled=distilled,
-    )
+    arrivals = [Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)]
+    simulation = sim(requests, Degrading(capacity, 1), capacity, arrivals=arrivals, distilled=distilled)
     result = simulation.run()
     assert 0 < result.degraded_requests_pct < 67
     unit = simulation._onprem[-1]
-    assert unit.mode == "distilled" and all(r.lower_only for r in unit.distilled)
-    # While the weights load the replica serves nothing: a load that never ends degrades nothing.
+    assert unit.mode == "distilled" and all(r.backend == "fallback" for r in unit.distilled)
+    # While the weights load the replica serves nothing: with no burst node, the fallback has no
+    # server and the degraded classes are shed instead.
     never = sim(
-        requests,
-        Levers(capacity, "open", 1),
-        capacity,
-        arrivals=simulation.arrivals,
-        distilled=(SMALL, 2, 1e6, 60.0),
+        requests, Degrading(capacity, 1), capacity, arrivals=arrivals, distilled=(SMALL, 2, 1e6, 60.0)
     ).run()
-    assert never.degraded_requests_pct == 0
+    assert never.degraded_requests_pct == 0 and never.shed_requests_pct > 0
+    # A controller without a degrader only logs the count.
+    unswitched = replace(simulation, levers=False).run()
+    assert unswitched.degraded_requests_pct == 0
+    # A degrader that cannot do it: the controller logs and counts each failure, and goes on.
+    unable = replace(simulation, distilled=None)
+    result = unable.run()
+    errors = unable.controller.registry.get_sample_value("gpufleet_burst_degrade_errors_total")
+    # Every tick decided (Prometheus had scraped before the first: the warm start) and asked for one.
+    assert errors == 900 // 15
+    assert result.step_errors == 0
