@@ -699,3 +699,35 @@ def test_burst_run_with_a_pulumi_cli_it_cannot_use_says_so_in_one_line(
     result = _burst_run(["--pulumi-root", str(old)], moto_url, project, pulumi_root, {"asgName": GROUP})
     _refused(result, "--asg", asg, pulumi_root)
     assert "Pulumi CLI" in result.stderr
+
+
+def test_the_in_cluster_controllers_arguments_pass_the_checks() -> None:
+    """The checks above must not refuse what gpufleet renders for the controller in the cluster."""
+    import typer
+
+    from gpufleet.burst.cli import check_run_values
+    from gpufleet.cli import app
+    from gpufleet.inventory.load import load_inventory
+    from gpufleet.plan.controller import plan_controller
+    from gpufleet.serving.tritonserver import free_port
+
+    inv = load_inventory("dc1")
+    inv = inv.model_copy(
+        update={"bom": inv.bom.model_copy(update={"controller_image": "registry.example/gpufleet:1"})}
+    )
+    plan = plan_controller(inv, STACK, None, ["gateway-admin.serving.svc.cluster.local:9999"])
+    assert plan is not None
+    burst: Any = typer.main.get_command(app).commands["burst"]  # type: ignore[attr-defined]
+    p = burst.commands["run"].make_context("run", list(plan.args[2:])).params
+    urls = {"--prometheus": p["prometheus"], "--triton-metrics": p["triton_metrics"], "--aws-endpoint": None}
+    # Its port is bound here on a free one: the rendered one may be taken on this machine.
+    check_run_values(
+        p["replica_rps"],
+        p["interval"],
+        free_port(),
+        p["metrics_address"],
+        urls,
+        p["model"],
+        p["gateway_admin"],
+        p["admission_map"],
+    )
