@@ -371,6 +371,7 @@ def test_outputs_that_are_not_an_object_are_an_actuation_error(
         (["--model", 'x"} or vector(1) #'], "--model"),
         (["--interruption-queue", "https://sqs.us-east-1.amazonaws.com/1/q"], "--interruption-queue"),
         (["--interruption-queue", "warnings"], "--interruption-queue"),
+        (["--degrade"], "--degrade"),  # no cluster to scale replicas in
     ],
 )
 def test_burst_run_refuses_a_bad_value_with_one_line(
