@@ -676,7 +676,9 @@ class Simulation:
             queue.popleft()
         else:
             queue.remove(i)
-        self._waiting[backend][a.klass] -= a.weight
+        # An empty queue holds nothing: float sums of weights would leave a -1e-14 behind, which
+        # Triton's pending count never shows.
+        self._waiting[backend][a.klass] = self._waiting[backend][a.klass] - a.weight if queue else 0.0
         self._where[i] = None
 
     def _timeout(self, i: int) -> None:
