@@ -193,6 +193,7 @@ class _Replica:
         self.backend = backend  # the gateway backend whose server it is
         self.max_seqs = max_seqs  # the engine's max_num_seqs
         self.kv = hw.kv_tokens
+        self.prefill_rate = hw.prefill_tokens_s
         self.seqs = 0.0  # sequences admitted (prefill and decode)
         self.ctx = 0.0  # KV tokens reserved by them
         self.prefill: deque[int] = deque()
@@ -450,7 +451,8 @@ class Simulation:
         self._seq = 0
         # Per backend, HAProxy's priority queue: P0 first, then P1, then P2, each in arrival order.
         self.queue: dict[str, dict[str, deque[int]]] = {b: {k: deque() for k in CLASSES} for b in BACKENDS}
-        self._waiting = {b: 0.0 for b in BACKENDS}  # weight queued (HAProxy's and the engines')
+        # Weight queued (HAProxy's and the engines'), per backend and class.
+        self._waiting = {b: dict.fromkeys(CLASSES, 0.0) for b in BACKENDS}
         self._inflight = {b: 0.0 for b in BACKENDS}  # weight started on the backend's replicas
         self._where: list[str | None] = [None] * len(self.arrivals)  # the backend it waits for
         self._enqueued = [0] * len(self.arrivals)  # times queued: a timeout of an earlier one is void
@@ -466,6 +468,8 @@ class Simulation:
         self.desired = 0
         self._retrying = False
         self._serial = 0
+        self._serving_now: list[_Replica] | None = None
+        self._fallback_servers = 0
         self._onprem = [_OnPrem(self._primary_replica()) for _ in range(self.onprem_replicas)]
         n = len(self.arrivals)
         self._wait = [math.nan] * n
@@ -641,11 +645,13 @@ class Simulation:
 
     def fallback_servers(self) -> int:
         """`nbsrv(fallback)`: replicas serving the distilled model, on burst nodes or degraded on-prem."""
-        return sum(1 for r in self._serving() if r.backend == FALLBACK)
+        self._serving()
+        return self._fallback_servers
 
     def haproxy_queue(self, backend: str) -> float:
         """`queue(backend)`: what waits in HAProxy's queue, past the servers' maxconn."""
-        return max(0.0, self._inflight[backend] + self._waiting[backend] - self.slots(backend))
+        waiting = sum(self._waiting[backend].values())
+        return max(0.0, self._inflight[backend] + waiting - self.slots(backend))
 
     def queue_timeout_s(self, backend: str) -> float:
         if backend == PRIMARY:
@@ -656,7 +662,7 @@ class Simulation:
         a = self.arrivals[i]
         queue = self.queue[backend][a.klass]
         queue.appendleft(i) if front else queue.append(i)
-        self._waiting[backend] += a.weight
+        self._waiting[backend][a.klass] += a.weight
         self._where[i] = backend
         self._enqueued[i] += 1
         self._push(self.now + self.queue_timeout_s(backend), _TIMEOUT, (i, self._enqueued[i]))
@@ -670,7 +676,9 @@ class Simulation:
             queue.popleft()
         else:
             queue.remove(i)
-        self._waiting[backend] -= a.weight
+        # An empty queue holds nothing: float sums of weights would leave a -1e-14 behind, which
+        # Triton's pending count never shows.
+        self._waiting[backend][a.klass] = self._waiting[backend][a.klass] - a.weight if queue else 0.0
         self._where[i] = None
 
     def _timeout(self, i: int) -> None:
@@ -680,9 +688,7 @@ class Simulation:
         if backend is None:
             return
         a = self.arrivals[i]
-        ahead = sum(
-            self.arrivals[j].weight for k in CLASSES[: CLASSES.index(a.klass)] for j in self.queue[backend][k]
-        )
+        ahead = sum(self._waiting[backend][k] for k in CLASSES[: CLASSES.index(a.klass)])
         for j in self.queue[backend][a.klass]:
             ahead += self.arrivals[j].weight
             if j == i:
@@ -718,6 +724,7 @@ class Simulation:
         assert self.distilled is not None
         _, _, to_distilled_s, to_primary_s = self.distilled
         unit.mode, unit.target = "swapping", target
+        self._changed()
         unit.swap += 1
         seconds = to_distilled_s if target == "distilled" else to_primary_s
         self._push(self.now + seconds, _SWAPPED, (unit, unit.swap))
@@ -736,17 +743,25 @@ class Simulation:
                 _Replica(hw, None, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
             ]
         unit.mode = unit.target
+        self._changed()
         self._fill()
 
     def _queued(self) -> bool:
         return any(q for b in BACKENDS for q in self.queue[b].values())
 
     def _serving(self) -> list[_Replica]:
-        out = [r for unit in self._onprem for r in unit.serving()]
-        for node in self.nodes.values():
-            if node.state == "InService":
-                out.extend(node.replicas)
-        return out
+        """The replicas taking requests; kept until a node or an on-prem unit changes (`_changed`)."""
+        if self._serving_now is None:
+            out = [r for unit in self._onprem for r in unit.serving()]
+            for node in self.nodes.values():
+                if node.state == "InService":
+                    out.extend(node.replicas)
+            self._serving_now = out
+            self._fallback_servers = sum(1 for r in out if r.backend == FALLBACK)
+        return self._serving_now
+
+    def _changed(self) -> None:
+        self._serving_now = None
 
     def _fill(self) -> None:
         if not self._queued():
@@ -787,7 +802,7 @@ class Simulation:
             i = replica.prefill[0]
             a = self.arrivals[i]
             replica.prefilling = True
-            seconds = a.weight * a.request.input_tokens / replica.hw.prefill_tokens_s
+            seconds = a.weight * a.request.input_tokens / replica.prefill_rate
             self._push(self.now + seconds, _PREFILLED, (replica, replica.node_version))
         else:
             replica.prefilling = False
@@ -800,7 +815,7 @@ class Simulation:
         replica.dec_ctx += a.weight * (a.request.input_tokens + a.request.output_tokens)
         # The group's `weight` identical requests were prefilled one after another: its TTFT is its
         # middle member's, not the last one's (a real client's copies spread over replicas).
-        single = a.request.input_tokens / replica.hw.prefill_tokens_s
+        single = a.request.input_tokens / replica.prefill_rate
         ttft = self.now - single * (a.weight - 1) / 2 + replica.step_s() - a.request.arrival_s
         self._ttft[i] = ttft
         for b, le in enumerate(TTFT_BUCKETS_MS):
@@ -909,6 +924,7 @@ class Simulation:
     def _ready(self, node: _SimNode) -> None:
         self._account(self.now)
         node.state = "InService"
+        self._changed()
         hw, count = self.burst[node.pool.instance_type]
         node.replicas = [
             _Replica(hw, node, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
@@ -920,6 +936,7 @@ class Simulation:
         if node.gone:
             return
         node.state = "Terminating"
+        self._changed()
         if all(r.seqs <= 1e-9 for r in node.replicas):
             self._terminate(node)
 
@@ -936,6 +953,7 @@ class Simulation:
                 self._inflight[replica.backend] -= self.arrivals[i].weight
                 self._enqueue(i, replica.backend, front=True)
         del self.nodes[node.id]
+        self._changed()
         self._reconcile()
         self._fill()
 
@@ -960,7 +978,9 @@ class Simulation:
         for r in serving:
             r.busy_s = 0.0
         # Triton's pending count: what waits inside the servers' maxconn (the rest is HAProxy's).
-        pending = sum(min(self._waiting[b], max(0.0, self.slots(b) - self._inflight[b])) for b in BACKENDS)
+        pending = sum(
+            min(sum(self._waiting[b].values()), max(0.0, self.slots(b) - self._inflight[b])) for b in BACKENDS
+        )
         self.scrapes.append(
             (
                 self.now,

@@ -359,3 +359,13 @@ def test_degraded_replicas_join_the_fallback_after_their_weights_load() -> None:
     # Every tick decided (Prometheus had scraped before the first: the warm start) and asked for one.
     assert errors == 900 // 15
     assert result.step_errors == 0
+
+
+def test_weighted_requests_never_make_a_signal_production_would_refuse() -> None:
+    """Sums of fractional weights must not leave a queue at -1e-14: the controller refuses a
+    negative pending count as garbage and holds the fleet (a bench run once did, for minutes)."""
+    capacity = model()
+    requests = overload(1500)
+    arrivals = [Arrival(r, ("P0", "P1", "P2")[i % 3], 5.74) for i, r in enumerate(requests)]
+    result = sim(requests, Gpufleet(capacity), capacity, arrivals=arrivals).run()
+    assert result.step_errors == 0
