@@ -28,7 +28,8 @@ each arrival (`_route`):
 2. while the controller says capacity boots (`set_booting`, the admission map): P2 shed, P1 shed
    over BOOT_P1_SHARE of its limit;
 3. P1/P2 with `queue(primary)` at their class's degrade threshold: shed when the fallback has no
-   server or its queue per server (`avg_queue`) is at `shed_queue`, else to the fallback;
+   server or its queue reaches `shed_queue` per serving server (`queue(fallback)` less
+   `nbsrv(fallback) x shed_queue`), else to the fallback;
 4. the rest, P0 always, to the primary.
 The primary backend is the on-prem replicas serving the site's model: one Service server with
 `maxconn` = its planned slots (replicas x max_num_seqs). The fallback is one server per serving
@@ -130,7 +131,7 @@ class Routed(NamedTuple):
     booting: bool
     queue_primary: float  # queue(primary)
     fallback_servers: int  # nbsrv(fallback)
-    avg_queue_fallback: float  # avg_queue(fallback)
+    avg_queue_fallback: float  # queue(fallback) / nbsrv(fallback), exactly
     backend: str  # primary, fallback, shed or over_limit
 
 
