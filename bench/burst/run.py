@@ -299,8 +299,8 @@ def main() -> None:
 def table(rows: list[dict[str, Any]], names: list[str], prefix: str) -> list[str]:
     """One row per run name (means over the seeds, min-max), ratios to the same surge's bounds."""
     lines = [
-        "| policy | SLO ok % | P0 viol. min | viol. min | p99 wait s | p99 TTFT s | GPU-h | $ | $ / bound-clairvoyant | $ / bound-calendar | cap viol. | actions | degraded % | shed % | failed % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| policy | SLO ok % | served % | P0 viol. min | viol. min | p99 wait s | p99 TTFT s | GPU-h | $ | $ / bound-clairvoyant | $ / bound-calendar | cap viol. | actions | degraded % | shed % | failed % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         vals = [r[prefix + name] for r in rows]
@@ -324,7 +324,8 @@ def table(rows: list[dict[str, Any]], names: list[str], prefix: str) -> list[str
             v["cost_usd"] / r[f"{prefix}bound-calendar"]["cost_usd"] for v, r in zip(vals, rows, strict=True)
         )
         lines.append(
-            f"| {name} | {span('slo_ok_minutes_pct', '.1f')} | {span('p0_violation_minutes', '.1f')} | "
+            f"| {name} | {span('slo_ok_minutes_pct', '.1f')} | {span('served_minutes_pct', '.1f')} | "
+            f"{span('p0_violation_minutes', '.1f')} | "
             f"{span('slo_violation_minutes', '.1f')} | {span('p99_queue_wait_s', '.2f')} | {span('p99_ttft_s', '.2f')} | "
             f"{span('gpu_hours', '.1f')} | {span('cost_usd', '.2f')} | {ratio_c:.2f} | {ratio_k:.2f} | "
             f"{sum(v['cap_violations'] for v in vals)} | {span('scale_actions', '.0f')} | "

@@ -149,6 +149,9 @@ class Minute:
 class Result:
     policy: str
     slo_ok_minutes_pct: float
+    # A minute is served only if its admitted p99s hold AND shed + failed <= 1% of its offered
+    # requests: slo_ok_minutes_pct scores the admitted alone, so a policy that sheds more looks better.
+    served_minutes_pct: float
     p0_violation_minutes: int
     slo_violation_minutes: int
     p99_queue_wait_s: float
@@ -169,6 +172,7 @@ class Result:
         return {
             "policy": self.policy,
             "slo_ok_minutes_pct": round(self.slo_ok_minutes_pct, 2),
+            "served_minutes_pct": round(self.served_minutes_pct, 2),
             "p0_violation_minutes": self.p0_violation_minutes,
             "slo_violation_minutes": self.slo_violation_minutes,
             "p99_queue_wait_s": round(self.p99_queue_wait_s, 3),
@@ -1040,6 +1044,18 @@ class Simulation:
 
         counted = [ids for ids in every if ids]
         violations = sum(1 for ids in counted if missed(ids))
+        offered = [0.0] * minutes
+        refused = [0.0] * minutes
+        for i, a in enumerate(self.arrivals):
+            minute = int(a.request.arrival_s // 60)
+            if minute < minutes:
+                offered[minute] += a.weight
+                if self._shed[i] or self._failed[i]:
+                    refused[minute] += a.weight
+        busy = [m for m in range(minutes) if offered[m] > 0]
+        served = sum(
+            1 for m in busy if refused[m] <= _REFUSED_MAX * offered[m] and every[m] and not missed(every[m])
+        )
         p0 = sum(
             1
             for ids in counted
@@ -1063,6 +1079,7 @@ class Simulation:
         return Result(
             policy=self.policy.name,
             slo_ok_minutes_pct=100.0 * (len(counted) - violations) / len(counted) if counted else 100.0,
+            served_minutes_pct=100.0 * served / len(busy) if busy else 100.0,
             p0_violation_minutes=p0,
             slo_violation_minutes=violations,
             p99_queue_wait_s=_p99([w for w, shed in zip(waits, self._shed, strict=True) if not shed]),
@@ -1082,6 +1099,9 @@ class Simulation:
             timeline=timeline,
             decisions=tuple(self._decisions),
         )
+
+
+_REFUSED_MAX = 0.01  # shed + failed share of a minute's offered requests that still counts as served
 
 
 def _p99(values: Sequence[float]) -> float:

@@ -279,3 +279,24 @@ def test_the_simulators_thresholds_are_the_ones_dc1s_haproxy_cfg_holds() -> None
         assert simulation.routes and {r.limit for r in simulation.routes if r.klass == klass} == {
             limit_per_window(rps)
         }
+
+
+def test_a_minute_that_sheds_more_than_one_percent_is_not_served_even_if_its_admitted_p99_holds() -> None:
+    """slo_ok_minutes_pct scores only the admitted; served_minutes_pct counts 429s and failures against the minute."""
+    capacity = model(boot_to_serve_s=300.0)
+    requests = [Request(i * 0.1, 200, 20) for i in range(6000)]
+    simulation = sim(requests, StaticPeak(capacity, peak_need=2.0), capacity, arrivals=mixed(requests))
+    result = simulation.run()
+    minutes = {int(r.arrival_s // 60) for r in requests}
+    offered = dict.fromkeys(minutes, 0)
+    refused = dict.fromkeys(minutes, 0)
+    for r, route in zip(requests, simulation.routes, strict=True):
+        offered[int(r.arrival_s // 60)] += 1
+        refused[int(r.arrival_s // 60)] += route.backend in (SHED, OVER_LIMIT)
+    shedding = [m for m in minutes if refused[m] > 0.01 * offered[m]]
+    assert shedding, "P2 is shed while capacity boots"
+    assert result.failed_requests_pct == 0
+    # Every minute's admitted p99 holds, yet the minutes that shed P2 are not served.
+    assert result.slo_ok_minutes_pct == 100.0
+    assert result.served_minutes_pct == pytest.approx(100.0 * (len(minutes) - len(shedding)) / len(minutes))
+    assert result.summary()["served_minutes_pct"] == round(result.served_minutes_pct, 2)
