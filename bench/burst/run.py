@@ -65,6 +65,11 @@ class Job:
     seed: int
 
 
+# The Spot boot issue 13 states its unannounced target at (the site's own budget is shorter).
+ISSUE_BOOT_S = 900.0
+SLOW_BOOT = "boot900"
+
+
 def surge_for(horizon_s: float, boot_s: float, factor: float = SURGE) -> Surge:
     duration = 1200.0
     return Surge(factor, boot_s + (horizon_s - boot_s - duration) / 2, duration)
@@ -126,6 +131,20 @@ def run_job(job: Job) -> dict[str, Any]:
                 "minute_load": scenario.minute_load,
                 "outages": len(scenario.outages),
             }
+    # The issue's unannounced row as it states it: a 900 s Spot boot (no baked image or NVMe
+    # weights), the surge after that boot window; gpufleet and static-peak, the row's two runs.
+    slow = sc.build_scenario(
+        inv,
+        f"inventories/{SITE}/nodes.yaml",
+        played,
+        [surge_for(horizon, ISSUE_BOOT_S)],
+        horizon_s=horizon,
+        announce="none",
+        boot_budget_s=ISSUE_BOOT_S,
+        seed=job.seed,
+    )
+    for name, key in (("gpufleet", "gpufleet/none"), ("static-peak", "static-peak")):
+        out["runs"][f"{SLOW_BOOT} {key}"] = slow.run(name).summary()
     feasible = surge_for(horizon, boot, FEASIBLE_SURGE)
     for mode in FEASIBLE_MODES:
         scenario = sc.build_scenario(
@@ -265,6 +284,29 @@ def main() -> None:
                 f"{FEASIBLE} ",
             ),
         ]
+        lines += [
+            "",
+            f"x{SURGE:g} surge, unannounced, at the issue's {ISSUE_BOOT_S:.0f} s Spot boot (the surge after that "
+            "boot window; no bounds solved for it):",
+            "",
+            "| policy | SLO ok % | served % | P0 viol. min | $ | cap viol. | shed % | failed % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in ("static-peak", "gpufleet/none"):
+            vals = [r[f"{SLOW_BOOT} {key}"] for r in rows]
+            cells = [
+                f"{mean(v[k] for v in vals):{fmt}}"
+                for k, fmt in (
+                    ("slo_ok_minutes_pct", ".1f"),
+                    ("served_minutes_pct", ".1f"),
+                    ("p0_violation_minutes", ".1f"),
+                    ("cost_usd", ".2f"),
+                    ("cap_violations", ".0f"),
+                    ("shed_requests_pct", ".1f"),
+                    ("failed_requests_pct", ".1f"),
+                )
+            ]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
         plot(
             trace,
@@ -427,6 +469,18 @@ def target_rows(trace: str, rows: list[dict[str, Any]], boot_s: float, prefix: s
         f"{max(p0)} P0 min at {max(cost):.2f}x",
         max(p0) <= 2 and max(cost) <= 0.7,
     )
+    if not prefix:
+        p0 = [r[f"{SLOW_BOOT} gpufleet/none"]["p0_violation_minutes"] for r in rows]
+        cost = [
+            r[f"{SLOW_BOOT} gpufleet/none"]["cost_usd"] / r[f"{SLOW_BOOT} static-peak"]["cost_usd"]
+            for r in rows
+        ]
+        row(
+            f"unannounced for 20 min, {ISSUE_BOOT_S:.0f} s boot (the issue's row as stated)",
+            "<= 2 P0 violation minutes per surge, cost <= 0.7x static-peak",
+            f"{max(p0)} P0 min at {max(cost):.2f}x",
+            max(p0) <= 2 and max(cost) <= 0.7,
+        )
     for mode in modes:
         g = [run(r, f"gpufleet/{mode}") for r in rows]
         h = [run(r, "hpa-gpu70") for r in rows]
