@@ -410,8 +410,10 @@ AUDIT = [
     "ordinary traffic's mean request, as an operator sets it from history; only gpufleet reads load "
     "through it. Triton's queue duration includes HAProxy's queue wait here (production's Triton "
     "sees only its own part); the pending count is only what passed `maxconn`, as production's.",
-    "- What does flatter every SLO column: shedding. A shed request gets a 429 and is not scored "
-    "against the SLO, so read SLO-minutes beside the shed percentage. P0 is never shed (only a "
+    "- What would flatter the SLO column: shedding. A shed request gets a 429 and is not scored "
+    "in `SLO ok %`; `served %` counts a minute only if its admitted p99s hold and shed, over-limit "
+    "and failed requests are at most 1% of what it was offered, and the targets are judged on "
+    "`served %` (the audit found the first column rewarded whoever sheds most). P0 is never shed (only a "
     "tenant over its limit is), so the P0 violation minutes are not flattered; P0 requests that "
     "time out in the queue count against them.",
     "- The exact calendar tells gpufleet the surge's window and factor: that is the scenario. "
