@@ -1032,10 +1032,17 @@ class Simulation:
             end - a.request.arrival_s if math.isnan(w) else w
             for a, w in zip(self.arrivals, self._ttft, strict=True)
         ]
-        every: list[list[int]] = [[] for _ in range(minutes)]
+        every: list[list[int]] = [[] for _ in range(minutes)]  # the admitted, per minute
+        offered = [0.0] * minutes
+        refused = [0.0] * minutes  # shed, over a limit or failed
         for i, a in enumerate(self.arrivals):
             minute = int(a.request.arrival_s // 60)
-            if minute < minutes and not self._shed[i]:
+            if minute >= minutes:
+                continue
+            offered[minute] += a.weight
+            if self._shed[i] or self._failed[i]:
+                refused[minute] += a.weight
+            if not self._shed[i]:
                 every[minute].append(i)
         slo_wait, slo_ttft = self.capacity.slo_queue_wait_s, self.slo_ttft_s
 
@@ -1044,14 +1051,6 @@ class Simulation:
 
         counted = [ids for ids in every if ids]
         violations = sum(1 for ids in counted if missed(ids))
-        offered = [0.0] * minutes
-        refused = [0.0] * minutes
-        for i, a in enumerate(self.arrivals):
-            minute = int(a.request.arrival_s // 60)
-            if minute < minutes:
-                offered[minute] += a.weight
-                if self._shed[i] or self._failed[i]:
-                    refused[minute] += a.weight
         busy = [m for m in range(minutes) if offered[m] > 0]
         served = sum(
             1 for m in busy if refused[m] <= _REFUSED_MAX * offered[m] and every[m] and not missed(every[m])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -59,7 +60,8 @@ START_ERROR_S = 600.0
 OUTAGES_PER_POOL_HOUR = 0.25
 OUTAGE_S = (600.0, 1800.0)
 INTERRUPTIONS_PER_NODE_HOUR = 0.05
-# The largest surge the site sells: a tenant's limit is this many times its class's mean rate.
+# The largest surge the site sells: a tenant's limit is this many times its class's share of the
+# ordinary traffic's busiest rate window.
 SURGE_SOLD = 3.0
 ANNOUNCE_MODES = ("exact", "factor-wrong", "start-wrong", "none")
 
@@ -251,9 +253,7 @@ def build_scenario(
 
     base_load = per_minute(base.requests)
     # TENANT_LIMIT's base: requests/s in the ordinary traffic's busiest rate window.
-    windows: dict[int, int] = {}
-    for r in base.requests:
-        windows[int(r.arrival_s // RATE_WINDOW_S)] = windows.get(int(r.arrival_s // RATE_WINDOW_S), 0) + 1
+    windows = Counter(int(r.arrival_s // RATE_WINDOW_S) for r in base.requests)
     busiest = weight * max(windows.values(), default=1) / RATE_WINDOW_S
     per_onprem = shape.tensor_parallel // fleet.tensor_parallel
     distilled = (
