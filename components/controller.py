@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from gpufleet.plan.controller import ControllerPlan, controller_deployment, controller_pod_monitor
+from gpufleet.plan.controller import ControllerPlan, Rule, controller_deployment, controller_pod_monitor
 
 
 @dataclass(frozen=True)
@@ -27,31 +28,9 @@ class BurstController(pulumi.ComponentResource):
         account = k8s.core.v1.ServiceAccount(f"{name}-account", metadata=namespaced, opts=child)
         subject = [{"kind": "ServiceAccount", "name": p.name, "namespace": p.namespace}]
         grants: list[pulumi.Resource] = [account]
-        cluster_role = k8s.rbac.v1.ClusterRole(
-            f"{name}-cluster-role", metadata=meta, rules=[r.k8s() for r in p.cluster_rules], opts=child
-        )
-        grants.append(
-            k8s.rbac.v1.ClusterRoleBinding(
-                f"{name}-cluster-binding",
-                metadata=meta,
-                role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": p.name},
-                subjects=subject,
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[cluster_role])),
-            )
-        )
+        grants.append(self._grant(f"{name}-cluster-", "ClusterRole", meta, p.cluster_rules, subject, child))
         if p.rules:
-            role = k8s.rbac.v1.Role(
-                f"{name}-role", metadata=namespaced, rules=[r.k8s() for r in p.rules], opts=child
-            )
-            grants.append(
-                k8s.rbac.v1.RoleBinding(
-                    f"{name}-binding",
-                    metadata=namespaced,
-                    role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": p.name},
-                    subjects=subject,
-                    opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role])),
-                )
-            )
+            grants.append(self._grant(f"{name}-", "Role", namespaced, p.rules, subject, child))
         k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=namespaced,
@@ -67,3 +46,28 @@ class BurstController(pulumi.ComponentResource):
             opts=child,
         )
         self.register_outputs({"deployment": f"{p.namespace}/{p.name}"})
+
+    @staticmethod
+    def _grant(
+        prefix: str,
+        kind: Literal["ClusterRole", "Role"],
+        metadata: dict[str, Any],
+        rules: list[Rule],
+        subjects: list[dict[str, str]],
+        child: pulumi.ResourceOptions,
+    ) -> pulumi.Resource:
+        """A role (`{prefix}role`) and its binding (`{prefix}binding`) to the service account."""
+        role_type, binding_type = (
+            (k8s.rbac.v1.ClusterRole, k8s.rbac.v1.ClusterRoleBinding)
+            if kind == "ClusterRole"
+            else (k8s.rbac.v1.Role, k8s.rbac.v1.RoleBinding)
+        )
+        role = role_type(f"{prefix}role", metadata=metadata, rules=[r.k8s() for r in rules], opts=child)
+        binding: pulumi.Resource = binding_type(
+            f"{prefix}binding",
+            metadata=metadata,
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": metadata["name"]},
+            subjects=subjects,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[role])),
+        )
+        return binding

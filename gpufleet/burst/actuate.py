@@ -38,6 +38,9 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 from gpufleet.plan.admission import BOOTING_KEY
 
 BURST_NODES_KEY = "gpufleet:burstNodes"
+# What an AWS call raises when AWS fails or refuses it; ResponseParserError (an answer that is not
+# AWS's, a proxy's error page) is not a BotoCoreError.
+AWS_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError, ResponseParserError)
 
 log = logging.getLogger("gpufleet.burst")
 
@@ -344,7 +347,7 @@ class AsgActuator:
             self.client.terminate_instance_in_auto_scaling_group(
                 InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
             )
-        except (BotoCoreError, ClientError, ResponseParserError):
+        except AWS_ERRORS:
             if not self._leaving(instance_id):
                 raise
 

@@ -303,19 +303,11 @@ def stack_output(
 
 def at_start(option: str, what: str, call: Callable[[], T]) -> T:
     """A call the controller needs before its first step (AWS, Kubernetes): its failure is one line."""
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
     from kubernetes.config import ConfigException
 
-    errors = (
-        BotoCoreError,
-        ClientError,
-        ResponseParserError,
-        ConfigException,
-        OSError,
-        ValueError,
-        TypeError,
-    )
+    from gpufleet.burst.actuate import AWS_ERRORS
+
+    errors: tuple[type[Exception], ...] = (*AWS_ERRORS, ConfigException, OSError, ValueError, TypeError)
     try:
         return call()
     except errors as exc:

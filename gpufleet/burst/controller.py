@@ -23,13 +23,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import OpenApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from gpufleet.burst.actuate import (
+    AWS_ERRORS,
     ActuationError,
     Applied,
     AsgActuator,
@@ -231,9 +230,7 @@ class Metrics:
 
 # What the AWS, Kubernetes and HTTP clients raise when their service is down, throttles or refuses.
 SERVICE_ERRORS: tuple[type[Exception], ...] = (
-    BotoCoreError,
-    ClientError,
-    ResponseParserError,  # an answer that is not AWS's (a proxy's error page); not a BotoCoreError
+    *AWS_ERRORS,
     OpenApiException,
     Urllib3Error,
     OSError,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import kubernetes_validate
@@ -154,6 +155,16 @@ def _allowed(rules: list[dict[str, Any]], request: tuple[str, str, str, str]) ->
     ]
 
 
+def _used(rules: list[dict[str, Any]], calls: Iterable[tuple[str, str, Any]]) -> set[int]:
+    """The rules the calls need; every call must be granted by one."""
+    used: set[int] = set()
+    for method, raw, _ in calls:
+        granted = _allowed(rules, _request(method, raw))
+        assert granted, (method, raw)
+        used.update(granted)
+    return used
+
+
 def test_rbac_grants_exactly_the_calls_the_drainer_and_the_degrader_make(graph: Graph) -> None:
     objects = _objects(graph)
     role, cluster = objects["Role"]["rules"], objects["ClusterRole"]["rules"]
@@ -166,12 +177,7 @@ def test_rbac_grants_exactly_the_calls_the_drainer_and_the_degrader_make(graph: 
     with scale.serve() as api:
         degrader = KubernetesDegrader(plan_degrade(*_dc1()), api)  # type: ignore[arg-type]
         assert degrader.set_degraded(2) == [] and degrader.set_degraded(0) == []
-    used_role: set[int] = set()
-    for method, path, _ in scale.calls:
-        granted = _allowed(role, _request(method, path))
-        assert granted, (method, path)
-        used_role.update(granted)
-    assert used_role == set(range(len(role))), "a Role rule no call needs"
+    assert _used(role, scale.calls) == set(range(len(role))), "a Role rule no call needs"
     assert all(r.get("resourceNames") for r in role), "every namespaced grant names its object"
     assert p.rules and [r.k8s() for r in p.rules] == role
     # The drainer: a node found by its instance id, cordoned and drained through evictions.
@@ -183,12 +189,7 @@ def test_rbac_grants_exactly_the_calls_the_drainer_and_the_degrader_make(graph: 
         node = drainer.node_for_instance("i-0abc")
         assert node == "gpu02"
         assert drainer.drain(node, deadline=10**12).finished_in_time
-    used_cluster: set[int] = set()
-    for method, raw, _ in fake.calls:
-        granted = _allowed(cluster, _request(method, raw))
-        assert granted, (method, raw)
-        used_cluster.update(granted)
-    assert used_cluster == set(range(len(cluster))), "a ClusterRole rule no call needs"
+    assert _used(cluster, fake.calls) == set(range(len(cluster))), "a ClusterRole rule no call needs"
     assert not fake.unrecorded
     assert not any(re.search(r"\*", str(r)) for r in role + cluster), "no wildcard"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +43,7 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
 )
 from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
     STACK,
+    actuator,
     project,
     pulumi_root,
     upped_nodes,
@@ -244,32 +246,25 @@ def test_a_warning_from_the_future_is_not_drained_against_its_forged_deadline(
 def test_an_up_that_hangs_returns_the_step_and_holds_the_stack(project: Path, pulumi_root: Path) -> None:  # noqa: F811
     """`pulumi up` has no timeout in the Automation API: an up that hung held the loop (its signal,
     its metrics, the gateways' release) for as long as it hung."""
-    actuator = PulumiActuator(
-        stack=STACK,
-        work_dir=project,
-        pulumi_root=pulumi_root,
-        lock_dir=project / ".locks",
-        operation_timeout_s=2.0,
-        env={"FAKE_PULUMI_UP_SECONDS": "8"},
-    )
+    burst_stack = actuator(project, pulumi_root, operation_timeout_s=2.0, env={"FAKE_PULUMI_UP_SECONDS": "8"})
     started = time.monotonic()
     with pytest.raises(ActuationError, match=r"pulumi up for 5 burst nodes still runs after 2s"):
-        actuator.set_burst_nodes(5)
+        burst_stack.set_burst_nodes(5)
     assert time.monotonic() - started < 6
     # It goes on alone, and nothing else runs on the stack meanwhile.
     with pytest.raises(StackBusy):
-        actuator.set_burst_nodes(6)
+        burst_stack.set_burst_nodes(6)
     deadline = time.monotonic() + 30
     while not upped_nodes(pulumi_root):
         assert time.monotonic() < deadline, "the hung up never ended"
         time.sleep(0.1)
     assert upped_nodes(pulumi_root) == ["5"]
     # Once it has ended, the stack takes the next operation.
-    actuator.env["FAKE_PULUMI_UP_SECONDS"] = "0.2"
+    burst_stack.env["FAKE_PULUMI_UP_SECONDS"] = "0.2"
     deadline = time.monotonic() + 10
     while True:
         try:
-            actuator.set_burst_nodes(4)
+            burst_stack.set_burst_nodes(4)
             break
         except StackBusy:
             assert time.monotonic() < deadline
@@ -285,10 +280,8 @@ def test_an_up_that_applied_is_not_undone_when_reading_its_outputs_fails(
     backend hiccup there raised like a failed up, and the stack file got the old size back
     while the group had the new one (the next `pulumi up` by anyone would have undone it)."""
     (pulumi_root.parent / "state" / "fail_outputs").write_text("")
-    actuator = PulumiActuator(
-        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-    )
-    applied = actuator.set_burst_nodes(5)
+    burst_stack = actuator(project, pulumi_root)
+    applied = burst_stack.set_burst_nodes(5)
     assert upped_nodes(pulumi_root) == ["5"]
     assert applied.burst_nodes == 5 and "could not be read" in applied.summary
     declared = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
@@ -302,10 +295,8 @@ def test_an_up_whose_outputs_are_garbage_applied_and_says_so(
     """The up exited 0 and the Automation API then failed to parse what `stack output` printed:
     the ValueError reached the loop's last-resort handler as an unexpected error."""
     (pulumi_root.parent / "state" / "outputs.json").write_text("{not json")
-    actuator = PulumiActuator(
-        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-    )
-    applied = actuator.set_burst_nodes(3)
+    burst_stack = actuator(project, pulumi_root)
+    applied = burst_stack.set_burst_nodes(3)
     assert upped_nodes(pulumi_root) == ["3"]
     assert "could not be read" in applied.summary
     declared = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"]
@@ -328,11 +319,9 @@ def test_an_up_that_could_not_start_leaves_the_stack_file_as_it_was(
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(auto.Stack, "up", cannot_start)
-    actuator = PulumiActuator(
-        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-    )
+    burst_stack = actuator(project, pulumi_root)
     with pytest.raises(ActuationError, match=r"Too many open files.*restored"):
-        actuator.set_burst_nodes(5)
+        burst_stack.set_burst_nodes(5)
     assert str(yaml.safe_load(path.read_text())["config"][BURST_NODES_KEY]) == str(before)
     assert upped_nodes(pulumi_root) == []
 
@@ -344,11 +333,9 @@ def test_outputs_that_are_not_an_object_are_an_actuation_error(
     pulumi_root: Path,  # noqa: F811
 ) -> None:
     (pulumi_root.parent / "state" / "outputs.json").write_text(answer)
-    actuator = PulumiActuator(
-        stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-    )
+    burst_stack = actuator(project, pulumi_root)
     with pytest.raises(ActuationError, match=f"cannot read the outputs of stack {STACK}"):
-        actuator.outputs()
+        burst_stack.outputs()
 
 
 # --- `gpufleet burst run` ---------------------------------------------------------------------
@@ -499,11 +486,35 @@ def test_burst_run_refuses_a_metrics_port_in_use(
 # --- the $/hour cap ---------------------------------------------------------------------------
 
 
-class _Busy:
-    """A load far past what the fleet serves, as Triton's counters would show it."""
+@dataclass(frozen=True)
+class _Steady:
+    """The same reading every step."""
+
+    reading: Reading
 
     def read(self, t: float) -> Reading:
-        return Reading(interval_s=15.0, request_rps=50.0, queue_wait_s=30.0, pending=400.0, gpu_util=1.0)
+        return self.reading
+
+
+# Six nodes at most, the cap far above what they cost.
+_CAPACITY = CapacityModel(
+    onprem_replicas=1,
+    replicas_per_node=1,
+    max_nodes=6,
+    max_hourly_usd=1000.0,
+    boot_to_serve_s=60.0,
+    slo_queue_wait_s=2.0,
+)
+# A load far past what the fleet serves, as Triton's counters would show it; and none at all.
+_BUSY = _Steady(Reading(interval_s=15.0, request_rps=50.0, queue_wait_s=30.0, pending=400.0, gpu_util=1.0))
+_IDLE = _Steady(Reading(interval_s=15.0, request_rps=0.0, queue_wait_s=0.0, pending=0.0, gpu_util=0.0))
+
+
+def _group_pulumi(project: Path, pulumi_root: Path, moto_url: str) -> PulumiActuator:  # noqa: F811
+    """An actuator whose fake `pulumi up` sets the moto group's desired capacity."""
+    return actuator(
+        project, pulumi_root, env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP}
+    )
 
 
 def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
@@ -519,27 +530,17 @@ def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
     now_billed = group_max_price(group, types)
     read_at_start = now_billed / 2
-    capacity = CapacityModel(
-        onprem_replicas=1,
-        replicas_per_node=1,
-        max_nodes=6,
+    capacity = replace(
+        _CAPACITY,
         max_hourly_usd=4.5 * read_at_start,  # room for 4 nodes at the old price, 2 at today's
-        boot_to_serve_s=60.0,
-        slo_queue_wait_s=2.0,
         fleet_max_price=read_at_start,
     )
     controller = Controller(
         policy=Gpufleet(capacity, average_s=1.0, cooldown_s=0.0),
-        source=_Busy(),
+        source=_BUSY,
         prices=SpotPrices(_aws("ec2", moto_url), types),
         asg=AsgActuator(GROUP, capacity.max_nodes, asg),
-        pulumi=PulumiActuator(
-            stack=STACK,
-            work_dir=project,
-            pulumi_root=pulumi_root,
-            lock_dir=project / ".locks",
-            env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP},
-        ),
+        pulumi=_group_pulumi(project, pulumi_root, moto_url),
         replica_rps=1.0,
     )
     for i in range(3):
@@ -555,11 +556,6 @@ def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
 
 
 # --- concurrency ------------------------------------------------------------------------------
-
-
-class _Idle:
-    def read(self, t: float) -> Reading:
-        return Reading(interval_s=15.0, request_rps=0.0, queue_wait_s=0.0, pending=0.0, gpu_util=0.0)
 
 
 def test_a_scale_in_whose_node_a_spot_warning_retired_first_does_not_grow_the_group(
@@ -590,26 +586,12 @@ def test_a_scale_in_whose_node_a_spot_warning_retired_first_does_not_grow_the_gr
         return report
 
     drainer.drain = drain_raced_by_a_warning  # type: ignore[method-assign]
-    capacity = CapacityModel(
-        onprem_replicas=1,
-        replicas_per_node=1,
-        max_nodes=6,
-        max_hourly_usd=1000.0,
-        boot_to_serve_s=60.0,
-        slo_queue_wait_s=2.0,
-    )
     controller = Controller(
-        policy=Gpufleet(capacity, average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
-        source=_Idle(),
+        policy=Gpufleet(_CAPACITY, average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
+        source=_IDLE,
         prices=SpotPrices(_aws("ec2", moto_url), types),
-        asg=AsgActuator(GROUP, capacity.max_nodes, asg),
-        pulumi=PulumiActuator(
-            stack=STACK,
-            work_dir=project,
-            pulumi_root=pulumi_root,
-            lock_dir=project / ".locks",
-            env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP},
-        ),
+        asg=AsgActuator(GROUP, _CAPACITY.max_nodes, asg),
+        pulumi=_group_pulumi(project, pulumi_root, moto_url),
         replica_rps=1.0,
         drainer=drainer,
     )
@@ -656,22 +638,12 @@ def test_an_aws_answer_that_is_not_aws_s_is_a_service_error(
     thread.start()
     try:
         proxy = f"http://127.0.0.1:{server.server_address[1]}"
-        capacity = CapacityModel(
-            onprem_replicas=1,
-            replicas_per_node=1,
-            max_nodes=6,
-            max_hourly_usd=1000.0,
-            boot_to_serve_s=60.0,
-            slo_queue_wait_s=2.0,
-        )
         controller = Controller(
-            policy=Gpufleet(capacity),
-            source=_Idle(),
+            policy=Gpufleet(_CAPACITY),
+            source=_IDLE,
             prices=SpotPrices(_aws("ec2", moto_url), ["p5en.48xlarge"]),
             asg=AsgActuator(GROUP, 6, _aws("autoscaling", proxy)),
-            pulumi=PulumiActuator(
-                stack=STACK, work_dir=project, pulumi_root=pulumi_root, lock_dir=project / ".locks"
-            ),
+            pulumi=actuator(project, pulumi_root),
             replica_rps=1.0,
         )
         assert controller.step(1000.0) is None
