@@ -41,7 +41,7 @@ class ApplyRefused(KubeError):
     """A strict server-side apply the API server refused (an unknown field, a wrong type)."""
 
 
-def _status_message(exc: ApiException) -> tuple[str, dict[str, str]]:
+def status_message(exc: ApiException) -> tuple[str, dict[str, str]]:
     """The Status body's message, and its causes' messages by reason."""
     try:
         body = json.loads(exc.body or "{}")
@@ -164,7 +164,7 @@ class NodeApi:
         try:
             self.core.create_namespaced_pod_eviction(name, namespace, body, **self._limit())
         except ApiException as exc:
-            message, causes = _status_message(exc)
+            message, causes = status_message(exc)
             if exc.status == 404:
                 return Eviction(pod, "gone", message)
             if exc.status == 429:
@@ -215,7 +215,7 @@ class NodeApi:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise KubeError(f"delete node {node}: {exc.status} {_status_message(exc)[0]}") from None
+            raise KubeError(f"delete node {node}: {exc.status} {status_message(exc)[0]}") from None
         return True
 
     def apply_strict(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
@@ -241,7 +241,7 @@ class NodeApi:
             response.read()
             answer = api.response_deserialize(response, {"200": "object", "201": "object"})
         except ApiException as exc:
-            message, _ = _status_message(exc)
+            message, _ = status_message(exc)
             if "field not declared in schema" in message or exc.status in (400, 422):
                 raise ApplyRefused(f"{kind} {meta['name']}: {message}") from None
             raise KubeError(f"apply {kind} {meta['name']}: {exc.status} {message}") from None

@@ -30,7 +30,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -308,39 +308,8 @@ class KubeApiFake:
     def serve(self) -> Iterator[Any]:
         """A CoreV1Api on this fake over HTTP on 127.0.0.1: the client's requests and
         deserialisation run for real."""
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                content_type = (self.headers.get("Content-Type") or "").split(";")[0]
-                body = yaml.safe_load(raw) if raw else None
-                status, answer = fake.handle(self.command, self.path, content_type, body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _answer
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-        api_client = k8s.ApiClient(configuration)
-        try:
-            yield k8s.CoreV1Api(api_client)
-        finally:
-            api_client.close()
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+        with serve_fake(self.handle, k8s.CoreV1Api) as api:
+            yield api
 
 
 def _field_path(body: dict[str, Any], exc: jsonschema.ValidationError) -> str:
@@ -366,3 +335,47 @@ def kube_fake() -> Iterator[KubeApiFake]:
         fake.core = core
         yield fake
     assert not fake.unrecorded, f"requests the recordings do not cover: {fake.unrecorded}"
+
+
+@contextmanager
+def serve_fake(
+    handle: Callable[[str, str, str, Any], tuple[int, Any]], api: Callable[[k8s.ApiClient], Any]
+) -> Iterator[Any]:
+    """`api` (a kubernetes client API class) on a fake server over HTTP on 127.0.0.1, whose
+    `handle(method, path, content_type, body)` answers (status, JSON body): the client's requests
+    and deserialisation run for real. Bodies are read as YAML (JSON is YAML too)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0]
+            body = yaml.safe_load(raw) if raw else None
+            status, answer = handle(self.command, self.path, content_type, body)
+            data = json.dumps(answer).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (its timeout)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api_client = k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}"))
+    try:
+        yield api(api_client)
+    finally:
+        api_client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

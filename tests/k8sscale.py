@@ -39,14 +39,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kubernetes_validate
 import yaml
 from kubernetes import client as k8s
 
-from tests.k8sapi import K8S_SCHEMA_VERSION, SHARED, recorded
+from tests.k8sapi import K8S_SCHEMA_VERSION, SHARED, recorded, serve_fake
 
 LWS_CRD = SHARED / "k8s" / "crds" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 MERGE = "application/merge-patch+json"
@@ -227,42 +226,8 @@ class ScaleApiFake:
     @contextmanager
     def serve(self) -> Iterator[Any]:
         """A CustomObjectsApi on this fake."""
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                content_type = (self.headers.get("Content-Type") or "").split(";")[0]
-                body = json.loads(raw) if raw else None
-                code, answer = fake.handle(self.command, self.path, content_type, body)
-                data = json.dumps(answer).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (its timeout)
-
-            do_GET = do_PATCH = _answer
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        api_client = k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}"))
-        try:
-            yield k8s.CustomObjectsApi(api_client)
-        finally:
-            api_client.close()
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+        with serve_fake(self.handle, k8s.CustomObjectsApi) as api:
+            yield api
 
 
 def _scale_patch(body: Any) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
-from gpufleet.kubeapi import MERGE_PATCH, _status_message
+from gpufleet.kubeapi import MERGE_PATCH, status_message
 from gpufleet.plan.degrade import Current, DegradePlan, ScaleTarget, Step, scale_steps
 
 log = logging.getLogger("gpufleet.burst")
@@ -161,7 +161,7 @@ class KubernetesDegrader:
             call()
         except ApiException as exc:
             if exc.status == 409:
-                raise _Moved(_status_message(exc)[0]) from None
+                raise _Moved(status_message(exc)[0]) from None
             raise
 
     def _where(self, step: Step) -> str:
@@ -193,7 +193,7 @@ def _replicas(scale: Any) -> int:
 def _say(exc: BaseException) -> str:
     """The server's own message where it sent one; the client's error otherwise; one line."""
     if isinstance(exc, ApiException):
-        return f"{exc.status} {_status_message(exc)[0]}"
+        return f"{exc.status} {status_message(exc)[0]}"
     if isinstance(exc, _Moved):
         return f"409 {exc} (still changing after the retries)"
     text = str(exc).strip().splitlines()

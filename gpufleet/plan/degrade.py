@@ -21,8 +21,7 @@ from typing import Literal
 from gpufleet.model.site import Inventory
 from gpufleet.plan.aws import BurstFleet
 from gpufleet.plan.engine import KV_LAYOUTS, engine_args
-from gpufleet.plan.k8s import Workload, onprem_workload
-from gpufleet.plan.k8s import _weights_gib as weights_disk_gib
+from gpufleet.plan.k8s import Workload, onprem_workload, weights_gib
 from gpufleet.plan.node import Frozen
 from gpufleet.plan.site import SitePlan
 
@@ -105,7 +104,7 @@ def degraded_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet) -> Work
             "nodes_per_replica": 1,
             "gpus_per_pod": fleet.tensor_parallel,
             "rdma": False,
-            "weights_gib": weights_disk_gib(fleet.model),
+            "weights_gib": weights_gib(fleet.model),
             "autoscale_min": None,
             "autoscale_max": None,
             "engine": engine_args(

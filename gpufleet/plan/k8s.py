@@ -513,7 +513,8 @@ def grafana_dashboard(plan: SitePlan) -> str:
     )
 
 
-def _weights_gib(model: str) -> int:
+def weights_gib(model: str) -> int:
+    """GiB the model's weights take on disk (the cache volumes' and NVMe copies' size)."""
     m = SERVING_MODELS[model]
     return math.ceil(m.params_b * m.bytes_per_param * 1e9 / 2**30 * WEIGHTS_DISK_FACTOR)
 
@@ -550,7 +551,7 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         tolerations=[GPU_TAINT],
         runtime_class=NVIDIA_RUNTIME,
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
-        weights_gib=_weights_gib(serving.model),
+        weights_gib=weights_gib(serving.model),
         cache_storage_class=CACHE_STORAGE_CLASS if plan.ceph is not None else None,
         autoscale_min=floor if floor < ceiling else None,
         autoscale_max=ceiling if floor < ceiling else None,
@@ -617,7 +618,7 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
         # `nvidia-ctk runtime configure` in the burst nodes' user data names its runtime so too.
         runtime_class=NVIDIA_RUNTIME,
         rdma=False,
-        weights_gib=_weights_gib(fleet.model),
+        weights_gib=weights_gib(fleet.model),
         cache_storage_class=None,
         autoscale_min=None,
         autoscale_max=None,
