@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dnslib import DNSRecord
+from pydantic import ValidationError
 
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.admission import (
@@ -94,6 +95,23 @@ def test_dc1_gateway_is_sized_from_its_replicas() -> None:
 def _fleet():  # type: ignore[no-untyped-def]
     stack = load_stack("burst-prod")
     return plan_burst(stack.inventory, stack.config, "stacks/Pulumi.burst-prod.yaml").fleet
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"model": "m/,/x/)] if TRUE"},  # would leave the fallback's set-path regsub
+        {"model": "m maxconn 1"},
+        {"name": "primary\n  server x 10.0.0.1:1"},  # a line of its own
+        {"servers": ["10.0.0.1:1 backup"]},
+        {"srv_name": "_http._tcp.x.svc resolvers other"},
+    ],
+)
+def test_a_backend_string_that_would_reach_haproxy_cfg_unsafely_is_refused(field: dict[str, object]) -> None:
+    good = {"name": "fallback", "model": "m", "servers": ["127.0.0.1:1"], "slots": 1, "rate_rps": 1}
+    Backend.model_validate(good)
+    with pytest.raises(ValidationError):
+        Backend.model_validate({**good, **field})
 
 
 def test_a_fallback_without_replicas_is_refused() -> None:
