@@ -220,7 +220,8 @@ def burst(stack: Stack, source: str) -> None:
         "onprem-cluster", kubeconfig=pulumi.Output.secret(onprem_outputs.require_output("kubeconfig"))
     )
     in_cluster = pulumi.ResourceOptions(providers=[cluster])
-    workload = burst_workload(inv, plan_site(inv), aws_plan.fleet, aws_plan.desired_nodes)
+    plan = plan_site(inv)
+    workload = burst_workload(inv, plan, aws_plan.fleet, aws_plan.desired_nodes)
     DeepSeekServing(
         "burst-serving",
         # Its ready pods, one DNS record each: the gateway's fallback servers.
@@ -231,7 +232,7 @@ def burst(stack: Stack, source: str) -> None:
     )
     # The controller itself, where the site names its image, switching every gateway replica's
     # admission through their runtime API (the headless `gateway-admin` Service names each).
-    degrade = plan_degrade(inv, plan_site(inv), aws_plan.fleet)
+    degrade = plan_degrade(inv, plan, aws_plan.fleet)
     controller = plan_controller(inv, stack.name, degrade, gateway_admin=[gateway_admin_address()])
     if controller is not None:
         BurstController("controller", BurstControllerArgs(plan=controller), in_cluster)
@@ -241,7 +242,7 @@ def burst(stack: Stack, source: str) -> None:
     pulumi.export("weightsUrl", spot.weights_url)
     pulumi.export("burstImageId", spot.image_id)
     pulumi.export("weightsPublisherPolicyArn", spot.publisher_policy_arn)
-    pulumi.export("bootToServeS", plan_site(inv).burst.boot_to_serve_s)  # type: ignore[union-attr]
+    pulumi.export("bootToServeS", plan.burst.boot_to_serve_s)  # type: ignore[union-attr]
     pulumi.export("burstModel", aws_plan.fleet.model)
     pulumi.export("instanceTypes", aws_plan.fleet.instance_types)
     pulumi.export("desiredNodes", aws_plan.desired_nodes)

@@ -125,15 +125,24 @@ class Tenant(Frozen):
     requests_per_s: float = Field(gt=0, le=MAX_TENANT_RPS, allow_inf_nan=False)
 
 
+# What a backend puts into haproxy.cfg: its name (`backend`, `server`), a served model's name (the
+# fallback's `set-path` regsub replacement) and DNS names with ports. None can end a directive,
+# add an argument or leave the regsub.
+BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+$")]
+HostPort = Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+:[0-9]{1,5}$")]
+SrvName = Annotated[str, StringConstraints(pattern=r"^_[a-z0-9-]+\._tcp\.[a-z0-9.-]+$")]
+
+
 class Backend(Frozen):
-    name: str
-    model: str
-    servers: list[str]  # host:port, one `server` line each
+    name: BackendName
+    model: ModelName
+    servers: list[HostPort]  # one `server` line each
     slots: int  # concurrent requests each server takes (its replicas' max_num_seqs)
     rate_rps: float  # requests/s each server serves at its SLO
     # One server per SRV record of this name (`_http._tcp.<headless Service>`), up to
     # `max_servers`: HAProxy adds and removes them as the records come and go.
-    srv_name: str | None = None
+    srv_name: SrvName | None = None
     max_servers: int = 0
 
 

@@ -243,16 +243,22 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
 
 
 def _admits(policy: dict[str, Any], port: int, labels: dict[str, str]) -> bool:
-    """Whether a NetworkPolicy's ingress rules let a pod with `labels` in the policy's namespace
-    reach `port` (a rule without `from` admits every source; without `ports`, every port)."""
+    """Whether a NetworkPolicy's ingress rules may let a pod with `labels` in the policy's
+    namespace reach `port` (a rule without `from` admits every source; without `ports`, every
+    port). Where it cannot tell, it says yes, so that a policy opened that way fails: a source
+    other than a bare pod selector (a namespace selector, an IP block) may take in such a pod from
+    elsewhere, and a port named rather than numbered may be this one."""
+
+    def covers(p: dict[str, Any]) -> bool:
+        first = p.get("port", port)
+        return isinstance(first, str) or first <= port <= p.get("endPort", first)
+
     for rule in policy["spec"].get("ingress", []):
-        ports = [p["port"] for p in rule.get("ports", [])]
-        if ports and port not in ports:
+        if rule.get("ports") and not any(covers(p) for p in rule["ports"]):
             continue
         sources = rule.get("from")
         if sources is None or any(
-            "namespaceSelector" not in s and "ipBlock" not in s and _selects(s["podSelector"], labels)
-            for s in sources
+            set(s) != {"podSelector"} or _selects(s["podSelector"], labels) for s in sources
         ):
             return True
     return False

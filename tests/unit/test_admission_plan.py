@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dnslib import DNSRecord
+from pydantic import ValidationError
 
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.admission import (
@@ -27,8 +28,9 @@ from gpufleet.plan.admission import (
     gateway_cfg,
     plan_admission,
     plan_gateway,
+    site_gateway,
 )
-from gpufleet.plan.aws import plan_burst
+from gpufleet.plan.aws import plan_burst, plan_fleet
 from gpufleet.plan.k8s import burst_workload, onprem_workload
 from gpufleet.plan.site import plan_site
 from gpufleet.serving.gateway import check_config, write_config
@@ -96,6 +98,23 @@ def _fleet():  # type: ignore[no-untyped-def]
     return plan_burst(stack.inventory, stack.config, "stacks/Pulumi.burst-prod.yaml").fleet
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"model": "m/,/x/)] if TRUE"},  # would leave the fallback's set-path regsub
+        {"model": "m maxconn 1"},
+        {"name": "primary\n  server x 10.0.0.1:1"},  # a line of its own
+        {"servers": ["10.0.0.1:1 backup"]},
+        {"srv_name": "_http._tcp.x.svc resolvers other"},
+    ],
+)
+def test_a_backend_string_that_would_reach_haproxy_cfg_unsafely_is_refused(field: dict[str, object]) -> None:
+    good = {"name": "fallback", "model": "m", "servers": ["127.0.0.1:1"], "slots": 1, "rate_rps": 1}
+    Backend.model_validate(good)
+    with pytest.raises(ValidationError):
+        Backend.model_validate({**good, **field})
+
+
 def test_a_fallback_without_replicas_is_refused() -> None:
     stack = load_stack("burst-prod")
     inv = stack.inventory
@@ -110,9 +129,10 @@ def test_a_fallback_without_replicas_is_refused() -> None:
 
 
 def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
-    """The exact text the gateway's ConfigMap carries, its mount paths moved under tmp_path so that
-    `haproxy -c` finds the maps: fallback servers discovered from SRV records, shed per server,
-    the runtime API on its own port at operator level."""
+    """The in-cluster text (gateway_cfg), its mount paths moved under tmp_path so that `haproxy -c`
+    finds the maps: fallback servers discovered from SRV records, shed per server, the runtime API
+    on its own port at operator level. dc1-prod's own text (site_gateway: the servers the
+    Degrader's replicas add too), as its ConfigMap carries it, passes the same check."""
     g = _site_gateway()
     text = gateway_cfg(g)
     lines = [line.strip() for line in text.splitlines()]
@@ -128,9 +148,13 @@ def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
     conf.mkdir()
     write_maps({"k0": Tenant(name="bank", priority="P0", requests_per_s=5)}, maps)
     (conf / ADMISSION_MAP).write_text(admission_map_text())
-    (conf / "haproxy.cfg").write_text(text.replace(GATEWAY_MAPS, str(maps)).replace(GATEWAY_DIR, str(conf)))
-    checked = check_config(conf / "haproxy.cfg")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    inv = load_stack("dc1-prod").inventory
+    deployed = site_gateway(inv, plan_site(inv), plan_fleet(inv, "stacks/Pulumi.dc1-prod.yaml"))
+    assert deployed is not None
+    for name, cfg in (("deployed.cfg", gateway_cfg(deployed)), ("haproxy.cfg", text)):
+        (conf / name).write_text(cfg.replace(GATEWAY_MAPS, str(maps)).replace(GATEWAY_DIR, str(conf)))
+        checked = check_config(conf / name)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     # HAProxy refuses what it does not know: the check can fail.
     (conf / "bad.cfg").write_text((conf / "haproxy.cfg").read_text().replace("nbsrv(", "nbsrvs("))
     assert check_config(conf / "bad.cfg").returncode != 0
