@@ -32,8 +32,8 @@ from gpufleet.serving.gateway import Gateway, check_config, haproxy, write_confi
 from gpufleet.serving.loadgen import Reply, gateway_request
 from gpufleet.serving.tritonserver import TritonServer, free_port
 from tests.integration.test_admission import MODEL, PROMPT, triton  # noqa: F401  (fixture)
-from tests.integration.test_burst_aws import GROUP, _aws, asg, moto_url  # noqa: F401  (fixtures)
-from tests.integration.test_burst_pulumi import STACK, project, pulumi_root  # noqa: F401  (fixtures)
+from tests.integration.test_burst_aws import GROUP, _aws
+from tests.integration.test_burst_pulumi import STACK
 
 pytestmark = pytest.mark.integration
 
@@ -88,10 +88,10 @@ TIGHTENED = {"P0": 200, "P2": 429, "P1": [200] * P1_BOOT_LIMIT + [429] * (P1_LIM
 def test_lower_classes_are_held_back_only_while_burst_capacity_boots(
     triton: TritonServer,  # noqa: F811
     gateway: tuple[Gateway, GatewayAdmission],
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     gw, admission = gateway
     model = CapacityModel(

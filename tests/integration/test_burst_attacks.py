@@ -28,7 +28,7 @@ from gpufleet.burst.controller import Controller, SpotPrices, group_max_price
 from gpufleet.burst.interrupt import INTERRUPTION, Drainer, Interruptions, WarningQueue, parse_event
 from gpufleet.burst.policy import CapacityModel, Gpufleet
 from gpufleet.burst.signal import Reading
-from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
+from tests.integration.test_burst_aws import (
     ACCOUNT,
     GROUP,
     REGION,
@@ -37,22 +37,13 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     _hook_event,
     _instances,
     _node,
-    asg,
-    kube,
-    moto_url,
 )
-from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
-    STACK,
-    actuator,
-    project,
-    pulumi_root,
-    upped_nodes,
-)
+from tests.integration.test_burst_pulumi import STACK, actuator, upped_nodes
 
 pytestmark = pytest.mark.integration
 
 
-def _consumer(asg: Any, kube: Any, moto_url: str, **kw: Any) -> tuple[Interruptions, Any, str]:  # noqa: F811
+def _consumer(asg: Any, kube: Any, moto_url: str, **kw: Any) -> tuple[Interruptions, Any, str]:
     sqs = _aws("sqs", moto_url)
     queue_url = sqs.create_queue(QueueName=f"attacks-{time.monotonic_ns()}")["QueueUrl"]
     actuator = AsgActuator(GROUP, max_nodes=6, client=asg)
@@ -113,9 +104,9 @@ def test_an_event_whose_fields_would_forge_log_lines_is_not_an_event(field: str,
 
 
 def test_a_forged_lifecycle_event_of_our_own_group_does_not_drain_a_serving_node(
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
 ) -> None:
     """A termination hook event names an instance the group holds in Terminating:Wait. One naming
     an instance in service (forged, or replayed after the group changed its mind) drained it: the
@@ -131,7 +122,7 @@ def test_a_forged_lifecycle_event_of_our_own_group_does_not_drain_a_serving_node
     consumer.stop()
 
 
-def test_the_groups_own_termination_hook_is_still_drained(kube: Any, moto_url: str) -> None:  # noqa: F811
+def test_the_groups_own_termination_hook_is_still_drained(kube: Any, moto_url: str) -> None:
     """The other side of the check above: an instance in Terminating:Wait is drained and let go.
     moto's hooks never fire, so the group's answer and CompleteLifecycleAction are botocore's
     Stubber, checked against the AWS API model; the queue is moto's."""
@@ -197,9 +188,9 @@ def test_the_groups_own_termination_hook_is_still_drained(kube: Any, moto_url: s
 
 
 def test_a_poison_message_is_dropped_with_its_reason_and_spares_its_batch(
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Deep JSON in one message of a batch made every receive raise: the real warning beside it
@@ -223,9 +214,9 @@ def test_a_poison_message_is_dropped_with_its_reason_and_spares_its_batch(
 
 
 def test_a_warning_from_the_future_is_not_drained_against_its_forged_deadline(
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
 ) -> None:
     """An interruption dated a year ahead passed the staleness check and drained until its own
     deadline: a disruption budget that holds its pod then held a worker for a year."""
@@ -243,7 +234,7 @@ def test_a_warning_from_the_future_is_not_drained_against_its_forged_deadline(
 # --- Pulumi -----------------------------------------------------------------------------------
 
 
-def test_an_up_that_hangs_returns_the_step_and_holds_the_stack(project: Path, pulumi_root: Path) -> None:  # noqa: F811
+def test_an_up_that_hangs_returns_the_step_and_holds_the_stack(project: Path, pulumi_root: Path) -> None:
     """`pulumi up` has no timeout in the Automation API: an up that hung held the loop (its signal,
     its metrics, the gateways' release) for as long as it hung."""
     burst_stack = actuator(project, pulumi_root, operation_timeout_s=2.0, env={"FAKE_PULUMI_UP_SECONDS": "8"})
@@ -273,8 +264,8 @@ def test_an_up_that_hangs_returns_the_step_and_holds_the_stack(project: Path, pu
 
 
 def test_an_up_that_applied_is_not_undone_when_reading_its_outputs_fails(
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """The Automation API reads the outputs and the summary after the up, in the same call: a
     backend hiccup there raised like a failed up, and the stack file got the old size back
@@ -289,8 +280,8 @@ def test_an_up_that_applied_is_not_undone_when_reading_its_outputs_fails(
 
 
 def test_an_up_whose_outputs_are_garbage_applied_and_says_so(
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """The up exited 0 and the Automation API then failed to parse what `stack output` printed:
     the ValueError reached the loop's last-resort handler as an unexpected error."""
@@ -304,8 +295,8 @@ def test_an_up_whose_outputs_are_garbage_applied_and_says_so(
 
 
 def test_an_up_that_could_not_start_leaves_the_stack_file_as_it_was(
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    project: Path,
+    pulumi_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CLI could not be started for the up (no file descriptors left, the binary gone): an
@@ -329,8 +320,8 @@ def test_an_up_that_could_not_start_leaves_the_stack_file_as_it_was(
 @pytest.mark.parametrize("answer", ["{not json", "[1, 2]", '"text"'])
 def test_outputs_that_are_not_an_object_are_an_actuation_error(
     answer: str,
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     (pulumi_root.parent / "state" / "outputs.json").write_text(answer)
     burst_stack = actuator(project, pulumi_root)
@@ -364,10 +355,10 @@ def test_outputs_that_are_not_an_object_are_an_actuation_error(
 def test_burst_run_refuses_a_bad_value_with_one_line(
     args: list[str],
     option: str,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # No cluster to drain in: no in-cluster service account, no kubeconfig.
@@ -391,10 +382,10 @@ def test_burst_run_refuses_a_bad_value_with_one_line(
 def test_burst_run_refuses_stack_outputs_of_the_wrong_type(
     outputs: str,
     option: str,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     (pulumi_root.parent / "state" / "outputs.json").write_text(outputs)
     _refused(_burst_run([], moto_url, project, pulumi_root, None), option, asg, pulumi_root)
@@ -403,10 +394,10 @@ def test_burst_run_refuses_stack_outputs_of_the_wrong_type(
 @pytest.mark.parametrize("value", ["-3", "many", "1000000000"])
 def test_burst_run_checks_the_stack_file_it_will_change(
     value: str,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """A burstNodes edited by hand in --work-dir's stack file: the repository's copy was checked."""
     path = project / "stacks" / f"Pulumi.{STACK}.yaml"
@@ -420,9 +411,9 @@ def test_burst_run_checks_the_stack_file_it_will_change(
 
 def _burst_run(
     args: list[str],
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     outputs: dict[str, object] | None,
 ) -> Any:
     from typer.testing import CliRunner
@@ -458,7 +449,7 @@ def _burst_run(
     )
 
 
-def _refused(result: Any, option: str, asg: Any, pulumi_root: Path) -> None:  # noqa: F811
+def _refused(result: Any, option: str, asg: Any, pulumi_root: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and option in lines[0].split(": ")[0], result.stderr
@@ -469,10 +460,10 @@ def _refused(result: Any, option: str, asg: Any, pulumi_root: Path) -> None:  # 
 
 
 def test_burst_run_refuses_a_metrics_port_in_use(
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """It failed with a traceback after the interruption consumer had started."""
     import socket
@@ -510,7 +501,7 @@ _BUSY = _Steady(Reading(interval_s=15.0, request_rps=50.0, queue_wait_s=30.0, pe
 _IDLE = _Steady(Reading(interval_s=15.0, request_rps=0.0, queue_wait_s=0.0, pending=0.0, gpu_util=0.0))
 
 
-def _group_pulumi(project: Path, pulumi_root: Path, moto_url: str) -> PulumiActuator:  # noqa: F811
+def _group_pulumi(project: Path, pulumi_root: Path, moto_url: str) -> PulumiActuator:
     """An actuator whose fake `pulumi up` sets the moto group's desired capacity."""
     return actuator(
         project, pulumi_root, env={"FAKE_PULUMI_ASG_URL": moto_url, "FAKE_PULUMI_ASG_GROUP": GROUP}
@@ -518,10 +509,10 @@ def _group_pulumi(project: Path, pulumi_root: Path, moto_url: str) -> PulumiActu
 
 
 def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """The controller read the group's Spot max price once, at start. Here the group's SpotMaxPrice
     was removed since (AWS then bills up to on-demand, twice what was read): it went on sizing
@@ -559,11 +550,11 @@ def test_a_max_price_raised_behind_the_controllers_back_is_reserved(
 
 
 def test_a_scale_in_whose_node_a_spot_warning_retired_first_does_not_grow_the_group(
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """A scale-in drains a node while its interruption warning's handler drains it too and retires
     it first. The scale-in's own retirement then failed, the node was counted as staying, and the
@@ -626,9 +617,9 @@ class _ProxyPage(BaseHTTPRequestHandler):
 
 
 def test_an_aws_answer_that_is_not_aws_s_is_a_service_error(
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """botocore's ResponseParserError is not a BotoCoreError: it reached the loop's last resort,
@@ -658,10 +649,10 @@ def test_an_aws_answer_that_is_not_aws_s_is_a_service_error(
 @pytest.mark.parametrize("version", ["v2.0.0", "not a version"])
 def test_burst_run_with_a_pulumi_cli_it_cannot_use_says_so_in_one_line(
     version: str,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     tmp_path: Path,
 ) -> None:
     """The Automation API's InvalidVersionError is not a CommandError: it went out as a traceback."""

@@ -34,7 +34,7 @@ from gpufleet.burst.policy import CapacityModel, Gpufleet
 from gpufleet.burst.signal import TritonMetrics
 from gpufleet.cli import app
 from gpufleet.serving.tritonserver import free_port, tritonserver
-from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
+from tests.integration.test_burst_aws import (
     ACCOUNT,
     GROUP,
     REGION,
@@ -43,16 +43,8 @@ from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
     _hook_event,
     _instances,
     _node,
-    asg,
-    kube,
-    moto_url,
 )
-from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
-    STACK,
-    project,
-    pulumi_root,
-    upped_nodes,
-)
+from tests.integration.test_burst_pulumi import STACK, upped_nodes
 from tests.integration.test_burst_signal_prometheus import _scraped, prometheus
 from tests.integration.test_burst_signal_triton import SERVICE_S, _infer, _repository
 
@@ -83,10 +75,10 @@ def _controller(
     policy: Gpufleet,
     metrics: TritonMetrics,
     types: list[str],
-    moto_url: str,  # noqa: F811
-    asg: Any,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    moto_url: str,
+    asg: Any,
+    project: Path,
+    pulumi_root: Path,
     **extra: Any,
 ) -> Controller:
     """A controller on this Triton's metrics, moto's AWS and the fake pulumi."""
@@ -108,10 +100,10 @@ def _controller(
 
 def test_controller_scales_out_under_load_and_in_when_quiet(
     triton: Any,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     controller = _controller(
         Gpufleet(_capacity(0, target_utilisation=0.25), average_s=1.0, quiet_s=1.0, cooldown_s=0.0),
@@ -185,10 +177,10 @@ def test_burst_run_command_serves_metrics_and_logs_each_decision(
     signal: str,
     caplog: pytest.LogCaptureFixture,
     triton: Any,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     tmp_path: Path,
 ) -> None:
     with ExitStack() as stack:
@@ -206,10 +198,10 @@ def _run_command(
     signal: str,
     source: str,
     caplog: pytest.LogCaptureFixture,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gpufleet.burst")
     # The group comes from the stack's outputs, as the SpotBurst component exports it.
@@ -262,10 +254,10 @@ def _run_command(
 
 def test_a_failing_signal_holds_the_fleet(
     triton: Any,
-    asg: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     controller = _controller(
         Gpufleet(_capacity(1)),
@@ -282,7 +274,7 @@ def test_a_failing_signal_holds_the_fleet(
     assert upped_nodes(pulumi_root) == []
 
 
-def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: Path) -> None:  # noqa: F811
+def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: Path) -> None:
     result = CliRunner().invoke(
         app,
         [
@@ -301,7 +293,7 @@ def test_burst_run_without_a_deployed_group_exits_2(project: Path, pulumi_root: 
     assert result.stderr.strip() == f"--asg: not given, and stack {STACK} exports no asgName"
 
 
-def _interruptions(controller: Controller, kube: Any, moto_url: str) -> tuple[Interruptions, Any, str]:  # noqa: F811
+def _interruptions(controller: Controller, kube: Any, moto_url: str) -> tuple[Interruptions, Any, str]:
     sqs = _aws("sqs", moto_url)
     queue_url = sqs.create_queue(QueueName=f"warnings-{time.monotonic_ns()}")["QueueUrl"]
     consumer = Interruptions(
@@ -329,7 +321,7 @@ def _drain_queue(consumer: Interruptions) -> list[Any]:
     return results
 
 
-def _desired(asg: Any) -> int:  # noqa: F811
+def _desired(asg: Any) -> int:
     return int(
         asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0][
             "DesiredCapacity"
@@ -339,11 +331,11 @@ def _desired(asg: Any) -> int:  # noqa: F811
 
 def test_spot_warnings_are_checked_deduplicated_and_replaced_once(
     triton: Any,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """A rebalance delivered three times (and once more under a new id, then its interruption)
     replaces once; other accounts, regions, groups and instances, and stale warnings, do nothing."""
@@ -406,11 +398,11 @@ def test_spot_warnings_are_checked_deduplicated_and_replaced_once(
 
 def test_replacement_stays_under_the_cap(
     triton: Any,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     types = ["p5en.48xlarge", "p5e.48xlarge"]
     group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
@@ -441,11 +433,11 @@ def test_replacement_stays_under_the_cap(
 
 def test_warnings_handled_at_once_share_the_room_under_the_cap(
     triton: Any,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     """Two warnings in one batch, room for one more node: one replacement, not two (the fault
     injection test found two workers planning on the same view)."""
@@ -480,11 +472,11 @@ def test_warnings_handled_at_once_share_the_room_under_the_cap(
 
 def test_drains_start_at_once_while_an_up_runs_and_run_in_parallel(
     triton: Any,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
 ) -> None:
     controller = _controller(
         Gpufleet(_capacity(4)),
@@ -546,7 +538,7 @@ def test_drains_start_at_once_while_an_up_runs_and_run_in_parallel(
     assert time.monotonic() - received < 20
 
 
-def _argv_of(pulumi_root: Path) -> list[list[str]]:  # noqa: F811
+def _argv_of(pulumi_root: Path) -> list[list[str]]:
     path = pulumi_root.parent / "state" / "argv.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -554,11 +546,11 @@ def _argv_of(pulumi_root: Path) -> list[list[str]]:  # noqa: F811
 def test_burst_run_consumes_the_interruption_queue_beside_its_steps(
     caplog: pytest.LogCaptureFixture,
     triton: Any,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -39,23 +39,8 @@ from gpufleet.burst.controller import Controller, PrometheusSource, SpotPrices, 
 from gpufleet.burst.interrupt import INTERRUPTION, REBALANCE, Drainer, Interruptions, WarningQueue
 from gpufleet.burst.policy import CapacityModel, Gpufleet
 from gpufleet.burst.signal import PrometheusQuery
-from tests.integration.test_burst_aws import (  # noqa: F401  (fixtures)
-    ACCOUNT,
-    GROUP,
-    REGION,
-    _aws,
-    _event,
-    _hook_event,
-    asg,
-    kube,
-    moto_url,
-)
-from tests.integration.test_burst_pulumi import (  # noqa: F401  (fixtures)
-    STACK,
-    project,
-    pulumi_root,
-    upped_nodes,
-)
+from tests.integration.test_burst_aws import ACCOUNT, GROUP, REGION, _aws, _event, _hook_event
+from tests.integration.test_burst_pulumi import STACK, upped_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -149,22 +134,22 @@ def _hold(lock_dir: Path, held: threading.Event, release: threading.Event) -> No
         release.wait(30)
 
 
-def _group(asg: Any) -> dict[str, Any]:  # noqa: F811
+def _group(asg: Any) -> dict[str, Any]:
     return dict(asg.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0])
 
 
-def _declared(project: Path) -> str:  # noqa: F811
+def _declared(project: Path) -> str:
     doc = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())
     return str(doc["config"][BURST_NODES_KEY])
 
 
 def test_a_thousand_random_faults(
     prometheus: str,
-    asg: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
-    moto_url: str,  # noqa: F811
-    project: Path,  # noqa: F811
-    pulumi_root: Path,  # noqa: F811
+    asg: Any,
+    kube: Any,
+    moto_url: str,
+    project: Path,
+    pulumi_root: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gpufleet.burst")
