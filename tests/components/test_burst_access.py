@@ -9,6 +9,7 @@ puts the same documents into moto's IAM, KMS, SSM and SQS and acts under them.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 
 from gpufleet.inventory.stacks import Stack
@@ -196,6 +197,22 @@ def test_the_controllers_up_of_a_new_burst_node_count_changes_only_what_its_poli
     assert up["Action"] == [CONTROLLER_UP_ACTION] and up["Resource"] == [arn(asg)]
     assert up["Condition"] == {"NumericLessThanEqualsIfExists": {"autoscaling:MaxSize": str(count)}}
     assert "autoscaling:DescribeAutoScalingGroups" in STAR_RESOURCE_ACTIONS
+
+
+def test_the_controller_policy_scopes_each_action_as_aws_authorises_it(graphs: dict[str, Graph]) -> None:
+    """AWS's service authorization data (as cfn-lint carries it): an action granted on an ARN takes
+    that resource type, so the grant is not silently void; one granted on "*" takes none."""
+    spec = json.loads(resources.files("cfnlint").joinpath("data/AdditionalSpecs/Policies.json").read_text())
+    policy = document(named(graphs[STACK], "aws:iam/policy:Policy", "-controller"))
+    for statement in policy["Statement"]:
+        for action in statement["Action"]:
+            service, name = action.split(":")
+            takes = spec[service]["Actions"][name.lower()].get("Resources", [])
+            if statement["Resource"] == "*":
+                assert takes == [], action
+            else:
+                kind = statement["Resource"][0].split(":")[2]
+                assert takes == [{"autoscaling": "autoScalingGroup", "sqs": "queue"}[kind]], action
 
 
 def test_the_image_builder_reads_its_component_and_writes_its_logs_only(
