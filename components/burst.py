@@ -544,7 +544,7 @@ class SpotBurst(pulumi.ComponentResource):
             f"{name}-controller",
             description=f"gpufleet {p.site}: burst controller (interruption queue, burst group)",
             policy=pulumi.Output.all(queue.arn, asg.arn).apply(
-                lambda arns: json.dumps(controller_policy(arns[0], arns[1]))
+                lambda arns: json.dumps(controller_policy(arns[0], arns[1], p.max_nodes))
             ),
             tags=tags,
             opts=child,

@@ -665,11 +665,19 @@ def publisher_policy(weights_arn: str) -> dict[str, Any]:
     }
 
 
-def controller_policy(queue_arn: str, asg_arn: str) -> dict[str, Any]:
+# The one write of the burst stack's `pulumi up` when only `burstNodes` changed (the group's
+# DesiredCapacity); its reads are DescribeAutoScalingGroups, granted on "*" beside it.
+CONTROLLER_UP_ACTION = "autoscaling:UpdateAutoScalingGroup"
+
+
+def controller_policy(queue_arn: str, asg_arn: str, max_nodes: int) -> dict[str, Any]:
     """What `gpufleet burst run` calls (gpufleet.burst), on this queue and this group only.
 
-    Attach it to the identity the controller runs as; `pulumi up` of the burst stack (its slow
-    path) needs the deployer's own rights and is not covered here.
+    Its default path is `pulumi up` of the burst stack with only `burstNodes` changed: the group's
+    desired capacity, which the AWS provider writes with `UpdateAutoScalingGroup` and reads back
+    (and waits on) with `DescribeAutoScalingGroups`. That update is granted on this group only and
+    never past the stack's own maximum (`autoscaling:MaxSize`, where the request carries one).
+    Any other change of the stack still needs the deployer's rights.
     """
     return {
         "Version": POLICY_VERSION,
@@ -689,6 +697,13 @@ def controller_policy(queue_arn: str, asg_arn: str) -> dict[str, Any]:
                     "autoscaling:TerminateInstanceInAutoScalingGroup",
                 ],
                 "Resource": [asg_arn],
+            },
+            {
+                "Sid": "BurstNodesUp",
+                "Effect": "Allow",
+                "Action": [CONTROLLER_UP_ACTION],
+                "Resource": [asg_arn],
+                "Condition": {"NumericLessThanEqualsIfExists": {"autoscaling:MaxSize": str(max_nodes)}},
             },
             {
                 "Sid": "DescribeOnly",

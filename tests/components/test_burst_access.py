@@ -9,10 +9,12 @@ puts the same documents into moto's IAM, KMS, SSM and SQS and acts under them.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 
 from gpufleet.inventory.stacks import Stack
 from gpufleet.plan.aws import (
+    CONTROLLER_UP_ACTION,
     IMAGE_BUILDER_LOGS,
     SESSION_MANAGER_ACTIONS,
     STAR_RESOURCE_ACTIONS,
@@ -24,7 +26,18 @@ from gpufleet.plan.aws import (
     publisher_policy,
     queue_policy,
 )
-from gpufleet.preview.program import ACCOUNT, Graph, Registration, reveal
+from gpufleet.preview.program import (
+    ACCOUNT,
+    ORGANIZATION,
+    PROGRAM,
+    PROJECT,
+    Graph,
+    Registration,
+    evaluate,
+    evaluate_stack,
+    reveal,
+    stack_config,
+)
 
 STACK = "burst-prod"
 
@@ -133,13 +146,73 @@ def test_the_controller_policy_names_this_queue_and_this_group(graphs: dict[str,
     asg = graph.by_type("aws:autoscaling/group:Group")[0]
     controller = named(graph, "aws:iam/policy:Policy", "-controller")
     policy = document(controller)
-    assert policy == controller_policy(arn(queue), arn(asg))
+    assert policy == controller_policy(arn(queue), arn(asg), asg.inputs["maxSize"])
     group = next(s for s in policy["Statement"] if "autoscaling:CompleteLifecycleAction" in s["Action"])
     assert group["Resource"] == [arn(asg)]
     for s in policy["Statement"]:
         if s["Resource"] == "*":
             assert set(s["Action"]) <= STAR_RESOURCE_ACTIONS
     assert graph.outputs["controllerPolicyArn"] == arn(controller)
+
+
+def test_the_controllers_up_of_a_new_burst_node_count_changes_only_what_its_policy_grants(
+    graphs: dict[str, Graph],
+) -> None:
+    """`gpufleet burst run`'s default path: `pulumi up` with only `gpufleet:burstNodes` changed.
+
+    Run the program again with another count: if any AWS resource but the group's desiredCapacity
+    changed, the controller's `up` would call an action its policy lacks, and this fails. The mocks
+    cannot see which calls the AWS provider makes for that one update; that it is
+    UpdateAutoScalingGroup then DescribeAutoScalingGroups is read from the provider, not recorded.
+    """
+    base = graphs[STACK]
+    cfg = stack_config(STACK, PROGRAM.parent)
+    onprem = cfg["gpufleet:onpremStack"]
+    name = onprem if onprem.count("/") == 2 else f"{ORGANIZATION}/{PROJECT}/{onprem}"
+    asg = base.by_type("aws:autoscaling/group:Group")[0]
+    count = asg.inputs["maxSize"]
+    assert count != cfg["gpufleet:burstNodes"]
+    more = evaluate(
+        STACK,
+        config={**cfg, "gpufleet:burstNodes": count},
+        references={name: evaluate_stack(name.rsplit("/", 1)[-1]).outputs},
+    )
+    before = {(r.type, r.name): r.inputs for r in base.resources}
+    after = {(r.type, r.name): r.inputs for r in more.resources}
+    assert before.keys() == after.keys(), "a new burst node count adds or removes no resource"
+    changed = {
+        (key, field)
+        for key, inputs in after.items()
+        for field in inputs.keys() | before[key].keys()
+        if inputs.get(field) != before[key].get(field)
+    }
+    # In AWS the group's desired capacity alone; in the on-prem cluster (through the stack's
+    # kubeconfig, not IAM) the burst serving Deployment's replicas alone.
+    serving = named(base, "kubernetes:apps/v1:Deployment", "-serving-deployment")
+    assert changed == {((asg.type, asg.name), "desiredCapacity"), ((serving.type, serving.name), "spec")}
+    spec, spec_after = serving.inputs["spec"], after[(serving.type, serving.name)]["spec"]
+    assert {k for k in spec.keys() | spec_after.keys() if spec.get(k) != spec_after.get(k)} == {"replicas"}
+    policy = document(named(base, "aws:iam/policy:Policy", "-controller"))
+    (up,) = [s for s in policy["Statement"] if CONTROLLER_UP_ACTION in s["Action"]]
+    assert up["Action"] == [CONTROLLER_UP_ACTION] and up["Resource"] == [arn(asg)]
+    assert up["Condition"] == {"NumericLessThanEqualsIfExists": {"autoscaling:MaxSize": str(count)}}
+    assert "autoscaling:DescribeAutoScalingGroups" in STAR_RESOURCE_ACTIONS
+
+
+def test_the_controller_policy_scopes_each_action_as_aws_authorises_it(graphs: dict[str, Graph]) -> None:
+    """AWS's service authorization data (as cfn-lint carries it): an action granted on an ARN takes
+    that resource type, so the grant is not silently void; one granted on "*" takes none."""
+    spec = json.loads(resources.files("cfnlint").joinpath("data/AdditionalSpecs/Policies.json").read_text())
+    policy = document(named(graphs[STACK], "aws:iam/policy:Policy", "-controller"))
+    for statement in policy["Statement"]:
+        for action in statement["Action"]:
+            service, name = action.split(":")
+            takes = spec[service]["Actions"][name.lower()].get("Resources", [])
+            if statement["Resource"] == "*":
+                assert takes == [], action
+            else:
+                kind = statement["Resource"][0].split(":")[2]
+                assert takes == [{"autoscaling": "autoScalingGroup", "sqs": "queue"}[kind]], action
 
 
 def test_the_image_builder_reads_its_component_and_writes_its_logs_only(

@@ -139,7 +139,7 @@ def stack(moto_url: str, admin: dict[str, str]) -> dict[str, Any]:
     )
     iam.put_role_policy(RoleName="burst-node-role", PolicyName="node", PolicyDocument=json.dumps(node))
     controller = iam.create_policy(
-        PolicyName="burst-controller", PolicyDocument=json.dumps(controller_policy(queue_arn, asg_arn))
+        PolicyName="burst-controller", PolicyDocument=json.dumps(controller_policy(queue_arn, asg_arn, 4))
     )["Policy"]
     # The image builder's instance role and the weights publisher's policy, as the stack writes them.
     component = f"arn:aws:imagebuilder:{REGION}:{ACCOUNT}:component/gpufleet-dc1-burst-0/1.0.0/1"
