@@ -381,6 +381,12 @@ AUDIT = [
     "ordinary traffic's mean request, as an operator sets it from history; only gpufleet reads load "
     "through it. Triton's queue duration includes HAProxy's queue wait here (production's Triton "
     "sees only its own part); the pending count is only what passed `maxconn`, as production's.",
+    "- keda-queue as a KEDA user runs it: the Prometheus scaler on the gateway's queue, "
+    '`sum(haproxy_backend_current_queue{proxy="primary"})` (the queue is in HAProxy past `maxconn`; '
+    "Triton's pending count, which it read before, stays near 0 behind it), an AverageValue target "
+    "of the primary's lowest degrade threshold over the on-prem replicas (an operator scales before "
+    "the gateway sends requests away), HPA's algorithm: desired = ceil(queue / target) outside the "
+    "10% tolerance, scale-up at once, 300 s scale-down stabilisation, 30 s polling.",
     "- What would flatter the SLO column: shedding. A shed request gets a 429 and is not scored "
     "in `SLO ok %`; `served %` counts a minute only if its admitted p99s hold and shed, over-limit "
     "and failed requests are at most 1% of what it was offered, and the targets are judged on "

@@ -69,6 +69,8 @@ class Signals:
     # None where the serving stack does not report them.
     ttft_s: float | None = None
     kv_cache_used: float | None = None
+    # Requests waiting in the gateway's queue for the primary backend (HAProxy's exporter).
+    gateway_queue: float = 0.0
 
 
 @dataclass(frozen=True)

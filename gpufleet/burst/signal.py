@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet.burst.policy import Signals
-from gpufleet.plan.admission import FALLBACK, SHED, backend_rate_query
+from gpufleet.plan.admission import FALLBACK, PRIMARY, SHED, backend_rate_query
 
 
 class SignalError(RuntimeError):
@@ -72,6 +72,9 @@ class Reading:
     # Requests/s the gateway shed (429) and sent to the fallback model: demand not served here.
     shed_rps: float = 0.0
     degraded_rps: float = 0.0
+    # Requests in the gateway's queue for the primary backend (past its servers' maxconn): the
+    # queue a KEDA ScaledObject reads from HAProxy's exporter; Triton's pending count misses it.
+    gateway_queue: float = 0.0
 
     def __post_init__(self) -> None:
         # A reading is acted on, so one that cannot be true (NaN, infinite, a negative rate or
@@ -87,6 +90,7 @@ class Reading:
             "ttft_p99_s",
             "shed_rps",
             "degraded_rps",
+            "gateway_queue",
         ):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -111,6 +115,7 @@ class Reading:
             ready_replicas=ready_replicas,
             ttft_s=self.ttft_p99_s,
             kv_cache_used=self.kv_cache_used,
+            gateway_queue=self.gateway_queue,
         )
 
 
@@ -291,6 +296,7 @@ class PrometheusQuery:
             # The gateway's exporter, summed over its replicas.
             "shed_rps": backend_rate_query(SHED, w),
             "degraded_rps": backend_rate_query(FALLBACK, w),
+            "gateway_queue": f'sum(haproxy_backend_current_queue{{proxy="{PRIMARY}"}})',
         }
 
     def reading(self) -> Reading:
@@ -314,6 +320,7 @@ class PrometheusQuery:
             # No gateway series (none deployed, or not scraped yet): nothing shed or degraded seen.
             shed_rps=values["shed_rps"] or 0.0,
             degraded_rps=values["degraded_rps"] or 0.0,
+            gateway_queue=values["gateway_queue"] or 0.0,
         )
 
     def inflight_by_node(self, label: str = "node") -> dict[str, int]:

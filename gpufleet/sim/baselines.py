@@ -1,7 +1,7 @@
 """The baselines gpufleet's burst policy is measured against, and the one registry of policies.
 
 Each is what a team would deploy instead: provisioning for the peak, Kubernetes' HPA on GPU
-utilisation, KEDA on pending requests, a Karpenter-like reactive provisioner. They implement the
+utilisation, KEDA on the gateway's queue, a Karpenter-like reactive provisioner. They implement the
 same policy interface as gpufleet's (`gpufleet.burst.policy.FleetPolicy`) and run in the simulator
 through the same controller step.
 """
@@ -100,19 +100,28 @@ class HpaGpu(_Stabilized):
 
 @dataclass
 class KedaQueue(_Stabilized):
-    """KEDA Prometheus scaler on pending requests: desired = ceil(pending / threshold), 30 s polling."""
+    """KEDA's Prometheus scaler on the gateway's queue, `sum(haproxy_backend_current_queue{proxy=
+    "primary"})` (the queue is in HAProxy, past the servers' maxconn: Triton's pending count stays
+    near 0), as an AverageValue target: HPA's desired = ceil(queue / threshold) unless the usage
+    ratio is within its 10% tolerance, 30 s polling, scale-up at once, 300 s down-stabilisation.
 
-    threshold: float = 10.0
+    `threshold` (requests queued per replica) is what an operator sets knowing the SLO and the
+    gateway: the primary's lowest degrade threshold over the on-prem replicas, so KEDA asks for
+    capacity as the queue reaches the point where the gateway starts sending requests away."""
+
+    threshold: float = 1.0
     name = "keda-queue"
     tick_s = 30.0
 
     def decide(
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
-        pending = window[-1].pending
-        return self._recommend(
-            t, math.ceil(pending / self.threshold), f"{pending} pending requests", nodes, prices
-        )
+        queue = window[-1].gateway_queue
+        current = self._current(nodes)
+        ratio = queue / (current * self.threshold) if current else math.inf
+        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(queue / self.threshold)
+        why = f"{queue:.0f} queued at the gateway, {self.threshold:.0f} per replica"
+        return self._recommend(t, recommended, why, nodes, prices)
 
 
 @dataclass
@@ -164,16 +173,21 @@ POLICY_NAMES = ("static-peak", "hpa-gpu70", "keda-queue", "reactive-pending", "g
 
 
 def make_policy(
-    name: str, model: CapacityModel, *, peak_need: float = 0.0, peaks: tuple[KnownPeak, ...] = ()
+    name: str,
+    model: CapacityModel,
+    *,
+    peak_need: float = 0.0,
+    peaks: tuple[KnownPeak, ...] = (),
+    keda_threshold: float = 1.0,
 ) -> Policy:
     """The policy `name`: `peak_need` is static-peak's burst capacity (on-prem replicas), `peaks`
-    gpufleet's calendar."""
+    gpufleet's calendar, `keda_threshold` keda-queue's queued requests per replica."""
     if name == "static-peak":
         return StaticPeak(model, peak_need=peak_need)
     if name == "hpa-gpu70":
         return HpaGpu(model)
     if name == "keda-queue":
-        return KedaQueue(model)
+        return KedaQueue(model, threshold=keda_threshold)
     if name == "reactive-pending":
         return ReactivePending(model)
     if name == "gpufleet":

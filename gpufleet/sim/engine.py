@@ -386,6 +386,8 @@ class SimPrometheus(PrometheusQuery):
             return last[3]
         if name == "gpu_util":
             return last[4]
+        if name == "gateway_queue":
+            return last[8]  # haproxy_backend_current_queue{proxy="primary"} at the last scrape
         if span <= 0:
             return None  # one sample has no rate: Prometheus returns an empty vector
         if name == "rps":
@@ -482,9 +484,9 @@ class Simulation:
         self._done = 0
         self._success = self._queue_us = 0.0
         self._ttft_counts = [0.0] * len(TTFT_BUCKETS_MS)
-        self.scrapes: deque[tuple[float, float, float, float, float, tuple[float, ...], float, float]] = (
-            deque(maxlen=16)
-        )
+        self.scrapes: deque[
+            tuple[float, float, float, float, float, tuple[float, ...], float, float, float]
+        ] = deque(maxlen=16)
         self._busy_mark = 0.0
         self._spend_t = 0.0
         self._cost = self._gpu_s = self._max_spend = 0.0
@@ -996,6 +998,7 @@ class Simulation:
                 tuple(self._ttft_counts),
                 self._shed_w,
                 self._degraded_w,
+                self.haproxy_queue(PRIMARY),
             )
         )
 

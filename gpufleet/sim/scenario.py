@@ -94,7 +94,15 @@ class Scenario:
 
     def run(self, name: str) -> Result:
         m = self.capacity
-        policy = make_policy(name, m, peak_need=m.missing(max(self.minute_load)), peaks=self.peaks)
+        # KEDA on the gateway's queue: scale as it reaches the lowest degrade threshold (per replica).
+        keda = min(self.gateway.admission.degrade_queue.values()) / max(1, m.onprem_replicas)
+        policy = make_policy(
+            name,
+            m,
+            peak_need=m.missing(max(self.minute_load)),
+            peaks=self.peaks,
+            keda_threshold=keda,
+        )
         return self.simulation(policy).run()
 
     def simulation(self, policy: Policy) -> Simulation:

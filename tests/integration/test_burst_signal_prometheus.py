@@ -189,9 +189,17 @@ def test_shed_and_degraded_rates_from_the_real_gateways_exporter(
         # rate() needs two of Triton's samples in the window; a scrape of the busy Python model
         # can be late, so wait for the series the reading divides by rather than racing it.
         _scraped(url, f'sum(rate(nv_inference_request_success{{model="{GATEWAY_MODEL}"}}[{window_s}s]))', 0)
-        reading = PrometheusQuery(url, GATEWAY_MODEL, window=f"{window_s}s").reading()
+        query = PrometheusQuery(url, GATEWAY_MODEL, window=f"{window_s}s")
+        reading = query.reading()
+        # The gateway-queue query (what a KEDA ScaledObject on this queue reads) finds the series
+        # the real exporter emits (a wrong name or `proxy` label finds none: an empty vector). Its
+        # value while requests wait is the exporter's own (wait_queue above saw 2 past maxconn 1);
+        # that queue lasts under a scrape interval here, so Prometheus is not raced for it.
+        assert len(_instant(url, query.queries()["gateway_queue"])) == 1
     assert all(r.status == 200 and r.served_by == "fallback" for r in degraded), degraded
     assert all(r.status == 429 for r in shed), shed
+    # Every held request has finished: the primary's queue is empty again.
+    assert reading.gateway_queue == 0
     # rate() over the window: what the exporter counted, extrapolated towards the window's edges.
     # Every sample lies inside the window, so the extrapolation only adds (never below the count);
     # how much it adds depends on the scrape times a loaded machine gives Prometheus.

@@ -220,11 +220,24 @@ def test_hpa_scales_on_utilisation_with_tolerance_and_stabilisation() -> None:
     assert policy.decide(425.0, later, nodes, PRICES).desired == 0
 
 
-def test_keda_desires_pending_over_threshold() -> None:
+def test_keda_scales_on_the_gateway_queue_not_tritons_pending() -> None:
     policy = KedaQueue(MODEL, threshold=10.0)
-    assert (
-        policy.decide(30.0, [sig(30.0, 0.0, pending=75)], [], PRICES).desired == 4
-    )  # 8 replicas - 4 on-prem
+    # Triton's pending count is what HAProxy lets past maxconn: a full queue at the gateway.
+    queued = replace(sig(30.0, 0.0, pending=0), gateway_queue=75.0)
+    assert policy.decide(30.0, [queued], [], PRICES).desired == 4  # ceil(75/10) = 8 - 4 on-prem
+    pending_only = sig(60.0, 0.0, pending=75)
+    assert KedaQueue(MODEL, threshold=10.0).decide(60.0, [pending_only], [], PRICES).desired == 0
+
+
+def test_keda_holds_within_hpa_tolerance() -> None:
+    policy = KedaQueue(MODEL, threshold=10.0)
+    nodes = [node(i) for i in range(4)]  # 8 replicas
+    # 84 queued over 8 replicas x 10: ratio 1.05, within the 10% tolerance: no change.
+    held = replace(sig(30.0, 0.0), gateway_queue=84.0)
+    assert policy.decide(30.0, [held], nodes, PRICES).desired == 4
+    # 95: ratio 1.19, out of tolerance: ceil(9.5) = 10 replicas.
+    grown = replace(sig(60.0, 0.0), gateway_queue=95.0)
+    assert policy.decide(60.0, [grown], nodes, PRICES).desired == 6
 
 
 def test_group_max_price_is_the_groups_or_aws_default_on_demand() -> None:

@@ -21,7 +21,7 @@ from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
 from gpufleet.plan.admission import AdmissionPlan, Backend, GatewayPlan
 from gpufleet.plan.burst import boot_to_serve_s
-from gpufleet.sim.baselines import StaticPeak
+from gpufleet.sim.baselines import KedaQueue, StaticPeak
 from gpufleet.sim.engine import Arrival, Simulation
 from gpufleet.sim.prices import PriceSeries, pools_for
 from gpufleet.sim.trace import Request
@@ -369,3 +369,21 @@ def test_weighted_requests_never_make_a_signal_production_would_refuse() -> None
     arrivals = [Arrival(r, ("P0", "P1", "P2")[i % 3], 5.74) for i, r in enumerate(requests)]
     result = sim(requests, Gpufleet(capacity), capacity, arrivals=arrivals).run()
     assert result.step_errors == 0
+
+
+def test_keda_reads_the_gateways_queue_where_tritons_pending_misses_it() -> None:
+    """The queue is in HAProxy, past the primary's maxconn: the simulated exporter answers
+    keda-queue's query with it, Triton's pending count holds only what is inside maxconn."""
+    capacity = model()
+    simulation = sim(overload(), KedaQueue(capacity, threshold=10.0), capacity)
+    result = simulation.run()
+    window = list(simulation.controller.window)
+    slots = simulation.gateway.primary.slots
+    # Requests past maxconn (P2 leaves for the fallback at a queue of 20; KEDA asks for a replica
+    # per 10 queued): Triton never counts them.
+    assert any(s.gateway_queue > 0 for s in window)
+    assert max(s.pending for s in window) <= slots
+    assert result.scale_actions > 0
+    prom = simulation.controller.source.query  # type: ignore[attr-defined]
+    answer = json.loads(prom.body(prom.queries()["gateway_queue"]))["data"]["result"]
+    assert float(answer[0]["value"][1]) == simulation.scrapes[-1][8]
