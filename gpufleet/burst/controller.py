@@ -139,8 +139,8 @@ def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
 
 # While capacity boots, the gateways tighten once the on-prem queue wait or TTFT p99 passes this
 # share of its SLO (the site is overloaded, P0 at risk), and relax again below the lower share.
-TIGHTEN_SLO_SHARE = 0.5
-RELAX_SLO_SHARE = 0.25
+TIGHTEN_SLO_SHARE = 0.25
+RELAX_SLO_SHARE = 0.1
 
 
 def slo_pressure(signals: Signals, slo_queue_wait_s: float, slo_ttft_s: float | None) -> float:
