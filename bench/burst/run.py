@@ -370,7 +370,8 @@ AUDIT = [
     "distilled replica (HAProxy's `server-template` over the burst pods' SRV records), full at "
     "`shed_queue` queued per serving server, as the gateway renders it.",
     "- One admission rule: the controller's own (`tighten_admission`, P2 shed and P1 over half its "
-    "limit while capacity it ordered boots) switches the simulated gateway through the same "
+    "limit while capacity it ordered boots and the on-prem queue wait or TTFT p99 is past a quarter of its "
+    "SLO) switches the simulated gateway through the same "
     "`set_booting` call production's GatewayAdmission answers; the policy has no admission lever. "
     "Every policy runs behind the same gateway, so every policy sheds: the baselines too.",
     "- Tenant limits: one tenant per class, each at 3x (the largest surge sold) its class's share of "

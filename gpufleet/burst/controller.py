@@ -15,6 +15,7 @@ in flight first) and then declaring the lower count, so the stack and the group 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -136,16 +137,39 @@ def group_max_price(group: dict[str, Any], instance_types: list[str]) -> float:
     return max(AWS_GPU_INSTANCES[t].on_demand_usd_hour for t in instance_types)
 
 
+# While capacity boots, the gateways tighten once the on-prem queue wait or TTFT p99 passes this
+# share of its SLO (the site is overloaded, P0 at risk), and relax again below the lower share.
+TIGHTEN_SLO_SHARE = 0.25
+RELAX_SLO_SHARE = 0.1
+
+
+def slo_pressure(signals: Signals, slo_queue_wait_s: float, slo_ttft_s: float | None) -> float:
+    """The worse of the queue wait's and the TTFT p99's share of its SLO (TTFT where reported)."""
+    pressure = signals.queue_wait_s / slo_queue_wait_s
+    if signals.ttft_s is not None and slo_ttft_s is not None:
+        pressure = max(pressure, signals.ttft_s / slo_ttft_s)
+    return pressure
+
+
 def tighten_admission(
-    t: float, booting: bool, since: float | None, boot_to_serve_s: float
+    t: float,
+    booting: bool,
+    since: float | None,
+    boot_to_serve_s: float,
+    pressure: float | None,
+    tightened: bool,
 ) -> tuple[bool, float | None]:
-    """Whether lower-class admission is tightened now, and since when capacity boots: while it
-    boots, up to twice its boot-to-serve time (past that the boot failed, and shedding on would
-    only turn demand away)."""
+    """Whether lower-class admission is tightened now, and since when capacity boots: only while it
+    boots and the site is overloaded (`pressure`, the SLO share of `slo_pressure`, past
+    TIGHTEN_SLO_SHARE; once tightened, until it falls to RELAX_SLO_SHARE), and never past twice the
+    boot-to-serve time (the boot failed: shedding on would only turn demand away). No valid
+    reading (`pressure` None or not a finite, non-negative number) never tightens."""
     if not booting:
         return False, None
     since = t if since is None else since
-    return t - since <= 2 * boot_to_serve_s, since
+    if t - since > 2 * boot_to_serve_s or pressure is None or not 0 <= pressure < math.inf:
+        return False, since
+    return pressure > (RELAX_SLO_SHARE if tightened else TIGHTEN_SLO_SHARE), since
 
 
 # A node the group owes (desired capacity it has not launched yet) goes by this id prefix.
@@ -376,23 +400,33 @@ class Controller:
         try:
             self._carry_out(decision, len(live))
         except STEP_ERRORS:
-            self._admit(t, nodes, decision, launched=False)  # nothing new boots: only what already did
+            self._admit(t, nodes, decision, signals, launched=False)  # only what already booted
             raise
-        self._admit(t, nodes, decision, launched=bool(decision.launch))
+        self._admit(t, nodes, decision, signals, launched=bool(decision.launch))
         return decision
 
-    def _admit(self, t: float, nodes: list[Node], decision: Decision, launched: bool) -> None:
-        """Tighten the gateways' lower-class admission while burst capacity boots and what serves
-        is short of what the policy wants; normal again once it serves, or once its boot has taken
-        twice the boot time (it failed). A replacement booting beside enough capacity holds no one back."""
+    def _admit(
+        self, t: float, nodes: list[Node], decision: Decision, signals: Signals, launched: bool
+    ) -> None:
+        """Tighten the gateways' lower-class admission while burst capacity boots, what serves is
+        short of what the policy wants, and the site is overloaded (queue wait or TTFT p99 past a
+        share of its SLO, with hysteresis); normal again once it serves, the overload passes, or
+        the boot has taken twice the boot time (it failed). A replacement booting beside enough
+        capacity holds no one back."""
         if self.admission is None:
             return
         serving = sum(1 for n in nodes if n.ready and not n.draining)
         booting = (
             launched or any(not n.ready and not n.draining for n in nodes)
         ) and decision.desired > serving
+        model = self.policy.model
         tighten, self._booting_since = tighten_admission(
-            t, booting, self._booting_since, self.policy.model.boot_to_serve_s
+            t,
+            booting,
+            self._booting_since,
+            model.boot_to_serve_s,
+            slo_pressure(signals, model.slo_queue_wait_s, model.slo_ttft_s),
+            bool(self._tightened),
         )
         failed = self.admission.set_booting(tighten)
         self._tightened = tighten
@@ -400,7 +434,10 @@ class Controller:
         for failure in failed:
             self.metrics.gateway_errors.inc()
             log.error("gateway admission not switched: %s", failure)
-        log.info("gateway admission %s", "tightened: burst capacity boots" if tighten else "normal")
+        log.info(
+            "gateway admission %s",
+            "tightened: burst capacity boots, site overloaded" if tighten else "normal",
+        )
 
     def _carry_out(self, decision: Decision, live: int) -> None:
         launched = [i for i in decision.drain if not i.startswith(LAUNCHING)]

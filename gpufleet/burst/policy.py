@@ -233,7 +233,8 @@ class Decision:
     drain: tuple[str, ...] = ()
     # On-prem replicas to serve the lower classes (P1, P2) from the distilled model (lever 1),
     # carried out by the controller's Degrader. Admission is not the policy's: the controller
-    # tightens the gateways while capacity boots (gpufleet.burst.controller.tighten_admission).
+    # tightens the gateways while capacity boots and the site is overloaded
+    # (gpufleet.burst.controller.tighten_admission).
     degraded: int = 0
 
     @property

@@ -144,8 +144,9 @@ def test_degraded_classes_are_shed_when_the_fallback_is_full_or_has_no_server() 
 
 
 def test_while_capacity_boots_p2_is_shed_and_p1_held_to_its_boot_share() -> None:
-    """The controller's own admission rule (tighten_admission) switches the simulated gateway."""
-    capacity = model(boot_to_serve_s=300.0)
+    """The controller's own admission rule (tighten_admission) switches the simulated gateway. The
+    TTFT SLO is set so any first token is overload: the rule fires on what the simulated Prometheus reads."""
+    capacity = model(boot_to_serve_s=300.0, slo_ttft_s=1e-6)
     requests = [Request(i * 0.1, 200, 20) for i in range(6000)]
 
     def booting_routes(p1_limit_rps: float) -> list[Routed]:
@@ -283,7 +284,8 @@ def test_the_simulators_thresholds_are_the_ones_dc1s_haproxy_cfg_holds() -> None
 
 def test_a_minute_that_sheds_more_than_one_percent_is_not_served_even_if_its_admitted_p99_holds() -> None:
     """slo_ok_minutes_pct scores only the admitted; served_minutes_pct counts 429s and failures against the minute."""
-    capacity = model(boot_to_serve_s=300.0)
+    # The controller reads any first token as overload (its TTFT SLO), so it tightens while it boots.
+    capacity = model(boot_to_serve_s=300.0, slo_ttft_s=1e-6)
     requests = [Request(i * 0.1, 200, 20) for i in range(6000)]
     simulation = sim(requests, StaticPeak(capacity, peak_need=2.0), capacity, arrivals=mixed(requests))
     result = simulation.run()
