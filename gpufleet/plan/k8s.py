@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Literal
 
-from gpufleet.model.catalog import SERVING_MODELS
+from gpufleet.model.catalog import SERVING_MODELS, GPUModel
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import BURST_NVME as BURST_NVME  # where burst pods mount the weights
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
@@ -636,3 +636,41 @@ def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_node
             overrides={},
         ),
     )
+
+
+def burst_workloads(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_nodes: int) -> list[Workload]:
+    """The burst fleet's model, one Workload per GPU class the fleet's types carry: each pinned
+    to its class by the `gpufleet.io/gpu-model` label the burst nodes' user data sets, its engine
+    sized for that GPU alone (its own max_num_seqs, FP8 KV cache where that GPU has FP8), and
+    `burst_nodes` x the class's roomiest type's replicas (pods a class cannot place wait Pending
+    at no cost, as the one fleet-wide Workload's do)."""
+    base = burst_workload(inv, plan, fleet, burst_nodes)
+    classes: dict[GPUModel, int] = {}
+    for i in fleet.instances:
+        classes[i.gpu] = max(classes.get(i.gpu, 0), i.replicas)
+    return [
+        base.model_copy(
+            update={
+                "name": f"{base.name}-{gpu_slug(gpu)}",
+                "replicas": burst_nodes * per_node,
+                "node_selector": {**base.node_selector, "gpufleet.io/gpu-model": gpu.value},
+                "min_gpu_memory_gib": None,
+                "engine": engine_args(
+                    model=fleet.model,
+                    hf_repo=fleet.hf_repo,
+                    revision=fleet.revision,
+                    gpus=[gpu],
+                    tensor_parallel=fleet.tensor_parallel,
+                    nodes=1,
+                    max_model_len=base.engine["max_model_len"],
+                    overrides={},
+                ),
+            }
+        )
+        for gpu, per_node in classes.items()
+    ]
+
+
+def gpu_slug(gpu: GPUModel) -> str:
+    """A GPU model as a short DNS label part, from its catalog name: H100_SXM -> `h100-sxm`."""
+    return gpu.name.lower().replace("_", "-")

@@ -15,7 +15,7 @@ from gpufleet.inventory.load import load_inventory
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.plan.aws import plan_burst
 from gpufleet.plan.engine import ENGINE_ARG_CHOICES, ENGINE_ARG_TYPES
-from gpufleet.plan.k8s import burst_workload, onprem_workload
+from gpufleet.plan.k8s import burst_workload, burst_workloads, onprem_workload
 from gpufleet.plan.site import plan_site
 from tests.vllm_definitions import VLLM_VERSION, Definitions, load, problems, wheel_path
 
@@ -40,12 +40,21 @@ def _engines() -> dict[str, dict[str, object]]:
     out["burst-prod"] = json.loads(
         burst_workload(stack.inventory, plan_site(stack.inventory), p.fleet, 1).model_files["1/model.json"]
     )
+    for w in burst_workloads(stack.inventory, plan_site(stack.inventory), p.fleet, 1):
+        out[w.name] = json.loads(w.model_files["1/model.json"])
     return out
 
 
-@pytest.mark.parametrize("name", ["dc1", "dc1-dr", "burst-prod"])
+@pytest.mark.parametrize("name", ["dc1", "dc1-dr", "burst-prod", "burst-prod per GPU class"])
 def test_generated_model_json_is_what_vllm_accepts(name: str, defs: Definitions) -> None:
-    engine = _engines()[name]
+    engines = _engines()
+    if name == "burst-prod per GPU class":
+        classes = [e for n, e in engines.items() if "-burst-" in n]
+        assert len(classes) == 4  # H100, H200, A100, L40S
+        for engine in classes:
+            assert problems(engine, defs.engine, defs, "model.json") == []
+        return
+    engine = engines[name]
     # The wheel checked is the vLLM the site's Triton image carries (bom.vllm).
     assert load_inventory("dc1-dr" if name == "dc1-dr" else "dc1").bom.vllm == VLLM_VERSION
     assert problems(engine, defs.engine, defs, "model.json") == []
