@@ -13,7 +13,8 @@ from gpufleet.inventory.load import load_inventory
 from gpufleet.inventory.stacks import load_stack
 from gpufleet.model.catalog import GPUModel
 from gpufleet.plan.aws import plan_burst, plan_fleet
-from gpufleet.plan.k8s import Workload, burst_workload, burst_workloads
+from gpufleet.plan.engine import engine_args
+from gpufleet.plan.k8s import Workload, burst_workloads
 from gpufleet.plan.site import plan_site
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -22,11 +23,21 @@ SUFFIXES = ("", "-pods", "-model-repository", "-model-cache")
 
 
 def _dc1() -> tuple[list[Workload], int]:
+    """dc1's classes, and the max_num_seqs one engine for every GPU of the fleet would take."""
     inv = load_inventory("dc1")
     fleet = plan_fleet(inv, "dc1")
-    return burst_workloads(inv, plan_site(inv), fleet, 3), burst_workload(
-        inv, plan_site(inv), fleet, 3
-    ).engine["max_num_seqs"]
+    workloads = burst_workloads(inv, plan_site(inv), fleet, 3)
+    fleet_wide = engine_args(
+        model=fleet.model,
+        hf_repo=fleet.hf_repo,
+        revision=fleet.revision,
+        gpus=[i.gpu for i in fleet.instances],
+        tensor_parallel=fleet.tensor_parallel,
+        nodes=1,
+        max_model_len=workloads[0].engine["max_model_len"],
+        overrides={},
+    )
+    return workloads, fleet_wide["max_num_seqs"]
 
 
 def test_each_gpu_class_has_its_own_engine() -> None:
