@@ -35,7 +35,7 @@ from gpufleet.plan.k8s import (
     BURST_SERVING_AWAIT,
     ONPREM_SERVING_AWAIT,
     alert_rules,
-    burst_workload,
+    burst_workloads,
     canary_workload,
     ceph_monitors,
     grafana_dashboard,
@@ -184,7 +184,8 @@ def onprem(stack: Stack) -> None:
             if degraded is not None:  # lever 1: scaled from 0 by the burst controller
                 DeepSeekServing(
                     "serving-degraded",
-                    DeepSeekServingArgs(workload=degraded, standby=True),
+                    # Its ready pods, one DNS record each: the gateway's fallback servers too.
+                    DeepSeekServingArgs(workload=degraded, standby=True, pods_service=pods_service(degraded)),
                     pulumi.ResourceOptions(
                         providers=[platform.provider],
                         depends_on=[platform, serving],
@@ -221,15 +222,16 @@ def burst(stack: Stack, source: str) -> None:
     )
     in_cluster = pulumi.ResourceOptions(providers=[cluster])
     plan = plan_site(inv)
-    workload = burst_workload(inv, plan, aws_plan.fleet, aws_plan.desired_nodes)
-    DeepSeekServing(
-        "burst-serving",
-        # Its ready pods, one DNS record each: the gateway's fallback servers.
-        DeepSeekServingArgs(workload=workload, pods_service=pods_service(workload)),
-        pulumi.ResourceOptions.merge(
-            in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
-        ),
-    )
+    # One workload per GPU class of the fleet; each class's ready pods, one DNS record each, are
+    # the servers of its own template in the gateway's fallback.
+    for workload in burst_workloads(inv, plan, aws_plan.fleet, aws_plan.desired_nodes):
+        DeepSeekServing(
+            workload.name,
+            DeepSeekServingArgs(workload=workload, pods_service=pods_service(workload)),
+            pulumi.ResourceOptions.merge(
+                in_cluster, pulumi.ResourceOptions(transformations=[awaited(BURST_SERVING_AWAIT)])
+            ),
+        )
     # The controller itself, where the site names its image, switching every gateway replica's
     # admission through their runtime API (the headless `gateway-admin` Service names each).
     degrade = plan_degrade(inv, plan, aws_plan.fleet)

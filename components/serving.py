@@ -50,6 +50,7 @@ LWS_LEADER_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 # A Spot interruption warning gives two minutes: finish in-flight requests inside that.
 GRACE_S = 90
 COMPONENT = "app.kubernetes.io/component"
+INSTANCE = "app.kubernetes.io/instance"
 
 
 def quantity(seconds: float) -> str:
@@ -178,24 +179,6 @@ def pod_template(w: Workload, role: str) -> dict[str, Any]:
         "containers": [engine],
         "volumes": volumes,
     }
-    if w.min_gpu_memory_gib is not None:
-        spec["affinity"] = {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {
-                                    "key": "gpufleet.io/gpu-memory-gib",
-                                    "operator": "Gt",
-                                    "values": [str(w.min_gpu_memory_gib - 1)],
-                                }
-                            ]
-                        }
-                    ]
-                }
-            }
-        }
     return {"metadata": {"labels": w.labels}, "spec": spec}
 
 
@@ -259,11 +242,14 @@ class DeepSeekServingArgs:
     # its own revision's cache Job.
     canary: bool = False
     # Replicas the burst controller sets (its Degrader, through the scale subresource): created
-    # at the workload's count (0), never reset by an up; no Service or budget of its own (its pods
-    # join the Service their labels match).
+    # at the workload's count (0), never reset by an up; no Service or budget of its own but its
+    # `pods_service`.
     standby: bool = False
-    # A headless Service of this name publishes each ready serving pod (one DNS SRV record each):
-    # the burst workload's, where the gateway's fallback finds its servers.
+    # A headless Service of this name publishes each ready serving pod of this workload alone (one
+    # DNS SRV record each): a burst class's or the degraded replicas', where one `server-template`
+    # of the gateway's fallback finds its servers. Its Service and budget select this workload
+    # alone too: several burst classes share the other labels, and a pod under two budgets
+    # cannot be evicted.
     pods_service: str | None = None
 
 
@@ -288,6 +274,8 @@ class DeepSeekServing(pulumi.ComponentResource):
         after_config = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[config]))
         # The Service takes every serving pod of this capacity: a canary's replica gets its share.
         selector = {k: w.labels[k] for k in ("app.kubernetes.io/name", "gpufleet.io/capacity")}
+        if args.pods_service is not None:
+            selector[INSTANCE] = w.labels[INSTANCE]
         every_pod = dict(selector)
         # Where an HPA owns the replica count, Pulumi leaves the field alone (server-side apply
         # would otherwise own it and reset the HPA's count on every up).

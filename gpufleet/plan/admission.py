@@ -14,10 +14,11 @@ from the serving plan and renders `haproxy.cfg`; `haproxy -c` checks the renderi
   bound (or no replica serving), they are shed with 429 and `Retry-After`. P0 always goes to the
   primary and is never shed while capacity exists: it waits in the queue up to `timeout queue`.
 - The primary is one server, the on-prem model's Service (its replicas are fixed by the plan).
-  The fallback is one server per ready burst replica: HAProxy reads them from the DNS SRV
-  records of the burst pods' headless Service (`server-template`, up to the most replicas the
-  burst fleet can hold), each taking one replica's sequences, so every Spot node the controller
-  pays for takes its share as soon as its pod is ready.
+  The fallback is one server per ready distilled replica: HAProxy reads them from the DNS SRV
+  records of each burst GPU class's headless Service, and the Degrader's (a `server-template`
+  each, up to the most replicas of that class), each taking one replica of its class's sequences
+  and weighted by them, so every Spot node the controller pays for takes its share as soon as
+  its pod is ready.
 
 Queue thresholds come from Little's law: a queue of `rate x SLO` requests in front of a backend
 serving `rate` requests/s waits `SLO` on average. P2 leaves at a quarter of that, P1 at a half,
@@ -47,8 +48,15 @@ from pydantic import Field, StringConstraints
 from gpufleet.model.catalog import GPUModel, decode_rate
 from gpufleet.model.site import Inventory
 from gpufleet.plan.aws import BurstFleet
-from gpufleet.plan.degrade import plan_degrade
-from gpufleet.plan.k8s import SERVING_NAMESPACE, TRITON_HTTP, Workload, burst_workload, onprem_workload
+from gpufleet.plan.degrade import degraded_workload, plan_degrade
+from gpufleet.plan.k8s import (
+    GPU_MODEL_LABEL,
+    SERVING_NAMESPACE,
+    TRITON_HTTP,
+    Workload,
+    burst_workloads,
+    onprem_workload,
+)
 from gpufleet.plan.node import Frozen
 from gpufleet.plan.site import SitePlan
 
@@ -134,16 +142,39 @@ HostPort = Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+:[0-9]{1,5}$")
 SrvName = Annotated[str, StringConstraints(pattern=r"^_[a-z0-9-]+\._tcp\.[a-z0-9.-]+$")]
 
 
+# HAProxy's server weights: 1..256 (0 would take a server out).
+MAX_WEIGHT = 256
+
+
+class ServerTemplate(Frozen):
+    """One `server-template`: a server per SRV record of `srv_name` (`_http._tcp.<headless
+    Service>`), up to `max_servers`; HAProxy adds and removes them as the records come and go.
+    Each is one replica of one class: `slots` its engine's max_num_seqs (`maxconn`), `rate_rps`
+    what it serves, `weight` its share under leastconn (proportional to slots)."""
+
+    prefix: BackendName  # server names `<prefix>1..<prefix>N`
+    srv_name: SrvName
+    max_servers: int = Field(ge=1, le=MAX_FALLBACK_SERVERS)
+    slots: int = Field(ge=1)
+    rate_rps: float = Field(gt=0)
+    weight: int = Field(default=1, ge=1, le=MAX_WEIGHT)
+    gpu: GPUModel  # the class's GPU (the simulator gives its replicas these slots)
+    degraded: bool = False  # the Degrader's replicas on on-prem GPUs
+
+
 class Backend(Frozen):
     name: BackendName
     model: ModelName
-    servers: list[HostPort]  # one `server` line each
-    slots: int  # concurrent requests each server takes (its replicas' max_num_seqs)
-    rate_rps: float  # requests/s each server serves at its SLO
-    # One server per SRV record of this name (`_http._tcp.<headless Service>`), up to
-    # `max_servers`: HAProxy adds and removes them as the records come and go.
-    srv_name: SrvName | None = None
-    max_servers: int = 0
+    servers: list[HostPort] = Field(default_factory=list)  # one `server` line each
+    slots: int = 1  # concurrent requests each of `servers` takes (its replicas' max_num_seqs)
+    rate_rps: float = 0.001  # requests/s each of `servers` serves at its SLO
+    templates: list[ServerTemplate] = Field(default_factory=list)
+
+    @property
+    def server_rate_rps(self) -> float:
+        """The slowest server's rate, static or discovered: the conservative per-server figure."""
+        rates = ([self.rate_rps] if self.servers else []) + [t.rate_rps for t in self.templates]
+        return min(rates, default=self.rate_rps)
 
 
 class AdmissionPlan(Frozen):
@@ -158,13 +189,16 @@ class AdmissionPlan(Frozen):
 def plan_admission(slo_queue_wait_s: float, primary: Backend, fallback: Backend) -> AdmissionPlan:
     """Queue thresholds from each backend's service rate and the queue-wait SLO. The primary is
     one server (its rate the whole Service's); the fallback's threshold is per server: the
-    fallback is full at `shed_queue` requests queued per server that serves, however many do."""
+    fallback is full at `shed_queue` requests queued per server that serves, however many do.
+    With servers of several classes it is the slowest class's figure (`server_rate_rps`):
+    HAProxy counts one queue for the backend and cannot tell which class serves it next, so the
+    bound holds the SLO's share even where only the slowest class serves."""
     slo_queue = primary.rate_rps * slo_queue_wait_s
     degrade = {p: max(1, math.floor(slo_queue * f)) for p, f in DEGRADE_FRACTION.items() if f is not None}
     return AdmissionPlan(
         slo_queue_wait_s=slo_queue_wait_s,
         degrade_queue=degrade,
-        shed_queue=max(1, math.floor(fallback.rate_rps * slo_queue_wait_s * SHED_FRACTION)),
+        shed_queue=max(1, math.floor(fallback.server_rate_rps * slo_queue_wait_s * SHED_FRACTION)),
         retry_after_s=max(1, math.ceil(slo_queue_wait_s)),
         # P0 waits for capacity: several SLOs' worth before HAProxy gives up (503).
         p0_queue_timeout_s=max(10, math.ceil(10 * slo_queue_wait_s)),
@@ -192,14 +226,14 @@ def haproxy_cfg(
 
     def servers(b: Backend) -> list[str]:
         lines = [f"  server {b.name}-{i} {addr} maxconn {b.slots}" for i, addr in enumerate(b.servers)]
-        if b.srv_name is not None:
-            # Servers fallback-1..N, in maintenance until a record names them (init-addr none).
-            # Health checks take a replica out within seconds of failing its readiness, before
-            # its record goes (a Spot node lost without a drain).
-            lines.append(
-                f"  server-template {b.name}- {b.max_servers} {b.srv_name} maxconn {b.slots} "
-                "check inter 2s fall 2 rise 1"
-            )
+        # Servers <prefix>1..N per template, in maintenance until a record names them (init-addr
+        # none). Health checks take a replica out within seconds of failing its readiness, before
+        # its record goes (a Spot node lost without a drain).
+        lines += [
+            f"  server-template {t.prefix} {t.max_servers} {t.srv_name} maxconn {t.slots} "
+            f"weight {t.weight} check inter 2s fall 2 rise 1"
+            for t in b.templates
+        ]
         return lines
 
     window = RATE_WINDOW_S
@@ -294,7 +328,7 @@ def haproxy_cfg(
         f"backend {FALLBACK}",
         "  balance leastconn",
         f"  timeout queue {max(1, math.ceil(plan.slo_queue_wait_s))}s",
-        *(["  option httpchk GET /v2/health/ready"] if fallback.srv_name is not None else []),
+        *(["  option httpchk GET /v2/health/ready"] if fallback.templates else []),
         # Same API, the distilled model's name in the path.
         f"  http-request set-path %[path,regsub(^/v2/models/[^/]+/,/v2/models/{fallback.model}/)]",
         "  http-response set-header X-Served-By fallback",
@@ -308,28 +342,22 @@ MEAN_OUTPUT_TOKENS = 512
 
 
 def backend_for(
-    name: str,
-    engine: dict[str, Any],
-    replicas: int,
-    steps_per_s: float,
-    *,
-    servers: list[str] | None = None,
-    srv: str | None = None,
-    max_servers: int = 0,
+    name: str, engine: dict[str, Any], replicas: int, steps_per_s: float, servers: list[str]
 ) -> Backend:
-    """`servers` each of `replicas` engine replicas (a Service), or one replica per SRV record of
-    `srv`: slots are a server's sequences in flight, its rate what their decode steps produce at
-    `MEAN_OUTPUT_TOKENS` per request."""
-    seqs = int(engine["max_num_seqs"])
+    """`servers` each of `replicas` engine replicas (a Service): slots are a server's sequences
+    in flight, its rate what their decode steps produce at `MEAN_OUTPUT_TOKENS` per request."""
     return Backend(
         name=name,
         model=str(engine["served_model_name"]),
-        servers=servers or [],
-        slots=max(1, replicas * seqs),
-        rate_rps=max(0.001, replicas * seqs * steps_per_s / MEAN_OUTPUT_TOKENS),
-        srv_name=srv,
-        max_servers=max_servers,
+        servers=servers,
+        slots=max(1, replicas * int(engine["max_num_seqs"])),
+        rate_rps=replicas * replica_rate(engine, steps_per_s),
     )
+
+
+def replica_rate(engine: dict[str, Any], steps_per_s: float) -> float:
+    """Requests/s one engine replica serves: its sequences' decode steps at MEAN_OUTPUT_TOKENS."""
+    return max(0.001, int(engine["max_num_seqs"]) * steps_per_s / MEAN_OUTPUT_TOKENS)
 
 
 def pods_service(w: Workload) -> str:
@@ -386,23 +414,32 @@ def plan_gateway(
     slo_queue_wait_s: float,
     primary: Workload,
     primary_gpu: GPUModel,
-    fallback: Workload,
-    fallback_gpu: GPUModel,
+    burst: list[Workload],
+    degraded: Workload | None = None,
 ) -> GatewayPlan:
-    """The site's gateway: the on-prem model's Service as primary, the burst nodes' distilled
-    replicas as fallback, one server each. `fallback` is the burst workload at the site's
-    `burst.max_nodes`: its replicas are the most the fleet can hold, the servers HAProxy keeps
-    room for. Each fallback server takes one replica's sequences and is shed past one replica's
-    queue: capacity comes and goes, and a queue sized for more than serves would wait past the SLO."""
-    if fallback.replicas < 1:
+    """The site's gateway: the on-prem model's Service as primary, the distilled model's replicas
+    as fallback, one server each. `burst` is the burst fleet's Workload per GPU class at the
+    site's `burst.max_nodes` (each pinned by its `gpufleet.io/gpu-model` node selector): a
+    `server-template` each, its servers the most replicas of that class the fleet can hold, its
+    maxconn one replica's sequences, its weight proportional to them. `degraded` (the Degrader's
+    replicas on `primary_gpu`, at the most it degrades) gets one more. Each fallback server is shed
+    past `shed_queue`: capacity comes and goes, and a queue sized for more than serves would wait
+    past the SLO."""
+    classes = [(w, GPUModel(w.node_selector[GPU_MODEL_LABEL]), False) for w in burst]
+    classes += [(degraded, primary_gpu, True)] if degraded is not None and degraded.replicas > 0 else []
+    if not burst or any(w.replicas < 1 for w in burst):
         raise ValueError(
-            f"fallback {fallback.name}: no replica; pass the burst workload at the site's burst.max_nodes"
+            "fallback: a burst class without replicas; pass the burst workloads at the site's burst.max_nodes"
         )
-    if fallback.replicas > MAX_FALLBACK_SERVERS:
-        raise ValueError(
-            f"fallback {fallback.name}: {fallback.replicas} replicas, more than the "
-            f"{MAX_FALLBACK_SERVERS} whose DNS records fit one answer; lower site.burst.max_nodes"
-        )
+    for w, _, _ in classes:
+        if w.replicas > MAX_FALLBACK_SERVERS:
+            raise ValueError(
+                f"fallback {w.name}: {w.replicas} replicas, more than the "
+                f"{MAX_FALLBACK_SERVERS} whose DNS records fit one answer; lower site.burst.max_nodes"
+            )
+    models = {str(w.engine["served_model_name"]) for w, _, _ in classes}
+    if len(models) != 1:
+        raise ValueError(f"fallback: its classes serve {sorted(models)}; the gateway rewrites to one model")
     p = backend_for(
         PRIMARY,
         primary.engine,
@@ -410,13 +447,23 @@ def plan_gateway(
         decode_rate(primary.model, primary_gpu, primary.tensor_parallel),
         servers=[f"{primary.name}.{primary.namespace}.svc.{CLUSTER_DOMAIN}:{TRITON_HTTP}"],
     )
-    f = backend_for(
-        FALLBACK,
-        fallback.engine,
-        1,
-        decode_rate(fallback.model, fallback_gpu, fallback.tensor_parallel),
-        srv=srv_name(pods_service(fallback), fallback.namespace),
-        max_servers=fallback.replicas,
+    most = max(int(w.engine["max_num_seqs"]) for w, _, _ in classes)
+    f = Backend(
+        name=FALLBACK,
+        model=models.pop(),
+        templates=[
+            ServerTemplate(
+                prefix=f"{w.name}-",
+                srv_name=srv_name(pods_service(w), w.namespace),
+                max_servers=w.replicas,
+                slots=int(w.engine["max_num_seqs"]),
+                rate_rps=replica_rate(w.engine, decode_rate(w.model, gpu, w.tensor_parallel)),
+                weight=max(1, round(MAX_WEIGHT * int(w.engine["max_num_seqs"]) / most)),
+                gpu=gpu,
+                degraded=is_degraded,
+            )
+            for w, gpu, is_degraded in classes
+        ],
     )
     return GatewayPlan(
         admission=plan_admission(slo_queue_wait_s, p, f),
@@ -431,17 +478,18 @@ def site_gateway(inv: Inventory, plan: SitePlan, fleet: BurstFleet) -> GatewayPl
     primary = onprem_workload(inv, plan)
     if inv.site.burst is None or plan.serving is None or plan.serving.shape is None or primary is None:
         return None
-    # A fallback server for every replica of the largest burst fleet and every distilled replica
-    # the Degrader may start on on-prem GPUs (their pods join the same headless Service).
-    burst = burst_workload(inv, plan, fleet, inv.site.burst.max_nodes)
+    # A fallback server for every replica of each class at the largest burst fleet, and for every
+    # distilled replica the Degrader may start on on-prem GPUs (their own headless Service).
     degrade = plan_degrade(inv, plan, fleet)
-    degraded = degrade.max_degraded * degrade.per_onprem if degrade else 0
+    distilled = degraded_workload(inv, plan, fleet)
     return plan_gateway(
         plan.serving.slo_queue_wait_p99_s,
         primary,
         plan.serving.shape.gpu,
-        burst.model_copy(update={"replicas": burst.replicas + degraded}),
-        fleet.instances[0].gpu,
+        burst_workloads(inv, plan, fleet, inv.site.burst.max_nodes),
+        distilled.model_copy(update={"replicas": degrade.max_degraded * degrade.per_onprem})
+        if degrade is not None and distilled is not None
+        else None,
     )
 
 

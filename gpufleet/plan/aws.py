@@ -78,16 +78,11 @@ class BurstFleet(Frozen):
     revision: str
     fallback: bool  # True when burst nodes serve a smaller model than the site
     tensor_parallel: int
-    min_gpu_memory_gib: int  # per GPU: a pod is placed on any burst node with at least this
     instances: list[InstanceChoice]
 
     @property
     def instance_types(self) -> list[str]:
         return [i.name for i in self.instances]
-
-    @property
-    def max_replicas_per_node(self) -> int:
-        return max(i.replicas for i in self.instances)
 
     @property
     def capacity(self) -> dict[str, float]:
@@ -204,7 +199,7 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
                 and GPU_CATALOG[AWS_GPU_INSTANCES[t].gpu].memory_gib >= per_gpu
             ]
             if len(fits) >= MIN_SPOT_TYPES:
-                return _fleet(inv, source, model, tp, per_gpu, fits)
+                return _fleet(inv, source, model, tp, fits)
             tp *= 2
     raise InputError(
         source,
@@ -217,9 +212,7 @@ def plan_fleet(inv: Inventory, source: str) -> BurstFleet:
     )
 
 
-def _fleet(
-    inv: Inventory, source: str, model: str, tp: int, per_gpu: int, fits: list[InstanceChoice]
-) -> BurstFleet:
+def _fleet(inv: Inventory, source: str, model: str, tp: int, fits: list[InstanceChoice]) -> BurstFleet:
     fallback = model != (inv.site.serving.model if inv.site.serving else model)
     revision = inv.bom.burst_model_revision if fallback else inv.bom.model_revision
     if revision is None:
@@ -235,7 +228,6 @@ def _fleet(
         revision=revision,
         fallback=fallback,
         tensor_parallel=tp,
-        min_gpu_memory_gib=per_gpu,
         instances=fits,
     )
 

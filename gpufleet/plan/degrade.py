@@ -2,9 +2,9 @@
 
 Degrading k on-prem replicas frees the GPUs of k replicas of the site's model (the primary
 workload, a LeaderWorkerSet or a Deployment) and runs the burst fleet's distilled model there:
-`per_onprem` replicas at the fleet's tensor parallelism on each freed replica's GPUs. Those pods
-carry the labels the gateway's fallback Service selects, so they serve P1 and P2 only, like the
-burst nodes' own replicas; P0 stays on what is left of the primary.
+`per_onprem` replicas at the fleet's tensor parallelism on each freed replica's GPUs. Their own
+headless Service publishes those pods to one template of the gateway's fallback, so they serve
+P1 and P2 only, like the burst nodes' own replicas; P0 stays on what is left of the primary.
 
 Both move through their `scale` subresource. Where an HPA owns the primary's count, its
 `maxReplicas` is lowered first (it would scale the primary straight back), its `minReplicas`
@@ -84,8 +84,8 @@ class Step(Frozen):
 def degraded_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet) -> Workload | None:
     """The burst fleet's distilled model on the site's own GPUs, replicas 0 until the controller
     degrades: the on-prem workload's placement (GPU model, taint, model cache), the fleet's
-    tensor parallelism and model, and the fallback Service's labels (`capacity: spot`: the
-    gateway's fallback selects pods by it, the primary's Service by `on-prem`)."""
+    tensor parallelism and model, `capacity: spot` (the primary's Service selects `on-prem`);
+    its headless `-pods` Service publishes them to the gateway's fallback."""
     primary = onprem_workload(inv, plan)
     per = _per_onprem(plan, fleet)
     if primary is None or per is None or plan.serving is None or plan.serving.shape is None:

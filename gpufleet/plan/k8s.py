@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Literal
 
-from gpufleet.model.catalog import SERVING_MODELS
+from gpufleet.model.catalog import SERVING_MODELS, GPUModel
 from gpufleet.model.site import Inventory, Taint
 from gpufleet.plan.aws import BURST_NVME as BURST_NVME  # where burst pods mount the weights
 from gpufleet.plan.aws import SPOT_TAINT, BurstFleet
@@ -57,6 +57,7 @@ CNI_CHART = "tigera-operator"
 VXLAN_OVERHEAD = 50
 # AWS Site-to-Site VPN: largest packet a tunnel carries (AWS "Site-to-Site VPN quotas", MTU 1446).
 VPN_MTU = 1446
+GPU_MODEL_LABEL = "gpufleet.io/gpu-model"  # set on every GPU node: on-prem by the plan, burst by user data
 SPOT_SELECTOR = "gpufleet.io/capacity == 'spot'"
 # The RDMA shared device plugin (Network Operator v25.4.0 hack/release.yaml) and the resource
 # serving pods request as `rdma/<name>`.
@@ -106,7 +107,6 @@ class Workload(Frozen):
     nodes_per_replica: int
     gpus_per_pod: int
     node_selector: dict[str, str]
-    min_gpu_memory_gib: int | None  # node affinity on the GPU-memory label (burst: mixed types)
     tolerations: list[Taint]
     runtime_class: str  # the containerd handler that gives containers their GPUs
     rdma: bool
@@ -546,8 +546,7 @@ def onprem_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
         tensor_parallel=shape.tensor_parallel,
         nodes_per_replica=shape.nodes,
         gpus_per_pod=shape.gpus_per_node,
-        node_selector={"gpufleet.io/gpu-model": shape.gpu.value, "gpufleet.io/capacity": "on-prem"},
-        min_gpu_memory_gib=None,
+        node_selector={GPU_MODEL_LABEL: shape.gpu.value, "gpufleet.io/capacity": "on-prem"},
         tolerations=[GPU_TAINT],
         runtime_class=NVIDIA_RUNTIME,
         rdma=shape.nodes > 1 and any(n.nics.rdma for n in inv.nodes if n.gpu),
@@ -592,47 +591,57 @@ def canary_workload(inv: Inventory, plan: SitePlan) -> Workload | None:
     )
 
 
-def burst_workload(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_nodes: int) -> Workload:
-    """The model the Spot fleet serves; one replica per `tensor_parallel` GPUs of any fleet type."""
+def burst_workloads(inv: Inventory, plan: SitePlan, fleet: BurstFleet, burst_nodes: int) -> list[Workload]:
+    """The burst fleet's model, one Workload per GPU class the fleet's types carry: each pinned
+    to its class by the `gpufleet.io/gpu-model` label the burst nodes' user data sets, its engine
+    sized for that GPU alone (its own max_num_seqs, FP8 KV cache where that GPU has FP8), and
+    `burst_nodes` x the class's roomiest type's replicas: the group picks the types, and pods a
+    node cannot place wait Pending at no cost rather than leave a big node half idle."""
     assert plan.serving is not None and inv.bom.triton_image is not None  # plan_fleet checked both
     serving: ServingPlan = plan.serving
-    layout_max = KV_LAYOUTS[fleet.model].max_context
-    name = f"{fleet.model}-burst"
-    return Workload(
-        name=name,
-        namespace=SERVING_NAMESPACE,
-        model=fleet.model,
-        hf_repo=fleet.hf_repo,
-        revision=fleet.revision,
-        image=inv.bom.triton_image,
-        capacity="spot",
-        # As many pods as the roomiest type holds: the group picks the types, and pods that a
-        # smaller node cannot place wait Pending at no cost rather than leave a big node half idle.
-        replicas=burst_nodes * fleet.max_replicas_per_node,
-        tensor_parallel=fleet.tensor_parallel,
-        nodes_per_replica=1,
-        gpus_per_pod=fleet.tensor_parallel,
-        node_selector={"gpufleet.io/capacity": "spot"},
-        min_gpu_memory_gib=fleet.min_gpu_memory_gib,
-        tolerations=[SPOT_TAINT, GPU_TAINT],
-        # `nvidia-ctk runtime configure` in the burst nodes' user data names its runtime so too.
-        runtime_class=NVIDIA_RUNTIME,
-        rdma=False,
-        weights_gib=weights_gib(fleet.model),
-        cache_storage_class=None,
-        autoscale_min=None,
-        autoscale_max=None,
-        queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
-        # Any fleet type may take a pod: sized for the smallest GPU among them, no site overrides
-        # (they were checked against the site's own model).
-        engine=engine_args(
+    classes: dict[GPUModel, int] = {}
+    for i in fleet.instances:
+        classes[i.gpu] = max(classes.get(i.gpu, 0), i.replicas)
+    max_model_len = min(serving.max_model_len, KV_LAYOUTS[fleet.model].max_context)
+    return [
+        Workload(
+            name=f"{fleet.model}-burst-{gpu_slug(gpu)}",
+            namespace=SERVING_NAMESPACE,
             model=fleet.model,
             hf_repo=fleet.hf_repo,
             revision=fleet.revision,
-            gpus=[i.gpu for i in fleet.instances],
+            image=inv.bom.triton_image,
+            capacity="spot",
+            replicas=burst_nodes * per_node,
             tensor_parallel=fleet.tensor_parallel,
-            nodes=1,
-            max_model_len=min(serving.max_model_len, layout_max),
-            overrides={},
-        ),
-    )
+            nodes_per_replica=1,
+            gpus_per_pod=fleet.tensor_parallel,
+            node_selector={"gpufleet.io/capacity": "spot", GPU_MODEL_LABEL: gpu.value},
+            tolerations=[SPOT_TAINT, GPU_TAINT],
+            # `nvidia-ctk runtime configure` in the burst nodes' user data names its runtime so too.
+            runtime_class=NVIDIA_RUNTIME,
+            rdma=False,
+            weights_gib=weights_gib(fleet.model),
+            cache_storage_class=None,
+            autoscale_min=None,
+            autoscale_max=None,
+            queue_target_seconds=serving.slo_queue_wait_p99_s * QUEUE_TARGET_SLO_FRACTION,
+            # No site overrides: they were checked against the site's own model.
+            engine=engine_args(
+                model=fleet.model,
+                hf_repo=fleet.hf_repo,
+                revision=fleet.revision,
+                gpus=[gpu],
+                tensor_parallel=fleet.tensor_parallel,
+                nodes=1,
+                max_model_len=max_model_len,
+                overrides={},
+            ),
+        )
+        for gpu, per_node in classes.items()
+    ]
+
+
+def gpu_slug(gpu: GPUModel) -> str:
+    """A GPU model as a short DNS label part, from its catalog name: H100_SXM -> `h100-sxm`."""
+    return gpu.name.lower().replace("_", "-")

@@ -34,7 +34,8 @@ each arrival (`_route`):
 The primary backend is the on-prem replicas serving the site's model: one Service server with
 `maxconn` = its planned slots (replicas x max_num_seqs). The fallback is one server per serving
 replica of the distilled model (each ready burst replica, and each on-prem replica degraded to it),
-`maxconn` = one replica's slots. A backend's HAProxy queue is what it holds past its `maxconn`;
+`maxconn` = its `server-template`'s: its class's max_num_seqs (a burst replica's by its GPU, a
+degraded one's the on-prem template's); `slots(fallback)` sums those of the replicas serving. A backend's HAProxy queue is what it holds past its `maxconn`;
 what is inside `maxconn` and not yet running waits in the engines (for sequence slots or KV).
 Each backend queues by class (HAProxy's priority queue: P0, then P1, then P2; a class whose head
 cannot start holds the classes behind it). A request still in HAProxy's queue after `timeout
@@ -477,6 +478,7 @@ class Simulation:
         self._serial = 0
         self._serving_now: list[_Replica] | None = None
         self._fallback_servers = 0
+        self._fallback_slots = 0
         self._onprem = [_OnPrem(self._primary_replica()) for _ in range(self.onprem_replicas)]
         n = len(self.arrivals)
         self._wait = [math.nan] * n
@@ -648,7 +650,8 @@ class Simulation:
         """Concurrent requests HAProxy passes to the backend: its servers' maxconn summed."""
         if backend == PRIMARY:
             return self.gateway.primary.slots
-        return self.fallback_servers() * self.gateway.fallback.slots
+        self._serving()
+        return self._fallback_slots
 
     def fallback_servers(self) -> int:
         """`nbsrv(fallback)`: replicas serving the distilled model, on burst nodes or degraded on-prem."""
@@ -736,6 +739,13 @@ class Simulation:
         seconds = to_distilled_s if target == "distilled" else to_primary_s
         self._push(self.now + seconds, _SWAPPED, (unit, unit.swap))
 
+    def template_slots(self, hw: ReplicaHardware, degraded: bool) -> int:
+        """A fallback replica's maxconn: its class's `server-template` (burst by GPU, or the
+        Degrader's on-prem replicas)."""
+        return next(
+            t.slots for t in self.gateway.fallback.templates if t.gpu == hw.gpu and t.degraded == degraded
+        )
+
     def _primary_replica(self) -> _Replica:
         seqs = max(1, self.gateway.primary.slots // max(1, self.onprem_replicas))
         return _Replica(self.onprem, None, self.now, PRIMARY, seqs)
@@ -747,7 +757,8 @@ class Simulation:
             unit.primary = self._primary_replica()
         else:
             unit.distilled = [
-                _Replica(hw, None, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
+                _Replica(hw, None, self.now, FALLBACK, self.template_slots(hw, degraded=True))
+                for _ in range(count)
             ]
         unit.mode = unit.target
         self._changed()
@@ -765,6 +776,7 @@ class Simulation:
                     out.extend(node.replicas)
             self._serving_now = out
             self._fallback_servers = sum(1 for r in out if r.backend == FALLBACK)
+            self._fallback_slots = sum(r.max_seqs for r in out if r.backend == FALLBACK)
         return self._serving_now
 
     def _changed(self) -> None:
@@ -934,7 +946,8 @@ class Simulation:
         self._changed()
         hw, count = self.burst[node.pool.instance_type]
         node.replicas = [
-            _Replica(hw, node, self.now, FALLBACK, self.gateway.fallback.slots) for _ in range(count)
+            _Replica(hw, node, self.now, FALLBACK, self.template_slots(hw, degraded=False))
+            for _ in range(count)
         ]
         self._fill()
 

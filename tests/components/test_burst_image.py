@@ -84,9 +84,12 @@ def test_the_image_carries_the_boms_serving_image_and_kubernetes(
     # serving pods name the same reference (pulled only if absent: the default for a tag).
     (pull,) = [c for c in build if " pull " in c]
     assert pull.split()[-1] == bom.triton_image
-    pod = one(graph, "kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]
-    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {bom.triton_image}
-    assert all(c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent" for c in pod["containers"])
+    deployments = graph.by_type("kubernetes:apps/v1:Deployment")
+    assert len(deployments) > 1  # a workload per GPU class
+    for deployment in deployments:
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {bom.triton_image}
+        assert all(c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent" for c in pod["containers"])
     assert f"kubeadm={bom.kubernetes}-\\*" in " ".join(build) and "apt-mark hold kubeadm kubelet" in build
     assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default" in build
     # Validation fails the build (and no AMI is distributed) if any of it is missing.

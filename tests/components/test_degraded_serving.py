@@ -1,6 +1,6 @@
 """Lever 1 as rendered: the distilled model's on-prem Deployment in the on-prem stacks, matched
-against the Services and budgets the stacks render (the gateway's fallback is the burst
-workload's Service, in the burst stack), with the official schema check of every object done by
+against the Services and budgets the stacks render (the gateway's fallback: a headless Service
+per burst class in the burst stack, and the distilled Deployment's own), with the official schema check of every object done by
 test_stack_graphs. What this cannot see: the scheduler placing the pods on the GPUs the primary
 freed, and Pulumi's server-side apply leaving the controller's count (pulumi-kubernetes drops an
 ignored field another manager owns; recorded here as the option the program sends)."""
@@ -65,7 +65,11 @@ def test_the_distilled_deployment_starts_at_zero_and_is_left_to_the_controller(
         for j in graphs[name].by_type("kubernetes:batch/v1:Job")
         if w.revision[:12] in j.inputs["metadata"]["name"]
     ]
-    # No Service, budget or HPA of its own: its pods serve through the fallback Service.
+    # No Service, budget or HPA of its own but the headless one whose records are its fallback
+    # template's servers.
+    (pods,) = _named(graphs[name], "kubernetes:core/v1:Service", f"{w.name}-pods")
+    assert reveal(pods.inputs)["spec"]["clusterIP"] == "None"
+    assert selects(reveal(pods.inputs)["spec"]["selector"], pod["metadata"]["labels"])
     for type_ in (
         "core/v1:Service",
         "policy/v1:PodDisruptionBudget",
@@ -74,18 +78,18 @@ def test_the_distilled_deployment_starts_at_zero_and_is_left_to_the_controller(
         assert not _named(graphs[name], f"kubernetes:{type_}", w.name), type_
 
 
-def test_dc1s_distilled_pods_serve_where_the_burst_pods_do_and_never_in_the_primary(
+def test_dc1s_distilled_pods_serve_in_the_fallback_alone_and_never_in_the_primary(
     graphs: dict[str, Graph],
 ) -> None:
     onprem, burst = graphs["dc1-prod"], graphs["burst-prod"]
 
     def pod_labels(g: Graph, component: str | None) -> dict[str, str]:
-        (reg,) = [
+        reg = next(
             r
             for r in g.by_type(DEPLOYMENT)
             if r.inputs["metadata"]["labels"].get("app.kubernetes.io/name") == "triton"
             and r.inputs["metadata"]["labels"].get("app.kubernetes.io/component") == component
-        ]
+        )  # the burst stack's first class: every class's pods are labelled alike but for instance
         return dict(reveal(reg.inputs)["spec"]["template"]["metadata"]["labels"])
 
     labels, spot = pod_labels(onprem, "degraded"), pod_labels(burst, None)
@@ -101,10 +105,14 @@ def test_dc1s_distilled_pods_serve_where_the_burst_pods_do_and_never_in_the_prim
     def served_by(pod: dict[str, str]) -> set[str]:
         return {n for n, sel in services.items() if sel and selects(sel, pod)}
 
-    # Every Service the burst nodes' replicas serve in (the gateway's fallback), and no other:
-    # never the primary's, which P0 reaches.
-    assert served_by(labels) == served_by(spot) != set()
-    assert not served_by(labels) & served_by(primary) and served_by(primary)
+    # Its own headless Service (one template of the gateway's fallback), as a burst class's pods
+    # serve in their class's two; never the primary's, which P0 reaches.
+    assert served_by(labels) == {f"{labels['app.kubernetes.io/instance']}-pods"}
+    assert served_by(spot) == {
+        spot["app.kubernetes.io/instance"],
+        f"{spot['app.kubernetes.io/instance']}-pods",
+    }
+    assert not (served_by(labels) | served_by(spot)) & served_by(primary) and served_by(primary)
     # Outside every disruption budget: a distilled pod loading its weights must not hold back the
     # drain of a Spot node (two minutes) or of an on-prem node.
     for g in (onprem, burst):

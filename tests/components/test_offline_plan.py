@@ -129,7 +129,11 @@ def test_a_changed_stack_config_is_an_update_of_what_it_drives(tmp_path: Path) -
         asg["oldState"]["inputs"]["desiredCapacity"] == 2
         and asg["newState"]["inputs"]["desiredCapacity"] == 0
     )
-    assert steps["burst-serving-deployment"]["op"] == "update"
+    # Each GPU class's Deployment (replicas: burstNodes x the class's per node).
+    classes = [
+        u for u in steps if u.startswith("deepseek-r1-distill-llama-70b-burst-") and u.endswith("-deployment")
+    ]
+    assert len(classes) == 4 and all(steps[u]["op"] == "update" for u in classes)
     assert steps["burst-vpc"]["op"] == "same"
     assert "~ aws:autoscaling/group:Group burst-asg  (desiredCapacity)" in (out / "summary.md").read_text()
 

@@ -190,8 +190,8 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     from gpufleet.inventory.stacks import load_stack
     from gpufleet.plan.admission import ADMISSION_MAP, GATEWAY, GATEWAY_DIR, METRICS_PATH, TENANTS_SECRET
     from gpufleet.plan.aws import plan_fleet
-    from gpufleet.plan.degrade import plan_degrade
-    from gpufleet.plan.k8s import burst_workload
+    from gpufleet.plan.degrade import degraded_workload, plan_degrade
+    from gpufleet.plan.k8s import burst_workloads
     from gpufleet.plan.site import plan_site
 
     graph = graphs[name]
@@ -204,21 +204,26 @@ def test_the_gateway_runs_the_planned_config_with_keys_from_a_secret(
     ]
     text = config["data"]["haproxy.cfg"]
     assert "server primary-0 deepseek-r1.serving.svc.cluster.local:8000" in text
-    # One server per ready distilled replica: room for the largest burst fleet (8 nodes x 2 on
-    # dc1) and every replica the Degrader may start on on-prem GPUs (the SRV records: test below).
+    # One server per ready distilled replica, a template per class: room for each burst class at
+    # the largest fleet (8 nodes x 2 on dc1), each replica's own sequences, and every replica the
+    # Degrader may start on on-prem GPUs (the SRV records: test below).
     inv = load_stack(name).inventory
     site = plan_site(inv)
     fleet = plan_fleet(inv, f"stacks/Pulumi.{name}.yaml")
-    degrade = plan_degrade(inv, site, fleet)
-    assert inv.site.burst is not None
-    servers = burst_workload(inv, site, fleet, inv.site.burst.max_nodes).replicas + (
-        degrade.max_degraded * degrade.per_onprem if degrade else 0
-    )
-    assert servers > inv.site.burst.max_nodes
-    assert (
-        f"server-template fallback- {servers} _http._tcp.deepseek-r1-distill-llama-70b-burst-pods.serving.svc.cluster.local"
-        in text
-    )
+    degrade, distilled = plan_degrade(inv, site, fleet), degraded_workload(inv, site, fleet)
+    assert inv.site.burst is not None and degrade is not None and distilled is not None
+    classes = burst_workloads(inv, site, fleet, inv.site.burst.max_nodes)
+    templates = [line.split() for line in text.splitlines() if line.startswith("  server-template ")]
+    expected = [(w, w.replicas) for w in classes] + [(distilled, degrade.max_degraded * degrade.per_onprem)]
+    assert len(templates) == len(expected) == len(classes) + 1
+    for words, (w, servers) in zip(templates, expected, strict=True):
+        assert words[1:4] == [
+            f"{w.name}-",
+            str(servers),
+            f"_http._tcp.{w.name}-pods.serving.svc.cluster.local",
+        ]
+        assert words[4:6] == ["maxconn", str(w.engine["max_num_seqs"])] and words[6] == "weight"
+    assert classes[0].replicas == 2 * inv.site.burst.max_nodes and expected[-1][1] > 0
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == load_stack(name).inventory.bom.gateway_image
     # Prometheus scrapes the gateway (the shed and degraded rates the burst controller reads) on
@@ -310,29 +315,50 @@ def test_only_the_burst_controller_reaches_the_gateways_runtime_api(
 
 
 def test_the_burst_replicas_records_are_the_gateways_fallback(graphs: dict[str, Graph]) -> None:
-    """The burst stack's headless Service publishes each ready burst pod (not the not-ready: a
-    record is a replica that serves) under the SRV name dc1-prod's gateway discovers."""
+    """Each burst class's headless Service publishes each ready pod of that class alone (not the
+    not-ready: a record is a replica that serves) under the SRV name of one of dc1-prod's gateway
+    templates, as does the Degrader's Deployment's; each pod under one disruption budget at most."""
     from gpufleet.plan.admission import CLUSTER_DOMAIN
 
-    (deployment,) = _objects(graphs["burst-prod"], "kubernetes:apps/v1:Deployment")
-    services = {
-        s["metadata"]["name"]: s for s in _objects(graphs["burst-prod"], "kubernetes:core/v1:Service")
-    }
-    headless = [s for s in services.values() if s["spec"].get("clusterIP") == "None"]
-    (pods,) = headless
-    spec = pods["spec"]
-    assert spec["publishNotReadyAddresses"] is False
-    assert _selects({"matchLabels": spec["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
-    (port,) = spec["ports"]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert port["protocol"] == "TCP" and named[port["targetPort"]] == port["port"] == 8000
-    srv = f"_{port['name']}._tcp.{pods['metadata']['name']}.{pods['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"
     (config,) = _objects(graphs["dc1-prod"], "kubernetes:core/v1:ConfigMap", "haproxy")
-    # The count of servers: test_the_gateway_runs_the_planned_config_with_keys_from_a_secret.
-    assert re.search(
-        rf"^  server-template fallback- \d+ {re.escape(srv)} ", config["data"]["haproxy.cfg"], re.M
-    )
+    text = config["data"]["haproxy.cfg"]
+    found = 0
+    for graph in (graphs["burst-prod"], graphs["dc1-prod"]):
+        # The degraded Deployment's objects too (what _objects leaves out).
+        deployments = [
+            d
+            for d in (reveal(r.inputs) for r in graph.by_type("kubernetes:apps/v1:Deployment"))
+            if d["metadata"]["labels"].get("gpufleet.io/capacity") == "spot"
+        ]
+        headless = [
+            s
+            for s in (reveal(r.inputs) for r in graph.by_type("kubernetes:core/v1:Service"))
+            if s["spec"].get("clusterIP") == "None" and s["metadata"]["name"].endswith("-pods")
+        ]
+        assert len(headless) == len(deployments) > 0
+        budgets = [
+            reveal(p.inputs)["spec"]["selector"]
+            for p in graph.by_type("kubernetes:policy/v1:PodDisruptionBudget")
+        ]
+        for deployment in deployments:
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            (pods,) = [s for s in headless if _selects({"matchLabels": s["spec"]["selector"]}, labels)]
+            assert pods["metadata"]["name"] == f"{deployment['metadata']['name']}-pods"
+            spec = pods["spec"]
+            assert spec["publishNotReadyAddresses"] is False
+            (port,) = spec["ports"]
+            (container,) = deployment["spec"]["template"]["spec"]["containers"]
+            named = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert port["protocol"] == "TCP" and named[port["targetPort"]] == port["port"] == 8000
+            srv = f"_{port['name']}._tcp.{pods['metadata']['name']}.{pods['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"
+            # The count of servers: test_the_gateway_runs_the_planned_config_with_keys_from_a_secret.
+            assert re.search(
+                rf"^  server-template \S+ \d+ {re.escape(srv)} maxconn \d+ weight \d+ ", text, re.M
+            )
+            # A pod under two budgets cannot be evicted at all (the eviction API refuses it).
+            assert sum(_selects(b, labels) for b in budgets) <= 1
+            found += 1
+    assert found == len(re.findall(r"^  server-template ", text, re.M))
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:

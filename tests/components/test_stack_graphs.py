@@ -23,7 +23,7 @@ from gpufleet.plan.aws import ADMIN_PORTS, MIN_SPOT_TYPES, plan_burst, plan_flee
 from gpufleet.plan.degrade import degraded_workload
 from gpufleet.plan.k8s import (
     QUEUE_METRIC,
-    burst_workload,
+    burst_workloads,
     onprem_workload,
     platform_charts,
     rbd_pool,
@@ -118,6 +118,8 @@ def expected_onprem(stack: Stack) -> Counter[str]:
                         "kubernetes:core/v1:PersistentVolumeClaim": cache,
                         "kubernetes:batch/v1:Job": cache,
                         "kubernetes:apps/v1:Deployment": 1,
+                        # Its headless one: the records of its gateway's fallback template.
+                        "kubernetes:core/v1:Service": 1,
                     }
                 )
     return +expected
@@ -126,6 +128,7 @@ def expected_onprem(stack: Stack) -> Counter[str]:
 def expected_burst(stack: Stack) -> Counter[str]:
     p = plan_burst(stack.inventory, stack.config, source(stack))
     private = len(p.network.private)
+    classes = len({i.gpu for i in p.fleet.instances})  # a burst workload per GPU class
     return +Counter(
         {
             "pulumi:pulumi:StackReference": 1,
@@ -169,12 +172,12 @@ def expected_burst(stack: Stack) -> Counter[str]:
             "aws:cloudwatch/eventRule:EventRule": 3,
             "aws:cloudwatch/eventTarget:EventTarget": 3,
             "pulumi:providers:kubernetes": 1,
-            "gpufleet:serving:DeepSeekServing": 1,
-            "kubernetes:core/v1:ConfigMap": 1,
-            "kubernetes:apps/v1:Deployment": 1,
-            # The model's Service, and the headless one whose records are the gateway's fallback.
-            "kubernetes:core/v1:Service": 2,
-            "kubernetes:policy/v1:PodDisruptionBudget": 1,
+            "gpufleet:serving:DeepSeekServing": classes,
+            "kubernetes:core/v1:ConfigMap": classes,
+            "kubernetes:apps/v1:Deployment": classes,
+            # Each class's Service, and its headless one whose records are its fallback template.
+            "kubernetes:core/v1:Service": 2 * classes,
+            "kubernetes:policy/v1:PodDisruptionBudget": classes,
         }
     )
 
@@ -478,29 +481,45 @@ def test_burst_serves_the_fallback_model_on_spot_nodes(
     stack = stacks["burst-prod"]
     inv = stack.inventory
     p = plan_burst(inv, stack.config, source(stack))
-    workload = burst_workload(inv, plan_site(inv), p.fleet, stack.config.burst_nodes)
+    workloads = burst_workloads(inv, plan_site(inv), p.fleet, stack.config.burst_nodes)
     graph = graphs["burst-prod"]
     assert graph.outputs["burstModel"] == p.fleet.model
-    config = one(graph, "kubernetes:core/v1:ConfigMap").inputs["data"]
-    assert config == {
-        "config.pbtxt": workload.model_files["config.pbtxt"],
-        "1_model.json": workload.model_files["1/model.json"],
+    configs = {
+        c.inputs["metadata"]["name"]: c.inputs["data"] for c in graph.by_type("kubernetes:core/v1:ConfigMap")
     }
-    assert f'name: "{p.fleet.model}"' in config["config.pbtxt"]
-    deployment = one(graph, "kubernetes:apps/v1:Deployment").inputs
-    assert deployment["spec"]["replicas"] == stack.config.burst_nodes * p.fleet.max_replicas_per_node
-    # Three nodes of whatever types the group picks: a pod for each replica the roomiest could hold
-    # (dc1's fleet: two TP-4 replicas on an 8-GPU p5, one on a 4-GPU g6e.12xlarge).
-    assert {i.replicas for i in p.fleet.instances} == {1, 2}
-    assert burst_workload(inv, plan_site(inv), p.fleet, 3).replicas == 6
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"gpufleet.io/capacity": "spot"}
-    # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
-    assert pod["runtimeClassName"] == NVIDIA_RUNTIME
+    deployments = {
+        d.inputs["metadata"]["name"]: d.inputs for d in graph.by_type("kubernetes:apps/v1:Deployment")
+    }
+    assert set(deployments) == {w.name for w in workloads} and len(workloads) > 1
+    for w in workloads:
+        # Each class's engine, its own max_num_seqs, in its own model repository.
+        assert configs[f"{w.name}-model-repository"] == {
+            "config.pbtxt": w.model_files["config.pbtxt"],
+            "1_model.json": w.model_files["1/model.json"],
+        }
+        assert f'name: "{p.fleet.model}"' in w.model_files["config.pbtxt"]
+        deployment = deployments[w.name]
+        assert deployment["spec"]["replicas"] == w.replicas
+        # Pinned to its class by the label the burst nodes' user data sets.
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {
+            "gpufleet.io/capacity": "spot",
+            "gpufleet.io/gpu-model": w.node_selector["gpufleet.io/gpu-model"],
+        }
+        # The burst AMI's toolkit registers its containerd runtime under nvidia-ctk's default name.
+        assert pod["runtimeClassName"] == NVIDIA_RUNTIME
+        assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
+        assert p.fleet.revision in pod["initContainers"][0]["command"][-1]
+    # Three nodes of whatever types the group picks: a pod of each class for each replica its
+    # roomiest type could hold (dc1's fleet: two TP-4 replicas on each class's 8-GPU type, one on
+    # a 4-GPU g6e.12xlarge); pods of a class no node carries wait Pending.
+    replicas = {
+        w.node_selector["gpufleet.io/gpu-model"]: w.replicas
+        for w in burst_workloads(inv, plan_site(inv), p.fleet, 3)
+    }
+    assert replicas == {"H100-SXM-80GB": 6, "H200-SXM-141GB": 6, "A100-SXM4-80GB": 6, "L40S-48GB": 6}
     component = one(graph, "aws:imagebuilder/component:Component").inputs["data"]
     assert "nvidia-ctk runtime configure --runtime=containerd --set-as-default\n" in component
-    assert {t["key"] for t in pod["tolerations"]} == {"gpufleet.io/capacity", "nvidia.com/gpu"}
-    assert p.fleet.revision in pod["initContainers"][0]["command"][-1]
 
 
 @pytest.mark.parametrize("name", STACKS)

@@ -10,6 +10,7 @@ from dnslib import DNSRecord
 from pydantic import ValidationError
 
 from gpufleet.inventory.stacks import load_stack
+from gpufleet.model.catalog import GPUModel
 from gpufleet.plan.admission import (
     ADMISSION_MAP,
     DNS_PAYLOAD_BYTES,
@@ -31,7 +32,8 @@ from gpufleet.plan.admission import (
     site_gateway,
 )
 from gpufleet.plan.aws import plan_burst, plan_fleet
-from gpufleet.plan.k8s import burst_workload, onprem_workload
+from gpufleet.plan.degrade import degraded_workload, plan_degrade
+from gpufleet.plan.k8s import burst_workloads, onprem_workload
 from gpufleet.plan.site import plan_site
 from gpufleet.serving.gateway import check_config, write_config
 from gpufleet.serving.tenants import write_maps
@@ -63,15 +65,13 @@ def _site_gateway() -> GatewayPlan:
     stack = load_stack("burst-prod")
     inv = stack.inventory
     plan = plan_site(inv)
-    fleet = plan_burst(inv, stack.config, "stacks/Pulumi.burst-prod.yaml").fleet
     onprem = onprem_workload(inv, plan)
     assert onprem is not None and plan.serving is not None and plan.serving.shape is not None
     return plan_gateway(
         plan.serving.slo_queue_wait_p99_s,
         onprem,
         plan.serving.shape.gpu,
-        burst_workload(inv, plan, fleet, inv.site.burst.max_nodes if inv.site.burst else 0),
-        fleet.instances[0].gpu,
+        burst_workloads(inv, plan, _fleet(), inv.site.burst.max_nodes if inv.site.burst else 0),
     )
 
 
@@ -81,21 +81,62 @@ def test_dc1_gateway_is_sized_from_its_replicas() -> None:
     # (HAProxy's resolvers apply no search list).
     assert g.primary.slots == 4 * 215 and g.primary.servers == ["deepseek-r1.serving.svc.cluster.local:8000"]
     assert g.admission.degrade_queue["P2"] < g.admission.degrade_queue["P1"] <= g.primary.rate_rps * 2.0
-    # The distilled model on burst nodes: a server per ready replica, room for the largest fleet
-    # (8 nodes x 2 replicas of TP 4 on an 8-GPU type), each one replica's sequences.
+    # The distilled model on burst nodes: a template per GPU class, a server per ready replica of
+    # it, room for the class at the largest fleet (8 nodes x 2 replicas of TP 4 on an 8-GPU type),
+    # each one replica of its class's sequences, weighted by them.
     f = g.fallback
-    assert f.model == "deepseek-r1-distill-llama-70b" and f.servers == [] and f.max_servers == 8 * 2
-    assert f.srv_name == "_http._tcp.deepseek-r1-distill-llama-70b-burst-pods.serving.svc.cluster.local"
     stack = load_stack("burst-prod")
-    engine = burst_workload(stack.inventory, plan_site(stack.inventory), _fleet(), 1).engine
-    assert f.slots == engine["max_num_seqs"]
-    # The shed bound is per server: half an SLO of one replica's rate.
-    assert g.admission.shed_queue == max(1, int(f.rate_rps * 2.0 * 0.5))
+    classes = burst_workloads(stack.inventory, plan_site(stack.inventory), _fleet(), 8)
+    assert (
+        f.model == "deepseek-r1-distill-llama-70b"
+        and f.servers == []
+        and len(f.templates) == len(classes) > 1
+    )
+    for t, w in zip(f.templates, classes, strict=True):
+        assert (
+            t.srv_name == f"_http._tcp.{w.name}-pods.serving.svc.cluster.local" and t.prefix == f"{w.name}-"
+        )
+        assert t.max_servers == w.replicas == 8 * 2 and t.slots == w.engine["max_num_seqs"] and not t.degraded
+        assert t.gpu.value == w.node_selector["gpufleet.io/gpu-model"]
+    by_gpu = {t.gpu: t for t in f.templates}
+    h200, h100, l40s = by_gpu[GPUModel.H200], by_gpu[GPUModel.H100_SXM], by_gpu[GPUModel.L40S]
+    assert h200.slots > h100.slots > l40s.slots and h200.rate_rps > h100.rate_rps > l40s.rate_rps
+    # Weights within HAProxy's 1..256, the roomiest class at 256, the others in proportion.
+    assert h200.weight == 256 and all(abs(t.weight - 256 * t.slots / h200.slots) <= 0.5 for t in f.templates)
+    # The shed bound is per server: half an SLO of the slowest class's replica rate.
+    assert g.admission.shed_queue == max(1, int(l40s.rate_rps * 2.0 * 0.5))
 
 
 def _fleet():  # type: ignore[no-untyped-def]
     stack = load_stack("burst-prod")
     return plan_burst(stack.inventory, stack.config, "stacks/Pulumi.burst-prod.yaml").fleet
+
+
+def test_dc1_gateway_has_a_template_for_the_degraders_replicas() -> None:
+    """dc1-prod's own gateway: the Degrader's distilled replicas on the on-prem H100s have their
+    headless Service and template, sized for the on-prem GPU, as many as it may start."""
+    inv = load_stack("dc1-prod").inventory
+    plan = plan_site(inv)
+    fleet = plan_fleet(inv, "stacks/Pulumi.dc1-prod.yaml")
+    g = site_gateway(inv, plan, fleet)
+    degrade, distilled = plan_degrade(inv, plan, fleet), degraded_workload(inv, plan, fleet)
+    assert g is not None and degrade is not None and distilled is not None
+    (t,) = [t for t in g.fallback.templates if t.degraded]
+    assert t.srv_name == f"_http._tcp.{distilled.name}-pods.serving.svc.cluster.local"
+    assert t.max_servers == degrade.max_degraded * degrade.per_onprem > 0
+    assert t.gpu == plan.serving.shape.gpu and t.slots == distilled.engine["max_num_seqs"]  # type: ignore[union-attr]
+    assert len({t.prefix for t in g.fallback.templates}) == len(g.fallback.templates)
+
+
+TEMPLATE = {
+    "prefix": "f-",
+    "srv_name": "_http._tcp.x.serving.svc.cluster.local",
+    "max_servers": 2,
+    "slots": 4,
+    "rate_rps": 1.0,
+    "weight": 256,
+    "gpu": "H200-SXM-141GB",
+}
 
 
 @pytest.mark.parametrize(
@@ -105,12 +146,16 @@ def _fleet():  # type: ignore[no-untyped-def]
         {"model": "m maxconn 1"},
         {"name": "primary\n  server x 10.0.0.1:1"},  # a line of its own
         {"servers": ["10.0.0.1:1 backup"]},
-        {"srv_name": "_http._tcp.x.svc resolvers other"},
+        {"templates": [{**TEMPLATE, "srv_name": "_http._tcp.x.svc resolvers other"}]},
+        {"templates": [{**TEMPLATE, "prefix": "f- 1 x"}]},
+        {"templates": [{**TEMPLATE, "weight": 257}]},  # past HAProxy's range
+        {"templates": [{**TEMPLATE, "weight": 0}]},  # would take the servers out
+        {"templates": [{**TEMPLATE, "max_servers": MAX_FALLBACK_SERVERS + 1}]},  # past one DNS answer
     ],
 )
 def test_a_backend_string_that_would_reach_haproxy_cfg_unsafely_is_refused(field: dict[str, object]) -> None:
     good = {"name": "fallback", "model": "m", "servers": ["127.0.0.1:1"], "slots": 1, "rate_rps": 1}
-    Backend.model_validate(good)
+    Backend.model_validate({**good, "templates": [TEMPLATE]})
     with pytest.raises(ValidationError):
         Backend.model_validate({**good, **field})
 
@@ -123,9 +168,7 @@ def test_a_fallback_without_replicas_is_refused() -> None:
     assert onprem is not None and plan.serving is not None and plan.serving.shape is not None
     fleet = _fleet()
     with pytest.raises(ValueError, match=r"burst\.max_nodes"):
-        plan_gateway(
-            2.0, onprem, plan.serving.shape.gpu, burst_workload(inv, plan, fleet, 0), fleet.instances[0].gpu
-        )
+        plan_gateway(2.0, onprem, plan.serving.shape.gpu, burst_workloads(inv, plan, fleet, 0))
 
 
 def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
@@ -136,9 +179,10 @@ def test_dc1_in_cluster_config_is_valid_haproxy(tmp_path: Path) -> None:
     g = _site_gateway()
     text = gateway_cfg(g)
     lines = [line.strip() for line in text.splitlines()]
-    template = f"server-template fallback- 16 {g.fallback.srv_name} maxconn {g.fallback.slots} check"
-    assert any(line.startswith(template) for line in lines), text
-    assert not any(line.startswith("server fallback") for line in lines)
+    for t in g.fallback.templates:
+        template = f"server-template {t.prefix} 16 {t.srv_name} maxconn {t.slots} weight {t.weight} check"
+        assert any(line.startswith(template) for line in lines), text
+    assert not any(line.startswith("server ") and "primary" not in line for line in lines)
     room = f"http-request set-var(txn.fallback_room) nbsrv({FALLBACK}),mul({g.admission.shed_queue})"
     assert room in lines and f"acl fallback_full queue({FALLBACK}),sub(txn.fallback_room) ge 0" in lines
     assert f"acl fallback_full nbsrv({FALLBACK}) eq 0" in lines
@@ -165,22 +209,22 @@ def test_the_largest_fleets_srv_answer_fits_one_udp_answer() -> None:
     parse-resolv-conf) would then see no server. The answer for every server dc1's fleet can
     hold, named as Kubernetes names pods (dashed IPv4 under the Service), with each address in
     the additional section, fits, and so does the most the plan allows."""
-    g = _site_gateway()
-    assert g.fallback.srv_name is not None
-    service = g.fallback.srv_name.split(".", 2)[2] + "."
+    # One answer per template: the longest name's records are the largest.
+    t = max(_site_gateway().fallback.templates, key=lambda t: len(t.srv_name))
+    service = t.srv_name.split(".", 2)[2] + "."
     pods = [
         (f"10-233-{i // 250}-{i % 250 + 1}.{service}", f"10.233.{i // 250}.{i % 250 + 1}", 8000)
-        for i in range(g.fallback.max_servers)
+        for i in range(t.max_servers)
     ]
 
     def size(n: int) -> int:
         records = Records()
-        records.set(g.fallback.srv_name + ".", pods[:n])
-        answer = records.answer(DNSRecord.question(g.fallback.srv_name, "SRV"))
+        records.set(t.srv_name + ".", pods[:n])
+        answer = records.answer(DNSRecord.question(t.srv_name, "SRV"))
         assert len(answer.rr) == len(answer.ar) == n
         return len(answer.pack())
 
-    assert g.fallback.max_servers == 16 and size(16) < DNS_PAYLOAD_BYTES
+    assert t.max_servers == 16 and size(16) < DNS_PAYLOAD_BYTES
     # Per record (SRV and its address) within the plan's bound, header and question within 512.
     assert (size(16) - size(1)) / 15 <= SRV_RECORD_BYTES and size(1) <= 512
     assert 512 + MAX_FALLBACK_SERVERS * SRV_RECORD_BYTES <= DNS_PAYLOAD_BYTES

@@ -18,7 +18,7 @@ from gpufleet.plan.degrade import (
     plan_degrade,
     scale_steps,
 )
-from gpufleet.plan.k8s import burst_workload, onprem_workload
+from gpufleet.plan.k8s import burst_workloads, onprem_workload
 from gpufleet.plan.site import plan_site
 
 
@@ -46,11 +46,11 @@ def test_the_distilled_pods_are_the_fallbacks_and_sit_on_the_sites_gpus() -> Non
     fleet = plan_fleet(inv, "dc1")
     w = degraded_workload(inv, plan, fleet)
     primary = onprem_workload(inv, plan)
-    burst = burst_workload(inv, plan, fleet, 0)
+    burst = burst_workloads(inv, plan, fleet, 0)[0]
     assert w is not None and primary is not None
     assert w.replicas == 0 and w.autoscale_max is None
     # The burst model, its revision and its tensor parallelism, served under the burst pods'
-    # model name (the gateway's fallback rewrites paths to it).
+    # model name (the gateway's fallback rewrites paths to it; every class serves it).
     assert (w.model, w.revision, w.gpus_per_pod) == (fleet.model, fleet.revision, fleet.tensor_parallel)
     assert w.engine["served_model_name"] == burst.engine["served_model_name"]
     assert w.engine["tensor_parallel_size"] == fleet.tensor_parallel

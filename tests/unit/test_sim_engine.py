@@ -19,7 +19,7 @@ from gpufleet.burst.policy import CapacityModel, Gpufleet, Pool
 from gpufleet.cli import app
 from gpufleet.inventory.load import load_inventory
 from gpufleet.model.catalog import AWS_GPU_INSTANCES, GPUModel
-from gpufleet.plan.admission import AdmissionPlan, Backend, GatewayPlan
+from gpufleet.plan.admission import AdmissionPlan, Backend, GatewayPlan, ServerTemplate
 from gpufleet.plan.burst import boot_to_serve_s
 from gpufleet.sim.baselines import KedaQueue, StaticPeak
 from gpufleet.sim.engine import Arrival, Simulation
@@ -52,7 +52,8 @@ def model(**kw: Any) -> CapacityModel:
 
 def gateway(onprem_replicas: int, **kw: Any) -> GatewayPlan:
     """A gateway as plan_gateway shapes it: one primary server of every on-prem slot, fallback
-    servers of one replica's slots; thresholds given (the site's own are tested in test_sim_gateway)."""
+    servers (a burst and a degraded template) of one replica's slots; thresholds given (the
+    site's own are tested in test_sim_gateway)."""
     admission: dict[str, Any] = {
         "slo_queue_wait_s": 2.0,
         "degrade_queue": {"P1": 40, "P2": 20},
@@ -70,7 +71,22 @@ def gateway(onprem_replicas: int, **kw: Any) -> GatewayPlan:
             slots=max(1, onprem_replicas) * MAX_NUM_SEQS,
             rate_rps=20.0,
         ),
-        fallback=Backend(name="fallback", model="d", servers=["f:8000"], slots=MAX_NUM_SEQS, rate_rps=20.0),
+        fallback=Backend(
+            name="fallback",
+            model="d",
+            templates=[
+                ServerTemplate(
+                    prefix=f"f{int(degraded)}-",
+                    srv_name=f"_http._tcp.f{int(degraded)}.serving.svc.cluster.local",
+                    max_servers=4,
+                    slots=MAX_NUM_SEQS,
+                    rate_rps=20.0,
+                    gpu=SMALL.gpu,
+                    degraded=degraded,
+                )
+                for degraded in (False, True)
+            ],
+        ),
     )
 
 

@@ -44,9 +44,16 @@ def mixed(requests: list[Request]) -> list[Arrival]:
     return [Arrival(r, CLASSES[i % 3]) for i, r in enumerate(requests)]
 
 
-def with_slots(g: GatewayPlan, **slots: int) -> GatewayPlan:
-    """The gateway with other `maxconn`s per server: primary=N, fallback=N."""
-    return g.model_copy(update={b: getattr(g, b).model_copy(update={"slots": n}) for b, n in slots.items()})
+def with_slots(g: GatewayPlan, primary: int | None = None, fallback: int | None = None) -> GatewayPlan:
+    """The gateway with other `maxconn`s per server: the primary's, every fallback template's."""
+    p, f = g.primary, g.fallback
+    if primary is not None:
+        p = p.model_copy(update={"slots": primary})
+    if fallback is not None:
+        f = f.model_copy(
+            update={"templates": [t.model_copy(update={"slots": fallback}) for t in f.templates]}
+        )
+    return g.model_copy(update={"primary": p, "fallback": f})
 
 
 def degrades(simulation: Simulation) -> None:
@@ -249,7 +256,17 @@ def _rendered(cfg: str) -> dict[str, Any]:
         "primary_timeout": int(one("defaults", r"^timeout queue (\d+)s$")[1]),
         "fallback_timeout": int(one(f"backend {FALLBACK}", r"^timeout queue (\d+)s$")[1]),
         "primary_maxconn": int(one(f"backend {PRIMARY}", r"^server\S* .* maxconn (\d+)")[1]),
-        "fallback_maxconn": int(one(f"backend {FALLBACK}", r"^server\S* .* maxconn (\d+)")[1]),
+        # prefix -> (max servers, maxconn, weight) of every fallback server-template.
+        "templates": {
+            m[1]: (int(m[2]), int(m[3]), int(m[4]))
+            for line in sections[f"backend {FALLBACK}"]
+            if (
+                m := re.fullmatch(
+                    r"server-template (\S+) (\d+) \S+ maxconn (\d+) weight (\d+) check .*", line
+                )
+            )
+        },
+        "fallback_servers": [line for line in sections[f"backend {FALLBACK}"] if line.startswith("server ")],
     }
 
 
@@ -270,9 +287,30 @@ def test_the_simulators_thresholds_are_the_ones_dc1s_haproxy_cfg_holds() -> None
     assert simulation.queue_timeout_s(PRIMARY) == rendered["primary_timeout"]
     assert simulation.queue_timeout_s(FALLBACK) == rendered["fallback_timeout"]
     assert simulation.slots(PRIMARY) == rendered["primary_maxconn"]
-    # Each fallback server (a distilled replica) takes one replica's slots.
-    servers = simulation.fallback_servers()
-    assert servers > 0 and simulation.slots(FALLBACK) == servers * rendered["fallback_maxconn"]
+    # Each fallback server (a distilled replica) takes its class's template's maxconn: the
+    # rendered templates are the plan's, and every serving replica has its template's slots.
+    templates = {t.prefix: t for t in simulation.gateway.fallback.templates}
+    assert rendered["fallback_servers"] == [] and len(templates) > 2
+    assert rendered["templates"] == {p: (t.max_servers, t.slots, t.weight) for p, t in templates.items()}
+    by_class = {(t.gpu, t.degraded): rendered["templates"][p][1] for p, t in templates.items()}
+    weights = {(t.gpu, t.degraded): rendered["templates"][p][2] for p, t in templates.items()}
+    burst = [r for node in simulation.nodes.values() if node.state == "InService" for r in node.replicas]
+    degraded = [r for unit in simulation._onprem for r in unit.distilled]
+    serving = burst + degraded
+    assert burst and len(serving) == simulation.fallback_servers()
+    # Every class the fleet may bring up (static-peak holds the cheapest type's alone), and the
+    # Degrader's replicas on the on-prem GPUs, start with their template's slots.
+    assert scenario.distilled is not None and len({hw.gpu for hw, _ in scenario.burst.values()}) > 2
+    for hw, _ in scenario.burst.values():
+        assert simulation.template_slots(hw, degraded=False) == by_class[hw.gpu, False]
+    hw = scenario.distilled[0]
+    assert simulation.template_slots(hw, degraded=True) == by_class[hw.gpu, True]
+    assert all(r.max_seqs == by_class[r.hw.gpu, False] for r in burst)
+    assert all(r.max_seqs == by_class[r.hw.gpu, True] for r in degraded)
+    assert simulation.slots(FALLBACK) == sum(by_class[r.hw.gpu, r in degraded] for r in serving)
+    # Weighted as HAProxy spreads them: in proportion to the slots, the roomiest at 256.
+    assert max(weights.values()) == 256
+    assert all(abs(weights[k] - 256 * n / max(by_class.values())) <= 0.5 for k, n in by_class.items())
     # The simulated tenants' limits are read as the limits map writes them.
     for klass, rps in scenario.tenant_limit_rps.items():
         tenant = Tenant(name=klass.lower(), priority=klass, requests_per_s=rps)  # type: ignore[arg-type]
