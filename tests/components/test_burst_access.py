@@ -26,6 +26,7 @@ from gpufleet.plan.aws import (
     publisher_policy,
     queue_policy,
 )
+from gpufleet.plan.k8s import GPU_MODEL_LABEL
 from gpufleet.preview.program import (
     ACCOUNT,
     ORGANIZATION,
@@ -187,11 +188,18 @@ def test_the_controllers_up_of_a_new_burst_node_count_changes_only_what_its_poli
         if inputs.get(field) != before[key].get(field)
     }
     # In AWS the group's desired capacity alone; in the on-prem cluster (through the stack's
-    # kubeconfig, not IAM) the burst serving Deployment's replicas alone.
-    serving = named(base, "kubernetes:apps/v1:Deployment", "-serving-deployment")
-    assert changed == {((asg.type, asg.name), "desiredCapacity"), ((serving.type, serving.name), "spec")}
-    spec, spec_after = serving.inputs["spec"], after[(serving.type, serving.name)]["spec"]
-    assert {k for k in spec.keys() | spec_after.keys() if spec.get(k) != spec_after.get(k)} == {"replicas"}
+    # kubeconfig, not IAM) the replicas of each GPU class's burst serving Deployment alone.
+    serving = [d for d in base.by_type("kubernetes:apps/v1:Deployment") if "-burst-" in d.name]
+    classes = {d.inputs["spec"]["template"]["spec"]["nodeSelector"][GPU_MODEL_LABEL] for d in serving}
+    assert len(serving) == len(classes) > 1
+    assert changed == {((asg.type, asg.name), "desiredCapacity")} | {
+        ((d.type, d.name), "spec") for d in serving
+    }
+    for d in serving:
+        spec, spec_after = d.inputs["spec"], after[(d.type, d.name)]["spec"]
+        assert {k for k in spec.keys() | spec_after.keys() if spec.get(k) != spec_after.get(k)} == {
+            "replicas"
+        }
     policy = document(named(base, "aws:iam/policy:Policy", "-controller"))
     (up,) = [s for s in policy["Statement"] if CONTROLLER_UP_ACTION in s["Action"]]
     assert up["Action"] == [CONTROLLER_UP_ACTION] and up["Resource"] == [arn(asg)]
