@@ -9,7 +9,10 @@ controller meets the outside world:
   with the HTTP API's JSON body, computed from Triton's counters as the simulated servers keep them
   (nv_inference_request_success, nv_inference_queue_duration_us, nv_inference_pending_request_count,
   nv_gpu_utilization, nv_inference_first_response_histogram_ms) and scraped every `scrape_s`; the
-  controller parses them with production's code. It answers nothing for TensorRT-LLM's series,
+  controller parses them with production's code. The per-model series count the on-prem model's
+  replicas only (the primary backend), as the query's `model=` label selects them in production:
+  the burst and degraded replicas serve the distilled model, which the gateway's own
+  fallback-rate series counts instead. It answers nothing for TensorRT-LLM's series,
   which a vLLM backend does not export.
 - AWS: `SimAutoscaling` and `SimEc2` answer the boto3 calls production's AsgActuator, SpotPrices and
   fleet_view make (describe_auto_scaling_groups, set_desired_capacity,
@@ -805,7 +808,8 @@ class Simulation:
         a = self.arrivals[i]
         wait = self.now - a.request.arrival_s
         self._wait[i] = wait
-        self._queue_us += a.weight * wait * 1e6
+        if replica.backend == PRIMARY:  # the distilled model's series carry another `model` label
+            self._queue_us += a.weight * wait * 1e6
         self._dequeue(i)
         self.started_on[i] = replica.backend
         self._inflight[replica.backend] += a.weight
@@ -838,7 +842,7 @@ class Simulation:
         ttft = self.now - single * (a.weight - 1) / 2 + replica.step_s() - a.request.arrival_s
         self._ttft[i] = ttft
         for b, le in enumerate(TTFT_BUCKETS_MS):
-            if ttft * 1000 <= le:
+            if replica.backend == PRIMARY and ttft * 1000 <= le:
                 self._ttft_counts[b] += a.weight
         heapq.heappush(replica.heap, (replica.v + max(1, a.request.output_tokens), i))
         replica.prefilling = False
@@ -862,7 +866,8 @@ class Simulation:
             replica.seqs -= a.weight
             replica.ctx -= need
             self._inflight[replica.backend] -= a.weight
-            self._success += a.weight
+            if replica.backend == PRIMARY:
+                self._success += a.weight
             self._done += 1
         self._schedule(replica)
         node = replica.node
@@ -997,9 +1002,10 @@ class Simulation:
         util = min(1.0, busy / (interval * len(serving))) if serving and interval > 0 else 0.0
         for r in serving:
             r.busy_s = 0.0
-        # Triton's pending count: what waits inside the servers' maxconn (the rest is HAProxy's).
-        pending = sum(
-            min(sum(self._waiting[b].values()), max(0.0, self.slots(b) - self._inflight[b])) for b in BACKENDS
+        # The on-prem model's pending count: what waits inside its servers' maxconn (the rest is
+        # HAProxy's queue).
+        pending = min(
+            sum(self._waiting[PRIMARY].values()), max(0.0, self.slots(PRIMARY) - self._inflight[PRIMARY])
         )
         self.scrapes.append(
             (

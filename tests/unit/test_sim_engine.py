@@ -4,6 +4,7 @@ production's signal from Prometheus-shaped answers, serves at the hardware's spe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -403,3 +404,26 @@ def test_keda_reads_the_gateways_queue_where_tritons_pending_misses_it() -> None
     prom = simulation.controller.source.query  # type: ignore[attr-defined]
     answer = json.loads(prom.body(prom.queries()["gateway_queue"]))["data"]["result"]
     assert float(answer[0]["value"][1]) == simulation.scrapes[-1][8]
+
+
+def test_the_on_prem_models_series_count_its_own_replicas_only() -> None:
+    """Production asks for `model="<on-prem model>"`: the burst and degraded replicas serve the
+    distilled model under another label, and the gateway's fallback rate counts them instead.
+    The simulated series must not hand the controller the fallback's requests twice."""
+    capacity = model(onprem_replicas=2)
+    requests = overload(2000)
+    arrivals = [Arrival(r, ("P0", "P1", "P2")[i % 3]) for i, r in enumerate(requests)]
+    simulation = sim(
+        requests, Degrading(capacity, 1), capacity, arrivals=arrivals, distilled=(SMALL, 2, 120.0, 60.0)
+    )
+    result = simulation.run()
+    assert result.degraded_requests_pct > 0
+    first_token = [
+        (simulation.started_on[i], a.weight)
+        for i, a in enumerate(simulation.arrivals)
+        if not math.isnan(simulation._ttft[i])
+    ]
+    on_prem = sum(w for backend, w in first_token if backend == "primary")
+    assert on_prem < sum(w for _, w in first_token), "the fallback served first tokens too"
+    # The TTFT histogram's +Inf bucket: every first token of the on-prem model, no other.
+    assert simulation._ttft_counts[-1] == pytest.approx(on_prem)
