@@ -365,10 +365,11 @@ AUDIT = [
     "their threshold (dc1: 134 and 67 requests), shed when that fallback's queue per server reaches "
     "its bound (1) or it has no server; a request left in HAProxy's queue past `timeout queue` (20 s "
     "on the primary, 2 s on the fallback) fails and is scored with that wait and no first token "
-    "(failed %). So burst capacity serves only what the gateway degrades to it, at the 70B engine's "
-    "10 sequences a replica, which is what production runs. The fallback has one server per ready "
-    "distilled replica (HAProxy's `server-template` over the burst pods' SRV records), full at "
-    "`shed_queue` queued per serving server, as the gateway renders it.",
+    "(failed %). So burst capacity serves only what the gateway degrades to it, which is what "
+    "production runs. The fallback has one `server-template` per GPU class of the fleet and one for "
+    "the degraded on-prem replicas (HAProxy's servers over each class's SRV records), each server "
+    "taking its class's engine sequences (dc1: H200 256, H100 112, A100 56, L40S 20), full at "
+    "`shed_queue` queued per serving server (the slowest class's bound), as the gateway renders it.",
     "- One admission rule: the controller's own (`tighten_admission`, P2 shed and P1 over half its "
     "limit while capacity it ordered boots and the on-prem queue wait or TTFT p99 is past a quarter of its "
     "SLO) switches the simulated gateway through the same "
@@ -380,7 +381,10 @@ AUDIT = [
     "- No privileged input: the controller reads Prometheus answers built from Triton's counters, "
     "the gateway's shed and fallback counters, and the group's API. `--replica-rps` is set from the "
     "ordinary traffic's mean request, as an operator sets it from history; only gpufleet reads load "
-    "through it. Triton's queue duration includes HAProxy's queue wait here (production's Triton "
+    "through it. Triton's series are the on-prem model's replicas only, as production's `model=` "
+    "label selects them (the distilled replicas' requests reach the controller through the "
+    "gateway's fallback rate, once; until 1 December 2026 the simulator counted them twice). "
+    "Triton's queue duration includes HAProxy's queue wait here (production's Triton "
     "sees only its own part); the pending count is only what passed `maxconn`, as production's.",
     "- keda-queue as a KEDA user runs it: the Prometheus scaler on the gateway's queue, "
     '`sum(haproxy_backend_current_queue{proxy="primary"})` (the queue is in HAProxy past `maxconn`; '
