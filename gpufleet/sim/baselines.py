@@ -49,6 +49,10 @@ class StaticPeak(FleetPolicy):
         )
 
 
+# HPA leaves the replica count alone while usage is within this ratio of its target.
+HPA_TOLERANCE = 0.1
+
+
 @dataclass
 class _Stabilized(FleetPolicy):
     """Kubernetes HPA behaviour: scale up at once, scale down to the highest recommendation of the window."""
@@ -67,6 +71,12 @@ class _Stabilized(FleetPolicy):
     def _current(self, nodes: Sequence[Node]) -> float:
         """Replicas as an HPA counts them: on-prem and every live burst node, booting ones too."""
         return self.model.onprem_replicas + self.model.burst_capacity(nodes)
+
+    def _desired(self, usage: float, target: float, current: float) -> float:
+        """HPA's algorithm for a usage summed over replicas against a per-replica target:
+        ceil(usage / target), or the current count while the ratio is within its tolerance."""
+        ratio = usage / (current * target) if current else math.inf
+        return current if abs(ratio - 1) <= HPA_TOLERANCE else math.ceil(usage / target)
 
     def _recommend(
         self, t: float, recommended: float, why: str, nodes: Sequence[Node], prices: Mapping[Pool, float]
@@ -90,10 +100,8 @@ class HpaGpu(_Stabilized):
         recent = signals_since(window, t, 60.0)
         util = sum(s.gpu_util for s in recent) / len(recent)
         busy = util * recent[-1].ready_replicas
-        current = self._current(nodes)
         # Replicas still booting count as idle, as HPA does for pods that are not ready.
-        ratio = busy / (current * self.target)
-        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(busy / self.target)
+        recommended = self._desired(busy, self.target, self._current(nodes))
         why = f"GPU utilisation {util:.0%} over {recent[-1].ready_replicas:.1f} ready replicas"
         return self._recommend(t, recommended, why, nodes, prices)
 
@@ -117,9 +125,7 @@ class KedaQueue(_Stabilized):
         self, t: float, window: Sequence[Signals], nodes: Sequence[Node], prices: Mapping[Pool, float]
     ) -> Decision:
         queue = window[-1].gateway_queue
-        current = self._current(nodes)
-        ratio = queue / (current * self.threshold) if current else math.inf
-        recommended = current if abs(ratio - 1) <= 0.1 else math.ceil(queue / self.threshold)
+        recommended = self._desired(queue, self.threshold, self._current(nodes))
         why = f"{queue:.0f} queued at the gateway, {self.threshold:.0f} per replica"
         return self._recommend(t, recommended, why, nodes, prices)
 
