@@ -8,6 +8,7 @@ size on the H100 in bench/serving.py.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,7 +68,12 @@ def test_generated_config_is_served_and_batches(serving: ServingPlan, tmp_path: 
         # on either instance.
         assert outputs[0] == outputs[7] == outputs[14]
 
+        # Triton publishes its counters on its metrics interval (500 ms): read until they caught up.
+        deadline = time.monotonic() + 10
         metrics = scrape(server.metrics(), config.name)
+        while metrics["nv_inference_request_success"] < REQUESTS + 1 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            metrics = scrape(server.metrics(), config.name)
         assert metrics["nv_inference_request_success"] == REQUESTS + 1
         assert metrics["nv_inference_request_failure"] == 0
         assert metrics["nv_inference_exec_count"] < REQUESTS, "dynamic batching merged no requests"
